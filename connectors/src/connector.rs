@@ -1,0 +1,429 @@
+//! The connector contract: what every CRM connector does for the daemon.
+//!
+//! # Cursors and commits
+//!
+//! A connector reads one entity as a sequence of [`Page`]s. Each page carries the changes it read,
+//! oldest first, and the [`Cursor`] to resume *after* that page. The daemon commits a page's changes and
+//! its cursor in **one** store transaction, then asks for the next page with that cursor; after a crash
+//! it resumes from the last committed cursor, so a page is either wholly applied with its cursor or not
+//! at all. Re-reading a page is harmless because applying a change twice is a no-op.
+//!
+//! The cursor is opaque to everyone but its connector: a SOQL `nextRecordsUrl` plus the last
+//! `(SystemModstamp, Id)` seen, a Zoho `page_token` plus the last `(Modified_Time, id)`, an OData
+//! `@odata.deltaLink`. `pull(entity, None)` starts from the configured origin (a full sync).
+//! `has_more == false` means "caught up": the scheduler waits for the next tick or a webhook.
+//!
+//! # Pushes
+//!
+//! [`Connector::push`] sends a batch of one entity in the vendor's bulk form and reports the outcome of
+//! **each** record. A record the vendor rejects is a [`PushOutcome::Rejected`], not a failed batch; an
+//! `Err` means the call as a whole failed and may be retried. Pushes are idempotent: records carry their
+//! canonical id, which connectors write into the vendor's external-id field and upsert on.
+//!
+//! # Webhooks
+//!
+//! [`WebhookParser::parse_webhook`] authenticates and decodes a delivery without network IO. Deliveries
+//! that carry only ids become [`WebhookEvent::Fetch`], which the daemon turns into [`Connector::fetch`].
+
+use std::future::Future;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+use crate::canonical::{CanonicalId, ConnectionId, Entity, EntityData, ExternalId, Timestamp, VendorKind};
+use crate::error::{ConnectorError, WebhookError};
+
+/// A CRM system the daemon reads changes from and writes changes to.
+///
+/// Implementations own everything vendor-specific: auth, paging, rate limits, wire formats and the
+/// mapping to [`crate::canonical`] types. They never touch the store.
+pub trait Connector: WebhookParser + Send + Sync + 'static {
+    /// Returns the configured connection name (`sf_prod`) used in store keys and metric labels.
+    fn id(&self) -> &ConnectionId;
+
+    /// Returns the vendor family.
+    fn kind(&self) -> VendorKind;
+
+    /// Returns the entities this connection is configured to sync.
+    fn entities(&self) -> &[Entity];
+
+    /// Returns the largest batch [`Connector::push`] accepts in one vendor call (200 / 100 / 1000).
+    fn push_batch_size(&self) -> usize;
+
+    /// Logs in and checks that every configured object and mapped field is reachable.
+    fn check(&self) -> impl Future<Output = Result<CheckReport, ConnectorError>> + Send;
+
+    /// Fetches the page of `entity` that follows `cursor` (`None`: from the configured origin).
+    fn pull(
+        &self,
+        entity: Entity,
+        cursor: Option<&Cursor>,
+    ) -> impl Future<Output = Result<Page, ConnectorError>> + Send;
+
+    /// Fetches the current state of specific records (ids-only webhooks). Ids the vendor no longer
+    /// has come back as deletes.
+    fn fetch(
+        &self,
+        entity: Entity,
+        ids: &[ExternalId],
+    ) -> impl Future<Output = Result<Vec<Change>, ConnectorError>> + Send;
+
+    /// Lists every live id with its modification time, page by page (the drift sweep).
+    fn list_ids(
+        &self,
+        entity: Entity,
+        cursor: Option<&Cursor>,
+    ) -> impl Future<Output = Result<IdPage, ConnectorError>> + Send;
+
+    /// Sends local changes of one entity and reports the outcome of each one.
+    fn push(
+        &self,
+        entity: Entity,
+        batch: &[Outgoing],
+    ) -> impl Future<Output = Result<PushReport, ConnectorError>> + Send;
+
+    /// Returns the API usage counted so far (calls, budget, the vendor's own usage figures).
+    fn usage(&self) -> ApiUsage;
+}
+
+/// Authenticates and decodes one webhook delivery. Pure: no network calls.
+pub trait WebhookParser: Send + Sync {
+    /// Checks the delivery's credentials and turns it into events plus the response the vendor expects.
+    fn parse_webhook(&self, delivery: &WebhookDelivery<'_>) -> Result<WebhookReply, WebhookError>;
+}
+
+/// One inbound webhook request.
+#[derive(Debug)]
+pub struct WebhookDelivery<'a> {
+    /// Request headers.
+    pub headers: &'a reqwest::header::HeaderMap,
+    /// The raw query string, if any.
+    pub query: Option<&'a str>,
+    /// The raw body.
+    pub body: &'a [u8],
+}
+
+/// What a webhook delivery asks the daemon to do.
+#[derive(Debug, Clone, PartialEq)]
+pub enum WebhookEvent {
+    /// The delivery carried the record's values.
+    Changed(Change),
+    /// The delivery carried only ids: fetch these records.
+    Fetch {
+        /// The entity.
+        entity: Entity,
+        /// The vendor ids.
+        ids: Vec<ExternalId>,
+    },
+    /// Something changed in this entity: pull now instead of waiting for the next tick.
+    PullNow(Entity),
+}
+
+/// The events of a delivery and the acknowledgement body the vendor expects on success.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WebhookReply {
+    /// What to ingest.
+    pub events: Vec<WebhookEvent>,
+    /// Response content type (`text/xml; charset=utf-8` for Salesforce's SOAP ack).
+    pub content_type: &'static str,
+    /// Response body.
+    pub body: String,
+}
+
+/// One page of changes and the cursor that resumes after it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Page {
+    /// Canonical upserts and deletes, oldest first.
+    pub changes: Vec<Change>,
+    /// Resume point after this page; committed in the same transaction as `changes`.
+    pub cursor: Cursor,
+    /// `false`: caught up, wait for the next tick.
+    pub has_more: bool,
+}
+
+/// A resume point, opaque to all but its connector.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Cursor(String);
+
+impl Cursor {
+    /// Wraps a connector's encoded position.
+    pub fn new(encoded: impl Into<String>) -> Self {
+        Self(encoded.into())
+    }
+
+    /// Encodes any serialisable position as a cursor.
+    pub fn encode<T: Serialize>(position: &T) -> Self {
+        // Positions are plain structs of strings and numbers; serialising them cannot fail.
+        Self(serde_json::to_string(position).unwrap_or_default())
+    }
+
+    /// Decodes a position encoded with [`Cursor::encode`].
+    pub fn decode<T: for<'de> Deserialize<'de>>(&self) -> Result<T, ConnectorError> {
+        serde_json::from_str(&self.0).map_err(|error| ConnectorError::decode("saved cursor", error))
+    }
+
+    /// Returns the encoded form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Cursor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Cursor({})", self.0)
+    }
+}
+
+/// Whether a change carries every field of the entity or only some.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Completeness {
+    /// Every mapped field was read: an absent value means the vendor has it empty.
+    Full,
+    /// Only the present fields were sent (webhooks with selected fields): absent means unknown.
+    Partial,
+}
+
+/// What happened to a vendor record.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum ChangeKind {
+    /// Created or updated, with its canonical values.
+    Upsert {
+        /// The mapped values.
+        data: EntityData,
+        /// Whether absent fields are empty or unknown.
+        completeness: Completeness,
+    },
+    /// Deleted in the vendor.
+    Delete,
+}
+
+/// One vendor record's change, mapped to canonical terms.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Change {
+    /// The entity.
+    pub entity: Entity,
+    /// The vendor object (`Opportunity`).
+    pub object: String,
+    /// The vendor's id.
+    pub external_id: ExternalId,
+    /// The vendor's modification time (`SystemModstamp`, `Modified_Time`, `modifiedon`).
+    pub modified_at: Timestamp,
+    /// The vendor's record version, when it has one (etag, rowversion).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// The canonical id found in the vendor's external-id field (crmsync created or pushed this record).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canonical_hint: Option<CanonicalId>,
+    /// Upsert or delete.
+    pub kind: ChangeKind,
+    /// Vendor fields beyond the canonical model, verbatim (kept on the link, never dropped).
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub extra: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Change {
+    /// Returns the canonical values of an upsert.
+    pub fn data(&self) -> Option<&EntityData> {
+        match &self.kind {
+            ChangeKind::Upsert { data, .. } => Some(data),
+            ChangeKind::Delete => None,
+        }
+    }
+
+    /// Returns whether this is a delete.
+    pub fn is_delete(&self) -> bool {
+        matches!(self.kind, ChangeKind::Delete)
+    }
+}
+
+/// One page of live ids (drift sweep).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IdPage {
+    /// Ids with their vendor modification times.
+    pub ids: Vec<(ExternalId, Timestamp)>,
+    /// Where to continue, or `None` when the listing is complete.
+    pub next: Option<Cursor>,
+}
+
+/// A canonical change to send to one connection.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Outgoing {
+    /// The canonical record (written into the vendor's external-id field).
+    pub canonical_id: CanonicalId,
+    /// The target's id of the record, when it already has it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<ExternalId>,
+    /// The vendor version last seen, for conditional updates (`If-Match`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_version: Option<String>,
+    /// What to do.
+    pub op: OutgoingOp,
+}
+
+/// The operation of an [`Outgoing`] change.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "op")]
+pub enum OutgoingOp {
+    /// Create or update with these values. References carry the canonical id and, when the target
+    /// already has the referenced record, the target's id.
+    Upsert {
+        /// The values to write.
+        data: EntityData,
+    },
+    /// Delete the target's copy.
+    Delete,
+}
+
+/// The outcome of a push, record by record, in batch order.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct PushReport {
+    /// One result per pushed record.
+    pub results: Vec<PushResult>,
+}
+
+/// The outcome of one pushed record.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PushResult {
+    /// The record.
+    pub canonical_id: CanonicalId,
+    /// What happened.
+    pub outcome: PushOutcome,
+}
+
+/// What the vendor did with one pushed record.
+#[derive(Clone, Debug, PartialEq)]
+pub enum PushOutcome {
+    /// Created or updated; the vendor's id and version.
+    Upserted {
+        /// The vendor's id.
+        external_id: ExternalId,
+        /// `true` when the vendor created the record.
+        created: bool,
+        /// The version after the write, when the vendor reports it.
+        version: Option<String>,
+    },
+    /// Deleted (or already gone).
+    Deleted,
+    /// The vendor refused the record (validation): goes to the dead-letter queue.
+    Rejected {
+        /// The vendor's code (`REQUIRED_FIELD_MISSING`).
+        code: String,
+        /// The vendor's message.
+        message: String,
+    },
+    /// A transient per-record failure: retry later.
+    Retry {
+        /// The vendor's message.
+        message: String,
+    },
+}
+
+/// The result of [`Connector::check`].
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct CheckReport {
+    /// Observations for the operator (`opportunities: change tracking disabled, falling back to modifiedon`).
+    pub notes: Vec<String>,
+    /// Vendor values seen that no mapping table covers (`Opportunity.StageName = "Discovery"`).
+    pub unmapped_values: Vec<String>,
+}
+
+/// API usage of one connection.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct ApiUsage {
+    /// Calls made by this process.
+    pub calls: u64,
+    /// Calls counted against the daily budget in the current window.
+    pub budget_used: u64,
+    /// The configured daily budget, if any.
+    pub budget_limit: Option<u64>,
+    /// The vendor's own usage report (`api-usage=10018/100000`), when it sends one.
+    pub vendor_used: Option<u64>,
+    /// The vendor's limit from the same report.
+    pub vendor_limit: Option<u64>,
+}
+
+/// What the daemon provides to connectors: small durable state and telemetry.
+///
+/// The state is a per-connection key-value space for things a connector must not lose (a rotated
+/// refresh token, a Bulk API job id, a notification channel, the daily budget window). `save_state`
+/// returns only once the value is durable.
+pub trait ConnectorHost: Send + Sync + 'static {
+    /// Returns a saved value.
+    fn load_state(&self, connection: &ConnectionId, key: &str) -> Result<Option<String>, String>;
+    /// Saves a value durably.
+    fn save_state(&self, connection: &ConnectionId, key: &str, value: &str) -> Result<(), String>;
+    /// Receives telemetry about vendor calls.
+    fn observe(&self, event: ApiEvent<'_>);
+}
+
+/// Telemetry a connector reports to its host.
+#[derive(Debug, Clone, Copy)]
+pub enum ApiEvent<'a> {
+    /// A vendor call finished (`status` is `None` when no HTTP answer came).
+    Call {
+        /// Connection.
+        connection: &'a ConnectionId,
+        /// HTTP status.
+        status: Option<u16>,
+    },
+    /// A retry is about to happen.
+    Retry {
+        /// Connection.
+        connection: &'a ConnectionId,
+    },
+    /// A request waited for the rate limiter or the vendor's throttling.
+    RateLimitWait {
+        /// Connection.
+        connection: &'a ConnectionId,
+    },
+    /// An access token was fetched.
+    TokenRefresh {
+        /// Connection.
+        connection: &'a ConnectionId,
+        /// Whether it worked.
+        success: bool,
+    },
+    /// The vendor reported its usage.
+    VendorUsage {
+        /// Connection.
+        connection: &'a ConnectionId,
+        /// Used.
+        used: u64,
+        /// Limit.
+        limit: u64,
+    },
+    /// A vendor value no mapping covers.
+    UnmappedValue {
+        /// Connection.
+        connection: &'a ConnectionId,
+        /// Entity.
+        entity: Entity,
+    },
+}
+
+/// A host that keeps state in memory and ignores telemetry (tests, `simulate`).
+#[derive(Default)]
+pub struct MemoryHost {
+    state: std::sync::Mutex<std::collections::BTreeMap<(String, String), String>>,
+}
+
+impl ConnectorHost for MemoryHost {
+    fn load_state(&self, connection: &ConnectionId, key: &str) -> Result<Option<String>, String> {
+        let state = self.state.lock().map_err(|_| "state lock poisoned".to_owned())?;
+        Ok(state.get(&(connection.to_string(), key.to_owned())).cloned())
+    }
+
+    fn save_state(&self, connection: &ConnectionId, key: &str, value: &str) -> Result<(), String> {
+        let mut state = self.state.lock().map_err(|_| "state lock poisoned".to_owned())?;
+        state.insert((connection.to_string(), key.to_owned()), value.to_owned());
+        Ok(())
+    }
+
+    fn observe(&self, _event: ApiEvent<'_>) {}
+}
+
+/// A shared host handle.
+pub type SharedHost = Arc<dyn ConnectorHost>;

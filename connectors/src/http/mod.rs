@@ -1,0 +1,16 @@
+//! Shared vendor-HTTP plumbing: one [`VendorHttp`] per connection owns the reqwest client, the rate
+//! limiter, the daily budget and the retry policy; [`TokenCache`] owns the access token.
+//!
+//! Every vendor request goes `rate limit → budget → send → classify`; transient failures are retried
+//! a bounded number of times with full-jitter back-off clamped by `Retry-After` (the scheduler is the
+//! outer, patient loop).
+
+mod client;
+mod oauth;
+mod rate_limit;
+mod retry;
+
+pub use client::{HttpSettings, RawResponse, VendorHttp, build_client, url_for_log};
+pub use oauth::{AccessToken, TokenCache, TokenResponse, request_token};
+pub use rate_limit::{DailyBudget, RateLimit};
+pub use retry::RetryPolicy;

@@ -1,0 +1,32 @@
+//! crmsync's connectors: the contract every CRM connector fulfils, the canonical model it speaks,
+//! the vendor connectors themselves and (feature `simulators`) an in-process simulator of each vendor.
+//!
+//! # Layout
+//!
+//! - [`connector`]: the [`Connector`] and [`WebhookParser`] traits and the data they exchange
+//!   ([`Page`], [`Cursor`], [`Change`], [`Outgoing`], [`PushReport`]).
+//! - [`error`]: [`ConnectorError`] with [`RetryAdvice`], [`WebhookError`].
+//! - [`canonical`]: the canonical model (entities, money, timestamps, vocabularies, records).
+//! - [`settings`]: connection settings and the [`settings::TableReader`] that validates config tables.
+//! - [`http`]: shared vendor-HTTP plumbing: client, token cache, rate limit and budget, retries.
+//! - `salesforce`, `zoho`, `dynamics365`: one folder per vendor (config, wire, mapping, webhook, sim).
+//! - `sim` (feature `simulators`): what the simulators share (fault switches, seeded data, server).
+//!
+//! This crate knows nothing of the store, the scheduler or the daemon's HTTP server: the arrow points
+//! one way, from the daemon to the connectors.
+
+pub mod canonical;
+pub mod connector;
+pub mod error;
+pub mod http;
+pub mod settings;
+
+pub use connector::{
+    ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Completeness, Connector, ConnectorHost, Cursor, IdPage,
+    MemoryHost, Outgoing, OutgoingOp, Page, PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery,
+    WebhookEvent, WebhookParser, WebhookReply,
+};
+pub use error::{ConnectorError, RetryAdvice, WebhookError};
+
+#[cfg(feature = "simulators")]
+pub mod sim;

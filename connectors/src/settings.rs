@@ -1,0 +1,582 @@
+//! Connection settings and the reader that builds them from configuration tables.
+//!
+//! Configuration is validated by walking TOML tables with [`TableReader`], which never stops at the
+//! first mistake: every problem is collected as a [`ConfigProblem`] with its full key path and the
+//! offending value, and unknown keys are reported with the closest valid key. Each vendor module
+//! reads its own keys (`salesforce::SalesforceConfig::read`), so vendor knowledge stays in its folder.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use secrecy::SecretString;
+
+use crate::canonical::{ConnectionId, Entity, Timestamp, Vocabulary};
+use crate::http::{HttpSettings, RetryPolicy};
+
+/// One configuration mistake.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted key path (`connections.sf_prod.poll_interval`).
+    pub path: String,
+    /// What is wrong, with the offending value.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Where `{ env = "…" }` and `{ file = "…" }` secrets are read from (injected, so tests need no real env).
+pub trait SecretSource {
+    /// Returns an environment variable.
+    fn env(&self, name: &str) -> Option<String>;
+    /// Reads a file.
+    fn file(&self, path: &std::path::Path) -> std::io::Result<String>;
+}
+
+/// The process environment and file system.
+pub struct SystemSecrets;
+
+impl SecretSource for SystemSecrets {
+    fn env(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+    fn file(&self, path: &std::path::Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// A fixed map of variables and no files (tests).
+pub struct MapSecrets(pub BTreeMap<String, String>);
+
+impl SecretSource for MapSecrets {
+    fn env(&self, name: &str) -> Option<String> {
+        self.0.get(name).cloned()
+    }
+    fn file(&self, path: &std::path::Path) -> std::io::Result<String> {
+        std::fs::read_to_string(path)
+    }
+}
+
+/// Reads one TOML table, collecting problems instead of failing.
+pub struct TableReader<'a> {
+    path: String,
+    table: &'a toml::Table,
+    used: BTreeSet<String>,
+    problems: &'a mut Vec<ConfigProblem>,
+    secrets: &'a dyn SecretSource,
+}
+
+impl<'a> TableReader<'a> {
+    /// Starts reading `table` found at `path` (empty for the root).
+    pub fn new(
+        path: impl Into<String>,
+        table: &'a toml::Table,
+        problems: &'a mut Vec<ConfigProblem>,
+        secrets: &'a dyn SecretSource,
+    ) -> Self {
+        Self { path: path.into(), table, used: BTreeSet::new(), problems, secrets }
+    }
+
+    /// Returns the dotted path of a key in this table.
+    pub fn key_path(&self, key: &str) -> String {
+        if self.path.is_empty() { key.to_owned() } else { format!("{}.{key}", self.path) }
+    }
+
+    /// Records a problem at `key`.
+    pub fn problem(&mut self, key: &str, message: impl Into<String>) {
+        let path = self.key_path(key);
+        self.problems.push(ConfigProblem { path, message: message.into() });
+    }
+
+    fn take(&mut self, key: &str) -> Option<&'a toml::Value> {
+        self.used.insert(key.to_owned());
+        self.table.get(key)
+    }
+
+    /// Returns whether the key is present.
+    pub fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
+    /// Returns the keys of this table.
+    pub fn keys(&self) -> Vec<String> {
+        self.table.keys().cloned().collect()
+    }
+
+    /// Reads an optional string.
+    pub fn opt_string(&mut self, key: &str) -> Option<String> {
+        match self.take(key)? {
+            toml::Value::String(text) => Some(text.clone()),
+            other => {
+                self.problem(key, format!("expected a string, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    /// Reads a required string.
+    pub fn string(&mut self, key: &str) -> Option<String> {
+        if !self.has(key) {
+            self.problem(key, "missing required key");
+            self.used.insert(key.to_owned());
+            return None;
+        }
+        self.opt_string(key)
+    }
+
+    /// Reads a string with a default.
+    pub fn string_or(&mut self, key: &str, default: &str) -> String {
+        self.opt_string(key).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// Reads an optional non-negative integer (numbers from env overrides arrive as text).
+    pub fn opt_u64(&mut self, key: &str) -> Option<u64> {
+        match self.take(key)? {
+            toml::Value::Integer(number) if *number >= 0 => u64::try_from(*number).ok(),
+            toml::Value::String(text) if text.trim().parse::<u64>().is_ok() => text.trim().parse().ok(),
+            other => {
+                self.problem(key, format!("expected a non-negative integer, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    /// Reads an optional boolean.
+    pub fn opt_bool(&mut self, key: &str) -> Option<bool> {
+        match self.take(key)? {
+            toml::Value::Boolean(flag) => Some(*flag),
+            toml::Value::String(text) if text == "true" || text == "false" => Some(text == "true"),
+            other => {
+                self.problem(key, format!("expected true or false, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    /// Reads an optional humantime-style duration (`30s`, `2m`, `1h30m`, `1d`).
+    pub fn opt_duration(&mut self, key: &str) -> Option<Duration> {
+        let value = self.take(key)?;
+        let parsed = match value {
+            toml::Value::String(text) => parse_duration(text),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.problem(key, format!("invalid duration {} (expected e.g. \"2m\")", describe(value)));
+        }
+        parsed
+    }
+
+    /// Reads a duration with a default.
+    pub fn duration_or(&mut self, key: &str, default: Duration) -> Duration {
+        self.opt_duration(key).unwrap_or(default)
+    }
+
+    /// Reads an optional URL. Plain `http://` is accepted only for loopback hosts (tests, simulators).
+    pub fn opt_url(&mut self, key: &str) -> Option<url::Url> {
+        let text = self.opt_string(key)?;
+        match url::Url::parse(&text) {
+            Ok(url) if url.scheme() == "https" => Some(url),
+            Ok(url) if url.scheme() == "http" && is_loopback(&url) => Some(url),
+            Ok(_) => {
+                self.problem(key, format!("insecure URL {text:?} (https is required except for loopback addresses)"));
+                None
+            }
+            Err(error) => {
+                self.problem(key, format!("invalid URL {text:?}: {error}"));
+                None
+            }
+        }
+    }
+
+    /// Reads a URL with a default.
+    pub fn url_or(&mut self, key: &str, default: &str) -> Option<url::Url> {
+        if self.has(key) {
+            return self.opt_url(key);
+        }
+        match url::Url::parse(default) {
+            Ok(url) => Some(url),
+            Err(error) => {
+                self.problem(key, format!("invalid default URL {default:?}: {error}"));
+                None
+            }
+        }
+    }
+
+    /// Reads an optional secret: `{ env = "NAME" }` or `{ file = "/path" }`. Inline strings are refused
+    /// so secrets never sit in config files.
+    pub fn opt_secret(&mut self, key: &str) -> Option<SecretString> {
+        let value = self.take(key)?;
+        let resolved = match value {
+            toml::Value::Table(spec) => match (spec.get("env"), spec.get("file"), spec.len()) {
+                (Some(toml::Value::String(name)), None, 1) => match self.secrets.env(name) {
+                    Some(secret) if !secret.is_empty() => Ok(secret),
+                    _ => Err(format!("secret from environment variable {name} is not set")),
+                },
+                (None, Some(toml::Value::String(path)), 1) => match self.secrets.file(&PathBuf::from(path)) {
+                    Ok(secret) if !secret.trim().is_empty() => Ok(secret.trim_end_matches(['\n', '\r']).to_owned()),
+                    Ok(_) => Err(format!("secret file {path:?} is empty")),
+                    Err(error) => Err(format!("cannot read secret file {path:?}: {error}")),
+                },
+                _ => Err("expected { env = \"NAME\" } or { file = \"/path\" }".to_owned()),
+            },
+            toml::Value::String(_) => {
+                Err("inline secrets are not accepted: use { env = \"NAME\" } or { file = \"/path\" }".to_owned())
+            }
+            other => Err(format!("expected {{ env = \"NAME\" }} or {{ file = \"/path\" }}, found {}", describe(other))),
+        };
+        match resolved {
+            Ok(secret) => Some(SecretString::from(secret)),
+            Err(message) => {
+                self.problem(key, message);
+                None
+            }
+        }
+    }
+
+    /// Reads a required secret.
+    pub fn secret(&mut self, key: &str) -> Option<SecretString> {
+        if !self.has(key) {
+            self.problem(key, "missing required secret");
+            self.used.insert(key.to_owned());
+            return None;
+        }
+        self.opt_secret(key)
+    }
+
+    /// Reads a list of strings.
+    pub fn opt_string_list(&mut self, key: &str) -> Option<Vec<String>> {
+        let value = self.take(key)?;
+        match value {
+            toml::Value::Array(items) => {
+                let mut strings = Vec::with_capacity(items.len());
+                for (index, item) in items.iter().enumerate() {
+                    match item {
+                        toml::Value::String(text) => strings.push(text.clone()),
+                        other => self.problem(
+                            &format!("{key}[{index}]"),
+                            format!("expected a string, found {}", describe(other)),
+                        ),
+                    }
+                }
+                Some(strings)
+            }
+            // Env overrides arrive as one comma-separated string.
+            toml::Value::String(text) => {
+                Some(text.split(',').map(|part| part.trim().to_owned()).filter(|part| !part.is_empty()).collect())
+            }
+            other => {
+                self.problem(key, format!("expected a list of strings, found {}", describe(other)));
+                None
+            }
+        }
+    }
+
+    /// Reads a list of entity names.
+    pub fn opt_entities(&mut self, key: &str) -> Option<Vec<Entity>> {
+        let names = self.opt_string_list(key)?;
+        let mut entities = Vec::new();
+        for name in names {
+            match name.parse::<Entity>() {
+                Ok(entity) if !entities.contains(&entity) => entities.push(entity),
+                Ok(_) => {}
+                Err(error) => self.problem(key, error.to_string()),
+            }
+        }
+        Some(entities)
+    }
+
+    /// Opens a sub-table (an absent key gives an empty table).
+    pub fn table<'b>(&'b mut self, key: &str) -> Option<TableReader<'b>>
+    where
+        'a: 'b,
+    {
+        static EMPTY: std::sync::OnceLock<toml::Table> = std::sync::OnceLock::new();
+        let path = self.key_path(key);
+        let table = match self.take(key) {
+            None => EMPTY.get_or_init(toml::Table::new),
+            Some(toml::Value::Table(table)) => table,
+            Some(other) => {
+                let message = format!("expected a table, found {}", describe(other));
+                self.problems.push(ConfigProblem { path, message });
+                return None;
+            }
+        };
+        Some(TableReader { path, table, used: BTreeSet::new(), problems: self.problems, secrets: self.secrets })
+    }
+
+    /// Returns the raw value of a key (for shapes this reader does not know) and marks it used.
+    pub fn raw(&mut self, key: &str) -> Option<&'a toml::Value> {
+        self.take(key)
+    }
+
+    /// Returns the secret source.
+    pub fn secrets(&self) -> &'a dyn SecretSource {
+        self.secrets
+    }
+
+    /// Returns the problem list (to read nested tables by hand).
+    pub fn problems(&mut self) -> &mut Vec<ConfigProblem> {
+        self.problems
+    }
+
+    /// Reports every key that was never read, with the closest known key as a suggestion.
+    pub fn finish(self, known_extra: &[&str]) {
+        for key in self.table.keys() {
+            if self.used.contains(key) || known_extra.contains(&key.as_str()) {
+                continue;
+            }
+            let candidates: Vec<&str> =
+                self.used.iter().map(String::as_str).chain(known_extra.iter().copied()).collect();
+            let message = match closest(key, &candidates) {
+                Some(suggestion) => format!("unknown key (did you mean `{suggestion}`?)"),
+                None => "unknown key".to_owned(),
+            };
+            let path = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
+            self.problems.push(ConfigProblem { path, message });
+        }
+    }
+}
+
+fn is_loopback(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(domain)) => domain == "localhost",
+        Some(url::Host::Ipv4(address)) => address.is_loopback(),
+        Some(url::Host::Ipv6(address)) => address.is_loopback(),
+        None => false,
+    }
+}
+
+fn describe(value: &toml::Value) -> String {
+    match value {
+        toml::Value::String(text) => format!("{text:?}"),
+        toml::Value::Table(_) => "a table".to_owned(),
+        toml::Value::Array(_) => "a list".to_owned(),
+        other => other.to_string(),
+    }
+}
+
+/// Parses `500ms`, `30s`, `2m`, `1h30m`, `1d`.
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    if text.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        let digits = rest.find(|character: char| !character.is_ascii_digit())?;
+        if digits == 0 {
+            return None;
+        }
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_length = rest.find(|character: char| character.is_ascii_digit()).unwrap_or(rest.len());
+        let unit = &rest[..unit_length];
+        rest = &rest[unit_length..];
+        let part = match unit {
+            "ms" => Duration::from_millis(number),
+            "s" => Duration::from_secs(number),
+            "m" => Duration::from_secs(number.checked_mul(60)?),
+            "h" => Duration::from_secs(number.checked_mul(3600)?),
+            "d" => Duration::from_secs(number.checked_mul(86_400)?),
+            _ => return None,
+        };
+        total = total.checked_add(part)?;
+    }
+    Some(total)
+}
+
+/// Formats a duration the way config writes it (`2m`, `1h30m`, `500ms`).
+pub fn format_duration(duration: Duration) -> String {
+    let millis = duration.as_millis();
+    if millis % 1000 != 0 {
+        return format!("{millis}ms");
+    }
+    let mut seconds = duration.as_secs();
+    if seconds == 0 {
+        return "0s".to_owned();
+    }
+    let mut out = String::new();
+    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
+        if seconds >= size {
+            out.push_str(&format!("{}{unit}", seconds / size));
+            seconds %= size;
+        }
+    }
+    out
+}
+
+/// Returns the candidate closest to `key` by edit distance, if it is close enough to be a typo.
+pub fn closest<'c>(key: &str, candidates: &[&'c str]) -> Option<&'c str> {
+    candidates
+        .iter()
+        .map(|candidate| (edit_distance(key, candidate), *candidate))
+        .filter(|(distance, candidate)| *distance <= (candidate.len().max(key.len()) / 3).max(2))
+        .min()
+        .map(|(_, candidate)| candidate)
+}
+
+fn edit_distance(left: &str, right: &str) -> usize {
+    let right_chars: Vec<char> = right.chars().collect();
+    let mut previous: Vec<usize> = (0..=right_chars.len()).collect();
+    for (row, left_char) in left.chars().enumerate() {
+        let mut current = vec![row + 1];
+        for (column, right_char) in right_chars.iter().enumerate() {
+            let substitution = previous[column] + usize::from(left_char != *right_char);
+            current.push(substitution.min(previous[column + 1] + 1).min(current[column] + 1));
+        }
+        previous = current;
+    }
+    previous[right_chars.len()]
+}
+
+/// Field allow/deny lists of one connection, by entity (SPEC §3 privacy). Names are canonical field
+/// names or vendor field names; a denied field is never requested, stored, exported or pushed.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldPolicy {
+    /// Fields never to touch, by entity.
+    pub deny: BTreeMap<Entity, BTreeSet<String>>,
+    /// When present for an entity, only these fields (plus ids and modification times) are used.
+    pub allow: BTreeMap<Entity, BTreeSet<String>>,
+}
+
+impl FieldPolicy {
+    /// Returns whether a field (canonical or vendor name) may be used for an entity.
+    pub fn allows(&self, entity: Entity, field: &str) -> bool {
+        if self.deny.get(&entity).is_some_and(|denied| denied.contains(field)) {
+            return false;
+        }
+        self.allow.get(&entity).is_none_or(|allowed| allowed.contains(field))
+    }
+}
+
+/// What every connection has, whatever its vendor.
+#[derive(Clone, Debug)]
+pub struct ConnectionSettings {
+    /// The connection name.
+    pub id: ConnectionId,
+    /// Entities to sync.
+    pub entities: Vec<Entity>,
+    /// Transport: rate, budget, timeout, retries.
+    pub http: HttpSettings,
+    /// Vendor value tables (defaults + overrides).
+    pub vocabulary: Vocabulary,
+    /// Privacy lists.
+    pub fields: FieldPolicy,
+    /// Where a full sync starts (`None`: the beginning).
+    pub start: Option<Timestamp>,
+    /// How far back incremental modstamp pulls re-read, for late-committed records.
+    pub overlap: Duration,
+    /// How often to poll when no webhook says otherwise.
+    pub poll_interval: Duration,
+}
+
+impl ConnectionSettings {
+    /// Settings with defaults, for tests and simulators.
+    pub fn new(id: impl Into<ConnectionId>, vocabulary: Vocabulary) -> Self {
+        Self {
+            id: id.into(),
+            entities: Entity::ALL.to_vec(),
+            http: HttpSettings {
+                per_second: NonZeroU32::new(1000).unwrap_or(NonZeroU32::MIN),
+                daily_budget: None,
+                timeout: Duration::from_secs(30),
+                retry: RetryPolicy::default(),
+            },
+            vocabulary,
+            fields: FieldPolicy::default(),
+            start: None,
+            overlap: Duration::from_secs(60),
+            poll_interval: Duration::from_secs(120),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read(text: &str, body: impl FnOnce(&mut TableReader<'_>)) -> Vec<String> {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let mut problems = Vec::new();
+        let secrets = MapSecrets(BTreeMap::from([("SET".to_owned(), "s3cr3t".to_owned())]));
+        let mut reader = TableReader::new("connections.sf", &table, &mut problems, &secrets);
+        body(&mut reader);
+        reader.finish(&[]);
+        problems.iter().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let problems = read(
+            r#"
+            poll_interval = "2 minutes"
+            login_url = "http://login.example.com"
+            secret = { env = "UNSET" }
+            inline = "hunter2"
+            pol_interval = "2m"
+            "#,
+            |reader| {
+                reader.opt_duration("poll_interval");
+                reader.opt_url("login_url");
+                reader.opt_secret("secret");
+                reader.opt_secret("inline");
+                reader.string("kind");
+            },
+        );
+        assert_eq!(
+            problems,
+            [
+                "connections.sf.poll_interval: invalid duration \"2 minutes\" (expected e.g. \"2m\")",
+                "connections.sf.login_url: insecure URL \"http://login.example.com\" (https is required except for loopback addresses)",
+                "connections.sf.secret: secret from environment variable UNSET is not set",
+                "connections.sf.inline: inline secrets are not accepted: use { env = \"NAME\" } or { file = \"/path\" }",
+                "connections.sf.kind: missing required key",
+                "connections.sf.pol_interval: unknown key (did you mean `poll_interval`?)",
+            ]
+        );
+    }
+
+    #[test]
+    fn good_values_parse() {
+        let problems = read(
+            r#"
+            poll_interval = "1h30m"
+            login_url = "http://127.0.0.1:8080"
+            secret = { env = "SET" }
+            "#,
+            |reader| {
+                assert_eq!(reader.opt_duration("poll_interval"), Some(Duration::from_secs(5400)));
+                assert!(reader.opt_url("login_url").is_some());
+                assert!(reader.opt_secret("secret").is_some());
+            },
+        );
+        assert!(problems.is_empty(), "{problems:?}");
+    }
+
+    #[test]
+    fn durations_round_trip() {
+        for text in ["500ms", "30s", "2m", "1h30m", "1d", "1d2h3m4s"] {
+            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        }
+        assert_eq!(parse_duration("2 minutes"), None);
+        assert_eq!(parse_duration("m"), None);
+    }
+
+    #[test]
+    fn field_policy_denies_and_allows() {
+        let mut policy = FieldPolicy::default();
+        policy.deny.insert(Entity::Lead, BTreeSet::from(["email".to_owned()]));
+        assert!(!policy.allows(Entity::Lead, "email"));
+        assert!(policy.allows(Entity::Lead, "name"));
+        policy.allow.insert(Entity::Account, BTreeSet::from(["name".to_owned()]));
+        assert!(policy.allows(Entity::Account, "name"));
+        assert!(!policy.allows(Entity::Account, "industry"));
+    }
+}

@@ -1,0 +1,3 @@
+//! The `crmsync` binary.
+
+fn main() {}
