@@ -21,6 +21,10 @@ pub mod error;
 pub mod http;
 pub mod settings;
 
+pub mod dynamics365;
+pub mod salesforce;
+pub mod zoho;
+
 pub use connector::{
     ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Completeness, Connector, ConnectorHost, Cursor, IdPage,
     MemoryHost, Outgoing, OutgoingOp, Page, PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery,
@@ -30,3 +34,6 @@ pub use error::{ConnectorError, RetryAdvice, WebhookError};
 
 #[cfg(feature = "simulators")]
 pub mod sim;
+
+#[cfg(feature = "testkit")]
+pub mod testkit;

@@ -395,7 +395,7 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 /// Formats a duration the way config writes it (`2m`, `1h30m`, `500ms`).
 pub fn format_duration(duration: Duration) -> String {
     let millis = duration.as_millis();
-    if millis % 1000 != 0 {
+    if !millis.is_multiple_of(1000) {
         return format!("{millis}ms");
     }
     let mut seconds = duration.as_secs();

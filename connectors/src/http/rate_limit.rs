@@ -80,13 +80,13 @@ impl DailyBudget {
             if window.started_at.saturating_add(WINDOW, true) <= now {
                 *window = BudgetWindow { started_at: now, used: 0 };
             }
-            if let Some(limit) = self.limit {
-                if window.used >= limit {
-                    let resets_at = window.started_at.saturating_add(WINDOW, true);
-                    let retry_after =
-                        Duration::from_millis(u64::try_from(resets_at.unix_millis() - now.unix_millis()).unwrap_or(0));
-                    return Err(ConnectorError::BudgetExhausted { used: window.used, limit, retry_after });
-                }
+            if let Some(limit) = self.limit
+                && window.used >= limit
+            {
+                let resets_at = window.started_at.saturating_add(WINDOW, true);
+                let retry_after =
+                    Duration::from_millis(u64::try_from(resets_at.unix_millis() - now.unix_millis()).unwrap_or(0));
+                return Err(ConnectorError::BudgetExhausted { used: window.used, limit, retry_after });
             }
             window.used += 1;
             *window

@@ -132,7 +132,7 @@ impl Faults {
             }
         }
         let every = self.server_error_every.load(Ordering::SeqCst);
-        if every > 0 && call % every == 0 {
+        if every > 0 && call.is_multiple_of(every) {
             return Injected::ServerError;
         }
         Injected::None

@@ -1,0 +1,113 @@
+//! `[connections.NAME]` keys of a `kind = "dynamics365"` connection.
+
+use secrecy::SecretString;
+
+use crate::settings::TableReader;
+
+/// How webhook deliveries prove they come from the configured service endpoint.
+#[derive(Debug, Clone)]
+pub struct Dynamics365Webhook {
+    /// The shared key.
+    pub key: SecretString,
+    /// Header carrying the key (`HttpHeader` auth); `None`: the `code` query parameter (`WebhookKey` auth).
+    pub header: Option<String>,
+}
+
+/// A Dataverse connection's vendor settings.
+#[derive(Debug, Clone)]
+pub struct Dynamics365Config {
+    /// The environment URL (`https://contoso.crm4.dynamics.com`).
+    pub org_url: url::Url,
+    /// Identity platform authority (`https://login.microsoftonline.com`; sovereign clouds differ).
+    pub authority_url: url::Url,
+    /// Entra tenant id or domain.
+    pub tenant_id: String,
+    /// Application (client) id.
+    pub client_id: String,
+    /// Client secret.
+    pub client_secret: SecretString,
+    /// Web API version (`v9.2`).
+    pub api_version: String,
+    /// Column holding the canonical id, defined as an alternate key on each table.
+    pub alternate_key: String,
+    /// `Prefer: odata.maxpagesize` (≤ 5000).
+    pub max_page_size: u32,
+    /// Requests per `$batch` (≤ 1000).
+    pub batch_size: u32,
+    /// Column the sales channel is read from (none by default).
+    pub channel_field: Option<String>,
+    /// Webhook authentication, if webhooks are used.
+    pub webhook: Option<Dynamics365Webhook>,
+}
+
+impl Dynamics365Config {
+    /// Keys this table may hold besides the ones every connection has.
+    pub const KEYS: &'static [&'static str] = &[
+        "org_url",
+        "authority_url",
+        "tenant_id",
+        "auth",
+        "api_version",
+        "alternate_key",
+        "max_page_size",
+        "batch_size",
+        "channel_field",
+        "webhook",
+    ];
+
+    /// Reads the vendor keys of a connection table, recording every problem.
+    pub fn read(table: &mut TableReader<'_>) -> Option<Self> {
+        let org_url = if table.has("org_url") {
+            table.opt_url("org_url")
+        } else {
+            table.problem("org_url", "missing required key");
+            None
+        };
+        let authority_url = table.url_or("authority_url", "https://login.microsoftonline.com");
+        let tenant_id = table.string("tenant_id");
+        let api_version = table.string_or("api_version", "v9.2");
+        let alternate_key = table.string_or("alternate_key", "crmsync_id");
+        let max_page_size = table.opt_u64("max_page_size").unwrap_or(5000);
+        if !(1..=5000).contains(&max_page_size) {
+            table.problem("max_page_size", format!("{max_page_size} is outside 1..=5000"));
+        }
+        let batch_size = table.opt_u64("batch_size").unwrap_or(1000);
+        if !(1..=1000).contains(&batch_size) {
+            table.problem("batch_size", format!("{batch_size} is outside 1..=1000 (the $batch request limit)"));
+        }
+        let channel_field = table.opt_string("channel_field");
+        let credentials = table.table("auth").map(|mut auth| {
+            let client_id = auth.string("client_id");
+            let client_secret = auth.secret("client_secret");
+            auth.finish(&[]);
+            (client_id, client_secret)
+        });
+        if !table.has("auth") {
+            table.problem("auth", "missing required table");
+        }
+        let webhook = if table.has("webhook") {
+            table.table("webhook").and_then(|mut webhook| {
+                let key = webhook.secret("key");
+                let header = webhook.opt_string("header");
+                webhook.finish(&[]);
+                Some(Dynamics365Webhook { key: key?, header })
+            })
+        } else {
+            None
+        };
+        let (client_id, client_secret) = credentials?;
+        Some(Self {
+            org_url: org_url?,
+            authority_url: authority_url?,
+            tenant_id: tenant_id?,
+            client_id: client_id?,
+            client_secret: client_secret?,
+            api_version,
+            alternate_key,
+            max_page_size: u32::try_from(max_page_size).unwrap_or(5000),
+            batch_size: u32::try_from(batch_size).unwrap_or(1000),
+            channel_field,
+            webhook,
+        })
+    }
+}

@@ -1,0 +1,186 @@
+//! The contract suite every connector must pass, run against its simulator over loopback.
+//!
+//! A vendor's tests build its connector against its simulator, wrap the simulator in
+//! [`SimControl`], and call [`run_contract_suite`] (or the individual checks). The checks assert what
+//! the daemon relies on: paging terminates, a full pull yields every record exactly once, the cursor
+//! advances so an incremental pull yields exactly what changed, deletes arrive, pushes are idempotent,
+//! and a forged webhook is refused.
+
+use std::collections::BTreeSet;
+
+use crate::canonical::{Account, CanonicalId, Entity, EntityData, ExternalId};
+use crate::connector::{Change, Connector, Cursor, Outgoing, OutgoingOp, PushOutcome, WebhookDelivery};
+use crate::error::{ConnectorError, WebhookError};
+use crate::sim::{Faults, SimStats};
+
+/// In-process control over a running simulator.
+pub trait SimControl: Send + Sync {
+    /// Returns the number of live records of an entity.
+    fn count(&self, entity: Entity) -> usize;
+    /// Modifies `n` existing records (new modification time) and returns their ids.
+    fn touch(&self, entity: Entity, n: usize) -> Vec<ExternalId>;
+    /// Deletes `n` existing records and returns their ids.
+    fn delete(&self, entity: Entity, n: usize) -> Vec<ExternalId>;
+    /// Returns call counters.
+    fn stats(&self) -> SimStats;
+    /// Returns the fault switches.
+    fn faults(&self) -> &Faults;
+}
+
+/// Everything [`pull_to_end`] read.
+#[derive(Debug)]
+pub struct PullRun {
+    /// Every change, in order.
+    pub changes: Vec<Change>,
+    /// The last cursor.
+    pub cursor: Cursor,
+    /// Pages read.
+    pub pages: usize,
+}
+
+/// Pulls pages from `cursor` until `has_more` is false (at most `max_pages`, so a broken connector
+/// fails the test instead of hanging it).
+pub async fn pull_to_end<C: Connector>(
+    connector: &C,
+    entity: Entity,
+    cursor: Option<Cursor>,
+    max_pages: usize,
+) -> Result<PullRun, ConnectorError> {
+    let mut cursor = cursor;
+    let mut changes = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = connector.pull(entity, cursor.as_ref()).await?;
+        pages += 1;
+        changes.extend(page.changes);
+        cursor = Some(page.cursor);
+        assert!(pages <= max_pages, "paging did not terminate after {max_pages} pages");
+        if !page.has_more {
+            break;
+        }
+    }
+    let cursor = cursor.expect("at least one page was read");
+    Ok(PullRun { changes, cursor, pages })
+}
+
+fn distinct_ids(changes: &[Change]) -> BTreeSet<ExternalId> {
+    changes.iter().map(|change| change.external_id.clone()).collect()
+}
+
+/// A full pull yields every live record exactly once, and paging terminates.
+pub async fn full_pull_yields_every_record_once<C: Connector>(
+    connector: &C,
+    sim: &dyn SimControl,
+    entity: Entity,
+) -> Cursor {
+    let run = pull_to_end(connector, entity, None, 10_000).await.expect("full pull");
+    let ids = distinct_ids(&run.changes);
+    assert_eq!(ids.len(), run.changes.len(), "a full pull yielded duplicates");
+    assert_eq!(ids.len(), sim.count(entity), "a full pull missed records");
+    assert!(run.changes.iter().all(|change| !change.is_delete()), "a full pull yielded deletes");
+    run.cursor
+}
+
+/// After `n` records change, an incremental pull from the saved cursor yields exactly those records.
+pub async fn incremental_pull_yields_exactly_the_changes<C: Connector>(
+    connector: &C,
+    sim: &dyn SimControl,
+    entity: Entity,
+    cursor: Cursor,
+    n: usize,
+) -> Cursor {
+    let touched: BTreeSet<ExternalId> = sim.touch(entity, n).into_iter().collect();
+    let run = pull_to_end(connector, entity, Some(cursor), 100).await.expect("incremental pull");
+    assert_eq!(distinct_ids(&run.changes), touched, "incremental pull did not yield exactly the changed records");
+    let again = pull_to_end(connector, entity, Some(run.cursor.clone()), 100).await.expect("second incremental pull");
+    assert!(again.changes.is_empty(), "the cursor did not advance: {} changes read again", again.changes.len());
+    again.cursor
+}
+
+/// Deleted records arrive as deletes on the next incremental pull.
+pub async fn deletes_arrive<C: Connector>(
+    connector: &C,
+    sim: &dyn SimControl,
+    entity: Entity,
+    cursor: Cursor,
+    n: usize,
+) -> Cursor {
+    let deleted: BTreeSet<ExternalId> = sim.delete(entity, n).into_iter().collect();
+    let run = pull_to_end(connector, entity, Some(cursor), 100).await.expect("pull after delete");
+    let seen: BTreeSet<ExternalId> =
+        run.changes.iter().filter(|change| change.is_delete()).map(|change| change.external_id.clone()).collect();
+    assert_eq!(seen, deleted, "deletes did not arrive");
+    run.cursor
+}
+
+/// Builds `n` new accounts to push.
+pub fn new_accounts(n: usize, label: &str) -> Vec<Outgoing> {
+    (0..n)
+        .map(|index| Outgoing {
+            canonical_id: CanonicalId::new(),
+            external_id: None,
+            expected_version: None,
+            op: OutgoingOp::Upsert {
+                data: EntityData::Account(Account {
+                    name: Some(format!("{label} {index}")),
+                    number: Some(format!("{label}-{index}")),
+                    domain: Some(format!("{}-{index}.example", label.to_ascii_lowercase().replace(' ', "-"))),
+                    ..Account::default()
+                }),
+            },
+        })
+        .collect()
+}
+
+/// Pushing the same records twice creates them once: the second push only updates.
+pub async fn pushes_are_idempotent<C: Connector>(connector: &C, sim: &dyn SimControl, n: usize) {
+    let before = sim.count(Entity::Account);
+    let batch = new_accounts(n, "Contract Push");
+    let mut first_ids = Vec::new();
+    for chunk in batch.chunks(connector.push_batch_size()) {
+        let report = connector.push(Entity::Account, chunk).await.expect("first push");
+        assert_eq!(report.results.len(), chunk.len(), "one result per record");
+        for (result, outgoing) in report.results.iter().zip(chunk) {
+            assert_eq!(result.canonical_id, outgoing.canonical_id, "results come in batch order");
+            match &result.outcome {
+                PushOutcome::Upserted { external_id, created: true, .. } => first_ids.push(external_id.clone()),
+                other => panic!("first push of a new record: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(sim.count(Entity::Account), before + n, "first push did not create every record");
+    let mut second_ids = Vec::new();
+    for chunk in batch.chunks(connector.push_batch_size()) {
+        let report = connector.push(Entity::Account, chunk).await.expect("second push");
+        for result in &report.results {
+            match &result.outcome {
+                PushOutcome::Upserted { external_id, created: false, .. } => second_ids.push(external_id.clone()),
+                other => panic!("re-push of an existing record: {other:?}"),
+            }
+        }
+    }
+    assert_eq!(sim.count(Entity::Account), before + n, "re-push created duplicates");
+    assert_eq!(first_ids, second_ids, "re-push hit different records");
+}
+
+/// A delivery with a wrong secret is refused as unauthenticated.
+pub fn forged_webhook_is_refused<C: Connector>(connector: &C, forged: &WebhookDelivery<'_>) {
+    match connector.parse_webhook(forged) {
+        Err(WebhookError::Unauthenticated(_)) => {}
+        other => panic!("a forged webhook was not refused: {other:?}"),
+    }
+}
+
+/// Runs every contract check on one entity (`account` pushes) against a simulator.
+pub async fn run_contract_suite<C: Connector>(
+    connector: &C,
+    sim: &dyn SimControl,
+    entity: Entity,
+    forged: &WebhookDelivery<'_>,
+) {
+    let cursor = full_pull_yields_every_record_once(connector, sim, entity).await;
+    let cursor = incremental_pull_yields_exactly_the_changes(connector, sim, entity, cursor, 10).await;
+    deletes_arrive(connector, sim, entity, cursor, 2).await;
+    pushes_are_idempotent(connector, sim, 25).await;
+    forged_webhook_is_refused(connector, forged);
+}
