@@ -6,3 +6,4 @@
 //! Everything vendor-agnostic lives here; vendor code lives in the `crmsync-connectors` crate.
 
 pub use crmsync_connectors::canonical;
+pub mod reconcile;

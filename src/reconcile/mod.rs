@@ -1,0 +1,582 @@
+//! Reconciliation: turns one vendor change into a decision about one canonical record.
+//!
+//! Pure: no IO, no async, no store. The ingest path looks up the candidate record (by link, by the
+//! canonical id found in the vendor's external-id field, or by match key — see [`match_key_values`]),
+//! resolves the change's references to canonical ids, and calls [`reconcile`]; it then writes what the
+//! [`Decision`] says and queues the fan-out in the same store transaction.
+//!
+//! # Merge
+//!
+//! Field by field, each with its provenance (connection, vendor modification time). A field is
+//! overwritten only when the policy of [`Rules::policy`] says the incoming value wins; an older change
+//! never overwrites a newer value from the same connection, so changes may arrive out of order and
+//! twice. A field changed on two sides since the source last synced is a [`Conflict`], always
+//! recorded with both values; under [`Policy::Manual`] the current value is held.
+//!
+//! # Echoes and ping-pong
+//!
+//! When crmsync pushes a record to a connection it remembers a hash of the pushed values on the link
+//! ([`pushed_hash`]). Reading those values back is an echo: the link advances, nothing is applied or
+//! propagated. Only *propagating* fields fan out ([`propagates`]): vendor-local fields (creation times,
+//! raw vendor values, derived flags) are stored but never cause a push, so two connections routed both
+//! ways reach a fixed point.
+
+mod rules;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
+
+use crmsync_connectors::canonical::{
+    CanonicalId, ConnectionId, Entity, EntityData, Link, MatchReason, Opportunity, Provenance, Record, StageEntry,
+    Timestamp, normalise_domain,
+};
+use crmsync_connectors::{Change, ChangeKind, Completeness};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+pub use rules::{DeleteAction, Policy, Route, Rules, default_match_keys};
+
+/// Fields that are stored but never propagated to other connections: each vendor has its own value.
+pub const LOCAL_FIELDS: &[&str] = &[
+    "created_at",
+    "updated_at",
+    "vendor_stage",
+    "vendor_status",
+    "vendor_channel",
+    "source",
+    "is_won",
+    "is_closed",
+    "closed_at",
+    "stage_history",
+];
+
+/// Returns whether a change of this field is sent to other connections.
+pub fn propagates(field: &str) -> bool {
+    !LOCAL_FIELDS.contains(&field)
+}
+
+/// What happened to the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// A new canonical record.
+    Created,
+    /// Fields changed.
+    Updated,
+    /// The record was tombstoned.
+    Deleted,
+    /// Our own push read back: only the link advanced.
+    Echo,
+    /// Older than what this connection already told us: ignored.
+    Stale,
+    /// Nothing changed (a re-read, a duplicate delivery); at most the link advanced.
+    Unchanged,
+}
+
+/// One side of a conflict.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConflictSide {
+    /// The value.
+    pub value: Value,
+    /// Who set it (`None`: local).
+    pub connection: Option<ConnectionId>,
+    /// The vendor modification time.
+    pub modified_at: Timestamp,
+}
+
+/// A field changed on two sides since the source last synced.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    /// The field.
+    pub field: String,
+    /// The value in the store before the change.
+    pub current: ConflictSide,
+    /// The incoming value.
+    pub incoming: ConflictSide,
+    /// The policy that decided (`newest`, `priority`, `authoritative:sf_prod`, `manual`).
+    pub policy: String,
+    /// `true`: the incoming value won.
+    pub incoming_won: bool,
+    /// `true`: held for a person (manual policy); the current value stays until resolved.
+    pub held: bool,
+}
+
+/// The decision about one change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    /// What happened.
+    pub outcome: Outcome,
+    /// The record to write (`None`: nothing to write).
+    pub record: Option<Record>,
+    /// Whether the change must be queued for the routed targets.
+    pub fan_out: bool,
+    /// Fields whose value changed.
+    pub changed_fields: Vec<String>,
+    /// Conflicts found (recorded whatever the policy).
+    pub conflicts: Vec<Conflict>,
+}
+
+/// A change that cannot be applied (its fields do not fit the entity).
+#[derive(Debug, thiserror::Error)]
+#[error("cannot apply change to {entity} {external_id}: {message}")]
+pub struct ReconcileError {
+    /// Entity.
+    pub entity: Entity,
+    /// The vendor id.
+    pub external_id: String,
+    /// Why.
+    pub message: String,
+}
+
+/// Brings values to one comparable form: exact decimals without trailing zeros, lower-case e-mails
+/// and domains, order lines in a stable order. Applied to every incoming change, so stored values are
+/// always canonical and a vendor's formatting never looks like a change.
+pub fn canonicalise(data: &mut EntityData) {
+    match data {
+        EntityData::Account(account) => {
+            if let Some(domain) = account.domain.as_deref().and_then(normalise_domain) {
+                account.domain = Some(domain);
+            }
+        }
+        EntityData::Lead(lead) => {
+            if let Some(email) = lead.email.as_mut() {
+                *email = email.trim().to_ascii_lowercase();
+            }
+        }
+        EntityData::Opportunity(opportunity) => {
+            if let Some(amount) = opportunity.amount.as_mut() {
+                amount.amount = amount.amount.normalize();
+            }
+            if let Some(probability) = opportunity.probability.as_mut() {
+                *probability = probability.normalize();
+            }
+        }
+        EntityData::Order(order) => {
+            if let Some(total) = order.total_amount.as_mut() {
+                *total = total.normalize();
+            }
+            if let Some(lines) = order.lines.as_mut() {
+                for line in lines.iter_mut() {
+                    line.quantity = line.quantity.normalize();
+                    line.unit_price = line.unit_price.normalize();
+                    line.line_total = line.line_total.normalize();
+                }
+                lines.sort_by(|left, right| {
+                    (&left.sku, &left.product, left.quantity, left.unit_price).cmp(&(
+                        &right.sku,
+                        &right.product,
+                        right.quantity,
+                        right.unit_price,
+                    ))
+                });
+            }
+        }
+    }
+}
+
+/// Returns the match-key values of a record's data: `(key name, normalised value)` for every
+/// configured key whose fields are all present. References must already be canonical.
+pub fn match_key_values(rules: &Rules, data: &EntityData) -> Vec<(String, String)> {
+    let Some(keys) = rules.match_keys.get(&data.entity()) else {
+        return Vec::new();
+    };
+    let fields = data.to_fields();
+    let mut values = Vec::new();
+    'keys: for key in keys {
+        let mut parts = Vec::with_capacity(key.len());
+        for field in key {
+            let Some(part) = fields.get(field).and_then(normalise_key_part) else {
+                continue 'keys;
+            };
+            parts.push(part);
+        }
+        values.push((key.join("+"), parts.join("|")));
+    }
+    values
+}
+
+fn normalise_key_part(value: &Value) -> Option<String> {
+    let text = match value {
+        Value::String(text) => text.clone(),
+        // A reference: match on the canonical id it resolved to.
+        Value::Object(reference) => reference.get("canonical")?.as_str()?.to_owned(),
+        Value::Null => return None,
+        other => other.to_string(),
+    };
+    let words: Vec<String> = text
+        .split(|character: char| character.is_whitespace() || matches!(character, ',' | '.'))
+        .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+/// Hash of the propagating field values pushed to a connection, stored on its link as
+/// `<hex>:<field,field,…>` so a read-back can be compared on exactly those fields.
+pub fn pushed_hash(data: &EntityData) -> String {
+    let fields = data.to_fields();
+    let names: Vec<&str> = fields.keys().map(String::as_str).filter(|name| propagates(name)).collect();
+    format!("{}:{}", hash_fields(&fields, &names), names.join(","))
+}
+
+fn hash_fields(fields: &serde_json::Map<String, Value>, names: &[&str]) -> String {
+    let mut hasher = Sha256::new();
+    for name in names {
+        hasher.update(name.as_bytes());
+        hasher.update([0]);
+        hasher.update(fields.get(*name).unwrap_or(&Value::Null).to_string().as_bytes());
+        hasher.update([0]);
+    }
+    hasher.finalize().iter().take(16).map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// Returns whether `data` read back from a connection is exactly what crmsync pushed there.
+pub fn is_echo(link: &Link, data: &EntityData) -> bool {
+    let Some((hash, names)) = link.pushed_hash.as_deref().and_then(|stored| stored.split_once(':')) else {
+        return false;
+    };
+    let names: Vec<&str> = names.split(',').filter(|name| !name.is_empty()).collect();
+    hash_fields(&data.to_fields(), &names) == hash
+}
+
+/// Decides what one change does to its canonical record.
+///
+/// `current` is the record the change was matched to (`None`: a new record with `new_id`), `matched_by`
+/// why (used when this creates the connection's link), `source` the connection it came from.
+pub fn reconcile(
+    current: Option<&Record>,
+    change: &Change,
+    source: &ConnectionId,
+    matched_by: MatchReason,
+    rules: &Rules,
+    now: Timestamp,
+    new_id: CanonicalId,
+) -> Result<Decision, ReconcileError> {
+    let mut record = current.cloned().unwrap_or_else(|| Record::new(new_id, change.entity, now));
+    let previous_link = record.link(source).cloned();
+    let last_seen = previous_link.as_ref().and_then(|link| link.last_modified);
+    if last_seen.is_some_and(|seen| change.modified_at < seen) {
+        return Ok(Decision::ignored(Outcome::Stale));
+    }
+    let link_changed = update_link(&mut record, change, source, matched_by, previous_link.as_ref());
+
+    let mut provenance_touched = false;
+    let (outcome, changed_fields, conflicts) = match &change.kind {
+        ChangeKind::Delete => apply_delete(&mut record, change, source, last_seen),
+        ChangeKind::Upsert { data, .. }
+            if previous_link.as_ref().is_some_and(|link| is_echo(link, data)) && !record.is_deleted() =>
+        {
+            (Outcome::Echo, Vec::new(), Vec::new())
+        }
+        ChangeKind::Upsert { data, completeness } => {
+            let (changed, conflicts, touched) =
+                merge_fields(&mut record, data, *completeness, change, source, last_seen, rules)?;
+            provenance_touched = touched;
+            let outcome = if current.is_none() {
+                Outcome::Created
+            } else if changed.is_empty() {
+                Outcome::Unchanged
+            } else {
+                Outcome::Updated
+            };
+            (outcome, changed, conflicts)
+        }
+    };
+    let fan_out = match outcome {
+        Outcome::Deleted => true,
+        Outcome::Created | Outcome::Updated => changed_fields.iter().any(|field| propagates(field)),
+        _ => false,
+    };
+    let dirty = current.is_none()
+        || link_changed
+        || provenance_touched
+        || !changed_fields.is_empty()
+        || outcome == Outcome::Deleted;
+    if dirty {
+        record.updated_at = now;
+    }
+    Ok(Decision { outcome, record: dirty.then_some(record), fan_out, changed_fields, conflicts })
+}
+
+impl Decision {
+    fn ignored(outcome: Outcome) -> Self {
+        Self { outcome, record: None, fan_out: false, changed_fields: Vec::new(), conflicts: Vec::new() }
+    }
+}
+
+fn update_link(
+    record: &mut Record,
+    change: &Change,
+    source: &ConnectionId,
+    matched_by: MatchReason,
+    previous: Option<&Link>,
+) -> bool {
+    let mut link = previous.cloned().unwrap_or_else(|| Link {
+        connection: source.clone(),
+        object: change.object.clone(),
+        external_id: change.external_id.clone(),
+        last_modified: None,
+        last_version: None,
+        pushed_hash: None,
+        matched_by,
+        extra: serde_json::Map::new(),
+    });
+    link.external_id = change.external_id.clone();
+    link.last_modified = Some(change.modified_at);
+    if change.version.is_some() {
+        link.last_version = change.version.clone();
+    }
+    let full = matches!(change.kind, ChangeKind::Upsert { completeness: Completeness::Full, .. });
+    if full {
+        link.extra = change.extra.clone();
+    } else {
+        for (key, value) in &change.extra {
+            link.extra.insert(key.clone(), value.clone());
+        }
+    }
+    if previous == Some(&link) {
+        return false;
+    }
+    match record.link_mut(source) {
+        Some(existing) => *existing = link,
+        None => record.links.push(link),
+    }
+    true
+}
+
+fn apply_delete(
+    record: &mut Record,
+    change: &Change,
+    source: &ConnectionId,
+    last_seen: Option<Timestamp>,
+) -> (Outcome, Vec<String>, Vec<Conflict>) {
+    if record.is_deleted() {
+        return (Outcome::Unchanged, Vec::new(), Vec::new());
+    }
+    // Deleted on one side, edited on another since the source last synced: a conflict. The delete
+    // wins (the record is gone in the source), but both sides are recorded.
+    let mut conflicts = Vec::new();
+    if let Some(seen) = last_seen {
+        let edited_elsewhere = record
+            .provenance
+            .values()
+            .filter(|provenance| provenance.connection.as_ref() != Some(source) && provenance.modified_at > seen)
+            .max_by_key(|provenance| provenance.modified_at);
+        if let Some(edit) = edited_elsewhere {
+            conflicts.push(Conflict {
+                field: "deleted_at".to_owned(),
+                current: ConflictSide {
+                    value: Value::Null,
+                    connection: edit.connection.clone(),
+                    modified_at: edit.modified_at,
+                },
+                incoming: ConflictSide {
+                    value: Value::String(change.modified_at.to_string()),
+                    connection: Some(source.clone()),
+                    modified_at: change.modified_at,
+                },
+                policy: "delete_wins".to_owned(),
+                incoming_won: true,
+                held: false,
+            });
+        }
+    }
+    record.deleted_at = Some(change.modified_at);
+    (Outcome::Deleted, vec!["deleted_at".to_owned()], conflicts)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn merge_fields(
+    record: &mut Record,
+    data: &EntityData,
+    completeness: Completeness,
+    change: &Change,
+    source: &ConnectionId,
+    last_seen: Option<Timestamp>,
+    rules: &Rules,
+) -> Result<(Vec<String>, Vec<Conflict>, bool), ReconcileError> {
+    let entity = change.entity;
+    let mut incoming = data.to_fields();
+    if completeness == Completeness::Full {
+        for field in entity.fields() {
+            if *field != "stage_history" {
+                incoming.entry((*field).to_owned()).or_insert(Value::Null);
+            }
+        }
+    }
+    // crmsync keeps the stage history itself; vendors do not send one.
+    incoming.remove("stage_history");
+    let mut merged = record.data.to_fields();
+    let mut changed = Vec::new();
+    let mut conflicts = Vec::new();
+    let undelete = record.deleted_at.is_some_and(|deleted| change.modified_at > deleted);
+    let mut provenance_touched = false;
+    for (field, value) in incoming {
+        let current_value = merged.get(&field).cloned().unwrap_or(Value::Null);
+        let provenance = record.provenance.get(&field);
+        let verdict = judge(rules, entity, &field, provenance, &current_value, source, change.modified_at, last_seen);
+        if current_value == value {
+            // Same value: no change, but a winning, newer assertion of it becomes its provenance, so the
+            // outcome does not depend on the order changes arrive in.
+            let incoming_provenance = Provenance {
+                connection: Some(source.clone()),
+                modified_at: change.modified_at,
+                version: change.version.clone(),
+            };
+            if verdict.incoming_wins && !value.is_null() && provenance != Some(&incoming_provenance) {
+                record.provenance.insert(field, incoming_provenance);
+                provenance_touched = true;
+            }
+            continue;
+        }
+        if let Some(mut conflict) = verdict.conflict {
+            conflict.current.value = current_value.clone();
+            conflict.incoming.value = value.clone();
+            conflicts.push(conflict);
+        }
+        if verdict.incoming_wins {
+            if value.is_null() {
+                merged.remove(&field);
+            } else {
+                merged.insert(field.clone(), value);
+            }
+            record.provenance.insert(
+                field.clone(),
+                Provenance {
+                    connection: Some(source.clone()),
+                    modified_at: change.modified_at,
+                    version: change.version.clone(),
+                },
+            );
+            changed.push(field);
+        }
+    }
+    if changed.is_empty() && !undelete {
+        return Ok((changed, conflicts, provenance_touched));
+    }
+    let previous_stage = match &record.data {
+        EntityData::Opportunity(opportunity) => opportunity.stage,
+        _ => None,
+    };
+    record.data = EntityData::from_fields(entity, merged).map_err(|error| ReconcileError {
+        entity,
+        external_id: change.external_id.to_string(),
+        message: error.to_string(),
+    })?;
+    if let EntityData::Opportunity(opportunity) = &mut record.data {
+        record_stage(opportunity, previous_stage, change.modified_at);
+    }
+    if undelete {
+        record.deleted_at = None;
+        changed.push("deleted_at".to_owned());
+    }
+    Ok((changed, conflicts, provenance_touched))
+}
+
+fn record_stage(opportunity: &mut Opportunity, previous: Option<crmsync_connectors::canonical::Stage>, at: Timestamp) {
+    if let Some(stage) = opportunity.stage
+        && previous != Some(stage)
+        && opportunity.stage_history.last().is_none_or(|entry| entry.stage != stage)
+    {
+        opportunity.stage_history.push(StageEntry { stage, entered_at: at });
+    }
+}
+
+struct Verdict {
+    incoming_wins: bool,
+    conflict: Option<Conflict>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn judge(
+    rules: &Rules,
+    entity: Entity,
+    field: &str,
+    provenance: Option<&Provenance>,
+    current_value: &Value,
+    source: &ConnectionId,
+    modified_at: Timestamp,
+    last_seen: Option<Timestamp>,
+) -> Verdict {
+    let Some(provenance) = provenance else {
+        // Nobody set it yet (or it was set before provenance was kept): take it.
+        return Verdict { incoming_wins: true, conflict: None };
+    };
+    let from_source = provenance.connection.as_ref() == Some(source);
+    if from_source {
+        // The same connection again: only a newer (or equally new) change replaces its own value.
+        return Verdict { incoming_wins: modified_at >= provenance.modified_at, conflict: None };
+    }
+    let newer = modified_at > provenance.modified_at
+        || (modified_at == provenance.modified_at
+            && rules.rank(Some(source)) < rules.rank(provenance.connection.as_ref()));
+    let policy = rules.policy(entity, field);
+    let (incoming_wins, policy_name) = match policy {
+        Policy::Newest => (newer, "newest".to_owned()),
+        Policy::Priority(order) => {
+            let rank = |connection: Option<&ConnectionId>| {
+                connection
+                    .and_then(|connection| order.iter().position(|listed| listed == connection))
+                    .unwrap_or(order.len())
+            };
+            let (incoming_rank, current_rank) = (rank(Some(source)), rank(provenance.connection.as_ref()));
+            (incoming_rank < current_rank || (incoming_rank == current_rank && newer), "priority".to_owned())
+        }
+        Policy::Authoritative(owner) => {
+            let wins = if source == owner {
+                true
+            } else if provenance.connection.as_ref() == Some(owner) {
+                current_value.is_null()
+            } else {
+                newer
+            };
+            (wins, format!("authoritative:{owner}"))
+        }
+        Policy::Manual => (newer, "manual".to_owned()),
+    };
+    // Changed on two sides since the source last synced: the other side's value is newer than the
+    // last version we saw from the source.
+    let is_conflict = last_seen.is_some_and(|seen| provenance.modified_at > seen);
+    if !is_conflict {
+        return Verdict { incoming_wins, conflict: None };
+    }
+    let held = matches!(policy, Policy::Manual);
+    let conflict = Conflict {
+        field: field.to_owned(),
+        current: ConflictSide {
+            value: Value::Null,
+            connection: provenance.connection.clone(),
+            modified_at: provenance.modified_at,
+        },
+        incoming: ConflictSide { value: Value::Null, connection: Some(source.clone()), modified_at },
+        policy: policy_name,
+        incoming_won: incoming_wins && !held,
+        held,
+    };
+    Verdict { incoming_wins: incoming_wins && !held, conflict: Some(conflict) }
+}
+
+/// Applies a person's resolution of a held conflict: `value` becomes the field's value with local
+/// provenance at `at`.
+pub fn resolve_field(record: &mut Record, field: &str, value: Value, at: Timestamp) -> Result<(), ReconcileError> {
+    let entity = record.entity();
+    let mut fields = record.data.to_fields();
+    if value.is_null() {
+        fields.remove(field);
+    } else {
+        fields.insert(field.to_owned(), value);
+    }
+    record.data = EntityData::from_fields(entity, fields).map_err(|error| ReconcileError {
+        entity,
+        external_id: record.id.to_string(),
+        message: error.to_string(),
+    })?;
+    record.provenance.insert(field.to_owned(), Provenance { connection: None, modified_at: at, version: None });
+    record.updated_at = at;
+    Ok(())
+}
+
+/// Returns the propagating fields of a record as a map (what a push sends).
+pub fn propagating_fields(data: &EntityData) -> BTreeMap<String, Value> {
+    data.to_fields().into_iter().filter(|(field, _)| propagates(field)).collect()
+}
