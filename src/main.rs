@@ -1,3 +1,1 @@
-//! The `crmsync` binary.
-
 fn main() {}

@@ -326,7 +326,7 @@ impl<'a> TableReader<'a> {
     }
 
     /// Reports every key that was never read, with the closest known key as a suggestion.
-    pub fn finish(self, known_extra: &[&str]) {
+    pub fn finish(&mut self, known_extra: &[&str]) {
         for key in self.table.keys() {
             if self.used.contains(key) || known_extra.contains(&key.as_str()) {
                 continue;
@@ -339,6 +339,7 @@ impl<'a> TableReader<'a> {
             };
             let path = if self.path.is_empty() { key.clone() } else { format!("{}.{key}", self.path) };
             self.problems.push(ConfigProblem { path, message });
+            self.used.insert(key.clone());
         }
     }
 }

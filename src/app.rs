@@ -1,0 +1,398 @@
+//! Wiring and lifecycle only: builds the connectors (the one `match` over vendor configs), opens the
+//! store, starts the ingest writer, and runs either one sync pass or the daemon's loops.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::Context;
+use crmsync_connectors::canonical::{ConnectionId, Entity, ExternalId, VendorKind};
+use crmsync_connectors::dynamics365::Dynamics365Connector;
+use crmsync_connectors::salesforce::SalesforceConnector;
+use crmsync_connectors::settings::FieldPolicy;
+use crmsync_connectors::zoho::ZohoConnector;
+use crmsync_connectors::{
+    ApiEvent, ApiUsage, Change, CheckReport, Connector, ConnectorError, ConnectorHost, Cursor, IdPage, Outgoing, Page,
+    PushReport, SharedHost, WebhookDelivery, WebhookError, WebhookParser, WebhookReply,
+};
+use tokio::task::JoinHandle;
+
+use crate::config::{Config, ConflictPolicy, DeletePolicy, FieldPolicy as MergePolicy, VendorConfig};
+use crate::ingest::{IngestHandle, IngestRules, Ingestor};
+use crate::reconcile::{self, DeleteAction, Policy, Route, Rules};
+use crate::store::Store;
+use crate::telemetry;
+
+/// One configured connection, whatever its vendor.
+pub enum AnyConnector {
+    /// Salesforce.
+    Salesforce(SalesforceConnector),
+    /// Zoho CRM.
+    Zoho(ZohoConnector),
+    /// Dynamics 365.
+    Dynamics365(Dynamics365Connector),
+}
+
+macro_rules! dispatch {
+    ($self:ident, $connector:ident => $call:expr) => {
+        match $self {
+            AnyConnector::Salesforce($connector) => $call,
+            AnyConnector::Zoho($connector) => $call,
+            AnyConnector::Dynamics365($connector) => $call,
+        }
+    };
+}
+
+impl WebhookParser for AnyConnector {
+    fn parse_webhook(&self, delivery: &WebhookDelivery<'_>) -> Result<WebhookReply, WebhookError> {
+        dispatch!(self, connector => connector.parse_webhook(delivery))
+    }
+}
+
+impl Connector for AnyConnector {
+    fn id(&self) -> &ConnectionId {
+        dispatch!(self, connector => connector.id())
+    }
+
+    fn kind(&self) -> VendorKind {
+        dispatch!(self, connector => connector.kind())
+    }
+
+    fn entities(&self) -> &[Entity] {
+        dispatch!(self, connector => connector.entities())
+    }
+
+    fn push_batch_size(&self) -> usize {
+        dispatch!(self, connector => connector.push_batch_size())
+    }
+
+    async fn check(&self) -> Result<CheckReport, ConnectorError> {
+        dispatch!(self, connector => connector.check().await)
+    }
+
+    async fn pull(&self, entity: Entity, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
+        dispatch!(self, connector => connector.pull(entity, cursor).await)
+    }
+
+    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
+        dispatch!(self, connector => connector.fetch(entity, ids).await)
+    }
+
+    async fn list_ids(&self, entity: Entity, cursor: Option<&Cursor>) -> Result<IdPage, ConnectorError> {
+        dispatch!(self, connector => connector.list_ids(entity, cursor).await)
+    }
+
+    async fn push(&self, entity: Entity, batch: &[Outgoing]) -> Result<PushReport, ConnectorError> {
+        dispatch!(self, connector => connector.push(entity, batch).await)
+    }
+
+    fn usage(&self) -> ApiUsage {
+        dispatch!(self, connector => connector.usage())
+    }
+}
+
+/// The daemon's [`ConnectorHost`]: connector state in the store (durable on save), telemetry to Prometheus.
+pub struct StoreHost {
+    store: Store,
+}
+
+impl StoreHost {
+    /// Wraps a store.
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+}
+
+impl ConnectorHost for StoreHost {
+    fn load_state(&self, connection: &ConnectionId, key: &str) -> Result<Option<String>, String> {
+        self.store.load_state(connection, key).map_err(|error| error.to_string())
+    }
+
+    fn save_state(&self, connection: &ConnectionId, key: &str, value: &str) -> Result<(), String> {
+        self.store.save_state(connection, key, value).map_err(|error| error.to_string())
+    }
+
+    fn observe(&self, event: ApiEvent<'_>) {
+        telemetry::observe_api_event(event);
+    }
+}
+
+/// Builds every configured connector. Pure: no network IO (that is `check`).
+pub fn build_connectors(config: &Config, host: SharedHost) -> anyhow::Result<BTreeMap<ConnectionId, Arc<AnyConnector>>> {
+    let mut connectors = BTreeMap::new();
+    for (id, connection) in &config.connections {
+        let settings = connection.settings.clone();
+        let connector = match &connection.vendor {
+            VendorConfig::Salesforce(vendor) => {
+                AnyConnector::Salesforce(SalesforceConnector::new(settings, vendor.clone(), host.clone())?)
+            }
+            VendorConfig::Zoho(vendor) => AnyConnector::Zoho(ZohoConnector::new(settings, vendor.clone(), host.clone())?),
+            VendorConfig::Dynamics365(vendor) => {
+                AnyConnector::Dynamics365(Dynamics365Connector::new(settings, vendor.clone(), host.clone())?)
+            }
+        };
+        connectors.insert(id.clone(), Arc::new(connector));
+    }
+    Ok(connectors)
+}
+
+/// Builds the reconciliation rules from configuration.
+pub fn rules(config: &Config) -> Rules {
+    let policy = |policy: &MergePolicy| match policy {
+        MergePolicy::Newest => Policy::Newest,
+        MergePolicy::Priority(order) => Policy::Priority(order.clone()),
+        MergePolicy::Authoritative(owner) => Policy::Authoritative(owner.clone()),
+        MergePolicy::Manual => Policy::Manual,
+    };
+    let default_policy = match config.reconcile.conflict {
+        ConflictPolicy::Newest => Policy::Newest,
+        ConflictPolicy::Priority => Policy::Priority(config.reconcile.source_priority.clone()),
+        ConflictPolicy::Manual => Policy::Manual,
+    };
+    Rules {
+        source_priority: config.reconcile.source_priority.clone(),
+        default_policy,
+        policies: config
+            .reconcile
+            .policies
+            .iter()
+            .map(|(entity, fields)| (*entity, fields.iter().map(|(field, rule)| (field.clone(), policy(rule))).collect()))
+            .collect(),
+        match_keys: if config.reconcile.match_keys.is_empty() {
+            reconcile::default_match_keys()
+        } else {
+            config.reconcile.match_keys.clone()
+        },
+        routes: config
+            .routes
+            .iter()
+            .map(|route| Route {
+                entity: route.entity,
+                from: route.from.clone(),
+                to: route.to.clone(),
+                on_delete: match route.on_delete {
+                    DeletePolicy::Delete => DeleteAction::Delete,
+                    DeletePolicy::Ignore => DeleteAction::Ignore,
+                    DeletePolicy::Mark => DeleteAction::Mark,
+                },
+            })
+            .collect(),
+    }
+}
+
+/// Returns each connection's privacy lists.
+pub fn field_policies(config: &Config) -> BTreeMap<ConnectionId, FieldPolicy> {
+    config.connections.iter().map(|(id, connection)| (id.clone(), connection.settings.fields.clone())).collect()
+}
+
+/// An opened store with its writer and connectors.
+pub struct App {
+    /// The configuration.
+    pub config: Config,
+    /// The store.
+    pub store: Store,
+    /// Every connector, by connection.
+    pub connectors: BTreeMap<ConnectionId, Arc<AnyConnector>>,
+    /// The writer's handle.
+    pub ingest: IngestHandle,
+    /// The writer's rules.
+    pub rules: IngestRules,
+    writer: JoinHandle<()>,
+}
+
+impl App {
+    /// Opens the store, builds the connectors and starts the ingest writer.
+    pub fn build(config: Config) -> anyhow::Result<Self> {
+        let store = Store::open(&config.daemon.data_dir)
+            .with_context(|| format!("cannot open the store in {}", config.daemon.data_dir.display()))?;
+        let host: SharedHost = Arc::new(StoreHost::new(store.clone()));
+        let connectors = build_connectors(&config, host)?;
+        let rules = IngestRules { rules: Arc::new(rules(&config)), fields: Arc::new(field_policies(&config)) };
+        let (writer, ingest) = Ingestor::new(store.clone(), rules.clone(), config.daemon.ingest_queue);
+        let writer = tokio::spawn(writer.run());
+        Ok(Self { config, store, connectors, ingest, rules, writer })
+    }
+
+    /// Stops the writer after the batches already queued, then flushes the store.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let Self { ingest, writer, store, connectors, .. } = self;
+        drop(ingest);
+        drop(connectors);
+        writer.await.context("ingest writer panicked")?;
+        store.flush().context("final flush failed")?;
+        Ok(())
+    }
+}
+
+/// Runs the daemon until `shutdown` resolves: pull loops per job × connection × entity, a push loop
+/// per connection, the HTTP listeners, systemd notifications; then drains within `shutdown_grace`.
+pub async fn run_daemon(
+    app: App,
+    prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    use tokio::sync::Notify;
+    use tokio_util::sync::CancellationToken;
+    use tokio_util::task::TaskTracker;
+
+    use crate::config::{Direction, Schedule};
+    use crate::http::{HttpState, WebhookEndpoint, admin_router, public_router};
+    use crate::scheduler::{Backoff, pull, push};
+
+    let cancel = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let ready = Arc::new(AtomicBool::new(false));
+    let policies = field_policies(&app.config);
+
+    // One nudge per connection × entity, shared by every job that pulls it (webhooks wake them).
+    let mut nudges: BTreeMap<ConnectionId, BTreeMap<Entity, Arc<Notify>>> = BTreeMap::new();
+    for (id, connection) in &app.config.connections {
+        let per_entity = connection.settings.entities.iter().map(|entity| (*entity, Arc::new(Notify::new()))).collect();
+        nudges.insert(id.clone(), per_entity);
+    }
+    let mut push_intervals: BTreeMap<ConnectionId, std::time::Duration> = BTreeMap::new();
+    let mut pulled: std::collections::BTreeSet<(ConnectionId, Entity)> = std::collections::BTreeSet::new();
+    for job in &app.config.jobs {
+        let interval = match &job.schedule {
+            Schedule::Every(interval) => *interval,
+            Schedule::Cron(expression) => {
+                tracing::warn!(job = %job.name, cron = %expression, "cron schedules run at the connection's poll interval in this version");
+                std::time::Duration::from_secs(60)
+            }
+        };
+        for id in &job.connections {
+            let Some(connector) = app.connectors.get(id) else { continue };
+            if job.direction != Direction::Pull {
+                let entry = push_intervals.entry(id.clone()).or_insert(interval);
+                *entry = (*entry).min(interval);
+            }
+            if job.direction == Direction::Push {
+                continue;
+            }
+            for entity in &job.entities {
+                // Two jobs covering the same connection × entity share one loop: runs never overlap.
+                if !connector.entities().contains(entity) || !pulled.insert((id.clone(), *entity)) {
+                    continue;
+                }
+                let nudge = nudges.get(id).and_then(|map| map.get(entity)).cloned().unwrap_or_default();
+                tracker.spawn(pull::run(
+                    connector.clone(),
+                    app.store.clone(),
+                    app.ingest.clone(),
+                    *entity,
+                    interval,
+                    nudge,
+                    cancel.clone(),
+                    Backoff::default(),
+                ));
+            }
+        }
+    }
+    for (id, interval) in push_intervals {
+        let Some(connector) = app.connectors.get(&id) else { continue };
+        // Pushes follow quickly after changes: drain at least every few seconds.
+        let interval = interval.min(std::time::Duration::from_secs(5));
+        tracker.spawn(push::run(
+            connector.clone(),
+            app.store.clone(),
+            app.ingest.clone(),
+            policies.get(&id).cloned(),
+            interval,
+            cancel.clone(),
+            Backoff::default(),
+        ));
+    }
+
+    let webhooks = app
+        .connectors
+        .iter()
+        .map(|(id, connector)| {
+            let parser: Arc<dyn WebhookParser> = connector.clone();
+            (id.to_string(), WebhookEndpoint { connection: id.clone(), parser, nudges: nudges.get(id).cloned().unwrap_or_default() })
+        })
+        .collect();
+    let gauge_store = app.store.clone();
+    let gauge_connections: Vec<ConnectionId> = app.connectors.keys().cloned().collect();
+    let gauge_connectors = app.connectors.clone();
+    let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        for id in &gauge_connections {
+            if let Ok(depth) = gauge_store.outbox_depth(id) {
+                telemetry::record_outbox_depth(id, depth);
+            }
+            if let Some(connector) = gauge_connectors.get(id) {
+                let usage = connector.usage();
+                telemetry::record_budget(id, usage.budget_used, usage.budget_limit);
+            }
+        }
+        if let Ok(count) = gauge_store.dead_letter_count() {
+            telemetry::record_dead_letters(count);
+        }
+        if let Ok(size) = gauge_store.size_on_disk() {
+            telemetry::record_store_size(size);
+        }
+    });
+    let state = HttpState {
+        webhooks: Arc::new(webhooks),
+        ingest: app.ingest.clone(),
+        store: app.store.clone(),
+        status_config: Arc::new(crate::status::StatusConfig::from_config(&app.config)),
+        api_token: app.config.api.token.clone(),
+        prometheus,
+        refresh_gauges: Some(refresh),
+        ready: ready.clone(),
+    };
+    let public = tokio::net::TcpListener::bind(app.config.daemon.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (daemon.listen)", app.config.daemon.listen))?;
+    let admin = tokio::net::TcpListener::bind(app.config.daemon.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (daemon.admin_listen)", app.config.daemon.admin_listen))?;
+    tracing::info!(listen = %public.local_addr()?, admin = %admin.local_addr()?, connections = app.connectors.len(), "crmsync running");
+    for (listener, router) in [(public, public_router(state.clone())), (admin, admin_router(state))] {
+        let stop = cancel.clone();
+        tracker.spawn(async move {
+            let served = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            if let Err(error) = served {
+                tracing::error!(error = %error, "HTTP listener failed");
+            }
+        });
+    }
+    ready.store(true, Ordering::SeqCst);
+    notify_systemd(&[sd_notify::NotifyState::Ready]);
+    if let Some(period) = sd_notify::watchdog_enabled() {
+        let stop = cancel.clone();
+        tracker.spawn(async move {
+            let mut ticks = tokio::time::interval(period / 2);
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
+                }
+            }
+        });
+    }
+
+    shutdown.await;
+    tracing::info!("shutting down: finishing pages in flight");
+    notify_systemd(&[sd_notify::NotifyState::Stopping]);
+    ready.store(false, Ordering::SeqCst);
+    cancel.cancel();
+    tracker.close();
+    let grace = app.config.daemon.shutdown_grace;
+    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+        tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace expired; abandoning remaining tasks");
+    }
+    match tokio::time::timeout(grace, app.shutdown()).await {
+        Ok(result) => result?,
+        Err(_) => anyhow::bail!("the store did not finish flushing within {grace:?}"),
+    }
+    tracing::info!("stopped cleanly");
+    Ok(())
+}
+
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    if let Err(error) = sd_notify::notify(states) {
+        tracing::debug!(error = %error, "systemd notification failed");
+    }
+}

@@ -1,0 +1,275 @@
+//! The command line: every subcommand, its flags and the help text that explains them.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// crmsync keeps accounts, leads, opportunities and orders consistent across Salesforce, Zoho CRM and
+/// Microsoft Dynamics 365, and computes one set of sales metrics over all of them.
+///
+/// Configuration: the embedded defaults (`config/default.toml`, the reference for every key), then the
+/// file given with `--config`, then `CRMSYNC__SECTION__KEY` environment variables
+/// (e.g. `CRMSYNC__DAEMON__DATA_DIR=/srv/crmsync`). Secrets are read from the environment or files,
+/// never written in the config file. Logs go to stderr (JSON when not a terminal); filter with `RUST_LOG`.
+///
+/// Start with `crmsync demo`: three simulated CRMs on loopback, synced, with the dashboard.
+#[derive(Debug, Parser)]
+#[command(name = "crmsync", version, about, long_about, propagate_version = true)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every command that reads configuration takes.
+#[derive(Debug, Clone, Args)]
+pub struct ConfigArgs {
+    /// Configuration file (TOML). Without it, only the embedded defaults and env overrides apply.
+    #[arg(long, short = 'c', env = "CRMSYNC_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: pull schedulers, push loops, webhooks, REST API, dashboard and Prometheus metrics.
+    ///
+    /// Stops cleanly on SIGTERM/SIGINT within `daemon.shutdown_grace` (a second signal exits at once).
+    /// Under systemd (`Type=notify`) it reports READY, WATCHDOG and STOPPING.
+    Run(ConfigArgs),
+    /// Run one sync pass now (pull everything pending, then push everything pending) and print a summary.
+    ///
+    /// Exits non-zero if any connection × entity failed.
+    Sync(SyncArgs),
+    /// Validate the configuration and report every problem at once (exit 1 on any).
+    Check(CheckArgs),
+    /// Show per connection × entity: last success, cursor, lag, records, outbox depth, dead letters,
+    /// last error and API budget used.
+    Status(StatusArgs),
+    /// Dump canonical records of one entity.
+    Export(ExportArgs),
+    /// Print the unified sales KPIs (efficiency, coverage, satisfaction), funnel and channel mix.
+    Metrics(MetricsArgs),
+    /// Inspect and operate on the dead-letter queue (records a vendor rejected or that could not be mapped).
+    Dlq(DlqArgs),
+    /// List and resolve merge conflicts (the same field changed in two CRMs).
+    Conflicts(ConflictsArgs),
+    /// The embedded default: start the three CRM simulators on loopback with overlapping seeded data,
+    /// sync them, and serve the dashboard; with `--once`, sync, print the summary and metrics, and exit.
+    Demo(DemoArgs),
+    /// Run one vendor simulator alone (for trying a configuration without a real CRM).
+    Simulate(SimulateArgs),
+}
+
+/// `crmsync sync`.
+#[derive(Debug, Clone, Args)]
+pub struct SyncArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Only this job (its connections, entities and direction).
+    #[arg(long)]
+    pub job: Option<String>,
+    /// Only this connection.
+    #[arg(long)]
+    pub connection: Option<String>,
+    /// Only this entity (account, lead, opportunity, order).
+    #[arg(long)]
+    pub entity: Option<String>,
+    /// Ignore saved cursors and read everything again (records are matched, not duplicated).
+    #[arg(long)]
+    pub full: bool,
+}
+
+/// `crmsync check`.
+#[derive(Debug, Clone, Args)]
+pub struct CheckArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Also log in to each CRM and check objects, fields and permissions.
+    #[arg(long)]
+    pub connectivity: bool,
+}
+
+/// Output format of `status` and friends.
+#[derive(Debug, Clone, Args)]
+pub struct StatusArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Export formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    /// One JSON object per line, with links and provenance.
+    Jsonl,
+    /// One row per record with the canonical fields as columns.
+    Csv,
+}
+
+/// `crmsync export`.
+#[derive(Debug, Clone, Args)]
+pub struct ExportArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Entity to export (account, lead, opportunity, order).
+    #[arg(long)]
+    pub entity: String,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "jsonl")]
+    pub format: ExportFormat,
+    /// Write to this file instead of stdout.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Include tombstoned (deleted) records.
+    #[arg(long)]
+    pub include_deleted: bool,
+}
+
+/// `crmsync metrics`.
+#[derive(Debug, Clone, Args)]
+pub struct MetricsArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// `unified` (deduplicated across every CRM) or a connection name.
+    #[arg(long, default_value = "unified")]
+    pub scope: String,
+    /// Window start (RFC 3339, e.g. 2026-10-01T00:00:00Z); default: `metrics.window` before `--until`.
+    #[arg(long)]
+    pub since: Option<String>,
+    /// Window end, exclusive (RFC 3339); default: now.
+    #[arg(long)]
+    pub until: Option<String>,
+    /// Print JSON (the same body as `GET /api/v1/metrics`).
+    #[arg(long)]
+    pub json: bool,
+    /// Print the definition of every number instead of computing them.
+    #[arg(long)]
+    pub explain: bool,
+}
+
+/// `crmsync dlq`.
+#[derive(Debug, Clone, Args)]
+pub struct DlqArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: DlqAction,
+}
+
+/// Dead-letter operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum DlqAction {
+    /// List dead letters (id, connection, entity, reason).
+    List {
+        /// Print JSON with the raw payloads.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Queue dead-lettered pushes again (after fixing the cause).
+    Retry {
+        /// Dead-letter ids, or `all`.
+        ids: Vec<String>,
+    },
+    /// Drop dead letters for good.
+    Drop {
+        /// Dead-letter ids, or `all`.
+        ids: Vec<String>,
+    },
+}
+
+/// `crmsync conflicts`.
+#[derive(Debug, Clone, Args)]
+pub struct ConflictsArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: ConflictsAction,
+}
+
+/// Conflict operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ConflictsAction {
+    /// List conflicts (unresolved only unless `--all`).
+    List {
+        /// Include resolved conflicts.
+        #[arg(long)]
+        all: bool,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Resolve a held conflict by choosing a side; the value propagates to the routed CRMs.
+    Resolve {
+        /// Conflict id.
+        id: String,
+        /// Which value wins.
+        #[arg(long, value_enum)]
+        take: ConflictSide,
+    },
+}
+
+/// Which side of a conflict wins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ConflictSide {
+    /// The value that was in the store.
+    Current,
+    /// The value that arrived.
+    Incoming,
+}
+
+/// `crmsync demo`.
+#[derive(Debug, Clone, Args)]
+pub struct DemoArgs {
+    /// Sync once, print the summary and the metrics, and exit.
+    #[arg(long)]
+    pub once: bool,
+    /// Where to keep the demo store (default: a temporary directory, removed on exit).
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// Dashboard / API listener.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}
+
+/// Vendors with a simulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SimulatedVendor {
+    /// Salesforce REST / Bulk 2.0.
+    Salesforce,
+    /// Zoho CRM v8.
+    Zoho,
+    /// Dataverse Web API.
+    Dynamics365,
+}
+
+/// `crmsync simulate`.
+#[derive(Debug, Clone, Args)]
+pub struct SimulateArgs {
+    /// Which vendor.
+    #[arg(value_enum)]
+    pub vendor: SimulatedVendor,
+    /// Port on 127.0.0.1 (0 = any free port).
+    #[arg(long, default_value_t = 0)]
+    pub port: u16,
+    /// Records per entity to seed.
+    #[arg(long, default_value_t = 1000)]
+    pub records: usize,
+    /// Seed of the generated data.
+    #[arg(long, default_value_t = 42)]
+    pub seed: u64,
+}

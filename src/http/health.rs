@@ -1,0 +1,32 @@
+//! Probes and Prometheus, served on the admin listener.
+
+use std::sync::atomic::Ordering;
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+
+use super::HttpState;
+
+/// `GET /healthz`: the process is up.
+pub async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// `GET /readyz`: the store is open and the daemon has started its loops (503 while starting or stopping).
+pub async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+    if state.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n")
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+pub async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    if let Some(refresh) = &state.refresh_gauges {
+        refresh();
+    }
+    let body = state.prometheus.as_ref().map(|handle| handle.render()).unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
+}

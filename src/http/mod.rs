@@ -1,0 +1,95 @@
+//! The HTTP edge. [`public_router`]: webhooks, `/api/v1` and the dashboard; [`admin_router`]:
+//! `/healthz`, `/readyz` and Prometheus `/metrics` (loopback by default, never public).
+//!
+//! Deviation from STYLE.md §2 (http must not use the store): the read-only API endpoints read the
+//! store directly; every write still goes through the ingest writer.
+
+mod api;
+mod error;
+mod health;
+mod webhooks;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use crmsync_connectors::WebhookParser;
+use crmsync_connectors::canonical::{ConnectionId, Entity};
+use metrics_exporter_prometheus::PrometheusHandle;
+use secrecy::SecretString;
+use tokio::sync::Notify;
+use tower_http::timeout::TimeoutLayer;
+
+pub use api::constant_time_eq;
+pub use error::ApiError;
+
+use crate::ingest::IngestHandle;
+use crate::status::StatusConfig;
+use crate::store::Store;
+
+/// Largest accepted request body (Salesforce sends up to 100 notifications per message; Dataverse ≤ 256 KB).
+pub const BODY_LIMIT: usize = 2 * 1024 * 1024;
+
+/// One connection's webhook endpoint.
+#[derive(Clone)]
+pub struct WebhookEndpoint {
+    /// The connection.
+    pub connection: ConnectionId,
+    /// Authenticates and decodes deliveries.
+    pub parser: Arc<dyn WebhookParser>,
+    /// Wakes the pull loop of an entity.
+    pub nudges: BTreeMap<Entity, Arc<Notify>>,
+}
+
+/// Shared state of the HTTP handlers.
+#[derive(Clone)]
+pub struct HttpState {
+    /// Webhook endpoints by connection name.
+    pub webhooks: Arc<BTreeMap<String, WebhookEndpoint>>,
+    /// The writer.
+    pub ingest: IngestHandle,
+    /// Read-only store access for the API.
+    pub store: Store,
+    /// What `status` needs to know.
+    pub status_config: Arc<StatusConfig>,
+    /// API bearer token (`None`: API disabled).
+    pub api_token: Option<SecretString>,
+    /// Prometheus renderer.
+    pub prometheus: Option<PrometheusHandle>,
+    /// Refreshes store-derived gauges before a scrape.
+    pub refresh_gauges: Option<Arc<dyn Fn() + Send + Sync>>,
+    /// Set once the daemon is running, cleared on shutdown.
+    pub ready: Arc<AtomicBool>,
+}
+
+/// Webhooks, API and dashboard.
+pub fn public_router(state: HttpState) -> Router {
+    let api = Router::new()
+        .route("/status", get(api::status))
+        .route("/accounts", get(api::accounts))
+        .route("/opportunities", get(api::opportunities))
+        .route("/orders", get(api::orders))
+        .route("/orders/{id}", get(api::order))
+        .route("/conflicts", get(api::conflicts))
+        .route("/dlq", get(api::dead_letters))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), api::require_token));
+    Router::new()
+        .route("/webhooks/{connection}", post(webhooks::receive))
+        .nest("/api/v1", api)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .with_state(state)
+}
+
+/// Probes and Prometheus.
+pub fn admin_router(state: HttpState) -> Router {
+    Router::new()
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .with_state(state)
+}

@@ -1,0 +1,717 @@
+//! The single writer: every change to the store goes through one [`Ingestor`] task.
+//!
+//! Pull loops, webhooks, push results and local operations (CLI, API) send [`Batch`]es over a bounded
+//! channel. The ingestor reconciles each batch (pure [`crate::reconcile`]), then commits records,
+//! links, the page's cursor, the fan-out to the outbox, conflicts and dead letters in **one** store
+//! transaction. Pull loops `submit().await` (they wait when the channel is full); webhooks use
+//! [`IngestHandle::try_submit`] and answer `503` + `Retry-After` when it is full. A webhook batch is
+//! flushed to disk before its reply, so an acknowledged delivery is never lost.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+
+use crmsync_connectors::canonical::{
+    CanonicalId, ConnectionId, Entity, EntityData, ExternalId, MatchReason, Order, OrderStatus, Record, RecordRef,
+    Timestamp,
+};
+use crmsync_connectors::settings::FieldPolicy;
+use crmsync_connectors::{Change, ChangeKind, Cursor, PushOutcome};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::reconcile::{self, DeleteAction, Outcome, Rules};
+use crate::store::{
+    Commit, ConflictEntry, ConflictValue, DeadLetter, OutboxEntry, OutboxOp, Store, StoreError, SyncStatusUpdate,
+};
+use crate::telemetry;
+
+/// One unit of work for the writer.
+#[derive(Debug)]
+pub enum Batch {
+    /// A page read by a pull loop, with the cursor that resumes after it.
+    Pulled {
+        /// Source connection.
+        connection: ConnectionId,
+        /// Entity pulled.
+        entity: Entity,
+        /// The page's changes.
+        changes: Vec<Change>,
+        /// Cursor after the page (`None`: reset the cursor, a full resync).
+        cursor: Option<Cursor>,
+        /// Whether the source is caught up after this page.
+        caught_up: bool,
+    },
+    /// Changes delivered by a webhook (or fetched because of one). Flushed before the reply.
+    Delivered {
+        /// Source connection.
+        connection: ConnectionId,
+        /// Changes.
+        changes: Vec<Change>,
+    },
+    /// The outcome of a push.
+    Pushed {
+        /// Target connection.
+        connection: ConnectionId,
+        /// Entity pushed.
+        entity: Entity,
+        /// One per pushed record.
+        results: Vec<PushedRecord>,
+    },
+    /// A sync error to record in the status of a connection × entity.
+    Failed {
+        /// Connection.
+        connection: ConnectionId,
+        /// Entity.
+        entity: Entity,
+        /// The error, already free of secrets.
+        message: String,
+    },
+}
+
+/// What happened to one pushed record.
+#[derive(Debug, Clone)]
+pub struct PushedRecord {
+    /// Outbox sequence numbers this push covered (the same record may have been queued several times).
+    pub sequences: Vec<u64>,
+    /// The record.
+    pub canonical_id: CanonicalId,
+    /// Hash of the values pushed (echo suppression).
+    pub pushed_hash: Option<String>,
+    /// The vendor's verdict.
+    pub outcome: PushOutcome,
+    /// What was sent, for the dead-letter queue.
+    pub payload: serde_json::Value,
+}
+
+/// Counts of one applied batch.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IngestStats {
+    /// Records created.
+    pub created: u64,
+    /// Records updated.
+    pub updated: u64,
+    /// Records tombstoned.
+    pub deleted: u64,
+    /// Echoes of our own pushes.
+    pub echoes: u64,
+    /// Re-reads and duplicates that changed nothing.
+    pub unchanged: u64,
+    /// Changes older than what was already applied.
+    pub stale: u64,
+    /// Changes dead-lettered.
+    pub dead_lettered: u64,
+    /// Outbox entries queued.
+    pub queued: u64,
+    /// Conflicts recorded.
+    pub conflicts: u64,
+    /// Pushed records confirmed.
+    pub pushed: u64,
+    /// Pushed records the vendor rejected.
+    pub rejected: u64,
+    /// Pushed records to retry.
+    pub retried: u64,
+}
+
+impl IngestStats {
+    /// Adds another batch's counts.
+    pub fn add(&mut self, other: &IngestStats) {
+        self.created += other.created;
+        self.updated += other.updated;
+        self.deleted += other.deleted;
+        self.echoes += other.echoes;
+        self.unchanged += other.unchanged;
+        self.stale += other.stale;
+        self.dead_lettered += other.dead_lettered;
+        self.queued += other.queued;
+        self.conflicts += other.conflicts;
+        self.pushed += other.pushed;
+        self.rejected += other.rejected;
+        self.retried += other.retried;
+    }
+
+    /// Records read that were applied or recognised.
+    pub fn records_in(&self) -> u64 {
+        self.created + self.updated + self.deleted + self.echoes + self.unchanged + self.stale + self.dead_lettered
+    }
+}
+
+/// Why a batch was not taken.
+#[derive(Debug, thiserror::Error)]
+pub enum IngestError {
+    /// The queue is full (webhooks answer 503 + Retry-After).
+    #[error("ingest queue is full")]
+    Saturated,
+    /// The writer has stopped (shutdown).
+    #[error("ingest writer has stopped")]
+    Stopped,
+    /// The store refused the commit.
+    #[error("store commit failed")]
+    Store(#[from] StoreError),
+}
+
+type Reply = oneshot::Sender<Result<IngestStats, IngestError>>;
+
+/// The sending side of the writer.
+#[derive(Clone)]
+pub struct IngestHandle {
+    sender: mpsc::Sender<(Batch, Reply)>,
+}
+
+impl IngestHandle {
+    /// Submits a batch, waiting for queue space, and returns once it is committed.
+    pub async fn submit(&self, batch: Batch) -> Result<IngestStats, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.send((batch, reply)).await.map_err(|_| IngestError::Stopped)?;
+        telemetry::record_ingest_queue(self.sender.max_capacity() - self.sender.capacity());
+        answer.await.map_err(|_| IngestError::Stopped)?
+    }
+
+    /// Submits a batch only if the queue has room, and returns once it is committed and flushed.
+    pub async fn try_submit(&self, batch: Batch) -> Result<IngestStats, IngestError> {
+        let (reply, answer) = oneshot::channel();
+        self.sender.try_send((batch, reply)).map_err(|error| match error {
+            mpsc::error::TrySendError::Full(_) => IngestError::Saturated,
+            mpsc::error::TrySendError::Closed(_) => IngestError::Stopped,
+        })?;
+        answer.await.map_err(|_| IngestError::Stopped)?
+    }
+}
+
+/// What the writer needs besides the store.
+#[derive(Clone)]
+pub struct IngestRules {
+    /// Reconciliation rules (policies, match keys, routes).
+    pub rules: Arc<Rules>,
+    /// Privacy lists per connection.
+    pub fields: Arc<BTreeMap<ConnectionId, FieldPolicy>>,
+}
+
+/// The writer task.
+pub struct Ingestor {
+    store: Store,
+    rules: IngestRules,
+    receiver: mpsc::Receiver<(Batch, Reply)>,
+}
+
+impl Ingestor {
+    /// Creates the writer and its handle; run it with [`Ingestor::run`].
+    pub fn new(store: Store, rules: IngestRules, capacity: usize) -> (Self, IngestHandle) {
+        let (sender, receiver) = mpsc::channel(capacity.max(1));
+        (Self { store, rules, receiver }, IngestHandle { sender })
+    }
+
+    /// Applies batches until every handle is dropped, then flushes.
+    pub async fn run(mut self) {
+        while let Some((batch, reply)) = self.receiver.recv().await {
+            let store = self.store.clone();
+            let rules = self.rules.clone();
+            let durable = matches!(batch, Batch::Delivered { .. });
+            let result = tokio::task::spawn_blocking(move || {
+                let started = tokio::time::Instant::now();
+                let result = apply_batch(&store, &rules, batch, Timestamp::now());
+                if result.is_ok() && durable {
+                    store.flush()?;
+                }
+                telemetry::record_commit(started.elapsed());
+                result
+            })
+            .await
+            .unwrap_or_else(|join_error| {
+                Err(IngestError::Store(StoreError::Internal(format!("ingest task failed: {join_error}"))))
+            });
+            if let Err(error) = &result {
+                tracing::error!(error = %error, "ingest batch failed");
+            }
+            let _ = reply.send(result);
+        }
+        if let Err(error) = self.store.flush() {
+            tracing::error!(error = %error, "final store flush failed");
+        }
+    }
+}
+
+/// Applies one batch to the store in one commit. Public for tests and for the synchronous CLI paths.
+pub fn apply_batch(
+    store: &Store,
+    rules: &IngestRules,
+    batch: Batch,
+    now: Timestamp,
+) -> Result<IngestStats, IngestError> {
+    match batch {
+        Batch::Pulled { connection, entity, changes, cursor, caught_up } => {
+            let mut writer = BatchWriter::new(store, rules, &connection, now);
+            for change in changes {
+                writer.apply_change(change)?;
+            }
+            let (mut commit, stats) = writer.into_commit();
+            commit.cursor = Some((connection.clone(), entity, cursor));
+            commit.status.push(SyncStatusUpdate::Pulled {
+                connection,
+                entity,
+                at: now,
+                records: stats.records_in(),
+                caught_up,
+            });
+            store.commit(commit)?;
+            Ok(stats)
+        }
+        Batch::Delivered { connection, changes } => {
+            let mut writer = BatchWriter::new(store, rules, &connection, now);
+            for change in changes {
+                writer.apply_change(change)?;
+            }
+            let (commit, stats) = writer.into_commit();
+            store.commit(commit)?;
+            Ok(stats)
+        }
+        Batch::Pushed { connection, entity, results } => apply_pushed(store, rules, &connection, entity, results, now),
+        Batch::Failed { connection, entity, message } => {
+            let mut commit = Commit::default();
+            commit.status.push(SyncStatusUpdate::Failed { connection, entity, at: now, message });
+            store.commit(commit)?;
+            Ok(IngestStats::default())
+        }
+    }
+}
+
+/// Applies a batch of changes from one connection, keeping the records it wrote visible to the
+/// changes after it (an order's account created earlier in the same page).
+struct BatchWriter<'a> {
+    store: &'a Store,
+    rules: &'a IngestRules,
+    connection: &'a ConnectionId,
+    now: Timestamp,
+    records: HashMap<CanonicalId, Record>,
+    order: Vec<CanonicalId>,
+    links: HashMap<(Entity, ExternalId), CanonicalId>,
+    queued: BTreeSet<(ConnectionId, CanonicalId)>,
+    commit: Commit,
+    stats: IngestStats,
+}
+
+impl<'a> BatchWriter<'a> {
+    fn new(store: &'a Store, rules: &'a IngestRules, connection: &'a ConnectionId, now: Timestamp) -> Self {
+        Self {
+            store,
+            rules,
+            connection,
+            now,
+            records: HashMap::new(),
+            order: Vec::new(),
+            links: HashMap::new(),
+            queued: BTreeSet::new(),
+            commit: Commit::default(),
+            stats: IngestStats::default(),
+        }
+    }
+
+    fn record(&self, id: CanonicalId) -> Result<Option<Record>, StoreError> {
+        if let Some(record) = self.records.get(&id) {
+            return Ok(Some(record.clone()));
+        }
+        self.store.record(id)
+    }
+
+    fn link_target(&self, entity: Entity, external_id: &ExternalId) -> Result<Option<CanonicalId>, StoreError> {
+        if let Some(id) = self.links.get(&(entity, external_id.clone())) {
+            return Ok(Some(*id));
+        }
+        Ok(self.store.record_by_link(self.connection, entity, external_id)?.map(|record| record.id))
+    }
+
+    fn put(&mut self, record: Record) {
+        for link in &record.links {
+            if &link.connection == self.connection {
+                self.links.insert((record.entity(), link.external_id.clone()), record.id);
+            }
+        }
+        if !self.records.contains_key(&record.id) {
+            self.order.push(record.id);
+        }
+        self.records.insert(record.id, record);
+    }
+
+    fn dead_letter(&mut self, change: &Change, reason: String) {
+        self.stats.dead_lettered += 1;
+        self.commit.dead_letters.push(DeadLetter::new(
+            self.connection.clone(),
+            change.entity,
+            None,
+            Some(change.external_id.clone()),
+            serde_json::to_value(change).unwrap_or(serde_json::Value::Null),
+            reason,
+            self.now,
+        ));
+    }
+
+    fn apply_change(&mut self, mut change: Change) -> Result<(), StoreError> {
+        // Privacy: a denied field is never stored, whatever the connector sent.
+        if let Some(policy) = self.rules.fields.get(self.connection) {
+            strip_denied(&mut change, policy);
+        }
+        if let ChangeKind::Upsert { data, .. } = &mut change.kind {
+            reconcile::canonicalise(data);
+            if let Err(reason) = self.resolve_references(data) {
+                self.dead_letter(&change, reason);
+                return Ok(());
+            }
+        }
+        let (current, matched_by) = self.identify(&change)?;
+        let decision = match reconcile::reconcile(
+            current.as_ref(),
+            &change,
+            self.connection,
+            matched_by,
+            &self.rules.rules,
+            self.now,
+            CanonicalId::new(),
+        ) {
+            Ok(decision) => decision,
+            Err(error) => {
+                self.dead_letter(&change, error.to_string());
+                return Ok(());
+            }
+        };
+        let stats = &mut self.stats;
+        match decision.outcome {
+            Outcome::Created => stats.created += 1,
+            Outcome::Updated => stats.updated += 1,
+            Outcome::Deleted => stats.deleted += 1,
+            Outcome::Echo => stats.echoes += 1,
+            Outcome::Stale => stats.stale += 1,
+            Outcome::Unchanged => stats.unchanged += 1,
+        }
+        let outcome_label = match decision.outcome {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Deleted => "deleted",
+            Outcome::Echo => "echo",
+            Outcome::Stale => "stale",
+            Outcome::Unchanged => "unchanged",
+        };
+        telemetry::record_pulled(self.connection, change.entity, outcome_label, 1);
+        if let Some(record) = decision.record {
+            for conflict in &decision.conflicts {
+                self.commit.conflicts.push(ConflictEntry::from_reconcile(record.id, change.entity, conflict, self.now));
+            }
+            if !decision.conflicts.is_empty() {
+                stats.conflicts += decision.conflicts.len() as u64;
+                telemetry::record_conflicts(change.entity, decision.conflicts.len() as u64);
+            }
+            if decision.fan_out {
+                self.fan_out(&record, Some(self.connection.clone()))?;
+            }
+            self.put(record);
+        }
+        Ok(())
+    }
+
+    /// Finds the record a change belongs to: its link, the canonical id in the vendor's external-id
+    /// field, a match key, or none (new).
+    fn identify(&self, change: &Change) -> Result<(Option<Record>, MatchReason), StoreError> {
+        if let Some(id) = self.link_target(change.entity, &change.external_id)? {
+            return Ok((self.record(id)?, MatchReason::Created));
+        }
+        if let Some(hint) = change.canonical_hint
+            && let Some(record) = self.record(hint)?
+            && record.entity() == change.entity
+            && record.link(self.connection).is_none()
+        {
+            return Ok((Some(record), MatchReason::ExternalIdField));
+        }
+        let Some(data) = change.data() else {
+            return Ok((None, MatchReason::Created));
+        };
+        for (key, value) in reconcile::match_key_values(&self.rules.rules, data) {
+            let mut candidates: Vec<Record> = self
+                .records
+                .values()
+                .filter(|record| record.entity() == change.entity)
+                .filter(|record| {
+                    reconcile::match_key_values(&self.rules.rules, &record.data)
+                        .iter()
+                        .any(|(k, v)| *k == key && *v == value)
+                })
+                .cloned()
+                .collect();
+            for id in self.store.ids_by_match_key(change.entity, &key, &value)? {
+                if !candidates.iter().any(|record| record.id == id)
+                    && let Some(record) = self.record(id)?
+                {
+                    candidates.push(record);
+                }
+            }
+            // Deterministic: the oldest live record that this connection does not already hold.
+            candidates.retain(|record| {
+                !record.is_deleted() && record.merged_into.is_none() && record.link(self.connection).is_none()
+            });
+            candidates.sort_by_key(|record| record.id);
+            if let Some(record) = candidates.into_iter().next() {
+                return Ok((Some(record), MatchReason::MatchKey { key, value }));
+            }
+        }
+        Ok((None, MatchReason::Created))
+    }
+
+    /// Turns vendor-id references into canonical ids; unknown targets get a placeholder record with
+    /// the link, so the referenced record joins it when it arrives.
+    fn resolve_references(&mut self, data: &mut EntityData) -> Result<(), String> {
+        let mut wanted: Vec<(Entity, ExternalId)> = Vec::new();
+        for (entity, reference) in data.references_mut() {
+            if reference.canonical.is_none()
+                && let Some(external) = &reference.external
+            {
+                wanted.push((entity, external.clone()));
+            }
+        }
+        let mut resolved: HashMap<(Entity, ExternalId), CanonicalId> = HashMap::new();
+        for (entity, external) in wanted {
+            let id = match self.link_target(entity, &external).map_err(|error| error.to_string())? {
+                Some(id) => id,
+                None => {
+                    let mut placeholder = Record::new(CanonicalId::new(), entity, self.now);
+                    placeholder.links.push(crmsync_connectors::canonical::Link {
+                        connection: self.connection.clone(),
+                        object: String::new(),
+                        external_id: external.clone(),
+                        last_modified: None,
+                        last_version: None,
+                        pushed_hash: None,
+                        matched_by: MatchReason::Created,
+                        extra: serde_json::Map::new(),
+                    });
+                    let id = placeholder.id;
+                    self.put(placeholder);
+                    id
+                }
+            };
+            resolved.insert((entity, external), id);
+        }
+        for (entity, reference) in data.references_mut() {
+            if let Some(external) = reference.external.take() {
+                if let Some(id) = resolved.get(&(entity, external.clone())) {
+                    *reference = RecordRef::canonical(*id);
+                } else {
+                    reference.external = Some(external);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues a record for every routed target, with its not-yet-linked dependencies first.
+    fn fan_out(&mut self, record: &Record, source: Option<ConnectionId>) -> Result<(), StoreError> {
+        let queued = queue_fan_out(
+            self.store,
+            &self.rules.rules,
+            record,
+            source.as_ref(),
+            &self.records,
+            &mut self.queued,
+            &mut self.commit,
+            self.now,
+        )?;
+        self.stats.queued += queued;
+        Ok(())
+    }
+
+    fn into_commit(mut self) -> (Commit, IngestStats) {
+        for id in self.order {
+            if let Some(record) = self.records.remove(&id) {
+                let keys = reconcile::match_key_values(&self.rules.rules, &record.data);
+                self.commit.records.push((record, keys));
+            }
+        }
+        (self.commit, self.stats)
+    }
+}
+
+/// Queues `record` for each target its routes select (and, for upserts, any referenced record the
+/// target does not have yet, so lookups exist before the record that needs them).
+#[allow(clippy::too_many_arguments)]
+pub fn queue_fan_out(
+    store: &Store,
+    rules: &Rules,
+    record: &Record,
+    source: Option<&ConnectionId>,
+    pending: &HashMap<CanonicalId, Record>,
+    queued: &mut BTreeSet<(ConnectionId, CanonicalId)>,
+    commit: &mut Commit,
+    now: Timestamp,
+) -> Result<u64, StoreError> {
+    let mut count = 0;
+    for (target, on_delete) in rules.targets(record.entity(), source) {
+        let op = if record.is_deleted() {
+            match on_delete {
+                DeleteAction::Ignore => continue,
+                DeleteAction::Delete if record.link(&target).is_some() => OutboxOp::Delete,
+                DeleteAction::Delete => continue,
+                DeleteAction::Mark => OutboxOp::Mark,
+            }
+        } else {
+            OutboxOp::Upsert
+        };
+        if op == OutboxOp::Upsert {
+            for (_, entity, reference) in record.data.references() {
+                let Some(reference_id) = reference.canonical else { continue };
+                let referenced = match pending.get(&reference_id) {
+                    Some(found) => Some(found.clone()),
+                    None => store.record(reference_id)?,
+                };
+                if let Some(referenced) = referenced
+                    && referenced.link(&target).is_none()
+                    && !referenced.is_deleted()
+                    && queued.insert((target.clone(), referenced.id))
+                {
+                    commit
+                        .outbox
+                        .push((target.clone(), OutboxEntry::new(entity, referenced.id, OutboxOp::Upsert, now)));
+                    count += 1;
+                }
+            }
+        }
+        if queued.insert((target.clone(), record.id)) {
+            commit.outbox.push((target.clone(), OutboxEntry::new(record.entity(), record.id, op, now)));
+            count += 1;
+        }
+    }
+    Ok(count)
+}
+
+fn strip_denied(change: &mut Change, policy: &FieldPolicy) {
+    let entity = change.entity;
+    change.extra.retain(|field, _| policy.allows(entity, field));
+    if let ChangeKind::Upsert { data, .. } = &mut change.kind {
+        let fields = data.to_fields();
+        if fields.keys().any(|field| !policy.allows(entity, field)) {
+            let kept: serde_json::Map<String, serde_json::Value> =
+                fields.into_iter().filter(|(field, _)| policy.allows(entity, field)).collect();
+            if let Ok(filtered) = EntityData::from_fields(entity, kept) {
+                *data = filtered;
+            }
+        }
+    }
+}
+
+/// Returns the data to push to `target` — propagating fields only, the target's privacy list applied,
+/// references carrying the target's ids where it has the referenced record — and the echo hash of it
+/// (computed on canonical references, the form a read-back takes after ingest resolves it).
+pub fn outgoing_data(
+    store: &Store,
+    record: &Record,
+    target: &ConnectionId,
+    policy: Option<&FieldPolicy>,
+) -> Result<(EntityData, String), StoreError> {
+    let entity = record.entity();
+    let fields: serde_json::Map<String, serde_json::Value> = record
+        .data
+        .to_fields()
+        .into_iter()
+        .filter(|(field, _)| reconcile::propagates(field))
+        .filter(|(field, _)| policy.is_none_or(|policy| policy.allows(entity, field)))
+        .collect();
+    let mut data = EntityData::from_fields(entity, fields).unwrap_or_else(|_| EntityData::empty(entity));
+    let hash = reconcile::pushed_hash(&data);
+    for (_, reference) in data.references_mut() {
+        if let Some(id) = reference.canonical
+            && let Some(referenced) = store.record(id)?
+        {
+            reference.external = referenced.link(target).map(|link| link.external_id.clone());
+        }
+    }
+    Ok((data, hash))
+}
+
+/// Data for a `mark` delete: orders are cancelled instead of deleted.
+pub fn marked_data(record: &Record) -> Option<EntityData> {
+    match &record.data {
+        EntityData::Order(order) => {
+            Some(EntityData::Order(Order { status: Some(OrderStatus::Cancelled), ..order.clone() }))
+        }
+        _ => None,
+    }
+}
+
+fn apply_pushed(
+    store: &Store,
+    rules: &IngestRules,
+    connection: &ConnectionId,
+    entity: Entity,
+    results: Vec<PushedRecord>,
+    now: Timestamp,
+) -> Result<IngestStats, IngestError> {
+    let mut commit = Commit::default();
+    let mut stats = IngestStats::default();
+    let mut updated: HashMap<CanonicalId, Record> = HashMap::new();
+    for pushed in results {
+        match &pushed.outcome {
+            PushOutcome::Upserted { external_id, created, version } => {
+                stats.pushed += 1;
+                telemetry::record_pushed(connection, entity, "upserted", 1);
+                let record = match updated.remove(&pushed.canonical_id) {
+                    Some(record) => Some(record),
+                    None => store.record(pushed.canonical_id)?,
+                };
+                if let Some(mut record) = record {
+                    let link = crmsync_connectors::canonical::Link {
+                        connection: connection.clone(),
+                        object: record.link(connection).map(|link| link.object.clone()).unwrap_or_default(),
+                        external_id: external_id.clone(),
+                        last_modified: record.link(connection).and_then(|link| link.last_modified),
+                        last_version: version
+                            .clone()
+                            .or_else(|| record.link(connection).and_then(|link| link.last_version.clone())),
+                        pushed_hash: pushed.pushed_hash.clone(),
+                        matched_by: record
+                            .link(connection)
+                            .map(|link| link.matched_by.clone())
+                            .unwrap_or(if *created { MatchReason::Pushed } else { MatchReason::ExternalIdField }),
+                        extra: record.link(connection).map(|link| link.extra.clone()).unwrap_or_default(),
+                    };
+                    match record.link_mut(connection) {
+                        Some(existing) => *existing = link,
+                        None => record.links.push(link),
+                    }
+                    updated.insert(record.id, record);
+                }
+                commit.outbox_done.extend(pushed.sequences.iter().map(|sequence| (connection.clone(), *sequence)));
+            }
+            PushOutcome::Deleted => {
+                stats.pushed += 1;
+                telemetry::record_pushed(connection, entity, "deleted", 1);
+                commit.outbox_done.extend(pushed.sequences.iter().map(|sequence| (connection.clone(), *sequence)));
+            }
+            PushOutcome::Rejected { code, message } => {
+                stats.rejected += 1;
+                telemetry::record_pushed(connection, entity, "rejected", 1);
+                commit.dead_letters.push(DeadLetter::new(
+                    connection.clone(),
+                    entity,
+                    Some(pushed.canonical_id),
+                    None,
+                    pushed.payload.clone(),
+                    format!("rejected by {connection}: {code}: {message}"),
+                    now,
+                ));
+                commit.outbox_done.extend(pushed.sequences.iter().map(|sequence| (connection.clone(), *sequence)));
+            }
+            PushOutcome::Retry { message } => {
+                stats.retried += 1;
+                telemetry::record_pushed(connection, entity, "retry", 1);
+                commit
+                    .outbox_retry
+                    .extend(pushed.sequences.iter().map(|sequence| (connection.clone(), *sequence, message.clone())));
+            }
+        }
+    }
+    for (_, record) in updated {
+        let keys = reconcile::match_key_values(&rules.rules, &record.data);
+        commit.records.push((record, keys));
+    }
+    store.commit(commit)?;
+    Ok(stats)
+}
+
+/// A conflict side for the store, from a reconcile conflict side.
+pub fn conflict_value(side: &reconcile::ConflictSide) -> ConflictValue {
+    ConflictValue { value: side.value.clone(), connection: side.connection.clone(), modified_at: side.modified_at }
+}

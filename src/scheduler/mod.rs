@@ -1,0 +1,82 @@
+//! Scheduling: pull loops per connection × entity and push loops per connection, each generic over
+//! the [`Connector`] it drives, plus the one-pass [`run_pass`] behind `crmsync sync`.
+//!
+//! Both loops keep the committed cursor as the only truth: a page's cursor moves only when the ingest
+//! writer has committed the page, so a crash or an error never skips records.
+
+pub mod pass;
+pub mod pull;
+pub mod push;
+pub mod sweep;
+
+use std::time::Duration;
+
+use crmsync_connectors::{ConnectorError, RetryAdvice};
+use rand::Rng;
+
+/// Capped, jittered back-off of the outer (scheduler) retry loop.
+#[derive(Debug, Clone, Copy)]
+pub struct Backoff {
+    /// First delay.
+    pub base: Duration,
+    /// Largest delay.
+    pub cap: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self { base: Duration::from_secs(1), cap: Duration::from_secs(300) }
+    }
+}
+
+impl Backoff {
+    /// Returns the delay before retry `attempt` (1-based) after `error`: the vendor's `Retry-After`
+    /// when it gave one, otherwise full jitter under an exponential ceiling.
+    pub fn delay(&self, attempt: u32, error: &ConnectorError) -> Duration {
+        if let RetryAdvice::RetryAfter(delay) = error.retry_advice() {
+            // The vendor's (or the budget's) word is honoured even beyond the cap, up to a day.
+            return delay.min(Duration::from_secs(86_400));
+        }
+        self.jitter(attempt)
+    }
+
+    /// Returns a full-jitter delay (between half and all of the exponential ceiling) for retry `attempt`.
+    pub fn jitter(&self, attempt: u32) -> Duration {
+        let ceiling = self.base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(self.cap);
+        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX).max(1);
+        Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+    }
+}
+
+/// Adds up to ±10 % jitter to a poll interval so connections do not poll in lockstep.
+pub fn jittered(interval: Duration) -> Duration {
+    let millis = u64::try_from(interval.as_millis()).unwrap_or(u64::MAX);
+    let spread = millis / 10;
+    if spread == 0 {
+        return interval;
+    }
+    Duration::from_millis(millis - spread + rand::rng().random_range(0..=2 * spread))
+}
+
+/// Returns the label for a retry advice (metrics, status).
+pub fn advice_label(advice: RetryAdvice) -> &'static str {
+    match advice {
+        RetryAdvice::RetryAfter(_) => "retry_after",
+        RetryAdvice::Backoff => "backoff",
+        RetryAdvice::RefreshTokenThenRetry => "refresh_token",
+        RetryAdvice::Resync => "resync",
+        RetryAdvice::GiveUp => "give_up",
+    }
+}
+
+/// Formats an error with its causes on one line (`a: b: c`), as status and logs show it.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

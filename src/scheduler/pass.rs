@@ -1,0 +1,212 @@
+//! One sync pass (`crmsync sync`, `demo --once`): pull everything pending, then push everything pending,
+//! for a selection of connections × entities, with a summary row per connection × entity.
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crmsync_connectors::Connector;
+use crmsync_connectors::canonical::{ConnectionId, Entity};
+use crmsync_connectors::settings::FieldPolicy;
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use super::{error_chain, pull, push};
+use crate::ingest::IngestHandle;
+use crate::store::Store;
+
+/// What a pass covers.
+#[derive(Debug, Clone)]
+pub struct Selection {
+    /// Connection → entities to sync.
+    pub targets: BTreeMap<ConnectionId, Vec<Entity>>,
+    /// Pull.
+    pub pull: bool,
+    /// Push.
+    pub push: bool,
+    /// Ignore saved cursors.
+    pub full: bool,
+}
+
+/// One summary row.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PassRow {
+    /// Connection.
+    pub connection: String,
+    /// Entity.
+    pub entity: String,
+    /// Records read.
+    pub records_in: u64,
+    /// Records created or updated in the store.
+    pub applied: u64,
+    /// Records pushed.
+    pub records_out: u64,
+    /// Records the vendor rejected (now in the dead-letter queue).
+    pub rejected: u64,
+    /// Vendor API calls made.
+    pub api_calls: u64,
+    /// Wall time spent (pull + push).
+    pub duration_ms: u64,
+    /// What failed, if anything.
+    pub error: Option<String>,
+}
+
+/// The result of a pass.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct PassReport {
+    /// One row per connection × entity.
+    pub rows: Vec<PassRow>,
+}
+
+impl PassReport {
+    /// Returns whether any part failed.
+    pub fn failed(&self) -> bool {
+        self.rows.iter().any(|row| row.error.is_some())
+    }
+
+    /// Renders the summary table.
+    pub fn table(&self) -> String {
+        let mut out = format!(
+            "{:<16} {:<12} {:>10} {:>9} {:>10} {:>9} {:>9} {:>10}  {}\n",
+            "connection", "entity", "in", "applied", "out", "rejected", "api calls", "duration", "result"
+        );
+        for row in &self.rows {
+            out.push_str(&format!(
+                "{:<16} {:<12} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9.1}s  {}\n",
+                row.connection,
+                row.entity,
+                row.records_in,
+                row.applied,
+                row.records_out,
+                row.rejected,
+                row.api_calls,
+                row.duration_ms as f64 / 1000.0,
+                row.error.as_deref().unwrap_or("ok")
+            ));
+        }
+        out
+    }
+}
+
+/// Runs one pass: every selected connection × entity is pulled until caught up (connections in
+/// parallel, entities in dependency order), then every selected outbox is drained.
+pub async fn run_pass<C: Connector>(
+    connectors: &BTreeMap<ConnectionId, Arc<C>>,
+    store: &Store,
+    ingest: &IngestHandle,
+    policies: &BTreeMap<ConnectionId, FieldPolicy>,
+    selection: &Selection,
+    cancel: &CancellationToken,
+) -> PassReport {
+    let progress = std::io::stderr().is_terminal().then(MultiProgress::new);
+    let mut rows: BTreeMap<(ConnectionId, Entity), PassRow> = BTreeMap::new();
+    for (connection, entities) in &selection.targets {
+        for entity in entities {
+            rows.insert(
+                (connection.clone(), *entity),
+                PassRow { connection: connection.to_string(), entity: entity.to_string(), ..PassRow::default() },
+            );
+        }
+    }
+    if selection.pull {
+        let pulls = selection.targets.iter().filter_map(|(connection, entities)| {
+            let connector = connectors.get(connection)?.clone();
+            let progress = progress.clone();
+            Some(async move {
+                let mut results = Vec::new();
+                for entity in Entity::ALL.iter().filter(|entity| entities.contains(entity)) {
+                    let bar = progress.as_ref().map(|multi| {
+                        let bar = multi.add(ProgressBar::new_spinner());
+                        bar.set_style(
+                            ProgressStyle::with_template("{spinner} {prefix:<28} {msg}")
+                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                        );
+                        bar.set_prefix(format!("pull {connection} {entity}"));
+                        bar.enable_steady_tick(Duration::from_millis(120));
+                        bar
+                    });
+                    let calls_before = connector.usage().calls;
+                    let started = tokio::time::Instant::now();
+                    let result =
+                        pull::catch_up(connector.as_ref(), store, ingest, *entity, selection.full, cancel, |summary| {
+                            if let Some(bar) = &bar {
+                                bar.set_message(format!(
+                                    "{} records, {} pages",
+                                    summary.stats.records_in(),
+                                    summary.pages
+                                ));
+                            }
+                        })
+                        .await;
+                    if let Some(bar) = bar {
+                        bar.finish_and_clear();
+                    }
+                    let calls = connector.usage().calls - calls_before;
+                    results.push((*entity, result, calls, started.elapsed()));
+                }
+                (connection.clone(), results)
+            })
+        });
+        for (connection, results) in futures::future::join_all(pulls).await {
+            for (entity, result, calls, elapsed) in results {
+                let Some(row) = rows.get_mut(&(connection.clone(), entity)) else { continue };
+                row.api_calls += calls;
+                row.duration_ms += u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                match result {
+                    Ok(summary) => {
+                        row.records_in += summary.stats.records_in();
+                        row.applied += summary.stats.created + summary.stats.updated + summary.stats.deleted;
+                        tracing::info!(connection = %connection, entity = %entity, records = summary.stats.records_in(), pages = summary.pages, "pulled");
+                    }
+                    Err(error) => {
+                        let message = error_chain(&error);
+                        tracing::warn!(connection = %connection, entity = %entity, error = %message, "pull failed");
+                        row.error = Some(message);
+                    }
+                }
+            }
+        }
+    }
+    if selection.push {
+        for (connection, entities) in &selection.targets {
+            let Some(connector) = connectors.get(connection) else { continue };
+            let calls_before = connector.usage().calls;
+            let started = tokio::time::Instant::now();
+            let result =
+                push::drain(connector.as_ref(), store, ingest, policies.get(connection), Some(entities), cancel).await;
+            let calls = connector.usage().calls - calls_before;
+            let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            match result {
+                Ok(summary) => {
+                    let mut first = true;
+                    for entity in entities {
+                        let Some(row) = rows.get_mut(&(connection.clone(), *entity)) else { continue };
+                        if let Some(stats) = summary.per_entity.get(entity) {
+                            row.records_out += stats.pushed;
+                            row.rejected += stats.rejected;
+                        }
+                        if first {
+                            // Push calls are counted per connection; they are shown on its first row.
+                            row.api_calls += calls;
+                            row.duration_ms += elapsed;
+                            first = false;
+                        }
+                    }
+                    tracing::info!(connection = %connection, api_calls = calls, "pushed");
+                }
+                Err(error) => {
+                    let message = error_chain(&error);
+                    tracing::warn!(connection = %connection, error = %message, "push failed");
+                    for entity in entities {
+                        if let Some(row) = rows.get_mut(&(connection.clone(), *entity)) {
+                            row.error.get_or_insert_with(|| message.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    PassReport { rows: rows.into_values().collect() }
+}

@@ -1,0 +1,164 @@
+//! Pull: read a connection × entity page by page from its committed cursor and submit each page to
+//! the ingest writer, which commits the changes and the cursor together.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crmsync_connectors::canonical::Entity;
+use crmsync_connectors::{Connector, ConnectorError, RetryAdvice};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::{Backoff, advice_label, error_chain, jittered};
+use crate::ingest::{Batch, IngestError, IngestHandle, IngestStats};
+use crate::store::Store;
+use crate::telemetry;
+
+/// Why a catch-up stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum PullError {
+    /// The vendor call failed (after the connector's own bounded retries).
+    #[error("pull of {entity} failed")]
+    Connector {
+        /// Entity.
+        entity: Entity,
+        /// The error.
+        #[source]
+        source: ConnectorError,
+    },
+    /// The store or the writer failed.
+    #[error("ingest of {entity} failed")]
+    Ingest {
+        /// Entity.
+        entity: Entity,
+        /// The error.
+        #[source]
+        source: IngestError,
+    },
+    /// Cancelled (shutdown) between pages.
+    #[error("cancelled")]
+    Cancelled,
+}
+
+/// Counts of one catch-up.
+#[derive(Debug, Clone, Default)]
+pub struct PullSummary {
+    /// Pages read.
+    pub pages: u64,
+    /// What ingest did.
+    pub stats: IngestStats,
+}
+
+/// Pulls pages of `entity` until the connector is caught up. With `full`, starts from the origin
+/// instead of the saved cursor. A `Resync` error (expired cursor) restarts once from the origin.
+pub async fn catch_up<C: Connector>(
+    connector: &C,
+    store: &Store,
+    ingest: &IngestHandle,
+    entity: Entity,
+    full: bool,
+    cancel: &CancellationToken,
+    mut on_page: impl FnMut(&PullSummary),
+) -> Result<PullSummary, PullError> {
+    let connection = connector.id().clone();
+    let mut cursor = if full {
+        None
+    } else {
+        store
+            .cursor(&connection, entity)
+            .map_err(|error| PullError::Ingest { entity, source: IngestError::Store(error) })?
+    };
+    let mut summary = PullSummary::default();
+    let mut resynced = false;
+    loop {
+        if cancel.is_cancelled() {
+            return Err(PullError::Cancelled);
+        }
+        let page = match connector.pull(entity, cursor.as_ref()).await {
+            Ok(page) => page,
+            Err(error) if error.retry_advice() == RetryAdvice::Resync && !resynced => {
+                tracing::warn!(connection = %connection, entity = %entity, error = %error_chain(&error), "cursor expired, resynchronising from the start");
+                resynced = true;
+                cursor = None;
+                continue;
+            }
+            Err(source) => return Err(PullError::Connector { entity, source }),
+        };
+        let caught_up = !page.has_more;
+        let next = page.cursor.clone();
+        let stats = ingest
+            .submit(Batch::Pulled {
+                connection: connection.clone(),
+                entity,
+                changes: page.changes,
+                cursor: Some(next.clone()),
+                caught_up,
+            })
+            .await
+            .map_err(|source| PullError::Ingest { entity, source })?;
+        summary.pages += 1;
+        summary.stats.add(&stats);
+        on_page(&summary);
+        cursor = Some(next);
+        if caught_up {
+            telemetry::record_lag(&connection, entity, 0.0);
+            return Ok(summary);
+        }
+    }
+}
+
+/// The daemon's pull loop for one connection × entity: catch up, wait for the next tick (or a
+/// webhook's nudge), repeat; errors back off per the connector's advice and keep the cursor.
+#[allow(clippy::too_many_arguments)]
+pub async fn run<C: Connector>(
+    connector: Arc<C>,
+    store: Store,
+    ingest: IngestHandle,
+    entity: Entity,
+    interval: Duration,
+    nudge: Arc<Notify>,
+    cancel: CancellationToken,
+    backoff: Backoff,
+) {
+    let connection = connector.id().clone();
+    let mut attempt = 0u32;
+    loop {
+        let wait = match catch_up(connector.as_ref(), &store, &ingest, entity, false, &cancel, |_| {}).await {
+            Ok(summary) => {
+                attempt = 0;
+                if summary.stats.records_in() > 0 {
+                    tracing::info!(connection = %connection, entity = %entity, pages = summary.pages, created = summary.stats.created, updated = summary.stats.updated, deleted = summary.stats.deleted, "pull pass");
+                }
+                jittered(interval)
+            }
+            Err(PullError::Cancelled) => return,
+            Err(PullError::Connector { source, .. }) => {
+                attempt += 1;
+                let advice = source.retry_advice();
+                telemetry::record_sync_error(&connection, entity, advice_label(advice));
+                let message = error_chain(&source);
+                tracing::warn!(connection = %connection, entity = %entity, error = %message, advice = advice_label(advice), "pull failed");
+                let _ = ingest.submit(Batch::Failed { connection: connection.clone(), entity, message }).await;
+                if advice == RetryAdvice::GiveUp {
+                    // A person must fix this (credentials, schema): check again only at the poll interval.
+                    jittered(interval.max(Duration::from_secs(60)))
+                } else {
+                    backoff.delay(attempt, &source)
+                }
+            }
+            Err(PullError::Ingest { source, .. }) => {
+                if matches!(source, IngestError::Stopped) {
+                    return;
+                }
+                attempt += 1;
+                tracing::error!(connection = %connection, entity = %entity, error = %error_chain(&source), "ingest failed");
+                backoff.jitter(attempt)
+            }
+        };
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+            () = nudge.notified() => {}
+        }
+    }
+}

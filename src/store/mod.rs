@@ -1,0 +1,443 @@
+//! The canonical store: sled behind a typed API. The only module that touches sled.
+//!
+//! Trees and key layouts are documented in [`keys`]. Values are JSON in a versioned envelope
+//! (`{"v":1,"data":…}`), so a later format can migrate them. [`Store::commit`] writes records (with
+//! their link and match-key index entries), a cursor, outbox changes, conflicts, dead letters and
+//! sync status in **one** multi-tree transaction: a page is either wholly stored with its cursor, or
+//! not at all. sled writes reach disk on flush (every 500 ms, or [`Store::flush`]); nothing may be
+//! acknowledged outward (a webhook's 2xx) before a flush.
+
+mod error;
+pub mod keys;
+#[cfg(test)]
+mod tests;
+mod types;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crmsync_connectors::Cursor;
+use crmsync_connectors::canonical::{CanonicalId, ConnectionId, Entity, ExternalId, Record};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use sled::Transactional;
+use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
+
+pub use error::StoreError;
+pub use types::{
+    Commit, ConflictEntry, ConflictValue, DeadLetter, OutboxEntry, OutboxOp, SyncStatus, SyncStatusUpdate,
+};
+
+/// The format this binary writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Serialize, Deserialize)]
+struct Envelope<T> {
+    v: u32,
+    data: T,
+}
+
+#[derive(Serialize, Deserialize)]
+struct StoredRecord {
+    record: Record,
+    #[serde(default)]
+    match_keys: Vec<(String, String)>,
+}
+
+fn encode<T: Serialize>(data: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(&Envelope { v: FORMAT_VERSION, data })
+        .map_err(|source| StoreError::Decode { what: "value (encoding)", source })
+}
+
+fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    serde_json::from_slice::<Envelope<T>>(bytes)
+        .map(|envelope| envelope.data)
+        .map_err(|source| StoreError::Decode { what, source })
+}
+
+/// Store tuning.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// sled page cache in bytes (sled's RSS runs well above it; keep it modest).
+    pub cache_bytes: u64,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        Self { cache_bytes: 64 * 1024 * 1024 }
+    }
+}
+
+/// A handle to the store; cheap to clone, shared by every task.
+#[derive(Clone)]
+pub struct Store {
+    path: PathBuf,
+    db: sled::Db,
+    records: sled::Tree,
+    ids: sled::Tree,
+    links: sled::Tree,
+    match_keys: sled::Tree,
+    cursors: sled::Tree,
+    outbox: sled::Tree,
+    conflicts: sled::Tree,
+    dead_letters: sled::Tree,
+    status: sled::Tree,
+    state: sled::Tree,
+    meta: sled::Tree,
+}
+
+type Abort = ConflictableTransactionError<StoreError>;
+
+fn abort(error: StoreError) -> Abort {
+    ConflictableTransactionError::Abort(error)
+}
+
+impl Store {
+    /// Opens (or creates) the store in `dir` with default options.
+    pub fn open(dir: &Path) -> Result<Self, StoreError> {
+        Self::open_with(dir, &StoreOptions::default())
+    }
+
+    /// Opens (or creates) the store in `dir`.
+    pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let path = dir.to_path_buf();
+        std::fs::create_dir_all(dir).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let config = sled::Config::new().path(dir).cache_capacity(options.cache_bytes).flush_every_ms(Some(500));
+        // sled 0.34 can panic instead of returning an error on some damaged files.
+        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Io(error))) if is_lock_error(&error) => return Err(StoreError::Locked { path }),
+            Ok(Err(sled::Error::Io(source))) => return Err(StoreError::Open { path, source }),
+            Ok(Err(error)) => return Err(StoreError::Corrupt { path, detail: error.to_string() }),
+            Err(_) => return Err(StoreError::Corrupt { path, detail: "sled panicked while opening".into() }),
+        };
+        let tree = |name: &str| db.open_tree(name);
+        let store = Self {
+            records: tree("records")?,
+            ids: tree("ids")?,
+            links: tree("links")?,
+            match_keys: tree("match_keys")?,
+            cursors: tree("cursors")?,
+            outbox: tree("outbox")?,
+            conflicts: tree("conflicts")?,
+            dead_letters: tree("dead_letters")?,
+            status: tree("status")?,
+            state: tree("state")?,
+            meta: tree("meta")?,
+            db,
+            path,
+        };
+        match store.meta.get(keys::FORMAT_VERSION)? {
+            Some(bytes) => {
+                let found = bytes.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| StoreError::Corrupt {
+                    path: store.path.clone(),
+                    detail: "unreadable format version".into(),
+                })?;
+                if found > FORMAT_VERSION {
+                    return Err(StoreError::NewerFormat { path: store.path.clone(), found, supported: FORMAT_VERSION });
+                }
+            }
+            None => {
+                store.meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+                store.db.flush()?;
+            }
+        }
+        Ok(store)
+    }
+
+    /// Returns the store directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes everything buffered to disk. Call before acknowledging anything outward.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush()?;
+        Ok(())
+    }
+
+    /// Applies a [`Commit`] in one transaction.
+    pub fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let trees = (
+            &self.records,
+            &self.ids,
+            &self.links,
+            &self.match_keys,
+            &self.cursors,
+            &self.outbox,
+            &self.conflicts,
+            &self.dead_letters,
+            &self.status,
+            &self.meta,
+        );
+        let result = trees.transaction(
+            |(records, ids, links, match_keys, cursors, outbox, conflicts, dead_letters, status, meta)| {
+                for (record, record_keys) in &commit.records {
+                    write_record(records, ids, links, match_keys, record, record_keys)?;
+                }
+                if let Some((connection, entity, cursor)) = &commit.cursor {
+                    cursors.insert(keys::connection_entity(connection, *entity), encode(cursor).map_err(abort)?)?;
+                }
+                if !commit.outbox.is_empty() {
+                    let mut sequence = meta
+                        .get(keys::OUTBOX_SEQUENCE)?
+                        .and_then(|bytes| bytes.as_ref().try_into().ok().map(u64::from_be_bytes))
+                        .unwrap_or(0);
+                    for (connection, entry) in &commit.outbox {
+                        sequence += 1;
+                        outbox.insert(keys::outbox(connection, sequence), encode(entry).map_err(abort)?)?;
+                    }
+                    meta.insert(keys::OUTBOX_SEQUENCE, &sequence.to_be_bytes())?;
+                }
+                for (connection, sequence) in &commit.outbox_done {
+                    outbox.remove(keys::outbox(connection, *sequence))?;
+                }
+                for (connection, sequence, message) in &commit.outbox_retry {
+                    let key = keys::outbox(connection, *sequence);
+                    if let Some(bytes) = outbox.get(&key)? {
+                        let mut entry: OutboxEntry = decode(&bytes, "outbox entry").map_err(abort)?;
+                        entry.attempts += 1;
+                        entry.last_error = Some(message.clone());
+                        outbox.insert(key, encode(&entry).map_err(abort)?)?;
+                    }
+                }
+                for conflict in &commit.conflicts {
+                    conflicts.insert(conflict.id.as_bytes(), encode(conflict).map_err(abort)?)?;
+                }
+                for id in &commit.conflicts_resolved {
+                    if let Some(bytes) = conflicts.get(id.as_bytes())? {
+                        let mut conflict: ConflictEntry = decode(&bytes, "conflict").map_err(abort)?;
+                        conflict.resolved = true;
+                        conflicts.insert(id.as_bytes(), encode(&conflict).map_err(abort)?)?;
+                    }
+                }
+                for letter in &commit.dead_letters {
+                    dead_letters.insert(letter.id.as_bytes(), encode(letter).map_err(abort)?)?;
+                }
+                for id in &commit.dead_letters_remove {
+                    dead_letters.remove(id.as_bytes())?;
+                }
+                for update in &commit.status {
+                    let (connection, entity) = match update {
+                        SyncStatusUpdate::Pulled { connection, entity, .. }
+                        | SyncStatusUpdate::Failed { connection, entity, .. } => (connection, *entity),
+                    };
+                    let key = keys::connection_entity(connection, entity);
+                    let mut current: SyncStatus = match status.get(&key)? {
+                        Some(bytes) => decode(&bytes, "sync status").map_err(abort)?,
+                        None => SyncStatus::default(),
+                    };
+                    match update {
+                        SyncStatusUpdate::Pulled { at, records, caught_up, .. } => {
+                            current.last_success = Some(*at);
+                            current.last_attempt = Some(*at);
+                            current.last_error = None;
+                            current.records_pulled += records;
+                            current.caught_up = *caught_up;
+                        }
+                        SyncStatusUpdate::Failed { at, message, .. } => {
+                            current.last_attempt = Some(*at);
+                            current.last_error = Some(message.clone());
+                        }
+                    }
+                    status.insert(key, encode(&current).map_err(abort)?)?;
+                }
+                Ok(())
+            },
+        );
+        result.map_err(|error| match error {
+            TransactionError::Abort(error) => error,
+            TransactionError::Storage(error) => StoreError::Sled(error),
+        })
+    }
+
+    /// Returns a record by id.
+    pub fn record(&self, id: CanonicalId) -> Result<Option<Record>, StoreError> {
+        let Some(tag) = self.ids.get(id.to_bytes())? else { return Ok(None) };
+        let entity = tag
+            .first()
+            .copied()
+            .and_then(Entity::from_tag)
+            .ok_or_else(|| StoreError::Internal(format!("bad entity tag for {id}")))?;
+        self.records
+            .get(keys::record(entity, id))?
+            .map(|bytes| decode::<StoredRecord>(&bytes, "record").map(|stored| stored.record))
+            .transpose()
+    }
+
+    /// Returns the record a vendor record is linked to.
+    pub fn record_by_link(
+        &self,
+        connection: &ConnectionId,
+        entity: Entity,
+        external_id: &ExternalId,
+    ) -> Result<Option<Record>, StoreError> {
+        match self.links.get(keys::link(connection, entity, external_id))? {
+            Some(id) => {
+                let bytes: [u8; 16] =
+                    id.as_ref().try_into().map_err(|_| StoreError::Internal("bad link value".into()))?;
+                self.record(CanonicalId::from_bytes(bytes))
+            }
+            None => Ok(None),
+        }
+    }
+
+    /// Returns the ids of records indexed under a match-key value.
+    pub fn ids_by_match_key(&self, entity: Entity, name: &str, value: &str) -> Result<Vec<CanonicalId>, StoreError> {
+        let mut ids = Vec::new();
+        for entry in self.match_keys.scan_prefix(keys::match_key_prefix(entity, name, value)) {
+            let (key, _) = entry?;
+            ids.push(keys::decode_match_key(&key)?.3);
+        }
+        Ok(ids)
+    }
+
+    /// Iterates over every record of an entity (tombstones included), in id (creation) order.
+    pub fn scan(&self, entity: Entity) -> impl Iterator<Item = Result<Record, StoreError>> + use<> {
+        self.records.scan_prefix(keys::record_prefix(entity)).map(|entry| {
+            let (_, bytes) = entry?;
+            decode::<StoredRecord>(&bytes, "record").map(|stored| stored.record)
+        })
+    }
+
+    /// Returns the saved cursor of a connection × entity.
+    pub fn cursor(&self, connection: &ConnectionId, entity: Entity) -> Result<Option<Cursor>, StoreError> {
+        match self.cursors.get(keys::connection_entity(connection, entity))? {
+            Some(bytes) => decode::<Option<Cursor>>(&bytes, "cursor"),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns up to `limit` outbox entries of a connection after sequence `after`, oldest first.
+    pub fn outbox_after(
+        &self,
+        connection: &ConnectionId,
+        after: Option<u64>,
+        limit: usize,
+    ) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let prefix = keys::outbox_prefix(connection);
+        let start = keys::outbox(connection, after.map_or(0, |sequence| sequence.saturating_add(1)));
+        let mut entries = Vec::new();
+        for entry in self.outbox.range(start..) {
+            let (key, bytes) = entry?;
+            if !key.starts_with(&prefix) || entries.len() >= limit {
+                break;
+            }
+            let (_, sequence) = keys::decode_outbox(&key)?;
+            entries.push((sequence, decode(&bytes, "outbox entry")?));
+        }
+        Ok(entries)
+    }
+
+    /// Removes outbox entries (nothing to push for them).
+    pub fn outbox_remove(&self, connection: &ConnectionId, sequences: &[u64]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for sequence in sequences {
+            batch.remove(keys::outbox(connection, *sequence));
+        }
+        self.outbox.apply_batch(batch)?;
+        Ok(())
+    }
+
+    /// Returns how many entries wait in a connection's outbox.
+    pub fn outbox_depth(&self, connection: &ConnectionId) -> Result<u64, StoreError> {
+        Ok(self.outbox.scan_prefix(keys::outbox_prefix(connection)).keys().count() as u64)
+    }
+
+    /// Returns a connector's saved state value.
+    pub fn load_state(&self, connection: &ConnectionId, name: &str) -> Result<Option<String>, StoreError> {
+        Ok(self.state.get(keys::state(connection, name))?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+    }
+
+    /// Saves a connector state value durably (flushed before returning).
+    pub fn save_state(&self, connection: &ConnectionId, name: &str, value: &str) -> Result<(), StoreError> {
+        self.state.insert(keys::state(connection, name), value.as_bytes())?;
+        self.state.flush()?;
+        Ok(())
+    }
+
+    /// Returns the sync status of a connection × entity.
+    pub fn sync_status(&self, connection: &ConnectionId, entity: Entity) -> Result<Option<SyncStatus>, StoreError> {
+        self.status
+            .get(keys::connection_entity(connection, entity))?
+            .map(|bytes| decode(&bytes, "sync status"))
+            .transpose()
+    }
+
+    /// Returns how many records of an entity a connection holds (links).
+    pub fn link_count(&self, connection: &ConnectionId, entity: Entity) -> Result<u64, StoreError> {
+        Ok(self.links.scan_prefix(keys::link_prefix(connection, entity)).keys().count() as u64)
+    }
+
+    /// Returns the number of records per entity (tombstones included).
+    pub fn counts(&self) -> Result<BTreeMap<Entity, u64>, StoreError> {
+        Ok(Entity::ALL
+            .iter()
+            .map(|entity| (*entity, self.records.scan_prefix(keys::record_prefix(*entity)).keys().count() as u64))
+            .collect())
+    }
+
+    /// Returns up to `limit` dead letters, oldest first.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
+        self.dead_letters.iter().take(limit).map(|entry| decode(&entry?.1, "dead letter")).collect()
+    }
+
+    /// Returns the number of dead letters.
+    pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
+        Ok(self.dead_letters.len() as u64)
+    }
+
+    /// Returns conflicts, oldest first (only those not yet resolved when `unresolved_only`).
+    pub fn conflicts(&self, unresolved_only: bool) -> Result<Vec<ConflictEntry>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.conflicts.iter() {
+            let conflict: ConflictEntry = decode(&entry?.1, "conflict")?;
+            if !unresolved_only || !conflict.resolved {
+                found.push(conflict);
+            }
+        }
+        Ok(found)
+    }
+
+    /// Returns the store's size on disk in bytes.
+    pub fn size_on_disk(&self) -> Result<u64, StoreError> {
+        Ok(self.db.size_on_disk()?)
+    }
+}
+
+fn is_lock_error(error: &std::io::Error) -> bool {
+    error.kind() == std::io::ErrorKind::WouldBlock || error.to_string().contains("lock")
+}
+
+fn write_record(
+    records: &TransactionalTree,
+    ids: &TransactionalTree,
+    links: &TransactionalTree,
+    match_keys: &TransactionalTree,
+    record: &Record,
+    record_keys: &[(String, String)],
+) -> Result<(), Abort> {
+    let entity = record.entity();
+    let key = keys::record(entity, record.id);
+    if let Some(previous) = records.get(&key)? {
+        let previous: StoredRecord = decode(&previous, "record").map_err(abort)?;
+        for link in &previous.record.links {
+            links.remove(keys::link(&link.connection, entity, &link.external_id))?;
+        }
+        for (name, value) in &previous.match_keys {
+            match_keys.remove(keys::match_key(entity, name, value, record.id))?;
+        }
+    }
+    let id_bytes = record.id.to_bytes();
+    for link in &record.links {
+        links.insert(keys::link(&link.connection, entity, &link.external_id), &id_bytes)?;
+    }
+    for (name, value) in record_keys {
+        match_keys.insert(keys::match_key(entity, name, value, record.id), &[])?;
+    }
+    ids.insert(&id_bytes, &[entity.tag()])?;
+    let stored = StoredRecord { record: record.clone(), match_keys: record_keys.to_vec() };
+    records.insert(key, encode(&stored).map_err(abort)?)?;
+    Ok(())
+}

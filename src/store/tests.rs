@@ -1,0 +1,154 @@
+//! Store tests on a real sled database in a temporary directory.
+
+use crmsync_connectors::Cursor;
+use crmsync_connectors::canonical::{
+    Account, CanonicalId, ConnectionId, Entity, EntityData, ExternalId, Link, MatchReason, Record, Timestamp,
+};
+
+use super::*;
+
+fn account(name: &str, connection: &str, external: &str) -> Record {
+    let mut record = Record::new(CanonicalId::new(), Entity::Account, Timestamp::now());
+    record.data = EntityData::Account(Account { name: Some(name.into()), ..Account::default() });
+    record.links.push(Link {
+        connection: ConnectionId::new(connection),
+        object: "Account".into(),
+        external_id: ExternalId::new(external),
+        last_modified: None,
+        last_version: None,
+        pushed_hash: None,
+        matched_by: MatchReason::Created,
+        extra: serde_json::Map::new(),
+    });
+    record
+}
+
+#[test]
+fn commit_then_reopen_keeps_records_links_keys_cursor_and_outbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let sf = ConnectionId::new("sf");
+    let record = account("Acme", "sf", "001A");
+    let id = record.id;
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut commit = Commit::default();
+        commit.records.push((record.clone(), vec![("name+domain".into(), "acme|acme.example".into())]));
+        commit.cursor = Some((sf.clone(), Entity::Account, Some(Cursor::new("page-2"))));
+        commit.outbox.push((
+            ConnectionId::new("zoho"),
+            OutboxEntry::new(Entity::Account, id, OutboxOp::Upsert, Timestamp::now()),
+        ));
+        store.commit(commit).unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.record(id).unwrap(), Some(record.clone()));
+    assert_eq!(
+        store.record_by_link(&sf, Entity::Account, &ExternalId::new("001A")).unwrap().map(|found| found.id),
+        Some(id)
+    );
+    assert_eq!(store.ids_by_match_key(Entity::Account, "name+domain", "acme|acme.example").unwrap(), vec![id]);
+    assert_eq!(store.cursor(&sf, Entity::Account).unwrap(), Some(Cursor::new("page-2")));
+    let pending = store.outbox_after(&ConnectionId::new("zoho"), None, 10).unwrap();
+    assert_eq!(pending.len(), 1);
+    assert_eq!(pending[0].1.canonical_id, id);
+    assert_eq!(store.scan(Entity::Account).count(), 1);
+    assert_eq!(store.scan(Entity::Order).count(), 0);
+}
+
+#[test]
+fn rewriting_a_record_replaces_its_index_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut record = account("Acme", "sf", "001A");
+    let mut commit = Commit::default();
+    commit.records.push((record.clone(), vec![("name".into(), "acme".into())]));
+    store.commit(commit).unwrap();
+    record.links[0].external_id = ExternalId::new("001B");
+    let mut commit = Commit::default();
+    commit.records.push((record.clone(), vec![("name".into(), "acme corp".into())]));
+    store.commit(commit).unwrap();
+    let sf = ConnectionId::new("sf");
+    assert!(store.record_by_link(&sf, Entity::Account, &ExternalId::new("001A")).unwrap().is_none());
+    assert!(store.record_by_link(&sf, Entity::Account, &ExternalId::new("001B")).unwrap().is_some());
+    assert!(store.ids_by_match_key(Entity::Account, "name", "acme").unwrap().is_empty());
+    assert_eq!(store.ids_by_match_key(Entity::Account, "name", "acme corp").unwrap(), vec![record.id]);
+}
+
+#[test]
+fn outbox_sequences_increase_and_done_entries_leave() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let zoho = ConnectionId::new("zoho");
+    for _ in 0..3 {
+        let mut commit = Commit::default();
+        commit.outbox.push((
+            zoho.clone(),
+            OutboxEntry::new(Entity::Order, CanonicalId::new(), OutboxOp::Upsert, Timestamp::now()),
+        ));
+        store.commit(commit).unwrap();
+    }
+    let pending = store.outbox_after(&zoho, None, 10).unwrap();
+    let sequences: Vec<u64> = pending.iter().map(|(sequence, _)| *sequence).collect();
+    assert_eq!(sequences, [1, 2, 3]);
+    assert_eq!(store.outbox_after(&zoho, Some(1), 10).unwrap().len(), 2);
+    let mut commit = Commit::default();
+    commit.outbox_done.push((zoho.clone(), 1));
+    commit.outbox_retry.push((zoho.clone(), 2, "busy".into()));
+    store.commit(commit).unwrap();
+    let pending = store.outbox_after(&zoho, None, 10).unwrap();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(pending[0].1.attempts, 1);
+    assert_eq!(store.outbox_depth(&zoho).unwrap(), 2);
+    assert_eq!(store.outbox_depth(&ConnectionId::new("zo")).unwrap(), 0);
+}
+
+#[test]
+fn a_newer_format_version_is_refused_with_advice() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.meta.insert(keys::FORMAT_VERSION, &(FORMAT_VERSION + 1).to_be_bytes()).unwrap();
+        store.flush().unwrap();
+    }
+    let error = Store::open(dir.path()).err().expect("newer format must be refused");
+    let message = error.to_string();
+    assert!(
+        message.contains("has format version 2, newer than this crmsync understands (1); upgrade crmsync"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_store_in_use_is_reported_as_locked() {
+    let dir = tempfile::tempdir().unwrap();
+    let _first = Store::open(dir.path()).unwrap();
+    // sled locks the directory with an advisory file lock; a second open in the same process is
+    // refused the same way a second process is.
+    match Store::open(dir.path()) {
+        Err(StoreError::Locked { .. }) => {}
+        Err(other) => panic!("expected Locked, got {other}"),
+        Ok(_) => panic!("a second open of a locked store succeeded"),
+    }
+}
+
+#[test]
+fn connector_state_and_status_persist() {
+    let dir = tempfile::tempdir().unwrap();
+    let sf = ConnectionId::new("sf");
+    {
+        let store = Store::open(dir.path()).unwrap();
+        store.save_state(&sf, "refresh_token", "rotated").unwrap();
+        let mut commit = Commit::default();
+        commit.status.push(SyncStatusUpdate::Failed {
+            connection: sf.clone(),
+            entity: Entity::Lead,
+            at: Timestamp::now(),
+            message: "boom".into(),
+        });
+        store.commit(commit).unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.load_state(&sf, "refresh_token").unwrap().as_deref(), Some("rotated"));
+    assert_eq!(store.sync_status(&sf, Entity::Lead).unwrap().unwrap().last_error.as_deref(), Some("boom"));
+}

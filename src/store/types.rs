@@ -1,0 +1,215 @@
+//! What the store keeps besides records: outbox entries, dead letters, conflicts, sync status, and the
+//! [`Commit`] that writes them together.
+
+use crmsync_connectors::Cursor;
+use crmsync_connectors::canonical::{CanonicalId, ConnectionId, Entity, ExternalId, Record, Timestamp};
+use serde::{Deserialize, Serialize};
+
+use crate::reconcile::Conflict;
+
+/// What a queued push does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OutboxOp {
+    /// Create or update the target's copy with the record's current values.
+    Upsert,
+    /// Delete the target's copy.
+    Delete,
+    /// Mark the target's copy instead of deleting it (orders: cancelled).
+    Mark,
+}
+
+/// One queued push. It names the record, not its values: the push sends the values current at push time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutboxEntry {
+    /// Entity.
+    pub entity: Entity,
+    /// Record.
+    pub canonical_id: CanonicalId,
+    /// Operation.
+    pub op: OutboxOp,
+    /// When it was queued.
+    pub enqueued_at: Timestamp,
+    /// Transient failures so far.
+    #[serde(default)]
+    pub attempts: u32,
+    /// The last transient failure.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+}
+
+impl OutboxEntry {
+    /// A new entry.
+    pub fn new(entity: Entity, canonical_id: CanonicalId, op: OutboxOp, now: Timestamp) -> Self {
+        Self { entity, canonical_id, op, enqueued_at: now, attempts: 0, last_error: None }
+    }
+}
+
+/// A record that could not be applied or pushed, kept with its raw payload and the reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// Id (time-ordered).
+    pub id: String,
+    /// The connection it came from or was going to.
+    pub connection: ConnectionId,
+    /// Entity.
+    pub entity: Entity,
+    /// The canonical record (pushes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub canonical_id: Option<CanonicalId>,
+    /// The vendor id (pulls).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external_id: Option<ExternalId>,
+    /// The change or outgoing record, verbatim.
+    pub payload: serde_json::Value,
+    /// Why (with the vendor's code and message for rejections).
+    pub reason: String,
+    /// When.
+    pub at: Timestamp,
+}
+
+impl DeadLetter {
+    /// A new dead letter with a fresh id.
+    pub fn new(
+        connection: ConnectionId,
+        entity: Entity,
+        canonical_id: Option<CanonicalId>,
+        external_id: Option<ExternalId>,
+        payload: serde_json::Value,
+        reason: String,
+        at: Timestamp,
+    ) -> Self {
+        Self { id: CanonicalId::new().to_string(), connection, entity, canonical_id, external_id, payload, reason, at }
+    }
+}
+
+/// One side of a recorded conflict.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictValue {
+    /// The value.
+    pub value: serde_json::Value,
+    /// Who set it (`None`: local).
+    pub connection: Option<ConnectionId>,
+    /// Vendor modification time.
+    pub modified_at: Timestamp,
+}
+
+/// A recorded conflict (kept after resolution, for the audit trail).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ConflictEntry {
+    /// Id (time-ordered).
+    pub id: String,
+    /// Record.
+    pub canonical_id: CanonicalId,
+    /// Entity.
+    pub entity: Entity,
+    /// Field.
+    pub field: String,
+    /// The value in the store before.
+    pub current: ConflictValue,
+    /// The value that arrived.
+    pub incoming: ConflictValue,
+    /// The policy that decided.
+    pub policy: String,
+    /// Whether the incoming value won.
+    pub incoming_won: bool,
+    /// Held for a person (manual policy).
+    pub held: bool,
+    /// Resolved (automatically by policy, or by a person).
+    pub resolved: bool,
+    /// When it was recorded.
+    pub at: Timestamp,
+}
+
+impl ConflictEntry {
+    /// Records a reconcile conflict.
+    pub fn from_reconcile(canonical_id: CanonicalId, entity: Entity, conflict: &Conflict, at: Timestamp) -> Self {
+        let side = |side: &crate::reconcile::ConflictSide| ConflictValue {
+            value: side.value.clone(),
+            connection: side.connection.clone(),
+            modified_at: side.modified_at,
+        };
+        Self {
+            id: CanonicalId::new().to_string(),
+            canonical_id,
+            entity,
+            field: conflict.field.clone(),
+            current: side(&conflict.current),
+            incoming: side(&conflict.incoming),
+            policy: conflict.policy.clone(),
+            incoming_won: conflict.incoming_won,
+            held: conflict.held,
+            resolved: !conflict.held,
+            at,
+        }
+    }
+}
+
+/// The sync status of one connection × entity.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncStatus {
+    /// Last page committed without error.
+    pub last_success: Option<Timestamp>,
+    /// Last attempt of any outcome.
+    pub last_attempt: Option<Timestamp>,
+    /// The last error since the last success.
+    pub last_error: Option<String>,
+    /// Records read in total.
+    pub records_pulled: u64,
+    /// Whether the last page caught up.
+    pub caught_up: bool,
+}
+
+/// A change to a [`SyncStatus`], applied inside a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SyncStatusUpdate {
+    /// A page was committed.
+    Pulled {
+        /// Connection.
+        connection: ConnectionId,
+        /// Entity.
+        entity: Entity,
+        /// When.
+        at: Timestamp,
+        /// Records in the page.
+        records: u64,
+        /// Whether the source is caught up.
+        caught_up: bool,
+    },
+    /// A pull failed.
+    Failed {
+        /// Connection.
+        connection: ConnectionId,
+        /// Entity.
+        entity: Entity,
+        /// When.
+        at: Timestamp,
+        /// The error (no secrets).
+        message: String,
+    },
+}
+
+/// Everything one store transaction writes. Applied all-or-nothing by [`super::Store::commit`].
+#[derive(Debug, Default)]
+pub struct Commit {
+    /// Records to write, each with the match-key values it is indexed under.
+    pub records: Vec<(Record, Vec<(String, String)>)>,
+    /// The cursor of a connection × entity (`Some(None)` inside: reset it).
+    pub cursor: Option<(ConnectionId, Entity, Option<Cursor>)>,
+    /// Outbox entries to append.
+    pub outbox: Vec<(ConnectionId, OutboxEntry)>,
+    /// Outbox entries done (pushed, rejected, or nothing to push).
+    pub outbox_done: Vec<(ConnectionId, u64)>,
+    /// Outbox entries that failed transiently: attempts + 1, error kept.
+    pub outbox_retry: Vec<(ConnectionId, u64, String)>,
+    /// Conflicts to record.
+    pub conflicts: Vec<ConflictEntry>,
+    /// Conflicts a person resolved.
+    pub conflicts_resolved: Vec<String>,
+    /// Dead letters to add.
+    pub dead_letters: Vec<DeadLetter>,
+    /// Dead letters to remove (retried or dropped).
+    pub dead_letters_remove: Vec<String>,
+    /// Sync status updates.
+    pub status: Vec<SyncStatusUpdate>,
+}

@@ -1,0 +1,265 @@
+#![allow(clippy::disallowed_macros)] // the one module allowed to use the metrics macros
+//! Logs and operational metrics: the tracing subscriber, the Prometheus recorder, every metric name
+//! as a constant, and `record_*` helpers (the only place metric macros are used).
+//!
+//! Labels are only `connection`, `entity` and `outcome` (plus `scope`/`stage`/`channel` on the sales
+//! KPIs): never record ids, so cardinality stays bounded.
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use crmsync_connectors::canonical::{ConnectionId, Entity};
+use crmsync_connectors::{ApiEvent, ConnectorHost};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing_subscriber::EnvFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+
+/// Records read from vendors, by outcome (`created`, `updated`, `deleted`, `echo`, `unchanged`, `stale`, `dead_letter`).
+pub const PULL_RECORDS: &str = "crmsync_pull_records_total";
+/// Records sent to vendors, by outcome (`upserted`, `deleted`, `rejected`, `retry`).
+pub const PUSH_RECORDS: &str = "crmsync_push_records_total";
+/// Vendor API calls, by outcome (`2xx`, `3xx`, `4xx`, `5xx`, `transport`).
+pub const API_CALLS: &str = "crmsync_api_calls_total";
+/// Requests that waited for the rate limiter.
+pub const RATE_LIMIT_WAITS: &str = "crmsync_rate_limit_waits_total";
+/// Vendor calls retried.
+pub const RETRIES: &str = "crmsync_retries_total";
+/// Access-token fetches, by outcome (`success`, `failure`).
+pub const TOKEN_REFRESHES: &str = "crmsync_token_refreshes_total";
+/// Calls counted against the daily budget in the current window.
+pub const BUDGET_USED: &str = "crmsync_api_budget_used";
+/// The configured daily budget.
+pub const BUDGET_LIMIT: &str = "crmsync_api_budget_limit";
+/// The vendor's own usage report (`Sforce-Limit-Info`, Zoho credits).
+pub const VENDOR_USAGE: &str = "crmsync_vendor_api_usage";
+/// The vendor's own limit from the same report.
+pub const VENDOR_LIMIT: &str = "crmsync_vendor_api_limit";
+/// Seconds since the last successful pull of a connection × entity.
+pub const SYNC_LAG: &str = "crmsync_sync_lag_seconds";
+/// Changes waiting to be pushed to a connection.
+pub const OUTBOX_DEPTH: &str = "crmsync_outbox_depth";
+/// Records in the dead-letter queue.
+pub const DEAD_LETTERS: &str = "crmsync_dead_letters";
+/// Conflicts recorded, by entity.
+pub const CONFLICTS: &str = "crmsync_conflicts_total";
+/// Webhook deliveries, by outcome (`accepted`, `unauthenticated`, `malformed`, `saturated`, `unknown_connection`).
+pub const WEBHOOK_DELIVERIES: &str = "crmsync_webhook_deliveries_total";
+/// Batches waiting for the ingest writer.
+pub const INGEST_QUEUE_DEPTH: &str = "crmsync_ingest_queue_depth";
+/// Store commit latency (seconds).
+pub const COMMIT_SECONDS: &str = "crmsync_commit_seconds";
+/// Store size on disk (bytes).
+pub const STORE_SIZE: &str = "crmsync_store_size_bytes";
+/// Vendor values no mapping table covers (SPEC §2: counted, never blocking).
+pub const UNMAPPED_VALUES: &str = "crmsync_unmapped_values_total";
+/// Sync errors by connection × entity (`outcome` = the retry advice).
+pub const SYNC_ERRORS: &str = "crmsync_sync_errors_total";
+
+/// Every operational metric name (the Grafana dashboard test checks against this list).
+pub const OPERATIONAL_METRICS: &[&str] = &[
+    PULL_RECORDS,
+    PUSH_RECORDS,
+    API_CALLS,
+    RATE_LIMIT_WAITS,
+    RETRIES,
+    TOKEN_REFRESHES,
+    BUDGET_USED,
+    BUDGET_LIMIT,
+    VENDOR_USAGE,
+    VENDOR_LIMIT,
+    SYNC_LAG,
+    OUTBOX_DEPTH,
+    DEAD_LETTERS,
+    CONFLICTS,
+    WEBHOOK_DELIVERIES,
+    INGEST_QUEUE_DEPTH,
+    COMMIT_SECONDS,
+    STORE_SIZE,
+    UNMAPPED_VALUES,
+    SYNC_ERRORS,
+];
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogStyle {
+    /// JSON when stderr is not a terminal, pretty otherwise.
+    Auto,
+    /// JSON lines.
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// Installs the global tracing subscriber (once). Filtering follows `RUST_LOG`, default `info`.
+pub fn init_logging(style: LogStyle) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = match style {
+        LogStyle::Json => true,
+        LogStyle::Pretty => false,
+        LogStyle::Auto => !std::io::stderr().is_terminal(),
+    };
+    let registry = tracing_subscriber::registry().with(filter);
+    // `try_init` fails only when a subscriber is already installed (tests, embedded use): keep it.
+    let _ = if json {
+        registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
+    } else {
+        registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
+    };
+}
+
+/// Installs the Prometheus recorder for this process and returns the handle `/metrics` renders.
+/// Spawns the periodic upkeep the exporter needs (histogram buckets are drained by it).
+pub fn install_prometheus() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(COMMIT_SECONDS.to_owned()),
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+        )?
+        .install_recorder()?;
+    let upkeep = handle.clone();
+    tokio::spawn(async move {
+        let mut interval = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            interval.tick().await;
+            upkeep.run_upkeep();
+        }
+    });
+    describe_metrics();
+    Ok(handle)
+}
+
+fn describe_metrics() {
+    metrics::describe_counter!(PULL_RECORDS, "Records read from vendors, by outcome");
+    metrics::describe_counter!(PUSH_RECORDS, "Records sent to vendors, by outcome");
+    metrics::describe_counter!(API_CALLS, "Vendor API calls, by status class");
+    metrics::describe_counter!(RATE_LIMIT_WAITS, "Requests that waited for the rate limiter");
+    metrics::describe_counter!(RETRIES, "Vendor calls retried");
+    metrics::describe_counter!(TOKEN_REFRESHES, "Access-token fetches");
+    metrics::describe_gauge!(BUDGET_USED, "Calls counted against the daily budget");
+    metrics::describe_gauge!(BUDGET_LIMIT, "Configured daily API budget");
+    metrics::describe_gauge!(VENDOR_USAGE, "Vendor-reported API usage");
+    metrics::describe_gauge!(VENDOR_LIMIT, "Vendor-reported API limit");
+    metrics::describe_gauge!(SYNC_LAG, "Seconds since the last successful pull");
+    metrics::describe_gauge!(OUTBOX_DEPTH, "Changes waiting to be pushed");
+    metrics::describe_gauge!(DEAD_LETTERS, "Records in the dead-letter queue");
+    metrics::describe_counter!(CONFLICTS, "Conflicts recorded");
+    metrics::describe_counter!(WEBHOOK_DELIVERIES, "Webhook deliveries, by outcome");
+    metrics::describe_gauge!(INGEST_QUEUE_DEPTH, "Batches waiting for the ingest writer");
+    metrics::describe_histogram!(COMMIT_SECONDS, metrics::Unit::Seconds, "Store commit latency");
+    metrics::describe_gauge!(STORE_SIZE, metrics::Unit::Bytes, "Store size on disk");
+    metrics::describe_counter!(UNMAPPED_VALUES, "Vendor values no mapping table covers");
+    metrics::describe_counter!(SYNC_ERRORS, "Sync errors by retry advice");
+}
+
+/// Counts records read, by outcome.
+pub fn record_pulled(connection: &ConnectionId, entity: Entity, outcome: &'static str, count: u64) {
+    metrics::counter!(PULL_RECORDS, "connection" => connection.to_string(), "entity" => entity.as_str(), "outcome" => outcome)
+        .increment(count);
+}
+
+/// Counts records pushed, by outcome.
+pub fn record_pushed(connection: &ConnectionId, entity: Entity, outcome: &'static str, count: u64) {
+    metrics::counter!(PUSH_RECORDS, "connection" => connection.to_string(), "entity" => entity.as_str(), "outcome" => outcome)
+        .increment(count);
+}
+
+/// Counts a sync error.
+pub fn record_sync_error(connection: &ConnectionId, entity: Entity, outcome: &'static str) {
+    metrics::counter!(SYNC_ERRORS, "connection" => connection.to_string(), "entity" => entity.as_str(), "outcome" => outcome)
+        .increment(1);
+}
+
+/// Sets the sync lag of a connection × entity.
+pub fn record_lag(connection: &ConnectionId, entity: Entity, seconds: f64) {
+    metrics::gauge!(SYNC_LAG, "connection" => connection.to_string(), "entity" => entity.as_str()).set(seconds);
+}
+
+/// Sets the outbox depth of a connection.
+pub fn record_outbox_depth(connection: &ConnectionId, depth: u64) {
+    metrics::gauge!(OUTBOX_DEPTH, "connection" => connection.to_string()).set(depth as f64);
+}
+
+/// Sets the dead-letter count.
+pub fn record_dead_letters(count: u64) {
+    metrics::gauge!(DEAD_LETTERS).set(count as f64);
+}
+
+/// Counts conflicts.
+pub fn record_conflicts(entity: Entity, count: u64) {
+    metrics::counter!(CONFLICTS, "entity" => entity.as_str()).increment(count);
+}
+
+/// Counts a webhook delivery.
+pub fn record_webhook(connection: &str, outcome: &'static str) {
+    metrics::counter!(WEBHOOK_DELIVERIES, "connection" => connection.to_owned(), "outcome" => outcome).increment(1);
+}
+
+/// Sets the ingest queue depth.
+pub fn record_ingest_queue(depth: usize) {
+    metrics::gauge!(INGEST_QUEUE_DEPTH).set(depth as f64);
+}
+
+/// Observes one commit's latency.
+pub fn record_commit(duration: Duration) {
+    metrics::histogram!(COMMIT_SECONDS).record(duration.as_secs_f64());
+}
+
+/// Sets the store size.
+pub fn record_store_size(bytes: u64) {
+    metrics::gauge!(STORE_SIZE).set(bytes as f64);
+}
+
+/// Sets the budget gauges of a connection.
+pub fn record_budget(connection: &ConnectionId, used: u64, limit: Option<u64>) {
+    metrics::gauge!(BUDGET_USED, "connection" => connection.to_string()).set(used as f64);
+    if let Some(limit) = limit {
+        metrics::gauge!(BUDGET_LIMIT, "connection" => connection.to_string()).set(limit as f64);
+    }
+}
+
+/// Sets one sales-KPI gauge.
+pub fn record_kpi(name: &'static str, labels: Vec<(&'static str, String)>, value: f64) {
+    let labels: Vec<metrics::Label> = labels.into_iter().map(|(key, value)| metrics::Label::new(key, value)).collect();
+    metrics::gauge!(name, labels).set(value);
+}
+
+/// Turns connector telemetry into metrics (the telemetry half of the daemon's [`ConnectorHost`]).
+pub fn observe_api_event(event: ApiEvent<'_>) {
+    match event {
+        ApiEvent::Call { connection, status } => {
+            let outcome = match status {
+                Some(200..=299) => "2xx",
+                Some(300..=399) => "3xx",
+                Some(400..=499) => "4xx",
+                Some(_) => "5xx",
+                None => "transport",
+            };
+            metrics::counter!(API_CALLS, "connection" => connection.to_string(), "outcome" => outcome).increment(1);
+        }
+        ApiEvent::Retry { connection } => {
+            metrics::counter!(RETRIES, "connection" => connection.to_string()).increment(1);
+        }
+        ApiEvent::RateLimitWait { connection } => {
+            metrics::counter!(RATE_LIMIT_WAITS, "connection" => connection.to_string()).increment(1);
+        }
+        ApiEvent::TokenRefresh { connection, success } => {
+            let outcome = if success { "success" } else { "failure" };
+            metrics::counter!(TOKEN_REFRESHES, "connection" => connection.to_string(), "outcome" => outcome)
+                .increment(1);
+        }
+        ApiEvent::VendorUsage { connection, used, limit } => {
+            metrics::gauge!(VENDOR_USAGE, "connection" => connection.to_string()).set(used as f64);
+            metrics::gauge!(VENDOR_LIMIT, "connection" => connection.to_string()).set(limit as f64);
+        }
+        ApiEvent::UnmappedValue { connection, entity } => {
+            metrics::counter!(UNMAPPED_VALUES, "connection" => connection.to_string(), "entity" => entity.as_str())
+                .increment(1);
+        }
+    }
+}
+
+/// A host that forwards telemetry and keeps connector state in memory (for `simulate`/tests without a store).
+pub fn memory_host() -> std::sync::Arc<dyn ConnectorHost> {
+    std::sync::Arc::new(crmsync_connectors::MemoryHost::default())
+}

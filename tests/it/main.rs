@@ -1,0 +1,3 @@
+//! The single integration-test binary (one link step for every scenario).
+
+mod config;
