@@ -6,10 +6,8 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use crmsync_connectors::canonical::{ConnectionId, Entity, ExternalId, VendorKind};
-use crmsync_connectors::dynamics365::Dynamics365Connector;
 use crmsync_connectors::salesforce::SalesforceConnector;
 use crmsync_connectors::settings::FieldPolicy;
-use crmsync_connectors::zoho::ZohoConnector;
 use crmsync_connectors::{
     ApiEvent, ApiUsage, Change, CheckReport, Connector, ConnectorError, ConnectorHost, Cursor, IdPage, Outgoing, Page,
     PushReport, SharedHost, WebhookDelivery, WebhookError, WebhookParser, WebhookReply,
@@ -22,22 +20,17 @@ use crate::reconcile::{self, DeleteAction, Policy, Route, Rules};
 use crate::store::Store;
 use crate::telemetry;
 
-/// One configured connection, whatever its vendor.
+/// One configured connection, whatever its vendor. (Zoho CRM and Dynamics 365 join this enum when
+/// their connectors land; their configuration is already validated.)
 pub enum AnyConnector {
     /// Salesforce.
     Salesforce(SalesforceConnector),
-    /// Zoho CRM.
-    Zoho(ZohoConnector),
-    /// Dynamics 365.
-    Dynamics365(Dynamics365Connector),
 }
 
 macro_rules! dispatch {
     ($self:ident, $connector:ident => $call:expr) => {
         match $self {
             AnyConnector::Salesforce($connector) => $call,
-            AnyConnector::Zoho($connector) => $call,
-            AnyConnector::Dynamics365($connector) => $call,
         }
     };
 }
@@ -117,7 +110,10 @@ impl ConnectorHost for StoreHost {
 }
 
 /// Builds every configured connector. Pure: no network IO (that is `check`).
-pub fn build_connectors(config: &Config, host: SharedHost) -> anyhow::Result<BTreeMap<ConnectionId, Arc<AnyConnector>>> {
+pub fn build_connectors(
+    config: &Config,
+    host: SharedHost,
+) -> anyhow::Result<BTreeMap<ConnectionId, Arc<AnyConnector>>> {
     let mut connectors = BTreeMap::new();
     for (id, connection) in &config.connections {
         let settings = connection.settings.clone();
@@ -125,10 +121,11 @@ pub fn build_connectors(config: &Config, host: SharedHost) -> anyhow::Result<BTr
             VendorConfig::Salesforce(vendor) => {
                 AnyConnector::Salesforce(SalesforceConnector::new(settings, vendor.clone(), host.clone())?)
             }
-            VendorConfig::Zoho(vendor) => AnyConnector::Zoho(ZohoConnector::new(settings, vendor.clone(), host.clone())?),
-            VendorConfig::Dynamics365(vendor) => {
-                AnyConnector::Dynamics365(Dynamics365Connector::new(settings, vendor.clone(), host.clone())?)
-            }
+            VendorConfig::Zoho(_) | VendorConfig::Dynamics365(_) => anyhow::bail!(
+                "connection {id}: the {} connector is not available in this version of crmsync (only salesforce is); \
+                 the configuration is valid, but this connection cannot run yet",
+                connection.vendor.kind()
+            ),
         };
         connectors.insert(id.clone(), Arc::new(connector));
     }
@@ -155,7 +152,9 @@ pub fn rules(config: &Config) -> Rules {
             .reconcile
             .policies
             .iter()
-            .map(|(entity, fields)| (*entity, fields.iter().map(|(field, rule)| (field.clone(), policy(rule))).collect()))
+            .map(|(entity, fields)| {
+                (*entity, fields.iter().map(|(field, rule)| (field.clone(), policy(rule))).collect())
+            })
             .collect(),
         match_keys: if config.reconcile.match_keys.is_empty() {
             reconcile::default_match_keys()
@@ -309,7 +308,10 @@ pub async fn run_daemon(
         .iter()
         .map(|(id, connector)| {
             let parser: Arc<dyn WebhookParser> = connector.clone();
-            (id.to_string(), WebhookEndpoint { connection: id.clone(), parser, nudges: nudges.get(id).cloned().unwrap_or_default() })
+            (
+                id.to_string(),
+                WebhookEndpoint { connection: id.clone(), parser, nudges: nudges.get(id).cloned().unwrap_or_default() },
+            )
         })
         .collect();
     let gauge_store = app.store.clone();
@@ -352,7 +354,8 @@ pub async fn run_daemon(
     for (listener, router) in [(public, public_router(state.clone())), (admin, admin_router(state))] {
         let stop = cancel.clone();
         tracker.spawn(async move {
-            let served = axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await;
+            let served =
+                axum::serve(listener, router).with_graceful_shutdown(async move { stop.cancelled().await }).await;
             if let Err(error) = served {
                 tracing::error!(error = %error, "HTTP listener failed");
             }

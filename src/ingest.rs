@@ -606,7 +606,7 @@ pub fn outgoing_data(
         .data
         .to_fields()
         .into_iter()
-        .filter(|(field, _)| reconcile::propagates(field))
+        .filter(|(field, _)| reconcile::propagates(entity, field))
         .filter(|(field, _)| policy.is_none_or(|policy| policy.allows(entity, field)))
         .collect();
     let mut data = EntityData::from_fields(entity, fields).unwrap_or_else(|_| EntityData::empty(entity));

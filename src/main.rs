@@ -1,1 +1,25 @@
-fn main() {}
+//! The `crmsync` binary: parse the command line, run the command, print errors with their causes,
+//! and exit with a meaningful code.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use crmsync::cli::Cli;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(crmsync::commands::run(cli)) {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -36,7 +36,11 @@ impl StatusConfig {
                     )
                 })
                 .collect(),
-            jobs: config.jobs.iter().map(|job| (job.name.clone(), job.connections.clone(), job.entities.clone())).collect(),
+            jobs: config
+                .jobs
+                .iter()
+                .map(|job| (job.name.clone(), job.connections.clone(), job.entities.clone()))
+                .collect(),
         }
     }
 }
@@ -156,7 +160,11 @@ pub fn collect(store: &Store, config: &StatusConfig) -> Result<StatusReport, Sto
             } else {
                 None
             };
-            JobStatus { job: name.clone(), last_success, failing: covered.iter().any(|status| status.last_error.is_some()) }
+            JobStatus {
+                job: name.clone(),
+                last_success,
+                failing: covered.iter().any(|status| status.last_error.is_some()),
+            }
         })
         .collect();
     Ok(StatusReport {

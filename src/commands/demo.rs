@@ -1,7 +1,10 @@
-//! `crmsync demo [--once]`: the embedded default. Starts the three CRM simulators on loopback with
-//! overlapping seeded data (the same customers in several CRMs), writes a configuration pointing at
-//! them, syncs, and either prints the results (`--once`) or keeps running as a daemon with the
-//! dashboard.
+//! `crmsync demo [--once]`: the embedded default. Starts CRM simulators on loopback with overlapping
+//! seeded data (the same customers in several CRMs), writes a configuration pointing at them, syncs,
+//! and either prints the results (`--once`) or keeps running as a daemon.
+//!
+//! This version ships the Salesforce connector, so the demo runs two Salesforce orgs — "EMEA" and
+//! "Americas" — each holding its own slice of one generated sales world; customers present in both
+//! show identity resolution, and routes carry every entity both ways.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -9,10 +12,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use crmsync_connectors::canonical::{Entity, Timestamp};
+use crmsync_connectors::canonical::{Entity, Timestamp, VendorKind};
+use crmsync_connectors::salesforce::sim::{self, RunningSalesforceSim, SalesforceSimOptions};
 use crmsync_connectors::settings::MapSecrets;
 use crmsync_connectors::sim::{World, WorldSize};
-use crmsync_connectors::{dynamics365, salesforce, zoho};
 use tokio_util::sync::CancellationToken;
 
 use super::print;
@@ -22,44 +25,41 @@ use crate::config::Config;
 use crate::scheduler::pass::run_pass;
 use crate::telemetry::{self, LogStyle};
 
-/// The three running simulators.
-pub struct DemoSimulators {
-    /// Salesforce.
-    pub salesforce: salesforce::sim::RunningSalesforceSim,
-    /// Zoho.
-    pub zoho: zoho::sim::RunningZohoSim,
-    /// Dynamics 365.
-    pub dynamics365: dynamics365::sim::RunningDynamics365Sim,
-}
+/// The running simulators: `(connection name, simulator)`.
+pub type DemoSimulators = Vec<(&'static str, RunningSalesforceSim)>;
 
 /// Starts the simulators over one shared world and returns them with a demo configuration (TOML) and
 /// the secrets it references.
-pub async fn start_demo(seed: u64, data_dir: &std::path::Path, listen: &str) -> anyhow::Result<(DemoSimulators, String, MapSecrets)> {
+pub async fn start_demo(
+    seed: u64,
+    data_dir: &std::path::Path,
+    listen: &str,
+) -> anyhow::Result<(DemoSimulators, String, MapSecrets)> {
     let world = World::generate(seed, WorldSize::DEMO, Timestamp::now(), true);
-    let salesforce = salesforce::sim::start(salesforce::sim::SalesforceSimOptions::with_world(world.clone())).await?;
-    let zoho = zoho::sim::start(zoho::sim::ZohoSimOptions::with_world(world.clone())).await?;
-    let dynamics365 = dynamics365::sim::start(dynamics365::sim::Dynamics365SimOptions::with_world(world)).await?;
+    let mut simulators = Vec::new();
+    for (name, slice) in [("sf_emea", VendorKind::Salesforce), ("sf_americas", VendorKind::Zoho)] {
+        let options =
+            SalesforceSimOptions { presence: World::bit(slice), ..SalesforceSimOptions::with_world(world.clone()) };
+        simulators.push((name, sim::start(options).await?));
+    }
     let mut toml = String::new();
     writeln!(toml, "[daemon]")?;
     writeln!(toml, "data_dir = {:?}", data_dir.display().to_string())?;
     writeln!(toml, "listen = {listen:?}")?;
     writeln!(toml, "admin_listen = \"127.0.0.1:0\"")?;
-    writeln!(toml, "log_format = \"pretty\"")?;
     writeln!(toml, "shutdown_grace = \"10s\"\n")?;
-    writeln!(toml, "{}", salesforce::sim::connection_toml("salesforce", &salesforce.base_url()))?;
-    writeln!(toml, "{}", zoho::sim::connection_toml("zoho", &zoho.base_url()))?;
-    writeln!(toml, "{}", dynamics365::sim::connection_toml("dynamics365", &dynamics365.base_url()))?;
-    // Every entity flows between every CRM; deleted orders are cancelled elsewhere, not deleted.
-    for (entity, on_delete) in [("account", "ignore"), ("lead", "ignore"), ("opportunity", "ignore"), ("order", "mark")] {
+    for (name, simulator) in &simulators {
+        writeln!(toml, "{}", sim::connection_toml(name, &simulator.base_url()))?;
+    }
+    // Every entity flows between the orgs; a deleted order is cancelled in the other org, not deleted.
+    for (entity, on_delete) in [("account", "ignore"), ("lead", "ignore"), ("opportunity", "ignore"), ("order", "mark")]
+    {
         writeln!(toml, "[[routes]]\nentity = {entity:?}\nfrom = [\"*\"]\nto = [\"*\"]\non_delete = {on_delete:?}\n")?;
     }
-    writeln!(toml, "[reconcile]\nsource_priority = [\"salesforce\", \"dynamics365\", \"zoho\"]\nconflict = \"newest\"\n")?;
-    writeln!(toml, "[metrics]\nreporting_currency = \"EUR\"\nfx = {{ USD = \"0.92\" }}\nwindow = \"30d\"")?;
-    let mut secrets = std::collections::BTreeMap::new();
-    for (name, value) in salesforce::sim::demo_secrets().into_iter().chain(zoho::sim::demo_secrets()).chain(dynamics365::sim::demo_secrets()) {
-        secrets.insert(name.to_owned(), value.to_owned());
-    }
-    Ok((DemoSimulators { salesforce, zoho, dynamics365 }, toml, MapSecrets(secrets)))
+    writeln!(toml, "[reconcile]\nsource_priority = [\"sf_emea\", \"sf_americas\"]\nconflict = \"newest\"\n")?;
+    writeln!(toml, "[metrics]\nreporting_currency = \"EUR\"\nwindow = \"30d\"\n\n[metrics.fx]\nUSD = \"0.92\"")?;
+    let secrets = sim::demo_secrets().into_iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect();
+    Ok((simulators, toml, MapSecrets(secrets)))
 }
 
 /// Runs the demo.
@@ -82,11 +82,11 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<Exi
     let config_path: PathBuf = data_dir.join("demo.toml");
     std::fs::write(&config_path, &toml).with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::load(Some(&config_path), Some(HashMap::new()), &secrets)?;
+    let urls: Vec<String> =
+        simulators.iter().map(|(name, simulator)| format!("{name} at {}", simulator.base_url())).collect();
     print(&format!(
-        "crmsync demo: simulators on {} (Salesforce), {} (Zoho), {} (Dynamics 365); config in {}\n",
-        simulators.salesforce.base_url(),
-        simulators.zoho.base_url(),
-        simulators.dynamics365.base_url(),
+        "crmsync demo: simulated Salesforce orgs {}; config in {}\n",
+        urls.join(", "),
         config_path.display()
     ));
     let prometheus = if args.once { None } else { Some(telemetry::install_prometheus()?) };
@@ -98,6 +98,7 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<Exi
     print(&format!("\nfirst sync pass\n{}", first.table()));
     let second = run_pass(&app.connectors, &app.store, &app.ingest, &policies, &selection, &cancel).await;
     let pushed_again: u64 = second.rows.iter().map(|row| row.records_out).sum();
+    print(&format!("\nsecond sync pass\n{}", second.table()));
     print(&format!("second sync pass: {pushed_again} records pushed (0 = the CRMs agree: no ping-pong)\n"));
     print(&identity_summary(&app)?);
     print(&super::operate::metrics_text(&app.store, &app.config, "unified", None, None)?);
@@ -105,7 +106,7 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<Exi
         app.shutdown().await?;
         return Ok(if first.failed() || second.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
-    print(&format!("\ndashboard: http://{}/  (Ctrl-C to stop)\n", args.listen));
+    print(&format!("\nREST API: http://{}/api/v1 (set api.token to enable)  (Ctrl-C to stop)\n", args.listen));
     run_daemon(app, prometheus, super::run::shutdown_signal()).await?;
     drop(simulators);
     Ok(ExitCode::SUCCESS)
@@ -114,9 +115,7 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<Exi
 fn identity_summary(app: &App) -> anyhow::Result<String> {
     let mut out = String::from("\nidentity: canonical records (vendor copies joined into them)\n");
     for entity in Entity::ALL {
-        let mut records = 0u64;
-        let mut copies = 0u64;
-        let mut shared = 0u64;
+        let (mut records, mut copies, mut shared) = (0u64, 0u64, 0u64);
         for record in app.store.scan(*entity) {
             let record = record?;
             if record.is_deleted() || record.merged_into.is_some() {
@@ -128,7 +127,10 @@ fn identity_summary(app: &App) -> anyhow::Result<String> {
                 shared += 1;
             }
         }
-        out.push_str(&format!("  {:<12} {records:>6} records, {copies:>6} vendor copies, {shared:>5} known in several CRMs\n", entity.as_str()));
+        out.push_str(&format!(
+            "  {:<12} {records:>6} records, {copies:>6} vendor copies, {shared:>5} known in several CRMs\n",
+            entity.as_str()
+        ));
     }
     Ok(out)
 }

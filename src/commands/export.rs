@@ -72,7 +72,9 @@ pub fn csv_row(record: &Record) -> String {
         .iter()
         .map(|link| {
             let why = match &link.matched_by {
-                crmsync_connectors::canonical::MatchReason::MatchKey { key, value } => format!("match_key {key}={value}"),
+                crmsync_connectors::canonical::MatchReason::MatchKey { key, value } => {
+                    format!("match_key {key}={value}")
+                }
                 other => serde_json::to_value(other)
                     .ok()
                     .and_then(|value| value.get("by").and_then(|by| by.as_str().map(str::to_owned)))
@@ -87,9 +89,5 @@ pub fn csv_row(record: &Record) -> String {
 }
 
 fn quote(cell: &str) -> String {
-    if cell.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", cell.replace('"', "\"\""))
-    } else {
-        cell.to_owned()
-    }
+    if cell.contains([',', '"', '\n', '\r']) { format!("\"{}\"", cell.replace('"', "\"\"")) } else { cell.to_owned() }
 }

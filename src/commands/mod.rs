@@ -1,14 +1,14 @@
 //! One handler per subcommand. Handlers load configuration, call into the library, and print; the
 //! binary turns their result into an exit code.
 
-mod check;
-mod demo;
-mod export;
-mod operate;
-mod run;
-mod simulate;
-mod status;
-mod sync;
+pub mod check;
+pub mod demo;
+pub mod export;
+pub mod operate;
+pub mod run;
+pub mod simulate;
+pub mod status;
+pub mod sync;
 
 use std::process::ExitCode;
 

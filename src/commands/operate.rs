@@ -6,8 +6,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
-use crmsync_connectors::canonical::{ConnectionId, Timestamp};
 use crmsync_connectors::Change;
+use crmsync_connectors::canonical::{ConnectionId, Timestamp};
 
 use super::{load_config, print};
 use crate::app;
@@ -46,7 +46,10 @@ pub fn metrics_report(
         }
         Scope::Connection(id)
     };
-    let settings = MetricsSettings { reporting_currency: config.metrics.reporting_currency.clone(), fx: config.metrics.fx.clone() };
+    let settings = MetricsSettings {
+        reporting_currency: config.metrics.reporting_currency.clone(),
+        fx: config.metrics.fx.clone(),
+    };
     let query = MetricsQuery { scope, since, until };
     let mut accumulator = metrics::Accumulator::new(&query, &settings);
     for entity in crmsync_connectors::canonical::Entity::ALL {
@@ -58,7 +61,13 @@ pub fn metrics_report(
 }
 
 /// The metrics table for a scope (used by `metrics` and `demo`).
-pub fn metrics_text(store: &Store, config: &Config, scope: &str, since: Option<Timestamp>, until: Option<Timestamp>) -> anyhow::Result<String> {
+pub fn metrics_text(
+    store: &Store,
+    config: &Config,
+    scope: &str,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+) -> anyhow::Result<String> {
     Ok(metrics::render_table(&metrics_report(store, config, scope, since, until)?))
 }
 
@@ -114,7 +123,10 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 print("the dead-letter queue is empty\n");
             } else {
                 for letter in &letters {
-                    print(&format!("{}  {}  {}  {}  {}\n", letter.id, letter.at, letter.connection, letter.entity, letter.reason));
+                    print(&format!(
+                        "{}  {}  {}  {}  {}\n",
+                        letter.id, letter.at, letter.connection, letter.entity, letter.reason
+                    ));
                 }
             }
         }
@@ -135,13 +147,21 @@ pub fn dlq(args: DlqArgs) -> anyhow::Result<ExitCode> {
                 match letter.canonical_id {
                     // A rejected push: queue the record for that connection again.
                     Some(id) => {
-                        commit.outbox.push((letter.connection.clone(), OutboxEntry::new(letter.entity, id, OutboxOp::Upsert, Timestamp::now())));
+                        commit.outbox.push((
+                            letter.connection.clone(),
+                            OutboxEntry::new(letter.entity, id, OutboxOp::Upsert, Timestamp::now()),
+                        ));
                     }
                     // A change that could not be applied: apply it again.
                     None => {
                         let change: Change = serde_json::from_value(letter.payload.clone())
                             .with_context(|| format!("dead letter {} does not hold a change", letter.id))?;
-                        ingest::apply_batch(&store, &rules, Batch::Delivered { connection: letter.connection.clone(), changes: vec![change] }, Timestamp::now())?;
+                        ingest::apply_batch(
+                            &store,
+                            &rules,
+                            Batch::Delivered { connection: letter.connection.clone(), changes: vec![change] },
+                            Timestamp::now(),
+                        )?;
                     }
                 }
                 commit.dead_letters_remove.push(letter.id.clone());
@@ -179,7 +199,13 @@ pub fn conflicts(args: ConflictsArgs) -> anyhow::Result<ExitCode> {
                         conflict.incoming.value,
                         conflict.incoming.connection.as_ref().map_or("local", ConnectionId::as_str),
                         conflict.policy,
-                        if conflict.resolved { " (resolved)" } else if conflict.held { " HELD" } else { "" },
+                        if conflict.resolved {
+                            " (resolved)"
+                        } else if conflict.held {
+                            " HELD"
+                        } else {
+                            ""
+                        },
                     ));
                 }
             }

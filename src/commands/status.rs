@@ -15,9 +15,11 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
         Ok(store) => serde_json::to_value(collect(&store, &status_config)?)?,
         Err(StoreError::Locked { .. }) => {
             let url = format!("http://{}/status", config.daemon.admin_listen);
-            let response = reqwest::get(&url)
-                .await
-                .map_err(|error| anyhow::anyhow!("the store is in use by a running daemon and its admin listener {url} did not answer: {error}"))?;
+            let response = reqwest::get(&url).await.map_err(|error| {
+                anyhow::anyhow!(
+                    "the store is in use by a running daemon and its admin listener {url} did not answer: {error}"
+                )
+            })?;
             response.error_for_status()?.json::<serde_json::Value>().await?
         }
         Err(error) => return Err(error.into()),

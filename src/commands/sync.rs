@@ -14,7 +14,13 @@ use crate::config::{Config, Direction};
 use crate::scheduler::pass::{Selection, run_pass};
 
 /// Builds the selection a `sync` invocation covers.
-pub fn selection(config: &Config, job: Option<&str>, connection: Option<&str>, entity: Option<&str>, full: bool) -> anyhow::Result<Selection> {
+pub fn selection(
+    config: &Config,
+    job: Option<&str>,
+    connection: Option<&str>,
+    entity: Option<&str>,
+    full: bool,
+) -> anyhow::Result<Selection> {
     let entity_filter: Option<Entity> = entity.map(str::parse).transpose()?;
     let (mut targets, pull, push) = match job {
         Some(name) => {
@@ -27,13 +33,20 @@ pub fn selection(config: &Config, job: Option<&str>, connection: Option<&str>, e
                 .iter()
                 .filter_map(|id| {
                     let configured = &config.connections.get(id)?.settings.entities;
-                    Some((id.clone(), job.entities.iter().copied().filter(|entity| configured.contains(entity)).collect()))
+                    Some((
+                        id.clone(),
+                        job.entities.iter().copied().filter(|entity| configured.contains(entity)).collect(),
+                    ))
                 })
                 .collect();
             (targets, job.direction != Direction::Push, job.direction != Direction::Pull)
         }
         None => (
-            config.connections.iter().map(|(id, connection)| (id.clone(), connection.settings.entities.clone())).collect(),
+            config
+                .connections
+                .iter()
+                .map(|(id, connection)| (id.clone(), connection.settings.entities.clone()))
+                .collect(),
             true,
             true,
         ),
@@ -62,7 +75,8 @@ pub fn selection(config: &Config, job: Option<&str>, connection: Option<&str>, e
 pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
     init_logging(&config);
-    let selection = selection(&config, args.job.as_deref(), args.connection.as_deref(), args.entity.as_deref(), args.full)?;
+    let selection =
+        selection(&config, args.job.as_deref(), args.connection.as_deref(), args.entity.as_deref(), args.full)?;
     let app = App::build(config)?;
     let cancel = CancellationToken::new();
     let interrupt = cancel.clone();

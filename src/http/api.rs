@@ -14,7 +14,11 @@ use sha2::{Digest, Sha256};
 use super::{ApiError, HttpState};
 
 /// Rejects requests without the configured bearer token.
-pub async fn require_token(State(state): State<HttpState>, request: Request, next: Next) -> Result<Response, ApiError> {
+pub(crate) async fn require_token(
+    State(state): State<HttpState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let Some(expected) = &state.api_token else {
         return Err(ApiError::NotFound("the API is disabled (set api.token)".into()));
     };
@@ -40,20 +44,22 @@ pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
 
 /// Paging of list endpoints.
 #[derive(Debug, Deserialize)]
-pub struct ListQuery {
+pub(crate) struct ListQuery {
     /// Records to return (default 100, at most 1000).
-    pub limit: Option<usize>,
+    pub(crate) limit: Option<usize>,
     /// Return records after this canonical id.
-    pub after: Option<String>,
+    pub(crate) after: Option<String>,
     /// Include tombstones.
     #[serde(default)]
-    pub include_deleted: bool,
+    pub(crate) include_deleted: bool,
 }
 
 fn list(state: &HttpState, entity: Entity, query: &ListQuery) -> Result<Json<serde_json::Value>, ApiError> {
     let limit = query.limit.unwrap_or(100).min(1000);
     let after = match &query.after {
-        Some(text) => Some(text.parse::<CanonicalId>().map_err(|_| ApiError::BadRequest(format!("invalid id {text:?}")))?),
+        Some(text) => {
+            Some(text.parse::<CanonicalId>().map_err(|_| ApiError::BadRequest(format!("invalid id {text:?}")))?)
+        }
         None => None,
     };
     let mut records: Vec<Record> = Vec::with_capacity(limit);
@@ -78,12 +84,15 @@ fn list(state: &HttpState, entity: Entity, query: &ListQuery) -> Result<Json<ser
 }
 
 /// `GET /api/v1/accounts`.
-pub async fn accounts(State(state): State<HttpState>, Query(query): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn accounts(
+    State(state): State<HttpState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     list(&state, Entity::Account, &query)
 }
 
 /// `GET /api/v1/opportunities`.
-pub async fn opportunities(
+pub(crate) async fn opportunities(
     State(state): State<HttpState>,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
@@ -91,12 +100,15 @@ pub async fn opportunities(
 }
 
 /// `GET /api/v1/orders`.
-pub async fn orders(State(state): State<HttpState>, Query(query): Query<ListQuery>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn orders(
+    State(state): State<HttpState>,
+    Query(query): Query<ListQuery>,
+) -> Result<Json<serde_json::Value>, ApiError> {
     list(&state, Entity::Order, &query)
 }
 
 /// `GET /api/v1/orders/{id}`.
-pub async fn order(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<Record>, ApiError> {
+pub(crate) async fn order(State(state): State<HttpState>, Path(id): Path<String>) -> Result<Json<Record>, ApiError> {
     let id = id.parse::<CanonicalId>().map_err(|_| ApiError::BadRequest(format!("invalid id {id:?}")))?;
     match state.store.record(id) {
         Ok(Some(record)) if record.entity() == Entity::Order => Ok(Json(record)),
@@ -109,7 +121,7 @@ pub async fn order(State(state): State<HttpState>, Path(id): Path<String>) -> Re
 }
 
 /// `GET /api/v1/status`.
-pub async fn status(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn status(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
     let report = crate::status::collect(&state.store, &state.status_config).map_err(|error| {
         tracing::error!(error = %error, "status failed");
         ApiError::Internal
@@ -118,7 +130,7 @@ pub async fn status(State(state): State<HttpState>) -> Result<Json<serde_json::V
 }
 
 /// `GET /api/v1/conflicts`.
-pub async fn conflicts(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn conflicts(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
     let conflicts = state.store.conflicts(true).map_err(|error| {
         tracing::error!(error = %error, "store read failed");
         ApiError::Internal
@@ -127,7 +139,7 @@ pub async fn conflicts(State(state): State<HttpState>) -> Result<Json<serde_json
 }
 
 /// `GET /api/v1/dlq`.
-pub async fn dead_letters(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
+pub(crate) async fn dead_letters(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
     let letters = state.store.dead_letters(1000).map_err(|error| {
         tracing::error!(error = %error, "store read failed");
         ApiError::Internal

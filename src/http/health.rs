@@ -9,12 +9,12 @@ use axum::response::IntoResponse;
 use super::HttpState;
 
 /// `GET /healthz`: the process is up.
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok\n"
 }
 
 /// `GET /readyz`: the store is open and the daemon has started its loops (503 while starting or stopping).
-pub async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
+pub(crate) async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n")
     } else {
@@ -23,7 +23,7 @@ pub async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
 }
 
 /// `GET /metrics`: Prometheus text format.
-pub async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+pub(crate) async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
     if let Some(refresh) = &state.refresh_gauges {
         refresh();
     }

@@ -16,7 +16,7 @@ use crate::telemetry;
 const RETRY_AFTER_SECONDS: u64 = 5;
 
 /// Handles one delivery.
-pub async fn receive(
+pub(crate) async fn receive(
     State(state): State<HttpState>,
     Path(connection): Path<String>,
     RawQuery(query): RawQuery,

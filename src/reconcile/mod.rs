@@ -39,6 +39,7 @@ pub use rules::{DeleteAction, Policy, Route, Rules, default_match_keys};
 
 /// Fields that are stored but never propagated to other connections: each vendor has its own value.
 pub const LOCAL_FIELDS: &[&str] = &[
+    "owner",
     "created_at",
     "updated_at",
     "vendor_stage",
@@ -49,11 +50,16 @@ pub const LOCAL_FIELDS: &[&str] = &[
     "is_closed",
     "closed_at",
     "stage_history",
+    // Lead conversion is an action in each CRM, not a writable field: each keeps its own.
+    "converted",
+    "converted_account",
+    "converted_opportunity",
 ];
 
-/// Returns whether a change of this field is sent to other connections.
-pub fn propagates(field: &str) -> bool {
-    !LOCAL_FIELDS.contains(&field)
+/// Returns whether a change of this field is sent to other connections. A lead's `status` is the
+/// vendor's raw lead status (each CRM has its own list), so it stays local too.
+pub fn propagates(entity: Entity, field: &str) -> bool {
+    !LOCAL_FIELDS.contains(&field) && !(entity == Entity::Lead && field == "status")
 }
 
 /// What happened to the record.
@@ -215,7 +221,8 @@ fn normalise_key_part(value: &Value) -> Option<String> {
 /// `<hex>:<field,field,…>` so a read-back can be compared on exactly those fields.
 pub fn pushed_hash(data: &EntityData) -> String {
     let fields = data.to_fields();
-    let names: Vec<&str> = fields.keys().map(String::as_str).filter(|name| propagates(name)).collect();
+    let entity = data.entity();
+    let names: Vec<&str> = fields.keys().map(String::as_str).filter(|name| propagates(entity, name)).collect();
     format!("{}:{}", hash_fields(&fields, &names), names.join(","))
 }
 
@@ -284,7 +291,7 @@ pub fn reconcile(
     };
     let fan_out = match outcome {
         Outcome::Deleted => true,
-        Outcome::Created | Outcome::Updated => changed_fields.iter().any(|field| propagates(field)),
+        Outcome::Created | Outcome::Updated => changed_fields.iter().any(|field| propagates(change.entity, field)),
         _ => false,
     };
     let dirty = current.is_none()
@@ -578,5 +585,6 @@ pub fn resolve_field(record: &mut Record, field: &str, value: Value, at: Timesta
 
 /// Returns the propagating fields of a record as a map (what a push sends).
 pub fn propagating_fields(data: &EntityData) -> BTreeMap<String, Value> {
-    data.to_fields().into_iter().filter(|(field, _)| propagates(field)).collect()
+    let entity = data.entity();
+    data.to_fields().into_iter().filter(|(field, _)| propagates(entity, field)).collect()
 }

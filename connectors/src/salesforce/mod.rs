@@ -1,5 +1,635 @@
-//! Salesforce: REST query/queryAll, Bulk API 2.0 queries, sObject Collections upserts, Outbound Messages.
+//! Salesforce: REST query/queryAll with `nextRecordsUrl` paging, sObject Collections upserts by
+//! external id, Outbound Message webhooks, and an in-process simulator (`sim`).
+//!
+//! # Cursor
+//!
+//! Pulls read `SELECT … ORDER BY SystemModstamp, Id` and follow `nextRecordsUrl`; the cursor holds
+//! the next locator, the query's lower bound and the `(Id, SystemModstamp)` pairs already delivered
+//! within the overlap window. Incremental pulls use `queryAll` (deleted rows arrive with
+//! `IsDeleted = true`) from `max SystemModstamp − overlap`, so records committed late with an older
+//! stamp are still read, while rows already delivered with the same stamp are skipped: a re-read
+//! never yields them twice, and records sharing one stamp across a page boundary are neither lost
+//! nor repeated. An expired locator restarts the query from the same lower bound.
+//!
+//! # Not (yet) supported
+//!
+//! The JWT bearer flow (the config accepts it; connecting fails with a clear error) and Bulk API 2.0
+//! query jobs for very large first loads (REST paging is used for every size). Order lines are read
+//! but not written (OrderItems need price-book entries).
 
 mod config;
+pub mod mapping;
+#[cfg(feature = "simulators")]
+pub mod sim;
+#[cfg(all(test, feature = "testkit"))]
+mod tests;
+pub mod webhook;
+pub mod wire;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 pub use config::{SalesforceAuth, SalesforceConfig, SalesforceWebhook};
+
+use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
+use crate::connector::{
+    ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
+    PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
+};
+use crate::error::{ConnectorError, WebhookError};
+use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
+use crate::settings::ConnectionSettings;
+
+const REFRESH_TOKEN_STATE: &str = "refresh_token";
+/// Largest sObject Collections request.
+pub const COLLECTION_LIMIT: usize = 200;
+
+/// A Salesforce org.
+pub struct SalesforceConnector {
+    settings: ConnectionSettings,
+    config: SalesforceConfig,
+    http: VendorHttp,
+    tokens: TokenCache,
+    described: Mutex<HashMap<Entity, Arc<BTreeSet<String>>>>,
+    default_currency: Currency,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Position {
+    /// `nextRecordsUrl` of the query in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+    /// Lower bound of the query in progress (`None`: the beginning).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<Timestamp>,
+    /// Highest `SystemModstamp` delivered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max: Option<Timestamp>,
+    /// `(Id, SystemModstamp ms)` delivered within the overlap window below `max`.
+    #[serde(default)]
+    seen: Vec<(String, i64)>,
+    /// Whether the first full read is done (then `queryAll` with deletes).
+    #[serde(default)]
+    incremental: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ListPosition {
+    next: String,
+}
+
+fn soql_datetime(timestamp: Timestamp) -> String {
+    timestamp.as_jiff().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// The lower bound of an incremental query: `since − overlap`, floored to the whole second (SOQL
+/// literals have second precision). The same bound decides which delivered rows the cursor keeps.
+fn lower_bound(since: Timestamp, overlap: std::time::Duration) -> Timestamp {
+    let millis = since.saturating_add(overlap, false).unix_millis();
+    Timestamp::from_unix_millis(millis.div_euclid(1000) * 1000).unwrap_or(since)
+}
+
+impl SalesforceConnector {
+    /// Builds the connector. Pure: no network IO until a method is called.
+    pub fn new(
+        settings: ConnectionSettings,
+        config: SalesforceConfig,
+        host: SharedHost,
+    ) -> Result<Self, ConnectorError> {
+        let http = VendorHttp::new(settings.id.clone(), &settings.http, host)?;
+        Ok(Self {
+            settings,
+            config,
+            http,
+            tokens: TokenCache::default(),
+            described: Mutex::new(HashMap::new()),
+            default_currency: Currency::new("USD").map_err(|error| ConnectorError::Config(error.to_string()))?,
+        })
+    }
+
+    fn login_base(&self) -> String {
+        self.config.login_url.as_str().trim_end_matches('/').to_owned()
+    }
+
+    async fn fetch_token(&self) -> Result<TokenResponse, ConnectorError> {
+        let endpoint = format!("{}/services/oauth2/token", self.login_base());
+        match &self.config.auth {
+            SalesforceAuth::RefreshToken { client_id, client_secret, refresh_token } => {
+                let host = self.http.host();
+                let saved = host
+                    .load_state(&self.settings.id, REFRESH_TOKEN_STATE)
+                    .map_err(|message| ConnectorError::State { key: REFRESH_TOKEN_STATE.into(), message })?;
+                let refresh = saved.unwrap_or_else(|| refresh_token.expose_secret().to_owned());
+                let mut form = vec![("grant_type", "refresh_token"), ("client_id", client_id.as_str()), ("refresh_token", refresh.as_str())];
+                if let Some(secret) = client_secret {
+                    form.push(("client_secret", secret.expose_secret()));
+                }
+                let response = request_token(&self.http, &endpoint, &form).await?;
+                if let Some(rotated) = &response.refresh_token {
+                    // Rotation: the old refresh token is dead now; the new one must survive a crash
+                    // before anything relies on the new session.
+                    host.save_state(&self.settings.id, REFRESH_TOKEN_STATE, rotated.expose_secret())
+                        .map_err(|message| ConnectorError::State { key: REFRESH_TOKEN_STATE.into(), message })?;
+                }
+                Ok(response)
+            }
+            SalesforceAuth::ClientCredentials { client_id, client_secret } => {
+                let form = [("grant_type", "client_credentials"), ("client_id", client_id.as_str()), ("client_secret", client_secret.expose_secret())];
+                request_token(&self.http, &endpoint, &form).await
+            }
+            SalesforceAuth::JwtBearer { .. } => Err(ConnectorError::Config(
+                "the jwt_bearer flow is not supported by this version of crmsync; use refresh_token or client_credentials".into(),
+            )),
+        }
+    }
+
+    fn classify(&self, response: RawResponse, context: &str) -> Result<RawResponse, ConnectorError> {
+        if let Some(usage) = response.header("sforce-limit-info").and_then(|info| {
+            let usage = info.split(';').find_map(|part| part.trim().strip_prefix("api-usage="))?;
+            let (used, limit) = usage.split_once('/')?;
+            Some((used.trim().parse::<u64>().ok()?, limit.trim().parse::<u64>().ok()?))
+        }) {
+            self.http.record_vendor_usage(usage.0, usage.1);
+        }
+        if response.is_success() {
+            return Ok(response);
+        }
+        let errors: Vec<wire::RestError> = serde_json::from_slice(&response.body).unwrap_or_default();
+        let (code, message) = errors
+            .first()
+            .map(|error| (error.error_code.clone(), error.message.clone()))
+            .unwrap_or_else(|| (format!("HTTP_{}", response.status), response.body_excerpt()));
+        Err(match response.status {
+            401 => ConnectorError::Unauthorized { message: format!("{code}: {message}") },
+            403 if code == "REQUEST_LIMIT_EXCEEDED" => {
+                ConnectorError::RateLimited { message, retry_after: response.retry_after() }
+            }
+            status if status >= 500 => {
+                ConnectorError::Server { status, url: context.to_owned(), message: format!("{code}: {message}") }
+            }
+            status => ConnectorError::Rejected { status, code, message },
+        })
+    }
+
+    /// Like [`Self::call`], decoding the JSON body inside the retry loop (a truncated body is retried).
+    async fn call_json<T, F>(&self, context: &str, build: F) -> Result<T, ConnectorError>
+    where
+        T: serde::de::DeserializeOwned,
+        F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    {
+        self.http.retrying(|| async { self.call_once(context, &build).await?.json::<T>(context) }).await
+    }
+
+    /// One authenticated request (refreshing the token once on `INVALID_SESSION_ID`), no retries.
+    async fn call_once<F>(&self, context: &str, build: &F) -> Result<RawResponse, ConnectorError>
+    where
+        F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    {
+        self.tokens
+            .with_token(
+                || self.fetch_token(),
+                |token| {
+                    let base = token.api_base.clone().unwrap_or_else(|| self.login_base());
+                    let request = build(self.http.client(), base.trim_end_matches('/'))
+                        .bearer_auth(token.expose())
+                        .header("Sforce-Call-Options", "client=crmsync");
+                    async move {
+                        let response = self.http.send(request).await?;
+                        self.classify(response, context)
+                    }
+                },
+            )
+            .await
+    }
+
+    fn data_path(&self, rest: &str) -> String {
+        format!("/services/data/{}{rest}", self.config.api_version)
+    }
+
+    /// Returns the fields the org has on an object (fetched once per connection).
+    async fn describe(&self, entity: Entity) -> Result<Arc<BTreeSet<String>>, ConnectorError> {
+        if let Some(found) = self.described.lock().ok().and_then(|cache| cache.get(&entity).cloned()) {
+            return Ok(found);
+        }
+        let object = wire::object(entity);
+        let path = self.data_path(&format!("/sobjects/{object}/describe"));
+        let described: wire::Describe =
+            self.call_json(&format!("{object} describe"), |client, base| client.get(format!("{base}{path}"))).await?;
+        let fields: BTreeSet<String> = described.fields.into_iter().map(|field| field.name).collect();
+        let required = mapping::required_field(entity);
+        if !fields.contains(required) && self.settings.fields.allows(entity, required) {
+            return Err(ConnectorError::SchemaDrift {
+                object: object.to_owned(),
+                message: format!("field {required} is gone from {object} (renamed or removed); the mapping needs it"),
+            });
+        }
+        let fields = Arc::new(fields);
+        if let Ok(mut cache) = self.described.lock() {
+            cache.insert(entity, fields.clone());
+        }
+        Ok(fields)
+    }
+
+    async fn select(&self, entity: Entity) -> Result<(Vec<String>, BTreeSet<String>), ConnectorError> {
+        let described = self.describe(entity).await?;
+        let denied = mapping::denied_fields(entity, &self.settings.fields, &self.config, &described);
+        Ok((mapping::select_list(entity, &described, &denied, &self.config), denied))
+    }
+
+    async fn soql(&self, entity: Entity, condition: Option<String>) -> Result<String, ConnectorError> {
+        let (fields, _) = self.select(entity).await?;
+        let mut soql = format!("SELECT {}", fields.join(", "));
+        if entity == Entity::Order && self.settings.fields.allows(entity, "lines") {
+            soql.push_str(", ");
+            soql.push_str(wire::ORDER_ITEMS_SUBQUERY);
+        }
+        soql.push_str(&format!(" FROM {}", wire::object(entity)));
+        if let Some(condition) = condition {
+            soql.push_str(&format!(" WHERE {condition}"));
+        }
+        soql.push_str(" ORDER BY SystemModstamp ASC, Id ASC");
+        Ok(soql)
+    }
+
+    async fn query(&self, entity: Entity, soql: &str, all: bool) -> Result<wire::QueryResponse, ConnectorError> {
+        let path = self.data_path(if all { "/queryAll" } else { "/query" });
+        let batch = format!("batchSize={}", self.config.batch_size);
+        let context = format!("{} query", wire::object(entity));
+        self.call_json(&format!("{context} page"), |client, base| {
+            client.get(format!("{base}{path}")).query(&[("q", soql)]).header("Sforce-Query-Options", batch.as_str())
+        })
+        .await
+    }
+
+    async fn query_more(&self, entity: Entity, next: &str) -> Result<wire::QueryResponse, ConnectorError> {
+        let batch = format!("batchSize={}", self.config.batch_size);
+        let context = format!("{} query page", wire::object(entity));
+        self.call_json(&context, |client, base| {
+            client.get(format!("{base}{next}")).header("Sforce-Query-Options", batch.as_str())
+        })
+        .await
+    }
+
+    fn map_rows(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Vec<Change>, ConnectorError> {
+        let mut unmapped = mapping::Unmapped::default();
+        let changes = rows
+            .iter()
+            .map(|row| {
+                mapping::to_change(
+                    entity,
+                    row,
+                    &self.settings.vocabulary,
+                    &self.config,
+                    &self.default_currency,
+                    &mut unmapped,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for value in &unmapped.0 {
+            tracing::debug!(connection = %self.settings.id, value = %value, "unmapped vendor value");
+            self.http.host().observe(ApiEvent::UnmappedValue { connection: &self.settings.id, entity });
+        }
+        Ok(changes)
+    }
+
+    /// Parses an Outbound Message into events (authentication included).
+    fn outbound_events(&self, delivery: &WebhookDelivery<'_>) -> Result<Vec<WebhookEvent>, WebhookError> {
+        let Some(webhook) = &self.config.webhook else { return Err(WebhookError::NotConfigured) };
+        webhook::authenticate(webhook, delivery.query)?;
+        let message = webhook::parse(delivery.body)?;
+        if !webhook::same_org(&message.organization_id, &webhook.organization_id) {
+            return Err(WebhookError::Unauthenticated(format!(
+                "message from org {} (expected {})",
+                message.organization_id, webhook.organization_id
+            )));
+        }
+        let mut events = Vec::new();
+        let mut fetch: HashMap<Entity, Vec<ExternalId>> = HashMap::new();
+        for notification in message.notifications {
+            let Some(entity) = webhook::entity_of(&notification.object) else { continue };
+            if !self.settings.entities.contains(&entity) {
+                continue;
+            }
+            let Some(Some(id)) = notification.fields.get("Id").cloned() else { continue };
+            // Values are only trusted as a change when they carry their SystemModstamp; otherwise the
+            // record is fetched (its current state, with the stamp that orders it).
+            if notification.fields.contains_key("SystemModstamp") {
+                let row: Map<String, Value> = notification
+                    .fields
+                    .iter()
+                    .map(|(field, value)| {
+                        let value = match value.as_deref() {
+                            None => Value::Null,
+                            Some("true") => Value::Bool(true),
+                            Some("false") => Value::Bool(false),
+                            Some(text) => Value::String(text.to_owned()),
+                        };
+                        (field.clone(), value)
+                    })
+                    .collect();
+                let mut unmapped = mapping::Unmapped::default();
+                let mut change = mapping::to_change(
+                    entity,
+                    &row,
+                    &self.settings.vocabulary,
+                    &self.config,
+                    &self.default_currency,
+                    &mut unmapped,
+                )
+                .map_err(|error| WebhookError::Malformed(error.to_string()))?;
+                if let ChangeKind::Upsert { completeness, .. } = &mut change.kind {
+                    *completeness = crate::connector::Completeness::Partial;
+                }
+                events.push(WebhookEvent::Changed(change));
+            } else {
+                fetch.entry(entity).or_default().push(ExternalId::new(id));
+            }
+        }
+        for (entity, ids) in fetch {
+            events.push(WebhookEvent::Fetch { entity, ids });
+        }
+        Ok(events)
+    }
+}
+
+impl WebhookParser for SalesforceConnector {
+    fn parse_webhook(&self, delivery: &WebhookDelivery<'_>) -> Result<WebhookReply, WebhookError> {
+        let events = self.outbound_events(delivery)?;
+        Ok(WebhookReply { events, content_type: "text/xml; charset=utf-8", body: webhook::ACK.to_owned() })
+    }
+}
+
+impl Connector for SalesforceConnector {
+    fn id(&self) -> &ConnectionId {
+        &self.settings.id
+    }
+
+    fn kind(&self) -> VendorKind {
+        VendorKind::Salesforce
+    }
+
+    fn entities(&self) -> &[Entity] {
+        &self.settings.entities
+    }
+
+    fn push_batch_size(&self) -> usize {
+        COLLECTION_LIMIT
+    }
+
+    async fn check(&self) -> Result<CheckReport, ConnectorError> {
+        let mut report = CheckReport::default();
+        for entity in &self.settings.entities {
+            let described = self.describe(*entity).await?;
+            if !described.contains(&self.config.external_id_field) {
+                report.notes.push(format!(
+                    "{}: external-id field {} is missing; pushes to this object will fail until it is created",
+                    wire::object(*entity),
+                    self.config.external_id_field
+                ));
+            }
+            if !described.contains(&self.config.channel_field) {
+                report.notes.push(format!(
+                    "{}: channel field {} is missing; channel will be \"other\"",
+                    wire::object(*entity),
+                    self.config.channel_field
+                ));
+            }
+        }
+        let usage = self.http.usage();
+        if let (Some(used), Some(limit)) = (usage.vendor_used, usage.vendor_limit) {
+            report.notes.push(format!("API usage {used}/{limit} in the last 24 h"));
+        }
+        Ok(report)
+    }
+
+    async fn pull(&self, entity: Entity, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
+        let mut position: Position = match cursor {
+            Some(cursor) => cursor.decode()?,
+            None => Position { since: self.settings.start, ..Position::default() },
+        };
+        let page = match &position.next {
+            Some(next) => match self.query_more(entity, next).await {
+                Err(ConnectorError::Rejected { code, .. }) if code == "INVALID_QUERY_LOCATOR" => {
+                    tracing::info!(connection = %self.settings.id, entity = %entity, "query locator expired; re-running the query");
+                    self.first_page(entity, &position).await?
+                }
+                other => other?,
+            },
+            None => self.first_page(entity, &position).await?,
+        };
+        let rows = self.map_rows(entity, &page.records)?;
+        let mut seen: HashSet<(String, i64)> = position.seen.drain(..).collect();
+        let mut changes = Vec::with_capacity(rows.len());
+        for change in rows {
+            let key = (change.external_id.to_string(), change.modified_at.unix_millis());
+            if !seen.insert(key) {
+                continue;
+            }
+            if position.max.is_none_or(|max| change.modified_at > max) {
+                position.max = Some(change.modified_at);
+            }
+            // The first full read uses `query`, which has no deleted rows; later reads keep deletes.
+            changes.push(change);
+        }
+        if let Some(max) = position.max {
+            let floor = lower_bound(max, self.settings.overlap).unix_millis();
+            seen.retain(|(_, stamp)| *stamp >= floor);
+        }
+        position.seen = seen.into_iter().collect();
+        position.seen.sort();
+        if page.done {
+            position.next = None;
+            position.since = position.max.or(position.since);
+            position.incremental = true;
+        } else {
+            position.next = page.next_records_url.clone();
+        }
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !page.done })
+    }
+
+    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
+        let mut changes = Vec::new();
+        for chunk in ids.chunks(COLLECTION_LIMIT) {
+            let list: Vec<String> = chunk.iter().map(|id| format!("'{}'", id.as_str().replace('\'', ""))).collect();
+            let soql = self.soql(entity, Some(format!("Id IN ({})", list.join(",")))).await?;
+            let mut page = self.query(entity, &soql, true).await?;
+            let mut rows = std::mem::take(&mut page.records);
+            while let (false, Some(next)) = (page.done, page.next_records_url.clone()) {
+                page = self.query_more(entity, &next).await?;
+                rows.append(&mut page.records);
+            }
+            let found = self.map_rows(entity, &rows)?;
+            let present: HashSet<&str> = found.iter().map(|change| change.external_id.as_str()).collect();
+            let now = Timestamp::now();
+            let gone: Vec<Change> = chunk
+                .iter()
+                .filter(|id| !present.contains(id.as_str()))
+                .map(|id| Change {
+                    entity,
+                    object: wire::object(entity).to_owned(),
+                    external_id: id.clone(),
+                    modified_at: now,
+                    version: None,
+                    canonical_hint: None,
+                    kind: ChangeKind::Delete,
+                    extra: Map::new(),
+                })
+                .collect();
+            changes.extend(found);
+            changes.extend(gone);
+        }
+        Ok(changes)
+    }
+
+    async fn list_ids(&self, entity: Entity, cursor: Option<&Cursor>) -> Result<IdPage, ConnectorError> {
+        let page = match cursor {
+            Some(cursor) => {
+                let position: ListPosition = cursor.decode()?;
+                self.query_more(entity, &position.next).await?
+            }
+            None => {
+                let soql = format!(
+                    "SELECT Id, SystemModstamp FROM {} ORDER BY SystemModstamp ASC, Id ASC",
+                    wire::object(entity)
+                );
+                self.query(entity, &soql, false).await?
+            }
+        };
+        let mut ids = Vec::with_capacity(page.records.len());
+        for row in &page.records {
+            let id = row.get("Id").and_then(Value::as_str);
+            let stamp =
+                row.get("SystemModstamp").and_then(Value::as_str).and_then(|text| text.parse::<Timestamp>().ok());
+            if let (Some(id), Some(stamp)) = (id, stamp) {
+                ids.push((ExternalId::new(id), stamp));
+            }
+        }
+        let next = page.next_records_url.filter(|_| !page.done).map(|next| Cursor::encode(&ListPosition { next }));
+        Ok(IdPage { ids, next })
+    }
+
+    async fn push(&self, entity: Entity, batch: &[Outgoing]) -> Result<PushReport, ConnectorError> {
+        if batch.len() > COLLECTION_LIMIT {
+            return Err(ConnectorError::Config(format!(
+                "push batch of {} exceeds the {COLLECTION_LIMIT}-record collection limit",
+                batch.len()
+            )));
+        }
+        let object = wire::object(entity);
+        let described = self.describe(entity).await?;
+        let denied = mapping::denied_fields(entity, &self.settings.fields, &self.config, &described);
+        let mut outcomes: Vec<Option<PushOutcome>> = vec![None; batch.len()];
+        let upserts: Vec<(usize, Map<String, Value>)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(index, outgoing)| match &outgoing.op {
+                OutgoingOp::Upsert { data } => Some((
+                    index,
+                    mapping::to_record(outgoing.canonical_id, data, &self.settings.vocabulary, &self.config, &denied),
+                )),
+                OutgoingOp::Delete => None,
+            })
+            .collect();
+        if !upserts.is_empty() {
+            let body = wire::CollectionRequest {
+                all_or_none: false,
+                records: upserts.iter().map(|(_, record)| record.clone()).collect(),
+            };
+            let path = self.data_path(&format!("/composite/sobjects/{object}/{}", self.config.external_id_field));
+            let results: Vec<wire::CollectionResult> = self
+                .call_json(&format!("{object} upsert results"), |client, base| {
+                    client.patch(format!("{base}{path}")).json(&body)
+                })
+                .await?;
+            if results.len() != upserts.len() {
+                return Err(ConnectorError::decode(
+                    format!("{object} upsert results"),
+                    std::io::Error::other(format!("{} results for {} records", results.len(), upserts.len())),
+                ));
+            }
+            for ((index, _), result) in upserts.iter().zip(results) {
+                outcomes[*index] = Some(collection_outcome(result, true));
+            }
+        }
+        let deletes: Vec<(usize, &ExternalId)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(index, outgoing)| match (&outgoing.op, &outgoing.external_id) {
+                (OutgoingOp::Delete, Some(id)) => Some((index, id)),
+                (OutgoingOp::Delete, None) => {
+                    outcomes[index] = Some(PushOutcome::Deleted);
+                    None
+                }
+                _ => None,
+            })
+            .collect();
+        if !deletes.is_empty() {
+            let ids: Vec<&str> = deletes.iter().map(|(_, id)| id.as_str()).collect();
+            let path = self.data_path("/composite/sobjects");
+            let joined = ids.join(",");
+            let results: Vec<wire::CollectionResult> = self
+                .call_json(&format!("{object} delete results"), |client, base| {
+                    client.delete(format!("{base}{path}")).query(&[("ids", joined.as_str()), ("allOrNone", "false")])
+                })
+                .await?;
+            for ((index, _), result) in deletes.iter().zip(results) {
+                outcomes[*index] = Some(collection_outcome(result, false));
+            }
+        }
+        let results = batch
+            .iter()
+            .zip(outcomes)
+            .map(|(outgoing, outcome)| PushResult {
+                canonical_id: outgoing.canonical_id,
+                outcome: outcome.unwrap_or(PushOutcome::Retry { message: "no result returned for this record".into() }),
+            })
+            .collect();
+        Ok(PushReport { results })
+    }
+
+    fn usage(&self) -> ApiUsage {
+        self.http.usage()
+    }
+}
+
+impl SalesforceConnector {
+    async fn first_page(&self, entity: Entity, position: &Position) -> Result<wire::QueryResponse, ConnectorError> {
+        let lower = if position.incremental {
+            position.since.map(|since| lower_bound(since, self.settings.overlap))
+        } else {
+            position.since
+        };
+        let soql = self.soql(entity, lower.map(|lower| format!("SystemModstamp >= {}", soql_datetime(lower)))).await?;
+        self.query(entity, &soql, position.incremental).await
+    }
+}
+
+fn collection_outcome(result: wire::CollectionResult, upsert: bool) -> PushOutcome {
+    if result.success {
+        return match (upsert, result.id) {
+            (true, Some(id)) => PushOutcome::Upserted {
+                external_id: ExternalId::new(id),
+                created: result.created.unwrap_or(false),
+                version: None,
+            },
+            (true, None) => PushOutcome::Retry { message: "upsert succeeded without an id".into() },
+            (false, _) => PushOutcome::Deleted,
+        };
+    }
+    let error = result.errors.into_iter().next();
+    let code = error.as_ref().map_or_else(|| "UNKNOWN".to_owned(), |error| error.status_code.clone());
+    let message = error.map_or_else(|| "no error detail".to_owned(), |error| error.message);
+    match code.as_str() {
+        // Already gone: the delete's goal holds.
+        "ENTITY_IS_DELETED" if !upsert => PushOutcome::Deleted,
+        // Transient per-record failures.
+        "UNABLE_TO_LOCK_ROW" | "REQUEST_RUNNING_TOO_LONG" => {
+            PushOutcome::Retry { message: format!("{code}: {message}") }
+        }
+        _ => PushOutcome::Rejected { code, message },
+    }
+}

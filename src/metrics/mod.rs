@@ -1,0 +1,524 @@
+//! Unified sales metrics (SPEC §4), computed in one pass over canonical records.
+//!
+//! Pure: no IO. Feed records to an [`Accumulator`] (from a store scan, in any order and in chunks),
+//! then [`Accumulator::finish`]. Scope `unified` counts every canonical record once — a customer or an
+//! order that three CRMs hold is one record with three links; scope `Connection(c)` counts the
+//! records linked to `c`. Money is summed in the reporting currency through the FX table; amounts in a
+//! currency without a rate are reported separately and never summed in. A ratio with a zero
+//! denominator is "n/a" (`null`), never a division by zero.
+
+#[cfg(test)]
+mod tests;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use crmsync_connectors::canonical::{
+    CanonicalId, Channel, ConnectionId, Currency, EntityData, OrderStatus, Record, Stage, Timestamp,
+};
+use rust_decimal::Decimal;
+use serde::Serialize;
+
+/// Efficiency gauge name.
+pub const KPI_EFFICIENCY: &str = "crmsync_kpi_efficiency";
+/// Coverage gauge name.
+pub const KPI_COVERAGE: &str = "crmsync_kpi_coverage";
+/// Satisfaction gauge name.
+pub const KPI_SATISFACTION: &str = "crmsync_kpi_satisfaction";
+/// Average sales cycle gauge name.
+pub const KPI_SALES_CYCLE: &str = "crmsync_kpi_avg_sales_cycle_days";
+/// Win rate gauge name.
+pub const KPI_WIN_RATE: &str = "crmsync_kpi_win_rate";
+/// Funnel gauge name (label `stage`).
+pub const KPI_FUNNEL: &str = "crmsync_kpi_funnel_reached";
+/// Channel order count gauge name (label `channel`).
+pub const KPI_CHANNEL_ORDERS: &str = "crmsync_kpi_channel_orders";
+/// Sales amount gauge name.
+pub const KPI_SALES_AMOUNT: &str = "crmsync_kpi_sales_amount";
+/// Open pipeline value gauge name (label `stage`).
+pub const KPI_PIPELINE_VALUE: &str = "crmsync_kpi_pipeline_value";
+/// Every KPI gauge name.
+pub const KPI_METRICS: &[&str] = &[
+    KPI_EFFICIENCY,
+    KPI_COVERAGE,
+    KPI_SATISFACTION,
+    KPI_SALES_CYCLE,
+    KPI_WIN_RATE,
+    KPI_FUNNEL,
+    KPI_CHANNEL_ORDERS,
+    KPI_SALES_AMOUNT,
+    KPI_PIPELINE_VALUE,
+];
+
+/// Which records count.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Scope {
+    /// Every canonical record once.
+    Unified,
+    /// Records linked to one connection.
+    Connection(ConnectionId),
+}
+
+impl Scope {
+    /// The label value (`unified` or the connection name).
+    pub fn label(&self) -> String {
+        match self {
+            Self::Unified => "unified".to_owned(),
+            Self::Connection(id) => id.to_string(),
+        }
+    }
+}
+
+/// The window and scope of a report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsQuery {
+    /// Scope.
+    pub scope: Scope,
+    /// Window start (inclusive).
+    pub since: Timestamp,
+    /// Window end (exclusive).
+    pub until: Timestamp,
+}
+
+/// Currency settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// The reporting currency.
+    pub reporting_currency: Currency,
+    /// 1 unit of the key currency = this many units of the reporting currency.
+    pub fx: BTreeMap<Currency, Decimal>,
+}
+
+/// The three KPIs and the sales cycle.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Kpis {
+    /// Sales amount per day of the window (reporting currency).
+    pub efficiency: Option<Decimal>,
+    /// Average days from creation to close of won opportunities closed in the window.
+    pub avg_sales_cycle_days: Option<Decimal>,
+    /// Customers with orders ÷ channels with orders.
+    pub coverage: Option<Decimal>,
+    /// Orders ÷ customers with orders.
+    pub satisfaction: Option<Decimal>,
+}
+
+/// Totals behind the KPIs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Totals {
+    /// Sales amount (orders confirmed…invoiced), reporting currency.
+    pub sales_amount: Decimal,
+    /// Orders in the window (any status but cancelled).
+    pub orders: u64,
+    /// Distinct customers with orders.
+    pub customers: u64,
+    /// Channels with orders.
+    pub channels: u64,
+    /// Window length in days.
+    pub window_days: Decimal,
+}
+
+/// One funnel stage.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FunnelStage {
+    /// Stage.
+    pub stage: Stage,
+    /// Records that reached it.
+    pub reached: u64,
+    /// reached ÷ reached of the previous stage.
+    pub conversion_from_previous: Option<Decimal>,
+}
+
+/// One channel's share.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ChannelShare {
+    /// Channel.
+    pub channel: Channel,
+    /// Orders.
+    pub orders: u64,
+    /// Share of orders.
+    pub order_share: Option<Decimal>,
+    /// Amount (reporting currency).
+    pub amount: Decimal,
+    /// Share of the amount.
+    pub amount_share: Option<Decimal>,
+}
+
+/// The report (`crmsync metrics --json`, `GET /api/v1/metrics`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MetricsReport {
+    /// `unified` or a connection.
+    pub scope: String,
+    /// Window start.
+    pub since: Timestamp,
+    /// Window end (exclusive).
+    pub until: Timestamp,
+    /// Reporting currency.
+    pub currency: Currency,
+    /// KPIs.
+    pub kpis: Kpis,
+    /// Totals.
+    pub totals: Totals,
+    /// Sales amounts in currencies without an FX rate (excluded from every KPI).
+    pub unconverted: BTreeMap<Currency, Decimal>,
+    /// Funnel, lead → won.
+    pub funnel: Vec<FunnelStage>,
+    /// won ÷ (won + lost) among opportunities closed in the window.
+    pub win_rate: Option<Decimal>,
+    /// Open pipeline value per current stage (reporting currency).
+    pub pipeline_value: BTreeMap<Stage, Decimal>,
+    /// Orders per channel.
+    pub channel_mix: Vec<ChannelShare>,
+}
+
+/// Streaming accumulator.
+pub struct Accumulator<'a> {
+    query: &'a MetricsQuery,
+    settings: &'a MetricsSettings,
+    sales_amount: Decimal,
+    orders: u64,
+    customers: HashSet<CanonicalId>,
+    channels: HashMap<Channel, (u64, Decimal)>,
+    unconverted: BTreeMap<Currency, Decimal>,
+    reached: [u64; 7],
+    won: u64,
+    lost: u64,
+    cycle_days_sum: Decimal,
+    cycle_count: u64,
+    pipeline: BTreeMap<Stage, Decimal>,
+}
+
+fn ratio(numerator: Decimal, denominator: Decimal) -> Option<Decimal> {
+    (denominator != Decimal::ZERO).then(|| (numerator / denominator).round_dp(4))
+}
+
+fn in_window(query: &MetricsQuery, at: Timestamp) -> bool {
+    query.since <= at && at < query.until
+}
+
+impl<'a> Accumulator<'a> {
+    /// An empty accumulator.
+    pub fn new(query: &'a MetricsQuery, settings: &'a MetricsSettings) -> Self {
+        Self {
+            query,
+            settings,
+            sales_amount: Decimal::ZERO,
+            orders: 0,
+            customers: HashSet::new(),
+            channels: HashMap::new(),
+            unconverted: BTreeMap::new(),
+            reached: [0; 7],
+            won: 0,
+            lost: 0,
+            cycle_days_sum: Decimal::ZERO,
+            cycle_count: 0,
+            pipeline: BTreeMap::new(),
+        }
+    }
+
+    /// Converts an amount to the reporting currency, or records it as unconverted.
+    fn convert(&mut self, amount: Decimal, currency: &Currency) -> Option<Decimal> {
+        if currency == &self.settings.reporting_currency {
+            return Some(amount);
+        }
+        match self.settings.fx.get(currency) {
+            Some(rate) => Some(amount * rate),
+            None => {
+                *self.unconverted.entry(currency.clone()).or_default() += amount;
+                None
+            }
+        }
+    }
+
+    /// Counts one record.
+    pub fn add(&mut self, record: &Record) {
+        if record.is_deleted() || record.merged_into.is_some() {
+            return;
+        }
+        if let Scope::Connection(connection) = &self.query.scope
+            && record.link(connection).is_none()
+        {
+            return;
+        }
+        match &record.data {
+            EntityData::Lead(lead) => {
+                if lead.created_at.is_none_or(|at| in_window(self.query, at)) {
+                    self.reached[0] += 1;
+                }
+            }
+            EntityData::Opportunity(opportunity) => {
+                let created_in_window = opportunity.created_at.is_none_or(|at| in_window(self.query, at));
+                // The furthest funnel stage reached: a won deal reached every stage.
+                let furthest = opportunity
+                    .stage_history
+                    .iter()
+                    .map(|entry| entry.stage)
+                    .chain(opportunity.stage)
+                    .filter_map(|stage| stage.funnel_position())
+                    .max();
+                if created_in_window && let Some(furthest) = furthest {
+                    // Opportunities are converted leads: they count at `lead` too.
+                    for reached in self.reached.iter_mut().take(furthest + 1) {
+                        *reached += 1;
+                    }
+                }
+                let closed_in_window = opportunity.closed_at.is_some_and(|at| in_window(self.query, at));
+                match opportunity.stage {
+                    Some(Stage::Won) if closed_in_window => {
+                        self.won += 1;
+                        if let (Some(created), Some(closed)) = (opportunity.created_at, opportunity.closed_at) {
+                            let days =
+                                Decimal::from(closed.unix_millis() - created.unix_millis()) / Decimal::from(86_400_000);
+                            self.cycle_days_sum += days;
+                            self.cycle_count += 1;
+                        }
+                    }
+                    Some(Stage::Lost) if closed_in_window => self.lost += 1,
+                    Some(stage) if !stage.is_closed() => {
+                        if let Some(amount) = &opportunity.amount
+                            && let Some(converted) = self.convert(amount.amount, &amount.currency)
+                        {
+                            *self.pipeline.entry(stage).or_default() += converted;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            EntityData::Order(order) => {
+                let Some(date) = order.order_date else { return };
+                let Ok(at) = jiff::tz::Offset::UTC.to_timestamp(date.at(0, 0, 0, 0)) else { return };
+                if !in_window(self.query, Timestamp::from_jiff(at)) || order.status == Some(OrderStatus::Cancelled) {
+                    return;
+                }
+                self.orders += 1;
+                if let Some(customer) = order.account.as_ref().and_then(|reference| reference.canonical) {
+                    self.customers.insert(customer);
+                }
+                let channel = order.channel.unwrap_or(Channel::Other);
+                let amount = match (order.total_amount, &order.currency) {
+                    (Some(total), Some(currency)) => self.convert(total, currency),
+                    (Some(total), None) => Some(total),
+                    _ => None,
+                };
+                let entry = self.channels.entry(channel).or_default();
+                entry.0 += 1;
+                if let Some(amount) = amount {
+                    entry.1 += amount;
+                    if order.status.is_some_and(|status| status.is_sale()) {
+                        self.sales_amount += amount;
+                    }
+                }
+            }
+            EntityData::Account(_) => {}
+        }
+    }
+
+    /// Finishes the report.
+    pub fn finish(self) -> MetricsReport {
+        let window_days = Decimal::from((self.query.until.unix_millis() - self.query.since.unix_millis()).max(0))
+            / Decimal::from(86_400_000);
+        let customers = self.customers.len() as u64;
+        let channels = self.channels.values().filter(|(orders, _)| *orders > 0).count() as u64;
+        let funnel = Stage::FUNNEL
+            .iter()
+            .enumerate()
+            .map(|(index, stage)| FunnelStage {
+                stage: *stage,
+                reached: self.reached[index],
+                conversion_from_previous: if index == 0 {
+                    None
+                } else {
+                    ratio(Decimal::from(self.reached[index]), Decimal::from(self.reached[index - 1]))
+                },
+            })
+            .collect();
+        let total_amount: Decimal = self.channels.values().map(|(_, amount)| *amount).sum();
+        let channel_mix = Channel::ALL
+            .iter()
+            .map(|channel| {
+                let (orders, amount) = self.channels.get(channel).copied().unwrap_or_default();
+                ChannelShare {
+                    channel: *channel,
+                    orders,
+                    order_share: ratio(Decimal::from(orders), Decimal::from(self.orders)),
+                    amount: amount.round_dp(2),
+                    amount_share: ratio(amount, total_amount),
+                }
+            })
+            .collect();
+        MetricsReport {
+            scope: self.query.scope.label(),
+            since: self.query.since,
+            until: self.query.until,
+            currency: self.settings.reporting_currency.clone(),
+            kpis: Kpis {
+                efficiency: ratio(self.sales_amount, window_days).map(|value| value.round_dp(2)),
+                avg_sales_cycle_days: ratio(self.cycle_days_sum, Decimal::from(self.cycle_count))
+                    .map(|value| value.round_dp(1)),
+                coverage: ratio(Decimal::from(customers), Decimal::from(channels)),
+                satisfaction: ratio(Decimal::from(self.orders), Decimal::from(customers)),
+            },
+            totals: Totals {
+                sales_amount: self.sales_amount.round_dp(2),
+                orders: self.orders,
+                customers,
+                channels,
+                window_days: window_days.round_dp(2),
+            },
+            unconverted: self.unconverted,
+            funnel,
+            win_rate: ratio(Decimal::from(self.won), Decimal::from(self.won + self.lost)),
+            pipeline_value: self.pipeline.into_iter().map(|(stage, amount)| (stage, amount.round_dp(2))).collect(),
+            channel_mix,
+        }
+    }
+}
+
+/// Computes a report over records.
+pub fn compute<'r>(
+    records: impl IntoIterator<Item = &'r Record>,
+    query: &MetricsQuery,
+    settings: &MetricsSettings,
+) -> MetricsReport {
+    let mut accumulator = Accumulator::new(query, settings);
+    for record in records {
+        accumulator.add(record);
+    }
+    accumulator.finish()
+}
+
+fn show(value: Option<Decimal>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |value| value.normalize().to_string())
+}
+
+fn percent(value: Option<Decimal>) -> String {
+    value.map_or_else(|| "n/a".to_owned(), |value| format!("{}%", (value * Decimal::from(100)).round_dp(1).normalize()))
+}
+
+/// Renders the report as a plain-text table.
+pub fn render_table(report: &MetricsReport) -> String {
+    let mut out = format!(
+        "\nsales metrics: scope {}, {} … {} ({} days), in {}\n",
+        report.scope,
+        report.since,
+        report.until,
+        report.totals.window_days.normalize(),
+        report.currency
+    );
+    out.push_str(&format!(
+        "  efficiency    {:>14} {}/day   (sales {} over the window)\n",
+        show(report.kpis.efficiency),
+        report.currency,
+        report.totals.sales_amount.normalize()
+    ));
+    out.push_str(&format!(
+        "  coverage      {:>14}           ({} customers / {} channels)\n",
+        show(report.kpis.coverage),
+        report.totals.customers,
+        report.totals.channels
+    ));
+    out.push_str(&format!(
+        "  satisfaction  {:>14}           ({} orders / {} customers)\n",
+        show(report.kpis.satisfaction),
+        report.totals.orders,
+        report.totals.customers
+    ));
+    out.push_str(&format!(
+        "  sales cycle   {:>14} days      win rate {}\n",
+        show(report.kpis.avg_sales_cycle_days),
+        percent(report.win_rate)
+    ));
+    for (currency, amount) in &report.unconverted {
+        out.push_str(&format!("  not converted: {amount} {currency} (no FX rate; excluded from the KPIs)\n"));
+    }
+    out.push_str("  funnel:\n");
+    for stage in &report.funnel {
+        let bar = "#".repeat(usize::try_from(stage.reached.min(60)).unwrap_or(60));
+        out.push_str(&format!(
+            "    {:<10} {:>7}  {:>7}  {bar}\n",
+            stage.stage.as_str(),
+            stage.reached,
+            percent(stage.conversion_from_previous)
+        ));
+    }
+    if !report.pipeline_value.is_empty() {
+        out.push_str("  open pipeline:\n");
+        for (stage, amount) in &report.pipeline_value {
+            out.push_str(&format!("    {:<10} {:>14} {}\n", stage.as_str(), amount.normalize(), report.currency));
+        }
+    }
+    out.push_str("  channel mix:        orders   share        amount   share\n");
+    for share in &report.channel_mix {
+        out.push_str(&format!(
+            "    {:<12} {:>10} {:>7} {:>13} {:>7}\n",
+            share.channel.as_str(),
+            share.orders,
+            percent(share.order_share),
+            share.amount.normalize(),
+            percent(share.amount_share)
+        ));
+    }
+    out
+}
+
+/// What every number means (`crmsync metrics --explain`).
+pub fn explain() -> &'static str {
+    "crmsync sales metrics (SPEC §4)
+
+Scope: `unified` counts every canonical record once — a customer or order that several CRMs hold
+is one record; a connection scope counts the records linked to that connection.
+Window: [since, until), default the last `metrics.window` (30 days) up to now.
+Money: converted to `metrics.reporting_currency` with `metrics.fx`; amounts in a currency without a
+rate are listed as \"not converted\" and excluded from every KPI, never summed blindly.
+A ratio whose denominator is zero is n/a.
+
+efficiency          = sales amount ÷ window length in days (currency per day). Sales amount = total of
+                      orders dated in the window whose status is confirmed, shipped, delivered or invoiced.
+avg_sales_cycle     = average days from creation to close of opportunities won and closed in the window.
+coverage            = distinct customers (accounts) with ≥1 order in the window ÷ channels with ≥1 order.
+satisfaction        = orders in the window ÷ distinct customers with orders (repeat-purchase ratio).
+                      Orders counted: dated in the window, any status except cancelled.
+funnel              = records created in the window that reached each stage: leads count at `lead`;
+                      an opportunity counts at `lead` and at every stage up to the furthest one in its
+                      stage history or current stage (a won deal reached every stage). The conversion of
+                      a step is reached(stage) ÷ reached(previous stage).
+win_rate            = won ÷ (won + lost) among opportunities closed in the window.
+pipeline_value      = amounts of open opportunities by current stage (no window).
+channel_mix         = orders (and their amounts) per channel: direct, agent, ecommerce, other; shares of
+                      the window's orders and amounts.
+"
+}
+
+/// The Prometheus gauges of a report: `(name, labels, value)`; n/a values are left out.
+pub fn gauges(report: &MetricsReport) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
+    use rust_decimal::prelude::ToPrimitive;
+    let scope = || vec![("scope", report.scope.clone())];
+    let mut gauges = Vec::new();
+    let mut push = |name: &'static str, labels: Vec<(&'static str, String)>, value: Option<Decimal>| {
+        if let Some(value) = value.and_then(|value| value.to_f64()) {
+            gauges.push((name, labels, value));
+        }
+    };
+    push(KPI_EFFICIENCY, scope(), report.kpis.efficiency);
+    push(KPI_COVERAGE, scope(), report.kpis.coverage);
+    push(KPI_SATISFACTION, scope(), report.kpis.satisfaction);
+    push(KPI_SALES_CYCLE, scope(), report.kpis.avg_sales_cycle_days);
+    push(KPI_WIN_RATE, scope(), report.win_rate);
+    push(KPI_SALES_AMOUNT, scope(), Some(report.totals.sales_amount));
+    for stage in &report.funnel {
+        push(
+            KPI_FUNNEL,
+            vec![("scope", report.scope.clone()), ("stage", stage.stage.to_string())],
+            Some(Decimal::from(stage.reached)),
+        );
+    }
+    for (stage, amount) in &report.pipeline_value {
+        push(KPI_PIPELINE_VALUE, vec![("scope", report.scope.clone()), ("stage", stage.to_string())], Some(*amount));
+    }
+    for share in &report.channel_mix {
+        push(
+            KPI_CHANNEL_ORDERS,
+            vec![("scope", report.scope.clone()), ("channel", share.channel.to_string())],
+            Some(Decimal::from(share.orders)),
+        );
+    }
+    gauges
+}
