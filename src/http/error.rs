@@ -48,10 +48,10 @@ impl IntoResponse for ApiError {
         let (status, code) = self.status_and_code();
         let body = serde_json::json!({"error": {"code": code, "message": self.to_string()}});
         let mut response = (status, Json(body)).into_response();
-        if let Self::Saturated { retry_after } = self {
-            if let Ok(value) = HeaderValue::from_str(&retry_after.to_string()) {
-                response.headers_mut().insert(header::RETRY_AFTER, value);
-            }
+        if let Self::Saturated { retry_after } = self
+            && let Ok(value) = HeaderValue::from_str(&retry_after.to_string())
+        {
+            response.headers_mut().insert(header::RETRY_AFTER, value);
         }
         response
     }

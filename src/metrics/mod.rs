@@ -487,8 +487,11 @@ channel_mix         = orders (and their amounts) per channel: direct, agent, eco
 "
 }
 
-/// The Prometheus gauges of a report: `(name, labels, value)`; n/a values are left out.
-pub fn gauges(report: &MetricsReport) -> Vec<(&'static str, Vec<(&'static str, String)>, f64)> {
+/// One Prometheus gauge sample: name, labels, value.
+pub type Gauge = (&'static str, Vec<(&'static str, String)>, f64);
+
+/// The Prometheus gauges of a report; n/a values are left out.
+pub fn gauges(report: &MetricsReport) -> Vec<Gauge> {
     use rust_decimal::prelude::ToPrimitive;
     let scope = || vec![("scope", report.scope.clone())];
     let mut gauges = Vec::new();

@@ -59,7 +59,8 @@ pub const LOCAL_FIELDS: &[&str] = &[
 /// Returns whether a change of this field is sent to other connections. A lead's `status` is the
 /// vendor's raw lead status (each CRM has its own list), so it stays local too.
 pub fn propagates(entity: Entity, field: &str) -> bool {
-    !LOCAL_FIELDS.contains(&field) && !(entity == Entity::Lead && field == "status")
+    let lead_status = entity == Entity::Lead && field == "status";
+    !LOCAL_FIELDS.contains(&field) && !lead_status
 }
 
 /// What happened to the record.

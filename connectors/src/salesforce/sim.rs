@@ -1117,7 +1117,7 @@ impl SalesforceSim {
             }
             if spec.kind == "date"
                 && !value.is_null()
-                && !value.as_str().is_some_and(|text| text.parse::<jiff::civil::Date>().is_ok())
+                && value.as_str().is_none_or(|text| text.parse::<jiff::civil::Date>().is_err())
             {
                 return failure(
                     "INVALID_TYPE_ON_FIELD_IN_RECORD",

@@ -2,6 +2,8 @@
 //! issue's call-count figures, and the failure modes (401 mid-paging, limits, 5xx, truncation,
 //! equal stamps across pages, partial push failure, Outbound Messages, privacy, token rotation).
 
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
+
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
