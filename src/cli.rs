@@ -25,7 +25,7 @@ pub struct Cli {
 #[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {
     /// Configuration file (TOML). Without it, only the embedded defaults and env overrides apply.
-    #[arg(long, short = 'c', env = "CRMSYNC_CONFIG", value_name = "FILE")]
+    #[arg(long, short = 'c', env = "CRMSYNC_CONFIG", value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 }
 

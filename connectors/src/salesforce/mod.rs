@@ -523,17 +523,50 @@ impl Connector for SalesforceConnector {
         let described = self.describe(entity).await?;
         let denied = mapping::denied_fields(entity, &self.settings.fields, &self.config, &described);
         let mut outcomes: Vec<Option<PushOutcome>> = vec![None; batch.len()];
-        let upserts: Vec<(usize, Map<String, Value>)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(index, outgoing)| match &outgoing.op {
-                OutgoingOp::Upsert { data } => Some((
-                    index,
-                    mapping::to_record(outgoing.canonical_id, data, &self.settings.vocabulary, &self.config, &denied),
-                )),
-                OutgoingOp::Delete => None,
-            })
-            .collect();
+        // A record the target already has (its id is known) is updated by Id — it may predate crmsync
+        // and lack the external-id field, so an upsert by external id would duplicate it; the update
+        // stamps the field. Records the target does not have are upserted by external id, so a retried
+        // push never creates a second copy.
+        let mut updates: Vec<(usize, Map<String, Value>)> = Vec::new();
+        let mut upserts: Vec<(usize, Map<String, Value>)> = Vec::new();
+        for (index, outgoing) in batch.iter().enumerate() {
+            let OutgoingOp::Upsert { data } = &outgoing.op else { continue };
+            let mut record =
+                mapping::to_record(outgoing.canonical_id, data, &self.settings.vocabulary, &self.config, &denied);
+            match &outgoing.external_id {
+                Some(id) => {
+                    record.insert("id".into(), Value::String(id.to_string()));
+                    updates.push((index, record));
+                }
+                None => upserts.push((index, record)),
+            }
+        }
+        if !updates.is_empty() {
+            let body = wire::CollectionRequest {
+                all_or_none: false,
+                records: updates.iter().map(|(_, record)| record.clone()).collect(),
+            };
+            let path = self.data_path("/composite/sobjects");
+            let results: Vec<wire::CollectionResult> = self
+                .call_json(&format!("{object} update results"), |client, base| {
+                    client.patch(format!("{base}{path}")).json(&body)
+                })
+                .await?;
+            if results.len() != updates.len() {
+                return Err(ConnectorError::decode(
+                    format!("{object} update results"),
+                    std::io::Error::other(format!("{} results for {} records", results.len(), updates.len())),
+                ));
+            }
+            for ((index, _), result) in updates.iter().zip(results) {
+                outcomes[*index] = Some(match collection_outcome(result, true) {
+                    PushOutcome::Upserted { external_id, version, .. } => {
+                        PushOutcome::Upserted { external_id, created: false, version }
+                    }
+                    other => other,
+                });
+            }
+        }
         if !upserts.is_empty() {
             let body = wire::CollectionRequest {
                 all_or_none: false,

@@ -121,6 +121,8 @@ pub struct SalesforceSim {
     inner: Mutex<Inner>,
     faults: Faults,
     counters: Counters,
+    /// API calls served so far (tests wait on it instead of sleeping).
+    progress: tokio::sync::watch::Sender<u64>,
     api_usage: AtomicU64,
     rotate: bool,
 }
@@ -299,6 +301,7 @@ impl SalesforceSim {
             }),
             faults: Faults::new(&options.faults),
             counters: Counters::default(),
+            progress: tokio::sync::watch::channel(0).0,
             api_usage: AtomicU64::new(0),
             rotate: options.rotate_refresh_tokens,
         };
@@ -424,6 +427,11 @@ impl SalesforceSim {
             inner.put_seed("Order", id, fields, modstamp, items);
         }
         inner.clock = now;
+    }
+
+    /// Watches the number of API calls served (tests wait for progress instead of sleeping).
+    pub fn progress(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.progress.subscribe()
     }
 
     /// The SOQL queries received, oldest first (for tests of what was requested).
@@ -577,7 +585,7 @@ pub fn router(state: Arc<SalesforceSim>) -> Router {
         .route("/services/data/{version}/query/{locator}", get(query_more))
         .route("/services/data/{version}/queryAll/{locator}", get(query_more))
         .route("/services/data/{version}/composite/sobjects/{object}/{field}", patch(upsert))
-        .route("/services/data/{version}/composite/sobjects", axum::routing::delete(delete_records))
+        .route("/services/data/{version}/composite/sobjects", axum::routing::delete(delete_records).patch(update))
         .with_state(state.clone());
     api.merge(crate::sim::admin_routes(state))
 }
@@ -623,6 +631,7 @@ impl SalesforceSim {
 
     fn with_limit_info(&self, mut response: Response) -> Response {
         let used = self.api_usage.fetch_add(1, Ordering::SeqCst) + 1;
+        self.progress.send_replace(used);
         if let Ok(value) = HeaderValue::from_str(&format!("api-usage={used}/{DAILY_LIMIT}")) {
             response.headers_mut().insert("sforce-limit-info", value);
         }
@@ -1191,6 +1200,71 @@ impl SalesforceSim {
         row.deleted = false;
         table.by_external.insert(external, id.clone());
         CollectionResult { id: Some(id), success: true, errors: Vec::new(), created: Some(created) }
+    }
+}
+
+async fn update(State(sim): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = sim.gate(&headers).await {
+        return sim.with_limit_info(response);
+    }
+    sim.counters.write.fetch_add(1, Ordering::SeqCst);
+    let response = match serde_json::from_slice::<wire::CollectionRequest>(&body) {
+        Err(error) => rest_error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &error.to_string()),
+        Ok(request) if request.records.len() > 200 => rest_error(
+            StatusCode::BAD_REQUEST,
+            "EXCEEDED_ID_LIMIT",
+            "record limit reached. cannot submit more than 200 records into this call",
+        ),
+        Ok(request) => {
+            let results: Vec<CollectionResult> =
+                request.records.into_iter().map(|record| sim.update_one(record)).collect();
+            axum::Json(results).into_response()
+        }
+    };
+    sim.with_limit_info(response)
+}
+
+impl SalesforceSim {
+    /// sObject Collections update: each record names its `id`; it must exist. Setting the external-id
+    /// field here is how a record that predates crmsync gets stamped.
+    fn update_one(&self, mut record: Map<String, Value>) -> CollectionResult {
+        let Some(id) = record.remove("id").and_then(|value| value.as_str().map(str::to_owned)) else {
+            return failure("MISSING_ARGUMENT", "Id not specified in an update call".into(), &[]);
+        };
+        let object = match record
+            .get("attributes")
+            .and_then(|attributes| attributes.get("type"))
+            .and_then(Value::as_str)
+            .and_then(object_name)
+        {
+            Some(object) => object,
+            None => return failure("INVALID_TYPE", "attributes.type is missing or unknown".into(), &[]),
+        };
+        let external = record.get("Crmsync_Id__c").and_then(Value::as_str).map(str::to_owned);
+        let exists =
+            self.lock().tables.get(object).is_some_and(|table| table.rows.get(&id).is_some_and(|row| !row.deleted));
+        if !exists {
+            return failure("ENTITY_IS_DELETED", format!("entity is deleted or does not exist: {id}"), &[]);
+        }
+        let Some(external) = external else {
+            return failure(
+                "REQUIRED_FIELD_MISSING",
+                "Required fields are missing: [Crmsync_Id__c]".into(),
+                &["Crmsync_Id__c"],
+            );
+        };
+        // Re-use the upsert validation and write path, keyed by the (now stamped) external id.
+        {
+            let mut inner = self.lock();
+            if let Some(table) = inner.tables.get_mut(object) {
+                if let Some(row) = table.rows.get_mut(&id) {
+                    row.fields.insert("Crmsync_Id__c".into(), Value::String(external.clone()));
+                }
+                table.by_external.insert(external, id.clone());
+            }
+        }
+        let result = self.upsert_one(object, record);
+        CollectionResult { created: None, ..result }
     }
 }
 

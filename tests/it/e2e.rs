@@ -1,0 +1,181 @@
+//! End to end: the real `crmsync` binary against simulated Salesforce orgs over loopback, with a real
+//! sled store on disk. Waits are on simulator progress or process exit, never on the clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crmsync_connectors::canonical::{Entity, VendorKind};
+use crmsync_connectors::sim::{FaultSettings, Simulated, World, WorldSize};
+use crmsync_connectors::testkit::SimControl;
+use serde_json::Value;
+
+use crate::support::{Env, accounts, export, ok, salesforce, signal};
+
+const ROUTE_EVERYTHING: &str = "[[routes]]\nentity = \"*\"\nfrom = [\"*\"]\nto = [\"*\"]\n";
+
+fn link_of<'a>(record: &'a Value, connection: &str) -> Option<&'a Value> {
+    record["links"].as_array()?.iter().find(|link| link["connection"] == connection)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_joins_two_orgs_pushes_both_ways_reaches_a_fixed_point_and_carries_edits() {
+    let world = World::generate(
+        5,
+        WorldSize { accounts: 30, leads: 20, opportunities: 20, orders: 40 },
+        "2026-11-01T00:00:00Z".parse().unwrap(),
+        true,
+    );
+    let a = salesforce(world.clone(), FaultSettings::default(), Some(World::bit(VendorKind::Salesforce))).await;
+    let b = salesforce(world, FaultSettings::default(), Some(World::bit(VendorKind::Zoho))).await;
+    let env = Env::new(&[("sf_a", &a.base_url()), ("sf_b", &b.base_url())], ROUTE_EVERYTHING);
+
+    let first = ok(env.run(&["sync"]).await);
+    assert!(first.contains("sf_a") && first.contains("sf_b"), "{first}");
+    assert_eq!(ok(env.run(&["dlq", "list"]).await), "the dead-letter queue is empty\n");
+    let (state_a, state_b) = (a.state(), b.state());
+    for entity in [Entity::Account, Entity::Opportunity, Entity::Order] {
+        assert_eq!(
+            SimControl::count(state_a.as_ref(), entity),
+            SimControl::count(state_b.as_ref(), entity),
+            "{entity} in both orgs"
+        );
+    }
+    let accounts = export(&env, "account", false).await;
+    assert_eq!(
+        accounts.len(),
+        SimControl::count(state_a.as_ref(), Entity::Account),
+        "one canonical account per customer"
+    );
+    assert!(accounts.iter().all(|record| link_of(record, "sf_a").is_some() && link_of(record, "sf_b").is_some()));
+
+    // A second pass finds the orgs in agreement: nothing is written anywhere.
+    let writes = (Simulated::stats(state_a.as_ref()).write_calls, Simulated::stats(state_b.as_ref()).write_calls);
+    ok(env.run(&["sync"]).await);
+    assert_eq!(
+        writes,
+        (Simulated::stats(state_a.as_ref()).write_calls, Simulated::stats(state_b.as_ref()).write_calls),
+        "no ping-pong"
+    );
+
+    // An edit in one org reaches the other on the next pass.
+    let record = &accounts[0];
+    let in_a = link_of(record, "sf_a").unwrap()["external_id"].as_str().unwrap().to_owned();
+    let in_b = link_of(record, "sf_b").unwrap()["external_id"].as_str().unwrap().to_owned();
+    assert!(state_a.edit(Entity::Account, &in_a, &[("Industry", Value::String("Aerospace".into()))]));
+    ok(env.run(&["sync", "--entity", "account"]).await);
+    assert_eq!(state_b.row(Entity::Account, &in_b).unwrap()["Industry"], "Aerospace");
+
+    let status: Value = serde_json::from_str(&ok(env.run(&["status", "--json"]).await)).unwrap();
+    let connections = status["connections"].as_array().unwrap();
+    assert_eq!(connections.len(), 2);
+    assert!(connections.iter().all(|connection| connection["outbox_depth"] == 0));
+    let csv = ok(env.run(&["export", "--entity", "order", "--format", "csv"]).await);
+    assert!(csv.lines().next().unwrap().starts_with("id,number,account"), "{csv}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_points_then_resume_loses_nothing_duplicates_nothing_and_misses_no_delete() {
+    let a = salesforce(accounts(12_000), FaultSettings { latency_ms: 2, ..FaultSettings::default() }, None).await;
+    let env = Env::new(&[("sf", &a.base_url())], "");
+    // Small pages: many commits to land a kill between.
+    let config = std::fs::read_to_string(&env.config).unwrap().replace("retry = {", "batch_size = 200\nretry = {");
+    std::fs::write(&env.config, config).unwrap();
+    let state = a.state();
+    let mut progress = state.progress();
+    let mut deleted = BTreeSet::new();
+    for round in 0..10u64 {
+        if round == 4 {
+            deleted
+                .extend(SimControl::delete(state.as_ref(), Entity::Account, 25).into_iter().map(|id| id.to_string()));
+        }
+        let mut child = env.command(&["sync"]).kill_on_drop(true).spawn().unwrap();
+        let start = *progress.borrow();
+        let target = start + 2 + (round * 7919 + 13) % 40;
+        tokio::select! {
+            reached = progress.wait_for(|calls| *calls >= target) => { reached.unwrap(); }
+            _ = child.wait() => {}
+        }
+        // SIGKILL (the child may have finished on its own: then there is nothing to kill).
+        let _ = child.start_kill();
+        let _ = child.wait().await;
+    }
+    ok(env.run(&["sync"]).await);
+    let exported = export(&env, "account", true).await;
+    let live: BTreeSet<String> = state.live_ids(Entity::Account).into_iter().collect();
+    let mut by_link: BTreeMap<String, usize> = BTreeMap::new();
+    for record in &exported {
+        let links = record["links"].as_array().unwrap();
+        assert_eq!(links.len(), 1, "one vendor copy per record");
+        *by_link.entry(links[0]["external_id"].as_str().unwrap().to_owned()).or_default() += 1;
+    }
+    assert!(by_link.values().all(|count| *count == 1), "a vendor record became two canonical records");
+    let stored_live: BTreeSet<String> = exported
+        .iter()
+        .filter(|record| record["deleted_at"].is_null())
+        .map(|record| link_of(record, "sf").unwrap()["external_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(stored_live, live, "the store equals the org");
+    let tombstones: BTreeSet<String> = exported
+        .iter()
+        .filter(|record| !record["deleted_at"].is_null())
+        .map(|record| link_of(record, "sf").unwrap()["external_id"].as_str().unwrap().to_owned())
+        .collect();
+    // Records deleted after they were stored are tombstones; ones deleted before were never stored.
+    assert!(deleted.iter().all(|id| !stored_live.contains(id)), "a delete was missed");
+    assert!(tombstones.is_subset(&deleted), "only deleted records are tombstones");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_during_a_large_sync_exits_zero_and_the_next_sync_resumes() {
+    let a = salesforce(accounts(10_000), FaultSettings { latency_ms: 3, ..FaultSettings::default() }, None).await;
+    let env = Env::new(&[("sf", &a.base_url())], "");
+    let config = std::fs::read_to_string(&env.config).unwrap().replace("retry = {", "batch_size = 200\nretry = {");
+    std::fs::write(&env.config, config).unwrap();
+    let state = a.state();
+    let mut progress = state.progress();
+    let mut daemon = env.command(&["run"]).kill_on_drop(true).spawn().unwrap();
+    progress.wait_for(|calls| *calls >= 8).await.unwrap();
+    signal(&daemon, "TERM").await;
+    let status = daemon.wait().await.unwrap();
+    assert!(status.success(), "SIGTERM must exit 0, got {status}");
+    let before = export(&env, "account", false).await.len();
+    assert!(before > 0, "pages committed before the signal are kept");
+    ok(env.run(&["sync"]).await);
+    let after = export(&env, "account", false).await;
+    assert_eq!(after.len(), 10_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn token_expiry_rate_limits_and_server_errors_lose_nothing_and_the_budget_holds() {
+    let faults = FaultSettings {
+        token_expiry_after_calls: 4,
+        rate_limit_after_calls: 6,
+        rate_limit_for_calls: 2,
+        server_error_every: 5,
+        ..FaultSettings::default()
+    };
+    let a = salesforce(accounts(4000), faults, None).await;
+    let env = Env::new(&[("sf", &a.base_url())], "");
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("retry = {", "batch_size = 500\nrate_limit = { per_second = 1000, daily_budget = 200 }\nretry = {");
+    std::fs::write(&env.config, config).unwrap();
+    ok(env.run(&["sync"]).await);
+    assert_eq!(export(&env, "account", false).await.len(), 4000);
+    let stats = Simulated::stats(a.state().as_ref());
+    let calls = stats.token_calls + stats.read_calls + stats.write_calls + stats.faulted_calls;
+    assert!(calls <= 200, "{calls} calls exceed the daily budget of 200");
+
+    // A budget too small for the work: the sync fails clearly and never goes over.
+    let b = salesforce(accounts(4000), FaultSettings::default(), None).await;
+    let tight = Env::new(&[("sf", &b.base_url())], "");
+    let config = std::fs::read_to_string(&tight.config)
+        .unwrap()
+        .replace("retry = {", "batch_size = 200\nrate_limit = { per_second = 1000, daily_budget = 5 }\nretry = {");
+    std::fs::write(&tight.config, config).unwrap();
+    let output = tight.run(&["sync"]).await;
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("daily API budget exhausted (5 of 5 calls used)"), "{stdout}");
+    let stats = Simulated::stats(b.state().as_ref());
+    assert!(stats.token_calls + stats.read_calls + stats.write_calls <= 5);
+}

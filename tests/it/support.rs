@@ -1,0 +1,106 @@
+//! Test harness: simulators in the test process, the real `crmsync` binary as a child process,
+//! configuration written to a temporary directory.
+
+use std::path::PathBuf;
+use std::process::{Output, Stdio};
+
+use tokio::process::Command;
+
+use crmsync_connectors::salesforce::sim::{self, RunningSalesforceSim, SalesforceSimOptions};
+use crmsync_connectors::sim::{FaultSettings, World, WorldSize};
+
+/// One test environment: a temporary directory with a store and a config.
+pub(crate) struct Env {
+    /// Keeps the directory (and the store in it) alive for the test.
+    _dir: tempfile::TempDir,
+    /// The config file.
+    pub(crate) config: PathBuf,
+}
+
+/// The path of the real binary under test.
+pub(crate) fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_crmsync")
+}
+
+/// A world with only accounts (fast to sync, enough pages to kill in the middle of).
+pub(crate) fn accounts(count: usize) -> World {
+    World::generate(
+        11,
+        WorldSize { accounts: count, leads: 0, opportunities: 0, orders: 0 },
+        "2026-11-01T00:00:00Z".parse().expect("valid instant"),
+        false,
+    )
+}
+
+/// Starts a Salesforce simulator.
+pub(crate) async fn salesforce(world: World, faults: FaultSettings, presence_bit: Option<u8>) -> RunningSalesforceSim {
+    let mut options = SalesforceSimOptions::with_world(world);
+    options.faults = faults;
+    if let Some(bit) = presence_bit {
+        options.presence = bit;
+    }
+    sim::start(options).await.expect("simulator starts")
+}
+
+impl Env {
+    /// Writes a config with the given connections (`(name, base_url)`) and extra TOML.
+    pub(crate) fn new(connections: &[(&str, &str)], extra: &str) -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut toml = format!(
+            "[daemon]\ndata_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\nlog_format = \"json\"\n\n",
+            dir.path().join("store").display().to_string()
+        );
+        for (name, url) in connections {
+            toml.push_str(&sim::connection_toml(name, url));
+            toml.push_str("retry = { max_attempts = 6, base_delay = \"5ms\", max_delay = \"50ms\" }\n\n");
+        }
+        toml.push_str(extra);
+        let config = dir.path().join("crmsync.toml");
+        std::fs::write(&config, toml).expect("write config");
+        Self { _dir: dir, config }
+    }
+
+    /// A `crmsync` command with this environment's config and the simulators' secrets.
+    pub(crate) fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(binary());
+        command.args(args).arg("--config").arg(&self.config);
+        for (name, value) in sim::demo_secrets() {
+            command.env(name, value);
+        }
+        command.env("RUST_LOG", "warn").stdin(Stdio::null());
+        command
+    }
+
+    /// Runs a command to completion.
+    pub(crate) async fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().await.expect("crmsync runs")
+    }
+}
+
+/// Runs a command and returns its stdout, panicking with stderr when it fails.
+pub(crate) fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "crmsync failed ({}):\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Exports one entity as parsed JSON lines.
+pub(crate) async fn export(env: &Env, entity: &str, include_deleted: bool) -> Vec<serde_json::Value> {
+    let mut args = vec!["export", "--entity", entity, "--format", "jsonl"];
+    if include_deleted {
+        args.push("--include-deleted");
+    }
+    ok(env.run(&args).await).lines().map(|line| serde_json::from_str(line).expect("export line is JSON")).collect()
+}
+
+/// Sends a signal to a child.
+pub(crate) async fn signal(child: &tokio::process::Child, name: &str) {
+    let pid = child.id().expect("child is running");
+    let status = Command::new("kill").arg(format!("-{name}")).arg(pid.to_string()).status().await.expect("kill runs");
+    assert!(status.success(), "kill -{name} failed");
+}
