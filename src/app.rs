@@ -183,6 +183,47 @@ pub fn field_policies(config: &Config) -> BTreeMap<ConnectionId, FieldPolicy> {
     config.connections.iter().map(|(id, connection)| (id.clone(), connection.settings.fields.clone())).collect()
 }
 
+/// Computes the sales metrics over the store for a scope and window (`since`/`until` default to the
+/// configured window ending now).
+pub fn metrics_report(
+    store: &Store,
+    config: &crate::config::MetricsConfig,
+    scope: crate::metrics::Scope,
+    since: Option<crmsync_connectors::canonical::Timestamp>,
+    until: Option<crmsync_connectors::canonical::Timestamp>,
+) -> Result<crate::metrics::MetricsReport, crate::store::StoreError> {
+    let until = until.unwrap_or_else(crmsync_connectors::canonical::Timestamp::now);
+    let since = since.unwrap_or_else(|| until.saturating_add(config.window, false));
+    let settings = crate::metrics::MetricsSettings {
+        reporting_currency: config.reporting_currency.clone(),
+        fx: config.fx.clone(),
+    };
+    let query = crate::metrics::MetricsQuery { scope, since, until };
+    let mut accumulator = crate::metrics::Accumulator::new(&query, &settings);
+    for entity in Entity::ALL {
+        for record in store.scan(*entity) {
+            accumulator.add(&record?);
+        }
+    }
+    Ok(accumulator.finish())
+}
+
+/// Publishes the KPI gauges of the unified scope and of every connection.
+pub fn publish_kpis(store: &Store, config: &Config) {
+    let mut scopes = vec![crate::metrics::Scope::Unified];
+    scopes.extend(config.connections.keys().cloned().map(crate::metrics::Scope::Connection));
+    for scope in scopes {
+        match metrics_report(store, &config.metrics, scope, None, None) {
+            Ok(report) => {
+                for (name, labels, value) in crate::metrics::gauges(&report) {
+                    telemetry::record_kpi(name, labels, value);
+                }
+            }
+            Err(error) => tracing::warn!(error = %error, "cannot compute KPI gauges"),
+        }
+    }
+}
+
 /// An opened store with its writer and connectors.
 pub struct App {
     /// The configuration.
@@ -239,6 +280,13 @@ pub async fn run_daemon(
     use crate::http::{HttpState, WebhookEndpoint, admin_router, public_router};
     use crate::scheduler::{Backoff, pull, push};
 
+    // Listeners first: a busy port fails the start before any work begins.
+    let public = tokio::net::TcpListener::bind(app.config.daemon.listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (daemon.listen)", app.config.daemon.listen))?;
+    let admin = tokio::net::TcpListener::bind(app.config.daemon.admin_listen)
+        .await
+        .with_context(|| format!("cannot listen on {} (daemon.admin_listen)", app.config.daemon.admin_listen))?;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let ready = Arc::new(AtomicBool::new(false));
@@ -303,6 +351,45 @@ pub async fn run_daemon(
         ));
     }
 
+    // Sales KPIs for Prometheus, recomputed every minute off the async threads.
+    {
+        let store = app.store.clone();
+        let config = app.config.clone();
+        let stop = cancel.clone();
+        tracker.spawn(async move {
+            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => {
+                        let (store, config) = (store.clone(), config.clone());
+                        let _ = tokio::task::spawn_blocking(move || publish_kpis(&store, &config)).await;
+                    }
+                }
+            }
+        });
+    }
+    // Drift sweep: repair what incremental reads missed (hard deletes, late commits).
+    if let Some(interval) = app.config.daemon.drift_sweep_interval {
+        for connector in app.connectors.values() {
+            let (connector, store, ingest, stop) =
+                (connector.clone(), app.store.clone(), app.ingest.clone(), cancel.clone());
+            tracker.spawn(async move {
+                loop {
+                    tokio::select! {
+                        () = stop.cancelled() => return,
+                        () = tokio::time::sleep(crate::scheduler::jittered(interval)) => {}
+                    }
+                    for entity in connector.entities().to_vec() {
+                        if let Err(error) = crate::scheduler::sweep::sweep(connector.as_ref(), &store, &ingest, entity).await {
+                            tracing::warn!(connection = %connector.id(), entity = %entity, error = %crate::scheduler::error_chain(&error), "drift sweep failed");
+                        }
+                    }
+                }
+            });
+        }
+    }
+
     let webhooks = app
         .connectors
         .iter()
@@ -339,17 +426,12 @@ pub async fn run_daemon(
         ingest: app.ingest.clone(),
         store: app.store.clone(),
         status_config: Arc::new(crate::status::StatusConfig::from_config(&app.config)),
+        metrics_config: Arc::new(app.config.metrics.clone()),
         api_token: app.config.api.token.clone(),
         prometheus,
         refresh_gauges: Some(refresh),
         ready: ready.clone(),
     };
-    let public = tokio::net::TcpListener::bind(app.config.daemon.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (daemon.listen)", app.config.daemon.listen))?;
-    let admin = tokio::net::TcpListener::bind(app.config.daemon.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (daemon.admin_listen)", app.config.daemon.admin_listen))?;
     tracing::info!(listen = %public.local_addr()?, admin = %admin.local_addr()?, connections = app.connectors.len(), "crmsync running");
     for (listener, router) in [(public, public_router(state.clone())), (admin, admin_router(state))] {
         let stop = cancel.clone();

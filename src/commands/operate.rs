@@ -14,7 +14,7 @@ use crate::app;
 use crate::cli::{ConflictSide, ConflictsAction, ConflictsArgs, DlqAction, DlqArgs, MetricsArgs};
 use crate::config::Config;
 use crate::ingest::{self, Batch, IngestRules};
-use crate::metrics::{self, MetricsQuery, MetricsSettings, Scope};
+use crate::metrics::{self, Scope};
 use crate::reconcile;
 use crate::store::{Commit, OutboxEntry, OutboxOp, Store};
 
@@ -26,7 +26,7 @@ fn parse_time(text: &str, flag: &str) -> anyhow::Result<Timestamp> {
     text.parse().with_context(|| format!("{flag}: expected an RFC 3339 instant such as 2026-10-01T00:00:00Z"))
 }
 
-/// Computes the metrics report for a scope and window.
+/// Computes the metrics report for a scope name and window.
 pub fn metrics_report(
     store: &Store,
     config: &Config,
@@ -34,8 +34,6 @@ pub fn metrics_report(
     since: Option<Timestamp>,
     until: Option<Timestamp>,
 ) -> anyhow::Result<metrics::MetricsReport> {
-    let until = until.unwrap_or_else(Timestamp::now);
-    let since = since.unwrap_or_else(|| until.saturating_add(config.metrics.window, false));
     let scope = if scope == "unified" {
         Scope::Unified
     } else {
@@ -46,18 +44,7 @@ pub fn metrics_report(
         }
         Scope::Connection(id)
     };
-    let settings = MetricsSettings {
-        reporting_currency: config.metrics.reporting_currency.clone(),
-        fx: config.metrics.fx.clone(),
-    };
-    let query = MetricsQuery { scope, since, until };
-    let mut accumulator = metrics::Accumulator::new(&query, &settings);
-    for entity in crmsync_connectors::canonical::Entity::ALL {
-        for record in store.scan(*entity) {
-            accumulator.add(&record?);
-        }
-    }
-    Ok(accumulator.finish())
+    Ok(app::metrics_report(store, &config.metrics, scope, since, until)?)
 }
 
 /// The metrics table for a scope (used by `metrics` and `demo`).

@@ -129,6 +129,53 @@ pub(crate) async fn status(State(state): State<HttpState>) -> Result<Json<serde_
     Ok(Json(serde_json::to_value(report).map_err(|_| ApiError::Internal)?))
 }
 
+/// Query of `GET /api/v1/metrics`.
+#[derive(Debug, Deserialize)]
+pub(crate) struct MetricsParams {
+    /// `unified` or a connection.
+    scope: Option<String>,
+    /// Window start (RFC 3339).
+    since: Option<String>,
+    /// Window end, exclusive (RFC 3339).
+    until: Option<String>,
+}
+
+/// `GET /api/v1/metrics`: the same JSON as `crmsync metrics --json`.
+pub(crate) async fn metrics(
+    State(state): State<HttpState>,
+    Query(params): Query<MetricsParams>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let parse = |text: &Option<String>, name: &str| {
+        text.as_deref()
+            .map(|text| {
+                text.parse::<crmsync_connectors::canonical::Timestamp>()
+                    .map_err(|_| ApiError::BadRequest(format!("{name}: expected an RFC 3339 instant")))
+            })
+            .transpose()
+    };
+    let since = parse(&params.since, "since")?;
+    let until = parse(&params.until, "until")?;
+    let scope = match params.scope.as_deref() {
+        None | Some("unified") => crate::metrics::Scope::Unified,
+        Some(name) => {
+            let id = crmsync_connectors::canonical::ConnectionId::new(name);
+            if !state.status_config.connections.contains_key(&id) {
+                return Err(ApiError::NotFound(format!("no connection named {name:?}")));
+            }
+            crate::metrics::Scope::Connection(id)
+        }
+    };
+    let (store, config) = (state.store.clone(), state.metrics_config.clone());
+    let report = tokio::task::spawn_blocking(move || crate::app::metrics_report(&store, &config, scope, since, until))
+        .await
+        .map_err(|_| ApiError::Internal)?
+        .map_err(|error| {
+            tracing::error!(error = %error, "metrics failed");
+            ApiError::Internal
+        })?;
+    Ok(Json(serde_json::to_value(report).map_err(|_| ApiError::Internal)?))
+}
+
 /// `GET /api/v1/conflicts`.
 pub(crate) async fn conflicts(State(state): State<HttpState>) -> Result<Json<serde_json::Value>, ApiError> {
     let conflicts = state.store.conflicts(true).map_err(|error| {

@@ -56,6 +56,8 @@ pub struct HttpState {
     pub store: Store,
     /// What `status` needs to know.
     pub status_config: Arc<StatusConfig>,
+    /// Reporting currency, FX table and default window of the sales metrics.
+    pub metrics_config: Arc<crate::config::MetricsConfig>,
     /// API bearer token (`None`: API disabled).
     pub api_token: Option<SecretString>,
     /// Prometheus renderer.
@@ -70,6 +72,7 @@ pub struct HttpState {
 pub fn public_router(state: HttpState) -> Router {
     let api = Router::new()
         .route("/status", get(api::status))
+        .route("/metrics", get(api::metrics))
         .route("/accounts", get(api::accounts))
         .route("/opportunities", get(api::opportunities))
         .route("/orders", get(api::orders))
@@ -91,5 +94,6 @@ pub fn admin_router(state: HttpState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route("/status", get(api::status))
         .with_state(state)
 }

@@ -1,5 +1,6 @@
 //! The single integration-test binary (one link step for every scenario).
 
 mod config;
+mod daemon;
 mod e2e;
 mod support;

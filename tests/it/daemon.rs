@@ -1,0 +1,160 @@
+//! The daemon (`crmsync run`) as an operator and a CRM see it: webhooks, REST API, Prometheus,
+//! probes, `status` while the daemon holds the store, and a clean SIGTERM.
+
+use std::collections::BTreeSet;
+
+use crmsync_connectors::salesforce::sim;
+use crmsync_connectors::sim::FaultSettings;
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::{Env, accounts, ok, salesforce, signal};
+
+/// Two distinct free ports (both held until both are known, so they differ).
+fn free_ports() -> (u16, u16) {
+    let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let second = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    (first.local_addr().expect("addr").port(), second.local_addr().expect("addr").port())
+}
+
+fn outbound_message(secret_org: &str, stamp: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{secret_org}</OrganizationId><Notification><Id>04l1</Id><sObject xsi:type="sf:Opportunity" xmlns:sf="urn:sobject.enterprise.soap.sforce.com" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><sf:Id>006999999999999AAA</sf:Id><sf:Name>Webhook Deal</sf:Name><sf:StageName>Negotiation/Review</sf:StageName><sf:CloseDate>2026-12-01</sf:CloseDate><sf:SystemModstamp>{stamp}</sf:SystemModstamp></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>"#
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_serves_webhooks_the_api_prometheus_and_status_then_stops_cleanly() {
+    let simulator = salesforce(accounts(50), FaultSettings::default(), None).await;
+    let (listen, admin) = free_ports();
+    let env = Env::new(&[("sf", &simulator.base_url())], "[api]\ntoken = { env = \"CRMSYNC_TEST_API_TOKEN\" }\n");
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""))
+        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{listen}\""));
+    std::fs::write(&env.config, config).unwrap();
+    let mut command = env.command(&["run"]);
+    command
+        .env("CRMSYNC_TEST_API_TOKEN", "t0ken-for-tests")
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped());
+    let mut daemon = command.kill_on_drop(true).spawn().unwrap();
+    let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    // Ready once it listens and the first account pull pass is logged (the accounts are stored).
+    let (mut listening, mut pulled) = (false, false);
+    while let Some(line) = logs.next_line().await.unwrap() {
+        assert!(!line.contains("t0ken-for-tests") && !line.contains(sim::CLIENT_SECRET), "a secret was logged: {line}");
+        listening |= line.contains("crmsync running");
+        pulled |= line.contains("pull pass") && line.contains("account");
+        if listening && pulled {
+            break;
+        }
+    }
+    // Keep draining the log so the daemon never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    let http = reqwest::Client::new();
+    let public = format!("http://127.0.0.1:{listen}");
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    assert_eq!(http.get(format!("{admin_url}/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(http.get(format!("{admin_url}/readyz")).send().await.unwrap().status(), 200);
+
+    // A forged delivery is refused and stores nothing.
+    let body = outbound_message(sim::ORGANIZATION_ID, "2026-11-20T10:00:00.000+0000");
+    let forged = http.post(format!("{public}/webhooks/sf?secret=guess")).body(body.clone()).send().await.unwrap();
+    assert_eq!(forged.status(), 401);
+    let error: Value = forged.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "unauthenticated");
+    assert_eq!(http.post(format!("{public}/webhooks/nope")).body("x").send().await.unwrap().status(), 404);
+    // A real one is acknowledged with the SOAP ack only once it is durable.
+    let accepted =
+        http.post(format!("{public}/webhooks/sf?secret={}", sim::WEBHOOK_SECRET)).body(body).send().await.unwrap();
+    assert_eq!(accepted.status(), 200);
+    assert!(accepted.text().await.unwrap().contains("<Ack>true</Ack>"));
+
+    // The API needs the token, and then shows the delivered deal.
+    assert_eq!(http.get(format!("{public}/api/v1/opportunities")).send().await.unwrap().status(), 401);
+    let deals: Value = http
+        .get(format!("{public}/api/v1/opportunities"))
+        .bearer_auth("t0ken-for-tests")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let names: BTreeSet<String> = deals["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|record| record["data"]["fields"]["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(names.contains("Webhook Deal"), "{deals}");
+    let metrics: Value = http
+        .get(format!("{public}/api/v1/metrics"))
+        .bearer_auth("t0ken-for-tests")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(metrics["scope"], "unified");
+    assert!(metrics["funnel"].as_array().unwrap().len() == 7, "{metrics}");
+
+    // Prometheus text parses, and the operational metrics of a pull and a webhook are there.
+    let exposition = http.get(format!("{admin_url}/metrics")).send().await.unwrap().text().await.unwrap();
+    let mut names = BTreeSet::new();
+    for line in exposition.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
+        value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line}"));
+        names.insert(series.split('{').next().unwrap().to_owned());
+    }
+    for expected in [
+        "crmsync_pull_records_total",
+        "crmsync_api_calls_total",
+        "crmsync_webhook_deliveries_total",
+        "crmsync_outbox_depth",
+        "crmsync_dead_letters",
+        "crmsync_store_size_bytes",
+        "crmsync_api_budget_used",
+        "crmsync_vendor_api_usage",
+        "crmsync_token_refreshes_total",
+        "crmsync_ingest_queue_depth",
+        "crmsync_commit_seconds_bucket",
+        "crmsync_kpi_sales_amount",
+    ] {
+        assert!(names.contains(expected), "{expected} missing from /metrics:\n{exposition}");
+    }
+
+    // `status` works while the daemon holds the store (through the admin listener).
+    let output =
+        env.command(&["status", "--json"]).env("CRMSYNC_TEST_API_TOKEN", "t0ken-for-tests").output().await.unwrap();
+    let status: Value = serde_json::from_str(&ok(output)).unwrap();
+    assert_eq!(status["connections"][0]["connection"], "sf");
+    assert!(!status.to_string().contains(sim::REFRESH_TOKEN), "status must not show secrets");
+
+    signal(&daemon, "TERM").await;
+    let exit = daemon.wait().await.unwrap();
+    assert!(exit.success(), "SIGTERM must exit 0, got {exit}");
+}
+
+#[test]
+fn the_grafana_dashboard_uses_only_metrics_that_exist() {
+    let dashboard: Value = serde_json::from_str(include_str!("../../config/grafana/crmsync.json")).unwrap();
+    let known: BTreeSet<&str> =
+        crmsync::telemetry::OPERATIONAL_METRICS.iter().chain(crmsync::metrics::KPI_METRICS).copied().collect();
+    let mut used = 0;
+    for panel in dashboard["panels"].as_array().unwrap() {
+        for target in panel["targets"].as_array().unwrap() {
+            let expression = target["expr"].as_str().unwrap();
+            for word in expression.split(|character: char| !(character.is_ascii_alphanumeric() || character == '_')) {
+                if word.starts_with("crmsync_") {
+                    let base = word.trim_end_matches("_bucket");
+                    assert!(known.contains(base), "dashboard uses unknown metric {word}");
+                    used += 1;
+                }
+            }
+        }
+    }
+    assert!(used >= 20, "the dashboard should chart the documented metrics");
+}
