@@ -301,11 +301,12 @@ pub async fn run_daemon(
     let mut push_intervals: BTreeMap<ConnectionId, std::time::Duration> = BTreeMap::new();
     let mut pulled: std::collections::BTreeSet<(ConnectionId, Entity)> = std::collections::BTreeSet::new();
     for job in &app.config.jobs {
-        let interval = match &job.schedule {
-            Schedule::Every(interval) => *interval,
+        let (cadence, interval) = match &job.schedule {
+            Schedule::Every(interval) => (crate::scheduler::Cadence::Every(*interval), *interval),
             Schedule::Cron(expression) => {
-                tracing::warn!(job = %job.name, cron = %expression, "cron schedules run at the connection's poll interval in this version");
-                std::time::Duration::from_secs(60)
+                let cron =
+                    crate::scheduler::cron::Cron::parse(expression).with_context(|| format!("job {}", job.name))?;
+                (crate::scheduler::Cadence::Cron(cron), std::time::Duration::from_secs(60))
             }
         };
         for id in &job.connections {
@@ -328,7 +329,7 @@ pub async fn run_daemon(
                     app.store.clone(),
                     app.ingest.clone(),
                     *entity,
-                    interval,
+                    cadence.clone(),
                     nudge,
                     cancel.clone(),
                     Backoff::default(),

@@ -663,43 +663,8 @@ fn read_job(table: &mut TableReader<'_>, names: &[ConnectionId], earlier: &[JobC
     })
 }
 
-/// Checks a cron expression: 5 fields (minute hour day month weekday) or 6 (with seconds first), each
-/// `*`, a number, a range, a list or a step in range for its position.
 fn validate_cron(expression: &str) -> Result<(), String> {
-    let fields: Vec<&str> = expression.split_whitespace().collect();
-    let ranges: &[(u32, u32)] = match fields.len() {
-        5 => &[(0, 59), (0, 23), (1, 31), (1, 12), (0, 7)],
-        6 => &[(0, 59), (0, 59), (0, 23), (1, 31), (1, 12), (0, 7)],
-        count => return Err(format!("invalid cron expression {expression:?}: {count} fields (expected 5 or 6)")),
-    };
-    for (field, (low, high)) in fields.iter().zip(ranges) {
-        for part in field.split(',') {
-            let (range, step) = part.split_once('/').map_or((part, None), |(range, step)| (range, Some(step)));
-            if let Some(step) = step
-                && step.parse::<u32>().map_or(true, |step| step == 0)
-            {
-                return Err(format!("invalid cron expression {expression:?}: bad step in {part:?}"));
-            }
-            if range == "*" {
-                continue;
-            }
-            let bounds: Vec<&str> = range.split('-').collect();
-            if bounds.is_empty() || bounds.len() > 2 {
-                return Err(format!("invalid cron expression {expression:?}: bad range {part:?}"));
-            }
-            for bound in bounds {
-                match bound.parse::<u32>() {
-                    Ok(value) if (*low..=*high).contains(&value) => {}
-                    _ => {
-                        return Err(format!(
-                            "invalid cron expression {expression:?}: {bound:?} is outside {low}..={high}"
-                        ));
-                    }
-                }
-            }
-        }
-    }
-    Ok(())
+    crate::scheduler::cron::Cron::parse(expression).map(|_| ()).map_err(|error| error.to_string())
 }
 
 fn unknown_connection<'a>(id: &ConnectionId, known: impl Iterator<Item = &'a ConnectionId>) -> String {

@@ -1,9 +1,10 @@
 //! Scheduling: pull loops per connection × entity and push loops per connection, each generic over
-//! the [`Connector`] it drives, plus the one-pass [`run_pass`] behind `crmsync sync`.
+//! the [`crmsync_connectors::Connector`] it drives, plus the one-pass [`pass::run_pass`] behind `crmsync sync`.
 //!
 //! Both loops keep the committed cursor as the only truth: a page's cursor moves only when the ingest
 //! writer has committed the page, so a crash or an error never skips records.
 
+pub mod cron;
 pub mod pass;
 pub mod pull;
 pub mod push;
@@ -45,6 +46,25 @@ impl Backoff {
         let ceiling = self.base.saturating_mul(1 << attempt.saturating_sub(1).min(16)).min(self.cap);
         let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX).max(1);
         Duration::from_millis(rand::rng().random_range(millis / 2..=millis))
+    }
+}
+
+/// When a loop runs again.
+#[derive(Debug, Clone)]
+pub enum Cadence {
+    /// A fixed interval (with ±10 % jitter).
+    Every(Duration),
+    /// A cron schedule.
+    Cron(cron::Cron),
+}
+
+impl Cadence {
+    /// Returns how long to wait before the next run.
+    pub fn next_wait(&self) -> Duration {
+        match self {
+            Self::Every(interval) => jittered(*interval),
+            Self::Cron(cron) => cron.wait_from(crmsync_connectors::canonical::Timestamp::now()),
+        }
     }
 }
 

@@ -9,7 +9,7 @@ use crmsync_connectors::{Connector, ConnectorError, RetryAdvice};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::{Backoff, advice_label, error_chain, jittered};
+use super::{Backoff, Cadence, advice_label, error_chain, jittered};
 use crate::ingest::{Batch, IngestError, IngestHandle, IngestStats};
 use crate::store::Store;
 use crate::telemetry;
@@ -115,7 +115,7 @@ pub async fn run<C: Connector>(
     store: Store,
     ingest: IngestHandle,
     entity: Entity,
-    interval: Duration,
+    cadence: Cadence,
     nudge: Arc<Notify>,
     cancel: CancellationToken,
     backoff: Backoff,
@@ -129,7 +129,7 @@ pub async fn run<C: Connector>(
                 if summary.stats.records_in() > 0 {
                     tracing::info!(connection = %connection, entity = %entity, pages = summary.pages, created = summary.stats.created, updated = summary.stats.updated, deleted = summary.stats.deleted, "pull pass");
                 }
-                jittered(interval)
+                cadence.next_wait()
             }
             Err(PullError::Cancelled) => return,
             Err(PullError::Connector { source, .. }) => {
@@ -141,7 +141,7 @@ pub async fn run<C: Connector>(
                 let _ = ingest.submit(Batch::Failed { connection: connection.clone(), entity, message }).await;
                 if advice == RetryAdvice::GiveUp {
                     // A person must fix this (credentials, schema): check again only at the poll interval.
-                    jittered(interval.max(Duration::from_secs(60)))
+                    cadence.next_wait().max(jittered(Duration::from_secs(60)))
                 } else {
                     backoff.delay(attempt, &source)
                 }

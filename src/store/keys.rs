@@ -7,7 +7,7 @@
 //! | `ids`         | canonical id (16)                                           | entity tag (u8)           |
 //! | `links`       | str(connection) · entity tag · str(external id)             | canonical id (16)         |
 //! | `match_keys`  | entity tag · str(key) · str(value) · canonical id (16)      | empty                     |
-//! | `cursors`     | str(connection) · entity tag                                | envelope(Option<Cursor>)  |
+//! | `cursors`     | str(connection) · entity tag                                | envelope(`Option<Cursor>`) |
 //! | `outbox`      | str(connection) · sequence (u64)                            | envelope(OutboxEntry)     |
 //! | `conflicts`   | conflict id (UUIDv7 text: sorts by time)                    | envelope(ConflictEntry)   |
 //! | `dead_letters`| dead-letter id (UUIDv7 text: sorts by time)                 | envelope(DeadLetter)      |

@@ -3,4 +3,5 @@
 mod config;
 mod daemon;
 mod e2e;
+mod store_crash;
 mod support;
