@@ -1,5 +1,9 @@
 //! The single integration-test binary (one link step for every scenario).
 
+// Test helpers outside #[test] functions: a failed setup should panic loudly, and the store crash
+// child reports its progress on stdout for the parent to read.
+#![allow(clippy::unwrap_used, clippy::print_stdout)]
+
 mod config;
 mod daemon;
 mod e2e;

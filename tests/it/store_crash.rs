@@ -74,7 +74,7 @@ fn check(dir: &std::path::Path) -> u64 {
     assert!(
         per_batch.keys().all(|batch| *batch <= cursor),
         "records beyond the cursor {cursor}: {:?}",
-        per_batch.keys().rev().next()
+        per_batch.keys().next_back()
     );
     // Index entries follow their records.
     assert_eq!(
