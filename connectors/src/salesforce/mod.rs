@@ -75,6 +75,25 @@ struct Position {
     /// Whether the first full read is done (then `queryAll` with deletes).
     #[serde(default)]
     incremental: bool,
+    /// The Bulk API 2.0 job of a large first load, while it is being read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    bulk: Option<BulkPosition>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct BulkPosition {
+    /// Job id.
+    job: String,
+    /// `Sforce-Locator` of the next results page (`None`: the first page).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    locator: Option<String>,
+}
+
+/// Rows per Bulk API 2.0 results page.
+const BULK_PAGE: usize = 10_000;
+
+fn bulk_state_key(entity: Entity) -> String {
+    format!("bulk_job:{entity}")
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -411,6 +430,12 @@ impl Connector for SalesforceConnector {
             Some(cursor) => cursor.decode()?,
             None => Position { since: self.settings.start, ..Position::default() },
         };
+        if cursor.is_none() {
+            position.bulk = self.bulk_resume(entity)?;
+        }
+        if let Some(bulk) = position.bulk.clone() {
+            return self.bulk_page(entity, position, bulk).await;
+        }
         let page = match &position.next {
             Some(next) => match self.query_more(entity, next).await {
                 Err(ConnectorError::Rejected { code, .. }) if code == "INVALID_QUERY_LOCATOR" => {
@@ -421,26 +446,19 @@ impl Connector for SalesforceConnector {
             },
             None => self.first_page(entity, &position).await?,
         };
-        let rows = self.map_rows(entity, &page.records)?;
-        let mut seen: HashSet<(String, i64)> = position.seen.drain(..).collect();
-        let mut changes = Vec::with_capacity(rows.len());
-        for change in rows {
-            let key = (change.external_id.to_string(), change.modified_at.unix_millis());
-            if !seen.insert(key) {
-                continue;
-            }
-            if position.max.is_none_or(|max| change.modified_at > max) {
-                position.max = Some(change.modified_at);
-            }
-            // The first full read uses `query`, which has no deleted rows; later reads keep deletes.
-            changes.push(change);
+        let first_of_full_load = cursor.is_none() && position.next.is_none();
+        if first_of_full_load
+            && !page.done
+            && self.bulk_eligible(entity)
+            && page.total_size > self.config.bulk_threshold
+        {
+            // A large first load: its first page told the size. The whole load is read from a Bulk
+            // API 2.0 job instead (this page's rows come again from the job, so nothing is delivered
+            // now and a job resumed after a crash still covers everything).
+            position.bulk = Some(self.bulk_start(entity, position.since, page.total_size).await?);
+            return Ok(Page { changes: Vec::new(), cursor: Cursor::encode(&position), has_more: true });
         }
-        if let Some(max) = position.max {
-            let floor = lower_bound(max, self.settings.overlap).unix_millis();
-            seen.retain(|(_, stamp)| *stamp >= floor);
-        }
-        position.seen = seen.into_iter().collect();
-        position.seen.sort();
+        let changes = self.deliver(entity, &page.records, &mut position)?;
         if page.done {
             position.next = None;
             position.since = position.max.or(position.since);
@@ -630,6 +648,187 @@ impl Connector for SalesforceConnector {
 }
 
 impl SalesforceConnector {
+    /// Maps rows and keeps only those not delivered before (same `Id` and `SystemModstamp`),
+    /// advancing the cursor's high-water mark and its overlap window.
+    fn deliver(
+        &self,
+        entity: Entity,
+        rows: &[Map<String, Value>],
+        position: &mut Position,
+    ) -> Result<Vec<Change>, ConnectorError> {
+        let mapped = self.map_rows(entity, rows)?;
+        let mut seen: HashSet<(String, i64)> = position.seen.drain(..).collect();
+        let mut changes = Vec::with_capacity(mapped.len());
+        for change in mapped {
+            let key = (change.external_id.to_string(), change.modified_at.unix_millis());
+            if !seen.insert(key) {
+                continue;
+            }
+            if position.max.is_none_or(|max| change.modified_at > max) {
+                position.max = Some(change.modified_at);
+            }
+            changes.push(change);
+        }
+        if let Some(max) = position.max {
+            let floor = lower_bound(max, self.settings.overlap).unix_millis();
+            seen.retain(|(_, stamp)| *stamp >= floor);
+        }
+        position.seen = seen.into_iter().collect();
+        position.seen.sort();
+        Ok(changes)
+    }
+
+    /// Orders stay on REST: Bulk 2.0 queries cannot carry the order-items subquery.
+    fn bulk_eligible(&self, entity: Entity) -> bool {
+        entity != Entity::Order && self.config.bulk_threshold > 0
+    }
+
+    /// Returns the Bulk API 2.0 job a crash left behind, to resume it instead of starting over.
+    fn bulk_resume(&self, entity: Entity) -> Result<Option<BulkPosition>, ConnectorError> {
+        if !self.bulk_eligible(entity) {
+            return Ok(None);
+        }
+        let key = bulk_state_key(entity);
+        let saved = self
+            .http
+            .host()
+            .load_state(&self.settings.id, &key)
+            .map_err(|message| ConnectorError::State { key: key.clone(), message })?;
+        Ok(saved.filter(|job| !job.is_empty()).map(|job| {
+            tracing::info!(connection = %self.settings.id, entity = %entity, job = %job, "resuming a Bulk API 2.0 query job");
+            BulkPosition { job, locator: None }
+        }))
+    }
+
+    /// Creates the Bulk API 2.0 query job for the rest of a first load (from `since`) and saves its id
+    /// before any result is read, so a restart resumes it.
+    async fn bulk_start(
+        &self,
+        entity: Entity,
+        since: Option<Timestamp>,
+        rows: u64,
+    ) -> Result<BulkPosition, ConnectorError> {
+        let object = wire::object(entity);
+        let (fields, _) = self.select(entity).await?;
+        let mut soql = format!("SELECT {} FROM {object}", fields.join(", "));
+        if let Some(since) = since {
+            soql.push_str(&format!(" WHERE SystemModstamp >= {}", soql_datetime(since)));
+        }
+        let path = self.data_path("/jobs/query");
+        let body = serde_json::json!({"operation": "query", "query": soql, "contentType": "CSV", "columnDelimiter": "COMMA", "lineEnding": "LF"});
+        let job: wire::BulkJob = self
+            .call_json(&format!("{object} bulk query job"), |client, base| {
+                client.post(format!("{base}{path}")).json(&body)
+            })
+            .await?;
+        let key = bulk_state_key(entity);
+        self.http
+            .host()
+            .save_state(&self.settings.id, &key, &job.id)
+            .map_err(|message| ConnectorError::State { key: key.clone(), message })?;
+        tracing::info!(connection = %self.settings.id, entity = %entity, rows, job = %job.id, "first load continues through Bulk API 2.0");
+        Ok(BulkPosition { job: job.id, locator: None })
+    }
+
+    async fn bulk_page(
+        &self,
+        entity: Entity,
+        mut position: Position,
+        bulk: BulkPosition,
+    ) -> Result<Page, ConnectorError> {
+        let object = wire::object(entity);
+        if bulk.locator.is_none() {
+            self.bulk_wait(entity, &bulk.job).await?;
+        }
+        let path = self.data_path(&format!("/jobs/query/{}/results", bulk.job));
+        let max = BULK_PAGE.to_string();
+        let context = format!("{object} bulk results");
+        let (rows, locator) = self
+            .http
+            .retrying(|| async {
+                let response = self
+                    .call_once(&context, &|client: &reqwest::Client, base: &str| {
+                        let mut request = client.get(format!("{base}{path}")).query(&[("maxRecords", max.as_str())]);
+                        if let Some(locator) = &bulk.locator {
+                            request = request.query(&[("locator", locator.as_str())]);
+                        }
+                        request
+                    })
+                    .await?;
+                let text = std::str::from_utf8(&response.body)
+                    .map_err(|error| ConnectorError::decode(context.clone(), error))?;
+                let table = wire::parse_csv(text)
+                    .map_err(|message| ConnectorError::decode(context.clone(), std::io::Error::other(message)))?;
+                let locator = response
+                    .header("sforce-locator")
+                    .filter(|value| *value != "null" && !value.is_empty())
+                    .map(str::to_owned);
+                Ok((table, locator))
+            })
+            .await?;
+        let mut table = rows.into_iter();
+        let header = table.next().unwrap_or_default();
+        let records: Vec<Map<String, Value>> = table
+            .filter(|row| row.len() == header.len())
+            .map(|row| {
+                header
+                    .iter()
+                    .zip(row)
+                    .map(|(field, value)| {
+                        let value = match value.as_str() {
+                            "" => Value::Null,
+                            "true" => Value::Bool(true),
+                            "false" => Value::Bool(false),
+                            _ => Value::String(value),
+                        };
+                        (field.clone(), value)
+                    })
+                    .collect()
+            })
+            .collect();
+        let changes = self.deliver(entity, &records, &mut position)?;
+        let done = locator.is_none();
+        if done {
+            position.bulk = None;
+            position.incremental = true;
+            position.since = position.max.or(position.since);
+            self.http
+                .host()
+                .save_state(&self.settings.id, &bulk_state_key(entity), "")
+                .map_err(|message| ConnectorError::State { key: bulk_state_key(entity), message })?;
+        } else {
+            position.bulk = Some(BulkPosition { job: bulk.job, locator });
+        }
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !done })
+    }
+
+    /// Polls a job until it completes (a failed or aborted job is an error and is forgotten).
+    async fn bulk_wait(&self, entity: Entity, job: &str) -> Result<(), ConnectorError> {
+        let object = wire::object(entity);
+        let path = self.data_path(&format!("/jobs/query/{job}"));
+        let mut delay = std::time::Duration::from_millis(500);
+        loop {
+            let info: wire::BulkJob = self
+                .call_json(&format!("{object} bulk job"), |client, base| client.get(format!("{base}{path}")))
+                .await?;
+            match info.state.as_str() {
+                "JobComplete" => return Ok(()),
+                "Failed" | "Aborted" => {
+                    let _ = self.http.host().save_state(&self.settings.id, &bulk_state_key(entity), "");
+                    return Err(ConnectorError::Rejected {
+                        status: 200,
+                        code: format!("BULK_JOB_{}", info.state.to_ascii_uppercase()),
+                        message: info.error_message.unwrap_or_else(|| format!("bulk query job {job} {}", info.state)),
+                    });
+                }
+                _ => {
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(std::time::Duration::from_secs(30));
+                }
+            }
+        }
+    }
+
     async fn first_page(&self, entity: Entity, position: &Position) -> Result<wire::QueryResponse, ConnectorError> {
         let lower = if position.incremental {
             position.since.map(|since| lower_bound(since, self.settings.overlap))

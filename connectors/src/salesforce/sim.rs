@@ -106,7 +106,18 @@ struct Locator {
     batch: usize,
 }
 
+#[derive(Debug)]
+struct BulkJobState {
+    object: &'static str,
+    ids: Vec<String>,
+    fields: Vec<String>,
+    operation: String,
+    complete: bool,
+}
+
 struct Inner {
+    jobs: HashMap<String, BulkJobState>,
+    jobs_created: u64,
     tables: BTreeMap<&'static str, Table>,
     tokens: HashSet<String>,
     refresh_token: String,
@@ -288,6 +299,8 @@ impl SalesforceSim {
     fn new(options: &SalesforceSimOptions) -> Self {
         let sim = Self {
             inner: Mutex::new(Inner {
+                jobs: HashMap::new(),
+                jobs_created: 0,
                 tables: ["Account", "Lead", "Opportunity", "Order"]
                     .into_iter()
                     .map(|name| (name, Table::default()))
@@ -432,6 +445,11 @@ impl SalesforceSim {
     /// Watches the number of API calls served (tests wait for progress instead of sleeping).
     pub fn progress(&self) -> tokio::sync::watch::Receiver<u64> {
         self.progress.subscribe()
+    }
+
+    /// Bulk API 2.0 query jobs created so far.
+    pub fn bulk_jobs_created(&self) -> u64 {
+        self.lock().jobs_created
     }
 
     /// The SOQL queries received, oldest first (for tests of what was requested).
@@ -585,6 +603,9 @@ pub fn router(state: Arc<SalesforceSim>) -> Router {
         .route("/services/data/{version}/query/{locator}", get(query_more))
         .route("/services/data/{version}/queryAll/{locator}", get(query_more))
         .route("/services/data/{version}/composite/sobjects/{object}/{field}", patch(upsert))
+        .route("/services/data/{version}/jobs/query", post(create_job))
+        .route("/services/data/{version}/jobs/query/{job}", get(job_info))
+        .route("/services/data/{version}/jobs/query/{job}/results", get(job_results))
         .route("/services/data/{version}/composite/sobjects", axum::routing::delete(delete_records).patch(update))
         .with_state(state.clone());
     api.merge(crate::sim::admin_routes(state))
@@ -786,6 +807,14 @@ async fn run_query(State(sim): Shared, headers: HeaderMap, params: QueryParams, 
         return sim.with_limit_info(rest_error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", "Missing the q parameter"));
     };
     sim.lock().queries.push(soql.clone());
+    if let Some(object) = soql.strip_prefix("SELECT COUNT() FROM ").and_then(object_name) {
+        let inner = sim.lock();
+        let count =
+            inner.tables.get(object).map_or(0, |table| table.rows.values().filter(|row| all || !row.deleted).count());
+        drop(inner);
+        return sim
+            .with_limit_info(axum::Json(json!({"totalSize": count, "done": true, "records": []})).into_response());
+    }
     let parsed = match parse_soql(&soql) {
         Ok(parsed) => parsed,
         Err(message) => return sim.with_limit_info(rest_error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", &message)),
@@ -830,6 +859,189 @@ async fn run_query(State(sim): Shared, headers: HeaderMap, params: QueryParams, 
     };
     let response = page(&sim, &mut inner, locator_id, locator, 0);
     drop(inner);
+    sim.with_limit_info(response)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct JobRequest {
+    operation: String,
+    query: String,
+    content_type: Option<String>,
+}
+
+fn job_body(id: &str, job: &BulkJobState) -> Value {
+    json!({
+        "id": id,
+        "operation": job.operation,
+        "object": job.object,
+        "state": if job.complete { "JobComplete" } else { "UploadComplete" },
+        "contentType": "CSV",
+        "apiVersion": 62.0,
+        "lineEnding": "LF",
+        "columnDelimiter": "COMMA",
+        "numberRecordsProcessed": if job.complete { job.ids.len() } else { 0 },
+    })
+}
+
+async fn create_job(State(sim): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = sim.gate(&headers).await {
+        return sim.with_limit_info(response);
+    }
+    sim.counters.read.fetch_add(1, Ordering::SeqCst);
+    let request: JobRequest = match serde_json::from_slice(&body) {
+        Ok(request) => request,
+        Err(error) => {
+            return sim.with_limit_info(rest_error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &error.to_string()));
+        }
+    };
+    if request.content_type.as_deref().is_some_and(|kind| kind != "CSV")
+        || !matches!(request.operation.as_str(), "query" | "queryAll")
+    {
+        return sim.with_limit_info(rest_error(
+            StatusCode::BAD_REQUEST,
+            "INVALIDJOB",
+            "operation must be query or queryAll with contentType CSV",
+        ));
+    }
+    if request.query.contains("ORDER BY") || request.query.contains('(') {
+        return sim.with_limit_info(rest_error(
+            StatusCode::BAD_REQUEST,
+            "INVALIDJOB",
+            "Bulk API 2.0 queries do not support ORDER BY or subqueries here",
+        ));
+    }
+    let parsed = match parse_soql(&request.query) {
+        Ok(parsed) => parsed,
+        Err(message) => return sim.with_limit_info(rest_error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", &message)),
+    };
+    let all = request.operation == "queryAll";
+    let mut inner = sim.lock();
+    let ids: Vec<String> = inner
+        .tables
+        .get(parsed.object)
+        .map(|table| {
+            table
+                .rows
+                .iter()
+                .filter(|(_, row)| (all || !row.deleted) && parsed.since.is_none_or(|since| row.modstamp >= since))
+                .map(|(id, _)| id.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    let id = format!("750{:012}AAA", inner.next_id);
+    inner.next_id += 1;
+    inner.jobs_created += 1;
+    let job = BulkJobState {
+        object: parsed.object,
+        ids,
+        fields: parsed.fields,
+        operation: request.operation,
+        complete: false,
+    };
+    let body = job_body(&id, &job);
+    inner.jobs.insert(id, job);
+    drop(inner);
+    sim.with_limit_info(axum::Json(body).into_response())
+}
+
+async fn job_info(State(sim): Shared, headers: HeaderMap, Path((_version, job)): Path<(String, String)>) -> Response {
+    if let Err(response) = sim.gate(&headers).await {
+        return sim.with_limit_info(response);
+    }
+    sim.counters.read.fetch_add(1, Ordering::SeqCst);
+    let mut inner = sim.lock();
+    let response = match inner.jobs.get_mut(&job) {
+        // The simulated job finishes by the first poll.
+        Some(state) => {
+            state.complete = true;
+            axum::Json(job_body(&job, state)).into_response()
+        }
+        None => rest_error(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist"),
+    };
+    drop(inner);
+    sim.with_limit_info(response)
+}
+
+#[derive(serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ResultParams {
+    locator: Option<String>,
+    max_records: Option<usize>,
+}
+
+async fn job_results(
+    State(sim): Shared,
+    headers: HeaderMap,
+    Path((_version, job)): Path<(String, String)>,
+    Query(params): Query<ResultParams>,
+) -> Response {
+    use base64::Engine;
+    if let Err(response) = sim.gate(&headers).await {
+        return sim.with_limit_info(response);
+    }
+    sim.counters.read.fetch_add(1, Ordering::SeqCst);
+    let inner = sim.lock();
+    let Some(state) = inner.jobs.get(&job) else {
+        drop(inner);
+        return sim.with_limit_info(rest_error(
+            StatusCode::NOT_FOUND,
+            "NOT_FOUND",
+            "The requested resource does not exist",
+        ));
+    };
+    if !state.complete {
+        drop(inner);
+        return sim.with_limit_info(rest_error(
+            StatusCode::PRECONDITION_FAILED,
+            "JOB_NOT_COMPLETE",
+            &format!("can only download query results of successfully completed bulk job {job}"),
+        ));
+    }
+    let offset = params
+        .locator
+        .and_then(|locator| base64::engine::general_purpose::STANDARD.decode(locator).ok())
+        .and_then(|bytes| String::from_utf8(bytes).ok())
+        .and_then(|text| text.parse::<usize>().ok())
+        .unwrap_or(0);
+    let max = params.max_records.unwrap_or(50_000).clamp(1, 50_000);
+    let end = (offset + max).min(state.ids.len());
+    let mut csv = state.fields.iter().map(|field| wire::csv_field(field)).collect::<Vec<_>>().join(",");
+    csv.push('\n');
+    let table = inner.tables.get(state.object);
+    for id in state.ids.get(offset..end).unwrap_or_default() {
+        let Some(row) = table.and_then(|table| table.rows.get(id)) else { continue };
+        let rendered = render(&sim, state.object, id, row, &state.fields, false);
+        let cells: Vec<String> = state
+            .fields
+            .iter()
+            .map(|field| match rendered.get(field) {
+                None | Some(Value::Null) => String::new(),
+                Some(Value::String(text)) => wire::csv_field(text),
+                Some(other) => other.to_string(),
+            })
+            .collect();
+        csv.push_str(&cells.join(","));
+        csv.push('\n');
+    }
+    let locator = if end < state.ids.len() {
+        base64::engine::general_purpose::STANDARD.encode(end.to_string())
+    } else {
+        "null".to_owned()
+    };
+    let count = end.saturating_sub(offset);
+    drop(inner);
+    let mut bytes = csv.into_bytes();
+    if sim.faults.take_truncation() {
+        bytes = truncate(&bytes);
+    }
+    let mut response = ([(header::CONTENT_TYPE, "text/csv")], bytes).into_response();
+    if let Ok(value) = HeaderValue::from_str(&locator) {
+        response.headers_mut().insert("sforce-locator", value);
+    }
+    if let Ok(value) = HeaderValue::from_str(&count.to_string()) {
+        response.headers_mut().insert("sforce-numberofrecords", value);
+    }
     sim.with_limit_info(response)
 }
 

@@ -55,6 +55,15 @@ fn connector_with(
     host: SharedHost,
     tweak: impl FnOnce(&mut ConnectionSettings),
 ) -> SalesforceConnector {
+    connector_with_threshold(running, host, 50_000, tweak)
+}
+
+fn connector_with_threshold(
+    running: &RunningSalesforceSim,
+    host: SharedHost,
+    bulk_threshold: u64,
+    tweak: impl FnOnce(&mut ConnectionSettings),
+) -> SalesforceConnector {
     let mut settings = ConnectionSettings::new("sf", vocabulary());
     settings.http.retry =
         RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(20) };
@@ -68,7 +77,7 @@ fn connector_with(
             refresh_token: SecretString::from(sim::REFRESH_TOKEN.to_owned()),
         },
         external_id_field: "Crmsync_Id__c".into(),
-        bulk_threshold: 50_000,
+        bulk_threshold,
         batch_size: 2000,
         channel_field: "LeadSource".into(),
         webhook: Some(SalesforceWebhook {
@@ -100,7 +109,8 @@ async fn contract_suite_passes_on_accounts() {
 #[tokio::test]
 async fn full_pull_of_100k_opportunities_costs_50_queries_and_one_token_then_an_incremental_costs_one() {
     let running = simulator(SalesforceSimOptions::with_world(world(only(100, 100_000, 0)))).await;
-    let connector = connector(&running);
+    // The REST path (a Bulk API first load is tested below).
+    let connector = connector_with_threshold(&running, Arc::new(MemoryHost::default()), 1_000_000, |_| {});
     let state = running.state();
     let run = testkit::pull_to_end(&connector, Entity::Opportunity, None, 1000).await.unwrap();
     let ids: BTreeSet<_> = run.changes.iter().map(|change| change.external_id.clone()).collect();
@@ -417,4 +427,44 @@ fn every_default_stage_status_and_channel_value_maps() {
     assert_eq!((opportunity.stage, opportunity.channel), (None, Some(Channel::Other)), "unmapped values never block");
     assert_eq!(opportunity.vendor_stage.as_deref(), Some("Discovery"));
     assert_eq!(unmapped.0.len(), 2);
+}
+
+#[tokio::test]
+async fn a_large_first_load_uses_one_bulk_query_job_then_rest_incrementals() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(30_000, 0, 0)))).await;
+    let connector = connector_with_threshold(&running, Arc::new(MemoryHost::default()), 10_000, |_| {});
+    let state = running.state();
+    let run = testkit::pull_to_end(&connector, Entity::Account, None, 100).await.unwrap();
+    let ids: BTreeSet<_> = run.changes.iter().map(|change| change.external_id.clone()).collect();
+    assert_eq!((ids.len(), run.changes.len()), (30_000, 30_000));
+    assert_eq!(state.bulk_jobs_created(), 1);
+    let stats = Simulated::stats(state.as_ref());
+    // describe + the first REST page (its totalSize of 30,000 chooses Bulk) + create job + 1 poll +
+    // 3 result pages of 10,000.
+    assert_eq!(stats.read_calls, 7);
+    assert_eq!(run.pages, 4);
+    let touched: BTreeSet<_> = SimControl::touch(state.as_ref(), Entity::Account, 10).into_iter().collect();
+    let incremental = testkit::pull_to_end(&connector, Entity::Account, Some(run.cursor), 10).await.unwrap();
+    assert_eq!(incremental.changes.iter().map(|change| change.external_id.clone()).collect::<BTreeSet<_>>(), touched);
+    assert_eq!(
+        Simulated::stats(state.as_ref()).read_calls - stats.read_calls,
+        1,
+        "incremental reads use one REST query"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_resumes_the_bulk_job_instead_of_starting_over() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(25_000, 0, 0)))).await;
+    let host: SharedHost = Arc::new(MemoryHost::default());
+    let first = connector_with_threshold(&running, host.clone(), 10_000, |_| {});
+    let page = first.pull(Entity::Account, None).await.unwrap();
+    assert!(page.has_more);
+    drop(first);
+    // The process died before committing the page: the next start has no cursor, but the job id.
+    let restarted = connector_with_threshold(&running, host, 10_000, |_| {});
+    let run = testkit::pull_to_end(&restarted, Entity::Account, None, 100).await.unwrap();
+    let ids: BTreeSet<_> = run.changes.iter().map(|change| change.external_id.clone()).collect();
+    assert_eq!(ids.len(), 25_000);
+    assert_eq!(running.state().bulk_jobs_created(), 1, "the job was resumed, not created again");
 }

@@ -124,3 +124,94 @@ pub fn object(entity: crate::canonical::Entity) -> &'static str {
 /// The order-items subquery crmsync appends to Order queries.
 pub const ORDER_ITEMS_SUBQUERY: &str =
     "(SELECT Id, Quantity, UnitPrice, TotalPrice, Product2.Name, Product2.ProductCode FROM OrderItems)";
+
+/// Bulk API 2.0 query job info (`POST/GET /jobs/query`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BulkJob {
+    /// Job id (`750…`).
+    pub id: String,
+    /// `query` or `queryAll`.
+    pub operation: String,
+    /// `UploadComplete`, `InProgress`, `JobComplete`, `Failed`, `Aborted`.
+    pub state: String,
+    /// Rows processed so far.
+    #[serde(default)]
+    pub number_records_processed: u64,
+    /// Failure detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_message: Option<String>,
+}
+
+/// Parses RFC 4180 CSV (quoted fields, doubled quotes, line breaks inside quotes) into rows.
+pub fn parse_csv(text: &str) -> Result<Vec<Vec<String>>, String> {
+    let mut rows = Vec::new();
+    let mut row = Vec::new();
+    let mut field = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    let mut at_field_start = true;
+    while let Some(character) = chars.next() {
+        if quoted {
+            match character {
+                '"' if chars.peek() == Some(&'"') => {
+                    chars.next();
+                    field.push('"');
+                }
+                '"' => quoted = false,
+                other => field.push(other),
+            }
+            continue;
+        }
+        match character {
+            '"' if at_field_start => {
+                quoted = true;
+                at_field_start = false;
+            }
+            ',' => {
+                row.push(std::mem::take(&mut field));
+                at_field_start = true;
+            }
+            '\r' => {}
+            '\n' => {
+                row.push(std::mem::take(&mut field));
+                rows.push(std::mem::take(&mut row));
+                at_field_start = true;
+            }
+            other => {
+                field.push(other);
+                at_field_start = false;
+            }
+        }
+    }
+    if quoted {
+        return Err("unterminated quoted field (truncated CSV)".into());
+    }
+    if !field.is_empty() || !row.is_empty() {
+        row.push(field);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+/// Writes one CSV field (quoted when needed).
+pub fn csv_field(value: &str) -> String {
+    if value.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", value.replace('"', "\"\""))
+    } else {
+        value.to_owned()
+    }
+}
+
+#[cfg(test)]
+mod csv_tests {
+    use super::*;
+
+    #[test]
+    fn csv_round_trips_quotes_commas_and_line_breaks() {
+        let text = format!("Id,Name\n001,{}\n002,{}\n", csv_field("Acme, \"the\" best"), csv_field("two\nlines"));
+        let rows = parse_csv(&text).unwrap();
+        assert_eq!(rows, vec![vec!["Id", "Name"], vec!["001", "Acme, \"the\" best"], vec!["002", "two\nlines"]]);
+        assert!(parse_csv("Id,Name\n001,\"cut").is_err());
+    }
+}
