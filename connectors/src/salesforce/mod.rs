@@ -11,13 +11,18 @@
 //! never yields them twice, and records sharing one stamp across a page boundary are neither lost
 //! nor repeated. An expired locator restarts the query from the same lower bound.
 //!
-//! # Not (yet) supported
+//! # Large first loads
 //!
-//! The JWT bearer flow (the config accepts it; connecting fails with a clear error) and Bulk API 2.0
-//! query jobs for very large first loads (REST paging is used for every size). Order lines are read
-//! but not written (OrderItems need price-book entries).
+//! The first REST page of a full load reports `totalSize`; above `bulk_threshold` the load is read
+//! from a Bulk API 2.0 query job instead (CSV pages with `Sforce-Locator`), whose id is saved through
+//! the host before any result is read so a restart resumes it. Orders stay on REST.
+//!
+//! # Not supported
+//!
+//! Order lines are read but not written (OrderItems need price-book entries).
 
 mod config;
+pub mod jwt;
 pub mod mapping;
 #[cfg(feature = "simulators")]
 pub mod sim;
@@ -143,7 +148,11 @@ impl SalesforceConnector {
                     .load_state(&self.settings.id, REFRESH_TOKEN_STATE)
                     .map_err(|message| ConnectorError::State { key: REFRESH_TOKEN_STATE.into(), message })?;
                 let refresh = saved.unwrap_or_else(|| refresh_token.expose_secret().to_owned());
-                let mut form = vec![("grant_type", "refresh_token"), ("client_id", client_id.as_str()), ("refresh_token", refresh.as_str())];
+                let mut form = vec![
+                    ("grant_type", "refresh_token"),
+                    ("client_id", client_id.as_str()),
+                    ("refresh_token", refresh.as_str()),
+                ];
                 if let Some(secret) = client_secret {
                     form.push(("client_secret", secret.expose_secret()));
                 }
@@ -157,12 +166,21 @@ impl SalesforceConnector {
                 Ok(response)
             }
             SalesforceAuth::ClientCredentials { client_id, client_secret } => {
-                let form = [("grant_type", "client_credentials"), ("client_id", client_id.as_str()), ("client_secret", client_secret.expose_secret())];
+                let form = [
+                    ("grant_type", "client_credentials"),
+                    ("client_id", client_id.as_str()),
+                    ("client_secret", client_secret.expose_secret()),
+                ];
                 request_token(&self.http, &endpoint, &form).await
             }
-            SalesforceAuth::JwtBearer { .. } => Err(ConnectorError::Config(
-                "the jwt_bearer flow is not supported by this version of crmsync; use refresh_token or client_credentials".into(),
-            )),
+            SalesforceAuth::JwtBearer { client_id, username, private_key, audience } => {
+                let key = jwt::parse_private_key(private_key.expose_secret())?;
+                let audience = audience.clone().unwrap_or_else(|| self.login_base());
+                let assertion = jwt::assertion(&key, client_id, username, &audience, Timestamp::now())?;
+                let form =
+                    [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())];
+                request_token(&self.http, &endpoint, &form).await
+            }
         }
     }
 

@@ -39,6 +39,8 @@ pub const CLIENT_SECRET: &str = "demo-client-secret";
 pub const REFRESH_TOKEN: &str = "demo-refresh-token";
 /// Org id of the simulated org.
 pub const ORGANIZATION_ID: &str = "00D000000000001AAA";
+/// The user the JWT bearer flow may act as.
+pub const JWT_USERNAME: &str = "integration@crmsync.example";
 /// Outbound Message shared secret.
 pub const WEBHOOK_SECRET: &str = "demo-webhook-secret";
 /// Env variable names `connection_toml` refers to.
@@ -129,6 +131,8 @@ struct Inner {
 
 /// The simulator's state.
 pub struct SalesforceSim {
+    /// The connected app's certificate key (generated on first use: RSA key generation is slow).
+    jwt_key: std::sync::OnceLock<Option<aws_lc_rs::signature::RsaKeyPair>>,
     inner: Mutex<Inner>,
     faults: Faults,
     counters: Counters,
@@ -298,6 +302,7 @@ fn stage_probability(stage: &str) -> i64 {
 impl SalesforceSim {
     fn new(options: &SalesforceSimOptions) -> Self {
         let sim = Self {
+            jwt_key: std::sync::OnceLock::new(),
             inner: Mutex::new(Inner {
                 jobs: HashMap::new(),
                 jobs_created: 0,
@@ -445,6 +450,50 @@ impl SalesforceSim {
     /// Watches the number of API calls served (tests wait for progress instead of sleeping).
     pub fn progress(&self) -> tokio::sync::watch::Receiver<u64> {
         self.progress.subscribe()
+    }
+
+    fn jwt_key(&self) -> Option<&aws_lc_rs::signature::RsaKeyPair> {
+        self.jwt_key
+            .get_or_init(|| aws_lc_rs::signature::RsaKeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).ok())
+            .as_ref()
+    }
+
+    /// The private key (PKCS#8 PEM) of the simulated connected app, for a `jwt_bearer` connection.
+    pub fn jwt_private_key_pem(&self) -> Option<String> {
+        use aws_lc_rs::encoding::AsDer;
+        let der = self.jwt_key()?.as_der().ok()?;
+        Some(super::jwt::to_pem(der.as_ref()))
+    }
+
+    /// Verifies a JWT bearer assertion as Salesforce does: RS256 with the app's certificate, our
+    /// consumer key as issuer, a known user, this server as audience, not expired.
+    fn verify_assertion(&self, assertion: &str, audience: &str) -> Result<(), String> {
+        use aws_lc_rs::signature::{KeyPair, RSA_PKCS1_2048_8192_SHA256, UnparsedPublicKey};
+        use base64::Engine;
+        let parts: Vec<&str> = assertion.split('.').collect();
+        let [header, claims, signature] = parts.as_slice() else { return Err("malformed assertion".into()) };
+        let decode = |part: &str| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(part).map_err(|_| "malformed assertion".to_owned())
+        };
+        let key = self.jwt_key().ok_or("no certificate")?;
+        UnparsedPublicKey::new(&RSA_PKCS1_2048_8192_SHA256, key.public_key().as_ref())
+            .verify(format!("{header}.{claims}").as_bytes(), &decode(signature)?)
+            .map_err(|_| "invalid assertion signature".to_owned())?;
+        let claims: Value = serde_json::from_slice(&decode(claims)?).map_err(|_| "malformed claims".to_owned())?;
+        let now = Timestamp::now().unix_millis() / 1000;
+        if claims["iss"] != CLIENT_ID {
+            return Err("client identifier invalid".into());
+        }
+        if claims["sub"] != JWT_USERNAME {
+            return Err("user hasn't approved this consumer".into());
+        }
+        if claims["aud"].as_str().map(|aud| aud.trim_end_matches('/')) != Some(audience) {
+            return Err("audience is invalid".into());
+        }
+        match claims["exp"].as_i64() {
+            Some(exp) if exp > now && exp <= now + 300 => Ok(()),
+            _ => Err("expired or too distant exp claim".into()),
+        }
     }
 
     /// Bulk API 2.0 query jobs created so far.
@@ -726,6 +775,13 @@ async fn token(State(sim): Shared, headers: HeaderMap, body: Bytes) -> Response 
         "client_credentials" => {
             if !client_ok {
                 return invalid("invalid_client", "invalid client credentials");
+            }
+        }
+        "urn:ietf:params:oauth:grant-type:jwt-bearer" => {
+            let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or("127.0.0.1");
+            let assertion = form.get("assertion").map(String::as_str).unwrap_or("");
+            if let Err(reason) = sim.verify_assertion(assertion, &format!("http://{host}")) {
+                return invalid("invalid_grant", &reason);
             }
         }
         _ => return invalid("unsupported_grant_type", "grant type not supported"),

@@ -468,3 +468,36 @@ async fn a_restart_resumes_the_bulk_job_instead_of_starting_over() {
     assert_eq!(ids.len(), 25_000);
     assert_eq!(running.state().bulk_jobs_created(), 1, "the job was resumed, not created again");
 }
+
+#[tokio::test]
+async fn the_jwt_bearer_flow_signs_an_assertion_the_org_accepts_and_a_wrong_user_is_refused() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(10, 0, 0)))).await;
+    let pem = running.state().jwt_private_key_pem().unwrap();
+    let jwt_connector = |username: &str| {
+        let mut settings = ConnectionSettings::new("sf", vocabulary());
+        settings.http.retry =
+            RetryPolicy { max_attempts: 2, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) };
+        let config = SalesforceConfig {
+            login_url: running.base_url().parse().unwrap(),
+            api_version: "v62.0".into(),
+            auth: SalesforceAuth::JwtBearer {
+                client_id: sim::CLIENT_ID.into(),
+                username: username.into(),
+                private_key: SecretString::from(pem.clone()),
+                audience: None,
+            },
+            external_id_field: "Crmsync_Id__c".into(),
+            bulk_threshold: 50_000,
+            batch_size: 2000,
+            channel_field: "LeadSource".into(),
+            webhook: None,
+        };
+        SalesforceConnector::new(settings, config, Arc::new(MemoryHost::default())).unwrap()
+    };
+    let page = jwt_connector(sim::JWT_USERNAME).pull(Entity::Account, None).await.unwrap();
+    assert_eq!(page.changes.len(), 10);
+    let error = jwt_connector("someone@else.example").pull(Entity::Account, None).await.unwrap_err();
+    assert!(matches!(error, ConnectorError::InvalidGrant { .. }), "{error}");
+    assert!(error.to_string().contains("invalid_grant: user hasn't approved this consumer"), "{error}");
+    assert!(!error.to_string().contains("PRIVATE KEY"));
+}
