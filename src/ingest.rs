@@ -715,3 +715,97 @@ fn apply_pushed(
 pub fn conflict_value(side: &reconcile::ConflictSide) -> ConflictValue {
     ConflictValue { value: side.value.clone(), connection: side.connection.clone(), modified_at: side.modified_at }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use crmsync_connectors::canonical::{Account, Lead};
+    use crmsync_connectors::{ChangeKind, Completeness};
+
+    use super::*;
+    use crate::reconcile::Route;
+
+    fn rules(fields: BTreeMap<ConnectionId, FieldPolicy>) -> IngestRules {
+        let everywhere = vec![ConnectionId::new("sf"), ConnectionId::new("zoho")];
+        let rules = Rules {
+            routes: vec![Route {
+                entity: None,
+                from: everywhere.clone(),
+                to: everywhere,
+                on_delete: DeleteAction::Ignore,
+            }],
+            ..Rules::default()
+        };
+        IngestRules { rules: Arc::new(rules), fields: Arc::new(fields) }
+    }
+
+    fn change(entity: Entity, external: &str, data: EntityData) -> Change {
+        Change {
+            entity,
+            object: String::new(),
+            external_id: ExternalId::new(external),
+            modified_at: Timestamp::now(),
+            version: None,
+            canonical_hint: None,
+            kind: ChangeKind::Upsert { data, completeness: Completeness::Full },
+            extra: serde_json::Map::from_iter([("Email__c".to_owned(), serde_json::json!("x@y.example"))]),
+        }
+    }
+
+    #[test]
+    fn a_denied_field_is_never_stored_or_pushed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut policy = FieldPolicy::default();
+        policy.deny.insert(Entity::Lead, BTreeSet::from(["email".to_owned(), "Email__c".to_owned()]));
+        let rules = rules(BTreeMap::from([
+            (ConnectionId::new("sf"), policy.clone()),
+            (ConnectionId::new("zoho"), policy.clone()),
+        ]));
+        let lead = EntityData::Lead(Lead {
+            name: Some("Ada".into()),
+            email: Some("ada@example.com".into()),
+            ..Lead::default()
+        });
+        let batch =
+            Batch::Delivered { connection: ConnectionId::new("sf"), changes: vec![change(Entity::Lead, "00Q1", lead)] };
+        apply_batch(&store, &rules, batch, Timestamp::now()).unwrap();
+        let stored = store.scan(Entity::Lead).next().unwrap().unwrap();
+        let EntityData::Lead(stored_lead) = &stored.data else { panic!("not a lead") };
+        assert_eq!(stored_lead.email, None, "denied field stored");
+        assert!(stored.links[0].extra.is_empty(), "denied vendor field kept in extra");
+        let (outgoing, _) = outgoing_data(&store, &stored, &ConnectionId::new("zoho"), Some(&policy)).unwrap();
+        assert!(!outgoing.to_fields().contains_key("email"));
+    }
+
+    #[test]
+    fn the_same_customer_from_two_connections_is_one_record_with_two_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = rules(BTreeMap::new());
+        let account = |name: &str| {
+            EntityData::Account(Account {
+                name: Some(name.into()),
+                domain: Some("acme.example".into()),
+                ..Account::default()
+            })
+        };
+        for (connection, external, name) in [("sf", "001A", "Acme Industries"), ("zoho", "4150", "ACME  industries")] {
+            let batch = Batch::Pulled {
+                connection: ConnectionId::new(connection),
+                entity: Entity::Account,
+                changes: vec![change(Entity::Account, external, account(name))],
+                cursor: None,
+                caught_up: true,
+            };
+            apply_batch(&store, &rules, batch, Timestamp::now()).unwrap();
+        }
+        let records: Vec<Record> = store.scan(Entity::Account).map(Result::unwrap).collect();
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].links.len(), 2);
+        assert!(matches!(&records[0].links[1].matched_by, MatchReason::MatchKey { key, .. } if key == "name+domain"));
+        // The first record was queued for zoho before zoho's copy arrived; zoho's copy queued nothing new.
+        assert_eq!(store.outbox_depth(&ConnectionId::new("zoho")).unwrap(), 1);
+    }
+}

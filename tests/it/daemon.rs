@@ -158,3 +158,20 @@ fn the_grafana_dashboard_uses_only_metrics_that_exist() {
     }
     assert!(used >= 20, "the dashboard should chart the documented metrics");
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_systemd_the_daemon_reports_ready_and_stopping() {
+    let simulator = salesforce(accounts(5), FaultSettings::default(), None).await;
+    let env = Env::new(&[("sf", &simulator.base_url())], "");
+    let socket_path = env.config.with_file_name("notify.sock");
+    let socket = tokio::net::UnixDatagram::bind(&socket_path).unwrap();
+    let mut daemon = env.command(&["run"]).env("NOTIFY_SOCKET", &socket_path).kill_on_drop(true).spawn().unwrap();
+    let mut buffer = vec![0; 256];
+    let length = socket.recv(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..length]).contains("READY=1"));
+    signal(&daemon, "TERM").await;
+    let length = socket.recv(&mut buffer).await.unwrap();
+    assert!(String::from_utf8_lossy(&buffer[..length]).contains("STOPPING=1"));
+    assert!(daemon.wait().await.unwrap().success());
+}

@@ -1,0 +1,92 @@
+//! The command line as an operator meets it: `check`, `status` and `export` on a new store, `--help`.
+
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use crate::support::binary;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn command(args: &[&str]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(binary());
+    command.args(args).stdin(Stdio::null()).env("RUST_LOG", "warn");
+    command
+}
+
+const EXAMPLE_SECRETS: &[&str] = &[
+    "CRMSYNC_API_TOKEN",
+    "SF_CLIENT_SECRET",
+    "SF_REFRESH_TOKEN",
+    "SF_WEBHOOK_SECRET",
+    "ZOHO_CLIENT_SECRET",
+    "ZOHO_REFRESH_TOKEN",
+    "ZOHO_WEBHOOK_TOKEN",
+    "D365_CLIENT_SECRET",
+    "D365_WEBHOOK_KEY",
+];
+
+#[tokio::test]
+async fn check_accepts_the_example_config_and_lists_every_mistake_of_a_bad_one() {
+    let mut good = command(&["check", "--config"]);
+    good.arg(root().join("config/example.toml"));
+    for name in EXAMPLE_SECRETS {
+        good.env(name, "example-secret-value");
+    }
+    let output = good.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.starts_with("configuration ok"), "{stdout}");
+    assert!(stdout.contains("sf_prod (salesforce)") && !stdout.contains("example-secret-value"), "{stdout}");
+
+    let mut bad = command(&["check", "--config"]);
+    bad.arg(root().join("tests/fixtures/config/several_errors.toml")).env("SF_SECRET", "x");
+    let output = bad.output().await.unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.starts_with("invalid configuration (5 problems):"), "{stderr}");
+    for key in [
+        "daemon.listen",
+        "connections.sf_prod.poll_interval",
+        "connections.zoho_eu.kind",
+        "routes[0].entity",
+        "metrics.fx.USD",
+    ] {
+        assert!(stderr.contains(key), "{key} missing:\n{stderr}");
+    }
+}
+
+#[tokio::test]
+async fn status_and_export_work_on_a_new_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("crmsync.toml");
+    std::fs::write(&config, format!("[daemon]\ndata_dir = {:?}\n", dir.path().join("store").display().to_string()))
+        .unwrap();
+    let status = command(&["status", "--config", config.to_str().unwrap()]).output().await.unwrap();
+    assert!(status.status.success());
+    assert!(String::from_utf8_lossy(&status.stdout).contains("no connections configured"));
+    let export = command(&["export", "--entity", "order", "--format", "csv", "--config", config.to_str().unwrap()])
+        .output()
+        .await
+        .unwrap();
+    assert!(export.status.success());
+    assert_eq!(String::from_utf8_lossy(&export.stdout).lines().count(), 1, "header only");
+    let unknown =
+        command(&["export", "--entity", "invoice", "--config", config.to_str().unwrap()]).output().await.unwrap();
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("unknown entity \"invoice\""));
+}
+
+#[tokio::test]
+async fn help_and_version_explain_the_tool() {
+    let help = command(&["--help"]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    for word in
+        ["run", "sync", "check", "status", "export", "metrics", "dlq", "conflicts", "demo", "simulate", "CRMSYNC__"]
+    {
+        assert!(text.contains(word), "--help lacks {word}:\n{text}");
+    }
+    let version = command(&["--version"]).output().await.unwrap();
+    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("crmsync {}", env!("CARGO_PKG_VERSION")));
+}
