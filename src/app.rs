@@ -8,6 +8,7 @@ use anyhow::Context;
 use crmsync_connectors::canonical::{ConnectionId, Entity, ExternalId, VendorKind};
 use crmsync_connectors::salesforce::SalesforceConnector;
 use crmsync_connectors::settings::FieldPolicy;
+use crmsync_connectors::zoho::ZohoConnector;
 use crmsync_connectors::{
     ApiEvent, ApiUsage, Change, CheckReport, Connector, ConnectorError, ConnectorHost, Cursor, IdPage, Outgoing, Page,
     PushReport, SharedHost, WebhookDelivery, WebhookError, WebhookParser, WebhookReply,
@@ -20,19 +21,32 @@ use crate::reconcile::{self, DeleteAction, Policy, Route, Rules};
 use crate::store::Store;
 use crate::telemetry;
 
-/// One configured connection, whatever its vendor. (Zoho CRM and Dynamics 365 join this enum when
-/// their connectors land; their configuration is already validated.)
+/// One configured connection, whatever its vendor. (Dynamics 365 joins this enum when its connector
+/// lands; its configuration is already validated.)
 pub enum AnyConnector {
     /// Salesforce.
     Salesforce(SalesforceConnector),
+    /// Zoho CRM.
+    Zoho(ZohoConnector),
 }
 
 macro_rules! dispatch {
     ($self:ident, $connector:ident => $call:expr) => {
         match $self {
             AnyConnector::Salesforce($connector) => $call,
+            AnyConnector::Zoho($connector) => $call,
         }
     };
+}
+
+impl AnyConnector {
+    /// Periodic vendor upkeep: renews Zoho's notification channel before it expires.
+    pub async fn maintain(&self) -> Result<(), ConnectorError> {
+        match self {
+            Self::Salesforce(_) => Ok(()),
+            Self::Zoho(connector) => connector.ensure_watch_channel().await.map(|_| ()),
+        }
+    }
 }
 
 impl WebhookParser for AnyConnector {
@@ -121,8 +135,11 @@ pub fn build_connectors(
             VendorConfig::Salesforce(vendor) => {
                 AnyConnector::Salesforce(SalesforceConnector::new(settings, vendor.clone(), host.clone())?)
             }
-            VendorConfig::Zoho(_) | VendorConfig::Dynamics365(_) => anyhow::bail!(
-                "connection {id}: the {} connector is not available in this version of crmsync (only salesforce is); \
+            VendorConfig::Zoho(vendor) => {
+                AnyConnector::Zoho(ZohoConnector::new(settings, vendor.clone(), host.clone())?)
+            }
+            VendorConfig::Dynamics365(_) => anyhow::bail!(
+                "connection {id}: the {} connector is not available in this version of crmsync (salesforce and zoho are); \
                  the configuration is valid, but this connection cannot run yet",
                 connection.vendor.kind()
             ),
@@ -365,6 +382,23 @@ pub async fn run_daemon(
                     _ = ticks.tick() => {
                         let (store, config) = (store.clone(), config.clone());
                         let _ = tokio::task::spawn_blocking(move || publish_kpis(&store, &config)).await;
+                    }
+                }
+            }
+        });
+    }
+    // Vendor upkeep (Zoho watch-channel renewal), hourly.
+    for connector in app.connectors.values() {
+        let (connector, stop) = (connector.clone(), cancel.clone());
+        tracker.spawn(async move {
+            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(3600));
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    _ = ticks.tick() => {
+                        if let Err(error) = connector.maintain().await {
+                            tracing::warn!(connection = %connector.id(), error = %crate::scheduler::error_chain(&error), "vendor upkeep failed");
+                        }
                     }
                 }
             }

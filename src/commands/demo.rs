@@ -2,9 +2,10 @@
 //! seeded data (the same customers in several CRMs), writes a configuration pointing at them, syncs,
 //! and either prints the results (`--once`) or keeps running as a daemon.
 //!
-//! This version ships the Salesforce connector, so the demo runs two Salesforce orgs — "EMEA" and
-//! "Americas" — each holding its own slice of one generated sales world; customers present in both
-//! show identity resolution, and routes carry every entity both ways.
+//! This version ships the Salesforce and Zoho CRM connectors: the demo runs a Salesforce org, a Zoho
+//! CRM org and a second Salesforce org (standing in for the Dynamics 365 slice of the data), each
+//! holding its own slice of one generated sales world; customers present in several show identity
+//! resolution, and routes carry every entity between all of them.
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
@@ -16,6 +17,7 @@ use crmsync_connectors::canonical::{Entity, Timestamp, VendorKind};
 use crmsync_connectors::salesforce::sim::{self, RunningSalesforceSim, SalesforceSimOptions};
 use crmsync_connectors::settings::MapSecrets;
 use crmsync_connectors::sim::{World, WorldSize};
+use crmsync_connectors::zoho::sim::{self as zoho_sim, RunningZohoSim, ZohoSimOptions};
 use tokio_util::sync::CancellationToken;
 
 use super::print;
@@ -25,8 +27,13 @@ use crate::config::Config;
 use crate::scheduler::pass::run_pass;
 use crate::telemetry::{self, LogStyle};
 
-/// The running simulators: `(connection name, simulator)`.
-pub type DemoSimulators = Vec<(&'static str, RunningSalesforceSim)>;
+/// The running simulators.
+pub struct DemoSimulators {
+    /// Salesforce orgs: `(connection name, simulator)`.
+    pub salesforce: Vec<(&'static str, RunningSalesforceSim)>,
+    /// The Zoho org.
+    pub zoho: RunningZohoSim,
+}
 
 /// Starts the simulators over one shared world and returns them with a demo configuration (TOML) and
 /// the secrets it references.
@@ -36,30 +43,36 @@ pub async fn start_demo(
     listen: &str,
 ) -> anyhow::Result<(DemoSimulators, String, MapSecrets)> {
     let world = World::generate(seed, WorldSize::DEMO, Timestamp::now(), true);
-    let mut simulators = Vec::new();
-    for (name, slice) in [("sf_emea", VendorKind::Salesforce), ("sf_americas", VendorKind::Zoho)] {
+    let mut salesforce = Vec::new();
+    for (name, slice) in [("salesforce", VendorKind::Salesforce), ("sf_apac", VendorKind::Dynamics365)] {
         let options =
             SalesforceSimOptions { presence: World::bit(slice), ..SalesforceSimOptions::with_world(world.clone()) };
-        simulators.push((name, sim::start(options).await?));
+        salesforce.push((name, sim::start(options).await?));
     }
+    let zoho = zoho_sim::start(ZohoSimOptions::with_world(world)).await?;
     let mut toml = String::new();
     writeln!(toml, "[daemon]")?;
     writeln!(toml, "data_dir = {:?}", data_dir.display().to_string())?;
     writeln!(toml, "listen = {listen:?}")?;
     writeln!(toml, "admin_listen = \"127.0.0.1:0\"")?;
     writeln!(toml, "shutdown_grace = \"10s\"\n")?;
-    for (name, simulator) in &simulators {
+    for (name, simulator) in &salesforce {
         writeln!(toml, "{}", sim::connection_toml(name, &simulator.base_url()))?;
     }
+    writeln!(toml, "{}", zoho_sim::connection_toml("zoho", &zoho.base_url()))?;
     // Every entity flows between the orgs; a deleted order is cancelled in the other org, not deleted.
     for (entity, on_delete) in [("account", "ignore"), ("lead", "ignore"), ("opportunity", "ignore"), ("order", "mark")]
     {
         writeln!(toml, "[[routes]]\nentity = {entity:?}\nfrom = [\"*\"]\nto = [\"*\"]\non_delete = {on_delete:?}\n")?;
     }
-    writeln!(toml, "[reconcile]\nsource_priority = [\"sf_emea\", \"sf_americas\"]\nconflict = \"newest\"\n")?;
+    writeln!(toml, "[reconcile]\nsource_priority = [\"salesforce\", \"zoho\", \"sf_apac\"]\nconflict = \"newest\"\n")?;
     writeln!(toml, "[metrics]\nreporting_currency = \"EUR\"\nwindow = \"30d\"\n\n[metrics.fx]\nUSD = \"0.92\"")?;
-    let secrets = sim::demo_secrets().into_iter().map(|(name, value)| (name.to_owned(), value.to_owned())).collect();
-    Ok((simulators, toml, MapSecrets(secrets)))
+    let secrets = sim::demo_secrets()
+        .into_iter()
+        .chain(zoho_sim::demo_secrets())
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    Ok((DemoSimulators { salesforce, zoho }, toml, MapSecrets(secrets)))
 }
 
 /// Runs the demo.
@@ -82,13 +95,13 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<Exi
     let config_path: PathBuf = data_dir.join("demo.toml");
     std::fs::write(&config_path, &toml).with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::load(Some(&config_path), Some(HashMap::new()), &secrets)?;
-    let urls: Vec<String> =
-        simulators.iter().map(|(name, simulator)| format!("{name} at {}", simulator.base_url())).collect();
-    print(&format!(
-        "crmsync demo: simulated Salesforce orgs {}; config in {}\n",
-        urls.join(", "),
-        config_path.display()
-    ));
+    let mut urls: Vec<String> = simulators
+        .salesforce
+        .iter()
+        .map(|(name, simulator)| format!("{name} (Salesforce) at {}", simulator.base_url()))
+        .collect();
+    urls.push(format!("zoho (Zoho CRM) at {}", simulators.zoho.base_url()));
+    print(&format!("crmsync demo: simulated CRMs {}; config in {}\n", urls.join(", "), config_path.display()));
     let prometheus = if args.once { None } else { Some(telemetry::install_prometheus()?) };
     let app = App::build(config)?;
     let selection = super::sync::selection(&app.config, None, None, None, false)?;

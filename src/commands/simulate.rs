@@ -6,6 +6,7 @@ use anyhow::bail;
 use crmsync_connectors::canonical::Timestamp;
 use crmsync_connectors::salesforce::sim::{self, SalesforceSimOptions};
 use crmsync_connectors::sim::{World, WorldSize};
+use crmsync_connectors::zoho::sim::{self as zoho_sim, ZohoSimOptions};
 
 use super::print;
 use crate::cli::{SimulateArgs, SimulatedVendor};
@@ -14,27 +15,56 @@ use crate::telemetry::{self, LogStyle};
 /// Runs one simulator and prints how to point a connection at it.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logging(LogStyle::Auto);
-    if args.vendor != SimulatedVendor::Salesforce {
-        bail!("the {:?} simulator is not available in this version of crmsync (only salesforce is)", args.vendor);
+    if args.vendor == SimulatedVendor::Dynamics365 {
+        bail!("the dynamics365 simulator is not available in this version of crmsync (salesforce and zoho are)");
     }
     let size =
         WorldSize { accounts: args.records, leads: args.records, opportunities: args.records, orders: args.records };
     let world = World::generate(args.seed, size, Timestamp::now(), false);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
-    let simulator = sim::start(SalesforceSimOptions { addr, ..SalesforceSimOptions::with_world(world) }).await?;
-    let base_url = simulator.base_url();
-    let exports: Vec<String> =
-        sim::demo_secrets().iter().map(|(name, value)| format!("export {name}={value}")).collect();
+    let running = if args.vendor == SimulatedVendor::Zoho {
+        let simulator = zoho_sim::start(ZohoSimOptions { addr, ..ZohoSimOptions::with_world(world) }).await?;
+        let base_url = simulator.base_url();
+        Running {
+            label: "Zoho CRM",
+            snippet: zoho_sim::connection_toml("zoho", &base_url),
+            secrets: zoho_sim::demo_secrets(),
+            base_url,
+            _simulator: Box::new(simulator),
+        }
+    } else {
+        let simulator = sim::start(SalesforceSimOptions { addr, ..SalesforceSimOptions::with_world(world) }).await?;
+        let base_url = simulator.base_url();
+        Running {
+            label: "Salesforce",
+            snippet: sim::connection_toml("salesforce", &base_url),
+            secrets: sim::demo_secrets(),
+            base_url,
+            _simulator: Box::new(simulator),
+        }
+    };
+    let Running { label, base_url, snippet, secrets, _simulator: simulator } = running;
+    let exports: Vec<String> = secrets.iter().map(|(name, value)| format!("export {name}={value}")).collect();
     print(&format!(
-        "Salesforce simulator listening on {base_url} ({} records per entity, seed {})\n\
+        "{label} simulator listening on {base_url} ({} records per entity, seed {})\n\
          faults: POST {base_url}/__sim/faults, counters: GET {base_url}/__sim/stats\n\n\
          # connection to add to your config:\n{}\n# its demo credentials:\n{}\n",
         args.records,
         args.seed,
-        sim::connection_toml("salesforce", &base_url),
+        snippet,
         exports.join("\n")
     ));
     tokio::signal::ctrl_c().await?;
-    simulator.stop().await;
+    drop(simulator);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A started simulator and what to tell the user about it.
+struct Running {
+    label: &'static str,
+    base_url: String,
+    snippet: String,
+    secrets: Vec<(&'static str, &'static str)>,
+    /// Keeps the simulator serving until dropped.
+    _simulator: Box<dyn std::any::Any>,
 }

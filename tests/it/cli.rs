@@ -90,3 +90,23 @@ async fn help_and_version_explain_the_tool() {
     let version = command(&["--version"]).output().await.unwrap();
     assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("crmsync {}", env!("CARGO_PKG_VERSION")));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_syncs_three_crms_to_a_fixed_point_and_prints_the_metrics() {
+    let output = command(&["demo", "--once"]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("second sync pass: 0 records pushed"), "{stdout}");
+    assert!(
+        stdout.contains("known in several CRMs") && stdout.contains("efficiency") && stdout.contains("channel mix"),
+        "{stdout}"
+    );
+    let first_pass: Vec<&str> =
+        stdout.lines().skip_while(|line| !line.starts_with("first sync pass")).skip(2).take(12).collect();
+    assert_eq!(first_pass.len(), 12);
+    for row in first_pass {
+        let columns: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(columns[5], "0", "records rejected in the demo: {row}");
+        assert_eq!(columns.last().copied(), Some("ok"), "{row}");
+    }
+}

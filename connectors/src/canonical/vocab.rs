@@ -270,7 +270,6 @@ impl Vocabulary {
                     ("Needs Analysis", Budget),
                     ("Value Proposition", Plan),
                     ("Identify Decision Makers", Plan),
-                    ("Id. Decision Makers", Plan),
                     ("Proposal/Price Quote", Execute),
                     ("Negotiation/Review", FollowUp),
                     ("Closed Won", Won),

@@ -1,5 +1,685 @@
-//! Zoho CRM: records API with page tokens, upsert, deleted records, Notifications API.
+//! Zoho CRM: records API with `page_token` paging and `If-Modified-Since`, the deleted-records API,
+//! `upsert` with `duplicate_check_fields`, Notifications API callbacks, and a simulator (`sim`).
+//!
+//! # Cursor
+//!
+//! Pulls list a module sorted by `Modified_Time` (second granularity) and follow `next_page_token`
+//! (page numbers stop at 2,000 records; page tokens at 100,000, after which the query is re-anchored
+//! on the last `Modified_Time` seen). The cursor keeps the `(id, Modified_Time)` pairs delivered within
+//! the overlap window, so equal stamps across pages and overlap re-reads never repeat a record.
+//! Incremental pulls send `If-Modified-Since` (304: nothing changed) and then read the deleted-records
+//! API from the last delete seen: an incremental pass is one records call plus one deleted-records
+//! call.
 
 mod config;
+pub mod mapping;
+#[cfg(feature = "simulators")]
+pub mod sim;
+#[cfg(all(test, feature = "testkit"))]
+mod tests;
+pub mod webhook;
+pub mod wire;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 pub use config::{DATA_CENTRES, ZohoConfig, ZohoWebhook};
+
+use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
+use crate::connector::{
+    ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
+    PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery, WebhookParser, WebhookReply,
+};
+use crate::error::{ConnectorError, WebhookError};
+use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
+use crate::settings::ConnectionSettings;
+
+const WATCH_STATE: &str = "watch_channel_expiry";
+
+/// A Zoho CRM org.
+pub struct ZohoConnector {
+    settings: ConnectionSettings,
+    config: ZohoConfig,
+    http: VendorHttp,
+    tokens: TokenCache,
+    described: Mutex<HashMap<Entity, Arc<BTreeSet<String>>>>,
+    products: tokio::sync::Mutex<Option<Arc<HashMap<String, String>>>>,
+    default_currency: Currency,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum Phase {
+    #[default]
+    Records,
+    Deleted,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Position {
+    #[serde(default)]
+    phase: Phase,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    page_token: Option<String>,
+    /// Lower bound (`If-Modified-Since`) of the records query in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max: Option<Timestamp>,
+    #[serde(default)]
+    seen: Vec<(String, i64)>,
+    #[serde(default)]
+    incremental: bool,
+    /// Records read through the current page-token chain (Zoho stops at 100,000).
+    #[serde(default)]
+    fetched: u64,
+    /// Deletes after this instant are still to be read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deletes_since: Option<Timestamp>,
+    #[serde(default)]
+    deleted_page: u32,
+    /// When the first full load started (deletes during it are read afterwards).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    load_started: Option<Timestamp>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ListPosition {
+    token: String,
+}
+
+fn if_modified_since(since: Timestamp) -> String {
+    // Strictly-after semantics and second precision: ask from one second earlier.
+    Timestamp::from_unix_millis((since.unix_millis().div_euclid(1000) - 1) * 1000).unwrap_or(since).to_offset_seconds()
+}
+
+impl ZohoConnector {
+    /// Builds the connector. Pure: no network IO.
+    pub fn new(settings: ConnectionSettings, config: ZohoConfig, host: SharedHost) -> Result<Self, ConnectorError> {
+        let http = VendorHttp::new(settings.id.clone(), &settings.http, host)?;
+        Ok(Self {
+            settings,
+            config,
+            http,
+            tokens: TokenCache::default(),
+            described: Mutex::new(HashMap::new()),
+            products: tokio::sync::Mutex::new(None),
+            default_currency: Currency::new("EUR").map_err(|error| ConnectorError::Config(error.to_string()))?,
+        })
+    }
+
+    async fn fetch_token(&self) -> Result<TokenResponse, ConnectorError> {
+        let endpoint = format!("{}/oauth/v2/token", self.config.accounts_url.as_str().trim_end_matches('/'));
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("client_id", self.config.client_id.as_str()),
+            ("client_secret", self.config.client_secret.expose_secret()),
+            ("refresh_token", self.config.refresh_token.expose_secret()),
+        ];
+        request_token(&self.http, &endpoint, &form).await
+    }
+
+    fn classify(&self, response: RawResponse, context: &str) -> Result<RawResponse, ConnectorError> {
+        if response.is_success() || response.status == 304 {
+            return Ok(response);
+        }
+        // A write where every record failed answers 400 with per-record results: not a failed call.
+        if response.status == 400 && serde_json::from_slice::<wire::WriteResponse>(&response.body).is_ok() {
+            return Ok(response);
+        }
+        let error: Option<wire::ApiError> = serde_json::from_slice(&response.body).ok();
+        let (code, message) = error
+            .map(|error| (error.code, error.message))
+            .unwrap_or_else(|| (format!("HTTP_{}", response.status), response.body_excerpt()));
+        Err(match response.status {
+            401 => ConnectorError::Unauthorized { message: format!("{code}: {message}") },
+            429 => ConnectorError::RateLimited {
+                message: format!("{code}: {message}"),
+                retry_after: response.retry_after(),
+            },
+            status if status >= 500 => {
+                ConnectorError::Server { status, url: context.to_owned(), message: format!("{code}: {message}") }
+            }
+            400 if code == "INVALID_DATA" && message.contains("page token") => {
+                ConnectorError::CursorExpired { message }
+            }
+            status => ConnectorError::Rejected { status, code, message },
+        })
+    }
+
+    fn api_base(&self, token_base: Option<&str>) -> String {
+        self.config
+            .api_domain
+            .as_ref()
+            .map(|url| url.as_str().to_owned())
+            .or_else(|| token_base.map(str::to_owned))
+            .unwrap_or_default()
+            .trim_end_matches('/')
+            .to_owned()
+    }
+
+    async fn call_once<F>(&self, context: &str, build: &F) -> Result<RawResponse, ConnectorError>
+    where
+        F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    {
+        self.tokens
+            .with_token(
+                || self.fetch_token(),
+                |token| {
+                    let base = self.api_base(token.api_base.as_deref());
+                    let request = build(self.http.client(), &base)
+                        .header("Authorization", format!("Zoho-oauthtoken {}", token.expose()));
+                    async move {
+                        let response = self.http.send(request).await?;
+                        self.classify(response, context)
+                    }
+                },
+            )
+            .await
+    }
+
+    /// Sends a request with the retry policy and decodes its JSON body (204/304: `None`).
+    async fn call_json<T, F>(&self, context: &str, build: F) -> Result<Option<T>, ConnectorError>
+    where
+        T: serde::de::DeserializeOwned,
+        F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    {
+        self.http
+            .retrying(|| async {
+                let response = self.call_once(context, &build).await?;
+                if response.status == 204 || response.status == 304 || response.body.is_empty() {
+                    return Ok(None);
+                }
+                response.json::<T>(context).map(Some)
+            })
+            .await
+    }
+
+    fn path(&self, rest: &str) -> String {
+        format!("/crm/{}{rest}", self.config.api_version)
+    }
+
+    async fn describe(&self, entity: Entity) -> Result<Arc<BTreeSet<String>>, ConnectorError> {
+        if let Some(found) = self.described.lock().ok().and_then(|cache| cache.get(&entity).cloned()) {
+            return Ok(found);
+        }
+        let module = wire::module(entity);
+        let path = self.path("/settings/fields");
+        let response: Option<wire::FieldsResponse> = self
+            .call_json(&format!("{module} fields"), |client, base| {
+                client.get(format!("{base}{path}")).query(&[("module", module)])
+            })
+            .await?;
+        let fields: BTreeSet<String> = response
+            .map(|response| response.fields.into_iter().map(|field| field.api_name).collect())
+            .unwrap_or_default();
+        let required = mapping::required_field(entity);
+        if !fields.contains(required) && self.settings.fields.allows(entity, required) {
+            return Err(ConnectorError::SchemaDrift {
+                object: module.to_owned(),
+                message: format!("field {required} is gone from {module} (renamed or removed); the mapping needs it"),
+            });
+        }
+        let fields = Arc::new(fields);
+        if let Ok(mut cache) = self.described.lock() {
+            cache.insert(entity, fields.clone());
+        }
+        Ok(fields)
+    }
+
+    async fn fields(&self, entity: Entity) -> Result<(Vec<String>, BTreeSet<String>), ConnectorError> {
+        let described = self.describe(entity).await?;
+        let denied = mapping::denied_fields(entity, &self.settings.fields, &self.config, &described);
+        Ok((mapping::fields_param(entity, &described, &denied, &self.config), denied))
+    }
+
+    async fn list(
+        &self,
+        entity: Entity,
+        token: Option<&str>,
+        since: Option<Timestamp>,
+        ids: Option<&[ExternalId]>,
+    ) -> Result<wire::RecordsResponse, ConnectorError> {
+        let module = wire::module(entity);
+        let (fields, _) = self.fields(entity).await?;
+        let fields = fields.join(",");
+        let path = self.path(&format!("/{module}"));
+        let ids = ids.map(|ids| ids.iter().map(ExternalId::as_str).collect::<Vec<_>>().join(","));
+        let response: Option<wire::RecordsResponse> = self
+            .call_json(&format!("{module} records"), |client, base| {
+                let mut request = client.get(format!("{base}{path}")).query(&[
+                    ("fields", fields.as_str()),
+                    ("per_page", "200"),
+                    ("sort_by", "Modified_Time"),
+                    ("sort_order", "asc"),
+                ]);
+                if let Some(token) = token {
+                    request = request.query(&[("page_token", token)]);
+                }
+                if let Some(ids) = &ids {
+                    request = request.query(&[("ids", ids.as_str())]);
+                }
+                if let Some(since) = since {
+                    request = request.header("If-Modified-Since", if_modified_since(since));
+                }
+                request
+            })
+            .await?;
+        Ok(response.unwrap_or_default())
+    }
+
+    fn map(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Vec<Change>, ConnectorError> {
+        let mut unmapped = Vec::new();
+        let changes = rows
+            .iter()
+            .map(|row| {
+                mapping::to_change(
+                    entity,
+                    row,
+                    &self.settings.vocabulary,
+                    &self.config,
+                    &self.default_currency,
+                    &mut unmapped,
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        for value in &unmapped {
+            tracing::debug!(connection = %self.settings.id, value = %value, "unmapped vendor value");
+            self.http.host().observe(ApiEvent::UnmappedValue { connection: &self.settings.id, entity });
+        }
+        Ok(changes)
+    }
+
+    fn deliver(&self, changes: Vec<Change>, position: &mut Position) -> Vec<Change> {
+        let mut seen: HashSet<(String, i64)> = position.seen.drain(..).collect();
+        let mut fresh = Vec::with_capacity(changes.len());
+        for change in changes {
+            if !seen.insert((change.external_id.to_string(), change.modified_at.unix_millis())) {
+                continue;
+            }
+            if !change.is_delete() && position.max.is_none_or(|max| change.modified_at > max) {
+                position.max = Some(change.modified_at);
+            }
+            fresh.push(change);
+        }
+        let newest = position.max.into_iter().chain(position.deletes_since).max();
+        if let Some(newest) = newest {
+            let floor =
+                newest.saturating_add(self.settings.overlap, false).unix_millis().div_euclid(1000) * 1000 - 1000;
+            seen.retain(|(_, stamp)| *stamp >= floor);
+        }
+        position.seen = seen.into_iter().collect();
+        position.seen.sort();
+        fresh
+    }
+
+    async fn products(&self) -> Result<Arc<HashMap<String, String>>, ConnectorError> {
+        let mut cached = self.products.lock().await;
+        if let Some(products) = cached.as_ref() {
+            return Ok(products.clone());
+        }
+        let path = self.path("/Products");
+        let response: Option<wire::RecordsResponse> = self
+            .call_json("Products", |client, base| {
+                client
+                    .get(format!("{base}{path}"))
+                    .query(&[("fields", "Product_Name,Product_Code"), ("per_page", "200")])
+            })
+            .await?;
+        let products: HashMap<String, String> = response
+            .unwrap_or_default()
+            .data
+            .iter()
+            .filter_map(|product| {
+                Some((product.get("Product_Name")?.as_str()?.to_owned(), product.get("id")?.as_str()?.to_owned()))
+            })
+            .collect();
+        let products = Arc::new(products);
+        *cached = Some(products.clone());
+        Ok(products)
+    }
+
+    /// Enables or renews the Notifications API watch channel for every synced module when it expires
+    /// within two hours; returns the channel's expiry (persisted through the host).
+    pub async fn ensure_watch_channel(&self) -> Result<Option<Timestamp>, ConnectorError> {
+        let Some(webhook) = &self.config.webhook else { return Ok(None) };
+        let Some(notify_url) = &webhook.notify_url else { return Ok(None) };
+        let host = self.http.host();
+        let now = Timestamp::now();
+        let saved = host
+            .load_state(&self.settings.id, WATCH_STATE)
+            .map_err(|message| ConnectorError::State { key: WATCH_STATE.into(), message })?;
+        if let Some(expiry) = saved.and_then(|text| text.parse::<Timestamp>().ok())
+            && expiry.unix_millis() - now.unix_millis() > 2 * 3600 * 1000
+        {
+            return Ok(Some(expiry));
+        }
+        let expiry = now.saturating_add(std::time::Duration::from_secs(86_400 - 60), true);
+        let events: Vec<String> =
+            self.settings.entities.iter().map(|entity| format!("{}.all", wire::module(*entity))).collect();
+        let body = serde_json::json!({"watch": [{
+            "channel_id": webhook.channel_id,
+            "events": events,
+            "channel_expiry": expiry.to_offset_seconds(),
+            "token": webhook.token.expose_secret(),
+            "notify_url": notify_url.as_str(),
+        }]});
+        let path = self.path("/actions/watch");
+        let _: Option<Value> =
+            self.call_json("actions/watch", |client, base| client.post(format!("{base}{path}")).json(&body)).await?;
+        host.save_state(&self.settings.id, WATCH_STATE, &expiry.to_string())
+            .map_err(|message| ConnectorError::State { key: WATCH_STATE.into(), message })?;
+        Ok(Some(expiry))
+    }
+}
+
+impl WebhookParser for ZohoConnector {
+    fn parse_webhook(&self, delivery: &WebhookDelivery<'_>) -> Result<WebhookReply, WebhookError> {
+        let Some(config) = &self.config.webhook else { return Err(WebhookError::NotConfigured) };
+        let events = webhook::parse(config, &self.settings.entities, delivery)?;
+        Ok(WebhookReply { events, content_type: "application/json", body: "{\"status\":\"success\"}".into() })
+    }
+}
+
+impl Connector for ZohoConnector {
+    fn id(&self) -> &ConnectionId {
+        &self.settings.id
+    }
+
+    fn kind(&self) -> VendorKind {
+        VendorKind::Zoho
+    }
+
+    fn entities(&self) -> &[Entity] {
+        &self.settings.entities
+    }
+
+    fn push_batch_size(&self) -> usize {
+        wire::WRITE_LIMIT
+    }
+
+    async fn check(&self) -> Result<CheckReport, ConnectorError> {
+        let mut report = CheckReport::default();
+        for entity in &self.settings.entities {
+            let described = self.describe(*entity).await?;
+            if !described.contains(&self.config.external_id_field) {
+                report.notes.push(format!(
+                    "{}: unique field {} is missing; pushes will fail until it is created",
+                    wire::module(*entity),
+                    self.config.external_id_field
+                ));
+            }
+        }
+        Ok(report)
+    }
+
+    async fn pull(&self, entity: Entity, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
+        let mut position: Position = match cursor {
+            Some(cursor) => cursor.decode()?,
+            None => {
+                Position { since: self.settings.start, load_started: Some(Timestamp::now()), ..Position::default() }
+            }
+        };
+        if position.phase == Phase::Deleted {
+            return self.deleted_page(entity, position).await;
+        }
+        let since = if position.incremental {
+            position.since.map(|since| since.saturating_add(self.settings.overlap, false))
+        } else {
+            position.since
+        };
+        let page = self.list(entity, position.page_token.as_deref(), since, None).await?;
+        position.fetched += page.data.len() as u64;
+        let changes = self.map(entity, &page.data)?;
+        let changes = self.deliver(changes, &mut position);
+        let next = page.info.next_page_token.clone().filter(|_| page.info.more_records);
+        match next {
+            Some(_) if position.fetched + wire::PER_PAGE as u64 > wire::PAGE_TOKEN_CAP => {
+                // Page tokens stop at 100,000 records: re-anchor on the last Modified_Time seen.
+                position.page_token = None;
+                position.fetched = 0;
+                position.since = position.max.or(position.since);
+                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true })
+            }
+            Some(token) => {
+                position.page_token = Some(token);
+                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true })
+            }
+            None => {
+                position.page_token = None;
+                position.fetched = 0;
+                position.since = position.max.or(position.since);
+                if position.incremental {
+                    position.phase = Phase::Deleted;
+                    position.deleted_page = 1;
+                    return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true });
+                }
+                position.incremental = true;
+                position.deletes_since = position.load_started.take();
+                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
+            }
+        }
+    }
+
+    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
+        let mut changes = Vec::new();
+        for chunk in ids.chunks(wire::WRITE_LIMIT) {
+            let page = self.list(entity, None, None, Some(chunk)).await?;
+            let found = self.map(entity, &page.data)?;
+            let present: HashSet<&str> = found.iter().map(|change| change.external_id.as_str()).collect();
+            let now = Timestamp::now();
+            let gone: Vec<Change> = chunk
+                .iter()
+                .filter(|id| !present.contains(id.as_str()))
+                .map(|id| Change {
+                    entity,
+                    object: wire::module(entity).to_owned(),
+                    external_id: id.clone(),
+                    modified_at: now,
+                    version: None,
+                    canonical_hint: None,
+                    kind: ChangeKind::Delete,
+                    extra: Map::new(),
+                })
+                .collect();
+            changes.extend(found);
+            changes.extend(gone);
+        }
+        Ok(changes)
+    }
+
+    async fn list_ids(&self, entity: Entity, cursor: Option<&Cursor>) -> Result<IdPage, ConnectorError> {
+        let token = cursor.map(Cursor::decode::<ListPosition>).transpose()?.map(|position| position.token);
+        let page = self.list(entity, token.as_deref(), None, None).await?;
+        let ids = page
+            .data
+            .iter()
+            .filter_map(|row| {
+                let id = row.get("id")?.as_str()?;
+                let stamp = row.get("Modified_Time")?.as_str()?.parse::<Timestamp>().ok()?;
+                Some((ExternalId::new(id), stamp))
+            })
+            .collect();
+        let next = page
+            .info
+            .next_page_token
+            .filter(|_| page.info.more_records)
+            .map(|token| Cursor::encode(&ListPosition { token }));
+        Ok(IdPage { ids, next })
+    }
+
+    async fn push(&self, entity: Entity, batch: &[Outgoing]) -> Result<PushReport, ConnectorError> {
+        if batch.len() > wire::WRITE_LIMIT {
+            return Err(ConnectorError::Config(format!(
+                "push batch of {} exceeds Zoho's {} records per call",
+                batch.len(),
+                wire::WRITE_LIMIT
+            )));
+        }
+        let module = wire::module(entity);
+        let (_, denied) = self.fields(entity).await?;
+        let products = if entity == Entity::Order { self.products().await? } else { Arc::new(HashMap::new()) };
+        let mut outcomes: Vec<Option<PushOutcome>> = vec![None; batch.len()];
+        let upserts: Vec<(usize, Map<String, Value>)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(index, outgoing)| match &outgoing.op {
+                OutgoingOp::Upsert { data } => Some((
+                    index,
+                    mapping::to_record(
+                        outgoing.canonical_id,
+                        data,
+                        &self.settings.vocabulary,
+                        &self.config,
+                        &denied,
+                        &products,
+                    ),
+                )),
+                OutgoingOp::Delete => None,
+            })
+            .collect();
+        if !upserts.is_empty() {
+            let body = serde_json::json!({"data": upserts.iter().map(|(_, record)| record).collect::<Vec<_>>(), "duplicate_check_fields": [self.config.external_id_field], "trigger": []});
+            let path = self.path(&format!("/{module}/upsert"));
+            let response: wire::WriteResponse = self
+                .call_json(&format!("{module} upsert results"), |client, base| {
+                    client.post(format!("{base}{path}")).json(&body)
+                })
+                .await?
+                .ok_or_else(|| {
+                    ConnectorError::decode(format!("{module} upsert results"), std::io::Error::other("empty body"))
+                })?;
+            if response.data.len() != upserts.len() {
+                return Err(ConnectorError::decode(
+                    format!("{module} upsert results"),
+                    std::io::Error::other(format!("{} results for {} records", response.data.len(), upserts.len())),
+                ));
+            }
+            for ((index, _), result) in upserts.iter().zip(response.data) {
+                outcomes[*index] = Some(write_outcome(result));
+            }
+        }
+        let deletes: Vec<(usize, &ExternalId)> = batch
+            .iter()
+            .enumerate()
+            .filter_map(|(index, outgoing)| match (&outgoing.op, &outgoing.external_id) {
+                (OutgoingOp::Delete, Some(id)) => Some((index, id)),
+                (OutgoingOp::Delete, None) => {
+                    outcomes[index] = Some(PushOutcome::Deleted);
+                    None
+                }
+                _ => None,
+            })
+            .collect();
+        if !deletes.is_empty() {
+            let ids: Vec<&str> = deletes.iter().map(|(_, id)| id.as_str()).collect();
+            let joined = ids.join(",");
+            let path = self.path(&format!("/{module}"));
+            let response: wire::WriteResponse = self
+                .call_json(&format!("{module} delete results"), |client, base| {
+                    client.delete(format!("{base}{path}")).query(&[("ids", joined.as_str())])
+                })
+                .await?
+                .ok_or_else(|| {
+                    ConnectorError::decode(format!("{module} delete results"), std::io::Error::other("empty body"))
+                })?;
+            for ((index, _), result) in deletes.iter().zip(response.data) {
+                // An id Zoho no longer has is already deleted: the delete's goal holds.
+                outcomes[*index] = Some(if result.status == "success" || result.code == "INVALID_DATA" {
+                    PushOutcome::Deleted
+                } else {
+                    write_outcome(result)
+                });
+            }
+        }
+        let results = batch
+            .iter()
+            .zip(outcomes)
+            .map(|(outgoing, outcome)| PushResult {
+                canonical_id: outgoing.canonical_id,
+                outcome: outcome.unwrap_or(PushOutcome::Retry { message: "no result returned for this record".into() }),
+            })
+            .collect();
+        Ok(PushReport { results })
+    }
+
+    fn usage(&self) -> ApiUsage {
+        self.http.usage()
+    }
+}
+
+impl ZohoConnector {
+    async fn deleted_page(&self, entity: Entity, mut position: Position) -> Result<Page, ConnectorError> {
+        let module = wire::module(entity);
+        let path = self.path(&format!("/{module}/deleted"));
+        let page = position.deleted_page.max(1).to_string();
+        let since = position.deletes_since.map(|since| since.saturating_add(self.settings.overlap, false));
+        let response: Option<wire::DeletedResponse> = self
+            .call_json(&format!("{module} deleted records"), |client, base| {
+                let request = client.get(format!("{base}{path}")).query(&[
+                    ("type", "all"),
+                    ("per_page", "200"),
+                    ("page", page.as_str()),
+                ]);
+                match since {
+                    Some(since) => request.header("If-Modified-Since", if_modified_since(since)),
+                    None => request,
+                }
+            })
+            .await?;
+        let response = response.unwrap_or_default();
+        let mut changes = Vec::with_capacity(response.data.len());
+        let mut newest = position.deletes_since;
+        for item in &response.data {
+            let at: Timestamp = item
+                .deleted_time
+                .parse()
+                .map_err(|error| ConnectorError::decode(format!("{module} deleted record"), error))?;
+            newest = newest.max(Some(at));
+            changes.push(Change {
+                entity,
+                object: module.to_owned(),
+                external_id: ExternalId::new(item.id.clone()),
+                modified_at: at,
+                version: None,
+                canonical_hint: None,
+                kind: ChangeKind::Delete,
+                extra: Map::new(),
+            });
+        }
+        let changes = self.deliver(changes, &mut position);
+        if response.info.more_records {
+            position.deleted_page += 1;
+            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true });
+        }
+        position.deletes_since = newest.or(Some(Timestamp::now()));
+        position.phase = Phase::Records;
+        position.deleted_page = 0;
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
+    }
+}
+
+fn write_outcome(result: wire::WriteResult) -> PushOutcome {
+    if result.status == "success" {
+        return match result.details.get("id").and_then(Value::as_str) {
+            Some(id) => PushOutcome::Upserted {
+                external_id: ExternalId::new(id),
+                created: result.action.as_deref() == Some("insert"),
+                version: None,
+            },
+            None => PushOutcome::Retry { message: "upsert succeeded without an id".into() },
+        };
+    }
+    let detail =
+        result.details.get("api_name").and_then(Value::as_str).map(|field| format!(" ({field})")).unwrap_or_default();
+    match result.code.as_str() {
+        "RECORD_LOCKED" | "INTERNAL_ERROR" => {
+            PushOutcome::Retry { message: format!("{}: {}{detail}", result.code, result.message) }
+        }
+        _ => PushOutcome::Rejected { code: result.code, message: format!("{}{detail}", result.message) },
+    }
+}

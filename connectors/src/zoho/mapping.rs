@@ -1,0 +1,418 @@
+//! Zoho records ↔ canonical records: the only place the two meet.
+
+use std::collections::BTreeSet;
+
+use rust_decimal::Decimal;
+use serde_json::{Map, Value, json};
+
+use super::config::ZohoConfig;
+use super::wire;
+use crate::canonical::{
+    Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Lead, Money, Opportunity, Order,
+    OrderLine, RecordRef, Stage, Timestamp, Vocabulary, normalise_domain,
+};
+use crate::connector::{Change, ChangeKind, Completeness};
+use crate::error::ConnectorError;
+use crate::settings::FieldPolicy;
+
+/// Canonical field → Zoho fields (`{channel}`: the configured channel field).
+pub fn vendor_fields(entity: Entity, canonical: &str) -> &'static [&'static str] {
+    match (entity, canonical) {
+        (Entity::Account, "name") => &["Account_Name"],
+        (Entity::Account, "number") => &["Account_Number"],
+        (Entity::Account, "domain") => &["Website"],
+        (Entity::Account, "industry") => &["Industry"],
+        (Entity::Account, "billing_country") => &["Billing_Country"],
+        (Entity::Account, "owner") => &["Owner"],
+        (Entity::Lead, "name") => &["First_Name", "Last_Name"],
+        (Entity::Lead, "company") => &["Company"],
+        (Entity::Lead, "email") => &["Email"],
+        (Entity::Lead, "source" | "channel") => &["{channel}"],
+        (Entity::Lead, "status") => &["Lead_Status"],
+        (Entity::Opportunity, "name") => &["Deal_Name"],
+        (Entity::Opportunity, "account") => &["Account_Name"],
+        (Entity::Opportunity, "amount") => &["Amount", "Currency"],
+        (Entity::Opportunity, "stage" | "vendor_stage" | "is_won" | "is_closed") => &["Stage"],
+        (Entity::Opportunity, "probability") => &["Probability"],
+        (Entity::Opportunity, "channel" | "vendor_channel") => &["{channel}"],
+        (Entity::Opportunity, "close_date" | "closed_at") => &["Closing_Date"],
+        (Entity::Order, "number") => &["Subject"],
+        (Entity::Order, "account") => &["Account_Name"],
+        (Entity::Order, "opportunity") => &["Deal_Name"],
+        (Entity::Order, "channel" | "vendor_channel") => &["{channel}"],
+        (Entity::Order, "status" | "vendor_status") => &["Status"],
+        (Entity::Order, "currency") => &["Currency"],
+        (Entity::Order, "total_amount") => &["Grand_Total"],
+        (Entity::Order, "order_date") => &["Due_Date"],
+        (Entity::Order, "lines") => &["Ordered_Items"],
+        (Entity::Order, "details") => &["Description"],
+        (_, "created_at") => &["Created_Time"],
+        (_, "updated_at") => &["Modified_Time"],
+        _ => &[],
+    }
+}
+
+/// The field a mapping cannot work without, per module.
+pub fn required_field(entity: Entity) -> &'static str {
+    match entity {
+        Entity::Account => "Account_Name",
+        Entity::Lead => "Last_Name",
+        Entity::Opportunity => "Stage",
+        Entity::Order => "Subject",
+    }
+}
+
+fn resolve<'a>(field: &'a str, config: &'a ZohoConfig) -> &'a str {
+    if field == "{channel}" { &config.channel_field } else { field }
+}
+
+/// Zoho fields privacy forbids.
+pub fn denied_fields(
+    entity: Entity,
+    policy: &FieldPolicy,
+    config: &ZohoConfig,
+    described: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let mut denied = BTreeSet::new();
+    for canonical in entity.fields() {
+        if !policy.allows(entity, canonical) {
+            denied.extend(vendor_fields(entity, canonical).iter().map(|field| resolve(field, config).to_owned()));
+        }
+    }
+    for field in described {
+        if !policy.allows(entity, field)
+            && field != "id"
+            && field != "Modified_Time"
+            && field != &config.external_id_field
+        {
+            denied.insert(field.clone());
+        }
+    }
+    denied
+}
+
+/// The `fields=` list: mapped fields first, then other fields up to Zoho's limit of 50.
+pub fn fields_param(
+    entity: Entity,
+    described: &BTreeSet<String>,
+    denied: &BTreeSet<String>,
+    config: &ZohoConfig,
+) -> Vec<String> {
+    let mut fields: Vec<String> = vec!["Modified_Time".into()];
+    let mapped = entity
+        .fields()
+        .iter()
+        .flat_map(|field| vendor_fields(entity, field).iter().map(|vendor| resolve(vendor, config).to_owned()));
+    let ordered = mapped.chain(std::iter::once(config.external_id_field.clone())).chain(described.iter().cloned());
+    for field in ordered {
+        if fields.len() >= 50 {
+            break;
+        }
+        if described.contains(&field) && !denied.contains(&field) && !fields.contains(&field) && field != "id" {
+            fields.push(field);
+        }
+    }
+    fields
+}
+
+fn text(row: &Map<String, Value>, field: &str) -> Option<String> {
+    row.get(field).and_then(Value::as_str).map(str::to_owned).filter(|value| !value.is_empty() && value != "-None-")
+}
+
+fn decimal(row: &Map<String, Value>, field: &str) -> Result<Option<Decimal>, ConnectorError> {
+    match row.get(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(number)) => Money::parse_amount(&number.to_string())
+            .map(Some)
+            .map_err(|error| ConnectorError::decode(format!("Zoho {field}"), error)),
+        Some(Value::String(number)) => Money::parse_amount(number)
+            .map(Some)
+            .map_err(|error| ConnectorError::decode(format!("Zoho {field}"), error)),
+        Some(other) => Err(ConnectorError::decode(
+            format!("Zoho {field}"),
+            std::io::Error::other(format!("unexpected value {other}")),
+        )),
+    }
+}
+
+fn timestamp(row: &Map<String, Value>, field: &str) -> Result<Option<Timestamp>, ConnectorError> {
+    text(row, field)
+        .map(|value| value.parse::<Timestamp>().map_err(|error| ConnectorError::decode(format!("Zoho {field}"), error)))
+        .transpose()
+}
+
+fn date(row: &Map<String, Value>, field: &str) -> Result<Option<jiff::civil::Date>, ConnectorError> {
+    text(row, field)
+        .map(|value| {
+            value.parse::<jiff::civil::Date>().map_err(|error| ConnectorError::decode(format!("Zoho {field}"), error))
+        })
+        .transpose()
+}
+
+fn lookup(row: &Map<String, Value>, field: &str) -> Option<RecordRef> {
+    row.get(field).and_then(|value| value.get("id")).and_then(Value::as_str).map(RecordRef::external)
+}
+
+/// Maps one record to a canonical change. `unmapped` collects vendor values no table covers.
+pub fn to_change(
+    entity: Entity,
+    row: &Map<String, Value>,
+    vocabulary: &Vocabulary,
+    config: &ZohoConfig,
+    default_currency: &Currency,
+    unmapped: &mut Vec<String>,
+) -> Result<Change, ConnectorError> {
+    let module = wire::module(entity);
+    let missing = |what: &str| {
+        ConnectorError::decode(format!("{module} record"), std::io::Error::other(format!("missing {what}")))
+    };
+    let id = text(row, "id").ok_or_else(|| missing("id"))?;
+    let modified_at = timestamp(row, "Modified_Time")?.ok_or_else(|| missing("Modified_Time"))?;
+    let canonical_hint = text(row, &config.external_id_field).and_then(|value| value.parse::<CanonicalId>().ok());
+    let channel_raw = text(row, &config.channel_field);
+    let channel = channel_raw.as_deref().map(|raw| {
+        let mapped = vocabulary.channels.get(raw);
+        if mapped.is_none() {
+            unmapped.push(format!("{module}.{} = {raw:?}", config.channel_field));
+        }
+        mapped.unwrap_or(Channel::Other)
+    });
+    let currency = |field: &str| -> Result<Currency, ConnectorError> {
+        match text(row, field) {
+            Some(code) => {
+                Currency::new(&code).map_err(|error| ConnectorError::decode(format!("{module}.{field}"), error))
+            }
+            None => Ok(default_currency.clone()),
+        }
+    };
+    let data = match entity {
+        Entity::Account => EntityData::Account(Account {
+            name: text(row, "Account_Name"),
+            number: text(row, "Account_Number"),
+            domain: text(row, "Website").and_then(|website| normalise_domain(&website)),
+            industry: text(row, "Industry"),
+            billing_country: text(row, "Billing_Country"),
+            owner: row.get("Owner").and_then(|owner| owner.get("name")).and_then(Value::as_str).map(str::to_owned),
+            created_at: timestamp(row, "Created_Time")?,
+            updated_at: Some(modified_at),
+        }),
+        Entity::Lead => EntityData::Lead(Lead {
+            name: match (text(row, "First_Name"), text(row, "Last_Name")) {
+                (Some(first), Some(last)) => Some(format!("{first} {last}")),
+                (None, last) => last,
+                (first, None) => first,
+            },
+            company: text(row, "Company"),
+            email: text(row, "Email"),
+            source: channel_raw.clone(),
+            channel,
+            status: text(row, "Lead_Status"),
+            converted: None,
+            converted_account: None,
+            converted_opportunity: None,
+            created_at: timestamp(row, "Created_Time")?,
+        }),
+        Entity::Opportunity => {
+            let vendor_stage = text(row, "Stage");
+            let stage = vendor_stage.as_deref().and_then(|raw| {
+                let mapped = vocabulary.stages.get(raw);
+                if mapped.is_none() {
+                    unmapped.push(format!("Deals.Stage = {raw:?}"));
+                }
+                mapped
+            });
+            let close_date = date(row, "Closing_Date")?;
+            let is_closed = stage.map(|stage| stage.is_closed());
+            EntityData::Opportunity(Opportunity {
+                name: text(row, "Deal_Name"),
+                account: lookup(row, "Account_Name"),
+                amount: decimal(row, "Amount")?
+                    .map(|amount| currency("Currency").map(|currency| Money::new(amount, currency)))
+                    .transpose()?,
+                stage,
+                vendor_stage,
+                probability: decimal(row, "Probability")?,
+                channel,
+                vendor_channel: channel_raw,
+                close_date,
+                created_at: timestamp(row, "Created_Time")?,
+                closed_at: if is_closed == Some(true) {
+                    close_date
+                        .and_then(|day| jiff::tz::Offset::UTC.to_timestamp(day.at(0, 0, 0, 0)).ok())
+                        .map(Timestamp::from_jiff)
+                } else {
+                    None
+                },
+                is_won: stage.map(|stage| stage == Stage::Won),
+                is_closed,
+                stage_history: Vec::new(),
+            })
+        }
+        Entity::Order => {
+            let vendor_status = text(row, "Status");
+            let status = vendor_status.as_deref().and_then(|raw| {
+                let mapped = vocabulary.order_statuses.get(raw);
+                if mapped.is_none() {
+                    unmapped.push(format!("Sales_Orders.Status = {raw:?}"));
+                }
+                mapped
+            });
+            let lines = match row.get("Ordered_Items").and_then(Value::as_array) {
+                Some(items) => Some(
+                    items
+                        .iter()
+                        .filter_map(Value::as_object)
+                        .map(|item| {
+                            Ok(OrderLine {
+                                product: item
+                                    .get("Product_Name")
+                                    .and_then(|product| product.get("name"))
+                                    .and_then(Value::as_str)
+                                    .map(str::to_owned),
+                                sku: text(item, "Product_Code"),
+                                quantity: decimal(item, "Quantity")?.unwrap_or_default(),
+                                unit_price: decimal(item, "List_Price")?.unwrap_or_default(),
+                                line_total: decimal(item, "Total")?.unwrap_or_default(),
+                            })
+                        })
+                        .collect::<Result<Vec<_>, ConnectorError>>()?,
+                ),
+                None => None,
+            };
+            EntityData::Order(Order {
+                number: text(row, "Subject"),
+                account: lookup(row, "Account_Name"),
+                opportunity: lookup(row, "Deal_Name"),
+                channel,
+                vendor_channel: channel_raw,
+                status,
+                vendor_status,
+                currency: Some(currency("Currency")?),
+                total_amount: decimal(row, "Grand_Total")?,
+                order_date: date(row, "Due_Date")?,
+                lines,
+                details: text(row, "Description"),
+            })
+        }
+    };
+    let mapped: BTreeSet<&str> = entity
+        .fields()
+        .iter()
+        .flat_map(|field| vendor_fields(entity, field).iter().map(|vendor| resolve(vendor, config)))
+        .chain(["id", "Modified_Time", "Created_Time", config.external_id_field.as_str()])
+        .collect();
+    let extra = row
+        .iter()
+        .filter(|(field, _)| !mapped.contains(field.as_str()) && !field.starts_with('$'))
+        .map(|(field, value)| (field.clone(), value.clone()))
+        .collect();
+    Ok(Change {
+        entity,
+        object: module.to_owned(),
+        external_id: ExternalId::new(id),
+        modified_at,
+        version: None,
+        canonical_hint,
+        kind: ChangeKind::Upsert { data, completeness: Completeness::Full },
+        extra,
+    })
+}
+
+fn channel_value(channel: Channel, vocabulary: &Vocabulary) -> Option<String> {
+    let preferred = match channel {
+        Channel::Direct => "Phone Inquiry",
+        Channel::Agent => "Partner Referral",
+        Channel::Ecommerce => "Web",
+        Channel::Other => "Other",
+    };
+    if vocabulary.channels.get(preferred) == Some(channel) {
+        Some(preferred.to_owned())
+    } else {
+        vocabulary.channels.reverse(channel).map(str::to_owned)
+    }
+}
+
+fn decimal_value(value: Decimal) -> Value {
+    serde_json::from_str(&value.normalize().to_string()).unwrap_or(Value::Null)
+}
+
+/// Builds one upsert record. Lookups are sent by Zoho id (Zoho cannot reference by another field);
+/// order lines need the products' Zoho ids (`products`: name → id).
+pub fn to_record(
+    canonical_id: CanonicalId,
+    data: &EntityData,
+    vocabulary: &Vocabulary,
+    config: &ZohoConfig,
+    denied: &BTreeSet<String>,
+    products: &std::collections::HashMap<String, String>,
+) -> Map<String, Value> {
+    let mut record = Map::new();
+    record.insert(config.external_id_field.clone(), json!(canonical_id.to_string()));
+    let channel_field = config.channel_field.clone();
+    let mut put = |field: &str, value: Value| {
+        if !denied.contains(field) && !value.is_null() {
+            record.insert(field.to_owned(), value);
+        }
+    };
+    let reference = |reference: &Option<RecordRef>| {
+        reference.as_ref().and_then(|reference| reference.external.as_ref()).map(|id| json!({"id": id.as_str()}))
+    };
+    match data {
+        EntityData::Account(account) => {
+            put("Account_Name", json!(account.name));
+            put("Account_Number", json!(account.number));
+            put("Website", json!(account.domain.as_ref().map(|domain| format!("www.{domain}"))));
+            put("Industry", json!(account.industry));
+            put("Billing_Country", json!(account.billing_country));
+        }
+        EntityData::Lead(lead) => {
+            if let Some(name) = &lead.name {
+                match name.rsplit_once(' ') {
+                    Some((first, last)) => {
+                        put("First_Name", json!(first));
+                        put("Last_Name", json!(last));
+                    }
+                    None => put("Last_Name", json!(name)),
+                }
+            }
+            put("Company", json!(lead.company));
+            put("Email", json!(lead.email));
+            put(&channel_field, json!(lead.channel.and_then(|channel| channel_value(channel, vocabulary))));
+        }
+        EntityData::Opportunity(opportunity) => {
+            put("Deal_Name", json!(opportunity.name));
+            put("Stage", json!(opportunity.stage.and_then(|stage| vocabulary.stages.reverse(stage))));
+            put("Closing_Date", json!(opportunity.close_date.map(|day| day.to_string())));
+            if let Some(amount) = &opportunity.amount {
+                put("Amount", decimal_value(amount.amount));
+                put("Currency", json!(amount.currency.as_str()));
+            }
+            put("Probability", json!(opportunity.probability.map(decimal_value)));
+            put(&channel_field, json!(opportunity.channel.and_then(|channel| channel_value(channel, vocabulary))));
+            put("Account_Name", json!(reference(&opportunity.account)));
+        }
+        EntityData::Order(order) => {
+            put("Subject", json!(order.number));
+            put("Status", json!(order.status.and_then(|status| vocabulary.order_statuses.reverse(status))));
+            put("Due_Date", json!(order.order_date.map(|day| day.to_string())));
+            put("Currency", json!(order.currency.as_ref().map(Currency::as_str)));
+            put("Description", json!(order.details));
+            put(&channel_field, json!(order.channel.and_then(|channel| channel_value(channel, vocabulary))));
+            put("Account_Name", json!(reference(&order.account)));
+            put("Deal_Name", json!(reference(&order.opportunity)));
+            if let Some(lines) = &order.lines {
+                let items: Vec<Value> = lines
+                    .iter()
+                    .filter_map(|line| {
+                        let product = products.get(line.product.as_deref()?)?;
+                        Some(json!({"Product_Name": {"id": product}, "Quantity": decimal_value(line.quantity), "List_Price": decimal_value(line.unit_price)}))
+                    })
+                    .collect();
+                if !items.is_empty() {
+                    put("Ordered_Items", Value::Array(items));
+                }
+            }
+        }
+    }
+    record
+}

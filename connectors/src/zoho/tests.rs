@@ -1,0 +1,307 @@
+//! Zoho connector against the simulator over loopback HTTP: the shared contract suite, the issue's
+//! call-count figures, and the Zoho specifics (paging past 2,000, If-Modified-Since, token expiry
+//! mid-paging, 429, partial upsert failure, notifications, lookups, privacy, truncation).
+
+#![allow(clippy::unwrap_used)] // test helpers: a failed setup should panic loudly
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde_json::json;
+
+use super::sim::{self, RunningZohoSim, ZohoSimOptions};
+use super::*;
+use crate::canonical::{
+    Account, CanonicalId, Channel, EntityData, Order, OrderLine, OrderStatus, RecordRef, Vocabulary,
+};
+use crate::connector::{MemoryHost, WebhookDelivery, WebhookEvent};
+use crate::http::RetryPolicy;
+use crate::sim::{FaultSettings, Simulated, World, WorldSize};
+use crate::testkit::{self, SimControl};
+
+fn world(size: WorldSize) -> World {
+    World::generate(9, size, "2026-11-01T00:00:00Z".parse().unwrap(), false)
+}
+
+fn only(accounts: usize, deals: usize, orders: usize) -> WorldSize {
+    WorldSize { accounts, leads: 0, opportunities: deals, orders }
+}
+
+async fn simulator(options: ZohoSimOptions) -> RunningZohoSim {
+    sim::start(options).await.unwrap()
+}
+
+fn connector_with(
+    running: &RunningZohoSim,
+    host: SharedHost,
+    tweak: impl FnOnce(&mut ConnectionSettings),
+) -> ZohoConnector {
+    let mut settings = ConnectionSettings::new("zoho", Vocabulary::defaults(VendorKind::Zoho));
+    settings.http.retry =
+        RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(20) };
+    tweak(&mut settings);
+    let base: url::Url = running.base_url().parse().unwrap();
+    let config = ZohoConfig {
+        accounts_url: base.clone(),
+        api_domain: Some(base),
+        api_version: "v8".into(),
+        client_id: sim::CLIENT_ID.into(),
+        client_secret: SecretString::from(sim::CLIENT_SECRET.to_owned()),
+        refresh_token: SecretString::from(sim::REFRESH_TOKEN.to_owned()),
+        external_id_field: "Crmsync_Id".into(),
+        channel_field: "Lead_Source".into(),
+        webhook: Some(ZohoWebhook {
+            token: SecretString::from(sim::WEBHOOK_TOKEN.to_owned()),
+            notify_url: Some("https://crmsync.example/webhooks/zoho".parse().unwrap()),
+            channel_id: 1_000_000_068_001,
+        }),
+    };
+    ZohoConnector::new(settings, config, host).unwrap()
+}
+
+fn connector(running: &RunningZohoSim) -> ZohoConnector {
+    connector_with(running, Arc::new(MemoryHost::default()), |_| {})
+}
+
+#[tokio::test]
+async fn contract_suite_passes_on_accounts() {
+    let running = simulator(ZohoSimOptions::with_world(world(only(300, 0, 0)))).await;
+    let connector = connector(&running);
+    let empty = reqwest::header::HeaderMap::new();
+    let forged = WebhookDelivery {
+        headers: &empty,
+        query: None,
+        body: br#"{"module":"Accounts","ids":["1"],"operation":"update","channel_id":"1000000068001","token":"guess"}"#,
+    };
+    testkit::run_contract_suite(&connector, running.state().as_ref(), Entity::Account, &forged).await;
+}
+
+#[tokio::test]
+async fn a_full_pull_of_10000_deals_costs_50_data_calls_and_one_token_then_an_incremental_costs_one_records_call() {
+    let running = simulator(ZohoSimOptions::with_world(world(only(50, 10_000, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let run = testkit::pull_to_end(&connector, Entity::Opportunity, None, 1000).await.unwrap();
+    let ids: BTreeSet<_> = run.changes.iter().map(|change| change.external_id.clone()).collect();
+    assert_eq!((ids.len(), run.changes.len()), (10_000, 10_000), "no 2,000-record cap");
+    let stats = Simulated::stats(state.as_ref());
+    assert_eq!(stats.token_calls, 1);
+    // 50 record pages + 1 settings/fields call.
+    assert_eq!(stats.read_calls, 51);
+    let touched: BTreeSet<_> = SimControl::touch(state.as_ref(), Entity::Opportunity, 10).into_iter().collect();
+    let incremental = testkit::pull_to_end(&connector, Entity::Opportunity, Some(run.cursor), 10).await.unwrap();
+    let seen: BTreeSet<_> = incremental.changes.iter().map(|change| change.external_id.clone()).collect();
+    assert_eq!(seen, touched);
+    // One records call (If-Modified-Since) and one deleted-records call.
+    assert_eq!(Simulated::stats(state.as_ref()).read_calls - stats.read_calls, 2);
+}
+
+#[tokio::test]
+async fn pushing_1000_orders_costs_10_upserts_and_pushing_them_again_creates_nothing() {
+    let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = testkit::new_accounts(1, "Zoho Customer").remove(0);
+    let report = connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let PushOutcome::Upserted { external_id: account_id, created: true, .. } = report.results[0].outcome.clone() else {
+        panic!("{report:?}")
+    };
+    let orders: Vec<Outgoing> = (0..1000)
+        .map(|index| Outgoing {
+            canonical_id: CanonicalId::new(),
+            external_id: None,
+            expected_version: None,
+            op: OutgoingOp::Upsert {
+                data: EntityData::Order(Order {
+                    number: Some(format!("SO-Z-{index:05}")),
+                    account: Some(RecordRef {
+                        canonical: Some(account.canonical_id),
+                        external: Some(account_id.clone()),
+                    }),
+                    status: Some(OrderStatus::Confirmed),
+                    order_date: Some("2026-11-02".parse().unwrap()),
+                    currency: Some(Currency::new("EUR").unwrap()),
+                    channel: Some(Channel::Ecommerce),
+                    lines: Some(vec![OrderLine {
+                        product: Some("Widget".into()),
+                        sku: None,
+                        quantity: 2.into(),
+                        unit_price: "9.50".parse().unwrap(),
+                        line_total: 19.into(),
+                    }]),
+                    ..Order::default()
+                }),
+            },
+        })
+        .collect();
+    let before = Simulated::stats(state.as_ref()).write_calls;
+    for chunk in orders.chunks(connector.push_batch_size()) {
+        let report = connector.push(Entity::Order, chunk).await.unwrap();
+        assert!(
+            report.results.iter().all(|result| matches!(result.outcome, PushOutcome::Upserted { created: true, .. })),
+            "{report:?}"
+        );
+    }
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 10);
+    for chunk in orders.chunks(connector.push_batch_size()) {
+        let report = connector.push(Entity::Order, chunk).await.unwrap();
+        assert!(
+            report.results.iter().all(|result| matches!(result.outcome, PushOutcome::Upserted { created: false, .. }))
+        );
+    }
+    assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 1000, "re-push created nothing");
+    let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 20).await.unwrap();
+    let first = pulled.changes.iter().find(|change| change.canonical_hint == Some(orders[0].canonical_id)).unwrap();
+    let EntityData::Order(read) = first.data().unwrap() else { panic!() };
+    assert_eq!(read.total_amount, Some("19".parse().unwrap()), "Grand_Total from the items");
+    assert_eq!(read.lines.as_ref().unwrap()[0].product.as_deref(), Some("Widget"));
+    assert_eq!(read.account.as_ref().unwrap().external.as_ref(), Some(&account_id), "lookup mapped to the Zoho id");
+}
+
+#[tokio::test]
+async fn token_expiry_mid_paging_refreshes_once_and_a_429_is_recovered() {
+    let mut options = ZohoSimOptions::with_world(world(only(3000, 0, 0)));
+    // 1 fields call + 15 pages + 2 throttled calls: the token expires once, after 12 calls.
+    options.faults = FaultSettings {
+        token_expiry_after_calls: 12,
+        rate_limit_after_calls: 6,
+        rate_limit_for_calls: 2,
+        ..FaultSettings::default()
+    };
+    let running = simulator(options).await;
+    let connector = connector(&running);
+    let run = testkit::pull_to_end(&connector, Entity::Account, None, 100).await.unwrap();
+    assert_eq!(run.changes.len(), 3000);
+    let stats = Simulated::stats(running.state().as_ref());
+    assert_eq!(stats.token_calls, 2, "one refresh");
+    assert!(stats.faulted_calls >= 3, "the 401 and the two 429s were served");
+}
+
+#[tokio::test]
+async fn a_partial_upsert_failure_rejects_only_the_bad_record() {
+    let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let mut batch = testkit::new_accounts(3, "Partial");
+    batch[1].op = OutgoingOp::Upsert {
+        data: EntityData::Account(Account { number: Some("no name".into()), ..Account::default() }),
+    };
+    let report = connector.push(Entity::Account, &batch).await.unwrap();
+    assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { .. }));
+    assert!(
+        matches!(&report.results[1].outcome, PushOutcome::Rejected { code, message } if code == "MANDATORY_NOT_FOUND" && message.contains("Account_Name")),
+        "{:?}",
+        report.results[1]
+    );
+    assert!(matches!(report.results[2].outcome, PushOutcome::Upserted { .. }));
+    // All refused: HTTP 400 with per-record results, still a report, not a failed call.
+    let report = connector.push(Entity::Account, &batch[1..2]).await.unwrap();
+    assert!(matches!(report.results[0].outcome, PushOutcome::Rejected { .. }));
+}
+
+#[tokio::test]
+async fn notifications_are_authenticated_and_the_watch_channel_is_renewed_only_when_due() {
+    let running = simulator(ZohoSimOptions::with_world(world(only(1, 0, 0)))).await;
+    let host: SharedHost = Arc::new(MemoryHost::default());
+    let connector = connector_with(&running, host.clone(), |_| {});
+    let empty = reqwest::header::HeaderMap::new();
+    let body = format!(
+        r#"{{"server_time":1764000000000,"module":"Deals","ids":["41508680001"],"operation":"update","channel_id":"1000000068001","token":"{}"}}"#,
+        sim::WEBHOOK_TOKEN
+    );
+    let reply =
+        connector.parse_webhook(&WebhookDelivery { headers: &empty, query: None, body: body.as_bytes() }).unwrap();
+    assert!(matches!(&reply.events[..], [WebhookEvent::Fetch { entity: Entity::Opportunity, ids }] if ids.len() == 1));
+    let deleted = body.replace("\"update\"", "\"delete\"");
+    let reply =
+        connector.parse_webhook(&WebhookDelivery { headers: &empty, query: None, body: deleted.as_bytes() }).unwrap();
+    assert!(matches!(&reply.events[..], [WebhookEvent::Changed(change)] if change.is_delete()));
+    let forged = body.replace(sim::WEBHOOK_TOKEN, "guess");
+    assert!(matches!(
+        connector.parse_webhook(&WebhookDelivery { headers: &empty, query: None, body: forged.as_bytes() }),
+        Err(WebhookError::Unauthenticated(_))
+    ));
+    let other_channel = body.replace("1000000068001", "42");
+    assert!(matches!(
+        connector.parse_webhook(&WebhookDelivery { headers: &empty, query: None, body: other_channel.as_bytes() }),
+        Err(WebhookError::Unauthenticated(_))
+    ));
+
+    let expiry = connector.ensure_watch_channel().await.unwrap().unwrap();
+    assert!(running.state().watch_subscription().is_some());
+    assert_eq!(host.load_state(&ConnectionId::new("zoho"), WATCH_STATE).unwrap(), Some(expiry.to_string()));
+    let writes = Simulated::stats(running.state().as_ref()).write_calls;
+    assert_eq!(connector.ensure_watch_channel().await.unwrap(), Some(expiry), "not yet due: no renewal");
+    assert_eq!(Simulated::stats(running.state().as_ref()).write_calls, writes);
+}
+
+#[tokio::test]
+async fn equal_modified_times_across_a_page_boundary_arrive_exactly_once() {
+    let mut options = ZohoSimOptions::with_world(world(only(1000, 0, 0)));
+    options.shared_modified_time = 500;
+    let running = simulator(options).await;
+    let connector = connector(&running);
+    let run = testkit::pull_to_end(&connector, Entity::Account, None, 100).await.unwrap();
+    let ids: BTreeSet<_> = run.changes.iter().map(|change| change.external_id.clone()).collect();
+    assert_eq!((ids.len(), run.changes.len()), (1000, 1000));
+    let again = testkit::pull_to_end(&connector, Entity::Account, Some(run.cursor), 10).await.unwrap();
+    assert!(again.changes.is_empty());
+}
+
+#[tokio::test]
+async fn a_denied_field_is_never_requested_and_a_truncated_page_keeps_the_cursor() {
+    let running = simulator(ZohoSimOptions::with_world(world(WorldSize {
+        accounts: 0,
+        leads: 450,
+        opportunities: 0,
+        orders: 0,
+    })))
+    .await;
+    let connector = connector_with(&running, Arc::new(MemoryHost::default()), |settings| {
+        settings.fields.deny.insert(Entity::Lead, BTreeSet::from(["email".to_owned()]));
+    });
+    let first = connector.pull(Entity::Lead, None).await.unwrap();
+    assert!(running.state().requested_fields().iter().all(|fields| !fields.contains("Email")));
+    Simulated::faults(running.state().as_ref()).apply(&FaultSettings { truncate_next: 10, ..FaultSettings::default() });
+    let error = connector.pull(Entity::Lead, Some(&first.cursor)).await.unwrap_err();
+    assert!(matches!(error, ConnectorError::Decode { .. }), "{error}");
+    Simulated::faults(running.state().as_ref()).apply(&FaultSettings::default());
+    let second = connector.pull(Entity::Lead, Some(&first.cursor)).await.unwrap();
+    assert_eq!(second.changes.len(), 200, "the same page again from the kept cursor");
+}
+
+#[test]
+fn lookups_and_offset_timestamps_map_losslessly() {
+    let vocabulary = Vocabulary::defaults(VendorKind::Zoho);
+    let base: url::Url = "https://www.zohoapis.eu".parse().unwrap();
+    let config = ZohoConfig {
+        accounts_url: base.clone(),
+        api_domain: Some(base),
+        api_version: "v8".into(),
+        client_id: "x".into(),
+        client_secret: SecretString::from("y".to_owned()),
+        refresh_token: SecretString::from("z".to_owned()),
+        external_id_field: "Crmsync_Id".into(),
+        channel_field: "Lead_Source".into(),
+        webhook: None,
+    };
+    let row = json!({"id": "4150868000000002175", "Deal_Name": "Big deal", "Stage": "Closed Lost to Competition", "Amount": 1000.5,
+        "Account_Name": {"name": "Zylker", "id": "4150868000000224005"}, "Lead_Source": "Partner", "Closing_Date": "2024-03-31",
+        "Modified_Time": "2023-10-15T14:20:00+05:30"});
+    let change = mapping::to_change(
+        Entity::Opportunity,
+        row.as_object().unwrap(),
+        &vocabulary,
+        &config,
+        &Currency::new("EUR").unwrap(),
+        &mut Vec::new(),
+    )
+    .unwrap();
+    assert_eq!(change.modified_at, "2023-10-15T08:50:00Z".parse().unwrap());
+    let EntityData::Opportunity(deal) = change.data().unwrap() else { panic!() };
+    assert_eq!(deal.account, Some(RecordRef::external("4150868000000224005")));
+    assert_eq!(deal.stage, Some(crate::canonical::Stage::Lost));
+    assert_eq!(deal.channel, Some(Channel::Agent));
+    assert_eq!(deal.amount.as_ref().unwrap().to_string(), "1000.5 EUR");
+}
