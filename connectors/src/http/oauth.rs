@@ -51,6 +51,9 @@ impl AccessToken {
 #[derive(Default)]
 pub struct TokenCache {
     current: Mutex<Option<Arc<AccessToken>>>,
+    /// Generations only grow, even across invalidations: a late 401 for an old token must never
+    /// match (and drop) a newer token that happens to reuse its number.
+    generations: std::sync::atomic::AtomicU64,
 }
 
 impl TokenCache {
@@ -67,7 +70,7 @@ impl TokenCache {
                 return Ok(token.clone());
             }
         }
-        let generation = current.as_ref().map_or(1, |token| token.generation + 1);
+        let generation = self.generations.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         let response = fetch().await?;
         let expires_at =
             response.expires_in.map(|seconds| Instant::now() + Duration::from_secs(seconds.saturating_sub(60).max(1)));
@@ -293,6 +296,25 @@ mod tests {
                 .await;
         assert!(result.is_ok());
         assert_eq!(*seen.lock().unwrap(), ["t1", "t2"]);
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_late_401_for_an_old_token_never_drops_a_newer_one() {
+        let cache = TokenCache::default();
+        let fetches = AtomicU32::new(0);
+        let fetch = || async {
+            let number = fetches.fetch_add(1, Ordering::SeqCst) + 1;
+            Ok(token(&format!("t{number}")))
+        };
+        let first = cache.get(&fetch).await.unwrap();
+        // Two requests saw t1 refused; the first invalidation leads to t2 ...
+        cache.invalidate(first.generation).await;
+        let second = cache.get(&fetch).await.unwrap();
+        assert_eq!(second.expose(), "t2");
+        // ... and the second, late invalidation of t1 must leave t2 alone.
+        cache.invalidate(first.generation).await;
+        assert_eq!(cache.get(&fetch).await.unwrap().expose(), "t2");
         assert_eq!(fetches.load(Ordering::SeqCst), 2);
     }
 
