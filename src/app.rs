@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
-use crmsync_connectors::canonical::{ConnectionId, Entity, ExternalId, VendorKind};
+use crmsync_connectors::canonical::{ConnectionId, Entity, EntityData, ExternalId, VendorKind};
+use crmsync_connectors::dynamics365::Dynamics365Connector;
 use crmsync_connectors::salesforce::SalesforceConnector;
 use crmsync_connectors::settings::FieldPolicy;
 use crmsync_connectors::zoho::ZohoConnector;
@@ -21,13 +22,14 @@ use crate::reconcile::{self, DeleteAction, Policy, Route, Rules};
 use crate::store::Store;
 use crate::telemetry;
 
-/// One configured connection, whatever its vendor. (Dynamics 365 joins this enum when its connector
-/// lands; its configuration is already validated.)
+/// One configured connection, whatever its vendor.
 pub enum AnyConnector {
     /// Salesforce.
     Salesforce(SalesforceConnector),
     /// Zoho CRM.
     Zoho(ZohoConnector),
+    /// Microsoft Dynamics 365 (Dataverse).
+    Dynamics365(Dynamics365Connector),
 }
 
 macro_rules! dispatch {
@@ -35,6 +37,7 @@ macro_rules! dispatch {
         match $self {
             AnyConnector::Salesforce($connector) => $call,
             AnyConnector::Zoho($connector) => $call,
+            AnyConnector::Dynamics365($connector) => $call,
         }
     };
 }
@@ -43,7 +46,7 @@ impl AnyConnector {
     /// Periodic vendor upkeep: renews Zoho's notification channel before it expires.
     pub async fn maintain(&self) -> Result<(), ConnectorError> {
         match self {
-            Self::Salesforce(_) => Ok(()),
+            Self::Salesforce(_) | Self::Dynamics365(_) => Ok(()),
             Self::Zoho(connector) => connector.ensure_watch_channel().await.map(|_| ()),
         }
     }
@@ -95,6 +98,10 @@ impl Connector for AnyConnector {
     fn usage(&self) -> ApiUsage {
         dispatch!(self, connector => connector.usage())
     }
+
+    fn representable(&self, data: &EntityData) -> EntityData {
+        dispatch!(self, connector => connector.representable(data))
+    }
 }
 
 /// The daemon's [`ConnectorHost`]: connector state in the store (durable on save), telemetry to Prometheus.
@@ -138,11 +145,9 @@ pub fn build_connectors(
             VendorConfig::Zoho(vendor) => {
                 AnyConnector::Zoho(ZohoConnector::new(settings, vendor.clone(), host.clone())?)
             }
-            VendorConfig::Dynamics365(_) => anyhow::bail!(
-                "connection {id}: the {} connector is not available in this version of crmsync (salesforce and zoho are); \
-                 the configuration is valid, but this connection cannot run yet",
-                connection.vendor.kind()
-            ),
+            VendorConfig::Dynamics365(vendor) => {
+                AnyConnector::Dynamics365(Dynamics365Connector::new(settings, vendor.clone(), host.clone())?)
+            }
         };
         connectors.insert(id.clone(), Arc::new(connector));
     }

@@ -600,6 +600,7 @@ pub fn outgoing_data(
     record: &Record,
     target: &ConnectionId,
     policy: Option<&FieldPolicy>,
+    representable: &dyn Fn(&EntityData) -> EntityData,
 ) -> Result<(EntityData, String), StoreError> {
     let entity = record.entity();
     let fields: serde_json::Map<String, serde_json::Value> = record
@@ -610,7 +611,7 @@ pub fn outgoing_data(
         .filter(|(field, _)| policy.is_none_or(|policy| policy.allows(entity, field)))
         .collect();
     let mut data = EntityData::from_fields(entity, fields).unwrap_or_else(|_| EntityData::empty(entity));
-    let hash = reconcile::pushed_hash(&data);
+    let hash = reconcile::pushed_hash(&representable(&data));
     for (_, reference) in data.references_mut() {
         if let Some(id) = reference.canonical
             && let Some(referenced) = store.record(id)?
@@ -775,7 +776,8 @@ mod tests {
         let EntityData::Lead(stored_lead) = &stored.data else { panic!("not a lead") };
         assert_eq!(stored_lead.email, None, "denied field stored");
         assert!(stored.links[0].extra.is_empty(), "denied vendor field kept in extra");
-        let (outgoing, _) = outgoing_data(&store, &stored, &ConnectionId::new("zoho"), Some(&policy)).unwrap();
+        let (outgoing, _) =
+            outgoing_data(&store, &stored, &ConnectionId::new("zoho"), Some(&policy), &Clone::clone).unwrap();
         assert!(!outgoing.to_fields().contains_key("email"));
     }
 

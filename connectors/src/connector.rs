@@ -84,12 +84,28 @@ pub trait Connector: WebhookParser + Send + Sync + 'static {
 
     /// Returns the API usage counted so far (calls, budget, the vendor's own usage figures).
     fn usage(&self) -> ApiUsage;
+
+    /// Returns what reading `data` back after pushing it would yield, as far as the vendor can
+    /// represent it: a value its vocabulary has no entry for is not written (so it reads back empty),
+    /// or is written as the nearest value it has. The daemon recognises its own echoes by this
+    /// projection, so a vendor with a coarser vocabulary never "changes" what it was sent.
+    fn representable(&self, data: &EntityData) -> EntityData {
+        data.clone()
+    }
 }
 
 /// Authenticates and decodes one webhook delivery. Pure: no network calls.
 pub trait WebhookParser: Send + Sync {
     /// Checks the delivery's credentials and turns it into events plus the response the vendor expects.
     fn parse_webhook(&self, delivery: &WebhookDelivery<'_>) -> Result<WebhookReply, WebhookError>;
+}
+
+/// Compares two webhook secrets in constant time (lengths leak nothing: both are hashed first).
+pub fn same_secret(left: &str, right: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    let left = Sha256::digest(left.as_bytes());
+    let right = Sha256::digest(right.as_bytes());
+    left.iter().zip(right.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// One inbound webhook request.

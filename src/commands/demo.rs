@@ -2,8 +2,7 @@
 //! seeded data (the same customers in several CRMs), writes a configuration pointing at them, syncs,
 //! and either prints the results (`--once`) or keeps running as a daemon.
 //!
-//! This version ships the Salesforce and Zoho CRM connectors: the demo runs a Salesforce org, a Zoho
-//! CRM org and a second Salesforce org (standing in for the Dynamics 365 slice of the data), each
+//! The demo runs a Salesforce org, a Zoho CRM org and a Dynamics 365 (Dataverse) environment, each
 //! holding its own slice of one generated sales world; customers present in several show identity
 //! resolution, and routes carry every entity between all of them.
 
@@ -13,7 +12,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
-use crmsync_connectors::canonical::{Entity, Timestamp, VendorKind};
+use crmsync_connectors::canonical::{Entity, Timestamp};
+use crmsync_connectors::dynamics365::sim::{self as d365_sim, Dynamics365SimOptions, RunningDynamics365Sim};
 use crmsync_connectors::salesforce::sim::{self, RunningSalesforceSim, SalesforceSimOptions};
 use crmsync_connectors::settings::MapSecrets;
 use crmsync_connectors::sim::{World, WorldSize};
@@ -29,10 +29,12 @@ use crate::telemetry::{self, LogStyle};
 
 /// The running simulators.
 pub struct DemoSimulators {
-    /// Salesforce orgs: `(connection name, simulator)`.
-    pub salesforce: Vec<(&'static str, RunningSalesforceSim)>,
+    /// The Salesforce org.
+    pub salesforce: RunningSalesforceSim,
     /// The Zoho org.
     pub zoho: RunningZohoSim,
+    /// The Dataverse environment.
+    pub dynamics365: RunningDynamics365Sim,
 }
 
 /// Starts the simulators over one shared world and returns them with a demo configuration (TOML) and
@@ -43,36 +45,35 @@ pub async fn start_demo(
     listen: &str,
 ) -> anyhow::Result<(DemoSimulators, String, MapSecrets)> {
     let world = World::generate(seed, WorldSize::DEMO, Timestamp::now(), true);
-    let mut salesforce = Vec::new();
-    for (name, slice) in [("salesforce", VendorKind::Salesforce), ("sf_apac", VendorKind::Dynamics365)] {
-        let options =
-            SalesforceSimOptions { presence: World::bit(slice), ..SalesforceSimOptions::with_world(world.clone()) };
-        salesforce.push((name, sim::start(options).await?));
-    }
-    let zoho = zoho_sim::start(ZohoSimOptions::with_world(world)).await?;
+    let salesforce = sim::start(SalesforceSimOptions::with_world(world.clone())).await?;
+    let zoho = zoho_sim::start(ZohoSimOptions::with_world(world.clone())).await?;
+    let dynamics365 = d365_sim::start(Dynamics365SimOptions::with_world(world)).await?;
     let mut toml = String::new();
     writeln!(toml, "[daemon]")?;
     writeln!(toml, "data_dir = {:?}", data_dir.display().to_string())?;
     writeln!(toml, "listen = {listen:?}")?;
     writeln!(toml, "admin_listen = \"127.0.0.1:0\"")?;
     writeln!(toml, "shutdown_grace = \"10s\"\n")?;
-    for (name, simulator) in &salesforce {
-        writeln!(toml, "{}", sim::connection_toml(name, &simulator.base_url()))?;
-    }
+    writeln!(toml, "{}", sim::connection_toml("salesforce", &salesforce.base_url()))?;
     writeln!(toml, "{}", zoho_sim::connection_toml("zoho", &zoho.base_url()))?;
+    writeln!(toml, "{}", d365_sim::connection_toml("dynamics365", &dynamics365.base_url()))?;
     // Every entity flows between the orgs; a deleted order is cancelled in the other org, not deleted.
     for (entity, on_delete) in [("account", "ignore"), ("lead", "ignore"), ("opportunity", "ignore"), ("order", "mark")]
     {
         writeln!(toml, "[[routes]]\nentity = {entity:?}\nfrom = [\"*\"]\nto = [\"*\"]\non_delete = {on_delete:?}\n")?;
     }
-    writeln!(toml, "[reconcile]\nsource_priority = [\"salesforce\", \"zoho\", \"sf_apac\"]\nconflict = \"newest\"\n")?;
+    writeln!(
+        toml,
+        "[reconcile]\nsource_priority = [\"salesforce\", \"zoho\", \"dynamics365\"]\nconflict = \"newest\"\n"
+    )?;
     writeln!(toml, "[metrics]\nreporting_currency = \"EUR\"\nwindow = \"30d\"\n\n[metrics.fx]\nUSD = \"0.92\"")?;
     let secrets = sim::demo_secrets()
         .into_iter()
         .chain(zoho_sim::demo_secrets())
+        .chain(d365_sim::demo_secrets())
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
-    Ok((DemoSimulators { salesforce, zoho }, toml, MapSecrets(secrets)))
+    Ok((DemoSimulators { salesforce, zoho, dynamics365 }, toml, MapSecrets(secrets)))
 }
 
 /// Runs the demo.
@@ -95,12 +96,11 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<Exi
     let config_path: PathBuf = data_dir.join("demo.toml");
     std::fs::write(&config_path, &toml).with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::load(Some(&config_path), Some(HashMap::new()), &secrets)?;
-    let mut urls: Vec<String> = simulators
-        .salesforce
-        .iter()
-        .map(|(name, simulator)| format!("{name} (Salesforce) at {}", simulator.base_url()))
-        .collect();
-    urls.push(format!("zoho (Zoho CRM) at {}", simulators.zoho.base_url()));
+    let urls = [
+        format!("salesforce (Salesforce) at {}", simulators.salesforce.base_url()),
+        format!("zoho (Zoho CRM) at {}", simulators.zoho.base_url()),
+        format!("dynamics365 (Dynamics 365) at {}", simulators.dynamics365.base_url()),
+    ];
     print(&format!("crmsync demo: simulated CRMs {}; config in {}\n", urls.join(", "), config_path.display()));
     let prometheus = if args.once { None } else { Some(telemetry::install_prometheus()?) };
     let app = App::build(config)?;

@@ -2,8 +2,8 @@
 
 use std::process::ExitCode;
 
-use anyhow::bail;
 use crmsync_connectors::canonical::Timestamp;
+use crmsync_connectors::dynamics365::sim::{self as d365_sim, Dynamics365SimOptions};
 use crmsync_connectors::salesforce::sim::{self, SalesforceSimOptions};
 use crmsync_connectors::sim::{World, WorldSize};
 use crmsync_connectors::zoho::sim::{self as zoho_sim, ZohoSimOptions};
@@ -15,14 +15,22 @@ use crate::telemetry::{self, LogStyle};
 /// Runs one simulator and prints how to point a connection at it.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logging(LogStyle::Auto);
-    if args.vendor == SimulatedVendor::Dynamics365 {
-        bail!("the dynamics365 simulator is not available in this version of crmsync (salesforce and zoho are)");
-    }
     let size =
         WorldSize { accounts: args.records, leads: args.records, opportunities: args.records, orders: args.records };
     let world = World::generate(args.seed, size, Timestamp::now(), false);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
-    let running = if args.vendor == SimulatedVendor::Zoho {
+    let running = if args.vendor == SimulatedVendor::Dynamics365 {
+        let simulator =
+            d365_sim::start(Dynamics365SimOptions { addr, ..Dynamics365SimOptions::with_world(world) }).await?;
+        let base_url = simulator.base_url();
+        Running {
+            label: "Dynamics 365 (Dataverse)",
+            snippet: d365_sim::connection_toml("dynamics365", &base_url),
+            secrets: d365_sim::demo_secrets(),
+            base_url,
+            _simulator: Box::new(simulator),
+        }
+    } else if args.vendor == SimulatedVendor::Zoho {
         let simulator = zoho_sim::start(ZohoSimOptions { addr, ..ZohoSimOptions::with_world(world) }).await?;
         let base_url = simulator.base_url();
         Running {

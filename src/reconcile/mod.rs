@@ -219,15 +219,30 @@ fn normalise_key_part(value: &Value) -> Option<String> {
 }
 
 /// Hash of the propagating field values pushed to a connection, stored on its link as
-/// `<hex>:<field,field,…>` so a read-back can be compared on exactly those fields.
+/// `v2:<field>=<hex>,…` (one short hash per field) so a read-back can be compared on exactly the
+/// fields that were pushed, or, for a vendor that has no column for some of them, on those it carries.
 pub fn pushed_hash(data: &EntityData) -> String {
     let fields = data.to_fields();
     let entity = data.entity();
-    let names: Vec<&str> = fields.keys().map(String::as_str).filter(|name| propagates(entity, name)).collect();
-    format!("{}:{}", hash_fields(&fields, &names), names.join(","))
+    let pairs: Vec<String> = fields
+        .keys()
+        .map(String::as_str)
+        .filter(|name| propagates(entity, name))
+        .map(|name| format!("{name}={}", field_hash(name, fields.get(name).unwrap_or(&Value::Null))))
+        .collect();
+    format!("v2:{}", pairs.join(","))
 }
 
-fn hash_fields(fields: &serde_json::Map<String, Value>, names: &[&str]) -> String {
+fn field_hash(name: &str, value: &Value) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(name.as_bytes());
+    hasher.update([0]);
+    hasher.update(value.to_string().as_bytes());
+    hasher.finalize().iter().take(8).map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// The format before per-field hashes (`<hex>:<field,field,…>`), still read from existing stores.
+fn legacy_hash(fields: &serde_json::Map<String, Value>, names: &[&str]) -> String {
     let mut hasher = Sha256::new();
     for name in names {
         hasher.update(name.as_bytes());
@@ -238,13 +253,44 @@ fn hash_fields(fields: &serde_json::Map<String, Value>, names: &[&str]) -> Strin
     hasher.finalize().iter().take(16).map(|byte| format!("{byte:02x}")).collect()
 }
 
-/// Returns whether `data` read back from a connection is exactly what crmsync pushed there.
-pub fn is_echo(link: &Link, data: &EntityData) -> bool {
-    let Some((hash, names)) = link.pushed_hash.as_deref().and_then(|stored| stored.split_once(':')) else {
-        return false;
-    };
+/// Returns whether `data` read back from a connection is exactly what crmsync pushed there. A
+/// partial read-back (a vendor without a column for some field) is compared on the fields it carries.
+pub fn is_echo(link: &Link, data: &EntityData, completeness: Completeness) -> bool {
+    let Some(stored) = link.pushed_hash.as_deref() else { return false };
+    let fields = data.to_fields();
+    if let Some(pairs) = stored.strip_prefix("v2:") {
+        return pairs.split(',').filter(|pair| !pair.is_empty()).all(|pair| {
+            let (name, hash) = pair.split_once('=').unwrap_or((pair, ""));
+            match fields.get(name) {
+                Some(value) => field_hash(name, value) == hash,
+                None if completeness == Completeness::Partial => true,
+                None => field_hash(name, &Value::Null) == hash,
+            }
+        });
+    }
+    let Some((hash, names)) = stored.split_once(':') else { return false };
     let names: Vec<&str> = names.split(',').filter(|name| !name.is_empty()).collect();
-    hash_fields(&data.to_fields(), &names) == hash
+    legacy_hash(&fields, &names) == hash
+}
+
+/// A vendor without a SKU column (Dataverse write-in order lines) reads lines back without SKUs. In a
+/// partial change a missing SKU is unknown, not cleared: it is taken from the canonical line at the
+/// same position when the lines otherwise describe the same products.
+fn complete_partial_lines(incoming: &EntityData, current: &EntityData) -> Option<EntityData> {
+    let (EntityData::Order(incoming_order), EntityData::Order(current_order)) = (incoming, current) else {
+        return None;
+    };
+    let (Some(lines), Some(known)) = (&incoming_order.lines, &current_order.lines) else { return None };
+    if lines.len() != known.len() || lines.iter().all(|line| line.sku.is_some()) {
+        return None;
+    }
+    let mut completed = incoming_order.clone();
+    for (line, known) in completed.lines.iter_mut().flatten().zip(known) {
+        if line.sku.is_none() && line.product == known.product {
+            line.sku.clone_from(&known.sku);
+        }
+    }
+    Some(EntityData::Order(completed))
 }
 
 /// Decides what one change does to its canonical record.
@@ -269,10 +315,21 @@ pub fn reconcile(
     let link_changed = update_link(&mut record, change, source, matched_by, previous_link.as_ref());
 
     let mut provenance_touched = false;
-    let (outcome, changed_fields, conflicts) = match &change.kind {
+    let completed = match &change.kind {
+        ChangeKind::Upsert { data, completeness: Completeness::Partial } => complete_partial_lines(data, &record.data),
+        _ => None,
+    };
+    let kind = match (&change.kind, completed) {
+        (ChangeKind::Upsert { completeness, .. }, Some(data)) => {
+            ChangeKind::Upsert { data, completeness: *completeness }
+        }
+        (kind, _) => kind.clone(),
+    };
+    let (outcome, changed_fields, conflicts) = match &kind {
         ChangeKind::Delete => apply_delete(&mut record, change, source, last_seen),
-        ChangeKind::Upsert { data, .. }
-            if previous_link.as_ref().is_some_and(|link| is_echo(link, data)) && !record.is_deleted() =>
+        ChangeKind::Upsert { data, completeness }
+            if previous_link.as_ref().is_some_and(|link| is_echo(link, data, *completeness))
+                && !record.is_deleted() =>
         {
             (Outcome::Echo, Vec::new(), Vec::new())
         }

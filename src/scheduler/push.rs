@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crmsync_connectors::canonical::{CanonicalId, Entity};
+use crmsync_connectors::canonical::{CanonicalId, Entity, EntityData};
 use crmsync_connectors::settings::FieldPolicy;
 use crmsync_connectors::{Connector, ConnectorError, Outgoing, OutgoingOp, PushOutcome, RetryAdvice};
 use tokio_util::sync::CancellationToken;
@@ -87,7 +87,7 @@ pub async fn drain<C: Connector>(
             let Some(queue) = grouped.remove(entity) else { continue };
             let mut batch: Vec<(Outgoing, PushedRecord)> = Vec::new();
             for (id, op, sequences) in queue {
-                match prepare(store, &connection, id, op, policy)? {
+                match prepare(store, &connection, id, op, policy, &|data| connector.representable(data))? {
                     Some((outgoing, hash)) => batch.push((
                         outgoing.clone(),
                         PushedRecord {
@@ -148,6 +148,7 @@ fn prepare(
     id: CanonicalId,
     op: OutboxOp,
     policy: Option<&FieldPolicy>,
+    representable: &dyn Fn(&EntityData) -> EntityData,
 ) -> Result<Option<(Outgoing, Option<String>)>, IngestError> {
     let Some(record) = store.record(id)? else { return Ok(None) };
     let link = record.link(connection);
@@ -167,6 +168,7 @@ fn prepare(
                     &crmsync_connectors::canonical::Record { data, ..record.clone() },
                     connection,
                     policy,
+                    representable,
                 )?;
                 (OutgoingOp::Upsert { data }, Some(hash))
             }
@@ -176,7 +178,7 @@ fn prepare(
             if record.is_deleted() {
                 return Ok(None);
             }
-            let (data, hash) = ingest::outgoing_data(store, &record, connection, policy)?;
+            let (data, hash) = ingest::outgoing_data(store, &record, connection, policy, representable)?;
             (OutgoingOp::Upsert { data }, Some(hash))
         }
     };

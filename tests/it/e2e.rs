@@ -179,3 +179,115 @@ async fn token_expiry_rate_limits_and_server_errors_lose_nothing_and_the_budget_
     let stats = Simulated::stats(b.state().as_ref());
     assert!(stats.token_calls + stats.read_calls + stats.write_calls <= 5);
 }
+
+/// Issue 6 and 7 "done when": all three vendors at once, over loopback, with the real binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_vendors_reach_a_fixed_point_a_zoho_order_lands_once_everywhere_and_a_double_edit_is_one_conflict() {
+    use crmsync_connectors::dynamics365::sim::{self as d365, Dynamics365SimOptions};
+    use crmsync_connectors::salesforce::sim as sf;
+    use crmsync_connectors::zoho::sim::{self as zoho, ZohoSimOptions};
+
+    let world = World::generate(
+        8,
+        WorldSize { accounts: 20, leads: 15, opportunities: 15, orders: 25 },
+        "2026-11-01T00:00:00Z".parse().unwrap(),
+        true,
+    );
+    let salesforce = salesforce(world.clone(), FaultSettings::default(), None).await;
+    let zoho = zoho::start(ZohoSimOptions::with_world(world.clone())).await.unwrap();
+    let dynamics = d365::start(Dynamics365SimOptions::with_world(world)).await.unwrap();
+    let env = Env::with_connections(
+        &[
+            sf::connection_toml("salesforce", &salesforce.base_url()),
+            zoho::connection_toml("zoho", &zoho.base_url()),
+            d365::connection_toml("dynamics365", &dynamics.base_url()),
+        ],
+        &format!(
+            "{ROUTE_EVERYTHING}\n[reconcile]\nsource_priority = [\"dynamics365\", \"salesforce\", \"zoho\"]\nconflict = \"priority\"\n"
+        ),
+    );
+    let (sf_state, zoho_state, d365_state) = (salesforce.state(), zoho.state(), dynamics.state());
+    let writes = || {
+        (
+            Simulated::stats(sf_state.as_ref()).write_calls,
+            Simulated::stats(zoho_state.as_ref()).write_calls,
+            Simulated::stats(d365_state.as_ref()).write_calls,
+        )
+    };
+
+    let first = ok(env.run(&["sync"]).await);
+    assert!(first.contains("dynamics365") && first.contains("zoho") && first.contains("salesforce"), "{first}");
+    assert_eq!(ok(env.run(&["dlq", "list"]).await), "the dead-letter queue is empty\n");
+    let accounts = export(&env, "account", false).await;
+    assert!(
+        accounts.iter().all(|record| ["salesforce", "zoho", "dynamics365"]
+            .iter()
+            .all(|connection| link_of(record, connection).is_some())),
+        "every customer is one canonical account with a link in each CRM"
+    );
+    for entity in [Entity::Account, Entity::Opportunity, Entity::Order] {
+        let counts = (
+            SimControl::count(sf_state.as_ref(), entity),
+            SimControl::count(zoho_state.as_ref(), entity),
+            SimControl::count(d365_state.as_ref(), entity),
+        );
+        assert!(counts.0 == counts.1 && counts.1 == counts.2, "{entity}: {counts:?}");
+    }
+    let before = writes();
+    ok(env.run(&["sync"]).await);
+    assert_eq!(writes(), before, "the second pass writes nothing anywhere: no ping-pong");
+
+    // An order created in Zoho appears in Salesforce and Dynamics 365 exactly once each.
+    let record = &accounts[0];
+    let zoho_account = link_of(record, "zoho").unwrap()["external_id"].as_str().unwrap().to_owned();
+    let widget = zoho_state.product_id("Widget").unwrap();
+    zoho_state.create(
+        Entity::Order,
+        serde_json::json!({
+            "Subject": "SO-ZOHO-NEW", "Account_Name": {"id": zoho_account}, "Status": "Approved", "Currency": "EUR",
+            "Due_Date": "2026-11-20", "Lead_Source": "Web", "Grand_Total": 38,
+            "Ordered_Items": [{"Product_Name": {"name": "Widget", "id": widget}, "Product_Code": "W-100", "Quantity": 2, "List_Price": 19, "Total": 38}],
+        }),
+    );
+    ok(env.run(&["sync"]).await);
+    ok(env.run(&["sync"]).await);
+    let count_number = |rows: Vec<serde_json::Map<String, Value>>, field: &str| {
+        rows.iter().filter(|row| row.get(field).and_then(Value::as_str) == Some("SO-ZOHO-NEW")).count()
+    };
+    let sf_orders: Vec<_> =
+        sf_state.live_ids(Entity::Order).iter().filter_map(|id| sf_state.row(Entity::Order, id)).collect();
+    let d365_orders: Vec<_> =
+        d365_state.live_ids(Entity::Order).iter().filter_map(|id| d365_state.row(Entity::Order, id)).collect();
+    assert_eq!(count_number(sf_orders, "Crmsync_Order_Number__c"), 1, "once in Salesforce");
+    assert_eq!(count_number(d365_orders, "name"), 1, "once in Dynamics 365");
+    let new_order = d365_state
+        .live_ids(Entity::Order)
+        .into_iter()
+        .find(|id| d365_state.row(Entity::Order, id).is_some_and(|row| row["name"] == "SO-ZOHO-NEW"))
+        .unwrap();
+    assert_eq!(d365_state.order_lines(&new_order).len(), 1);
+
+    // The same field edited in two CRMs between syncs: one conflict, the configured winner everywhere.
+    let in_sf = link_of(record, "salesforce").unwrap()["external_id"].as_str().unwrap().to_owned();
+    let in_d365 = link_of(record, "dynamics365").unwrap()["external_id"].as_str().unwrap().to_owned();
+    let in_zoho = link_of(record, "zoho").unwrap()["external_id"].as_str().unwrap().to_owned();
+    assert!(sf_state.edit(Entity::Account, &in_sf, &[("Name", Value::String("Renamed in Salesforce".into()))]));
+    // Dataverse keeps seconds only: its edit is said to happen two seconds later, so it is after
+    // everything Salesforce reported (no waiting on the clock).
+    let later = crmsync_connectors::canonical::Timestamp::now().saturating_add(std::time::Duration::from_secs(2), true);
+    assert!(d365_state.edit_at(
+        Entity::Account,
+        &in_d365,
+        &[("name", Value::String("Renamed in Dynamics".into()))],
+        later
+    ));
+    ok(env.run(&["sync", "--entity", "account"]).await);
+    ok(env.run(&["sync", "--entity", "account"]).await);
+    let conflicts: Value = serde_json::from_str(&ok(env.run(&["conflicts", "list", "--all", "--json"]).await)).unwrap();
+    let on_name: Vec<&Value> =
+        conflicts.as_array().unwrap().iter().filter(|conflict| conflict["field"] == "name").collect();
+    assert_eq!(on_name.len(), 1, "{conflicts:#}");
+    assert_eq!(sf_state.row(Entity::Account, &in_sf).unwrap()["Name"], "Renamed in Dynamics");
+    assert_eq!(zoho_state.row(Entity::Account, &in_zoho).unwrap()["Account_Name"], "Renamed in Dynamics");
+    assert_eq!(d365_state.row(Entity::Account, &in_d365).unwrap()["name"], "Renamed in Dynamics");
+}

@@ -43,15 +43,21 @@ pub(crate) async fn salesforce(world: World, faults: FaultSettings, presence_bit
 }
 
 impl Env {
-    /// Writes a config with the given connections (`(name, base_url)`) and extra TOML.
+    /// Writes a config with the given Salesforce connections (`(name, base_url)`) and extra TOML.
     pub(crate) fn new(connections: &[(&str, &str)], extra: &str) -> Self {
+        let snippets: Vec<String> = connections.iter().map(|(name, url)| sim::connection_toml(name, url)).collect();
+        Self::with_connections(&snippets, extra)
+    }
+
+    /// Writes a config with the given `[connections.NAME]` tables (any vendor) and extra TOML.
+    pub(crate) fn with_connections(snippets: &[String], extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut toml = format!(
             "[daemon]\ndata_dir = {:?}\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_grace = \"20s\"\nlog_format = \"json\"\n\n",
             dir.path().join("store").display().to_string()
         );
-        for (name, url) in connections {
-            toml.push_str(&sim::connection_toml(name, url));
+        for snippet in snippets {
+            toml.push_str(snippet);
             toml.push_str("retry = { max_attempts = 6, base_delay = \"5ms\", max_delay = \"50ms\" }\n\n");
         }
         toml.push_str(extra);
@@ -64,7 +70,11 @@ impl Env {
     pub(crate) fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(binary());
         command.args(args).arg("--config").arg(&self.config);
-        for (name, value) in sim::demo_secrets() {
+        let secrets = sim::demo_secrets()
+            .into_iter()
+            .chain(crmsync_connectors::zoho::sim::demo_secrets())
+            .chain(crmsync_connectors::dynamics365::sim::demo_secrets());
+        for (name, value) in secrets {
             command.env(name, value);
         }
         command.env("RUST_LOG", "warn").stdin(Stdio::null());

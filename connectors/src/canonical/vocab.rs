@@ -308,6 +308,26 @@ impl Vocabulary {
         merged
     }
 
+    /// Returns `data` without the stage or order status this vocabulary has no vendor value for:
+    /// a connector does not write those, so they read back as whatever the vendor had.
+    pub fn representable(&self, data: &super::EntityData) -> super::EntityData {
+        let mut data = data.clone();
+        match &mut data {
+            super::EntityData::Opportunity(opportunity) => {
+                if opportunity.stage.is_some_and(|stage| self.stages.reverse(stage).is_none()) {
+                    opportunity.stage = None;
+                }
+            }
+            super::EntityData::Order(order) => {
+                if order.status.is_some_and(|status| self.order_statuses.reverse(status).is_none()) {
+                    order.status = None;
+                }
+            }
+            super::EntityData::Account(_) | super::EntityData::Lead(_) => {}
+        }
+        data
+    }
+
     /// Maps a channel value; unmapped or missing values are `other` (never an error, SPEC §2).
     pub fn channel(&self, vendor_value: Option<&str>) -> Channel {
         vendor_value.and_then(|value| self.channels.get(value)).unwrap_or(Channel::Other)

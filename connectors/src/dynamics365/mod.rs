@@ -1,5 +1,915 @@
-//! Microsoft Dynamics 365 (Dataverse Web API): change tracking, `$batch` upserts, service-endpoint webhooks.
+//! Microsoft Dynamics 365 (Dataverse Web API): client-credentials tokens from the Microsoft identity
+//! platform, change tracking with delta links (or `modifiedon` when a table does not track changes),
+//! `$batch` upserts by alternate key, service-endpoint webhooks, and a simulator (`sim`).
+//!
+//! # Cursor
+//!
+//! With change tracking (the default), the first pull reads the table with `Prefer:
+//! odata.track-changes` page by page (`@odata.nextLink`) and ends with an `@odata.deltaLink`; later
+//! pulls follow the delta link, which yields changed rows and `$deletedEntity` rows in one stream, and
+//! end with the next delta link. The cursor is the link to follow. An expired delta token
+//! (`0x80044352`) starts a clean full read instead of failing.
+//!
+//! Without change tracking (the table's "Track changes" is off, reported by `check`), pulls filter
+//! `modifiedon ge since − overlap` ordered by `modifiedon, id`, and the cursor keeps the
+//! `(id, modifiedon)` pairs delivered within the overlap window so nothing is read twice; deletions are
+//! then found only by the drift sweep.
+//!
+//! # Push
+//!
+//! Records go in `$batch` requests (≤ 1,000 requests each, `Prefer: odata.continue-on-error`, no
+//! change sets, so one refused record never rolls back the others): `PATCH
+//! table(crmsync_id='…')` upserts records crmsync created, `PATCH table(<id>)` with `If-Match` (the
+//! last etag read, else `*`) updates records Dataverse already had, won/lost opportunities add a
+//! `WinOpportunity`/`LoseOpportunity` action, and order lines are upserted by their own alternate
+//! key (`{order}:{n}`), so a retried push never duplicates anything.
 
 mod config;
+pub mod mapping;
+#[cfg(feature = "simulators")]
+pub mod sim;
+#[cfg(all(test, feature = "testkit"))]
+mod tests;
+pub mod webhook;
+pub mod wire;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use secrecy::ExposeSecret;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value, json};
 
 pub use config::{Dynamics365Config, Dynamics365Webhook};
+use mapping::{Close, Currencies, MapContext, Products};
+use wire::{BatchRequest, BatchResponse, EntityCollection};
+
+use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
+use crate::connector::{
+    ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
+    PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery, WebhookParser, WebhookReply,
+};
+use crate::error::{ConnectorError, WebhookError};
+use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
+use crate::settings::ConnectionSettings;
+
+/// Requests in flight per connection (Dataverse allows 52 per user and web server).
+pub const MAX_CONCURRENCY: usize = 16;
+/// Dataverse's request allowance per five-minute window (`x-ms-ratelimit-burst-remaining-xrm-requests`).
+const BURST_LIMIT: u64 = 6000;
+const ANNOTATIONS: &str =
+    "odata.include-annotations=\"OData.Community.Display.V1.FormattedValue,Microsoft.Dynamics.CRM.lookuplogicalname\"";
+
+/// What `EntityDefinitions` said about a table.
+#[derive(Debug)]
+struct Described {
+    columns: BTreeSet<String>,
+    tracking: bool,
+}
+
+/// A Dataverse environment.
+pub struct Dynamics365Connector {
+    settings: ConnectionSettings,
+    config: Dynamics365Config,
+    http: VendorHttp,
+    tokens: TokenCache,
+    described: Mutex<HashMap<Entity, Arc<Described>>>,
+    currencies: tokio::sync::Mutex<Option<Arc<Currencies>>>,
+    products: tokio::sync::Mutex<Option<Arc<Products>>>,
+    in_flight: tokio::sync::Semaphore,
+    default_currency: Currency,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Position {
+    /// `@odata.nextLink` of the read in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    next: Option<String>,
+    /// The delta link changes are read from once the initial read is complete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    delta: Option<String>,
+    /// Without change tracking: the `modifiedon` lower bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max: Option<Timestamp>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    seen: Vec<(String, i64)>,
+    #[serde(default)]
+    incremental: bool,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+struct ListPosition {
+    next: String,
+}
+
+/// Where one outgoing record's requests sit in a batch.
+struct Planned {
+    index: usize,
+    main: usize,
+    close: Option<usize>,
+    lines: std::ops::Range<usize>,
+    delete: bool,
+}
+
+impl Dynamics365Connector {
+    /// Builds the connector. Pure: no network IO.
+    pub fn new(
+        settings: ConnectionSettings,
+        config: Dynamics365Config,
+        host: SharedHost,
+    ) -> Result<Self, ConnectorError> {
+        let http = VendorHttp::new(settings.id.clone(), &settings.http, host)?;
+        Ok(Self {
+            settings,
+            config,
+            http,
+            tokens: TokenCache::default(),
+            described: Mutex::new(HashMap::new()),
+            currencies: tokio::sync::Mutex::new(None),
+            products: tokio::sync::Mutex::new(None),
+            in_flight: tokio::sync::Semaphore::new(MAX_CONCURRENCY),
+            default_currency: Currency::new("USD").map_err(|error| ConnectorError::Config(error.to_string()))?,
+        })
+    }
+
+    fn org(&self) -> &str {
+        self.config.org_url.as_str().trim_end_matches('/')
+    }
+
+    fn api(&self) -> String {
+        format!("{}/api/data/{}", self.org(), self.config.api_version)
+    }
+
+    fn api_path(&self) -> String {
+        format!("/api/data/{}", self.config.api_version)
+    }
+
+    async fn fetch_token(&self) -> Result<TokenResponse, ConnectorError> {
+        let endpoint = format!(
+            "{}/{}/oauth2/v2.0/token",
+            self.config.authority_url.as_str().trim_end_matches('/'),
+            self.config.tenant_id
+        );
+        let scope = format!("{}/.default", self.org());
+        let form = [
+            ("grant_type", "client_credentials"),
+            ("client_id", self.config.client_id.as_str()),
+            ("client_secret", self.config.client_secret.expose_secret()),
+            ("scope", scope.as_str()),
+        ];
+        request_token(&self.http, &endpoint, &form).await
+    }
+
+    fn classify(&self, response: RawResponse, context: &str) -> Result<RawResponse, ConnectorError> {
+        if let Some(remaining) =
+            response.header("x-ms-ratelimit-burst-remaining-xrm-requests").and_then(|value| value.parse::<u64>().ok())
+        {
+            self.http.record_vendor_usage(BURST_LIMIT.saturating_sub(remaining), BURST_LIMIT);
+        }
+        if response.is_success() || response.status == 304 {
+            return Ok(response);
+        }
+        let (code, message) = match serde_json::from_slice::<wire::ErrorBody>(&response.body) {
+            Ok(body) => (body.error.code, body.error.message),
+            Err(_) => (format!("HTTP_{}", response.status), response.body_excerpt()),
+        };
+        Err(match response.status {
+            401 => ConnectorError::Unauthorized { message: format!("{code}: {message}") },
+            429 => ConnectorError::RateLimited {
+                message: format!("{code}: {message}"),
+                retry_after: response.retry_after(),
+            },
+            status if status >= 500 => {
+                ConnectorError::Server { status, url: context.to_owned(), message: format!("{code}: {message}") }
+            }
+            _ if code == wire::EXPIRED_VERSION_STAMP => ConnectorError::CursorExpired { message },
+            status => ConnectorError::Rejected { status, code, message },
+        })
+    }
+
+    async fn call_once<F>(&self, context: &str, build: &F) -> Result<RawResponse, ConnectorError>
+    where
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    {
+        let _permit = self
+            .in_flight
+            .acquire()
+            .await
+            .map_err(|_| ConnectorError::Config("the connection is shutting down".into()))?;
+        self.tokens
+            .with_token(
+                || self.fetch_token(),
+                |token| {
+                    let request = build(self.http.client())
+                        .bearer_auth(token.expose())
+                        .header("Accept", "application/json")
+                        .header("OData-MaxVersion", "4.0")
+                        .header("OData-Version", "4.0");
+                    async move {
+                        let response = self.http.send(request).await?;
+                        self.classify(response, context)
+                    }
+                },
+            )
+            .await
+    }
+
+    /// Sends a request with the retry policy and decodes its JSON body (204/304: `None`).
+    async fn call_json<T, F>(&self, context: &str, build: F) -> Result<Option<T>, ConnectorError>
+    where
+        T: serde::de::DeserializeOwned,
+        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+    {
+        self.http
+            .retrying(|| async {
+                let response = self.call_once(context, &build).await?;
+                if response.status == 204 || response.status == 304 || response.body.is_empty() {
+                    return Ok(None);
+                }
+                response.json::<T>(context).map(Some)
+            })
+            .await
+    }
+
+    async fn describe(&self, entity: Entity) -> Result<Arc<Described>, ConnectorError> {
+        if let Some(found) = self.described.lock().ok().and_then(|cache| cache.get(&entity).cloned()) {
+            return Ok(found);
+        }
+        let table = wire::table(entity);
+        let url = format!("{}/EntityDefinitions(LogicalName='{}')", self.api(), table.logical);
+        let definition: wire::EntityDefinition = self
+            .call_json(&format!("{} definition", table.logical), |client| {
+                client.get(&url).query(&[
+                    ("$select", "LogicalName,ChangeTrackingEnabled"),
+                    ("$expand", "Attributes($select=LogicalName)"),
+                ])
+            })
+            .await?
+            .ok_or_else(|| {
+                ConnectorError::decode(format!("{} definition", table.logical), std::io::Error::other("empty body"))
+            })?;
+        let columns: BTreeSet<String> =
+            definition.attributes.into_iter().map(|attribute| attribute.logical_name).collect();
+        let required = mapping::required_column(entity);
+        if !columns.contains(required) && self.settings.fields.allows(entity, required) {
+            return Err(ConnectorError::SchemaDrift {
+                object: table.logical.to_owned(),
+                message: format!(
+                    "column {required} is gone from {} (renamed or removed); the mapping needs it",
+                    table.logical
+                ),
+            });
+        }
+        let described = Arc::new(Described { columns, tracking: definition.change_tracking_enabled });
+        if let Ok(mut cache) = self.described.lock() {
+            cache.insert(entity, described.clone());
+        }
+        Ok(described)
+    }
+
+    async fn select(&self, entity: Entity) -> Result<(String, BTreeSet<String>, Arc<Described>), ConnectorError> {
+        let described = self.describe(entity).await?;
+        let denied = mapping::denied_columns(entity, &self.settings.fields, &self.config, &described.columns);
+        Ok((mapping::select(entity, &described.columns, &denied, &self.config).join(","), denied, described))
+    }
+
+    async fn currencies(&self) -> Result<Arc<Currencies>, ConnectorError> {
+        let mut cached = self.currencies.lock().await;
+        if let Some(currencies) = cached.as_ref() {
+            return Ok(currencies.clone());
+        }
+        let url = format!("{}/transactioncurrencies", self.api());
+        let page: EntityCollection = self
+            .call_json("transactioncurrencies", |client| {
+                client.get(&url).query(&[("$select", "isocurrencycode,transactioncurrencyid")])
+            })
+            .await?
+            .unwrap_or_default();
+        let currencies = Arc::new(Currencies::new(page.value.iter().filter_map(|row| {
+            Some((
+                row.get("transactioncurrencyid")?.as_str()?.to_owned(),
+                row.get("isocurrencycode")?.as_str()?.to_owned(),
+            ))
+        })));
+        *cached = Some(currencies.clone());
+        Ok(currencies)
+    }
+
+    async fn products(&self) -> Result<Arc<Products>, ConnectorError> {
+        let mut cached = self.products.lock().await;
+        if let Some(products) = cached.as_ref() {
+            return Ok(products.clone());
+        }
+        let url = format!("{}/products", self.api());
+        let mut rows = Vec::new();
+        let mut next = Some(url);
+        let mut first = true;
+        while let Some(link) = next.take() {
+            let page: EntityCollection = self
+                .call_json("products", |client| {
+                    let request = client.get(&link).header("Prefer", self.page_size());
+                    if first { request.query(&[("$select", "productid,name,productnumber")]) } else { request }
+                })
+                .await?
+                .unwrap_or_default();
+            first = false;
+            rows.extend(page.value.iter().filter_map(|row| {
+                Some((
+                    row.get("productid")?.as_str()?.to_owned(),
+                    row.get("name")?.as_str()?.to_owned(),
+                    row.get("productnumber").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                ))
+            }));
+            next = page.next_link;
+        }
+        let products = Arc::new(Products::new(rows));
+        *cached = Some(products.clone());
+        Ok(products)
+    }
+
+    fn page_size(&self) -> String {
+        format!("odata.maxpagesize={}", self.config.max_page_size)
+    }
+
+    async fn get_page(&self, context: &str, url: &str, tracking: bool) -> Result<EntityCollection, ConnectorError> {
+        let mut prefer = vec![self.page_size(), ANNOTATIONS.to_owned()];
+        if tracking {
+            prefer.insert(0, "odata.track-changes".to_owned());
+        }
+        let prefer = prefer.join(",");
+        Ok(self
+            .call_json(context, |client| client.get(url).header("Prefer", &prefer).header("If-None-Match", "null"))
+            .await?
+            .unwrap_or_default())
+    }
+
+    /// Reads the lines of `orders` (order id → rows).
+    async fn lines(&self, orders: &[&str]) -> Result<HashMap<String, Vec<Map<String, Value>>>, ConnectorError> {
+        let mut lines: HashMap<String, Vec<Map<String, Value>>> =
+            orders.iter().map(|id| ((*id).to_owned(), Vec::new())).collect();
+        for chunk in orders.chunks(wire::LINE_FILTER_CHUNK) {
+            let values: Vec<String> = chunk.iter().map(|id| format!("'{id}'")).collect();
+            let filter =
+                format!("Microsoft.Dynamics.CRM.In(PropertyName='salesorderid',PropertyValues=[{}])", values.join(","));
+            let mut url = url::Url::parse(&format!("{}/{}", self.api(), wire::LINES_SET))
+                .map_err(|error| ConnectorError::Config(format!("org_url: {error}")))?;
+            url.query_pairs_mut()
+                .append_pair("$select", &mapping::LINE_COLUMNS.join(","))
+                .append_pair("$filter", &filter);
+            let mut next = Some(url.to_string());
+            while let Some(link) = next.take() {
+                let page = self.get_page("salesorderdetails", &link, false).await?;
+                for row in page.value {
+                    if let Some(order) = row.get("_salesorderid_value").and_then(Value::as_str) {
+                        lines.entry(order.to_owned()).or_default().push(row);
+                    }
+                }
+                next = page.next_link;
+            }
+        }
+        Ok(lines)
+    }
+
+    /// Maps a page's rows; deletions (`$deletedEntity`) become delete changes.
+    async fn map_rows(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Vec<Change>, ConnectorError> {
+        let table = wire::table(entity);
+        let live: Vec<&Map<String, Value>> = rows.iter().filter(|row| !wire::is_deleted_entity(row)).collect();
+        let lines = if entity == Entity::Order && !live.is_empty() {
+            let ids: Vec<&str> = live.iter().filter_map(|row| row.get(table.key).and_then(Value::as_str)).collect();
+            Some(self.lines(&ids).await?)
+        } else {
+            None
+        };
+        let needs_currency = matches!(entity, Entity::Opportunity | Entity::Order) && !live.is_empty();
+        let currencies = if needs_currency { self.currencies().await? } else { Arc::new(Currencies::default()) };
+        let products = if lines.is_some() { self.products().await? } else { Arc::new(Products::default()) };
+        let context = MapContext {
+            vocabulary: &self.settings.vocabulary,
+            config: &self.config,
+            currencies: &currencies,
+            products: &products,
+            default_currency: &self.default_currency,
+        };
+        let mut unmapped = Vec::new();
+        let now = Timestamp::now();
+        let mut changes = Vec::with_capacity(rows.len());
+        for row in rows {
+            if wire::is_deleted_entity(row) {
+                let id = row.get("id").and_then(Value::as_str).ok_or_else(|| {
+                    ConnectorError::decode(format!("{} deletion", table.set), std::io::Error::other("missing id"))
+                })?;
+                changes.push(delete_change(entity, ExternalId::new(id), now));
+                continue;
+            }
+            let order_lines = lines.as_ref().and_then(|lines| {
+                row.get(table.key).and_then(Value::as_str).and_then(|id| lines.get(id)).map(Vec::as_slice)
+            });
+            changes.push(mapping::to_change(entity, row, order_lines, &context, &mut unmapped)?);
+        }
+        for value in &unmapped {
+            tracing::debug!(connection = %self.settings.id, value = %value, "unmapped vendor value");
+            self.http.host().observe(ApiEvent::UnmappedValue { connection: &self.settings.id, entity });
+        }
+        Ok(changes)
+    }
+
+    fn initial_url(
+        &self,
+        entity: Entity,
+        select: &str,
+        since: Option<Timestamp>,
+        tracking: bool,
+    ) -> Result<String, ConnectorError> {
+        let table = wire::table(entity);
+        let mut url = url::Url::parse(&format!("{}/{}", self.api(), table.set))
+            .map_err(|error| ConnectorError::Config(format!("org_url: {error}")))?;
+        url.query_pairs_mut().append_pair("$select", select);
+        if !tracking {
+            if let Some(since) = since {
+                let floor = since.saturating_add(self.settings.overlap, false);
+                let seconds = floor.unix_millis().div_euclid(1000);
+                let floor = Timestamp::from_unix_seconds(seconds).unwrap_or(floor);
+                url.query_pairs_mut().append_pair("$filter", &format!("modifiedon ge {}", wire::format_time(floor)));
+            }
+            url.query_pairs_mut().append_pair("$orderby", &format!("modifiedon asc,{} asc", table.key));
+        }
+        Ok(url.to_string())
+    }
+
+    fn deliver(&self, changes: Vec<Change>, position: &mut Position) -> Vec<Change> {
+        let mut seen: HashSet<(String, i64)> = position.seen.drain(..).collect();
+        let mut fresh = Vec::with_capacity(changes.len());
+        for change in changes {
+            if !seen.insert((change.external_id.to_string(), change.modified_at.unix_millis())) {
+                continue;
+            }
+            if position.max.is_none_or(|max| change.modified_at > max) {
+                position.max = Some(change.modified_at);
+            }
+            fresh.push(change);
+        }
+        if let Some(newest) = position.max {
+            let floor =
+                newest.saturating_add(self.settings.overlap, false).unix_millis().div_euclid(1000) * 1000 - 1000;
+            seen.retain(|(_, stamp)| *stamp >= floor);
+        }
+        position.seen = seen.into_iter().collect();
+        position.seen.sort();
+        fresh
+    }
+
+    async fn pull_tracked(&self, entity: Entity, mut position: Position, select: &str) -> Result<Page, ConnectorError> {
+        let table = wire::table(entity);
+        let url = match (&position.next, &position.delta) {
+            (Some(next), _) => next.clone(),
+            (None, Some(delta)) => delta.clone(),
+            (None, None) => self.initial_url(entity, select, None, true)?,
+        };
+        let page = match self.get_page(&format!("{} changes", table.set), &url, true).await {
+            Err(ConnectorError::CursorExpired { message }) => {
+                tracing::warn!(
+                    connection = %self.settings.id,
+                    table = table.set,
+                    %message,
+                    "change-tracking token expired: starting a full resync of the table"
+                );
+                position = Position::default();
+                let url = self.initial_url(entity, select, None, true)?;
+                self.get_page(&format!("{} full resync", table.set), &url, true).await?
+            }
+            other => other?,
+        };
+        let changes = self.map_rows(entity, &page.value).await?;
+        if let Some(next) = page.next_link {
+            position.next = Some(next);
+            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true });
+        }
+        position.next = None;
+        match page.delta_link {
+            Some(delta) => position.delta = Some(delta),
+            None if position.delta.is_none() => {
+                return Err(ConnectorError::decode(
+                    format!("{} changes", table.set),
+                    std::io::Error::other("the last page of a change-tracked read has no @odata.deltaLink"),
+                ));
+            }
+            None => {}
+        }
+        position.incremental = true;
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
+    }
+
+    async fn pull_by_modifiedon(
+        &self,
+        entity: Entity,
+        mut position: Position,
+        select: &str,
+    ) -> Result<Page, ConnectorError> {
+        let table = wire::table(entity);
+        let url = match &position.next {
+            Some(next) => next.clone(),
+            None => {
+                let since = if position.incremental { position.since } else { position.since.or(self.settings.start) };
+                self.initial_url(entity, select, since, false)?
+            }
+        };
+        let page = self.get_page(&format!("{} rows", table.set), &url, false).await?;
+        let changes = self.map_rows(entity, &page.value).await?;
+        let changes = self.deliver(changes, &mut position);
+        if let Some(next) = page.next_link {
+            position.next = Some(next);
+            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true });
+        }
+        position.next = None;
+        position.since = position.max.or(position.since);
+        position.incremental = true;
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
+    }
+
+    fn planned_outcome(&self, plan: &Planned, responses: &[BatchResponse]) -> PushOutcome {
+        let main = &responses[plan.main];
+        if plan.delete {
+            return match main.status {
+                200..=299 | 404 => PushOutcome::Deleted,
+                status => part_failure(status, main),
+            };
+        }
+        if !(200..300).contains(&main.status) {
+            return part_failure(main.status, main);
+        }
+        let table_key = main_id(main);
+        let Some(external_id) = table_key else {
+            return PushOutcome::Retry { message: "upsert succeeded without the record's id".into() };
+        };
+        if let Some(close) = plan.close.map(|index| &responses[index])
+            && !(200..300).contains(&close.status)
+        {
+            let (code, message) = error_of(close);
+            // Closing a record that is already closed is what we wanted.
+            if !message.contains("not in the correct state") {
+                return PushOutcome::Rejected { code, message: format!("closing the opportunity: {message}") };
+            }
+        }
+        for line in plan.lines.clone() {
+            let response = &responses[line];
+            if !(200..300).contains(&response.status) {
+                let (code, message) = error_of(response);
+                return PushOutcome::Rejected {
+                    code,
+                    message: format!("order line {}: {message}", line - plan.lines.start + 1),
+                };
+            }
+        }
+        let body: Option<Map<String, Value>> = serde_json::from_str(&main.body).ok();
+        let version = body
+            .as_ref()
+            .and_then(|body| body.get("@odata.etag").and_then(Value::as_str).map(str::to_owned))
+            .or_else(|| main.header("etag").map(str::to_owned));
+        PushOutcome::Upserted { external_id: ExternalId::new(external_id), created: main.status == 201, version }
+    }
+
+    async fn send_batch(&self, requests: &[BatchRequest]) -> Result<Vec<BatchResponse>, ConnectorError> {
+        let boundary = format!("batch_{}", uuid::Uuid::new_v4().simple());
+        let body = wire::encode_batch(&boundary, requests);
+        let url = format!("{}/$batch", self.api());
+        self.http
+            .retrying(|| async {
+                let response = self
+                    .call_once("$batch", &|client: &reqwest::Client| {
+                        client
+                            .post(&url)
+                            .header("Content-Type", format!("multipart/mixed; boundary={boundary}"))
+                            .header("Prefer", "odata.continue-on-error")
+                            .body(body.clone())
+                    })
+                    .await?;
+                let content_type = response.header("content-type").unwrap_or_default();
+                let answer_boundary = wire::boundary_of(content_type).ok_or_else(|| {
+                    ConnectorError::decode(
+                        "$batch response",
+                        std::io::Error::other(format!("content type {content_type:?} has no boundary")),
+                    )
+                })?;
+                let text = std::str::from_utf8(&response.body)
+                    .map_err(|error| ConnectorError::decode("$batch response", error))?;
+                let parts = wire::decode_batch_response(&answer_boundary, text)
+                    .map_err(|error| ConnectorError::decode("$batch response", error))?;
+                if parts.len() != requests.len() {
+                    return Err(ConnectorError::decode(
+                        "$batch response",
+                        std::io::Error::other(format!("{} responses for {} requests", parts.len(), requests.len())),
+                    ));
+                }
+                Ok(parts)
+            })
+            .await
+    }
+}
+
+fn delete_change(entity: Entity, id: ExternalId, at: Timestamp) -> Change {
+    Change {
+        entity,
+        object: wire::table(entity).logical.to_owned(),
+        external_id: id,
+        modified_at: at,
+        version: None,
+        canonical_hint: None,
+        kind: ChangeKind::Delete,
+        extra: Map::new(),
+    }
+}
+
+fn error_of(response: &BatchResponse) -> (String, String) {
+    match serde_json::from_str::<wire::ErrorBody>(&response.body) {
+        Ok(body) => (
+            if body.error.code.is_empty() { format!("HTTP_{}", response.status) } else { body.error.code },
+            body.error.message,
+        ),
+        Err(_) => (format!("HTTP_{}", response.status), response.body.chars().take(300).collect()),
+    }
+}
+
+fn part_failure(status: u16, response: &BatchResponse) -> PushOutcome {
+    let (code, message) = error_of(response);
+    match status {
+        412 => PushOutcome::Retry {
+            message: format!(
+                "changed in Dataverse since crmsync last read it ({message}); retried after the next pull"
+            ),
+        },
+        429 | 500..=599 => PushOutcome::Retry { message: format!("{code}: {message}") },
+        _ => PushOutcome::Rejected { code, message },
+    }
+}
+
+/// The record id from a write's response: the body's key column or the `OData-EntityId` header.
+fn main_id(response: &BatchResponse) -> Option<String> {
+    if let Ok(body) = serde_json::from_str::<Map<String, Value>>(&response.body)
+        && let Some(id) = wire::TABLES.iter().find_map(|table| body.get(table.key).and_then(Value::as_str))
+    {
+        return Some(id.to_owned());
+    }
+    let entity_id = response.header("odata-entityid")?;
+    let inner = entity_id.rsplit_once('(')?.1.strip_suffix(')')?;
+    (!inner.contains('=')).then(|| inner.to_owned())
+}
+
+impl WebhookParser for Dynamics365Connector {
+    fn parse_webhook(&self, delivery: &WebhookDelivery<'_>) -> Result<WebhookReply, WebhookError> {
+        let Some(config) = &self.config.webhook else { return Err(WebhookError::NotConfigured) };
+        let events = webhook::parse(config, &self.settings.entities, delivery)?;
+        Ok(WebhookReply { events, content_type: "application/json", body: "{}".into() })
+    }
+}
+
+impl Connector for Dynamics365Connector {
+    fn id(&self) -> &ConnectionId {
+        &self.settings.id
+    }
+
+    fn kind(&self) -> VendorKind {
+        VendorKind::Dynamics365
+    }
+
+    fn entities(&self) -> &[Entity] {
+        &self.settings.entities
+    }
+
+    fn push_batch_size(&self) -> usize {
+        self.config.batch_size as usize
+    }
+
+    async fn check(&self) -> Result<CheckReport, ConnectorError> {
+        let mut report = CheckReport::default();
+        for entity in &self.settings.entities {
+            let table = wire::table(*entity);
+            let described = self.describe(*entity).await?;
+            if !described.tracking {
+                report.notes.push(format!(
+                    "{}: change tracking is off; pulling by modifiedon instead (deletions are found only by the drift sweep). Turn on \"Track changes\" for the table to fix this.",
+                    table.set
+                ));
+            }
+            if !described.columns.contains(&self.config.alternate_key) {
+                report.notes.push(format!(
+                    "{}: column {} (the alternate key holding the canonical id) is missing; pushes will fail until it is created",
+                    table.set, self.config.alternate_key
+                ));
+            }
+        }
+        Ok(report)
+    }
+
+    async fn pull(&self, entity: Entity, cursor: Option<&Cursor>) -> Result<Page, ConnectorError> {
+        let position: Position = match cursor {
+            Some(cursor) => cursor.decode()?,
+            None => Position { since: self.settings.start, ..Position::default() },
+        };
+        let (select, _, described) = self.select(entity).await?;
+        if described.tracking && position.since.is_none() {
+            self.pull_tracked(entity, position, &select).await
+        } else {
+            self.pull_by_modifiedon(entity, position, &select).await
+        }
+    }
+
+    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
+        let table = wire::table(entity);
+        let (select, _, _) = self.select(entity).await?;
+        let mut changes = Vec::new();
+        for chunk in ids.chunks(wire::LINE_FILTER_CHUNK) {
+            let values: Vec<String> = chunk.iter().map(|id| format!("'{}'", id.as_str().replace('\'', "''"))).collect();
+            let mut url = url::Url::parse(&format!("{}/{}", self.api(), table.set))
+                .map_err(|error| ConnectorError::Config(format!("org_url: {error}")))?;
+            url.query_pairs_mut().append_pair("$select", &select).append_pair(
+                "$filter",
+                &format!(
+                    "Microsoft.Dynamics.CRM.In(PropertyName='{}',PropertyValues=[{}])",
+                    table.key,
+                    values.join(",")
+                ),
+            );
+            let page = self.get_page(&format!("{} by id", table.set), url.as_str(), false).await?;
+            let found = self.map_rows(entity, &page.value).await?;
+            let present: HashSet<&str> = found.iter().map(|change| change.external_id.as_str()).collect();
+            let now = Timestamp::now();
+            let gone: Vec<Change> = chunk
+                .iter()
+                .filter(|id| !present.contains(id.as_str()))
+                .map(|id| delete_change(entity, id.clone(), now))
+                .collect();
+            changes.extend(found);
+            changes.extend(gone);
+        }
+        Ok(changes)
+    }
+
+    async fn list_ids(&self, entity: Entity, cursor: Option<&Cursor>) -> Result<IdPage, ConnectorError> {
+        let table = wire::table(entity);
+        let url = match cursor.map(Cursor::decode::<ListPosition>).transpose()? {
+            Some(position) => position.next,
+            None => {
+                let mut url = url::Url::parse(&format!("{}/{}", self.api(), table.set))
+                    .map_err(|error| ConnectorError::Config(format!("org_url: {error}")))?;
+                url.query_pairs_mut().append_pair("$select", &format!("{},modifiedon", table.key));
+                url.to_string()
+            }
+        };
+        let page = self.get_page(&format!("{} ids", table.set), &url, false).await?;
+        let ids = page
+            .value
+            .iter()
+            .filter_map(|row| {
+                let id = row.get(table.key)?.as_str()?;
+                let stamp = row.get("modifiedon")?.as_str()?.parse::<Timestamp>().ok()?;
+                Some((ExternalId::new(id), stamp))
+            })
+            .collect();
+        Ok(IdPage { ids, next: page.next_link.map(|next| Cursor::encode(&ListPosition { next })) })
+    }
+
+    async fn push(&self, entity: Entity, batch: &[Outgoing]) -> Result<PushReport, ConnectorError> {
+        let table = wire::table(entity);
+        let (_, denied, _) = self.select(entity).await?;
+        let currencies = if matches!(entity, Entity::Opportunity | Entity::Order) {
+            self.currencies().await?
+        } else {
+            Arc::new(Currencies::default())
+        };
+        let products = if entity == Entity::Order { self.products().await? } else { Arc::new(Products::default()) };
+        let context = MapContext {
+            vocabulary: &self.settings.vocabulary,
+            config: &self.config,
+            currencies: &currencies,
+            products: &products,
+            default_currency: &self.default_currency,
+        };
+        let api = self.api_path();
+        let key = &self.config.alternate_key;
+        let mut outcomes: Vec<Option<PushOutcome>> = vec![None; batch.len()];
+        // Requests grouped per record, so one record's requests never straddle two batches.
+        let mut groups: Vec<(usize, Vec<BatchRequest>, bool, bool, usize)> = Vec::new();
+        for (index, outgoing) in batch.iter().enumerate() {
+            match (&outgoing.op, &outgoing.external_id) {
+                (OutgoingOp::Delete, None) => outcomes[index] = Some(PushOutcome::Deleted),
+                (OutgoingOp::Delete, Some(id)) => groups.push((
+                    index,
+                    vec![BatchRequest {
+                        method: "DELETE".into(),
+                        path: format!("{api}/{}({})", table.set, id.as_str()),
+                        headers: Vec::new(),
+                        body: None,
+                    }],
+                    true,
+                    false,
+                    0,
+                )),
+                (OutgoingOp::Upsert { data }, external_id) => {
+                    let by_key = external_id.is_none();
+                    let write = mapping::to_row(outgoing.canonical_id, data, &context, &denied, by_key);
+                    let mut headers = vec![("Prefer".to_owned(), "return=representation".to_owned())];
+                    let path = match external_id {
+                        Some(id) => {
+                            let condition = outgoing.expected_version.clone().unwrap_or_else(|| "*".into());
+                            headers.push(("If-Match".into(), condition));
+                            format!("{api}/{}({})?$select={}", table.set, id.as_str(), table.key)
+                        }
+                        None => format!("{api}/{}({key}='{}')?$select={}", table.set, outgoing.canonical_id, table.key),
+                    };
+                    let mut requests = vec![BatchRequest {
+                        method: "PATCH".into(),
+                        path,
+                        headers,
+                        body: Some(Value::Object(write.body)),
+                    }];
+                    let close = write.close.is_some();
+                    if let Some(close) = write.close {
+                        let target = match external_id {
+                            Some(id) => format!("/opportunities({})", id.as_str()),
+                            None => format!("/opportunities({key}='{}')", outgoing.canonical_id),
+                        };
+                        let (action, status, subject) = match close {
+                            Close::Win => ("WinOpportunity", 3, "Won (crmsync)"),
+                            Close::Lose => ("LoseOpportunity", 4, "Lost (crmsync)"),
+                        };
+                        requests.push(BatchRequest {
+                            method: "POST".into(),
+                            path: format!("{api}/{action}"),
+                            headers: Vec::new(),
+                            body: Some(json!({"Status": status, "OpportunityClose": {"subject": subject, "opportunityid@odata.bind": target}})),
+                        });
+                    }
+                    let line_count = write.lines.len();
+                    for (number, line) in write.lines.into_iter().enumerate() {
+                        requests.push(BatchRequest {
+                            method: "PATCH".into(),
+                            path: format!("{api}/{}({key}='{}:{number}')", wire::LINES_SET, outgoing.canonical_id),
+                            headers: Vec::new(),
+                            body: Some(Value::Object(line)),
+                        });
+                    }
+                    groups.push((index, requests, false, close, line_count));
+                }
+            }
+        }
+        let mut pending: Vec<BatchRequest> = Vec::new();
+        let mut plans: Vec<Planned> = Vec::new();
+        let mut batches: Vec<(Vec<BatchRequest>, Vec<Planned>)> = Vec::new();
+        for (index, requests, delete, close, line_count) in groups {
+            if pending.len() + requests.len() > wire::BATCH_LIMIT && !pending.is_empty() {
+                batches.push((std::mem::take(&mut pending), std::mem::take(&mut plans)));
+            }
+            let main = pending.len();
+            let close_index = close.then_some(main + 1);
+            let lines_start = main + 1 + usize::from(close);
+            plans.push(Planned {
+                index,
+                main,
+                close: close_index,
+                lines: lines_start..lines_start + line_count,
+                delete,
+            });
+            pending.extend(requests);
+        }
+        if !pending.is_empty() {
+            batches.push((pending, plans));
+        }
+        let mut answered = false;
+        for (requests, plans) in batches {
+            match self.send_batch(&requests).await {
+                Ok(responses) => {
+                    answered = true;
+                    for plan in &plans {
+                        outcomes[plan.index] = Some(self.planned_outcome(plan, &responses));
+                    }
+                }
+                // Earlier batches were applied: report them, and let the rest be retried.
+                Err(error) if answered => {
+                    for plan in &plans {
+                        outcomes[plan.index] = Some(PushOutcome::Retry { message: error.to_string() });
+                    }
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let results = batch
+            .iter()
+            .zip(outcomes)
+            .map(|(outgoing, outcome)| PushResult {
+                canonical_id: outgoing.canonical_id,
+                outcome: outcome.unwrap_or(PushOutcome::Retry { message: "no result returned for this record".into() }),
+            })
+            .collect();
+        Ok(PushReport { results })
+    }
+
+    fn usage(&self) -> ApiUsage {
+        self.http.usage()
+    }
+
+    fn representable(&self, data: &crate::canonical::EntityData) -> crate::canonical::EntityData {
+        mapping::representable(data, &self.settings.vocabulary)
+    }
+}

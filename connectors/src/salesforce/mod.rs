@@ -663,6 +663,10 @@ impl Connector for SalesforceConnector {
     fn usage(&self) -> ApiUsage {
         self.http.usage()
     }
+
+    fn representable(&self, data: &crate::canonical::EntityData) -> crate::canonical::EntityData {
+        self.settings.vocabulary.representable(data)
+    }
 }
 
 impl SalesforceConnector {

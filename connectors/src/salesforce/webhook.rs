@@ -15,6 +15,7 @@ use secrecy::ExposeSecret;
 use super::config::SalesforceWebhook;
 use super::wire;
 use crate::canonical::Entity;
+use crate::connector::same_secret;
 use crate::error::WebhookError;
 
 /// The SOAP acknowledgement Salesforce expects.
@@ -43,14 +44,6 @@ pub struct OutboundMessage {
     pub organization_id: String,
     /// Notifications.
     pub notifications: Vec<Notification>,
-}
-
-/// Compares two secrets in constant time (length leaks nothing useful: both are hashed first).
-pub fn same_secret(left: &str, right: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    let left = Sha256::digest(left.as_bytes());
-    let right = Sha256::digest(right.as_bytes());
-    left.iter().zip(right.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Checks the shared secret in the query string.

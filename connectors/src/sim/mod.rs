@@ -18,7 +18,7 @@ use axum::extract::State;
 use axum::routing::{get, post};
 use serde::{Deserialize, Serialize};
 
-pub use world::{World, WorldAccount, WorldLead, WorldOpportunity, WorldOrder, WorldOrderLine, WorldSize};
+pub use world::{PRODUCTS, World, WorldAccount, WorldLead, WorldOpportunity, WorldOrder, WorldOrderLine, WorldSize};
 
 /// Fault switches, settable at start and at runtime. Zero means "off" for every counter.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

@@ -175,7 +175,8 @@ const FIRST_NAMES: &[&str] =
     &["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Linus"];
 const LAST_NAMES: &[&str] =
     &["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman"];
-const PRODUCTS: &[(&str, &str)] =
+/// The product catalogue every simulated org shares: `(name, SKU)`.
+pub const PRODUCTS: &[(&str, &str)] =
     &[("Widget", "W-100"), ("Gadget", "G-200"), ("Gizmo", "Z-300"), ("Sprocket", "S-400"), ("Support plan", "SP-1")];
 
 impl World {

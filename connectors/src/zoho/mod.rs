@@ -542,24 +542,42 @@ impl Connector for ZohoConnector {
                 OutgoingOp::Delete => None,
             })
             .collect();
-        if !upserts.is_empty() {
-            let body = serde_json::json!({"data": upserts.iter().map(|(_, record)| record).collect::<Vec<_>>(), "duplicate_check_fields": [self.config.external_id_field], "trigger": []});
-            let path = self.path(&format!("/{module}/upsert"));
-            let response: wire::WriteResponse = self
-                .call_json(&format!("{module} upsert results"), |client, base| {
-                    client.post(format!("{base}{path}")).json(&body)
+        // Records Zoho already has (known id) are updated by id: an upsert would match only on the
+        // external-id field, which a record created in Zoho does not carry yet, and duplicate it.
+        let (updates, inserts): (Vec<_>, Vec<_>) =
+            upserts.into_iter().partition(|(index, _)| batch[*index].external_id.is_some());
+        for (by_id, group) in [(false, inserts), (true, updates)] {
+            if group.is_empty() {
+                continue;
+            }
+            let records: Vec<Map<String, Value>> = group
+                .iter()
+                .map(|(index, record)| {
+                    let mut record = record.clone();
+                    if let (true, Some(id)) = (by_id, &batch[*index].external_id) {
+                        record.insert("id".into(), Value::String(id.to_string()));
+                    }
+                    record
                 })
-                .await?
-                .ok_or_else(|| {
-                    ConnectorError::decode(format!("{module} upsert results"), std::io::Error::other("empty body"))
-                })?;
-            if response.data.len() != upserts.len() {
+                .collect();
+            let context = format!("{module} {} results", if by_id { "update" } else { "upsert" });
+            let response: wire::WriteResponse = if by_id {
+                let path = self.path(&format!("/{module}"));
+                let body = serde_json::json!({"data": records, "trigger": []});
+                self.call_json(&context, |client, base| client.put(format!("{base}{path}")).json(&body)).await?
+            } else {
+                let path = self.path(&format!("/{module}/upsert"));
+                let body = serde_json::json!({"data": records, "duplicate_check_fields": [self.config.external_id_field], "trigger": []});
+                self.call_json(&context, |client, base| client.post(format!("{base}{path}")).json(&body)).await?
+            }
+            .ok_or_else(|| ConnectorError::decode(context.clone(), std::io::Error::other("empty body")))?;
+            if response.data.len() != group.len() {
                 return Err(ConnectorError::decode(
-                    format!("{module} upsert results"),
-                    std::io::Error::other(format!("{} results for {} records", response.data.len(), upserts.len())),
+                    context,
+                    std::io::Error::other(format!("{} results for {} records", response.data.len(), group.len())),
                 ));
             }
-            for ((index, _), result) in upserts.iter().zip(response.data) {
+            for ((index, _), result) in group.iter().zip(response.data) {
                 outcomes[*index] = Some(write_outcome(result));
             }
         }
@@ -609,6 +627,10 @@ impl Connector for ZohoConnector {
 
     fn usage(&self) -> ApiUsage {
         self.http.usage()
+    }
+
+    fn representable(&self, data: &crate::canonical::EntityData) -> crate::canonical::EntityData {
+        self.settings.vocabulary.representable(data)
     }
 }
 

@@ -407,6 +407,18 @@ impl ZohoSim {
         true
     }
 
+    /// Creates a record as a user would (new id, `Created_Time` and `Modified_Time` now).
+    pub fn create(&self, entity: Entity, fields: Value) -> String {
+        let mut inner = self.lock();
+        let stamp = inner.tick();
+        inner.put(wire::module(entity), fields, stamp)
+    }
+
+    /// The id of a product by name.
+    pub fn product_id(&self, name: &str) -> Option<String> {
+        self.lock().products.iter().find(|(_, product, _)| product == name).map(|(id, _, _)| id.clone())
+    }
+
     /// Watches the number of API calls served.
     pub fn progress(&self) -> tokio::sync::watch::Receiver<u64> {
         self.progress.subscribe()
@@ -513,7 +525,7 @@ pub fn router(state: Arc<ZohoSim>) -> Router {
         .route("/oauth/v2/token", post(token))
         .route("/crm/{version}/settings/fields", get(fields))
         .route("/crm/{version}/actions/watch", post(watch).patch(watch))
-        .route("/crm/{version}/{module}", get(records).delete(delete_records))
+        .route("/crm/{version}/{module}", get(records).delete(delete_records).put(update))
         .route("/crm/{version}/{module}/deleted", get(deleted))
         .route("/crm/{version}/{module}/upsert", post(upsert))
         .with_state(state.clone())
@@ -909,12 +921,26 @@ async fn deleted(
     sim.with_credits(axum::Json(json!({"data": data, "info": {"per_page": per_page, "count": data.len(), "page": page, "more_records": end < gone.len()}})).into_response())
 }
 
+/// `PUT /crm/{v}/{Module}`: updates records by their `id`.
+async fn update(
+    State(sim): Shared,
+    headers: HeaderMap,
+    Path((_version, module)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    write(sim, headers, module, body, true).await
+}
+
 async fn upsert(
     State(sim): Shared,
     headers: HeaderMap,
     Path((_version, module)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
+    write(sim, headers, module, body, false).await
+}
+
+async fn write(sim: Arc<ZohoSim>, headers: HeaderMap, module: String, body: Bytes, by_id: bool) -> Response {
     if let Err(response) = sim.gate(&headers).await {
         return sim.with_credits(response);
     }
@@ -959,8 +985,11 @@ async fn upsert(
         .and_then(Value::as_array)
         .map(|fields| fields.iter().filter_map(Value::as_str).map(str::to_owned).collect())
         .unwrap_or_default();
-    let results: Vec<Value> =
-        records.iter().enumerate().map(|(index, record)| sim.upsert_one(module, index, record, &checks)).collect();
+    let results: Vec<Value> = records
+        .iter()
+        .enumerate()
+        .map(|(index, record)| sim.upsert_one(module, index, record, &checks, by_id))
+        .collect();
     let successes = results.iter().filter(|result| result["status"] == "success").count();
     let inserted = results.iter().filter(|result| result["action"] == "insert").count();
     let status = if successes == 0 {
@@ -980,13 +1009,30 @@ fn record_error(code: &str, message: &str, details: Value) -> Value {
 }
 
 impl ZohoSim {
-    fn upsert_one(&self, module: &'static str, index: usize, record: &Value, checks: &[String]) -> Value {
+    fn upsert_one(&self, module: &'static str, index: usize, record: &Value, checks: &[String], by_id: bool) -> Value {
         let Some(record) = record.as_object() else {
             return record_error("INVALID_DATA", "invalid data", json!({"json_path": format!("$.data[{index}]")}));
         };
         let specs = schema(module);
         let mut inner = self.lock();
-        for (name, value) in record {
+        let target = if by_id {
+            let id = record.get("id").and_then(Value::as_str).unwrap_or_default();
+            if inner.modules.get(module).is_none_or(|rows| rows.get(id).is_none_or(|row| row.deleted.is_some())) {
+                return record_error(
+                    "INVALID_DATA",
+                    "the id given seems to be invalid",
+                    json!({"api_name": "id", "json_path": format!("$.data[{index}].id")}),
+                );
+            }
+            Some(id.to_owned())
+        } else {
+            None
+        };
+        let mut record = record.clone();
+        if by_id {
+            record.remove("id");
+        }
+        for (name, value) in &record {
             let Some(spec) = specs.iter().find(|spec| spec.name == name) else {
                 return record_error(
                     "INVALID_DATA",
@@ -1045,7 +1091,9 @@ impl ZohoSim {
             }
         }
         let key = record.get("Crmsync_Id").and_then(Value::as_str).map(str::to_owned);
-        let existing = if checks.iter().any(|check| check == "Crmsync_Id") {
+        let existing = if target.is_some() {
+            target
+        } else if checks.iter().any(|check| check == "Crmsync_Id") {
             key.as_ref().and_then(|key| {
                 inner
                     .modules

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::config::ZohoWebhook;
 use super::wire;
 use crate::canonical::{Entity, ExternalId, Timestamp};
-use crate::connector::{Change, ChangeKind, WebhookDelivery, WebhookEvent};
+use crate::connector::{Change, ChangeKind, WebhookDelivery, WebhookEvent, same_secret};
 use crate::error::WebhookError;
 
 #[derive(Debug, Deserialize)]
@@ -30,12 +30,6 @@ struct Callback {
     token: Option<String>,
     #[serde(default)]
     server_time: Option<i64>,
-}
-
-fn same_secret(left: &str, right: &str) -> bool {
-    use sha2::{Digest, Sha256};
-    let (left, right) = (Sha256::digest(left.as_bytes()), Sha256::digest(right.as_bytes()));
-    left.iter().zip(right.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
 }
 
 /// Authenticates and decodes one delivery.

@@ -1,0 +1,680 @@
+//! Dataverse rows ↔ canonical records: the only place the two meet.
+//!
+//! - Stages (SPEC §2): `statecode` 1/2 are won/lost; otherwise `salesstage` through the vocabulary
+//!   (`"0"`…`"3"`), with `salesstage` 0 plus a `budgetstatus` read as `budget`.
+//! - Order status: the salesorder `statecode` through the vocabulary.
+//! - Money: JSON numbers read as decimals, with the row's transaction currency (a lookup resolved to
+//!   its ISO code through the org's `transactioncurrencies`).
+//! - Lookups: `_customerid_value` (account), `_opportunityid_value`; written as `@odata.bind` by
+//!   Dataverse id when the target has the record, else by the alternate key holding the canonical id.
+//! - The canonical order number is the salesorder's `name` (`ordernumber` is assigned by Dataverse);
+//!   the order date is `submitdate`; lines are `salesorderdetails` pointing at the org's product
+//!   catalogue (matched by product number = SKU, else by name), or write-in products when the
+//!   catalogue has no match.
+//!
+//! Dataverse has no column for some canonical fields (an account's free-text industry; the sales
+//! channel unless `channel_field` names one), so its changes are [`Completeness::Partial`]: an absent
+//! value is unknown, never an instruction to clear the field elsewhere.
+
+use std::collections::{BTreeSet, HashMap};
+
+use rust_decimal::Decimal;
+use serde_json::{Map, Value, json};
+
+use super::config::Dynamics365Config;
+use super::wire::{self, LOOKUP_LOGICAL_NAME};
+use crate::canonical::{
+    Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Lead, Money, Opportunity, Order,
+    OrderLine, OrderStatus, RecordRef, Stage, Timestamp, Vocabulary, normalise_domain,
+};
+use crate::connector::{Change, ChangeKind, Completeness};
+use crate::error::ConnectorError;
+use crate::settings::FieldPolicy;
+
+/// Formatted-value annotation suffix.
+pub const FORMATTED: &str = "@OData.Community.Display.V1.FormattedValue";
+
+/// Transaction currencies of the org: id → ISO code, and back.
+#[derive(Debug, Default, Clone)]
+pub struct Currencies {
+    by_id: HashMap<String, String>,
+}
+
+impl Currencies {
+    /// Builds the table from `(transactioncurrencyid, isocurrencycode)` pairs.
+    pub fn new(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        Self { by_id: pairs.into_iter().collect() }
+    }
+
+    /// The ISO code of a currency id.
+    pub fn code(&self, id: &str) -> Option<&str> {
+        self.by_id.get(id).map(String::as_str)
+    }
+
+    /// The id of an ISO code.
+    pub fn id(&self, code: &str) -> Option<&str> {
+        self.by_id.iter().find(|(_, iso)| iso.eq_ignore_ascii_case(code)).map(|(id, _)| id.as_str())
+    }
+}
+
+/// The org's product catalogue: id → (name, product number = SKU).
+#[derive(Debug, Default, Clone)]
+pub struct Products {
+    by_id: HashMap<String, (String, String)>,
+}
+
+impl Products {
+    /// Builds the catalogue from `(productid, name, productnumber)` rows.
+    pub fn new(rows: impl IntoIterator<Item = (String, String, String)>) -> Self {
+        Self { by_id: rows.into_iter().map(|(id, name, number)| (id, (name, number))).collect() }
+    }
+
+    /// A product's name and number.
+    pub fn get(&self, id: &str) -> Option<(&str, &str)> {
+        self.by_id.get(id).map(|(name, number)| (name.as_str(), number.as_str()))
+    }
+
+    /// The product with this SKU, else with this name.
+    pub fn find(&self, sku: Option<&str>, name: Option<&str>) -> Option<&str> {
+        let by = |wanted: &str, pick: fn(&(String, String)) -> &String| {
+            self.by_id.iter().find(|(_, product)| pick(product).eq_ignore_ascii_case(wanted)).map(|(id, _)| id.as_str())
+        };
+        sku.and_then(|sku| by(sku, |product| &product.1))
+            .or_else(|| name.and_then(|name| by(name, |product| &product.0)))
+    }
+}
+
+/// Canonical field → Dataverse columns (`{channel}`: the configured channel column).
+pub fn vendor_columns(entity: Entity, canonical: &str) -> &'static [&'static str] {
+    match (entity, canonical) {
+        (Entity::Account, "name") => &["name"],
+        (Entity::Account, "number") => &["accountnumber"],
+        (Entity::Account, "domain") => &["websiteurl"],
+        (Entity::Account, "billing_country") => &["address1_country"],
+        (Entity::Lead, "name") => &["firstname", "lastname"],
+        (Entity::Lead, "company") => &["companyname"],
+        (Entity::Lead, "email") => &["emailaddress1"],
+        (Entity::Lead, "status" | "converted") => &["statecode"],
+        (Entity::Lead, "source" | "channel") => &["{channel}"],
+        (Entity::Opportunity, "name") => &["name"],
+        (Entity::Opportunity, "account") => &["_customerid_value"],
+        (Entity::Opportunity, "amount") => &["estimatedvalue", "_transactioncurrencyid_value"],
+        (Entity::Opportunity, "stage" | "vendor_stage" | "is_won" | "is_closed") => {
+            &["salesstage", "budgetstatus", "statecode"]
+        }
+        (Entity::Opportunity, "probability") => &["closeprobability"],
+        (Entity::Opportunity, "close_date") => &["estimatedclosedate"],
+        (Entity::Opportunity, "closed_at") => &["actualclosedate"],
+        (Entity::Opportunity, "channel" | "vendor_channel") => &["{channel}"],
+        (Entity::Order, "number") => &["name"],
+        (Entity::Order, "account") => &["_customerid_value"],
+        (Entity::Order, "opportunity") => &["_opportunityid_value"],
+        (Entity::Order, "status" | "vendor_status") => &["statecode"],
+        (Entity::Order, "currency") => &["_transactioncurrencyid_value"],
+        (Entity::Order, "total_amount") => &["totalamount"],
+        (Entity::Order, "order_date") => &["submitdate"],
+        (Entity::Order, "details") => &["description"],
+        (Entity::Order, "channel" | "vendor_channel") => &["{channel}"],
+        (_, "created_at") => &["createdon"],
+        (_, "updated_at") => &["modifiedon"],
+        _ => &[],
+    }
+}
+
+fn resolve<'a>(column: &'a str, config: &'a Dynamics365Config) -> Option<&'a str> {
+    if column == "{channel}" { config.channel_field.as_deref() } else { Some(column) }
+}
+
+/// The column a mapping cannot work without, per table.
+pub fn required_column(entity: Entity) -> &'static str {
+    match entity {
+        Entity::Account | Entity::Opportunity | Entity::Order => "name",
+        Entity::Lead => "lastname",
+    }
+}
+
+/// Columns privacy forbids.
+pub fn denied_columns(
+    entity: Entity,
+    policy: &FieldPolicy,
+    config: &Dynamics365Config,
+    described: &BTreeSet<String>,
+) -> BTreeSet<String> {
+    let table = wire::table(entity);
+    let mut denied = BTreeSet::new();
+    for canonical in entity.fields() {
+        if !policy.allows(entity, canonical) {
+            denied.extend(
+                vendor_columns(entity, canonical)
+                    .iter()
+                    .filter_map(|column| resolve(column, config))
+                    .map(str::to_owned),
+            );
+        }
+    }
+    for column in described {
+        if !policy.allows(entity, column)
+            && column != table.key
+            && column != "modifiedon"
+            && column != &config.alternate_key
+        {
+            denied.insert(column.clone());
+        }
+    }
+    denied
+}
+
+/// The `$select` list: the key, `modifiedon`, the alternate key and every mapped column the table has
+/// and privacy allows. Unmapped columns are not read (Dataverse tables have hundreds).
+pub fn select(
+    entity: Entity,
+    described: &BTreeSet<String>,
+    denied: &BTreeSet<String>,
+    config: &Dynamics365Config,
+) -> Vec<String> {
+    let table = wire::table(entity);
+    let mapped = entity
+        .fields()
+        .iter()
+        .flat_map(|field| vendor_columns(entity, field).iter().filter_map(|column| resolve(column, config)));
+    let mut columns: Vec<String> = Vec::new();
+    for column in [table.key, "modifiedon", config.alternate_key.as_str()].into_iter().chain(mapped) {
+        let present = described.contains(column) || column == table.key;
+        if present && !denied.contains(column) && !columns.iter().any(|known| known == column) {
+            columns.push(column.to_owned());
+        }
+    }
+    columns
+}
+
+/// Columns of `salesorderdetails` read for order lines.
+pub const LINE_COLUMNS: &[&str] = &[
+    "salesorderdetailid",
+    "_salesorderid_value",
+    "_productid_value",
+    "productdescription",
+    "quantity",
+    "priceperunit",
+    "extendedamount",
+];
+
+fn text(row: &Map<String, Value>, column: &str) -> Option<String> {
+    match row.get(column)? {
+        Value::String(text) if !text.is_empty() => Some(text.clone()),
+        Value::Number(number) => Some(number.to_string()),
+        _ => None,
+    }
+}
+
+fn formatted(row: &Map<String, Value>, column: &str) -> Option<String> {
+    row.get(&format!("{column}{FORMATTED}")).and_then(Value::as_str).map(str::to_owned)
+}
+
+fn int(row: &Map<String, Value>, column: &str) -> Option<i64> {
+    row.get(column).and_then(Value::as_i64)
+}
+
+fn decimal(row: &Map<String, Value>, column: &str) -> Result<Option<Decimal>, ConnectorError> {
+    match row.get(column) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Number(number)) => Money::parse_amount(&number.to_string())
+            .map(Some)
+            .map_err(|error| ConnectorError::decode(format!("Dataverse {column}"), error)),
+        Some(other) => Err(ConnectorError::decode(
+            format!("Dataverse {column}"),
+            std::io::Error::other(format!("expected a number, found {other}")),
+        )),
+    }
+}
+
+fn timestamp(row: &Map<String, Value>, column: &str) -> Result<Option<Timestamp>, ConnectorError> {
+    text(row, column)
+        .map(|value| {
+            value.parse::<Timestamp>().map_err(|error| ConnectorError::decode(format!("Dataverse {column}"), error))
+        })
+        .transpose()
+}
+
+fn date(row: &Map<String, Value>, column: &str) -> Result<Option<jiff::civil::Date>, ConnectorError> {
+    text(row, column)
+        .map(|value| {
+            // DateOnly columns come as `2024-03-31`; date-and-time ones as a UTC instant.
+            let day = value.get(..10).unwrap_or(&value);
+            day.parse::<jiff::civil::Date>()
+                .map_err(|error| ConnectorError::decode(format!("Dataverse {column}"), error))
+        })
+        .transpose()
+}
+
+/// A lookup to an account (`_customerid_value` may point at a contact: not mapped).
+fn account_lookup(row: &Map<String, Value>, column: &str) -> Option<RecordRef> {
+    let id = text(row, column)?;
+    let target = row.get(&format!("{column}{LOOKUP_LOGICAL_NAME}")).and_then(Value::as_str);
+    (target.is_none_or(|target| target == "account")).then(|| RecordRef::external(id))
+}
+
+/// What a mapping needs besides the row.
+pub struct MapContext<'a> {
+    /// Stage, status and channel tables.
+    pub vocabulary: &'a Vocabulary,
+    /// The connection's settings.
+    pub config: &'a Dynamics365Config,
+    /// The org's currencies.
+    pub currencies: &'a Currencies,
+    /// The org's products (order lines).
+    pub products: &'a Products,
+    /// Used when a row has no transaction currency.
+    pub default_currency: &'a Currency,
+}
+
+/// The canonical stage of an opportunity row and its raw vendor value.
+fn stage_of(
+    row: &Map<String, Value>,
+    vocabulary: &Vocabulary,
+    unmapped: &mut Vec<String>,
+) -> (Option<Stage>, Option<String>) {
+    match int(row, "statecode") {
+        Some(1) => return (Some(Stage::Won), Some(formatted(row, "statecode").unwrap_or_else(|| "Won".into()))),
+        Some(2) => return (Some(Stage::Lost), Some(formatted(row, "statecode").unwrap_or_else(|| "Lost".into()))),
+        _ => {}
+    }
+    let Some(salesstage) = int(row, "salesstage") else { return (None, None) };
+    let raw = formatted(row, "salesstage").unwrap_or_else(|| salesstage.to_string());
+    let mapped = vocabulary.stages.get(&salesstage.to_string()).or_else(|| vocabulary.stages.get(&raw));
+    if mapped.is_none() {
+        unmapped.push(format!("opportunity.salesstage = {raw:?}"));
+    }
+    let budgeted = int(row, "budgetstatus").is_some_and(|status| status >= 1);
+    let stage = match mapped {
+        Some(Stage::Qualified) if budgeted => Some(Stage::Budget),
+        other => other,
+    };
+    (stage, Some(raw))
+}
+
+/// Maps one row to a canonical change. `lines` are the order's `salesorderdetails` rows.
+pub fn to_change(
+    entity: Entity,
+    row: &Map<String, Value>,
+    lines: Option<&[Map<String, Value>]>,
+    context: &MapContext<'_>,
+    unmapped: &mut Vec<String>,
+) -> Result<Change, ConnectorError> {
+    let table = wire::table(entity);
+    let config = context.config;
+    let missing = |what: &str| {
+        ConnectorError::decode(format!("{} row", table.set), std::io::Error::other(format!("missing {what}")))
+    };
+    let id = text(row, table.key).ok_or_else(|| missing(table.key))?;
+    let modified_at = timestamp(row, "modifiedon")?.ok_or_else(|| missing("modifiedon"))?;
+    let canonical_hint = text(row, &config.alternate_key).and_then(|value| value.parse::<CanonicalId>().ok());
+    let channel_raw =
+        config.channel_field.as_deref().and_then(|field| formatted(row, field).or_else(|| text(row, field)));
+    let channel = channel_raw.as_deref().map(|raw| {
+        let mapped = context.vocabulary.channels.get(raw);
+        if mapped.is_none() {
+            unmapped.push(format!("{}.{} = {raw:?}", table.logical, config.channel_field.as_deref().unwrap_or("")));
+        }
+        mapped.unwrap_or(Channel::Other)
+    });
+    let currency = || -> Result<Currency, ConnectorError> {
+        match text(row, "_transactioncurrencyid_value") {
+            Some(currency_id) => {
+                let code = context.currencies.code(&currency_id).ok_or_else(|| {
+                    ConnectorError::decode(
+                        format!("{}._transactioncurrencyid_value", table.logical),
+                        std::io::Error::other(format!("unknown transaction currency {currency_id}")),
+                    )
+                })?;
+                Currency::new(code).map_err(|error| ConnectorError::decode("transactioncurrency", error))
+            }
+            None => Ok(context.default_currency.clone()),
+        }
+    };
+    let data = match entity {
+        Entity::Account => EntityData::Account(Account {
+            name: text(row, "name"),
+            number: text(row, "accountnumber"),
+            domain: text(row, "websiteurl").and_then(|website| normalise_domain(&website)),
+            industry: None,
+            billing_country: text(row, "address1_country"),
+            owner: formatted(row, "_ownerid_value"),
+            created_at: timestamp(row, "createdon")?,
+            updated_at: Some(modified_at),
+        }),
+        Entity::Lead => {
+            let state = int(row, "statecode");
+            EntityData::Lead(Lead {
+                name: match (text(row, "firstname"), text(row, "lastname")) {
+                    (Some(first), Some(last)) => Some(format!("{first} {last}")),
+                    (None, last) => last,
+                    (first, None) => first,
+                },
+                company: text(row, "companyname"),
+                email: text(row, "emailaddress1"),
+                source: channel_raw.clone(),
+                channel,
+                status: state.map(|state| {
+                    formatted(row, "statecode").unwrap_or_else(|| {
+                        match state {
+                            0 => "Open",
+                            1 => "Qualified",
+                            _ => "Disqualified",
+                        }
+                        .to_owned()
+                    })
+                }),
+                converted: state.map(|state| state == 1),
+                converted_account: None,
+                converted_opportunity: None,
+                created_at: timestamp(row, "createdon")?,
+            })
+        }
+        Entity::Opportunity => {
+            let (stage, vendor_stage) = stage_of(row, context.vocabulary, unmapped);
+            let is_closed = stage.map(|stage| stage.is_closed());
+            EntityData::Opportunity(Opportunity {
+                name: text(row, "name"),
+                account: account_lookup(row, "_customerid_value"),
+                amount: decimal(row, "estimatedvalue")?
+                    .map(|amount| currency().map(|code| Money::new(amount, code)))
+                    .transpose()?,
+                stage,
+                vendor_stage,
+                probability: decimal(row, "closeprobability")?,
+                channel,
+                vendor_channel: channel_raw,
+                close_date: date(row, "estimatedclosedate")?,
+                created_at: timestamp(row, "createdon")?,
+                closed_at: if is_closed == Some(true) {
+                    date(row, "actualclosedate")?
+                        .and_then(|day| jiff::tz::Offset::UTC.to_timestamp(day.at(0, 0, 0, 0)).ok())
+                        .map(Timestamp::from_jiff)
+                } else {
+                    None
+                },
+                is_won: stage.map(|stage| stage == Stage::Won),
+                is_closed,
+                stage_history: Vec::new(),
+            })
+        }
+        Entity::Order => {
+            let state = int(row, "statecode");
+            let status = state.and_then(|state| {
+                let mapped = context.vocabulary.order_statuses.get(&state.to_string());
+                if mapped.is_none() {
+                    unmapped.push(format!("salesorder.statecode = {state}"));
+                }
+                mapped
+            });
+            let lines = lines
+                .map(|lines| {
+                    lines
+                        .iter()
+                        .map(|line| {
+                            let catalogue = text(line, "_productid_value").and_then(|id| context.products.get(&id));
+                            Ok(OrderLine {
+                                product: catalogue
+                                    .map(|(name, _)| name.to_owned())
+                                    .or_else(|| text(line, "productdescription"))
+                                    .or_else(|| formatted(line, "_productid_value")),
+                                sku: catalogue.map(|(_, number)| number.to_owned()).filter(|number| !number.is_empty()),
+                                quantity: decimal(line, "quantity")?.unwrap_or_default(),
+                                unit_price: decimal(line, "priceperunit")?.unwrap_or_default(),
+                                line_total: decimal(line, "extendedamount")?.unwrap_or_default(),
+                            })
+                        })
+                        .collect::<Result<Vec<_>, ConnectorError>>()
+                })
+                .transpose()?;
+            EntityData::Order(Order {
+                number: text(row, "name"),
+                account: account_lookup(row, "_customerid_value"),
+                opportunity: text(row, "_opportunityid_value").map(RecordRef::external),
+                channel,
+                vendor_channel: channel_raw,
+                status,
+                vendor_status: state.map(|state| formatted(row, "statecode").unwrap_or_else(|| state.to_string())),
+                currency: Some(currency()?),
+                total_amount: decimal(row, "totalamount")?,
+                order_date: date(row, "submitdate")?,
+                lines,
+                details: text(row, "description"),
+            })
+        }
+    };
+    let mapped: BTreeSet<&str> = entity
+        .fields()
+        .iter()
+        .flat_map(|field| vendor_columns(entity, field).iter().filter_map(|column| resolve(column, config)))
+        .chain([table.key, "modifiedon", "createdon", config.alternate_key.as_str()])
+        .collect();
+    let extra = row
+        .iter()
+        .filter(|(column, _)| !mapped.contains(column.as_str()) && !column.starts_with('@') && !column.contains('@'))
+        .map(|(column, value)| (column.clone(), value.clone()))
+        .collect();
+    Ok(Change {
+        entity,
+        object: table.logical.to_owned(),
+        external_id: ExternalId::new(id),
+        modified_at,
+        version: row.get("@odata.etag").and_then(Value::as_str).map(str::to_owned),
+        canonical_hint,
+        kind: ChangeKind::Upsert { data, completeness: Completeness::Partial },
+        extra,
+    })
+}
+
+fn decimal_value(value: Decimal) -> Value {
+    serde_json::from_str(&value.normalize().to_string()).unwrap_or(Value::Null)
+}
+
+/// The `@odata.bind` path of a referenced record: by Dataverse id when known, else by the alternate
+/// key holding the canonical id (crmsync pushes referenced records first).
+pub fn bind(reference: &RecordRef, set: &str, config: &Dynamics365Config) -> Option<String> {
+    match (&reference.external, &reference.canonical) {
+        (Some(id), _) => Some(format!("/{set}({})", id.as_str())),
+        (None, Some(canonical)) => Some(format!("/{set}({}='{canonical}')", config.alternate_key)),
+        (None, None) => None,
+    }
+}
+
+fn channel_value(channel: Channel, vocabulary: &Vocabulary) -> Option<String> {
+    let preferred = match channel {
+        Channel::Direct => "Direct",
+        Channel::Agent => "Partner",
+        Channel::Ecommerce => "Web",
+        Channel::Other => "Other",
+    };
+    if vocabulary.channels.get(preferred) == Some(channel) {
+        Some(preferred.to_owned())
+    } else {
+        vocabulary.channels.reverse(channel).map(str::to_owned)
+    }
+}
+
+/// What a pushed record reads back as: won, lost and budget are representable (close actions, budget
+/// status), other stages and statuses through the vocabulary; `shipped` is written (and read) as
+/// fulfilled = `delivered`.
+pub fn representable(data: &EntityData, vocabulary: &Vocabulary) -> EntityData {
+    let mut data = data.clone();
+    match &mut data {
+        EntityData::Opportunity(opportunity) => {
+            let special = matches!(opportunity.stage, Some(Stage::Won | Stage::Lost | Stage::Budget));
+            if !special && opportunity.stage.is_some_and(|stage| vocabulary.stages.reverse(stage).is_none()) {
+                opportunity.stage = None;
+            }
+        }
+        EntityData::Order(order) => {
+            if order.status == Some(OrderStatus::Shipped) {
+                order.status = Some(OrderStatus::Delivered);
+            }
+            if order.status.is_some_and(|status| vocabulary.order_statuses.reverse(status).is_none()) {
+                order.status = None;
+            }
+        }
+        EntityData::Account(_) | EntityData::Lead(_) => {}
+    }
+    data
+}
+
+/// How an opportunity is closed: Dataverse refuses `statecode` in an update and wants the
+/// `WinOpportunity` / `LoseOpportunity` actions instead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Close {
+    /// `WinOpportunity` with status 3 (Won).
+    Win,
+    /// `LoseOpportunity` with status 4 (Canceled).
+    Lose,
+}
+
+/// One record's write: the row body, the close action it needs, and its order lines.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowWrite {
+    /// The PATCH body.
+    pub body: Map<String, Value>,
+    /// For an opportunity won or lost.
+    pub close: Option<Close>,
+    /// For an order: one body per line (upserted by `{alternate_key}` = `{canonical}:{n}`).
+    pub lines: Vec<Map<String, Value>>,
+}
+
+/// Builds one record's write. The alternate key itself is not in the body when the row is addressed
+/// by it (Dataverse rejects key columns repeated in an upsert body); `by_key` says which addressing
+/// the caller uses.
+pub fn to_row(
+    canonical_id: CanonicalId,
+    data: &EntityData,
+    context: &MapContext<'_>,
+    denied: &BTreeSet<String>,
+    by_key: bool,
+) -> RowWrite {
+    let config = context.config;
+    let vocabulary = context.vocabulary;
+    let mut body = Map::new();
+    if !by_key {
+        body.insert(config.alternate_key.clone(), json!(canonical_id.to_string()));
+    }
+    let channel_field = config.channel_field.clone();
+    let mut put = |column: &str, value: Value| {
+        if !denied.contains(column) && !value.is_null() {
+            body.insert(column.to_owned(), value);
+        }
+    };
+    let mut close = None;
+    let mut lines = Vec::new();
+    let currency_bind = |code: &str| context.currencies.id(code).map(|id| format!("/transactioncurrencies({id})"));
+    match data {
+        EntityData::Account(account) => {
+            put("name", json!(account.name));
+            put("accountnumber", json!(account.number));
+            put("websiteurl", json!(account.domain.as_ref().map(|domain| format!("https://www.{domain}"))));
+            put("address1_country", json!(account.billing_country));
+        }
+        EntityData::Lead(lead) => {
+            if let Some(name) = &lead.name {
+                match name.rsplit_once(' ') {
+                    Some((first, last)) => {
+                        put("firstname", json!(first));
+                        put("lastname", json!(last));
+                    }
+                    None => put("lastname", json!(name)),
+                }
+            }
+            put("companyname", json!(lead.company));
+            put("emailaddress1", json!(lead.email));
+            if let Some(field) = &channel_field {
+                put(field, json!(lead.channel.and_then(|channel| channel_value(channel, vocabulary))));
+            }
+        }
+        EntityData::Opportunity(opportunity) => {
+            put("name", json!(opportunity.name));
+            let (salesstage, budget) = match opportunity.stage {
+                Some(Stage::Budget) => (vocabulary.stages.reverse(Stage::Qualified), Some(2)),
+                Some(Stage::Won | Stage::Lost) => (None, None),
+                Some(stage) => (vocabulary.stages.reverse(stage), None),
+                None => (None, None),
+            };
+            put("salesstage", json!(salesstage.and_then(|value| value.parse::<i64>().ok())));
+            put("budgetstatus", json!(budget));
+            close = match opportunity.stage {
+                Some(Stage::Won) => Some(Close::Win),
+                Some(Stage::Lost) => Some(Close::Lose),
+                _ => None,
+            };
+            put("estimatedclosedate", json!(opportunity.close_date.map(|day| day.to_string())));
+            if let Some(amount) = &opportunity.amount {
+                put("estimatedvalue", decimal_value(amount.amount));
+                put("transactioncurrencyid@odata.bind", json!(currency_bind(amount.currency.as_str())));
+            }
+            put(
+                "closeprobability",
+                json!(
+                    opportunity.probability.and_then(|probability| probability.trunc().to_string().parse::<i64>().ok())
+                ),
+            );
+            if let Some(field) = &channel_field {
+                put(field, json!(opportunity.channel.and_then(|channel| channel_value(channel, vocabulary))));
+            }
+            put(
+                "customerid_account@odata.bind",
+                json!(opportunity.account.as_ref().and_then(|account| bind(account, "accounts", config))),
+            );
+        }
+        EntityData::Order(order) => {
+            put("name", json!(order.number));
+            put(
+                "statecode",
+                json!(order.status.and_then(|status| {
+                    let status = if status == OrderStatus::Shipped { OrderStatus::Delivered } else { status };
+                    vocabulary.order_statuses.reverse(status).and_then(|value| value.parse::<i64>().ok())
+                })),
+            );
+            put("submitdate", json!(order.order_date.map(|day| format!("{day}T00:00:00Z"))));
+            put("description", json!(order.details));
+            put(
+                "transactioncurrencyid@odata.bind",
+                json!(order.currency.as_ref().and_then(|currency| currency_bind(currency.as_str()))),
+            );
+            if let Some(field) = &channel_field {
+                put(field, json!(order.channel.and_then(|channel| channel_value(channel, vocabulary))));
+            }
+            put(
+                "customerid_account@odata.bind",
+                json!(order.account.as_ref().and_then(|account| bind(account, "accounts", config))),
+            );
+            put(
+                "opportunityid@odata.bind",
+                json!(order.opportunity.as_ref().and_then(|opportunity| bind(opportunity, "opportunities", config))),
+            );
+            if let Some(order_lines) = &order.lines {
+                for line in order_lines {
+                    let mut row = Map::new();
+                    match context.products.find(line.sku.as_deref(), line.product.as_deref()) {
+                        Some(product) => {
+                            row.insert("isproductoverridden".into(), json!(false));
+                            row.insert("productid@odata.bind".into(), json!(format!("/products({product})")));
+                        }
+                        None => {
+                            // Not in the catalogue: a write-in product.
+                            row.insert("isproductoverridden".into(), json!(true));
+                            row.insert(
+                                "productdescription".into(),
+                                json!(line.product.clone().unwrap_or_else(|| "Item".into())),
+                            );
+                        }
+                    }
+                    row.insert("quantity".into(), decimal_value(line.quantity));
+                    row.insert("priceperunit".into(), decimal_value(line.unit_price));
+                    row.insert(
+                        "salesorderid@odata.bind".into(),
+                        json!(format!("/salesorders({}='{canonical_id}')", config.alternate_key)),
+                    );
+                    lines.push(row);
+                }
+            }
+        }
+    }
+    RowWrite { body, close, lines }
+}

@@ -1,0 +1,348 @@
+//! Dataverse Web API shapes, in the vendor's words (crm-apis.md §3), shared by the connector and the
+//! simulator: tables, collection pages, error bodies, the Entra token error, WCF dates and the
+//! `multipart/mixed` framing of `$batch`.
+//!
+//! References: learn.microsoft.com/power-apps/developer/data-platform/webapi/query/page-results,
+//! …/use-change-tracking-synchronize-data-external-systems, …/webapi/execute-batch-operations-using-web-api.
+
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use crate::canonical::Entity;
+
+/// Largest `Prefer: odata.maxpagesize` Dataverse honours.
+pub const MAX_PAGE_SIZE: usize = 5000;
+/// Requests allowed in one `$batch`.
+pub const BATCH_LIMIT: usize = 1000;
+/// Order-line ids per `In(...)` filter when reading lines of a page of orders.
+pub const LINE_FILTER_CHUNK: usize = 100;
+/// HRESULT of an expired change-tracking token ("Version stamp associated with the client has
+/// expired. Please perform a full sync." — the SDK's `ExpiredVersionStamp`).
+pub const EXPIRED_VERSION_STAMP: &str = "0x80044352";
+/// Annotation carrying a lookup's target table.
+pub const LOOKUP_LOGICAL_NAME: &str = "@Microsoft.Dynamics.CRM.lookuplogicalname";
+/// The order-lines table.
+pub const LINES_SET: &str = "salesorderdetails";
+
+/// One synced table.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Table {
+    /// The entity it holds.
+    pub entity: Entity,
+    /// Logical name (`opportunity`).
+    pub logical: &'static str,
+    /// Entity set name (`opportunities`).
+    pub set: &'static str,
+    /// Primary key column (`opportunityid`).
+    pub key: &'static str,
+}
+
+/// The tables crmsync syncs.
+pub const TABLES: &[Table] = &[
+    Table { entity: Entity::Account, logical: "account", set: "accounts", key: "accountid" },
+    Table { entity: Entity::Lead, logical: "lead", set: "leads", key: "leadid" },
+    Table { entity: Entity::Opportunity, logical: "opportunity", set: "opportunities", key: "opportunityid" },
+    Table { entity: Entity::Order, logical: "salesorder", set: "salesorders", key: "salesorderid" },
+];
+
+/// The table of an entity.
+pub fn table(entity: Entity) -> Table {
+    TABLES.iter().copied().find(|table| table.entity == entity).unwrap_or(TABLES[0])
+}
+
+/// The table with a logical name (webhooks name tables by logical name).
+pub fn table_by_logical(logical: &str) -> Option<Table> {
+    TABLES.iter().copied().find(|table| table.logical == logical)
+}
+
+/// A collection page: `value` rows plus paging / change-tracking links.
+#[derive(Debug, Default, Deserialize)]
+pub struct EntityCollection {
+    /// The rows, each a JSON object keyed by column logical name (deletions carry `@odata.context`
+    /// ending in `$deletedEntity`, an `id` and a `reason`).
+    #[serde(default)]
+    pub value: Vec<Map<String, Value>>,
+    /// Next page (`$skiptoken`), absent on the last page.
+    #[serde(rename = "@odata.nextLink", default)]
+    pub next_link: Option<String>,
+    /// Delta link, present on the last page of a change-tracked read.
+    #[serde(rename = "@odata.deltaLink", default)]
+    pub delta_link: Option<String>,
+}
+
+/// Whether a delta row is a deletion.
+pub fn is_deleted_entity(row: &Map<String, Value>) -> bool {
+    row.get("@odata.context").and_then(Value::as_str).is_some_and(|context| context.ends_with("$deletedEntity"))
+}
+
+/// The Web API error body `{"error":{"code","message"}}`.
+#[derive(Debug, Deserialize)]
+pub struct ErrorBody {
+    /// The error.
+    pub error: ErrorDetail,
+}
+
+/// Inner part of [`ErrorBody`]; `code` is an HRESULT hex string or empty.
+#[derive(Debug, Deserialize)]
+pub struct ErrorDetail {
+    /// HRESULT such as `0x80072322`, often empty.
+    #[serde(default)]
+    pub code: String,
+    /// Human-readable message.
+    #[serde(default)]
+    pub message: String,
+}
+
+/// `EntityDefinitions(LogicalName='…')` with its attributes (the parts crmsync reads).
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct EntityDefinition {
+    /// Whether the table has "Track changes" on.
+    #[serde(default)]
+    pub change_tracking_enabled: bool,
+    /// Columns.
+    #[serde(default)]
+    pub attributes: Vec<AttributeDefinition>,
+}
+
+/// One column of an [`EntityDefinition`].
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct AttributeDefinition {
+    /// Column logical name.
+    pub logical_name: String,
+}
+
+/// Renders an instant the way Dataverse does: UTC, second precision (`2024-01-02T03:04:05Z`).
+pub fn format_time(at: crate::canonical::Timestamp) -> String {
+    at.as_jiff().strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
+}
+
+/// Parses a WCF date `/Date(1506409448000)/` or `/Date(1506409448000-0700)/` into epoch milliseconds.
+///
+/// The offset suffix only says which zone the sender displayed; the number is already UTC milliseconds.
+pub fn wcf_date_millis(text: &str) -> Option<i64> {
+    let inner = text.strip_prefix("/Date(")?.strip_suffix(")/")?;
+    let end = inner.char_indices().skip(1).find(|(_, c)| *c == '+' || *c == '-').map_or(inner.len(), |(i, _)| i);
+    inner[..end].parse().ok()
+}
+
+/// One request inside a `$batch` (no change sets: every request stands alone, and with
+/// `Prefer: odata.continue-on-error` each gets its own response).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchRequest {
+    /// `PATCH`, `POST`, `DELETE`, `GET`.
+    pub method: String,
+    /// Absolute path (`/api/data/v9.2/accounts(crmsync_id='…')`).
+    pub path: String,
+    /// Extra headers (`If-Match`, `Prefer`).
+    pub headers: Vec<(String, String)>,
+    /// JSON body, if any.
+    pub body: Option<Value>,
+}
+
+/// One response part of a `$batch` answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchResponse {
+    /// Embedded HTTP status.
+    pub status: u16,
+    /// Embedded headers (lower-cased names).
+    pub headers: Vec<(String, String)>,
+    /// Embedded body (empty for 204).
+    pub body: String,
+}
+
+impl BatchResponse {
+    /// A header of the part.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
+    }
+}
+
+/// Renders requests as a `multipart/mixed` body with `boundary`.
+pub fn encode_batch(boundary: &str, requests: &[BatchRequest]) -> String {
+    let mut out = String::new();
+    for request in requests {
+        out.push_str(&format!(
+            "--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\n{} {} HTTP/1.1\r\n",
+            request.method, request.path
+        ));
+        for (name, value) in &request.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        match &request.body {
+            Some(body) => out.push_str(&format!("Content-Type: application/json; type=entry\r\n\r\n{body}\r\n")),
+            None => out.push_str("\r\n"),
+        }
+    }
+    out.push_str(&format!("--{boundary}--\r\n"));
+    out
+}
+
+/// Renders responses as a `multipart/mixed` body with `boundary`.
+pub fn encode_batch_response(boundary: &str, responses: &[BatchResponse]) -> String {
+    let mut out = String::new();
+    for response in responses {
+        out.push_str(&format!(
+            "--{boundary}\r\nContent-Type: application/http\r\nContent-Transfer-Encoding: binary\r\n\r\nHTTP/1.1 {} {}\r\n",
+            response.status,
+            reason(response.status)
+        ));
+        for (name, value) in &response.headers {
+            out.push_str(&format!("{name}: {value}\r\n"));
+        }
+        out.push_str(&format!("\r\n{}\r\n", response.body));
+    }
+    out.push_str(&format!("--{boundary}--\r\n"));
+    out
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        201 => "Created",
+        204 => "No Content",
+        400 => "Bad Request",
+        404 => "Not Found",
+        412 => "Precondition Failed",
+        429 => "Too Many Requests",
+        _ => "Error",
+    }
+}
+
+/// The boundary of a `multipart/mixed; boundary=…` content type.
+pub fn boundary_of(content_type: &str) -> Option<String> {
+    content_type
+        .split(';')
+        .map(str::trim)
+        .find_map(|part| part.strip_prefix("boundary=").map(|boundary| boundary.trim_matches('"').to_owned()))
+}
+
+/// Why a multipart body could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("malformed $batch body: {0}")]
+pub struct BatchFormatError(pub String);
+
+/// Splits a multipart body into its parts' contents (after each part's MIME headers).
+fn parts<'a>(boundary: &str, body: &'a str) -> Result<Vec<&'a str>, BatchFormatError> {
+    let delimiter = format!("--{boundary}");
+    let end = format!("--{boundary}--");
+    let Some(last) = body.find(&end) else {
+        return Err(BatchFormatError(format!("no closing delimiter {end}")));
+    };
+    let mut parts = Vec::new();
+    for chunk in body[..last].split(&delimiter).skip(1) {
+        let chunk = chunk.trim_start_matches("\r\n");
+        let Some((mime, content)) = chunk.split_once("\r\n\r\n") else {
+            return Err(BatchFormatError("a part has no blank line after its MIME headers".into()));
+        };
+        if !mime.to_ascii_lowercase().contains("application/http") {
+            return Err(BatchFormatError(format!("unsupported part type: {}", mime.lines().next().unwrap_or(""))));
+        }
+        parts.push(content);
+    }
+    Ok(parts)
+}
+
+fn headers_and_body(text: &str) -> (Vec<(String, String)>, String) {
+    if let Some(body) = text.strip_prefix("\r\n") {
+        return (Vec::new(), body.trim_end_matches("\r\n").to_owned());
+    }
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+    let headers = head
+        .lines()
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_owned()))
+        .collect();
+    (headers, body.trim_end_matches("\r\n").to_owned())
+}
+
+/// Reads the requests of a `$batch` body.
+pub fn decode_batch(boundary: &str, body: &str) -> Result<Vec<BatchRequest>, BatchFormatError> {
+    parts(boundary, body)?
+        .into_iter()
+        .map(|content| {
+            let (line, rest) = content.split_once("\r\n").unwrap_or((content, ""));
+            let mut words = line.split_whitespace();
+            let (Some(method), Some(path), Some(_version)) = (words.next(), words.next(), words.next()) else {
+                return Err(BatchFormatError(format!("bad request line {line:?}")));
+            };
+            let (headers, body) = headers_and_body(rest);
+            let body = if body.trim().is_empty() {
+                None
+            } else {
+                Some(serde_json::from_str(&body).map_err(|error| BatchFormatError(format!("part body: {error}")))?)
+            };
+            let headers = headers.into_iter().filter(|(name, _)| name != "content-type").collect();
+            Ok(BatchRequest { method: method.to_owned(), path: path.to_owned(), headers, body })
+        })
+        .collect()
+}
+
+/// Reads the responses of a `$batch` answer.
+pub fn decode_batch_response(boundary: &str, body: &str) -> Result<Vec<BatchResponse>, BatchFormatError> {
+    parts(boundary, body)?
+        .into_iter()
+        .map(|content| {
+            let (line, rest) = content.split_once("\r\n").unwrap_or((content, ""));
+            let status = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|status| status.parse().ok())
+                .ok_or_else(|| BatchFormatError(format!("bad status line {line:?}")))?;
+            let (headers, body) = headers_and_body(rest);
+            Ok(BatchResponse { status, headers, body })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wcf_dates_parse_with_and_without_offset() {
+        assert_eq!(wcf_date_millis("/Date(1506409448000)/"), Some(1_506_409_448_000));
+        assert_eq!(wcf_date_millis("/Date(1506409448000-0700)/"), Some(1_506_409_448_000));
+        assert_eq!(wcf_date_millis("/Date(-5)/"), Some(-5));
+        assert_eq!(wcf_date_millis("2024-01-01"), None);
+    }
+
+    #[test]
+    fn batch_bodies_round_trip() {
+        let requests = vec![
+            BatchRequest {
+                method: "PATCH".into(),
+                path: "/api/data/v9.2/accounts(crmsync_id='a')".into(),
+                headers: vec![("If-Match".into(), "W/\"12\"".into())],
+                body: Some(serde_json::json!({"name": "Contoso"})),
+            },
+            BatchRequest {
+                method: "DELETE".into(),
+                path: "/api/data/v9.2/accounts(x)".into(),
+                headers: vec![],
+                body: None,
+            },
+        ];
+        let body = encode_batch("batch_1", &requests);
+        assert_eq!(
+            decode_batch("batch_1", &body).unwrap(),
+            requests
+                .iter()
+                .cloned()
+                .map(|mut request| {
+                    request.headers.iter_mut().for_each(|(name, _)| *name = name.to_ascii_lowercase());
+                    request
+                })
+                .collect::<Vec<_>>()
+        );
+        let responses = vec![
+            BatchResponse { status: 204, headers: vec![("odata-entityid".into(), "x".into())], body: String::new() },
+            BatchResponse { status: 400, headers: vec![], body: r#"{"error":{"code":"0x1","message":"no"}}"#.into() },
+        ];
+        let body = encode_batch_response("batchresponse_1", &responses);
+        assert_eq!(decode_batch_response("batchresponse_1", &body).unwrap(), responses);
+        assert!(decode_batch("batch_1", "--batch_1\r\nno end").is_err());
+        assert_eq!(boundary_of("multipart/mixed; boundary=\"batch_7\"").as_deref(), Some("batch_7"));
+    }
+}
