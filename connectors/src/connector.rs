@@ -443,3 +443,37 @@ impl ConnectorHost for MemoryHost {
 
 /// A shared host handle.
 pub type SharedHost = Arc<dyn ConnectorHost>;
+
+/// Drops changes already delivered within the overlap window, for vendors whose modification times
+/// have second precision (Zoho `Modified_Time`, Dataverse `modifiedon`): a re-read of the window, or
+/// equal stamps across a page boundary, never delivers a record twice.
+///
+/// `seen` holds the `(id, stamp in ms)` pairs delivered at or after the window's floor and is kept
+/// in the cursor; `max` is the newest upsert stamp delivered (the next lower bound); `also_newest` is
+/// another stamp the window follows (Zoho's deletes).
+pub fn deliver_once(
+    changes: Vec<Change>,
+    seen: &mut Vec<(String, i64)>,
+    max: &mut Option<Timestamp>,
+    also_newest: Option<Timestamp>,
+    overlap: std::time::Duration,
+) -> Vec<Change> {
+    let mut delivered: std::collections::HashSet<(String, i64)> = seen.drain(..).collect();
+    let mut fresh = Vec::with_capacity(changes.len());
+    for change in changes {
+        if !delivered.insert((change.external_id.to_string(), change.modified_at.unix_millis())) {
+            continue;
+        }
+        if !change.is_delete() && max.is_none_or(|newest| change.modified_at > newest) {
+            *max = Some(change.modified_at);
+        }
+        fresh.push(change);
+    }
+    if let Some(newest) = max.iter().copied().chain(also_newest).max() {
+        let floor = newest.saturating_add(overlap, false).unix_millis().div_euclid(1000) * 1000 - 1000;
+        delivered.retain(|(_, stamp)| *stamp >= floor);
+    }
+    *seen = delivered.into_iter().collect();
+    seen.sort();
+    fresh
+}

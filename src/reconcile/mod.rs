@@ -600,8 +600,13 @@ fn judge(
         Policy::Manual => (newer, "manual".to_owned()),
     };
     // Changed on two sides since the source last synced: the other side's value is newer than the
-    // last version we saw from the source.
-    let is_conflict = last_seen.is_some_and(|seen| provenance.modified_at > seen);
+    // last version we saw from the source. A newer edit that priority or ownership overrules is a
+    // conflict too: otherwise a double edit would be recorded or not depending on which CRM's change
+    // happened to be read first.
+    let overruled = !incoming_wins
+        && matches!(policy, Policy::Priority(_) | Policy::Authoritative(_))
+        && modified_at > provenance.modified_at;
+    let is_conflict = overruled || last_seen.is_some_and(|seen| provenance.modified_at > seen);
     if !is_conflict {
         return Verdict { incoming_wins, conflict: None };
     }

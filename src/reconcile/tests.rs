@@ -105,6 +105,31 @@ fn priority_policy_prefers_the_listed_connection_even_when_older() {
 }
 
 #[test]
+fn a_double_edit_under_priority_is_one_conflict_whichever_side_is_read_first() {
+    let rules =
+        Rules { default_policy: Policy::Priority(vec![connection("sf"), connection("zoho")]), ..Rules::default() };
+    let base = shared_record(&rules);
+    let from_sf = account_change("001", 40, "SF edit", None);
+    let from_zoho = account_change("z1", 41, "Zoho edit", None);
+    for order in [[(&from_sf, "sf"), (&from_zoho, "zoho")], [(&from_zoho, "zoho"), (&from_sf, "sf")]] {
+        let mut record = base.clone();
+        let mut conflicts = Vec::new();
+        for (change, source) in order {
+            let decision = apply(Some(&record), change, source, &rules);
+            conflicts.extend(decision.conflicts.clone());
+            if let Some(updated) = decision.record {
+                record = updated;
+            }
+        }
+        assert_eq!(name_of(&record).as_deref(), Some("SF edit"), "the priority winner");
+        assert_eq!(conflicts.len(), 1, "{conflicts:?}");
+        // Both values of the moment are kept; the overruled edit is always one of them.
+        let values = [conflicts[0].current.value.clone(), conflicts[0].incoming.value.clone()];
+        assert!(values.contains(&Value::from("Zoho edit")), "{values:?}");
+    }
+}
+
+#[test]
 fn authoritative_policy_lets_only_the_owner_overwrite() {
     let mut rules = Rules::default();
     rules

@@ -286,7 +286,15 @@ async fn three_vendors_reach_a_fixed_point_a_zoho_order_lands_once_everywhere_an
     let conflicts: Value = serde_json::from_str(&ok(env.run(&["conflicts", "list", "--all", "--json"]).await)).unwrap();
     let on_name: Vec<&Value> =
         conflicts.as_array().unwrap().iter().filter(|conflict| conflict["field"] == "name").collect();
-    assert_eq!(on_name.len(), 1, "{conflicts:#}");
+    if on_name.len() != 1 {
+        let now: Vec<Value> = export(&env, "account", false).await;
+        let record = now.iter().find(|candidate| candidate["id"] == record["id"]).cloned();
+        panic!(
+            "{} conflicts on name: {conflicts:#}\nrecord before: {record_before:#}\nrecord now: {record:#?}",
+            on_name.len(),
+            record_before = accounts[0]
+        );
+    }
     assert_eq!(sf_state.row(Entity::Account, &in_sf).unwrap()["Name"], "Renamed in Dynamics");
     assert_eq!(zoho_state.row(Entity::Account, &in_zoho).unwrap()["Account_Name"], "Renamed in Dynamics");
     assert_eq!(d365_state.row(Entity::Account, &in_d365).unwrap()["name"], "Renamed in Dynamics");

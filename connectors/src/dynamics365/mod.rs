@@ -47,7 +47,7 @@ use wire::{BatchRequest, BatchResponse, EntityCollection};
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
     ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
-    PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery, WebhookParser, WebhookReply,
+    PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deliver_once,
 };
 use crate::error::{ConnectorError, WebhookError};
 use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
@@ -439,25 +439,8 @@ impl Dynamics365Connector {
     }
 
     fn deliver(&self, changes: Vec<Change>, position: &mut Position) -> Vec<Change> {
-        let mut seen: HashSet<(String, i64)> = position.seen.drain(..).collect();
-        let mut fresh = Vec::with_capacity(changes.len());
-        for change in changes {
-            if !seen.insert((change.external_id.to_string(), change.modified_at.unix_millis())) {
-                continue;
-            }
-            if position.max.is_none_or(|max| change.modified_at > max) {
-                position.max = Some(change.modified_at);
-            }
-            fresh.push(change);
-        }
-        if let Some(newest) = position.max {
-            let floor =
-                newest.saturating_add(self.settings.overlap, false).unix_millis().div_euclid(1000) * 1000 - 1000;
-            seen.retain(|(_, stamp)| *stamp >= floor);
-        }
-        position.seen = seen.into_iter().collect();
-        position.seen.sort();
-        fresh
+        let also_newest = None;
+        deliver_once(changes, &mut position.seen, &mut position.max, also_newest, self.settings.overlap)
     }
 
     async fn pull_tracked(&self, entity: Entity, mut position: Position, select: &str) -> Result<Page, ConnectorError> {

@@ -32,7 +32,7 @@ pub use config::{DATA_CENTRES, ZohoConfig, ZohoWebhook};
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
     ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
-    PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery, WebhookParser, WebhookReply,
+    PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deliver_once,
 };
 use crate::error::{ConnectorError, WebhookError};
 use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
@@ -295,26 +295,8 @@ impl ZohoConnector {
     }
 
     fn deliver(&self, changes: Vec<Change>, position: &mut Position) -> Vec<Change> {
-        let mut seen: HashSet<(String, i64)> = position.seen.drain(..).collect();
-        let mut fresh = Vec::with_capacity(changes.len());
-        for change in changes {
-            if !seen.insert((change.external_id.to_string(), change.modified_at.unix_millis())) {
-                continue;
-            }
-            if !change.is_delete() && position.max.is_none_or(|max| change.modified_at > max) {
-                position.max = Some(change.modified_at);
-            }
-            fresh.push(change);
-        }
-        let newest = position.max.into_iter().chain(position.deletes_since).max();
-        if let Some(newest) = newest {
-            let floor =
-                newest.saturating_add(self.settings.overlap, false).unix_millis().div_euclid(1000) * 1000 - 1000;
-            seen.retain(|(_, stamp)| *stamp >= floor);
-        }
-        position.seen = seen.into_iter().collect();
-        position.seen.sort();
-        fresh
+        let also_newest = position.deletes_since;
+        deliver_once(changes, &mut position.seen, &mut position.max, also_newest, self.settings.overlap)
     }
 
     async fn products(&self) -> Result<Arc<HashMap<String, String>>, ConnectorError> {
