@@ -11,41 +11,79 @@ use crate::telemetry;
 pub async fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args)?;
     init_logging(&config);
+    let shutdown = shutdown_signal();
     let prometheus = telemetry::install_prometheus()?;
     let app = App::build(config)?;
-    run_daemon(app, Some(prometheus), shutdown_signal()).await?;
+    run_daemon(app, Some(prometheus), shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Resolves on the first SIGTERM or SIGINT, and arms a second-signal handler that exits immediately.
-pub async fn shutdown_signal() {
-    wait_for_signal().await;
-    tokio::spawn(async {
-        wait_for_signal().await;
-        tracing::warn!("second signal: exiting immediately");
-        std::process::exit(130);
-    });
+///
+/// The handlers are registered when this is called, not when the future is first polled: the daemon
+/// reports READY to systemd only after that, so a SIGTERM sent right after READY is a clean stop,
+/// never the default "terminate at once".
+pub fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    let mut signals = Signals::register();
+    async move {
+        signals.next().await;
+        tokio::spawn(async move {
+            signals.next().await;
+            tracing::warn!("second signal: exiting immediately");
+            std::process::exit(130);
+        });
+    }
 }
 
-async fn wait_for_signal() {
-    let interrupt = tokio::signal::ctrl_c();
+struct Signals {
     #[cfg(unix)]
-    {
-        let mut terminate = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(stream) => stream,
-            Err(error) => {
-                tracing::error!(error = %error, "cannot listen for SIGTERM; only SIGINT stops the daemon");
-                let _ = interrupt.await;
-                return;
+    terminate: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn register() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let listen = |kind: SignalKind, name: &str| match signal(kind) {
+                Ok(stream) => Some(stream),
+                Err(error) => {
+                    tracing::error!(error = %error, "cannot listen for {name}");
+                    None
+                }
+            };
+            Self {
+                terminate: listen(SignalKind::terminate(), "SIGTERM"),
+                interrupt: listen(SignalKind::interrupt(), "SIGINT"),
             }
-        };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            Self {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = interrupt.await;
+
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        {
+            async fn recv(signal: &mut Option<tokio::signal::unix::Signal>) {
+                match signal {
+                    Some(signal) => {
+                        signal.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            tokio::select! {
+                () = recv(&mut self.terminate) => {}
+                () = recv(&mut self.interrupt) => {}
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+        }
     }
 }

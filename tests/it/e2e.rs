@@ -237,6 +237,23 @@ async fn three_vendors_reach_a_fixed_point_a_zoho_order_lands_once_everywhere_an
     ok(env.run(&["sync"]).await);
     assert_eq!(writes(), before, "the second pass writes nothing anywhere: no ping-pong");
 
+    // One set of numbers: an order every CRM holds counts once in the unified scope.
+    let unified: Value =
+        serde_json::from_str(&ok(env.run(&["metrics", "--json", "--since", "2000-01-01T00:00:00Z"]).await)).unwrap();
+    let orders = export(&env, "order", false).await;
+    // Orders counts every order in the window but cancelled ones (drafts included).
+    let not_cancelled = orders.iter().filter(|record| record["data"]["fields"]["status"] != "cancelled").count();
+    assert_eq!(unified["totals"]["orders"], not_cancelled, "{unified:#}");
+    assert_eq!(unified["funnel"].as_array().unwrap().len(), 7);
+    for scope in ["salesforce", "zoho", "dynamics365"] {
+        let per_connection: Value = serde_json::from_str(&ok(env
+            .run(&["metrics", "--json", "--scope", scope, "--since", "2000-01-01T00:00:00Z"])
+            .await))
+        .unwrap();
+        assert_eq!(per_connection["scope"], scope);
+        assert_eq!(per_connection["totals"]["orders"], unified["totals"]["orders"], "every CRM holds every order");
+    }
+
     // An order created in Zoho appears in Salesforce and Dynamics 365 exactly once each.
     let record = &accounts[0];
     let zoho_account = link_of(record, "zoho").unwrap()["external_id"].as_str().unwrap().to_owned();
