@@ -54,6 +54,11 @@ pub enum Command {
     Dlq(DlqArgs),
     /// List and resolve merge conflicts (the same field changed in two CRMs).
     Conflicts(ConflictsArgs),
+    /// Undo a wrong identity match (`split`) or join two records that are one customer (`merge`).
+    ///
+    /// `crmsync export` shows every record's links and why each was joined. Run these with the daemon
+    /// stopped (they write the store directly).
+    Identity(IdentityArgs),
     /// The embedded default: start the three CRM simulators on loopback with overlapping seeded data,
     /// sync them, and serve the dashboard; with `--once`, sync, print the summary and metrics, and exit.
     Demo(DemoArgs),
@@ -196,6 +201,39 @@ pub struct ConflictsArgs {
     /// What to do.
     #[command(subcommand)]
     pub action: ConflictsAction,
+}
+
+/// `crmsync identity`.
+#[derive(Debug, Clone, Args)]
+pub struct IdentityArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: IdentityAction,
+}
+
+/// Identity operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum IdentityAction {
+    /// Join OTHER into KEEP: one canonical record with the copies of both. KEEP's values win; fields it
+    /// lacks come from OTHER. The result is queued for every routed CRM; OTHER's id keeps resolving to KEEP.
+    Merge {
+        /// The canonical id that stays.
+        keep: String,
+        /// The canonical id joined into it.
+        other: String,
+    },
+    /// Detach the copy held by CONNECTION into a new canonical record (a wrong match undone). The copy
+    /// is matched by its link from then on, so the wrong match is not made again.
+    Split {
+        /// The canonical id.
+        id: String,
+        /// The connection whose copy is detached.
+        #[arg(long)]
+        connection: String,
+    },
 }
 
 /// Conflict operations.

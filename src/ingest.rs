@@ -405,6 +405,18 @@ impl<'a> BatchWriter<'a> {
         Ok(())
     }
 
+    /// The record with this id, following `identity merge` redirects.
+    fn live_target(&self, id: CanonicalId) -> Result<Option<Record>, StoreError> {
+        let mut current = self.record(id)?;
+        for _ in 0..8 {
+            match current.as_ref().and_then(|record| record.merged_into) {
+                Some(next) => current = self.record(next)?,
+                None => break,
+            }
+        }
+        Ok(current)
+    }
+
     /// Finds the record a change belongs to: its link, the canonical id in the vendor's external-id
     /// field, a match key, or none (new).
     fn identify(&self, change: &Change) -> Result<(Option<Record>, MatchReason), StoreError> {
@@ -412,7 +424,7 @@ impl<'a> BatchWriter<'a> {
             return Ok((self.record(id)?, MatchReason::Created));
         }
         if let Some(hint) = change.canonical_hint
-            && let Some(record) = self.record(hint)?
+            && let Some(record) = self.live_target(hint)?
             && record.entity() == change.entity
             && record.link(self.connection).is_none()
         {

@@ -32,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Metrics(args) => operate::metrics(args),
         Command::Dlq(args) => operate::dlq(args),
         Command::Conflicts(args) => operate::conflicts(args),
+        Command::Identity(args) => operate::identity(args),
     }
 }
 

@@ -1,4 +1,5 @@
-//! Operator commands on the store: `metrics`, `dlq list|retry|drop`, `conflicts list|resolve`.
+//! Operator commands on the store: `metrics`, `dlq list|retry|drop`, `conflicts list|resolve`,
+//! `identity merge|split`.
 //! They open the store directly (the daemon must be stopped; its API serves the same reads while it runs).
 
 use std::collections::{BTreeSet, HashMap};
@@ -11,7 +12,9 @@ use crmsync_connectors::canonical::{ConnectionId, Timestamp};
 
 use super::{load_config, print};
 use crate::app;
-use crate::cli::{ConflictSide, ConflictsAction, ConflictsArgs, DlqAction, DlqArgs, MetricsArgs};
+use crate::cli::{
+    ConflictSide, ConflictsAction, ConflictsArgs, DlqAction, DlqArgs, IdentityAction, IdentityArgs, MetricsArgs,
+};
 use crate::config::Config;
 use crate::ingest::{self, Batch, IngestRules};
 use crate::metrics::{self, Scope};
@@ -224,6 +227,60 @@ pub fn conflicts(args: ConflictsArgs) -> anyhow::Result<ExitCode> {
             store.commit(commit)?;
             store.flush()?;
             print(&format!("resolved {id}; the value is queued for {} connections\n", queued.len()));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn canonical_id(text: &str) -> anyhow::Result<crmsync_connectors::canonical::CanonicalId> {
+    text.parse().map_err(|_| anyhow::anyhow!("{text:?} is not a canonical id (a UUID, as `crmsync export` shows)"))
+}
+
+/// `crmsync identity merge|split`.
+pub fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
+    let config = load_config(&args.config)?;
+    let store = open(&config)?;
+    let rules = app::rules(&config);
+    let now = Timestamp::now();
+    let load = |id| -> anyhow::Result<crmsync_connectors::canonical::Record> {
+        store.record(id)?.ok_or_else(|| anyhow::anyhow!("no record {id} in the store"))
+    };
+    let mut commit = Commit::default();
+    match args.action {
+        IdentityAction::Merge { keep, other } => {
+            let (keep, other) = (load(canonical_id(&keep)?)?, load(canonical_id(&other)?)?);
+            let (merged, absorbed) = reconcile::merge_records(&keep, &other, now)?;
+            let mut queued = BTreeSet::new();
+            ingest::queue_fan_out(&store, &rules, &merged, None, &HashMap::new(), &mut queued, &mut commit, now)?;
+            // The absorbed record first: writing it releases its links, which the merged record takes.
+            commit.records.push((absorbed, Vec::new()));
+            let keys = reconcile::match_key_values(&rules, &merged.data);
+            let summary = format!(
+                "merged {} into {}: {} copies ({}); queued for {} connections\n",
+                other.id,
+                merged.id,
+                merged.links.len(),
+                merged.links.iter().map(|link| link.connection.as_str()).collect::<Vec<_>>().join(", "),
+                queued.len()
+            );
+            commit.records.push((merged, keys));
+            store.commit(commit)?;
+            store.flush()?;
+            print(&summary);
+        }
+        IdentityAction::Split { id, connection } => {
+            let record = load(canonical_id(&id)?)?;
+            let connection = ConnectionId::new(connection);
+            let (remaining, detached) =
+                reconcile::split_record(&record, &connection, crmsync_connectors::canonical::CanonicalId::new(), now)?;
+            let summary = format!("split the {connection} copy of {} into new record {}\n", remaining.id, detached.id);
+            // The remaining record first: writing it releases the link the detached record takes.
+            let keys = reconcile::match_key_values(&rules, &remaining.data);
+            commit.records.push((remaining, keys.clone()));
+            commit.records.push((detached, keys));
+            store.commit(commit)?;
+            store.flush()?;
+            print(&summary);
         }
     }
     Ok(ExitCode::SUCCESS)

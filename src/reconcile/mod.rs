@@ -651,3 +651,116 @@ pub fn propagating_fields(data: &EntityData) -> BTreeMap<String, Value> {
     let entity = data.entity();
     data.to_fields().into_iter().filter(|(field, _)| propagates(entity, field)).collect()
 }
+
+/// Why two records cannot be merged or a record cannot be split.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum IdentityError {
+    /// Different entities.
+    #[error("{keep} is {keep_entity} and {other} is {other_entity}: only records of one entity can be merged")]
+    EntityMismatch {
+        /// The record kept.
+        keep: CanonicalId,
+        /// Its entity.
+        keep_entity: Entity,
+        /// The other record.
+        other: CanonicalId,
+        /// Its entity.
+        other_entity: Entity,
+    },
+    /// Both records have a copy in the same CRM: merging would leave two copies there.
+    #[error(
+        "both records have a copy in {connection} ({first} and {second}): merge or delete one of them in that CRM \
+         first, then sync"
+    )]
+    SameConnection {
+        /// The connection.
+        connection: ConnectionId,
+        /// The kept record's copy.
+        first: String,
+        /// The other record's copy.
+        second: String,
+    },
+    /// A record merged into itself, or one already merged.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// `crmsync identity merge`: joins `other` into `keep`. The kept record's values win; fields it
+/// lacks are taken from `other` with their provenance. `other` keeps no links and points at `keep`
+/// (`merged_into`), so its id still resolves.
+pub fn merge_records(keep: &Record, other: &Record, now: Timestamp) -> Result<(Record, Record), IdentityError> {
+    if keep.id == other.id {
+        return Err(IdentityError::Invalid(format!("{} cannot be merged into itself", keep.id)));
+    }
+    if let Some(target) = other.merged_into.or(keep.merged_into) {
+        return Err(IdentityError::Invalid(format!("a record is already merged into {target}; merge into that one")));
+    }
+    if keep.entity() != other.entity() {
+        return Err(IdentityError::EntityMismatch {
+            keep: keep.id,
+            keep_entity: keep.entity(),
+            other: other.id,
+            other_entity: other.entity(),
+        });
+    }
+    for link in &other.links {
+        if let Some(existing) = keep.link(&link.connection) {
+            return Err(IdentityError::SameConnection {
+                connection: link.connection.clone(),
+                first: existing.external_id.to_string(),
+                second: link.external_id.to_string(),
+            });
+        }
+    }
+    let entity = keep.entity();
+    let mut merged = keep.clone();
+    let mut fields = keep.data.to_fields();
+    for (field, value) in other.data.to_fields() {
+        if !fields.contains_key(&field) {
+            if let Some(provenance) = other.provenance.get(&field) {
+                merged.provenance.insert(field.clone(), provenance.clone());
+            }
+            fields.insert(field, value);
+        }
+    }
+    merged.data = EntityData::from_fields(entity, fields)
+        .map_err(|error| IdentityError::Invalid(format!("merged values do not form a valid {entity}: {error}")))?;
+    merged.links.extend(other.links.iter().cloned().map(|mut link| {
+        link.matched_by = MatchReason::Manual;
+        link
+    }));
+    merged.updated_at = now;
+    let mut absorbed = other.clone();
+    absorbed.links.clear();
+    absorbed.merged_into = Some(keep.id);
+    absorbed.updated_at = now;
+    Ok((merged, absorbed))
+}
+
+/// `crmsync identity split`: detaches the copy in `connection` from `record` into a new canonical
+/// record `new_id` with the same values. The copy is then found by its link, so the wrong match is
+/// never made again.
+pub fn split_record(
+    record: &Record,
+    connection: &ConnectionId,
+    new_id: CanonicalId,
+    now: Timestamp,
+) -> Result<(Record, Record), IdentityError> {
+    let Some(link) = record.link(connection).cloned() else {
+        return Err(IdentityError::Invalid(format!("{} has no copy in {connection}", record.id)));
+    };
+    if record.links.len() < 2 {
+        return Err(IdentityError::Invalid(format!(
+            "{} has only its {connection} copy: there is nothing to split it from",
+            record.id
+        )));
+    }
+    let mut remaining = record.clone();
+    remaining.links.retain(|candidate| &candidate.connection != connection);
+    remaining.updated_at = now;
+    let mut detached = Record::new(new_id, record.entity(), now);
+    detached.data = record.data.clone();
+    detached.provenance = record.provenance.clone();
+    detached.links = vec![Link { matched_by: MatchReason::Manual, pushed_hash: None, ..link }];
+    Ok((remaining, detached))
+}

@@ -331,3 +331,23 @@ proptest! {
         prop_assert_eq!(run(&with_duplicates), reference);
     }
 }
+
+#[test]
+fn merge_and_split_move_links_and_refuse_what_would_leave_two_copies_in_one_crm() {
+    let rules = Rules::default();
+    let sf_only = apply(None, &account_change("001", 10, "Acme", Some("Retail")), "sf", &rules).record.unwrap();
+    let zoho_only = apply(None, &account_change("z1", 12, "ACME Inc", None), "zoho", &rules).record.unwrap();
+    let (merged, absorbed) = merge_records(&sf_only, &zoho_only, ts(20)).unwrap();
+    assert_eq!(merged.links.len(), 2);
+    assert_eq!(name_of(&merged).as_deref(), Some("Acme"), "the kept record's values win");
+    assert_eq!((absorbed.merged_into, absorbed.links.len()), (Some(sf_only.id), 0));
+    let another_sf = apply(None, &account_change("002", 11, "Acme twin", None), "sf", &rules).record.unwrap();
+    assert!(matches!(
+        merge_records(&merged, &another_sf, ts(21)),
+        Err(IdentityError::SameConnection { connection, .. }) if connection == ConnectionId::new("sf")
+    ));
+    let (remaining, detached) = split_record(&merged, &ConnectionId::new("zoho"), CanonicalId::new(), ts(30)).unwrap();
+    assert_eq!((remaining.links.len(), detached.links.len()), (1, 1));
+    assert_eq!(detached.links[0].matched_by, MatchReason::Manual);
+    assert!(split_record(&remaining, &ConnectionId::new("sf"), CanonicalId::new(), ts(31)).is_err(), "last copy");
+}

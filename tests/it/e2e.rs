@@ -316,3 +316,57 @@ async fn three_vendors_reach_a_fixed_point_a_zoho_order_lands_once_everywhere_an
     assert_eq!(zoho_state.row(Entity::Account, &in_zoho).unwrap()["Account_Name"], "Renamed in Dynamics");
     assert_eq!(d365_state.row(Entity::Account, &in_d365).unwrap()["name"], "Renamed in Dynamics");
 }
+
+/// Issue 7: a wrong merge undone (`identity split`) and a missed one joined (`identity merge`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_split_and_merge_undo_and_redo_a_match_without_duplicating_anything() {
+    let world = World::generate(
+        6,
+        WorldSize { accounts: 12, leads: 0, opportunities: 0, orders: 0 },
+        "2026-11-01T00:00:00Z".parse().unwrap(),
+        true,
+    );
+    let a = salesforce(world.clone(), FaultSettings::default(), Some(World::bit(VendorKind::Salesforce))).await;
+    let b = salesforce(world, FaultSettings::default(), Some(World::bit(VendorKind::Zoho))).await;
+    let env = Env::new(&[("sf_a", &a.base_url()), ("sf_b", &b.base_url())], ROUTE_EVERYTHING);
+    ok(env.run(&["sync"]).await);
+    let accounts = export(&env, "account", false).await;
+    let joined = accounts.iter().find(|record| record["links"].as_array().unwrap().len() == 2).unwrap();
+    let id = joined["id"].as_str().unwrap().to_owned();
+
+    let said = ok(env.run(&["identity", "split", &id, "--connection", "sf_b"]).await);
+    let new_id = said.trim_end().rsplit(' ').next().unwrap().to_owned();
+    let after_split = export(&env, "account", false).await;
+    let find = |records: &[Value], wanted: &str| records.iter().find(|record| record["id"] == wanted).cloned();
+    let kept = find(&after_split, &id).unwrap();
+    let detached = find(&after_split, &new_id).unwrap();
+    assert!(link_of(&kept, "sf_b").is_none() && link_of(&kept, "sf_a").is_some());
+    assert_eq!(link_of(&detached, "sf_b").unwrap()["matched_by"]["by"], "manual");
+    assert_eq!(after_split.len(), accounts.len() + 1);
+
+    // A nonsensical merge is refused with a clear reason.
+    let refused = env.run(&["identity", "merge", &new_id, &new_id]).await;
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("cannot be merged into itself"));
+
+    ok(env.run(&["identity", "merge", &id, &new_id]).await);
+    let after_merge = export(&env, "account", false).await;
+    assert_eq!(after_merge.len(), accounts.len(), "the detached record is folded back");
+    let merged = find(&after_merge, &id).unwrap();
+    assert!(link_of(&merged, "sf_a").is_some() && link_of(&merged, "sf_b").is_some());
+    let counts = (
+        SimControl::count(a.state().as_ref(), Entity::Account),
+        SimControl::count(b.state().as_ref(), Entity::Account),
+    );
+    ok(env.run(&["sync"]).await);
+    ok(env.run(&["sync"]).await);
+    assert_eq!(
+        counts,
+        (
+            SimControl::count(a.state().as_ref(), Entity::Account),
+            SimControl::count(b.state().as_ref(), Entity::Account)
+        ),
+        "nothing was created in either org"
+    );
+    assert_eq!(export(&env, "account", false).await.len(), accounts.len());
+}
