@@ -457,8 +457,8 @@ impl Connector for SalesforceConnector {
         let page = match &position.next {
             Some(next) => match self.query_more(entity, next).await {
                 Err(ConnectorError::Rejected { code, .. }) if code == "INVALID_QUERY_LOCATOR" => {
-                    tracing::info!(connection = %self.settings.id, entity = %entity, "query locator expired; re-running the query");
-                    self.first_page(entity, &position).await?
+                    tracing::info!(connection = %self.settings.id, entity = %entity, "query locator expired; resuming after the last record delivered");
+                    self.resume_page(entity, &position).await?
                 }
                 other => other?,
             },
@@ -849,6 +849,16 @@ impl SalesforceConnector {
                 }
             }
         }
+    }
+
+    /// Re-runs the query in progress after its locator expired, from the newest `SystemModstamp`
+    /// delivered rather than from the query's start: the rows at that stamp are in `seen` and are not
+    /// delivered twice, and nothing delivered before is read again, so an expiring locator never costs
+    /// progress (re-running from the start would never finish a window larger than a few pages).
+    async fn resume_page(&self, entity: Entity, position: &Position) -> Result<wire::QueryResponse, ConnectorError> {
+        let lower = position.max.or(position.since);
+        let soql = self.soql(entity, lower.map(|lower| format!("SystemModstamp >= {}", soql_datetime(lower)))).await?;
+        self.query(entity, &soql, position.incremental).await
     }
 
     async fn first_page(&self, entity: Entity, position: &Position) -> Result<wire::QueryResponse, ConnectorError> {

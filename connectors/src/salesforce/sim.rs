@@ -447,6 +447,11 @@ impl SalesforceSim {
         inner.clock = now;
     }
 
+    /// Drops every open query locator (as Salesforce does after 15 minutes of inactivity).
+    pub fn expire_locators(&self) {
+        self.lock().locators.clear();
+    }
+
     /// Watches the number of API calls served (tests wait for progress instead of sleeping).
     pub fn progress(&self) -> tokio::sync::watch::Receiver<u64> {
         self.progress.subscribe()

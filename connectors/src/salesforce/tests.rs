@@ -501,3 +501,18 @@ async fn the_jwt_bearer_flow_signs_an_assertion_the_org_accepts_and_a_wrong_user
     assert!(error.to_string().contains("invalid_grant: user hasn't approved this consumer"), "{error}");
     assert!(!error.to_string().contains("PRIVATE KEY"));
 }
+
+#[tokio::test]
+async fn an_expired_query_locator_resumes_after_the_last_record_delivered() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(5000, 0, 0)))).await;
+    let connector = connector(&running);
+    let first = connector.pull(Entity::Account, None).await.unwrap();
+    assert!(first.has_more);
+    running.state().expire_locators();
+    let rest = testkit::pull_to_end(&connector, Entity::Account, Some(first.cursor), 10).await.unwrap();
+    let mut ids: Vec<_> = first.changes.iter().chain(&rest.changes).map(|change| change.external_id.clone()).collect();
+    let delivered = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!((ids.len(), delivered), (5000, 5000), "every account once: nothing re-read from the start");
+}
