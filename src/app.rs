@@ -244,6 +244,7 @@ pub fn publish_kpis(store: &Store, config: &Config) {
             Err(error) => tracing::warn!(error = %error, "cannot compute KPI gauges"),
         }
     }
+    tracing::debug!("KPI gauges published");
 }
 
 /// An opened store with its writer and connectors.

@@ -175,3 +175,108 @@ async fn under_systemd_the_daemon_reports_ready_and_stopping() {
     assert!(String::from_utf8_lossy(&buffer[..length]).contains("STOPPING=1"));
     assert!(daemon.wait().await.unwrap().success());
 }
+
+fn gauge(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Issue 8 "done when": after a sync against the three simulators, the CLI, the REST API and the
+/// Prometheus gauges show the same numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_sync_of_three_crms_the_cli_the_api_and_prometheus_show_the_same_numbers() {
+    use crmsync_connectors::dynamics365::sim::{self as d365, Dynamics365SimOptions};
+    use crmsync_connectors::sim::{World, WorldSize};
+    use crmsync_connectors::zoho::sim::{self as zoho, ZohoSimOptions};
+
+    let world = World::generate(
+        4,
+        WorldSize { accounts: 15, leads: 20, opportunities: 15, orders: 30 },
+        crmsync_connectors::canonical::Timestamp::now(),
+        true,
+    );
+    let salesforce = salesforce(world.clone(), FaultSettings::default(), None).await;
+    let zoho = zoho::start(ZohoSimOptions::with_world(world.clone())).await.unwrap();
+    let dynamics = d365::start(Dynamics365SimOptions::with_world(world)).await.unwrap();
+    let (listen, admin) = free_ports();
+    let env = Env::with_connections(
+        &[
+            sim::connection_toml("salesforce", &salesforce.base_url()),
+            zoho::connection_toml("zoho", &zoho.base_url()),
+            d365::connection_toml("dynamics365", &dynamics.base_url()),
+        ],
+        "[[routes]]\nentity = \"*\"\nfrom = [\"*\"]\nto = [\"*\"]\n\n[api]\ntoken = { env = \"CRMSYNC_TEST_API_TOKEN\" }\n\n\
+         [metrics]\nreporting_currency = \"EUR\"\n\n[metrics.fx]\nUSD = \"0.92\"\n",
+    );
+    let run = |args: Vec<&str>| {
+        let mut command = env.command(&args);
+        command.env("CRMSYNC_TEST_API_TOKEN", "t0ken-for-tests");
+        async move { ok(command.output().await.unwrap()) }
+    };
+    run(vec!["sync"]).await;
+    let window = ["--since", "2000-01-01T00:00:00Z", "--until", "2100-01-01T00:00:00Z"];
+    let cli: Value = serde_json::from_str(&run([&["metrics", "--json"][..], &window].concat()).await).unwrap();
+    assert!(cli["totals"]["orders"].as_u64().unwrap() > 0, "{cli:#}");
+    let per_crm: Value =
+        serde_json::from_str(&run([&["metrics", "--json", "--scope", "zoho"][..], &window].concat()).await).unwrap();
+    assert_eq!(per_crm["scope"], "zoho");
+
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""))
+        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{listen}\""));
+    std::fs::write(&env.config, config).unwrap();
+    let mut command = env.command(&["run"]);
+    command
+        .env("CRMSYNC_TEST_API_TOKEN", "t0ken-for-tests")
+        .env("RUST_LOG", "crmsync=debug")
+        .stderr(std::process::Stdio::piped());
+    let mut daemon = command.kill_on_drop(true).spawn().unwrap();
+    let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let (mut listening, mut published) = (false, false);
+    while let Some(line) = logs.next_line().await.unwrap() {
+        listening |= line.contains("crmsync running");
+        published |= line.contains("KPI gauges published");
+        if listening && published {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+
+    let http = reqwest::Client::new();
+    let api = |query: String| {
+        let http = http.clone();
+        async move {
+            http.get(format!("http://127.0.0.1:{listen}/api/v1/metrics{query}"))
+                .bearer_auth("t0ken-for-tests")
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let fixed = api(format!("?since={}&until={}", window[1], window[3])).await;
+    for part in ["kpis", "totals", "funnel", "channel_mix", "pipeline_value", "win_rate"] {
+        assert_eq!(fixed[part], cli[part], "{part}: the API and the CLI differ");
+    }
+    let zoho_api = api(format!("?scope=zoho&since={}&until={}", window[1], window[3])).await;
+    assert_eq!(zoho_api["totals"], per_crm["totals"]);
+
+    // Prometheus publishes the default window (`metrics.window` up to now), as the API's default does.
+    let current = api(String::new()).await;
+    let exposition = http.get(format!("http://127.0.0.1:{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    for (name, field) in [("crmsync_kpi_satisfaction", "satisfaction"), ("crmsync_kpi_coverage", "coverage")] {
+        let expected: f64 = current["kpis"][field].as_str().unwrap().parse().unwrap();
+        let published = gauge(&exposition, &format!("{name}{{scope=\"unified\"}}")).unwrap_or_else(|| {
+            panic!("{name} missing:\n{exposition}");
+        });
+        assert!((published - expected).abs() < 1e-9, "{name}: {published} vs the API's {expected}");
+    }
+    let sales: f64 = current["totals"]["sales_amount"].as_str().unwrap().parse().unwrap();
+    let published = gauge(&exposition, "crmsync_kpi_sales_amount{scope=\"unified\"}").unwrap();
+    assert!((published - sales).abs() < 1e-6, "sales amount {published} vs {sales}");
+
+    signal(&daemon, "TERM").await;
+    assert!(daemon.wait().await.unwrap().success());
+}
