@@ -92,6 +92,9 @@ fn abort(error: StoreError) -> Abort {
     ConflictableTransactionError::Abort(error)
 }
 
+/// Open attempts while the lock file is held (see [`Store::open_with`]).
+const LOCK_RETRIES: u32 = 2000;
+
 impl Store {
     /// Opens (or creates) the store in `dir` with default options.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
@@ -99,12 +102,28 @@ impl Store {
     }
 
     /// Opens (or creates) the store in `dir`.
+    ///
+    /// A store another process holds is reported as [`StoreError::Locked`] after a short retry.
     pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         let path = dir.to_path_buf();
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Open { path: path.clone(), source })?;
         let config = sled::Config::new().path(dir).cache_capacity(options.cache_bytes).flush_every_ms(Some(500));
-        // sled 0.34 can panic instead of returning an error on some damaged files.
-        let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
+        // sled releases its lock file from its IO threads a moment after the last handle of a store
+        // in this process is dropped, so a lock is retried briefly (yielding, never sleeping) before it
+        // is reported: one still held after that belongs to another process.
+        let mut attempts = 0;
+        let opened = loop {
+            let config = config.clone();
+            // sled 0.34 can panic instead of returning an error on some damaged files.
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
+            match &opened {
+                Ok(Err(sled::Error::Io(error))) if is_lock_error(error) && attempts < LOCK_RETRIES => {
+                    attempts += 1;
+                    std::thread::yield_now();
+                }
+                _ => break opened,
+            }
+        };
         let db = match opened {
             Ok(Ok(db)) => db,
             Ok(Err(sled::Error::Io(error))) if is_lock_error(&error) => return Err(StoreError::Locked { path }),
