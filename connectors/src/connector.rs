@@ -253,6 +253,20 @@ impl Change {
     pub fn is_delete(&self) -> bool {
         matches!(self.kind, ChangeKind::Delete)
     }
+
+    /// A vendor record deleted at `at` (deleted-records APIs, delta deletions, ids a fetch no longer finds).
+    pub fn deleted(entity: Entity, object: impl Into<String>, external_id: ExternalId, at: Timestamp) -> Self {
+        Self {
+            entity,
+            object: object.into(),
+            external_id,
+            modified_at: at,
+            version: None,
+            canonical_hint: None,
+            kind: ChangeKind::Delete,
+            extra: serde_json::Map::new(),
+        }
+    }
 }
 
 /// One page of live ids (drift sweep).
@@ -298,6 +312,22 @@ pub enum OutgoingOp {
 pub struct PushReport {
     /// One result per pushed record.
     pub results: Vec<PushResult>,
+}
+
+impl PushReport {
+    /// Pairs each record of `batch` with its outcome; a record the vendor answered nothing for is
+    /// retried later, never assumed done.
+    pub fn from_outcomes(batch: &[Outgoing], outcomes: Vec<Option<PushOutcome>>) -> Self {
+        let results = batch
+            .iter()
+            .zip(outcomes)
+            .map(|(outgoing, outcome)| PushResult {
+                canonical_id: outgoing.canonical_id,
+                outcome: outcome.unwrap_or(PushOutcome::Retry { message: "no result returned for this record".into() }),
+            })
+            .collect();
+        Self { results }
+    }
 }
 
 /// The outcome of one pushed record.

@@ -17,6 +17,15 @@ fn free_ports() -> (u16, u16) {
     (first.local_addr().expect("addr").port(), second.local_addr().expect("addr").port())
 }
 
+/// Points the config's public and admin listeners at fixed ports.
+fn listen_on(env: &Env, listen: u16, admin: u16) {
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""))
+        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{listen}\""));
+    std::fs::write(&env.config, config).unwrap();
+}
+
 fn outbound_message(secret_org: &str, stamp: &str) -> String {
     format!(
         r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{secret_org}</OrganizationId><Notification><Id>04l1</Id><sObject xsi:type="sf:Opportunity" xmlns:sf="urn:sobject.enterprise.soap.sforce.com" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><sf:Id>006999999999999AAA</sf:Id><sf:Name>Webhook Deal</sf:Name><sf:StageName>Negotiation/Review</sf:StageName><sf:CloseDate>2026-12-01</sf:CloseDate><sf:SystemModstamp>{stamp}</sf:SystemModstamp></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>"#
@@ -28,11 +37,7 @@ async fn the_daemon_serves_webhooks_the_api_prometheus_and_status_then_stops_cle
     let simulator = salesforce(accounts(50), FaultSettings::default(), None).await;
     let (listen, admin) = free_ports();
     let env = Env::new(&[("sf", &simulator.base_url())], "[api]\ntoken = { env = \"CRMSYNC_TEST_API_TOKEN\" }\n");
-    let config = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""))
-        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{listen}\""));
-    std::fs::write(&env.config, config).unwrap();
+    listen_on(&env, listen, admin);
     let mut command = env.command(&["run"]);
     command
         .env("CRMSYNC_TEST_API_TOKEN", "t0ken-for-tests")
@@ -220,11 +225,7 @@ async fn after_a_sync_of_three_crms_the_cli_the_api_and_prometheus_show_the_same
         serde_json::from_str(&run([&["metrics", "--json", "--scope", "zoho"][..], &window].concat()).await).unwrap();
     assert_eq!(per_crm["scope"], "zoho");
 
-    let config = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""))
-        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{listen}\""));
-    std::fs::write(&env.config, config).unwrap();
+    listen_on(&env, listen, admin);
     let mut command = env.command(&["run"]);
     command
         .env("CRMSYNC_TEST_API_TOKEN", "t0ken-for-tests")

@@ -46,8 +46,8 @@ use wire::{BatchRequest, BatchResponse, EntityCollection};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
-    PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deliver_once,
+    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page, PushOutcome,
+    PushReport, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deliver_once,
 };
 use crate::error::{ConnectorError, WebhookError};
 use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
@@ -400,7 +400,7 @@ impl Dynamics365Connector {
                 let id = row.get("id").and_then(Value::as_str).ok_or_else(|| {
                     ConnectorError::decode(format!("{} deletion", table.set), std::io::Error::other("missing id"))
                 })?;
-                changes.push(delete_change(entity, ExternalId::new(id), now));
+                changes.push(Change::deleted(entity, table.logical, ExternalId::new(id), now));
                 continue;
             }
             let order_lines = lines.as_ref().and_then(|lines| {
@@ -591,19 +591,6 @@ impl Dynamics365Connector {
     }
 }
 
-fn delete_change(entity: Entity, id: ExternalId, at: Timestamp) -> Change {
-    Change {
-        entity,
-        object: wire::table(entity).logical.to_owned(),
-        external_id: id,
-        modified_at: at,
-        version: None,
-        canonical_hint: None,
-        kind: ChangeKind::Delete,
-        extra: Map::new(),
-    }
-}
-
 fn error_of(response: &BatchResponse) -> (String, String) {
     match serde_json::from_str::<wire::ErrorBody>(&response.body) {
         Ok(body) => (
@@ -721,7 +708,7 @@ impl Connector for Dynamics365Connector {
             let gone: Vec<Change> = chunk
                 .iter()
                 .filter(|id| !present.contains(id.as_str()))
-                .map(|id| delete_change(entity, id.clone(), now))
+                .map(|id| Change::deleted(entity, table.logical, id.clone(), now))
                 .collect();
             changes.extend(found);
             changes.extend(gone);
@@ -877,15 +864,7 @@ impl Connector for Dynamics365Connector {
                 Err(error) => return Err(error),
             }
         }
-        let results = batch
-            .iter()
-            .zip(outcomes)
-            .map(|(outgoing, outcome)| PushResult {
-                canonical_id: outgoing.canonical_id,
-                outcome: outcome.unwrap_or(PushOutcome::Retry { message: "no result returned for this record".into() }),
-            })
-            .collect();
-        Ok(PushReport { results })
+        Ok(PushReport::from_outcomes(batch, outcomes))
     }
 
     fn usage(&self) -> ApiUsage {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::config::Dynamics365Webhook;
 use super::wire;
 use crate::canonical::{Entity, ExternalId, Timestamp};
-use crate::connector::{Change, ChangeKind, WebhookDelivery, WebhookEvent, same_secret};
+use crate::connector::{Change, WebhookDelivery, WebhookEvent, same_secret};
 use crate::error::WebhookError;
 
 #[derive(Debug, Deserialize)]
@@ -73,16 +73,7 @@ pub fn parse(
                 .and_then(wire::wcf_date_millis)
                 .and_then(Timestamp::from_unix_millis)
                 .unwrap_or_else(Timestamp::now);
-            Ok(vec![WebhookEvent::Changed(Change {
-                entity: table.entity,
-                object: table.logical.to_owned(),
-                external_id: ExternalId::new(id),
-                modified_at: at,
-                version: None,
-                canonical_hint: None,
-                kind: ChangeKind::Delete,
-                extra: serde_json::Map::new(),
-            })])
+            Ok(vec![WebhookEvent::Changed(Change::deleted(table.entity, table.logical, ExternalId::new(id), at))])
         }
         _ => Ok(vec![WebhookEvent::Fetch { entity: table.entity, ids: vec![ExternalId::new(id)] }]),
     }

@@ -43,7 +43,7 @@ pub use config::{SalesforceAuth, SalesforceConfig, SalesforceWebhook};
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
     ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
-    PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
+    PushOutcome, PushReport, SharedHost, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
 };
 use crate::error::{ConnectorError, WebhookError};
 use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
@@ -504,16 +504,7 @@ impl Connector for SalesforceConnector {
             let gone: Vec<Change> = chunk
                 .iter()
                 .filter(|id| !present.contains(id.as_str()))
-                .map(|id| Change {
-                    entity,
-                    object: wire::object(entity).to_owned(),
-                    external_id: id.clone(),
-                    modified_at: now,
-                    version: None,
-                    canonical_hint: None,
-                    kind: ChangeKind::Delete,
-                    extra: Map::new(),
-                })
+                .map(|id| Change::deleted(entity, wire::object(entity), id.clone(), now))
                 .collect();
             changes.extend(found);
             changes.extend(gone);
@@ -649,15 +640,7 @@ impl Connector for SalesforceConnector {
                 outcomes[*index] = Some(collection_outcome(result, false));
             }
         }
-        let results = batch
-            .iter()
-            .zip(outcomes)
-            .map(|(outgoing, outcome)| PushResult {
-                canonical_id: outgoing.canonical_id,
-                outcome: outcome.unwrap_or(PushOutcome::Retry { message: "no result returned for this record".into() }),
-            })
-            .collect();
-        Ok(PushReport { results })
+        Ok(PushReport::from_outcomes(batch, outcomes))
     }
 
     fn usage(&self) -> ApiUsage {

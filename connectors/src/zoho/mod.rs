@@ -31,8 +31,8 @@ pub use config::{DATA_CENTRES, ZohoConfig, ZohoWebhook};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
-    PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deliver_once,
+    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page, PushOutcome,
+    PushReport, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deliver_once,
 };
 use crate::error::{ConnectorError, WebhookError};
 use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
@@ -457,16 +457,7 @@ impl Connector for ZohoConnector {
             let gone: Vec<Change> = chunk
                 .iter()
                 .filter(|id| !present.contains(id.as_str()))
-                .map(|id| Change {
-                    entity,
-                    object: wire::module(entity).to_owned(),
-                    external_id: id.clone(),
-                    modified_at: now,
-                    version: None,
-                    canonical_hint: None,
-                    kind: ChangeKind::Delete,
-                    extra: Map::new(),
-                })
+                .map(|id| Change::deleted(entity, wire::module(entity), id.clone(), now))
                 .collect();
             changes.extend(found);
             changes.extend(gone);
@@ -596,15 +587,7 @@ impl Connector for ZohoConnector {
                 });
             }
         }
-        let results = batch
-            .iter()
-            .zip(outcomes)
-            .map(|(outgoing, outcome)| PushResult {
-                canonical_id: outgoing.canonical_id,
-                outcome: outcome.unwrap_or(PushOutcome::Retry { message: "no result returned for this record".into() }),
-            })
-            .collect();
-        Ok(PushReport { results })
+        Ok(PushReport::from_outcomes(batch, outcomes))
     }
 
     fn usage(&self) -> ApiUsage {
@@ -644,16 +627,7 @@ impl ZohoConnector {
                 .parse()
                 .map_err(|error| ConnectorError::decode(format!("{module} deleted record"), error))?;
             newest = newest.max(Some(at));
-            changes.push(Change {
-                entity,
-                object: module.to_owned(),
-                external_id: ExternalId::new(item.id.clone()),
-                modified_at: at,
-                version: None,
-                canonical_hint: None,
-                kind: ChangeKind::Delete,
-                extra: Map::new(),
-            });
+            changes.push(Change::deleted(entity, module, ExternalId::new(item.id.clone()), at));
         }
         let changes = self.deliver(changes, &mut position);
         if response.info.more_records {

@@ -14,7 +14,7 @@ use serde::Deserialize;
 use super::config::ZohoWebhook;
 use super::wire;
 use crate::canonical::{Entity, ExternalId, Timestamp};
-use crate::connector::{Change, ChangeKind, WebhookDelivery, WebhookEvent, same_secret};
+use crate::connector::{Change, WebhookDelivery, WebhookEvent, same_secret};
 use crate::error::WebhookError;
 
 #[derive(Debug, Deserialize)]
@@ -67,18 +67,7 @@ pub fn parse(
         let at = callback.server_time.and_then(Timestamp::from_unix_millis).unwrap_or_else(Timestamp::now);
         return Ok(ids
             .into_iter()
-            .map(|id| {
-                WebhookEvent::Changed(Change {
-                    entity,
-                    object: callback.module.clone(),
-                    external_id: id,
-                    modified_at: at,
-                    version: None,
-                    canonical_hint: None,
-                    kind: ChangeKind::Delete,
-                    extra: serde_json::Map::new(),
-                })
-            })
+            .map(|id| WebhookEvent::Changed(Change::deleted(entity, callback.module.clone(), id, at)))
             .collect());
     }
     Ok(vec![WebhookEvent::Fetch { entity, ids }])
