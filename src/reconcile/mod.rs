@@ -315,17 +315,14 @@ pub fn reconcile(
     let link_changed = update_link(&mut record, change, source, matched_by, previous_link.as_ref());
 
     let mut provenance_touched = false;
+    // Only a partial order read-back with SKU-less lines is rewritten; every other change is used as is.
     let completed = match &change.kind {
-        ChangeKind::Upsert { data, completeness: Completeness::Partial } => complete_partial_lines(data, &record.data),
+        ChangeKind::Upsert { data, completeness: Completeness::Partial } => complete_partial_lines(data, &record.data)
+            .map(|data| ChangeKind::Upsert { data, completeness: Completeness::Partial }),
         _ => None,
     };
-    let kind = match (&change.kind, completed) {
-        (ChangeKind::Upsert { completeness, .. }, Some(data)) => {
-            ChangeKind::Upsert { data, completeness: *completeness }
-        }
-        (kind, _) => kind.clone(),
-    };
-    let (outcome, changed_fields, conflicts) = match &kind {
+    let kind = completed.as_ref().unwrap_or(&change.kind);
+    let (outcome, changed_fields, conflicts) = match kind {
         ChangeKind::Delete => apply_delete(&mut record, change, source, last_seen),
         ChangeKind::Upsert { data, completeness }
             if previous_link.as_ref().is_some_and(|link| is_echo(link, data, *completeness))

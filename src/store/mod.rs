@@ -72,6 +72,9 @@ impl Default for StoreOptions {
 #[derive(Clone)]
 pub struct Store {
     path: PathBuf,
+    /// crmsync's own exclusive lock on the directory, held while any handle lives. It is taken before
+    /// sled opens and released synchronously on drop, unlike sled's lock (see [`Store::open_with`]).
+    _lock: std::sync::Arc<std::fs::File>,
     db: sled::Db,
     records: sled::Tree,
     ids: sled::Tree,
@@ -92,8 +95,10 @@ fn abort(error: StoreError) -> Abort {
     ConflictableTransactionError::Abort(error)
 }
 
-/// Open attempts while the lock file is held (see [`Store::open_with`]).
+/// Open attempts while sled's lock is still being released (see [`Store::open_with`]).
 const LOCK_RETRIES: u32 = 2000;
+/// crmsync's lock file in the store directory.
+const LOCK_FILE: &str = "crmsync.lock";
 
 impl Store {
     /// Opens (or creates) the store in `dir` with default options.
@@ -103,14 +108,26 @@ impl Store {
 
     /// Opens (or creates) the store in `dir`.
     ///
-    /// A store another process holds is reported as [`StoreError::Locked`] after a short retry.
+    /// A store another process (or a live handle in this one) holds is reported as
+    /// [`StoreError::Locked`] at once.
     pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         let path = dir.to_path_buf();
         std::fs::create_dir_all(dir).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let lock = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(dir.join(LOCK_FILE))
+            .map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path }),
+            Err(std::fs::TryLockError::Error(source)) => return Err(StoreError::Open { path, source }),
+        }
         let config = sled::Config::new().path(dir).cache_capacity(options.cache_bytes).flush_every_ms(Some(500));
-        // sled releases its lock file from its IO threads a moment after the last handle of a store
-        // in this process is dropped, so a lock is retried briefly (yielding, never sleeping) before it
-        // is reported: one still held after that belongs to another process.
+        // Holding our lock, no other process and no live handle has this store. sled, though, releases
+        // its own lock from its IO threads a moment after the last handle of a store in this process is
+        // dropped, so its lock error is retried briefly here (yielding, never sleeping).
         let mut attempts = 0;
         let opened = loop {
             let config = config.clone();
@@ -146,6 +163,7 @@ impl Store {
             meta: tree("meta")?,
             db,
             path,
+            _lock: std::sync::Arc::new(lock),
         };
         match store.meta.get(keys::FORMAT_VERSION)? {
             Some(bytes) => {

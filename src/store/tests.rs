@@ -123,8 +123,8 @@ fn a_newer_format_version_is_refused_with_advice() {
 fn a_store_in_use_is_reported_as_locked() {
     let dir = tempfile::tempdir().unwrap();
     let _first = Store::open(dir.path()).unwrap();
-    // sled locks the directory with an advisory file lock; a second open in the same process is
-    // refused the same way a second process is.
+    // The store's lock file is an advisory lock; a second open in the same process is refused the
+    // same way a second process is.
     match Store::open(dir.path()) {
         Err(StoreError::Locked { .. }) => {}
         Err(other) => panic!("expected Locked, got {other}"),
