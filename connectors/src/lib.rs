@@ -17,6 +17,7 @@
 
 pub mod canonical;
 pub mod connector;
+pub mod describe;
 pub mod error;
 pub mod http;
 pub mod settings;

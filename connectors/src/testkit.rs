@@ -8,7 +8,11 @@
 
 use std::collections::BTreeSet;
 
-use crate::canonical::{Account, CanonicalId, Entity, EntityData, ExternalId};
+use rust_decimal::Decimal;
+
+use crate::canonical::{
+    Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Order, OrderLine, OrderStatus, RecordRef,
+};
 use crate::connector::{Change, Connector, Cursor, Outgoing, OutgoingOp, PushOutcome, WebhookDelivery};
 use crate::error::{ConnectorError, WebhookError};
 use crate::sim::{Faults, SimStats};
@@ -126,6 +130,36 @@ pub fn new_accounts(n: usize, label: &str) -> Vec<Outgoing> {
                     number: Some(format!("{label}-{index}")),
                     domain: Some(format!("{}-{index}.example", label.to_ascii_lowercase().replace(' ', "-"))),
                     ..Account::default()
+                }),
+            },
+        })
+        .collect()
+}
+
+/// Builds `n` confirmed EUR e-commerce orders of `account`, numbered `{label}-00000`…, each with one
+/// line: 2 × Widget at 9.50 (total 19).
+pub fn new_orders(account: &RecordRef, n: usize, label: &str) -> Vec<Outgoing> {
+    (0..n)
+        .map(|index| Outgoing {
+            canonical_id: CanonicalId::new(),
+            external_id: None,
+            expected_version: None,
+            op: OutgoingOp::Upsert {
+                data: EntityData::Order(Order {
+                    number: Some(format!("{label}-{index:05}")),
+                    account: Some(account.clone()),
+                    status: Some(OrderStatus::Confirmed),
+                    order_date: "2026-11-02".parse().ok(),
+                    currency: Currency::new("EUR").ok(),
+                    channel: Some(Channel::Ecommerce),
+                    lines: Some(vec![OrderLine {
+                        product: Some("Widget".into()),
+                        sku: None,
+                        quantity: 2.into(),
+                        unit_price: Decimal::new(950, 2),
+                        line_total: 19.into(),
+                    }]),
+                    ..Order::default()
                 }),
             },
         })

@@ -124,6 +124,12 @@ impl FromStr for Money {
     }
 }
 
+/// A decimal as a JSON number, without trailing zeros (`19.50` → `19.5`), as vendors send and take
+/// amounts and quantities.
+pub fn decimal_json(value: Decimal) -> serde_json::Value {
+    serde_json::from_str(&value.normalize().to_string()).unwrap_or(serde_json::Value::Null)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

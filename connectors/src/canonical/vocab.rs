@@ -328,6 +328,16 @@ impl Vocabulary {
         data
     }
 
+    /// The vendor value to write for a channel: the vendor's `preferred` value when this vocabulary
+    /// maps it back to the same channel, else any value that does (none: the field is not written).
+    pub fn vendor_channel(&self, channel: Channel, preferred: &str) -> Option<String> {
+        if self.channels.get(preferred) == Some(channel) {
+            Some(preferred.to_owned())
+        } else {
+            self.channels.reverse(channel).map(str::to_owned)
+        }
+    }
+
     /// Maps a channel value; unmapped or missing values are `other` (never an error, SPEC §2).
     pub fn channel(&self, vendor_value: Option<&str>) -> Channel {
         vendor_value.and_then(|value| self.channels.get(value)).unwrap_or(Channel::Other)

@@ -25,7 +25,7 @@ use super::config::Dynamics365Config;
 use super::wire::{self, LOOKUP_LOGICAL_NAME};
 use crate::canonical::{
     Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Lead, Money, Opportunity, Order,
-    OrderLine, OrderStatus, RecordRef, Stage, Timestamp, Vocabulary, normalise_domain,
+    OrderLine, OrderStatus, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, normalise_domain,
 };
 use crate::connector::{Change, ChangeKind, Completeness};
 use crate::error::ConnectorError;
@@ -466,10 +466,6 @@ pub fn to_change(
     })
 }
 
-fn decimal_value(value: Decimal) -> Value {
-    serde_json::from_str(&value.normalize().to_string()).unwrap_or(Value::Null)
-}
-
 /// The `@odata.bind` path of a referenced record: by Dataverse id when known, else by the alternate
 /// key holding the canonical id (crmsync pushes referenced records first).
 pub fn bind(reference: &RecordRef, set: &str, config: &Dynamics365Config) -> Option<String> {
@@ -487,11 +483,7 @@ fn channel_value(channel: Channel, vocabulary: &Vocabulary) -> Option<String> {
         Channel::Ecommerce => "Web",
         Channel::Other => "Other",
     };
-    if vocabulary.channels.get(preferred) == Some(channel) {
-        Some(preferred.to_owned())
-    } else {
-        vocabulary.channels.reverse(channel).map(str::to_owned)
-    }
+    vocabulary.vendor_channel(channel, preferred)
 }
 
 /// What a pushed record reads back as: won, lost and budget are representable (close actions, budget
@@ -605,7 +597,7 @@ pub fn to_row(
             };
             put("estimatedclosedate", json!(opportunity.close_date.map(|day| day.to_string())));
             if let Some(amount) = &opportunity.amount {
-                put("estimatedvalue", decimal_value(amount.amount));
+                put("estimatedvalue", decimal_json(amount.amount));
                 put("transactioncurrencyid@odata.bind", json!(currency_bind(amount.currency.as_str())));
             }
             put(
@@ -665,8 +657,8 @@ pub fn to_row(
                             );
                         }
                     }
-                    row.insert("quantity".into(), decimal_value(line.quantity));
-                    row.insert("priceperunit".into(), decimal_value(line.unit_price));
+                    row.insert("quantity".into(), decimal_json(line.quantity));
+                    row.insert("priceperunit".into(), decimal_json(line.unit_price));
                     row.insert(
                         "salesorderid@odata.bind".into(),
                         json!(format!("/salesorders({}='{canonical_id}')", config.alternate_key)),

@@ -34,7 +34,7 @@ pub mod webhook;
 pub mod wire;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -49,6 +49,7 @@ use crate::connector::{
     ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page, PushOutcome,
     PushReport, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deliver_once,
 };
+use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
 use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
 use crate::settings::ConnectionSettings;
@@ -73,7 +74,7 @@ pub struct Dynamics365Connector {
     config: Dynamics365Config,
     http: VendorHttp,
     tokens: TokenCache,
-    described: Mutex<HashMap<Entity, Arc<Described>>>,
+    described: DescribeCache<Described>,
     currencies: tokio::sync::Mutex<Option<Arc<Currencies>>>,
     products: tokio::sync::Mutex<Option<Arc<Products>>>,
     in_flight: tokio::sync::Semaphore,
@@ -126,7 +127,7 @@ impl Dynamics365Connector {
             config,
             http,
             tokens: TokenCache::default(),
-            described: Mutex::new(HashMap::new()),
+            described: DescribeCache::default(),
             currencies: tokio::sync::Mutex::new(None),
             products: tokio::sync::Mutex::new(None),
             in_flight: tokio::sync::Semaphore::new(MAX_CONCURRENCY),
@@ -140,6 +141,12 @@ impl Dynamics365Connector {
 
     fn api(&self) -> String {
         format!("{}/api/data/{}", self.org(), self.config.api_version)
+    }
+
+    /// The URL of an entity set, for adding query options.
+    fn set_url(&self, set: &str) -> Result<url::Url, ConnectorError> {
+        url::Url::parse(&format!("{}/{set}", self.api()))
+            .map_err(|error| ConnectorError::Config(format!("org_url: {error}")))
     }
 
     fn api_path(&self) -> String {
@@ -234,7 +241,7 @@ impl Dynamics365Connector {
     }
 
     async fn describe(&self, entity: Entity) -> Result<Arc<Described>, ConnectorError> {
-        if let Some(found) = self.described.lock().ok().and_then(|cache| cache.get(&entity).cloned()) {
+        if let Some(found) = self.described.get(entity) {
             return Ok(found);
         }
         let table = wire::table(entity);
@@ -252,21 +259,15 @@ impl Dynamics365Connector {
             })?;
         let columns: BTreeSet<String> =
             definition.attributes.into_iter().map(|attribute| attribute.logical_name).collect();
-        let required = mapping::required_column(entity);
-        if !columns.contains(required) && self.settings.fields.allows(entity, required) {
-            return Err(ConnectorError::SchemaDrift {
-                object: table.logical.to_owned(),
-                message: format!(
-                    "column {required} is gone from {} (renamed or removed); the mapping needs it",
-                    table.logical
-                ),
-            });
-        }
-        let described = Arc::new(Described { columns, tracking: definition.change_tracking_enabled });
-        if let Ok(mut cache) = self.described.lock() {
-            cache.insert(entity, described.clone());
-        }
-        Ok(described)
+        describe::require(
+            &columns,
+            mapping::required_column(entity),
+            "column",
+            table.logical,
+            entity,
+            &self.settings.fields,
+        )?;
+        Ok(self.described.insert(entity, Described { columns, tracking: definition.change_tracking_enabled }))
     }
 
     async fn select(&self, entity: Entity) -> Result<(String, BTreeSet<String>, Arc<Described>), ConnectorError> {
@@ -353,8 +354,7 @@ impl Dynamics365Connector {
             let values: Vec<String> = chunk.iter().map(|id| format!("'{id}'")).collect();
             let filter =
                 format!("Microsoft.Dynamics.CRM.In(PropertyName='salesorderid',PropertyValues=[{}])", values.join(","));
-            let mut url = url::Url::parse(&format!("{}/{}", self.api(), wire::LINES_SET))
-                .map_err(|error| ConnectorError::Config(format!("org_url: {error}")))?;
+            let mut url = self.set_url(wire::LINES_SET)?;
             url.query_pairs_mut()
                 .append_pair("$select", &mapping::LINE_COLUMNS.join(","))
                 .append_pair("$filter", &filter);
@@ -423,8 +423,7 @@ impl Dynamics365Connector {
         tracking: bool,
     ) -> Result<String, ConnectorError> {
         let table = wire::table(entity);
-        let mut url = url::Url::parse(&format!("{}/{}", self.api(), table.set))
-            .map_err(|error| ConnectorError::Config(format!("org_url: {error}")))?;
+        let mut url = self.set_url(table.set)?;
         url.query_pairs_mut().append_pair("$select", select);
         if !tracking {
             if let Some(since) = since {
@@ -691,8 +690,7 @@ impl Connector for Dynamics365Connector {
         let mut changes = Vec::new();
         for chunk in ids.chunks(wire::LINE_FILTER_CHUNK) {
             let values: Vec<String> = chunk.iter().map(|id| format!("'{}'", id.as_str().replace('\'', "''"))).collect();
-            let mut url = url::Url::parse(&format!("{}/{}", self.api(), table.set))
-                .map_err(|error| ConnectorError::Config(format!("org_url: {error}")))?;
+            let mut url = self.set_url(table.set)?;
             url.query_pairs_mut().append_pair("$select", &select).append_pair(
                 "$filter",
                 &format!(
@@ -721,8 +719,7 @@ impl Connector for Dynamics365Connector {
         let url = match cursor.map(Cursor::decode::<ListPosition>).transpose()? {
             Some(position) => position.next,
             None => {
-                let mut url = url::Url::parse(&format!("{}/{}", self.api(), table.set))
-                    .map_err(|error| ConnectorError::Config(format!("org_url: {error}")))?;
+                let mut url = self.set_url(table.set)?;
                 url.query_pairs_mut().append_pair("$select", &format!("{},modifiedon", table.key));
                 url.to_string()
             }

@@ -26,8 +26,8 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
 use super::wire::{self, BatchResponse};
-use crate::canonical::{Entity, OrderStatus, Stage, Timestamp, VendorKind, Vocabulary};
-use crate::sim::{Counters, FaultSettings, Faults, Injected, SimServer, SimStats, Simulated, World, truncate};
+use crate::canonical::{Entity, OrderStatus, Stage, Timestamp, VendorKind, Vocabulary, decimal_json};
+use crate::sim::{Counters, FaultSettings, Faults, Injected, RunningSim, SimStats, Simulated, World, truncate};
 
 /// Entra tenant the simulator serves.
 pub const TENANT_ID: &str = "contoso.onmicrosoft.com";
@@ -247,33 +247,12 @@ pub struct Dynamics365Sim {
 }
 
 /// A running simulator.
-pub struct RunningDynamics365Sim {
-    server: SimServer,
-    state: Arc<Dynamics365Sim>,
-}
-
-impl RunningDynamics365Sim {
-    /// `http://127.0.0.1:port` (the org URL and the authority at once).
-    pub fn base_url(&self) -> String {
-        self.server.base_url()
-    }
-
-    /// The state.
-    pub fn state(&self) -> Arc<Dynamics365Sim> {
-        self.state.clone()
-    }
-
-    /// Stops serving.
-    pub async fn stop(self) {
-        self.server.stop().await;
-    }
-}
+pub type RunningDynamics365Sim = RunningSim<Dynamics365Sim>;
 
 /// Starts a simulator.
 pub async fn start(options: Dynamics365SimOptions) -> std::io::Result<RunningDynamics365Sim> {
     let state = Arc::new(Dynamics365Sim::new(&options));
-    let server = SimServer::serve(options.addr, router(state.clone())).await?;
-    Ok(RunningDynamics365Sim { server, state })
+    RunningSim::serve(options.addr, state.clone(), router(state)).await
 }
 
 /// The `[connections.NAME]` TOML for a connection to a simulator at `base_url`.
@@ -301,10 +280,6 @@ fn time(seconds: i64) -> String {
 
 fn now_seconds() -> i64 {
     Timestamp::now().unix_millis().div_euclid(1000)
-}
-
-fn decimal_json(value: Decimal) -> Value {
-    serde_json::from_str(&value.normalize().to_string()).unwrap_or(Value::Null)
 }
 
 fn error(status: StatusCode, code: &str, message: &str) -> Reply {

@@ -15,8 +15,7 @@ use serde_json::json;
 use super::sim::{self, Dynamics365SimOptions, RunningDynamics365Sim};
 use super::*;
 use crate::canonical::{
-    Account, CanonicalId, Channel, EntityData, Money, Opportunity, Order, OrderLine, OrderStatus, RecordRef, Stage,
-    Vocabulary,
+    Account, CanonicalId, Channel, EntityData, Money, Opportunity, OrderStatus, RecordRef, Stage, Vocabulary,
 };
 use crate::connector::{MemoryHost, WebhookDelivery, WebhookEvent};
 use crate::http::RetryPolicy;
@@ -124,34 +123,8 @@ async fn a_full_pull_of_100000_opportunities_costs_20_data_calls_and_an_incremen
 }
 
 fn orders(account: &Outgoing, account_id: &ExternalId, n: usize) -> Vec<Outgoing> {
-    (0..n)
-        .map(|index| Outgoing {
-            canonical_id: CanonicalId::new(),
-            external_id: None,
-            expected_version: None,
-            op: OutgoingOp::Upsert {
-                data: EntityData::Order(Order {
-                    number: Some(format!("SO-D-{index:05}")),
-                    account: Some(RecordRef {
-                        canonical: Some(account.canonical_id),
-                        external: Some(account_id.clone()),
-                    }),
-                    status: Some(OrderStatus::Confirmed),
-                    order_date: Some("2026-11-02".parse().unwrap()),
-                    currency: Some(Currency::new("EUR").unwrap()),
-                    channel: Some(Channel::Ecommerce),
-                    lines: Some(vec![OrderLine {
-                        product: Some("Widget".into()),
-                        sku: None,
-                        quantity: 2.into(),
-                        unit_price: "9.50".parse().unwrap(),
-                        line_total: 19.into(),
-                    }]),
-                    ..Order::default()
-                }),
-            },
-        })
-        .collect()
+    let account = RecordRef { canonical: Some(account.canonical_id), external: Some(account_id.clone()) };
+    testkit::new_orders(&account, n, "SO-D")
 }
 
 #[tokio::test]

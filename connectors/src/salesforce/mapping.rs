@@ -9,7 +9,7 @@ use super::config::SalesforceConfig;
 use super::wire;
 use crate::canonical::{
     Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Lead, Money, Opportunity, Order,
-    OrderLine, RecordRef, Stage, Timestamp, Vocabulary, normalise_domain,
+    OrderLine, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, normalise_domain,
 };
 use crate::connector::{Change, ChangeKind, Completeness};
 use crate::error::ConnectorError;
@@ -366,15 +366,7 @@ fn channel_value(channel: Channel, vocabulary: &Vocabulary) -> Option<String> {
         Channel::Ecommerce => "Web",
         Channel::Other => "Other",
     };
-    if vocabulary.channels.get(preferred) == Some(channel) {
-        Some(preferred.to_owned())
-    } else {
-        vocabulary.channels.reverse(channel).map(str::to_owned)
-    }
-}
-
-fn decimal_value(value: Decimal) -> Value {
-    serde_json::from_str(&value.normalize().to_string()).unwrap_or(Value::Null)
+    vocabulary.vendor_channel(channel, preferred)
 }
 
 fn put_reference(
@@ -445,10 +437,10 @@ pub fn to_record(
             put("StageName", json!(opportunity.stage.and_then(|stage| vocabulary.stages.reverse(stage))));
             put("CloseDate", json!(opportunity.close_date.map(|day| day.to_string())));
             if let Some(amount) = &opportunity.amount {
-                put("Amount", decimal_value(amount.amount));
+                put("Amount", decimal_json(amount.amount));
                 put("CurrencyIsoCode", json!(amount.currency.as_str()));
             }
-            put("Probability", json!(opportunity.probability.map(decimal_value)));
+            put("Probability", json!(opportunity.probability.map(decimal_json)));
             put(&channel_field, json!(opportunity.channel.and_then(|channel| channel_value(channel, vocabulary))));
         }
         EntityData::Order(order) => {

@@ -32,7 +32,7 @@ pub mod webhook;
 pub mod wire;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -45,6 +45,7 @@ use crate::connector::{
     ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
     PushOutcome, PushReport, SharedHost, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
 };
+use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
 use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
 use crate::settings::ConnectionSettings;
@@ -59,7 +60,7 @@ pub struct SalesforceConnector {
     config: SalesforceConfig,
     http: VendorHttp,
     tokens: TokenCache,
-    described: Mutex<HashMap<Entity, Arc<BTreeSet<String>>>>,
+    described: DescribeCache<BTreeSet<String>>,
     default_currency: Currency,
 }
 
@@ -130,7 +131,7 @@ impl SalesforceConnector {
             config,
             http,
             tokens: TokenCache::default(),
-            described: Mutex::new(HashMap::new()),
+            described: DescribeCache::default(),
             default_currency: Currency::new("USD").map_err(|error| ConnectorError::Config(error.to_string()))?,
         })
     }
@@ -249,7 +250,7 @@ impl SalesforceConnector {
 
     /// Returns the fields the org has on an object (fetched once per connection).
     async fn describe(&self, entity: Entity) -> Result<Arc<BTreeSet<String>>, ConnectorError> {
-        if let Some(found) = self.described.lock().ok().and_then(|cache| cache.get(&entity).cloned()) {
+        if let Some(found) = self.described.get(entity) {
             return Ok(found);
         }
         let object = wire::object(entity);
@@ -257,18 +258,8 @@ impl SalesforceConnector {
         let described: wire::Describe =
             self.call_json(&format!("{object} describe"), |client, base| client.get(format!("{base}{path}"))).await?;
         let fields: BTreeSet<String> = described.fields.into_iter().map(|field| field.name).collect();
-        let required = mapping::required_field(entity);
-        if !fields.contains(required) && self.settings.fields.allows(entity, required) {
-            return Err(ConnectorError::SchemaDrift {
-                object: object.to_owned(),
-                message: format!("field {required} is gone from {object} (renamed or removed); the mapping needs it"),
-            });
-        }
-        let fields = Arc::new(fields);
-        if let Ok(mut cache) = self.described.lock() {
-            cache.insert(entity, fields.clone());
-        }
-        Ok(fields)
+        describe::require(&fields, mapping::required_field(entity), "field", object, entity, &self.settings.fields)?;
+        Ok(self.described.insert(entity, fields))
     }
 
     async fn select(&self, entity: Entity) -> Result<(Vec<String>, BTreeSet<String>), ConnectorError> {

@@ -24,12 +24,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, patch, post};
-use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
 use super::wire::{self, CollectionError, CollectionResult};
-use crate::canonical::{Entity, OrderStatus, Timestamp, VendorKind, Vocabulary};
-use crate::sim::{Counters, FaultSettings, Faults, Injected, SimServer, SimStats, Simulated, World, truncate};
+use crate::canonical::{Entity, OrderStatus, Timestamp, VendorKind, Vocabulary, decimal_json};
+use crate::sim::{Counters, FaultSettings, Faults, Injected, RunningSim, SimStats, Simulated, World, truncate};
 
 /// Credentials the simulator accepts.
 pub const CLIENT_ID: &str = "crmsync-demo";
@@ -143,33 +142,12 @@ pub struct SalesforceSim {
 }
 
 /// A running simulator.
-pub struct RunningSalesforceSim {
-    server: SimServer,
-    state: Arc<SalesforceSim>,
-}
-
-impl RunningSalesforceSim {
-    /// `http://127.0.0.1:port`.
-    pub fn base_url(&self) -> String {
-        self.server.base_url()
-    }
-
-    /// The state (counters, faults, data).
-    pub fn state(&self) -> Arc<SalesforceSim> {
-        self.state.clone()
-    }
-
-    /// Stops serving.
-    pub async fn stop(self) {
-        self.server.stop().await;
-    }
-}
+pub type RunningSalesforceSim = RunningSim<SalesforceSim>;
 
 /// Starts a simulator.
 pub async fn start(options: SalesforceSimOptions) -> std::io::Result<RunningSalesforceSim> {
     let state = Arc::new(SalesforceSim::new(&options));
-    let server = SimServer::serve(options.addr, router(state.clone())).await?;
-    Ok(RunningSalesforceSim { server, state })
+    RunningSim::serve(options.addr, state.clone(), router(state)).await
 }
 
 /// The `[connections.NAME]` TOML for a connection to a simulator at `base_url`.
@@ -549,10 +527,6 @@ impl SalesforceSim {
     pub fn current_refresh_token(&self) -> String {
         self.lock().refresh_token.clone()
     }
-}
-
-fn decimal_json(value: Decimal) -> Value {
-    serde_json::from_str(&value.normalize().to_string()).unwrap_or(Value::Null)
 }
 
 impl Inner {

@@ -223,6 +223,34 @@ pub fn admin_routes<S: Simulated>(state: Arc<S>) -> Router {
     Router::new().route("/__sim/stats", get(stats::<S>)).route("/__sim/faults", post(set_faults::<S>)).with_state(state)
 }
 
+/// A simulator serving on loopback, with its state for tests and the demo.
+pub struct RunningSim<S> {
+    server: SimServer,
+    state: Arc<S>,
+}
+
+impl<S> RunningSim<S> {
+    /// Serves `router` (built over `state`) on `addr`.
+    pub async fn serve(addr: SocketAddr, state: Arc<S>, router: Router) -> std::io::Result<Self> {
+        Ok(Self { server: SimServer::serve(addr, router).await?, state })
+    }
+
+    /// `http://127.0.0.1:port`.
+    pub fn base_url(&self) -> String {
+        self.server.base_url()
+    }
+
+    /// The state (counters, faults, data).
+    pub fn state(&self) -> Arc<S> {
+        self.state.clone()
+    }
+
+    /// Stops serving.
+    pub async fn stop(self) {
+        self.server.stop().await;
+    }
+}
+
 /// A running simulator on loopback.
 pub struct SimServer {
     /// Where it listens.

@@ -9,7 +9,7 @@ use super::config::ZohoConfig;
 use super::wire;
 use crate::canonical::{
     Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Lead, Money, Opportunity, Order,
-    OrderLine, RecordRef, Stage, Timestamp, Vocabulary, normalise_domain,
+    OrderLine, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, normalise_domain,
 };
 use crate::connector::{Change, ChangeKind, Completeness};
 use crate::error::ConnectorError;
@@ -325,15 +325,7 @@ fn channel_value(channel: Channel, vocabulary: &Vocabulary) -> Option<String> {
         Channel::Ecommerce => "Web",
         Channel::Other => "Other",
     };
-    if vocabulary.channels.get(preferred) == Some(channel) {
-        Some(preferred.to_owned())
-    } else {
-        vocabulary.channels.reverse(channel).map(str::to_owned)
-    }
-}
-
-fn decimal_value(value: Decimal) -> Value {
-    serde_json::from_str(&value.normalize().to_string()).unwrap_or(Value::Null)
+    vocabulary.vendor_channel(channel, preferred)
 }
 
 /// Builds one upsert record. Lookups are sent by Zoho id (Zoho cannot reference by another field);
@@ -384,10 +376,10 @@ pub fn to_record(
             put("Stage", json!(opportunity.stage.and_then(|stage| vocabulary.stages.reverse(stage))));
             put("Closing_Date", json!(opportunity.close_date.map(|day| day.to_string())));
             if let Some(amount) = &opportunity.amount {
-                put("Amount", decimal_value(amount.amount));
+                put("Amount", decimal_json(amount.amount));
                 put("Currency", json!(amount.currency.as_str()));
             }
-            put("Probability", json!(opportunity.probability.map(decimal_value)));
+            put("Probability", json!(opportunity.probability.map(decimal_json)));
             put(&channel_field, json!(opportunity.channel.and_then(|channel| channel_value(channel, vocabulary))));
             put("Account_Name", json!(reference(&opportunity.account)));
         }
@@ -405,7 +397,7 @@ pub fn to_record(
                     .iter()
                     .filter_map(|line| {
                         let product = products.get(line.product.as_deref()?)?;
-                        Some(json!({"Product_Name": {"id": product}, "Quantity": decimal_value(line.quantity), "List_Price": decimal_value(line.unit_price)}))
+                        Some(json!({"Product_Name": {"id": product}, "Quantity": decimal_json(line.quantity), "List_Price": decimal_json(line.unit_price)}))
                     })
                     .collect();
                 if !items.is_empty() {

@@ -21,7 +21,7 @@ pub mod webhook;
 pub mod wire;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
@@ -34,6 +34,7 @@ use crate::connector::{
     ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page, PushOutcome,
     PushReport, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deliver_once,
 };
+use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
 use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
 use crate::settings::ConnectionSettings;
@@ -46,7 +47,7 @@ pub struct ZohoConnector {
     config: ZohoConfig,
     http: VendorHttp,
     tokens: TokenCache,
-    described: Mutex<HashMap<Entity, Arc<BTreeSet<String>>>>,
+    described: DescribeCache<BTreeSet<String>>,
     products: tokio::sync::Mutex<Option<Arc<HashMap<String, String>>>>,
     default_currency: Currency,
 }
@@ -106,7 +107,7 @@ impl ZohoConnector {
             config,
             http,
             tokens: TokenCache::default(),
-            described: Mutex::new(HashMap::new()),
+            described: DescribeCache::default(),
             products: tokio::sync::Mutex::new(None),
             default_currency: Currency::new("EUR").map_err(|error| ConnectorError::Config(error.to_string()))?,
         })
@@ -204,7 +205,7 @@ impl ZohoConnector {
     }
 
     async fn describe(&self, entity: Entity) -> Result<Arc<BTreeSet<String>>, ConnectorError> {
-        if let Some(found) = self.described.lock().ok().and_then(|cache| cache.get(&entity).cloned()) {
+        if let Some(found) = self.described.get(entity) {
             return Ok(found);
         }
         let module = wire::module(entity);
@@ -217,18 +218,8 @@ impl ZohoConnector {
         let fields: BTreeSet<String> = response
             .map(|response| response.fields.into_iter().map(|field| field.api_name).collect())
             .unwrap_or_default();
-        let required = mapping::required_field(entity);
-        if !fields.contains(required) && self.settings.fields.allows(entity, required) {
-            return Err(ConnectorError::SchemaDrift {
-                object: module.to_owned(),
-                message: format!("field {required} is gone from {module} (renamed or removed); the mapping needs it"),
-            });
-        }
-        let fields = Arc::new(fields);
-        if let Ok(mut cache) = self.described.lock() {
-            cache.insert(entity, fields.clone());
-        }
-        Ok(fields)
+        describe::require(&fields, mapping::required_field(entity), "field", module, entity, &self.settings.fields)?;
+        Ok(self.described.insert(entity, fields))
     }
 
     async fn fields(&self, entity: Entity) -> Result<(Vec<String>, BTreeSet<String>), ConnectorError> {

@@ -25,8 +25,8 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
 use super::wire;
-use crate::canonical::{Entity, OrderStatus, Timestamp, VendorKind, Vocabulary};
-use crate::sim::{Counters, FaultSettings, Faults, Injected, SimServer, SimStats, Simulated, World, truncate};
+use crate::canonical::{Entity, OrderStatus, Timestamp, VendorKind, Vocabulary, decimal_json};
+use crate::sim::{Counters, FaultSettings, Faults, Injected, RunningSim, SimStats, Simulated, World, truncate};
 
 /// OAuth client id the simulator accepts.
 pub const CLIENT_ID: &str = "1000.CRMSYNCDEMO";
@@ -104,33 +104,12 @@ pub struct ZohoSim {
 }
 
 /// A running simulator.
-pub struct RunningZohoSim {
-    server: SimServer,
-    state: Arc<ZohoSim>,
-}
-
-impl RunningZohoSim {
-    /// `http://127.0.0.1:port`.
-    pub fn base_url(&self) -> String {
-        self.server.base_url()
-    }
-
-    /// The state.
-    pub fn state(&self) -> Arc<ZohoSim> {
-        self.state.clone()
-    }
-
-    /// Stops serving.
-    pub async fn stop(self) {
-        self.server.stop().await;
-    }
-}
+pub type RunningZohoSim = RunningSim<ZohoSim>;
 
 /// Starts a simulator.
 pub async fn start(options: ZohoSimOptions) -> std::io::Result<RunningZohoSim> {
     let state = Arc::new(ZohoSim::new(&options));
-    let server = SimServer::serve(options.addr, router(state.clone())).await?;
-    Ok(RunningZohoSim { server, state })
+    RunningSim::serve(options.addr, state.clone(), router(state)).await
 }
 
 /// The `[connections.NAME]` TOML for a connection to a simulator at `base_url`.
@@ -245,10 +224,6 @@ fn zoho_time(seconds: i64) -> String {
 fn error(status: StatusCode, code: &str, message: &str, details: Value) -> Response {
     (status, axum::Json(json!({"code": code, "details": details, "message": message, "status": "error"})))
         .into_response()
-}
-
-fn decimal_json(value: Decimal) -> Value {
-    serde_json::from_str(&value.normalize().to_string()).unwrap_or(Value::Null)
 }
 
 impl ZohoSim {

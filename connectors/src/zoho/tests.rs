@@ -13,9 +13,7 @@ use serde_json::json;
 
 use super::sim::{self, RunningZohoSim, ZohoSimOptions};
 use super::*;
-use crate::canonical::{
-    Account, CanonicalId, Channel, EntityData, Order, OrderLine, OrderStatus, RecordRef, Vocabulary,
-};
+use crate::canonical::{Account, Channel, EntityData, RecordRef, Vocabulary};
 use crate::connector::{MemoryHost, WebhookDelivery, WebhookEvent};
 use crate::http::RetryPolicy;
 use crate::sim::{FaultSettings, Simulated, World, WorldSize};
@@ -108,34 +106,11 @@ async fn pushing_1000_orders_costs_10_upserts_and_pushing_them_again_creates_not
     let PushOutcome::Upserted { external_id: account_id, created: true, .. } = report.results[0].outcome.clone() else {
         panic!("{report:?}")
     };
-    let orders: Vec<Outgoing> = (0..1000)
-        .map(|index| Outgoing {
-            canonical_id: CanonicalId::new(),
-            external_id: None,
-            expected_version: None,
-            op: OutgoingOp::Upsert {
-                data: EntityData::Order(Order {
-                    number: Some(format!("SO-Z-{index:05}")),
-                    account: Some(RecordRef {
-                        canonical: Some(account.canonical_id),
-                        external: Some(account_id.clone()),
-                    }),
-                    status: Some(OrderStatus::Confirmed),
-                    order_date: Some("2026-11-02".parse().unwrap()),
-                    currency: Some(Currency::new("EUR").unwrap()),
-                    channel: Some(Channel::Ecommerce),
-                    lines: Some(vec![OrderLine {
-                        product: Some("Widget".into()),
-                        sku: None,
-                        quantity: 2.into(),
-                        unit_price: "9.50".parse().unwrap(),
-                        line_total: 19.into(),
-                    }]),
-                    ..Order::default()
-                }),
-            },
-        })
-        .collect();
+    let orders = testkit::new_orders(
+        &RecordRef { canonical: Some(account.canonical_id), external: Some(account_id.clone()) },
+        1000,
+        "SO-Z",
+    );
     let before = Simulated::stats(state.as_ref()).write_calls;
     for chunk in orders.chunks(connector.push_batch_size()) {
         let report = connector.push(Entity::Order, chunk).await.unwrap();
