@@ -230,6 +230,21 @@ pub fn metrics_report(
     Ok(accumulator.finish())
 }
 
+/// Runs `work` every `period`, the first time at once, until `stop` is cancelled.
+async fn every<F, Fut>(period: std::time::Duration, stop: tokio_util::sync::CancellationToken, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => work().await,
+        }
+    }
+}
+
 /// Publishes the KPI gauges of the unified scope and of every connection.
 pub fn publish_kpis(store: &Store, config: &Config) {
     let mut scopes = vec![crate::metrics::Scope::Unified];
@@ -377,38 +392,25 @@ pub async fn run_daemon(
 
     // Sales KPIs for Prometheus, recomputed every minute off the async threads.
     {
-        let store = app.store.clone();
-        let config = app.config.clone();
-        let stop = cancel.clone();
-        tracker.spawn(async move {
-            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(60));
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = ticks.tick() => {
-                        let (store, config) = (store.clone(), config.clone());
-                        let _ = tokio::task::spawn_blocking(move || publish_kpis(&store, &config)).await;
-                    }
-                }
+        let (store, config) = (app.store.clone(), app.config.clone());
+        tracker.spawn(every(std::time::Duration::from_secs(60), cancel.clone(), move || {
+            let (store, config) = (store.clone(), config.clone());
+            async move {
+                let _ = tokio::task::spawn_blocking(move || publish_kpis(&store, &config)).await;
             }
-        });
+        }));
     }
     // Vendor upkeep (Zoho watch-channel renewal), hourly.
     for connector in app.connectors.values() {
-        let (connector, stop) = (connector.clone(), cancel.clone());
-        tracker.spawn(async move {
-            let mut ticks = tokio::time::interval(std::time::Duration::from_secs(3600));
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    _ = ticks.tick() => {
-                        if let Err(error) = connector.maintain().await {
-                            tracing::warn!(connection = %connector.id(), error = %crate::scheduler::error_chain(&error), "vendor upkeep failed");
-                        }
-                    }
+        let connector = connector.clone();
+        tracker.spawn(every(std::time::Duration::from_secs(3600), cancel.clone(), move || {
+            let connector = connector.clone();
+            async move {
+                if let Err(error) = connector.maintain().await {
+                    tracing::warn!(connection = %connector.id(), error = %crate::scheduler::error_chain(&error), "vendor upkeep failed");
                 }
             }
-        });
+        }));
     }
     // Drift sweep: repair what incremental reads missed (hard deletes, late commits).
     if let Some(interval) = app.config.daemon.drift_sweep_interval {

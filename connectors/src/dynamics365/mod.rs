@@ -10,7 +10,8 @@
 //! end with the next delta link. The cursor is the link to follow. An expired delta token
 //! (`0x80044352`) starts a clean full read instead of failing.
 //!
-//! Without change tracking (the table's "Track changes" is off, reported by `check`), pulls filter
+//! Without change tracking (the table's "Track changes" is off, reported by `check`, or the connection
+//! has a `start` instant, which a delta link cannot begin from), pulls filter
 //! `modifiedon ge since − overlap` ordered by `modifiedon, id`, and the cursor keeps the
 //! `(id, modifiedon)` pairs delivered within the overlap window so nothing is read twice; deletions are
 //! then found only by the drift sweep.
@@ -96,8 +97,6 @@ struct Position {
     max: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     seen: Vec<(String, i64)>,
-    #[serde(default)]
-    incremental: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -479,7 +478,6 @@ impl Dynamics365Connector {
             }
             None => {}
         }
-        position.incremental = true;
         Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
     }
 
@@ -492,10 +490,7 @@ impl Dynamics365Connector {
         let table = wire::table(entity);
         let url = match &position.next {
             Some(next) => next.clone(),
-            None => {
-                let since = if position.incremental { position.since } else { position.since.or(self.settings.start) };
-                self.initial_url(entity, select, since, false)?
-            }
+            None => self.initial_url(entity, select, position.since, false)?,
         };
         let page = self.get_page(&format!("{} rows", table.set), &url, false).await?;
         let changes = self.map_rows(entity, &page.value).await?;
@@ -506,7 +501,6 @@ impl Dynamics365Connector {
         }
         position.next = None;
         position.since = position.max.or(position.since);
-        position.incremental = true;
         Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
     }
 

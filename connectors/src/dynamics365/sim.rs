@@ -689,32 +689,22 @@ fn tokenize(filter: &str) -> Result<Vec<Token>, String> {
     let mut index = 0;
     while index < chars.len() {
         let c = chars[index];
+        let punctuation = match c {
+            '(' => Some(Token::Open),
+            ')' => Some(Token::Close),
+            ',' => Some(Token::Comma),
+            '=' => Some(Token::Equals),
+            '[' => Some(Token::ListOpen),
+            ']' => Some(Token::ListClose),
+            _ => None,
+        };
+        if let Some(token) = punctuation {
+            tokens.push(token);
+            index += 1;
+            continue;
+        }
         match c {
             ' ' => index += 1,
-            '(' => {
-                tokens.push(Token::Open);
-                index += 1;
-            }
-            ')' => {
-                tokens.push(Token::Close);
-                index += 1;
-            }
-            ',' => {
-                tokens.push(Token::Comma);
-                index += 1;
-            }
-            '=' => {
-                tokens.push(Token::Equals);
-                index += 1;
-            }
-            '[' => {
-                tokens.push(Token::ListOpen);
-                index += 1;
-            }
-            ']' => {
-                tokens.push(Token::ListClose);
-                index += 1;
-            }
             '\'' => {
                 let mut text = String::new();
                 index += 1;

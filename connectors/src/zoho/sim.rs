@@ -585,12 +585,7 @@ async fn fields(State(sim): Shared, headers: HeaderMap, Query(query): Query<Hash
     sim.counters.read.fetch_add(1, Ordering::SeqCst);
     let module = query.get("module").cloned().unwrap_or_default();
     if wire::entity_of(&module).is_none() && module != "Products" {
-        return sim.with_credits(error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_MODULE",
-            "the module name given seems to be invalid",
-            json!({"resource_path_index": 0}),
-        ));
+        return sim.with_credits(invalid_module(json!({"resource_path_index": 0})));
     }
     let mut fields: Vec<Value> =
         schema(&module).iter().map(|spec| json!({"api_name": spec.name, "data_type": spec.kind})).collect();
@@ -605,6 +600,10 @@ async fn fields(State(sim): Shared, headers: HeaderMap, Query(query): Query<Hash
         }
     }
     sim.with_credits(axum::Json(json!({"fields": fields})).into_response())
+}
+
+fn invalid_module(details: Value) -> Response {
+    error(StatusCode::BAD_REQUEST, "INVALID_MODULE", "the module name given seems to be invalid", details)
 }
 
 fn module_name(name: &str) -> Option<&'static str> {
@@ -632,12 +631,7 @@ async fn records(
 impl ZohoSim {
     fn list(&self, headers: &HeaderMap, module: &str, query: &HashMap<String, String>) -> Response {
         let Some(module) = module_name(module) else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "INVALID_MODULE",
-                "the module name given seems to be invalid",
-                json!({"resource_path_index": 0}),
-            );
+            return invalid_module(json!({"resource_path_index": 0}));
         };
         if module == "Products" {
             let inner = self.lock();
@@ -859,12 +853,7 @@ async fn deleted(
     }
     sim.counters.read.fetch_add(1, Ordering::SeqCst);
     let Some(module) = wire::entity_of(&module).map(wire::module) else {
-        return sim.with_credits(error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_MODULE",
-            "the module name given seems to be invalid",
-            json!({}),
-        ));
+        return sim.with_credits(invalid_module(json!({})));
     };
     let since = headers
         .get("if-modified-since")
@@ -921,12 +910,7 @@ async fn write(sim: Arc<ZohoSim>, headers: HeaderMap, module: String, body: Byte
     }
     sim.counters.write.fetch_add(1, Ordering::SeqCst);
     let Some(module) = wire::entity_of(&module).map(wire::module) else {
-        return sim.with_credits(error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_MODULE",
-            "the module name given seems to be invalid",
-            json!({}),
-        ));
+        return sim.with_credits(invalid_module(json!({})));
     };
     let request: Value = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -1164,12 +1148,7 @@ async fn delete_records(
     }
     sim.counters.write.fetch_add(1, Ordering::SeqCst);
     let Some(module) = wire::entity_of(&module).map(wire::module) else {
-        return sim.with_credits(error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_MODULE",
-            "the module name given seems to be invalid",
-            json!({}),
-        ));
+        return sim.with_credits(invalid_module(json!({})));
     };
     let ids: Vec<String> = query
         .get("ids")
