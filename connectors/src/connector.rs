@@ -314,6 +314,23 @@ pub struct PushReport {
     pub results: Vec<PushResult>,
 }
 
+/// The deletes in `batch` that target a copy the vendor has, as `(position, vendor id)`. A delete of a
+/// copy the vendor never had already holds, and is recorded as done in `outcomes`.
+pub fn deletes_to_send<'a>(
+    batch: &'a [Outgoing],
+    outcomes: &mut [Option<PushOutcome>],
+) -> Vec<(usize, &'a ExternalId)> {
+    let mut deletes = Vec::new();
+    for (index, outgoing) in batch.iter().enumerate() {
+        match (&outgoing.op, &outgoing.external_id) {
+            (OutgoingOp::Delete, Some(id)) => deletes.push((index, id)),
+            (OutgoingOp::Delete, None) => outcomes[index] = Some(PushOutcome::Deleted),
+            (OutgoingOp::Upsert { .. }, _) => {}
+        }
+    }
+    deletes
+}
+
 impl PushReport {
     /// Pairs each record of `batch` with its outcome; a record the vendor answered nothing for is
     /// retried later, never assumed done.

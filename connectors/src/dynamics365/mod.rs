@@ -329,6 +329,16 @@ impl Dynamics365Connector {
         Ok(products)
     }
 
+    fn map_context<'a>(&'a self, currencies: &'a Currencies, products: &'a Products) -> MapContext<'a> {
+        MapContext {
+            vocabulary: &self.settings.vocabulary,
+            config: &self.config,
+            currencies,
+            products,
+            default_currency: &self.default_currency,
+        }
+    }
+
     fn page_size(&self) -> String {
         format!("odata.maxpagesize={}", self.config.max_page_size)
     }
@@ -384,13 +394,7 @@ impl Dynamics365Connector {
         let needs_currency = matches!(entity, Entity::Opportunity | Entity::Order) && !live.is_empty();
         let currencies = if needs_currency { self.currencies().await? } else { Arc::new(Currencies::default()) };
         let products = if lines.is_some() { self.products().await? } else { Arc::new(Products::default()) };
-        let context = MapContext {
-            vocabulary: &self.settings.vocabulary,
-            config: &self.config,
-            currencies: &currencies,
-            products: &products,
-            default_currency: &self.default_currency,
-        };
+        let context = self.map_context(&currencies, &products);
         let mut unmapped = Vec::new();
         let now = Timestamp::now();
         let mut changes = Vec::with_capacity(rows.len());
@@ -740,13 +744,7 @@ impl Connector for Dynamics365Connector {
             Arc::new(Currencies::default())
         };
         let products = if entity == Entity::Order { self.products().await? } else { Arc::new(Products::default()) };
-        let context = MapContext {
-            vocabulary: &self.settings.vocabulary,
-            config: &self.config,
-            currencies: &currencies,
-            products: &products,
-            default_currency: &self.default_currency,
-        };
+        let context = self.map_context(&currencies, &products);
         let api = self.api_path();
         let key = &self.config.alternate_key;
         let mut outcomes: Vec<Option<PushOutcome>> = vec![None; batch.len()];

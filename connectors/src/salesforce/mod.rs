@@ -43,7 +43,7 @@ pub use config::{SalesforceAuth, SalesforceConfig, SalesforceWebhook};
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
     ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
-    PushOutcome, PushReport, SharedHost, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
+    PushOutcome, PushReport, SharedHost, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply, deletes_to_send,
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
@@ -606,18 +606,7 @@ impl Connector for SalesforceConnector {
                 outcomes[*index] = Some(collection_outcome(result, true));
             }
         }
-        let deletes: Vec<(usize, &ExternalId)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(index, outgoing)| match (&outgoing.op, &outgoing.external_id) {
-                (OutgoingOp::Delete, Some(id)) => Some((index, id)),
-                (OutgoingOp::Delete, None) => {
-                    outcomes[index] = Some(PushOutcome::Deleted);
-                    None
-                }
-                _ => None,
-            })
-            .collect();
+        let deletes = deletes_to_send(batch, &mut outcomes);
         if !deletes.is_empty() {
             let ids: Vec<&str> = deletes.iter().map(|(_, id)| id.as_str()).collect();
             let path = self.data_path("/composite/sobjects");

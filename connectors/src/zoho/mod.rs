@@ -32,7 +32,7 @@ pub use config::{DATA_CENTRES, ZohoConfig, ZohoWebhook};
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
     ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page, PushOutcome,
-    PushReport, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deliver_once,
+    PushReport, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deletes_to_send, deliver_once,
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
@@ -545,18 +545,7 @@ impl Connector for ZohoConnector {
                 outcomes[*index] = Some(write_outcome(result));
             }
         }
-        let deletes: Vec<(usize, &ExternalId)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(index, outgoing)| match (&outgoing.op, &outgoing.external_id) {
-                (OutgoingOp::Delete, Some(id)) => Some((index, id)),
-                (OutgoingOp::Delete, None) => {
-                    outcomes[index] = Some(PushOutcome::Deleted);
-                    None
-                }
-                _ => None,
-            })
-            .collect();
+        let deletes = deletes_to_send(batch, &mut outcomes);
         if !deletes.is_empty() {
             let ids: Vec<&str> = deletes.iter().map(|(_, id)| id.as_str()).collect();
             let joined = ids.join(",");
