@@ -41,6 +41,8 @@ pub const WEBHOOK_KEY: &str = "demo-dataverse-webhook-key";
 pub const ENV_CLIENT_SECRET: &str = "CRMSYNC_DEMO_D365_CLIENT_SECRET";
 /// Env variable of the webhook key.
 pub const ENV_WEBHOOK_KEY: &str = "CRMSYNC_DEMO_D365_WEBHOOK_KEY";
+/// Result sets kept for paging; older next links answer "Invalid paging cookie".
+const SNAPSHOTS_KEPT: usize = 64;
 /// The alternate-key column.
 pub const ALTERNATE_KEY: &str = "crmsync_id";
 
@@ -220,7 +222,6 @@ struct Snapshot {
     select: Vec<String>,
     rows: Vec<String>,
     deletions: Vec<String>,
-    offset: usize,
     /// Delta link to hand out on the last page (change-tracked reads).
     delta_version: Option<u64>,
 }
@@ -231,7 +232,11 @@ struct Inner {
     version: u64,
     /// Delta tokens below this version have expired.
     oldest_token: u64,
+    /// Result sets being paged, by paging-cookie id; a `$skiptoken` names one and an offset in it,
+    /// so a next link can be read again (after a dropped response) and gives the same page.
     snapshots: HashMap<String, Snapshot>,
+    /// Snapshot ids, oldest first (the oldest are dropped beyond [`SNAPSHOTS_KEPT`]).
+    snapshot_order: std::collections::VecDeque<String>,
     untracked: HashSet<String>,
     selects: Vec<String>,
     next_order: u64,
@@ -362,6 +367,7 @@ impl Dynamics365Sim {
                 version: 1000,
                 oldest_token: 0,
                 snapshots: HashMap::new(),
+                snapshot_order: std::collections::VecDeque::new(),
                 untracked: options.untracked.iter().map(|set| (*set).to_owned()).collect(),
                 selects: Vec::new(),
                 next_order: 1000,
@@ -587,6 +593,19 @@ impl Inner {
                 }
             }
         }
+    }
+
+    /// Keeps a result set for paging and returns its id.
+    fn keep_snapshot(&mut self, snapshot: Snapshot) -> String {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        self.snapshots.insert(id.clone(), snapshot);
+        self.snapshot_order.push_back(id.clone());
+        while self.snapshot_order.len() > SNAPSHOTS_KEPT {
+            if let Some(oldest) = self.snapshot_order.pop_front() {
+                self.snapshots.remove(&oldest);
+            }
+        }
+        id
     }
 
     fn product_by_number(&self, number: &str) -> Option<String> {
@@ -1331,12 +1350,16 @@ impl Dynamics365Sim {
         let mut inner = self.lock();
         // A continuation: `$skiptoken` names a snapshot.
         if let Some(skiptoken) = request.query.get("$skiptoken") {
-            let Some(snapshot_id) = skiptoken.split("pagingcookie=\"").nth(1).and_then(|rest| rest.split('"').next())
-            else {
+            let cookie = skiptoken
+                .split("pagingcookie=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .and_then(|cookie| cookie.split_once(':'))
+                .and_then(|(id, offset)| Some((id.to_owned(), offset.parse::<usize>().ok()?)));
+            let Some((snapshot_id, offset)) = cookie else {
                 return error(StatusCode::BAD_REQUEST, "0x80040203", "Invalid paging cookie.");
             };
-            let snapshot_id = snapshot_id.to_owned();
-            return self.serve_snapshot(&mut inner, &snapshot_id, page_size, annotate, request);
+            return self.serve_snapshot(&inner, &snapshot_id, offset, page_size, annotate, request);
         }
         let select = match select_of(set, request) {
             Ok(select) => select,
@@ -1366,11 +1389,9 @@ impl Dynamics365Sim {
             });
             let (rows, deletions) = rows.unwrap_or_default();
             let current = inner.version;
-            let snapshot =
-                Snapshot { set: set.to_owned(), select, rows, deletions, offset: 0, delta_version: Some(current) };
-            let id = uuid::Uuid::new_v4().simple().to_string();
-            inner.snapshots.insert(id.clone(), snapshot);
-            return self.serve_snapshot(&mut inner, &id, page_size, annotate, request);
+            let snapshot = Snapshot { set: set.to_owned(), select, rows, deletions, delta_version: Some(current) };
+            let id = inner.keep_snapshot(snapshot);
+            return self.serve_snapshot(&inner, &id, 0, page_size, annotate, request);
         }
         if tracking {
             if inner.untracked.contains(set)
@@ -1446,18 +1467,17 @@ impl Dynamics365Sim {
             select,
             rows: ids,
             deletions: Vec::new(),
-            offset: 0,
             delta_version: tracking.then_some(inner.version),
         };
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        inner.snapshots.insert(id.clone(), snapshot);
-        self.serve_snapshot(&mut inner, &id, page_size, annotate, request)
+        let id = inner.keep_snapshot(snapshot);
+        self.serve_snapshot(&inner, &id, 0, page_size, annotate, request)
     }
 
     fn serve_snapshot(
         &self,
-        inner: &mut Inner,
+        inner: &Inner,
         id: &str,
+        start: usize,
         page_size: usize,
         annotate: bool,
         request: &Request<'_>,
@@ -1467,7 +1487,6 @@ impl Dynamics365Sim {
         };
         let set = snapshot.set.clone();
         let select = snapshot.select.clone();
-        let start = snapshot.offset;
         let total_rows = snapshot.rows.len();
         let mut value: Vec<Value> = Vec::new();
         let mut position = start;
@@ -1492,7 +1511,6 @@ impl Dynamics365Sim {
         let select_param: String =
             url::form_urlencoded::Serializer::new(String::new()).append_pair("$select", &select.join(",")).finish();
         if done {
-            inner.snapshots.remove(id);
             if let Some(version) = delta_version {
                 let token: String =
                     url::form_urlencoded::byte_serialize(format!("{version}!{}", time(now_seconds())).as_bytes())
@@ -1503,12 +1521,9 @@ impl Dynamics365Sim {
                 ));
             }
         } else {
-            if let Some(snapshot) = inner.snapshots.get_mut(id) {
-                snapshot.offset = position;
-            }
             let page = position / page_size.max(1) + 1;
             let cookie = format!(
-                "<cookie pagenumber=\"{page}\" pagingcookie=\"{id}\" istracking=\"{}\" />",
+                "<cookie pagenumber=\"{page}\" pagingcookie=\"{id}:{position}\" istracking=\"{}\" />",
                 if delta_version.is_some() { "True" } else { "False" }
             );
             let cookie: String = url::form_urlencoded::byte_serialize(cookie.as_bytes()).collect();

@@ -442,3 +442,16 @@ async fn seeded_orders_read_with_catalogue_products_skus_and_totals() {
         assert_eq!(order.total_amount, Some(total));
     }
 }
+
+#[tokio::test]
+async fn a_truncated_page_is_a_decode_error_and_the_same_cursor_reads_it_again() {
+    let running = simulator(Dynamics365SimOptions::with_world(world(only(120, 0, 0)))).await;
+    let connector = connector_with(&running, |_, config| config.max_page_size = 50);
+    let first = connector.pull(Entity::Account, None).await.unwrap();
+    Simulated::faults(running.state().as_ref()).apply(&FaultSettings { truncate_next: 10, ..FaultSettings::default() });
+    let error = connector.pull(Entity::Account, Some(&first.cursor)).await.unwrap_err();
+    assert!(matches!(error, ConnectorError::Decode { .. }), "{error}");
+    Simulated::faults(running.state().as_ref()).apply(&FaultSettings::default());
+    let second = connector.pull(Entity::Account, Some(&first.cursor)).await.unwrap();
+    assert_eq!(second.changes.len(), 50, "the same page again from the kept cursor");
+}
