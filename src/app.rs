@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::Context;
-use crmsync_connectors::canonical::{ConnectionId, Entity, EntityData, ExternalId, VendorKind};
+use crmsync_connectors::canonical::{ConnectionId, Entity, EntityData, ExternalId, Timestamp, VendorKind};
 use crmsync_connectors::dynamics365::Dynamics365Connector;
 use crmsync_connectors::salesforce::SalesforceConnector;
 use crmsync_connectors::settings::FieldPolicy;
@@ -211,23 +211,41 @@ pub fn metrics_report(
     store: &Store,
     config: &crate::config::MetricsConfig,
     scope: crate::metrics::Scope,
-    since: Option<crmsync_connectors::canonical::Timestamp>,
-    until: Option<crmsync_connectors::canonical::Timestamp>,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
 ) -> Result<crate::metrics::MetricsReport, crate::store::StoreError> {
-    let until = until.unwrap_or_else(crmsync_connectors::canonical::Timestamp::now);
+    let mut reports = metrics_reports(store, config, vec![scope], since, until)?;
+    Ok(reports.remove(0))
+}
+
+/// Computes the reports of several scopes in one scan of the store (one report per scope, in order).
+/// Reads a sled snapshot per tree: it never holds a lock the ingest writer waits on.
+pub fn metrics_reports(
+    store: &Store,
+    config: &crate::config::MetricsConfig,
+    scopes: Vec<crate::metrics::Scope>,
+    since: Option<Timestamp>,
+    until: Option<Timestamp>,
+) -> Result<Vec<crate::metrics::MetricsReport>, crate::store::StoreError> {
+    let until = until.unwrap_or_else(Timestamp::now);
     let since = since.unwrap_or_else(|| until.saturating_add(config.window, false));
     let settings = crate::metrics::MetricsSettings {
         reporting_currency: config.reporting_currency.clone(),
         fx: config.fx.clone(),
     };
-    let query = crate::metrics::MetricsQuery { scope, since, until };
-    let mut accumulator = crate::metrics::Accumulator::new(&query, &settings);
-    for entity in Entity::ALL {
+    let queries: Vec<crate::metrics::MetricsQuery> =
+        scopes.into_iter().map(|scope| crate::metrics::MetricsQuery { scope, since, until }).collect();
+    let mut accumulators: Vec<crate::metrics::Accumulator<'_>> =
+        queries.iter().map(|query| crate::metrics::Accumulator::new(query, &settings)).collect();
+    for entity in crate::metrics::ENTITIES {
         for record in store.scan(*entity) {
-            accumulator.add(&record?);
+            let record = record?;
+            for accumulator in &mut accumulators {
+                accumulator.add(&record);
+            }
         }
     }
-    Ok(accumulator.finish())
+    Ok(accumulators.into_iter().map(crate::metrics::Accumulator::finish).collect())
 }
 
 /// Runs `work` every `period`, the first time at once, until `stop` is cancelled.
@@ -245,21 +263,21 @@ where
     }
 }
 
-/// Publishes the KPI gauges of the unified scope and of every connection.
+/// Publishes the KPI gauges of the unified scope and of every connection (one scan of the store).
 pub fn publish_kpis(store: &Store, config: &Config) {
     let mut scopes = vec![crate::metrics::Scope::Unified];
     scopes.extend(config.connections.keys().cloned().map(crate::metrics::Scope::Connection));
-    for scope in scopes {
-        match metrics_report(store, &config.metrics, scope, None, None) {
-            Ok(report) => {
-                for (name, labels, value) in crate::metrics::gauges(&report) {
+    match metrics_reports(store, &config.metrics, scopes, None, None) {
+        Ok(reports) => {
+            for report in &reports {
+                for (name, labels, value) in crate::metrics::gauges(report) {
                     telemetry::record_kpi(name, labels, value);
                 }
             }
-            Err(error) => tracing::warn!(error = %error, "cannot compute KPI gauges"),
+            tracing::debug!("KPI gauges published");
         }
+        Err(error) => tracing::warn!(error = %error, "cannot compute KPI gauges"),
     }
-    tracing::debug!("KPI gauges published");
 }
 
 /// An opened store with its writer and connectors.
@@ -444,26 +462,13 @@ pub async fn run_daemon(
             )
         })
         .collect();
-    let gauge_store = app.store.clone();
-    let gauge_connections: Vec<ConnectionId> = app.connectors.keys().cloned().collect();
-    let gauge_connectors = app.connectors.clone();
-    let refresh: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
-        for id in &gauge_connections {
-            if let Ok(depth) = gauge_store.outbox_depth(id) {
-                telemetry::record_outbox_depth(id, depth);
-            }
-            if let Some(connector) = gauge_connectors.get(id) {
-                let usage = connector.usage();
-                telemetry::record_budget(id, usage.budget_used, usage.budget_limit);
-            }
-        }
-        if let Ok(count) = gauge_store.dead_letter_count() {
-            telemetry::record_dead_letters(count);
-        }
-        if let Ok(size) = gauge_store.size_on_disk() {
-            telemetry::record_store_size(size);
-        }
-    });
+    telemetry::register_daemon();
+    for (id, connector) in &app.connectors {
+        telemetry::register_connection(id, connector.entities());
+    }
+    let (gauge_store, gauge_connectors, started) = (app.store.clone(), app.connectors.clone(), Timestamp::now());
+    let refresh: Arc<dyn Fn() + Send + Sync> =
+        Arc::new(move || refresh_store_gauges(&gauge_store, &gauge_connectors, started));
     let state = HttpState {
         webhooks: Arc::new(webhooks),
         ingest: app.ingest.clone(),
@@ -517,6 +522,34 @@ pub async fn run_daemon(
     }
     tracing::info!("stopped cleanly");
     Ok(())
+}
+
+/// Sets the gauges that are read from the store and the connectors when `/metrics` is scraped: outbox
+/// depth, API budget, sync lag (now − last success, or now − daemon start before the first success, so
+/// a stalled or never-working pull keeps growing instead of showing a stale value), dead letters and
+/// store size.
+fn refresh_store_gauges(store: &Store, connectors: &BTreeMap<ConnectionId, Arc<AnyConnector>>, started: Timestamp) {
+    let now = Timestamp::now();
+    let seconds_since = |at: Timestamp| (now.unix_millis() - at.unix_millis()).max(0) as f64 / 1000.0;
+    for (id, connector) in connectors {
+        if let Ok(depth) = store.outbox_depth(id) {
+            telemetry::record_outbox_depth(id, depth);
+        }
+        let usage = connector.usage();
+        telemetry::record_budget(id, usage.budget_used, usage.budget_limit);
+        for entity in connector.entities() {
+            if let Ok(status) = store.sync_status(id, *entity) {
+                let since = status.and_then(|status| status.last_success).unwrap_or(started);
+                telemetry::record_lag(id, *entity, seconds_since(since));
+            }
+        }
+    }
+    if let Ok(count) = store.dead_letter_count() {
+        telemetry::record_dead_letters(count);
+    }
+    if let Ok(size) = store.size_on_disk() {
+        telemetry::record_store_size(size);
+    }
 }
 
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {

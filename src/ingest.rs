@@ -332,6 +332,7 @@ impl<'a> BatchWriter<'a> {
 
     fn dead_letter(&mut self, change: &Change, reason: String) {
         self.stats.dead_lettered += 1;
+        telemetry::record_pulled(self.connection, change.entity, "dead_letter", 1);
         self.commit.dead_letters.push(DeadLetter::new(
             self.connection.clone(),
             change.entity,

@@ -15,27 +15,29 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-/// Records read from vendors, by outcome (`created`, `updated`, `deleted`, `echo`, `unchanged`, `stale`, `dead_letter`).
+/// Records read from vendors, by outcome ([`PULL_OUTCOMES`]).
 pub const PULL_RECORDS: &str = "crmsync_pull_records_total";
-/// Records sent to vendors, by outcome (`upserted`, `deleted`, `rejected`, `retry`).
+/// Records sent to vendors, by outcome ([`PUSH_OUTCOMES`]).
 pub const PUSH_RECORDS: &str = "crmsync_push_records_total";
-/// Vendor API calls, by outcome (`2xx`, `3xx`, `4xx`, `5xx`, `transport`).
+/// Vendor API calls, by outcome ([`API_OUTCOMES`]: the status class, or `transport`).
 pub const API_CALLS: &str = "crmsync_api_calls_total";
 /// Requests that waited for the rate limiter.
 pub const RATE_LIMIT_WAITS: &str = "crmsync_rate_limit_waits_total";
 /// Vendor calls retried.
 pub const RETRIES: &str = "crmsync_retries_total";
-/// Access-token fetches, by outcome (`success`, `failure`).
+/// Access-token fetches, by outcome ([`TOKEN_OUTCOMES`]).
 pub const TOKEN_REFRESHES: &str = "crmsync_token_refreshes_total";
 /// Calls counted against the daily budget in the current window.
 pub const BUDGET_USED: &str = "crmsync_api_budget_used";
-/// The configured daily budget.
+/// The configured daily budget (absent for a connection without `rate_limit.daily_budget`).
 pub const BUDGET_LIMIT: &str = "crmsync_api_budget_limit";
-/// The vendor's own usage report (`Sforce-Limit-Info`, Zoho credits).
+/// The vendor's own usage report (`Sforce-Limit-Info`, Zoho credits, Dataverse's burst headers);
+/// present once the vendor has reported it.
 pub const VENDOR_USAGE: &str = "crmsync_vendor_api_usage";
 /// The vendor's own limit from the same report.
 pub const VENDOR_LIMIT: &str = "crmsync_vendor_api_limit";
-/// Seconds since the last successful pull of a connection × entity.
+/// Seconds since the last successful pull of a connection × entity, computed when scraped (so it
+/// keeps growing while pulls fail); before the first success, seconds since the daemon started.
 pub const SYNC_LAG: &str = "crmsync_sync_lag_seconds";
 /// Changes waiting to be pushed to a connection.
 pub const OUTBOX_DEPTH: &str = "crmsync_outbox_depth";
@@ -43,7 +45,8 @@ pub const OUTBOX_DEPTH: &str = "crmsync_outbox_depth";
 pub const DEAD_LETTERS: &str = "crmsync_dead_letters";
 /// Conflicts recorded, by entity.
 pub const CONFLICTS: &str = "crmsync_conflicts_total";
-/// Webhook deliveries, by outcome (`accepted`, `unauthenticated`, `malformed`, `saturated`, `unknown_connection`).
+/// Webhook deliveries, by outcome ([`WEBHOOK_OUTCOMES`]; a path naming no connection is counted as
+/// `connection="unknown", outcome="unknown_connection"`, so a scanner cannot grow the label set).
 pub const WEBHOOK_DELIVERIES: &str = "crmsync_webhook_deliveries_total";
 /// Batches waiting for the ingest writer.
 pub const INGEST_QUEUE_DEPTH: &str = "crmsync_ingest_queue_depth";
@@ -53,7 +56,7 @@ pub const COMMIT_SECONDS: &str = "crmsync_commit_seconds";
 pub const STORE_SIZE: &str = "crmsync_store_size_bytes";
 /// Vendor values no mapping table covers (SPEC §2: counted, never blocking).
 pub const UNMAPPED_VALUES: &str = "crmsync_unmapped_values_total";
-/// Sync errors by connection × entity (`outcome` = the retry advice).
+/// Sync errors by connection × entity (`outcome` = the retry advice, [`SYNC_ERROR_OUTCOMES`]).
 pub const SYNC_ERRORS: &str = "crmsync_sync_errors_total";
 
 /// Every operational metric name (the Grafana dashboard test checks against this list).
@@ -79,6 +82,60 @@ pub const OPERATIONAL_METRICS: &[&str] = &[
     UNMAPPED_VALUES,
     SYNC_ERRORS,
 ];
+
+/// `outcome` values of [`PULL_RECORDS`].
+pub const PULL_OUTCOMES: &[&str] = &["created", "updated", "deleted", "echo", "unchanged", "stale", "dead_letter"];
+/// `outcome` values of [`PUSH_RECORDS`].
+pub const PUSH_OUTCOMES: &[&str] = &["upserted", "deleted", "rejected", "retry"];
+/// `outcome` values of [`API_CALLS`].
+pub const API_OUTCOMES: &[&str] = &["2xx", "3xx", "4xx", "5xx", "transport"];
+/// `outcome` values of [`TOKEN_REFRESHES`].
+pub const TOKEN_OUTCOMES: &[&str] = &["success", "failure"];
+/// `outcome` values of [`WEBHOOK_DELIVERIES`] for a known connection.
+pub const WEBHOOK_OUTCOMES: &[&str] = &["accepted", "unauthenticated", "malformed", "not_configured", "saturated"];
+/// `outcome` values of [`SYNC_ERRORS`] (the connector's retry advice).
+pub const SYNC_ERROR_OUTCOMES: &[&str] = &["retry_after", "backoff", "refresh_token", "resync", "give_up"];
+
+/// Creates every counter series of a connection at zero, so `/metrics` lists them from the start:
+/// `rate()` and `increase()` need a series to exist before its first event, and an alert on
+/// "any retry" must not wait for the first retry to have something to evaluate.
+pub fn register_connection(connection: &ConnectionId, entities: &[Entity]) {
+    let name = || connection.to_string();
+    for entity in entities {
+        let per_entity = |metric: &'static str, outcomes: &[&'static str]| {
+            for outcome in outcomes {
+                metrics::counter!(metric, "connection" => name(), "entity" => entity.as_str(), "outcome" => *outcome)
+                    .increment(0);
+            }
+        };
+        per_entity(PULL_RECORDS, PULL_OUTCOMES);
+        per_entity(PUSH_RECORDS, PUSH_OUTCOMES);
+        per_entity(SYNC_ERRORS, SYNC_ERROR_OUTCOMES);
+        metrics::counter!(UNMAPPED_VALUES, "connection" => name(), "entity" => entity.as_str()).increment(0);
+    }
+    for (metric, outcomes) in
+        [(API_CALLS, API_OUTCOMES), (TOKEN_REFRESHES, TOKEN_OUTCOMES), (WEBHOOK_DELIVERIES, WEBHOOK_OUTCOMES)]
+    {
+        for outcome in outcomes {
+            metrics::counter!(metric, "connection" => name(), "outcome" => *outcome).increment(0);
+        }
+    }
+    metrics::counter!(RETRIES, "connection" => name()).increment(0);
+    metrics::counter!(RATE_LIMIT_WAITS, "connection" => name()).increment(0);
+    metrics::gauge!(OUTBOX_DEPTH, "connection" => name()).set(0.0);
+}
+
+/// Creates the daemon-wide series at zero (see [`register_connection`]).
+pub fn register_daemon() {
+    for entity in Entity::ALL {
+        metrics::counter!(CONFLICTS, "entity" => entity.as_str()).increment(0);
+    }
+    metrics::counter!(WEBHOOK_DELIVERIES, "connection" => "unknown", "outcome" => "unknown_connection").increment(0);
+    metrics::gauge!(DEAD_LETTERS).set(0.0);
+    metrics::gauge!(INGEST_QUEUE_DEPTH).set(0.0);
+    // Registering renders the histogram with zero counts until the first commit.
+    let _ = metrics::histogram!(COMMIT_SECONDS);
+}
 
 /// How logs are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -108,15 +165,19 @@ pub fn init_logging(style: LogStyle) {
     };
 }
 
+/// The exporter's settings: the commit-latency histogram gets buckets (everything else is a
+/// counter or a gauge).
+fn prometheus_builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
+    PrometheusBuilder::new().set_buckets_for_metric(
+        metrics_exporter_prometheus::Matcher::Full(COMMIT_SECONDS.to_owned()),
+        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+    )
+}
+
 /// Installs the Prometheus recorder for this process and returns the handle `/metrics` renders.
 /// Spawns the periodic upkeep the exporter needs (histogram buckets are drained by it).
 pub fn install_prometheus() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            metrics_exporter_prometheus::Matcher::Full(COMMIT_SECONDS.to_owned()),
-            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
-        )?
-        .install_recorder()?;
+    let handle = prometheus_builder()?.install_recorder()?;
     let upkeep = handle.clone();
     tokio::spawn(async move {
         let mut interval = tokio::time::interval(Duration::from_secs(5));
@@ -154,18 +215,21 @@ fn describe_metrics() {
 
 /// Counts records read, by outcome.
 pub fn record_pulled(connection: &ConnectionId, entity: Entity, outcome: &'static str, count: u64) {
+    debug_assert!(PULL_OUTCOMES.contains(&outcome), "undocumented pull outcome {outcome}");
     metrics::counter!(PULL_RECORDS, "connection" => connection.to_string(), "entity" => entity.as_str(), "outcome" => outcome)
         .increment(count);
 }
 
 /// Counts records pushed, by outcome.
 pub fn record_pushed(connection: &ConnectionId, entity: Entity, outcome: &'static str, count: u64) {
+    debug_assert!(PUSH_OUTCOMES.contains(&outcome), "undocumented push outcome {outcome}");
     metrics::counter!(PUSH_RECORDS, "connection" => connection.to_string(), "entity" => entity.as_str(), "outcome" => outcome)
         .increment(count);
 }
 
 /// Counts a sync error.
 pub fn record_sync_error(connection: &ConnectionId, entity: Entity, outcome: &'static str) {
+    debug_assert!(SYNC_ERROR_OUTCOMES.contains(&outcome), "undocumented sync-error outcome {outcome}");
     metrics::counter!(SYNC_ERRORS, "connection" => connection.to_string(), "entity" => entity.as_str(), "outcome" => outcome)
         .increment(1);
 }
@@ -190,9 +254,15 @@ pub fn record_conflicts(entity: Entity, count: u64) {
     metrics::counter!(CONFLICTS, "entity" => entity.as_str()).increment(count);
 }
 
-/// Counts a webhook delivery.
-pub fn record_webhook(connection: &str, outcome: &'static str) {
-    metrics::counter!(WEBHOOK_DELIVERIES, "connection" => connection.to_owned(), "outcome" => outcome).increment(1);
+/// Counts a webhook delivery to a configured connection.
+pub fn record_webhook(connection: &ConnectionId, outcome: &'static str) {
+    debug_assert!(WEBHOOK_OUTCOMES.contains(&outcome), "undocumented webhook outcome {outcome}");
+    metrics::counter!(WEBHOOK_DELIVERIES, "connection" => connection.to_string(), "outcome" => outcome).increment(1);
+}
+
+/// Counts a webhook delivery to a path that names no connection.
+pub fn record_webhook_unknown() {
+    metrics::counter!(WEBHOOK_DELIVERIES, "connection" => "unknown", "outcome" => "unknown_connection").increment(1);
 }
 
 /// Sets the ingest queue depth.
@@ -262,4 +332,48 @@ pub fn observe_api_event(event: ApiEvent<'_>) {
 /// A host that forwards telemetry and keeps connector state in memory (for `simulate`/tests without a store).
 pub fn memory_host() -> std::sync::Arc<dyn ConnectorHost> {
     std::sync::Arc::new(crmsync_connectors::MemoryHost::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn series_names(exposition: &str) -> std::collections::BTreeSet<String> {
+        exposition
+            .lines()
+            .filter(|line| !line.starts_with('#') && !line.is_empty())
+            .map(|line| line.split(['{', ' ']).next().unwrap_or_default())
+            .map(|series| {
+                series.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count").to_owned()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn registered_series_exist_at_zero_before_any_event() {
+        let recorder = prometheus_builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        let connection = ConnectionId::new("sf");
+        metrics::with_local_recorder(&recorder, || {
+            register_daemon();
+            register_connection(&connection, &[Entity::Account, Entity::Order]);
+        });
+        let exposition = handle.render();
+        let names = series_names(&exposition);
+        // Everything but what needs a measurement: lag, budget and vendor usage are read when scraped
+        // (the daemon's refresh), and so is the store size.
+        let measured = [SYNC_LAG, BUDGET_USED, BUDGET_LIMIT, VENDOR_USAGE, VENDOR_LIMIT, STORE_SIZE];
+        for name in OPERATIONAL_METRICS.iter().filter(|name| !measured.contains(name)) {
+            assert!(names.contains(*name), "{name} missing after registration:\n{exposition}");
+        }
+        for line in exposition.lines().filter(|line| line.starts_with("crmsync_")) {
+            assert!(line.ends_with(" 0"), "a registered series starts at zero: {line}");
+        }
+        assert!(exposition.contains(r#"crmsync_commit_seconds_bucket{le="0.001"} 0"#), "{exposition}");
+        assert!(
+            exposition
+                .contains(r#"crmsync_pull_records_total{connection="sf",entity="order",outcome="dead_letter"} 0"#)
+        );
+        assert!(exposition.contains(r#"crmsync_conflicts_total{entity="lead"} 0"#));
+    }
 }

@@ -24,7 +24,7 @@ pub(crate) async fn receive(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let Some(endpoint) = state.webhooks.get(connection.as_str()) else {
-        telemetry::record_webhook("unknown", "unknown_connection");
+        telemetry::record_webhook_unknown();
         return Err(ApiError::NotFound(format!("no connection named {connection:?}")));
     };
     let delivery = WebhookDelivery { headers: &headers, query: query.as_deref(), body: &body };
@@ -37,7 +37,7 @@ pub(crate) async fn receive(
                 WebhookError::NotConfigured => ("not_configured", ApiError::NotFound(error.to_string())),
             };
             tracing::warn!(connection = %connection, error = %error, "webhook refused");
-            telemetry::record_webhook(&connection, outcome);
+            telemetry::record_webhook(&endpoint.connection, outcome);
             return Err(api_error);
         }
     };
@@ -57,7 +57,7 @@ pub(crate) async fn receive(
         match state.ingest.try_submit(batch).await {
             Ok(_) => {}
             Err(IngestError::Saturated) => {
-                telemetry::record_webhook(&connection, "saturated");
+                telemetry::record_webhook(&endpoint.connection, "saturated");
                 return Err(ApiError::Saturated { retry_after: RETRY_AFTER_SECONDS });
             }
             Err(IngestError::Stopped) => return Err(ApiError::Unavailable("shutting down".into())),
@@ -67,7 +67,7 @@ pub(crate) async fn receive(
             }
         }
     }
-    telemetry::record_webhook(&connection, "accepted");
+    telemetry::record_webhook(&endpoint.connection, "accepted");
     let mut response = reply.body.into_response();
     if let Ok(value) = HeaderValue::from_str(reply.content_type) {
         response.headers_mut().insert(header::CONTENT_TYPE, value);

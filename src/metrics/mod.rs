@@ -13,7 +13,7 @@ mod tests;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crmsync_connectors::canonical::{
-    CanonicalId, Channel, ConnectionId, Currency, EntityData, OrderStatus, Record, Stage, Timestamp,
+    CanonicalId, Channel, ConnectionId, Currency, Entity, EntityData, OrderStatus, Record, Stage, Timestamp,
 };
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -48,6 +48,10 @@ pub const KPI_METRICS: &[&str] = &[
     KPI_SALES_AMOUNT,
     KPI_PIPELINE_VALUE,
 ];
+
+/// The entities a report reads. Accounts are not scanned: customers are counted through the
+/// account reference of orders (the canonical id, so one customer in three CRMs counts once).
+pub const ENTITIES: &[Entity] = &[Entity::Lead, Entity::Opportunity, Entity::Order];
 
 /// Which records count.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -490,38 +494,32 @@ channel_mix         = orders (and their amounts) per channel: direct, agent, eco
 /// One Prometheus gauge sample: name, labels, value.
 pub type Gauge = (&'static str, Vec<(&'static str, String)>, f64);
 
-/// The Prometheus gauges of a report; n/a values are left out.
+/// The Prometheus gauges of a report. Every series of a scope is always set, so none keeps a stale
+/// value: an n/a ratio is `NaN` (Prometheus' "no value"), and every open stage has a pipeline value
+/// (0 when no open deal sits there).
 pub fn gauges(report: &MetricsReport) -> Vec<Gauge> {
     use rust_decimal::prelude::ToPrimitive;
     let scope = || vec![("scope", report.scope.clone())];
-    let mut gauges = Vec::new();
-    let mut push = |name: &'static str, labels: Vec<(&'static str, String)>, value: Option<Decimal>| {
-        if let Some(value) = value.and_then(|value| value.to_f64()) {
-            gauges.push((name, labels, value));
-        }
-    };
-    push(KPI_EFFICIENCY, scope(), report.kpis.efficiency);
-    push(KPI_COVERAGE, scope(), report.kpis.coverage);
-    push(KPI_SATISFACTION, scope(), report.kpis.satisfaction);
-    push(KPI_SALES_CYCLE, scope(), report.kpis.avg_sales_cycle_days);
-    push(KPI_WIN_RATE, scope(), report.win_rate);
-    push(KPI_SALES_AMOUNT, scope(), Some(report.totals.sales_amount));
+    let with = |key: &'static str, value: String| vec![("scope", report.scope.clone()), (key, value)];
+    let value = |value: Option<Decimal>| value.and_then(|value| value.to_f64()).unwrap_or(f64::NAN);
+    let count = |count: u64| count as f64;
+    let mut gauges = vec![
+        (KPI_EFFICIENCY, scope(), value(report.kpis.efficiency)),
+        (KPI_COVERAGE, scope(), value(report.kpis.coverage)),
+        (KPI_SATISFACTION, scope(), value(report.kpis.satisfaction)),
+        (KPI_SALES_CYCLE, scope(), value(report.kpis.avg_sales_cycle_days)),
+        (KPI_WIN_RATE, scope(), value(report.win_rate)),
+        (KPI_SALES_AMOUNT, scope(), value(Some(report.totals.sales_amount))),
+    ];
     for stage in &report.funnel {
-        push(
-            KPI_FUNNEL,
-            vec![("scope", report.scope.clone()), ("stage", stage.stage.to_string())],
-            Some(Decimal::from(stage.reached)),
-        );
+        gauges.push((KPI_FUNNEL, with("stage", stage.stage.to_string()), count(stage.reached)));
     }
-    for (stage, amount) in &report.pipeline_value {
-        push(KPI_PIPELINE_VALUE, vec![("scope", report.scope.clone()), ("stage", stage.to_string())], Some(*amount));
+    for stage in Stage::FUNNEL.iter().filter(|stage| !stage.is_closed()) {
+        let amount = report.pipeline_value.get(stage).copied().unwrap_or_default();
+        gauges.push((KPI_PIPELINE_VALUE, with("stage", stage.to_string()), value(Some(amount))));
     }
     for share in &report.channel_mix {
-        push(
-            KPI_CHANNEL_ORDERS,
-            vec![("scope", report.scope.clone()), ("channel", share.channel.to_string())],
-            Some(Decimal::from(share.orders)),
-        );
+        gauges.push((KPI_CHANNEL_ORDERS, with("channel", share.channel.to_string()), count(share.orders)));
     }
     gauges
 }

@@ -179,16 +179,41 @@ fn the_funnel_counts_stage_history_and_won_deals_reach_every_stage() {
 }
 
 #[test]
-fn tombstones_are_ignored_and_gauges_omit_n_a() {
+fn tombstones_are_ignored_and_n_a_gauges_are_nan_not_stale() {
     let mut records = fixture();
+    let before = gauges(&compute(&records, &window(Scope::Unified), &settings()));
     for record in &mut records {
         record.deleted_at = Some(at("2026-10-09T00:00:00Z"));
     }
     let report = compute(&records, &window(Scope::Unified), &settings());
     assert_eq!(report.totals.orders, 0);
-    let names: Vec<&str> = gauges(&report).iter().map(|(name, _, _)| *name).collect();
-    assert!(!names.contains(&KPI_COVERAGE), "n/a coverage is not exported");
-    assert!(names.contains(&KPI_EFFICIENCY));
+    let after = gauges(&report);
+    // The same series before and after: nothing a scrape saw earlier is left behind with an old value.
+    let series = |gauges: &[Gauge]| -> Vec<(&'static str, Vec<(&'static str, String)>)> {
+        gauges.iter().map(|(name, labels, _)| (*name, labels.clone())).collect()
+    };
+    assert_eq!(series(&before), series(&after));
+    let value = |name: &str, label: Option<(&str, &str)>| {
+        after
+            .iter()
+            .find(|(gauge, labels, _)| {
+                *gauge == name && label.is_none_or(|(key, value)| labels.iter().any(|(k, v)| *k == key && v == value))
+            })
+            .map(|(_, _, value)| *value)
+            .unwrap_or_else(|| panic!("{name} {label:?} missing"))
+    };
+    assert!(value(KPI_COVERAGE, None).is_nan(), "n/a coverage is NaN");
+    assert!(value(KPI_WIN_RATE, None).is_nan(), "n/a win rate is NaN");
+    assert_eq!(value(KPI_EFFICIENCY, None), 0.0);
+    assert_eq!(value(KPI_PIPELINE_VALUE, Some(("stage", "plan"))), 0.0, "an emptied stage reads 0");
+    assert_eq!(value(KPI_CHANNEL_ORDERS, Some(("channel", "direct"))), 0.0);
+    // Every open stage is there, the closed ones are not.
+    let stages: Vec<String> = after
+        .iter()
+        .filter(|(name, _, _)| *name == KPI_PIPELINE_VALUE)
+        .map(|(_, labels, _)| labels[1].1.clone())
+        .collect();
+    assert_eq!(stages, ["lead", "qualified", "budget", "plan", "execute", "follow_up"]);
 }
 
 #[test]

@@ -100,3 +100,21 @@ pub fn error_chain(error: &dyn std::error::Error) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_retry_advice_label_is_a_documented_sync_error_outcome() {
+        let advices = [
+            RetryAdvice::RetryAfter(Duration::from_secs(1)),
+            RetryAdvice::Backoff,
+            RetryAdvice::RefreshTokenThenRetry,
+            RetryAdvice::Resync,
+            RetryAdvice::GiveUp,
+        ];
+        let labels: Vec<&str> = advices.into_iter().map(advice_label).collect();
+        assert_eq!(labels, crate::telemetry::SYNC_ERROR_OUTCOMES);
+    }
+}

@@ -101,7 +101,6 @@ pub async fn catch_up<C: Connector>(
         on_page(&summary);
         cursor = Some(next);
         if caught_up {
-            telemetry::record_lag(&connection, entity, 0.0);
             return Ok(summary);
         }
     }
@@ -128,6 +127,8 @@ pub async fn run<C: Connector>(
                 attempt = 0;
                 if summary.stats.records_in() > 0 {
                     tracing::info!(connection = %connection, entity = %entity, pages = summary.pages, created = summary.stats.created, updated = summary.stats.updated, deleted = summary.stats.deleted, "pull pass");
+                } else {
+                    tracing::debug!(connection = %connection, entity = %entity, pages = summary.pages, "pull pass: nothing new");
                 }
                 cadence.next_wait()
             }

@@ -203,11 +203,13 @@ async fn after_a_sync_of_three_crms_the_cli_the_api_and_prometheus_show_the_same
     let zoho = zoho::start(ZohoSimOptions::with_world(world.clone())).await.unwrap();
     let dynamics = d365::start(Dynamics365SimOptions::with_world(world)).await.unwrap();
     let (listen, admin) = free_ports();
+    // A daily budget on each, so the budget-limit series has something to report.
+    let budget = "rate_limit = { daily_budget = 100000 }\n";
     let env = Env::with_connections(
         &[
-            sim::connection_toml("salesforce", &salesforce.base_url()),
-            zoho::connection_toml("zoho", &zoho.base_url()),
-            d365::connection_toml("dynamics365", &dynamics.base_url()),
+            sim::connection_toml("salesforce", &salesforce.base_url()) + budget,
+            zoho::connection_toml("zoho", &zoho.base_url()) + budget,
+            d365::connection_toml("dynamics365", &dynamics.base_url()) + budget,
         ],
         "[[routes]]\nentity = \"*\"\nfrom = [\"*\"]\nto = [\"*\"]\n\n[api]\ntoken = { env = \"CRMSYNC_TEST_API_TOKEN\" }\n\n\
          [metrics]\nreporting_currency = \"EUR\"\n\n[metrics.fx]\nUSD = \"0.92\"\n",
@@ -233,11 +235,19 @@ async fn after_a_sync_of_three_crms_the_cli_the_api_and_prometheus_show_the_same
         .stderr(std::process::Stdio::piped());
     let mut daemon = command.kill_on_drop(true).spawn().unwrap();
     let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    // Up, KPIs published, and each connection has finished a pull pass of its own (so each has called
+    // its vendor at least once).
     let (mut listening, mut published) = (false, false);
+    let mut pulled: BTreeSet<&str> = BTreeSet::new();
     while let Some(line) = logs.next_line().await.unwrap() {
         listening |= line.contains("crmsync running");
         published |= line.contains("KPI gauges published");
-        if listening && published {
+        for name in ["salesforce", "zoho", "dynamics365"] {
+            if line.contains("pull pass") && line.contains(&format!("\"connection\":\"{name}\"")) {
+                pulled.insert(name);
+            }
+        }
+        if listening && published && pulled.len() == 3 {
             break;
         }
     }
@@ -277,6 +287,28 @@ async fn after_a_sync_of_three_crms_the_cli_the_api_and_prometheus_show_the_same
     let sales: f64 = current["totals"]["sales_amount"].as_str().unwrap().parse().unwrap();
     let published = gauge(&exposition, "crmsync_kpi_sales_amount{scope=\"unified\"}").unwrap();
     assert!((published - sales).abs() < 1e-6, "sales amount {published} vs {sales}");
+
+    // The exposition parses, and every documented metric is in it, operational and sales alike.
+    let mut names = BTreeSet::new();
+    for line in exposition.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
+        value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line}"));
+        let name = series.split('{').next().unwrap();
+        names.insert(name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count").to_owned());
+    }
+    for expected in crmsync::telemetry::OPERATIONAL_METRICS.iter().chain(crmsync::metrics::KPI_METRICS) {
+        assert!(names.contains(*expected), "{expected} missing from /metrics after a sync:\n{exposition}");
+    }
+    // Per connection too, with the label sets the dashboard queries.
+    for name in ["salesforce", "zoho", "dynamics365"] {
+        for series in [
+            format!("crmsync_kpi_satisfaction{{scope=\"{name}\"}}"),
+            format!("crmsync_rate_limit_waits_total{{connection=\"{name}\"}}"),
+            format!("crmsync_api_budget_limit{{connection=\"{name}\"}}"),
+        ] {
+            assert!(gauge(&exposition, &series).is_some(), "{series} missing:\n{exposition}");
+        }
+    }
 
     signal(&daemon, "TERM").await;
     assert!(daemon.wait().await.unwrap().success());
