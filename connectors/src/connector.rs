@@ -496,13 +496,15 @@ pub type SharedHost = Arc<dyn ConnectorHost>;
 /// equal stamps across a page boundary, never delivers a record twice.
 ///
 /// `seen` holds the `(id, stamp in ms)` pairs delivered at or after the window's floor and is kept
-/// in the cursor; `max` is the newest upsert stamp delivered (the next lower bound); `also_newest` is
-/// another stamp the window follows (Zoho's deletes).
+/// in the cursor; `max` is the newest upsert stamp delivered (the next lower bound); `other_window`
+/// is the lower bound of a second stream re-read with the same overlap (Zoho's deleted records).
+/// Pairs are kept down to the floor of the *older* of the two windows: each stream re-reads its own
+/// window, so pruning by the newer one would forget what the older stream is about to re-read.
 pub fn deliver_once(
     changes: Vec<Change>,
     seen: &mut Vec<(String, i64)>,
     max: &mut Option<Timestamp>,
-    also_newest: Option<Timestamp>,
+    other_window: Option<Timestamp>,
     overlap: std::time::Duration,
 ) -> Vec<Change> {
     let mut delivered: std::collections::HashSet<(String, i64)> = seen.drain(..).collect();
@@ -516,8 +518,8 @@ pub fn deliver_once(
         }
         fresh.push(change);
     }
-    if let Some(newest) = max.iter().copied().chain(also_newest).max() {
-        let floor = newest.saturating_add(overlap, false).unix_millis().div_euclid(1000) * 1000 - 1000;
+    if let Some(oldest_bound) = max.iter().copied().chain(other_window).min() {
+        let floor = oldest_bound.saturating_add(overlap, false).unix_millis().div_euclid(1000) * 1000 - 1000;
         delivered.retain(|(_, stamp)| *stamp >= floor);
     }
     *seen = delivered.into_iter().collect();

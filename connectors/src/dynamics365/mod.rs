@@ -441,8 +441,7 @@ impl Dynamics365Connector {
     }
 
     fn deliver(&self, changes: Vec<Change>, position: &mut Position) -> Vec<Change> {
-        let also_newest = None;
-        deliver_once(changes, &mut position.seen, &mut position.max, also_newest, self.settings.overlap)
+        deliver_once(changes, &mut position.seen, &mut position.max, None, self.settings.overlap)
     }
 
     async fn pull_tracked(&self, entity: Entity, mut position: Position, select: &str) -> Result<Page, ConnectorError> {

@@ -286,8 +286,7 @@ impl ZohoConnector {
     }
 
     fn deliver(&self, changes: Vec<Change>, position: &mut Position) -> Vec<Change> {
-        let also_newest = position.deletes_since;
-        deliver_once(changes, &mut position.seen, &mut position.max, also_newest, self.settings.overlap)
+        deliver_once(changes, &mut position.seen, &mut position.max, position.deletes_since, self.settings.overlap)
     }
 
     async fn products(&self) -> Result<Arc<HashMap<String, String>>, ConnectorError> {

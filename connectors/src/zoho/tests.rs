@@ -96,6 +96,24 @@ async fn a_full_pull_of_10000_deals_costs_50_data_calls_and_one_token_then_an_in
     assert_eq!(Simulated::stats(state.as_ref()).read_calls - stats.read_calls, 2);
 }
 
+/// Found by `crmsync bench`: deals last modified well before the load started (orders were seeded
+/// after them) were delivered again by every incremental pass, because the delivered-set was pruned
+/// by the deleted-records window (the load's start) instead of the deals' own overlap window.
+#[tokio::test]
+async fn records_older_than_the_load_are_not_delivered_again_by_incremental_passes() {
+    // Stamps are one second apart in seeding order: the 300 deals end about 600 s before "now".
+    let running = simulator(ZohoSimOptions::with_world(world(only(1, 300, 600)))).await;
+    let connector = connector(&running);
+    let full = testkit::pull_to_end(&connector, Entity::Opportunity, None, 100).await.unwrap();
+    assert_eq!(full.changes.len(), 300);
+    let mut cursor = full.cursor;
+    for pass in 0..3 {
+        let incremental = testkit::pull_to_end(&connector, Entity::Opportunity, Some(cursor), 10).await.unwrap();
+        assert!(incremental.changes.is_empty(), "pass {pass} delivered {} deals again", incremental.changes.len());
+        cursor = incremental.cursor;
+    }
+}
+
 #[tokio::test]
 async fn pushing_1000_orders_costs_10_upserts_and_pushing_them_again_creates_nothing() {
     let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
