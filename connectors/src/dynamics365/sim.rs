@@ -41,8 +41,8 @@ pub const WEBHOOK_KEY: &str = "demo-dataverse-webhook-key";
 pub const ENV_CLIENT_SECRET: &str = "CRMSYNC_DEMO_D365_CLIENT_SECRET";
 /// Env variable of the webhook key.
 pub const ENV_WEBHOOK_KEY: &str = "CRMSYNC_DEMO_D365_WEBHOOK_KEY";
-/// Result sets kept for paging; older next links answer "Invalid paging cookie".
-const SNAPSHOTS_KEPT: usize = 64;
+/// Result sets kept for paging by default; older next links answer "Invalid paging cookie".
+pub const SNAPSHOTS_KEPT: usize = 64;
 /// The alternate-key column.
 pub const ALTERNATE_KEY: &str = "crmsync_id";
 
@@ -59,6 +59,8 @@ pub struct Dynamics365SimOptions {
     pub untracked: Vec<&'static str>,
     /// `Retry-After` seconds on a throttled call.
     pub retry_after_seconds: u64,
+    /// Multi-page result sets kept for paging ([`SNAPSHOTS_KEPT`]); tests shrink it.
+    pub snapshots_kept: usize,
 }
 
 impl Dynamics365SimOptions {
@@ -70,6 +72,7 @@ impl Dynamics365SimOptions {
             faults: FaultSettings::default(),
             untracked: Vec::new(),
             retry_after_seconds: 1,
+            snapshots_kept: SNAPSHOTS_KEPT,
         }
     }
 }
@@ -235,8 +238,10 @@ struct Inner {
     /// Result sets being paged, by paging-cookie id; a `$skiptoken` names one and an offset in it,
     /// so a next link can be read again (after a dropped response) and gives the same page.
     snapshots: HashMap<String, Snapshot>,
-    /// Snapshot ids, oldest first (the oldest are dropped beyond [`SNAPSHOTS_KEPT`]).
+    /// Snapshot ids, least recently used first (dropped beyond `snapshots_kept`).
     snapshot_order: std::collections::VecDeque<String>,
+    /// How many multi-page result sets are kept.
+    snapshots_kept: usize,
     untracked: HashSet<String>,
     selects: Vec<String>,
     next_order: u64,
@@ -368,6 +373,7 @@ impl Dynamics365Sim {
                 oldest_token: 0,
                 snapshots: HashMap::new(),
                 snapshot_order: std::collections::VecDeque::new(),
+                snapshots_kept: options.snapshots_kept.max(1),
                 untracked: options.untracked.iter().map(|set| (*set).to_owned()).collect(),
                 selects: Vec::new(),
                 next_order: 1000,
@@ -600,7 +606,7 @@ impl Inner {
         let id = uuid::Uuid::new_v4().simple().to_string();
         self.snapshots.insert(id.clone(), snapshot);
         self.snapshot_order.push_back(id.clone());
-        while self.snapshot_order.len() > SNAPSHOTS_KEPT {
+        while self.snapshot_order.len() > self.snapshots_kept {
             if let Some(oldest) = self.snapshot_order.pop_front() {
                 self.snapshots.remove(&oldest);
             }
@@ -1359,6 +1365,12 @@ impl Dynamics365Sim {
             let Some((snapshot_id, offset)) = cookie else {
                 return error(StatusCode::BAD_REQUEST, "0x80040203", "Invalid paging cookie.");
             };
+            // A result set still being paged stays: the least recently *used* one goes first.
+            if let Some(position) = inner.snapshot_order.iter().position(|kept| kept == &snapshot_id)
+                && let Some(used) = inner.snapshot_order.remove(position)
+            {
+                inner.snapshot_order.push_back(used);
+            }
             return self.serve_snapshot(&inner, &snapshot_id, offset, page_size, annotate, request);
         }
         let select = match select_of(set, request) {
@@ -1390,8 +1402,7 @@ impl Dynamics365Sim {
             let (rows, deletions) = rows.unwrap_or_default();
             let current = inner.version;
             let snapshot = Snapshot { set: set.to_owned(), select, rows, deletions, delta_version: Some(current) };
-            let id = inner.keep_snapshot(snapshot);
-            return self.serve_snapshot(&inner, &id, 0, page_size, annotate, request);
+            return self.serve_first_page(&mut inner, snapshot, page_size, annotate, request);
         }
         if tracking {
             if inner.untracked.contains(set)
@@ -1469,8 +1480,29 @@ impl Dynamics365Sim {
             deletions: Vec::new(),
             delta_version: tracking.then_some(inner.version),
         };
+        self.serve_first_page(&mut inner, snapshot, page_size, annotate, request)
+    }
+
+    /// Serves the first page of a new result set. Only a result that needs a next link is kept for
+    /// paging, and a continuation refreshes its set: Dataverse's cookies do not expire while a read
+    /// goes on, so the many short lookups a long read makes (order lines by order id) must not push
+    /// its own result set out of the kept window.
+    fn serve_first_page(
+        &self,
+        inner: &mut Inner,
+        snapshot: Snapshot,
+        page_size: usize,
+        annotate: bool,
+        request: &Request<'_>,
+    ) -> Reply {
+        let one_page = snapshot.rows.len() + snapshot.deletions.len() <= page_size;
         let id = inner.keep_snapshot(snapshot);
-        self.serve_snapshot(&inner, &id, 0, page_size, annotate, request)
+        let reply = self.serve_snapshot(inner, &id, 0, page_size, annotate, request);
+        if one_page {
+            inner.snapshots.remove(&id);
+            inner.snapshot_order.retain(|kept| kept != &id);
+        }
+        reply
     }
 
     fn serve_snapshot(
