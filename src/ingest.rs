@@ -283,6 +283,10 @@ struct BatchWriter<'a> {
     records: HashMap<CanonicalId, Record>,
     order: Vec<CanonicalId>,
     links: HashMap<(Entity, ExternalId), CanonicalId>,
+    /// Match keys of the records written in this batch (not in the store's index yet), so matching a
+    /// change against them is a lookup, not a pass over the batch. Entries may be stale (a record's
+    /// data changed later in the batch): candidates are re-checked against their current keys.
+    keys: HashMap<(Entity, String, String), Vec<CanonicalId>>,
     queued: BTreeSet<(ConnectionId, CanonicalId)>,
     commit: Commit,
     stats: IngestStats,
@@ -298,6 +302,7 @@ impl<'a> BatchWriter<'a> {
             records: HashMap::new(),
             order: Vec::new(),
             links: HashMap::new(),
+            keys: HashMap::new(),
             queued: BTreeSet::new(),
             commit: Commit::default(),
             stats: IngestStats::default(),
@@ -326,6 +331,12 @@ impl<'a> BatchWriter<'a> {
         }
         if !self.records.contains_key(&record.id) {
             self.order.push(record.id);
+        }
+        for (key, value) in reconcile::match_key_values(&self.rules.rules, &record.data) {
+            let ids = self.keys.entry((record.entity(), key, value)).or_default();
+            if !ids.contains(&record.id) {
+                ids.push(record.id);
+            }
         }
         self.records.insert(record.id, record);
     }
@@ -435,10 +446,9 @@ impl<'a> BatchWriter<'a> {
             return Ok((None, MatchReason::Created));
         };
         for (key, value) in reconcile::match_key_values(&self.rules.rules, data) {
-            let mut candidates: Vec<Record> = self
-                .records
-                .values()
-                .filter(|record| record.entity() == change.entity)
+            let written = self.keys.get(&(change.entity, key.clone(), value.clone())).into_iter().flatten();
+            let mut candidates: Vec<Record> = written
+                .filter_map(|id| self.records.get(id))
                 .filter(|record| {
                     reconcile::match_key_values(&self.rules.rules, &record.data)
                         .iter()
