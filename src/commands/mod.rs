@@ -1,6 +1,7 @@
 //! One handler per subcommand. Handlers load configuration, call into the library, and print; the
 //! binary turns their result into an exit code.
 
+pub mod bench;
 pub mod check;
 pub mod demo;
 pub mod export;
@@ -29,6 +30,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Run(args) => run::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Simulate(args) => simulate::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
         Command::Metrics(args) => operate::metrics(args),
         Command::Dlq(args) => operate::dlq(args),
         Command::Conflicts(args) => operate::conflicts(args),

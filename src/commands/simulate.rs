@@ -15,9 +15,12 @@ use crate::telemetry::{self, LogStyle};
 /// Runs one simulator and prints how to point a connection at it.
 pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     telemetry::init_logging(LogStyle::Auto);
-    let size =
-        WorldSize { accounts: args.records, leads: args.records, opportunities: args.records, orders: args.records };
-    let world = World::generate(args.seed, size, Timestamp::now(), false);
+    let size = if args.shared_world {
+        WorldSize::scaled(args.records)
+    } else {
+        WorldSize { accounts: args.records, leads: args.records, opportunities: args.records, orders: args.records }
+    };
+    let world = World::generate(args.seed, size, args.anchor.unwrap_or_else(Timestamp::now), args.shared_world);
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
     let running = if args.vendor == SimulatedVendor::Dynamics365 {
         let simulator =
@@ -54,10 +57,14 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
     let Running { label, base_url, snippet, secrets, _simulator: simulator } = running;
     let exports: Vec<String> = secrets.iter().map(|(name, value)| format!("export {name}={value}")).collect();
     print(&format!(
-        "{label} simulator listening on {base_url} ({} records per entity, seed {})\n\
+        "{label} simulator listening on {base_url} ({}, seed {})\n\
          faults: POST {base_url}/__sim/faults, counters: GET {base_url}/__sim/stats\n\n\
          # connection to add to your config:\n{}\n# its demo credentials:\n{}\n",
-        args.records,
+        if args.shared_world {
+            format!("its slice of a shared world of {} records", size.total())
+        } else {
+            format!("{} records per entity", args.records)
+        },
         args.seed,
         snippet,
         exports.join("\n")

@@ -28,6 +28,25 @@ pub struct WorldSize {
 impl WorldSize {
     /// The demo's size: big enough for a recognisable picture, small enough to sync in a second.
     pub const DEMO: Self = Self { accounts: 40, leads: 100, opportunities: 50, orders: 120 };
+
+    /// About `total` records split across the entities as in the demo world (13 % accounts, 32 %
+    /// leads, 16 % opportunities, 39 % orders); at least one of each.
+    pub fn scaled(total: usize) -> Self {
+        let demo = Self::DEMO;
+        let demo_total = demo.accounts + demo.leads + demo.opportunities + demo.orders;
+        let part = |count: usize| (total.saturating_mul(count) / demo_total).max(1);
+        Self {
+            accounts: part(demo.accounts),
+            leads: part(demo.leads),
+            opportunities: part(demo.opportunities),
+            orders: part(demo.orders),
+        }
+    }
+
+    /// The number of records.
+    pub fn total(&self) -> usize {
+        self.accounts + self.leads + self.opportunities + self.orders
+    }
 }
 
 /// A customer company.

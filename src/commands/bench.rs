@@ -1,0 +1,376 @@
+//! `crmsync bench [--records N]`: the quality bars of SPEC §7, measured (never asserted by timed tests).
+//!
+//! 1. Starts the three simulators as child processes (`crmsync simulate <vendor> --shared-world`), so
+//!    their memory is not counted as the daemon's, over one generated world of N records.
+//! 2. In this process, with the daemon's own parts (config, connectors, ingest writer, sled store on
+//!    disk): a full pull of every connection × entity into a fresh store, the same pass `crmsync sync`
+//!    runs, without pushes (no routes), sampling the resident set size every 100 ms. Reported:
+//!    records/s for pull + reconcile + commit, API calls per connection × entity next to the vendor
+//!    minimum ⌈records / page maximum⌉, and the resident set before, at its peak and after.
+//! 3. An incremental pass with nothing changed: its API calls (the bar is ≤ 1 per entity).
+//! 4. The sales metrics over the resulting store: the unified report alone, and every scope (unified
+//!    plus each connection) in one scan, as the daemon publishes them to Prometheus every minute.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::process::{ExitCode, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use crmsync_connectors::canonical::{Timestamp, VendorKind};
+use crmsync_connectors::dynamics365::sim as d365_sim;
+use crmsync_connectors::salesforce::sim;
+use crmsync_connectors::settings::MapSecrets;
+use crmsync_connectors::sim::WorldSize;
+use crmsync_connectors::zoho::sim as zoho_sim;
+use serde::Serialize;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::print;
+use crate::app::{App, field_policies, metrics_report, metrics_reports};
+use crate::cli::BenchArgs;
+use crate::config::Config;
+use crate::metrics::Scope;
+use crate::scheduler::pass::{PassReport, run_pass};
+use crate::telemetry::{self, LogStyle};
+
+/// The vendors' largest page (crm-apis.md): the minimum data calls of a full pull is ⌈N / this⌉.
+fn page_maximum(kind: VendorKind) -> u64 {
+    match kind {
+        VendorKind::Salesforce => 2000,
+        VendorKind::Zoho => 200,
+        VendorKind::Dynamics365 => 5000,
+    }
+}
+
+/// One connection × entity of a pass.
+#[derive(Debug, Serialize)]
+pub struct BenchRow {
+    /// Connection.
+    pub connection: String,
+    /// Entity.
+    pub entity: String,
+    /// Records read.
+    pub records: u64,
+    /// API calls the connector made (data, auth and metadata).
+    pub api_calls: u64,
+    /// ⌈records / the vendor's page maximum⌉.
+    pub minimum_data_calls: u64,
+    /// Seconds from the first call to caught up (connections run in parallel).
+    pub seconds: f64,
+}
+
+/// Resident set size, in MiB.
+#[derive(Debug, Serialize)]
+pub struct Memory {
+    /// Before the pass (simulators excluded: they are other processes).
+    pub before_mib: f64,
+    /// The highest sample during the pass.
+    pub peak_mib: f64,
+    /// After the pass.
+    pub after_mib: f64,
+    /// The kernel's high-water mark of this process (`VmHWM`).
+    pub high_water_mib: f64,
+}
+
+/// Everything `bench` measured.
+#[derive(Debug, Serialize)]
+pub struct BenchReport {
+    /// Records in the generated world.
+    pub world_records: usize,
+    /// Vendor copies read in the full pass (a record in three CRMs is read three times).
+    pub records_pulled: u64,
+    /// Canonical records in the store after it.
+    pub canonical_records: u64,
+    /// Seconds of the full pass.
+    pub full_pass_seconds: f64,
+    /// Vendor copies pulled, reconciled and committed per second.
+    pub records_per_second: f64,
+    /// The full pass, per connection × entity.
+    pub full_pass: Vec<BenchRow>,
+    /// Memory through the full pass.
+    pub memory: Memory,
+    /// API calls of a second pass with nothing changed, per connection × entity.
+    pub incremental_calls: Vec<BenchRow>,
+    /// Seconds for the unified metrics report.
+    pub metrics_unified_seconds: f64,
+    /// Seconds for every scope (unified + each connection) in one scan.
+    pub metrics_all_scopes_seconds: f64,
+    /// Store size on disk after the pass, MiB.
+    pub store_mib: f64,
+}
+
+/// Runs the benchmark.
+pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
+    telemetry::init_logging(LogStyle::Pretty);
+    if args.records == 0 {
+        bail!("--records must be at least 1");
+    }
+    let (data_dir, temporary) = match &args.data_dir {
+        Some(dir) => (dir.clone(), false),
+        None => (std::env::temp_dir().join(format!("crmsync-bench-{}", std::process::id())), true),
+    };
+    if data_dir.join("store").exists() {
+        bail!("{} already holds a store; bench needs a fresh one", data_dir.join("store").display());
+    }
+    std::fs::create_dir_all(&data_dir).with_context(|| format!("cannot create {}", data_dir.display()))?;
+    let result = bench(&args, &data_dir).await;
+    if temporary {
+        let _ = std::fs::remove_dir_all(&data_dir);
+    }
+    let report = result?;
+    if args.json {
+        print(&format!("{}\n", serde_json::to_string_pretty(&report)?));
+    } else {
+        print(&render(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// A simulator child process; killed when dropped (`kill_on_drop`).
+struct Simulator {
+    _child: tokio::process::Child,
+    base_url: String,
+}
+
+async fn start_simulator(vendor: &str, args: &BenchArgs, anchor: Timestamp) -> anyhow::Result<Simulator> {
+    let exe = std::env::current_exe().context("cannot find the crmsync executable")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["simulate", vendor, "--shared-world", "--port", "0"])
+        .args(["--records", &args.records.to_string(), "--seed", &args.seed.to_string()])
+        .args(["--anchor", &anchor.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("cannot start the {vendor} simulator"))?;
+    let stdout = child.stdout.take().context("simulator stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next_line().await? {
+        if let Some(rest) = line.split_once(" listening on ").map(|(_, rest)| rest) {
+            let base_url = rest.split_whitespace().next().unwrap_or_default().to_owned();
+            // Keep draining its output so it never blocks on a full pipe.
+            tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+            return Ok(Simulator { _child: child, base_url });
+        }
+    }
+    let status = child.wait().await?;
+    bail!("the {vendor} simulator exited before listening ({status})")
+}
+
+/// Samples this process's resident set every 100 ms until cancelled; returns the highest sample.
+fn sample_rss(stop: CancellationToken) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let peak = Arc::new(AtomicU64::new(resident_bytes().unwrap_or(0)));
+    let recorder = peak.clone();
+    let task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                _ = ticks.tick() => {
+                    if let Some(bytes) = resident_bytes() {
+                        recorder.fetch_max(bytes, Ordering::Relaxed);
+                    }
+                }
+            }
+        }
+    });
+    (peak, task)
+}
+
+/// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`); `None` off Linux.
+fn proc_status_bytes(field: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|line| line.starts_with(field))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+fn resident_bytes() -> Option<u64> {
+    proc_status_bytes("VmRSS:")
+}
+
+fn mib(bytes: u64) -> f64 {
+    (bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0
+}
+
+fn rows(pass: &PassReport, kinds: &BTreeMap<String, VendorKind>) -> Vec<BenchRow> {
+    pass.rows
+        .iter()
+        .map(|row| BenchRow {
+            connection: row.connection.clone(),
+            entity: row.entity.clone(),
+            records: row.records_in,
+            api_calls: row.api_calls,
+            minimum_data_calls: kinds
+                .get(&row.connection)
+                .map_or(0, |kind| row.records_in.div_ceil(page_maximum(*kind)).max(1)),
+            seconds: row.duration_ms as f64 / 1000.0,
+        })
+        .collect()
+}
+
+fn failures(pass: &PassReport) -> Option<String> {
+    let failed: Vec<String> = pass
+        .rows
+        .iter()
+        .filter_map(|row| Some(format!("{} {}: {}", row.connection, row.entity, row.error.as_ref()?)))
+        .collect();
+    (!failed.is_empty()).then(|| failed.join("; "))
+}
+
+async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<BenchReport> {
+    let anchor = Timestamp::now();
+    let size = WorldSize::scaled(args.records);
+    print(&format!(
+        "crmsync bench: a world of {} records ({} accounts, {} leads, {} deals, {} orders) across three simulators\n",
+        size.total(),
+        size.accounts,
+        size.leads,
+        size.opportunities,
+        size.orders
+    ));
+    let (salesforce, zoho, dynamics365) = tokio::try_join!(
+        start_simulator("salesforce", args, anchor),
+        start_simulator("zoho", args, anchor),
+        start_simulator("dynamics365", args, anchor),
+    )?;
+    let mut toml = String::new();
+    writeln!(toml, "[daemon]\ndata_dir = {:?}\n", data_dir.join("store").display().to_string())?;
+    writeln!(toml, "{}", sim::connection_toml("salesforce", &salesforce.base_url))?;
+    writeln!(toml, "{}", zoho_sim::connection_toml("zoho", &zoho.base_url))?;
+    writeln!(toml, "{}", d365_sim::connection_toml("dynamics365", &dynamics365.base_url))?;
+    writeln!(
+        toml,
+        "[reconcile]\nsource_priority = [\"salesforce\", \"zoho\", \"dynamics365\"]\n\n\
+         [metrics]\nreporting_currency = \"EUR\"\n\n[metrics.fx]\nUSD = \"0.92\""
+    )?;
+    let secrets = MapSecrets(
+        sim::demo_secrets()
+            .into_iter()
+            .chain(zoho_sim::demo_secrets())
+            .chain(d365_sim::demo_secrets())
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect(),
+    );
+    let config_path = data_dir.join("bench.toml");
+    std::fs::write(&config_path, &toml).with_context(|| format!("cannot write {}", config_path.display()))?;
+    let config = Config::load(Some(&config_path), Some(Default::default()), &secrets)?;
+    let kinds: BTreeMap<String, VendorKind> =
+        config.connections.iter().map(|(id, connection)| (id.to_string(), connection.vendor.kind())).collect();
+    let app = App::build(config)?;
+    let mut selection = super::sync::selection(&app.config, None, None, None, false)?;
+    selection.push = false;
+    let policies = field_policies(&app.config);
+    let cancel = CancellationToken::new();
+
+    print("full pull (pull + reconcile + commit into a fresh store)…\n");
+    let before = resident_bytes().unwrap_or(0);
+    let stop_sampling = CancellationToken::new();
+    let (peak, sampler) = sample_rss(stop_sampling.clone());
+    let started = Instant::now();
+    let full = run_pass(&app.connectors, &app.store, &app.ingest, &policies, &selection, &cancel).await;
+    let full_seconds = started.elapsed().as_secs_f64();
+    stop_sampling.cancel();
+    let _ = sampler.await;
+    let after = resident_bytes().unwrap_or(0);
+    if let Some(failed) = failures(&full) {
+        bail!("the full pass failed: {failed}");
+    }
+    let records_pulled: u64 = full.rows.iter().map(|row| row.records_in).sum();
+
+    print("incremental pass with nothing changed…\n");
+    let incremental = run_pass(&app.connectors, &app.store, &app.ingest, &policies, &selection, &cancel).await;
+    if let Some(failed) = failures(&incremental) {
+        bail!("the incremental pass failed: {failed}");
+    }
+
+    print("sales metrics over the store…\n");
+    let (store, metrics_config) = (app.store.clone(), app.config.metrics.clone());
+    let scopes: Vec<Scope> =
+        std::iter::once(Scope::Unified).chain(app.config.connections.keys().cloned().map(Scope::Connection)).collect();
+    let (unified_seconds, all_seconds) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
+        let started = Instant::now();
+        metrics_report(&store, &metrics_config, Scope::Unified, None, None)?;
+        let unified = started.elapsed().as_secs_f64();
+        let started = Instant::now();
+        metrics_reports(&store, &metrics_config, scopes, None, None)?;
+        Ok((unified, started.elapsed().as_secs_f64()))
+    })
+    .await??;
+    let canonical_records = app.store.counts()?.values().sum();
+    let store_bytes = app.store.size_on_disk()?;
+    let high_water = proc_status_bytes("VmHWM:").unwrap_or(0);
+    app.shutdown().await?;
+    drop((salesforce, zoho, dynamics365));
+
+    Ok(BenchReport {
+        world_records: size.total(),
+        records_pulled,
+        canonical_records,
+        full_pass_seconds: (full_seconds * 100.0).round() / 100.0,
+        records_per_second: (records_pulled as f64 / full_seconds.max(f64::EPSILON)).round(),
+        full_pass: rows(&full, &kinds),
+        memory: Memory {
+            before_mib: mib(before),
+            peak_mib: mib(peak.load(Ordering::Relaxed)),
+            after_mib: mib(after),
+            high_water_mib: mib(high_water),
+        },
+        incremental_calls: rows(&incremental, &kinds),
+        metrics_unified_seconds: (unified_seconds * 1000.0).round() / 1000.0,
+        metrics_all_scopes_seconds: (all_seconds * 1000.0).round() / 1000.0,
+        store_mib: mib(store_bytes),
+    })
+}
+
+fn render(report: &BenchReport) -> String {
+    let mut out = format!(
+        "\ncrmsync bench: world of {} records; {} vendor copies pulled into {} canonical records\n\n",
+        report.world_records, report.records_pulled, report.canonical_records
+    );
+    let _ = writeln!(
+        out,
+        "full pull + reconcile + commit: {:.2} s, {:.0} records/s   (bar: ≥ 50,000 records/s on 2 cores)",
+        report.full_pass_seconds, report.records_per_second
+    );
+    let _ = writeln!(
+        out,
+        "resident memory: {} MiB before, {} MiB peak, {} MiB after (high-water mark {} MiB; bar: < 150 MiB)",
+        report.memory.before_mib, report.memory.peak_mib, report.memory.after_mib, report.memory.high_water_mib
+    );
+    let _ = writeln!(out, "store on disk: {} MiB\n", report.store_mib);
+    let _ = writeln!(
+        out,
+        "{:<14} {:<12} {:>10} {:>9} {:>11} {:>14} {:>18}",
+        "connection", "entity", "records", "seconds", "full calls", "minimum data", "incremental calls"
+    );
+    for (row, incremental) in report.full_pass.iter().zip(&report.incremental_calls) {
+        let _ = writeln!(
+            out,
+            "{:<14} {:<12} {:>10} {:>9.2} {:>11} {:>14} {:>18}",
+            row.connection,
+            row.entity,
+            row.records,
+            row.seconds,
+            row.api_calls,
+            row.minimum_data_calls,
+            incremental.api_calls
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n(full calls include token, metadata and lookup calls; the incremental bar is ≤ 1 call per entity)\n"
+    );
+    let _ = writeln!(
+        out,
+        "sales metrics over the store: unified {:.3} s; unified + every connection in one scan {:.3} s",
+        report.metrics_unified_seconds, report.metrics_all_scopes_seconds
+    );
+    out
+}
