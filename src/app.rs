@@ -238,7 +238,7 @@ pub fn metrics_reports(
     let mut accumulators: Vec<crate::metrics::Accumulator<'_>> =
         queries.iter().map(|query| crate::metrics::Accumulator::new(query, &settings)).collect();
     for entity in crate::metrics::ENTITIES {
-        for record in store.scan(*entity) {
+        for record in store.scan_as::<crate::metrics::RecordView>(*entity) {
             let record = record?;
             for accumulator in &mut accumulators {
                 accumulator.add(&record);

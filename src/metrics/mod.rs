@@ -9,11 +9,15 @@
 
 #[cfg(test)]
 mod tests;
+mod view;
+
+use view::DataView;
+pub use view::RecordView;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
 use crmsync_connectors::canonical::{
-    CanonicalId, Channel, ConnectionId, Currency, Entity, EntityData, OrderStatus, Record, Stage, Timestamp,
+    CanonicalId, Channel, ConnectionId, Currency, Entity, OrderStatus, Record, Stage, Timestamp,
 };
 use rust_decimal::Decimal;
 use serde::Serialize;
@@ -233,22 +237,22 @@ impl<'a> Accumulator<'a> {
     }
 
     /// Counts one record.
-    pub fn add(&mut self, record: &Record) {
-        if record.is_deleted() || record.merged_into.is_some() {
+    pub fn add(&mut self, record: &RecordView) {
+        if record.deleted_at.is_some() || record.merged_into.is_some() {
             return;
         }
         if let Scope::Connection(connection) = &self.query.scope
-            && record.link(connection).is_none()
+            && !record.linked_to(connection)
         {
             return;
         }
         match &record.data {
-            EntityData::Lead(lead) => {
+            DataView::Lead(lead) => {
                 if lead.created_at.is_none_or(|at| in_window(self.query, at)) {
                     self.reached[0] += 1;
                 }
             }
-            EntityData::Opportunity(opportunity) => {
+            DataView::Opportunity(opportunity) => {
                 let created_in_window = opportunity.created_at.is_none_or(|at| in_window(self.query, at));
                 // The furthest funnel stage reached: a won deal reached every stage.
                 let furthest = opportunity
@@ -286,7 +290,7 @@ impl<'a> Accumulator<'a> {
                     _ => {}
                 }
             }
-            EntityData::Order(order) => {
+            DataView::Order(order) => {
                 let Some(date) = order.order_date else { return };
                 let Ok(at) = jiff::tz::Offset::UTC.to_timestamp(date.at(0, 0, 0, 0)) else { return };
                 if !in_window(self.query, Timestamp::from_jiff(at)) || order.status == Some(OrderStatus::Cancelled) {
@@ -311,7 +315,7 @@ impl<'a> Accumulator<'a> {
                     }
                 }
             }
-            EntityData::Account(_) => {}
+            DataView::Account(_) => {}
         }
     }
 
@@ -384,7 +388,7 @@ pub fn compute<'r>(
 ) -> MetricsReport {
     let mut accumulator = Accumulator::new(query, settings);
     for record in records {
-        accumulator.add(record);
+        accumulator.add(&RecordView::of(record));
     }
     accumulator.finish()
 }

@@ -1,7 +1,7 @@
 //! KPI computations against hand-computed fixtures.
 
 use crmsync_connectors::canonical::{
-    Account, Lead, Link, MatchReason, Money, Opportunity, Order, RecordRef, StageEntry,
+    Account, EntityData, Lead, Link, MatchReason, Money, Opportunity, Order, RecordRef, StageEntry,
 };
 
 use super::*;
@@ -219,7 +219,7 @@ fn tombstones_are_ignored_and_n_a_gauges_are_nan_not_stale() {
 #[test]
 fn a_large_store_is_computed_in_one_pass() {
     let customer = CanonicalId::new();
-    let records: Vec<Record> = (0..200_000)
+    let records: Vec<Record> = (0..20_000)
         .map(|index| {
             order(
                 customer,
@@ -233,7 +233,7 @@ fn a_large_store_is_computed_in_one_pass() {
         })
         .collect();
     let report = compute(&records, &window(Scope::Unified), &settings());
-    // 100,000 × 10 EUR + 100,000 × 10 USD × 0.5.
-    assert_eq!(report.totals.sales_amount, dec("1500000"));
-    assert_eq!(report.totals.orders, 200_000);
+    // 10,000 × 10 EUR + 10,000 × 10 USD × 0.5.
+    assert_eq!(report.totals.sales_amount, dec("150000"));
+    assert_eq!(report.totals.orders, 20_000);
 }

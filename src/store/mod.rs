@@ -338,6 +338,20 @@ impl Store {
         })
     }
 
+    /// Like [`Store::scan`], decoding each record as a caller's view of it: any type that
+    /// deserialises from a record's JSON, reading only the fields it names (the sales metrics read
+    /// a handful of fields of every record, and skip the rest unallocated).
+    pub fn scan_as<T: DeserializeOwned>(&self, entity: Entity) -> impl Iterator<Item = Result<T, StoreError>> + use<T> {
+        #[derive(Deserialize)]
+        struct Stored<T> {
+            record: T,
+        }
+        self.records.scan_prefix(keys::record_prefix(entity)).map(|entry| {
+            let (_, bytes) = entry?;
+            decode::<Stored<T>>(&bytes, "record").map(|stored| stored.record)
+        })
+    }
+
     /// Returns the saved cursor of a connection × entity.
     pub fn cursor(&self, connection: &ConnectionId, entity: Entity) -> Result<Option<Cursor>, StoreError> {
         match self.cursors.get(keys::connection_entity(connection, entity))? {

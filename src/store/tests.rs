@@ -57,6 +57,26 @@ fn commit_then_reopen_keeps_records_links_keys_cursor_and_outbox() {
 }
 
 #[test]
+fn scan_as_decodes_only_the_fields_a_view_names() {
+    #[derive(serde::Deserialize)]
+    struct NameOnly {
+        id: CanonicalId,
+        links: Vec<serde::de::IgnoredAny>,
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let records = [account("Acme", "sf", "001A"), account("Globex", "sf", "001B")];
+    let mut commit = Commit::default();
+    commit.records.extend(records.iter().map(|record| (record.clone(), Vec::new())));
+    store.commit(commit).unwrap();
+    let views: Vec<NameOnly> = store.scan_as(Entity::Account).collect::<Result<_, _>>().unwrap();
+    let mut expected: Vec<CanonicalId> = records.iter().map(|record| record.id).collect();
+    expected.sort();
+    assert_eq!(views.iter().map(|view| view.id).collect::<Vec<_>>(), expected, "same records, in id order");
+    assert!(views.iter().all(|view| view.links.len() == 1));
+}
+
+#[test]
 fn rewriting_a_record_replaces_its_index_entries() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
