@@ -455,9 +455,14 @@ impl Dynamics365Sim {
                 OrderStatus::Shipped | OrderStatus::Delivered => 3,
                 OrderStatus::Invoiced => 4,
             };
+            // Priced here as Dataverse would (extendedamount = quantity × price, the order's total the
+            // sum of its lines): the write path's recomputation scans every line, fine for one write,
+            // quadratic for a seeded world.
+            let total: Decimal = order.lines.iter().map(|line| line.quantity * line.unit_price).sum();
             let id = inner.insert("salesorders", json!({
                 "name": order.number, "_customerid_value": account, "_transactioncurrencyid_value": currency(order.currency),
                 "statecode": state, "submitdate": format!("{}T00:00:00Z", order.order_date), "crmsync_channel": order.source,
+                "totalamount": decimal_json(total),
             }), stamp);
             for line in &order.lines {
                 let product = inner.product_by_number(line.sku);
@@ -466,12 +471,11 @@ impl Dynamics365Sim {
                     json!({
                         "_salesorderid_value": id, "_productid_value": product, "isproductoverridden": false,
                         "quantity": decimal_json(line.quantity), "priceperunit": decimal_json(line.unit_price),
+                        "extendedamount": decimal_json(line.quantity * line.unit_price),
                     }),
                     stamp,
                 );
             }
-            inner.price_lines(&id);
-            inner.recompute_total(&id);
         }
     }
 
@@ -585,19 +589,6 @@ impl Inner {
             row.fields.insert("totalamount".into(), decimal_json(total));
             row.version = version;
             row.fields.insert("modifiedon".into(), json!(time(now_seconds())));
-        }
-    }
-
-    /// Sets each line's `extendedamount` (quantity × price), as Dataverse computes it.
-    fn price_lines(&mut self, order: &str) {
-        if let Some(rows) = self.tables.get_mut("salesorderdetails") {
-            for row in rows.values_mut() {
-                if row.fields.get("_salesorderid_value").and_then(Value::as_str) == Some(order) {
-                    let quantity = number(row.fields.get("quantity")).unwrap_or_default();
-                    let price = number(row.fields.get("priceperunit")).unwrap_or_default();
-                    row.fields.insert("extendedamount".into(), decimal_json(quantity * price));
-                }
-            }
         }
     }
 
