@@ -37,11 +37,17 @@ struct Envelope<T> {
     data: T,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct StoredRecord {
     record: Record,
-    #[serde(default)]
-    match_keys: Vec<(String, String)>,
+}
+
+/// What is written for a record: the record and its match keys (kept so a rewrite can remove the
+/// index entries of the previous version).
+#[derive(Serialize)]
+struct StoredRecordRef<'a> {
+    record: &'a Record,
+    match_keys: &'a [(String, String)],
 }
 
 fn encode<T: Serialize>(data: &T) -> Result<Vec<u8>, StoreError> {
@@ -469,26 +475,65 @@ fn write_record(
     record: &Record,
     record_keys: &[(String, String)],
 ) -> Result<(), Abort> {
+    /// What a rewrite needs of the previous version: its index entries, not its data.
+    #[derive(Deserialize)]
+    struct PreviousRecord {
+        #[serde(default)]
+        links: Vec<PreviousLink>,
+    }
+    #[derive(Deserialize)]
+    struct PreviousLink {
+        connection: ConnectionId,
+        external_id: ExternalId,
+    }
+    #[derive(Deserialize)]
+    struct Previous {
+        record: PreviousRecord,
+        #[serde(default)]
+        match_keys: Vec<(String, String)>,
+    }
+
     let entity = record.entity();
     let key = keys::record(entity, record.id);
-    if let Some(previous) = records.get(&key)? {
-        let previous: StoredRecord = decode(&previous, "record").map_err(abort)?;
-        for link in &previous.record.links {
-            links.remove(keys::link(&link.connection, entity, &link.external_id))?;
-        }
-        for (name, value) in &previous.match_keys {
-            match_keys.remove(keys::match_key(entity, name, value, record.id))?;
-        }
-    }
     let id_bytes = record.id.to_bytes();
-    for link in &record.links {
-        links.insert(keys::link(&link.connection, entity, &link.external_id), &id_bytes)?;
+    let new_links: Vec<Vec<u8>> =
+        record.links.iter().map(|link| keys::link(&link.connection, entity, &link.external_id)).collect();
+    let new_keys: Vec<Vec<u8>> =
+        record_keys.iter().map(|(name, value)| keys::match_key(entity, name, value, record.id)).collect();
+    // Index entries the previous version had and this one keeps are left alone; only the difference
+    // is written (a re-read record usually changes no link and no key).
+    let (mut old_links, mut old_keys) = (Vec::new(), Vec::new());
+    match records.get(&key)? {
+        Some(previous) => {
+            let previous: Previous = decode(&previous, "record").map_err(abort)?;
+            old_links = previous
+                .record
+                .links
+                .iter()
+                .map(|link| keys::link(&link.connection, entity, &link.external_id))
+                .collect();
+            old_keys = previous
+                .match_keys
+                .iter()
+                .map(|(name, value)| keys::match_key(entity, name, value, record.id))
+                .collect();
+        }
+        None => {
+            ids.insert(&id_bytes, &[entity.tag()])?;
+        }
     }
-    for (name, value) in record_keys {
-        match_keys.insert(keys::match_key(entity, name, value, record.id), &[])?;
+    for stale in old_links.iter().filter(|old| !new_links.contains(old)) {
+        links.remove(stale.as_slice())?;
     }
-    ids.insert(&id_bytes, &[entity.tag()])?;
-    let stored = StoredRecord { record: record.clone(), match_keys: record_keys.to_vec() };
-    records.insert(key, encode(&stored).map_err(abort)?)?;
+    for added in new_links.iter().filter(|new| !old_links.contains(new)) {
+        links.insert(added.as_slice(), &id_bytes)?;
+    }
+    for stale in old_keys.iter().filter(|old| !new_keys.contains(old)) {
+        match_keys.remove(stale.as_slice())?;
+    }
+    for added in new_keys.iter().filter(|new| !old_keys.contains(new)) {
+        match_keys.insert(added.as_slice(), &[])?;
+    }
+    records.insert(key, encode(&StoredRecordRef { record, match_keys: record_keys }).map_err(abort)?)?;
     Ok(())
 }
