@@ -227,14 +227,14 @@ fn failures(pass: &PassReport) -> Option<String> {
 async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<BenchReport> {
     let anchor = Timestamp::now();
     let size = WorldSize::scaled(args.records);
-    print(&format!(
-        "crmsync bench: a world of {} records ({} accounts, {} leads, {} deals, {} orders) across three simulators\n",
-        size.total(),
-        size.accounts,
-        size.leads,
-        size.opportunities,
-        size.orders
-    ));
+    tracing::info!(
+        records = size.total(),
+        accounts = size.accounts,
+        leads = size.leads,
+        deals = size.opportunities,
+        orders = size.orders,
+        "bench: starting three simulators over one world"
+    );
     let (salesforce, zoho, dynamics365) = tokio::try_join!(
         start_simulator("salesforce", args, anchor),
         start_simulator("zoho", args, anchor),
@@ -269,7 +269,7 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     let policies = field_policies(&app.config);
     let cancel = CancellationToken::new();
 
-    print("full pull (pull + reconcile + commit into a fresh store)…\n");
+    tracing::info!("bench: full pull (pull + reconcile + commit into a fresh store)");
     let before = resident_bytes().unwrap_or(0);
     let stop_sampling = CancellationToken::new();
     let (peak, sampler) = sample_rss(stop_sampling.clone());
@@ -284,13 +284,13 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     }
     let records_pulled: u64 = full.rows.iter().map(|row| row.records_in).sum();
 
-    print("incremental pass with nothing changed…\n");
+    tracing::info!("bench: incremental pass with nothing changed");
     let incremental = run_pass(&app.connectors, &app.store, &app.ingest, &policies, &selection, &cancel).await;
     if let Some(failed) = failures(&incremental) {
         bail!("the incremental pass failed: {failed}");
     }
 
-    print("sales metrics over the store…\n");
+    tracing::info!("bench: sales metrics over the store");
     let (store, metrics_config) = (app.store.clone(), app.config.metrics.clone());
     let scopes: Vec<Scope> =
         std::iter::once(Scope::Unified).chain(app.config.connections.keys().cloned().map(Scope::Connection)).collect();

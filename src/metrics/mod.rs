@@ -476,7 +476,7 @@ is one record; a connection scope counts the records linked to that connection.
 Window: [since, until), default the last `metrics.window` (30 days) up to now.
 Money: converted to `metrics.reporting_currency` with `metrics.fx`; amounts in a currency without a
 rate are listed as \"not converted\" and excluded from every KPI, never summed blindly.
-A ratio whose denominator is zero is n/a.
+A ratio whose denominator is zero is n/a (`null` in JSON, NaN in Prometheus).
 
 efficiency          = sales amount ÷ window length in days (currency per day). Sales amount = total of
                       orders dated in the window whose status is confirmed, shipped, delivered or invoiced.

@@ -110,3 +110,34 @@ async fn the_demo_syncs_three_crms_to_a_fixed_point_and_prints_the_metrics() {
         assert_eq!(columns.last().copied(), Some("ok"), "{row}");
     }
 }
+
+/// `crmsync bench` end to end on a small world: three simulator processes, a fresh store, and the
+/// call-count bars it reports (no timing is asserted; speed and memory are what it prints).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_syncs_a_shared_world_into_one_record_per_customer_and_counts_the_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bench = command(&["bench", "--records", "400", "--json", "--data-dir"]);
+    bench.arg(dir.path().join("bench")).kill_on_drop(true);
+    let output = bench.output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let world = report["world_records"].as_u64().unwrap();
+    // Customers, leads, deals and orders held by two or three CRMs become one record each.
+    assert_eq!(report["canonical_records"].as_u64(), Some(world), "{report:#}");
+    assert!(report["records_pulled"].as_u64().unwrap() > world, "some records live in several CRMs");
+    let full = report["full_pass"].as_array().unwrap();
+    assert_eq!(full.len(), 12, "three connections × four entities");
+    for row in full {
+        assert!(row["api_calls"].as_u64() >= row["minimum_data_calls"].as_u64(), "{row}");
+    }
+    // An incremental pass with nothing changed: one delta/SOQL call per entity for Dataverse and
+    // Salesforce; Zoho re-reads its overlap window (one page here) and asks for deleted records.
+    for row in report["incremental_calls"].as_array().unwrap() {
+        let expected = if row["connection"] == "zoho" { 2 } else { 1 };
+        assert_eq!(row["api_calls"].as_u64(), Some(expected), "{row}");
+        assert_eq!(row["records"].as_u64(), Some(0), "nothing changed, nothing delivered: {row}");
+    }
+    assert!(report["memory"]["peak_mib"].as_f64().unwrap() > 0.0);
+    assert!(report["metrics_all_scopes_seconds"].is_number(), "{report:#}");
+}
