@@ -468,7 +468,7 @@ pub async fn run_daemon(
     }
     let (gauge_store, gauge_connectors, started) = (app.store.clone(), app.connectors.clone(), Timestamp::now());
     let refresh: Arc<dyn Fn() + Send + Sync> =
-        Arc::new(move || refresh_store_gauges(&gauge_store, &gauge_connectors, started));
+        Arc::new(move || refresh_store_gauges(&gauge_store, &gauge_connectors, &pulled, started));
     let state = HttpState {
         webhooks: Arc::new(webhooks),
         ingest: app.ingest.clone(),
@@ -525,10 +525,15 @@ pub async fn run_daemon(
 }
 
 /// Sets the gauges that are read from the store and the connectors when `/metrics` is scraped: outbox
-/// depth, API budget, sync lag (now − last success, or now − daemon start before the first success, so
-/// a stalled or never-working pull keeps growing instead of showing a stale value), dead letters and
-/// store size.
-fn refresh_store_gauges(store: &Store, connectors: &BTreeMap<ConnectionId, Arc<AnyConnector>>, started: Timestamp) {
+/// depth, API budget, sync lag of every pulled connection × entity (now − last success, or now −
+/// daemon start before the first success, so a stalled or never-working pull keeps growing instead
+/// of showing a stale value), dead letters and store size.
+fn refresh_store_gauges(
+    store: &Store,
+    connectors: &BTreeMap<ConnectionId, Arc<AnyConnector>>,
+    pulled: &std::collections::BTreeSet<(ConnectionId, Entity)>,
+    started: Timestamp,
+) {
     let now = Timestamp::now();
     let seconds_since = |at: Timestamp| (now.unix_millis() - at.unix_millis()).max(0) as f64 / 1000.0;
     for (id, connector) in connectors {
@@ -537,7 +542,7 @@ fn refresh_store_gauges(store: &Store, connectors: &BTreeMap<ConnectionId, Arc<A
         }
         let usage = connector.usage();
         telemetry::record_budget(id, usage.budget_used, usage.budget_limit);
-        for entity in connector.entities() {
+        for entity in connector.entities().iter().filter(|entity| pulled.contains(&(id.clone(), **entity))) {
             if let Ok(status) = store.sync_status(id, *entity) {
                 let since = status.and_then(|status| status.last_success).unwrap_or(started);
                 telemetry::record_lag(id, *entity, seconds_since(since));

@@ -24,8 +24,9 @@ pub(crate) async fn readyz(State(state): State<HttpState>) -> impl IntoResponse 
 
 /// `GET /metrics`: Prometheus text format.
 pub(crate) async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
-    if let Some(refresh) = &state.refresh_gauges {
-        refresh();
+    // Store reads (outbox depth is a count of its entries): off the async threads.
+    if let Some(refresh) = state.refresh_gauges.clone() {
+        let _ = tokio::task::spawn_blocking(move || refresh()).await;
     }
     let body = state.prometheus.as_ref().map(|handle| handle.render()).unwrap_or_default();
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], body)
