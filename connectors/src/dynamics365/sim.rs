@@ -418,7 +418,7 @@ impl Dynamics365Sim {
             inner.insert("leads", json!({
                 "subject": format!("Interest from {}", lead.company), "firstname": lead.first_name, "lastname": lead.last_name,
                 "companyname": lead.company, "emailaddress1": lead.email, "statecode": i64::from(lead.converted),
-                "crmsync_channel": lead.source,
+                "crmsync_channel": lead.source, "createdon": time((lead.created_at.unix_millis() / 1000).min(stamp)),
             }), stamp);
         }
         for deal in &world.opportunities {
@@ -440,6 +440,7 @@ impl Dynamics365Sim {
                 "_transactioncurrencyid_value": currency(deal.currency), "salesstage": salesstage, "budgetstatus": budget,
                 "statecode": state, "statuscode": status, "estimatedclosedate": deal.close_date.to_string(),
                 "actualclosedate": (state != 0).then(|| deal.close_date.to_string()), "crmsync_channel": deal.source,
+                "createdon": time((deal.created_at.unix_millis() / 1000).min(stamp)),
             }), stamp);
         }
         for order in &world.orders {
@@ -557,7 +558,8 @@ impl Inner {
         };
         fields.retain(|_, value| !value.is_null());
         fields.insert(key_of(set), json!(id));
-        fields.insert("createdon".into(), json!(time(stamp)));
+        // Seeded leads and deals carry their world creation time; the rest are created now.
+        fields.entry("createdon").or_insert_with(|| json!(time(stamp)));
         fields.insert("modifiedon".into(), json!(time(stamp)));
         if set == "salesorders" {
             self.next_order += 1;

@@ -358,6 +358,7 @@ impl SalesforceSim {
             );
             fields.insert("IsConverted".into(), json!(lead.converted));
             let modstamp = stamp("Lead");
+            fields.insert("CreatedDate".into(), json!(stamp_text(lead.created_at.unix_millis().min(modstamp))));
             inner.put_seed("Lead", id, fields, modstamp, Vec::new());
         }
         for opportunity in &world.opportunities {
@@ -379,6 +380,8 @@ impl SalesforceSim {
             fields.insert("LeadSource".into(), json!(opportunity.source));
             fields.insert("CloseDate".into(), json!(opportunity.close_date.to_string()));
             let modstamp = stamp("Opportunity");
+            let created = opportunity.created_at.unix_millis().min(modstamp);
+            fields.insert("CreatedDate".into(), json!(stamp_text(created)));
             inner.put_seed("Opportunity", id, fields, modstamp, Vec::new());
         }
         for order in &world.orders {
@@ -548,7 +551,8 @@ impl Inner {
         modstamp: i64,
         items: Vec<Map<String, Value>>,
     ) {
-        fields.insert("CreatedDate".into(), json!(stamp_text(modstamp)));
+        // Seeded leads and deals carry their world creation time; the rest are created when seeded.
+        fields.entry("CreatedDate").or_insert_with(|| json!(stamp_text(modstamp)));
         if let Some(table) = self.tables.get_mut(object) {
             table.rows.insert(id, Row { fields, modstamp, deleted: false, items });
         }

@@ -263,16 +263,28 @@ impl World {
         for index in 0..size.opportunities {
             let account = if accounts.is_empty() { 0 } else { rng.random_range(0..accounts.len()) };
             let presence = pick_single(&mut rng, accounts.get(account).map_or(ALL_CRMS, |a| a.presence));
-            // Reached-stage shares 100 : 60 : 40 : 20 → the SPEC's 5 : 3 : 2 : 1 below "lead".
-            let stage = match rng.random_range(0..20) {
+            // Reached-stage shares 100 : 60 : 40 : 20 → the SPEC's 5 : 3 : 2 : 1 below "lead"; as many
+            // deals are lost as won (a lost deal has no funnel position), a win rate of about 50 %.
+            let stage = match rng.random_range(0..22) {
                 0..=7 => Stage::Qualified,
                 8..=11 => Stage::Budget,
                 12..=15 => Stage::Plan,
                 16 => Stage::Execute,
                 17 => Stage::FollowUp,
-                _ => Stage::Won,
+                18..=19 => Stage::Won,
+                _ => Stage::Lost,
             };
             let created_at = days_ago(&mut rng, 90);
+            // A closed deal closed between its creation and the anchor (so its sales cycle is real); an
+            // open one expects to close within the next two months.
+            let close_date = if stage.is_closed() {
+                let age_days = (anchor.unix_millis() - created_at.unix_millis()).max(0) / (day * 1000);
+                let cycle = rng.random_range(0..=age_days.max(0));
+                created_at.saturating_add(std::time::Duration::from_secs(u64::try_from(cycle * day).unwrap_or(0)), true)
+            } else {
+                anchor.saturating_add(std::time::Duration::from_secs(rng.random_range(1..60) * 86_400), true)
+            }
+            .date();
             opportunities.push(WorldOpportunity {
                 account,
                 name: format!("Deal {:05}", index + 1),
@@ -280,7 +292,7 @@ impl World {
                 currency: if rng.random_range(0..5) == 0 { "USD" } else { "EUR" },
                 stage,
                 source: pick_source(&mut rng),
-                close_date: created_at.saturating_add(std::time::Duration::from_secs(30 * 86_400), true).date(),
+                close_date,
                 created_at,
                 presence,
             });
@@ -347,7 +359,17 @@ mod tests {
         assert!((900..1100).contains(&direct), "direct {direct}");
         assert!((500..700).contains(&agent), "agent {agent}");
         let won = first.opportunities.iter().filter(|opp| opp.stage == Stage::Won).count();
-        assert!((150..250).contains(&won), "won {won}");
+        let lost = first.opportunities.iter().filter(|opp| opp.stage == Stage::Lost).count();
+        assert!((130..240).contains(&won), "won {won}");
+        assert!((130..240).contains(&lost), "lost {lost}");
+        for deal in &first.opportunities {
+            let close = deal.close_date;
+            if deal.stage.is_closed() {
+                assert!(deal.created_at.date() <= close && close <= anchor.date(), "closed {close} of {deal:?}");
+            } else {
+                assert!(close > anchor.date(), "open deals close later: {deal:?}");
+            }
+        }
         for order in &first.orders {
             assert!(!order.lines.is_empty());
             assert_ne!(

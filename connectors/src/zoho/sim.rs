@@ -215,6 +215,12 @@ fn schema(module: &str) -> Vec<FieldSpec> {
     fields
 }
 
+/// A seeded record's fields with its world creation time (never after its first modification).
+fn with_created(mut fields: Value, created: Timestamp, modified: i64) -> Value {
+    fields["Created_Time"] = json!(zoho_time((created.unix_millis() / 1000).min(modified)));
+    fields
+}
+
 fn zoho_time(seconds: i64) -> String {
     let offset = jiff::tz::Offset::from_seconds(ORG_OFFSET_SECONDS).unwrap_or(jiff::tz::Offset::UTC);
     let Ok(instant) = jiff::Timestamp::from_second(seconds) else { return String::new() };
@@ -300,7 +306,8 @@ impl ZohoSim {
                 "First_Name": lead.first_name, "Last_Name": lead.last_name, "Company": lead.company, "Email": lead.email,
                 "Lead_Source": lead.source, "Lead_Status": if lead.converted { "Converted" } else { "Not Contacted" },
             });
-            inner.put("Leads", fields, stamp("Leads"));
+            let modified = stamp("Leads");
+            inner.put("Leads", with_created(fields, lead.created_at, modified), modified);
         }
         for deal in &world.opportunities {
             if deal.presence & bit == 0 {
@@ -312,7 +319,8 @@ impl ZohoSim {
                 "Deal_Name": deal.name, "Account_Name": {"name": account_name, "id": account}, "Amount": decimal_json(deal.amount),
                 "Currency": deal.currency, "Stage": stage, "Lead_Source": deal.source, "Closing_Date": deal.close_date.to_string(),
             });
-            inner.put("Deals", fields, stamp("Deals"));
+            let modified = stamp("Deals");
+            inner.put("Deals", with_created(fields, deal.created_at, modified), modified);
         }
         for order in &world.orders {
             if order.presence & bit == 0 {
@@ -423,7 +431,7 @@ impl Inner {
             Value::Object(fields) => fields,
             _ => Map::new(),
         };
-        fields.insert("Created_Time".into(), json!(zoho_time(modified)));
+        fields.entry("Created_Time").or_insert_with(|| json!(zoho_time(modified)));
         if let Some(rows) = self.modules.get_mut(module) {
             rows.insert(id.clone(), Row { fields, modified, deleted: None });
         }
