@@ -219,7 +219,7 @@ pub fn metrics_report(
 }
 
 /// Computes the reports of several scopes in one scan of the store (one report per scope, in order).
-/// Reads a sled snapshot per tree: it never holds a lock the ingest writer waits on.
+/// Reads the records' summaries (not the records), without a lock the ingest writer waits on.
 pub fn metrics_reports(
     store: &Store,
     config: &crate::config::MetricsConfig,
@@ -238,7 +238,7 @@ pub fn metrics_reports(
     let mut accumulators: Vec<crate::metrics::Accumulator<'_>> =
         queries.iter().map(|query| crate::metrics::Accumulator::new(query, &settings)).collect();
     for entity in crate::metrics::ENTITIES {
-        for record in store.scan_as::<crate::metrics::RecordView>(*entity) {
+        for record in store.scan_summaries(*entity) {
             let record = record?;
             for accumulator in &mut accumulators {
                 accumulator.add(&record);

@@ -12,7 +12,7 @@ mod tests;
 mod view;
 
 use view::DataView;
-pub use view::RecordView;
+pub use view::{RecordView, SUMMARY_VERSION, summary};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

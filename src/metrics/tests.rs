@@ -237,3 +237,12 @@ fn a_large_store_is_computed_in_one_pass() {
     assert_eq!(report.totals.sales_amount, dec("150000"));
     assert_eq!(report.totals.orders, 20_000);
 }
+
+#[test]
+fn a_stored_summary_reads_back_as_the_view_of_its_record() {
+    for record in fixture() {
+        let stored: RecordView = serde_json::from_slice(&summary(&record)).unwrap();
+        assert_eq!(stored, RecordView::of(&record));
+        assert!(summary(&record).len() < serde_json::to_vec(&record).unwrap().len());
+    }
+}

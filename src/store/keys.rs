@@ -167,6 +167,8 @@ pub fn state(connection: &ConnectionId, name: &str) -> Vec<u8> {
 
 /// `meta` key of the store format version.
 pub const FORMAT_VERSION: &[u8] = b"format_version";
+/// `meta` key of the version of the record summaries (`summaries` tree, same keys as `records`).
+pub const SUMMARY_VERSION: &[u8] = b"summary_version";
 /// `meta` key of the last outbox sequence number.
 pub const OUTBOX_SEQUENCE: &[u8] = b"outbox_sequence";
 

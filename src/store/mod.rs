@@ -6,6 +6,11 @@
 //! sync status in **one** multi-tree transaction: a page is either wholly stored with its cursor, or
 //! not at all. sled writes reach disk on flush (every 500 ms, or [`Store::flush`]); nothing may be
 //! acknowledged outward (a webhook's 2xx) before a flush.
+//!
+//! Next to each record, in the same transaction, the store keeps its summary for the sales metrics
+//! ([`crate::metrics::summary`], a few fields): a metrics pass scans the small `summaries` tree
+//! instead of decoding every record. Summaries are rebuilt on open when their version
+//! ([`crate::metrics::SUMMARY_VERSION`]) differs from the one the store recorded.
 
 mod error;
 pub mod keys;
@@ -83,6 +88,7 @@ pub struct Store {
     _lock: std::sync::Arc<std::fs::File>,
     db: sled::Db,
     records: sled::Tree,
+    summaries: sled::Tree,
     ids: sled::Tree,
     links: sled::Tree,
     match_keys: sled::Tree,
@@ -157,6 +163,7 @@ impl Store {
         let tree = |name: &str| db.open_tree(name);
         let store = Self {
             records: tree("records")?,
+            summaries: tree("summaries")?,
             ids: tree("ids")?,
             links: tree("links")?,
             match_keys: tree("match_keys")?,
@@ -186,7 +193,35 @@ impl Store {
                 store.db.flush()?;
             }
         }
+        store.ensure_summaries()?;
         Ok(store)
+    }
+
+    /// Rebuilds every record's summary when the store's are of another version (or absent: a store
+    /// written before summaries existed). Idempotent: killed halfway, it starts over on the next open.
+    fn ensure_summaries(&self) -> Result<(), StoreError> {
+        let version = crate::metrics::SUMMARY_VERSION.as_bytes();
+        if self.meta.get(keys::SUMMARY_VERSION)?.is_some_and(|found| found.as_ref() == version) {
+            return Ok(());
+        }
+        self.summaries.clear()?;
+        let (mut batch, mut count) = (sled::Batch::default(), 0u64);
+        for entry in self.records.iter() {
+            let (key, bytes) = entry?;
+            let stored: StoredRecord = decode(&bytes, "record")?;
+            batch.insert(key, crate::metrics::summary(&stored.record));
+            count += 1;
+            if count % 10_000 == 0 {
+                self.summaries.apply_batch(std::mem::take(&mut batch))?;
+            }
+        }
+        self.summaries.apply_batch(batch)?;
+        self.meta.insert(keys::SUMMARY_VERSION, version)?;
+        self.db.flush()?;
+        if count > 0 {
+            tracing::info!(records = count, "record summaries rebuilt for the metrics");
+        }
+        Ok(())
     }
 
     /// Returns the store directory.
@@ -204,6 +239,7 @@ impl Store {
     pub fn commit(&self, commit: Commit) -> Result<(), StoreError> {
         let trees = (
             &self.records,
+            &self.summaries,
             &self.ids,
             &self.links,
             &self.match_keys,
@@ -215,9 +251,10 @@ impl Store {
             &self.meta,
         );
         let result = trees.transaction(
-            |(records, ids, links, match_keys, cursors, outbox, conflicts, dead_letters, status, meta)| {
+            |(records, summaries, ids, links, match_keys, cursors, outbox, conflicts, dead_letters, status, meta)| {
                 for (record, record_keys) in &commit.records {
                     write_record(records, ids, links, match_keys, record, record_keys)?;
+                    summaries.insert(keys::record(record.entity(), record.id), crate::metrics::summary(record))?;
                 }
                 if let Some((connection, entity, cursor)) = &commit.cursor {
                     cursors.insert(keys::connection_entity(connection, *entity), encode(cursor).map_err(abort)?)?;
@@ -344,17 +381,15 @@ impl Store {
         })
     }
 
-    /// Like [`Store::scan`], decoding each record as a caller's view of it: any type that
-    /// deserialises from a record's JSON, reading only the fields it names (the sales metrics read
-    /// a handful of fields of every record, and skip the rest unallocated).
-    pub fn scan_as<T: DeserializeOwned>(&self, entity: Entity) -> impl Iterator<Item = Result<T, StoreError>> + use<T> {
-        #[derive(Deserialize)]
-        struct Stored<T> {
-            record: T,
-        }
-        self.records.scan_prefix(keys::record_prefix(entity)).map(|entry| {
+    /// Iterates over the metrics summaries of every record of an entity (tombstones included), in id
+    /// order: what [`Store::scan`] would yield, reduced to [`crate::metrics::RecordView`].
+    pub fn scan_summaries(
+        &self,
+        entity: Entity,
+    ) -> impl Iterator<Item = Result<crate::metrics::RecordView, StoreError>> + use<> {
+        self.summaries.scan_prefix(keys::record_prefix(entity)).map(|entry| {
             let (_, bytes) = entry?;
-            decode::<Stored<T>>(&bytes, "record").map(|stored| stored.record)
+            serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode { what: "record summary", source })
         })
     }
 
