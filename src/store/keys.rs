@@ -4,6 +4,7 @@
 //! | tree          | key                                                        | value                     |
 //! |---------------|------------------------------------------------------------|---------------------------|
 //! | `records`     | entity tag (u8) · canonical id (16)                         | envelope(Record + keys)   |
+//! | `summaries`   | as `records`                                                | JSON `metrics::RecordView`|
 //! | `ids`         | canonical id (16)                                           | entity tag (u8)           |
 //! | `links`       | str(connection) · entity tag · str(external id)             | canonical id (16)         |
 //! | `match_keys`  | entity tag · str(key) · str(value) · canonical id (16)      | empty                     |
@@ -13,7 +14,8 @@
 //! | `dead_letters`| dead-letter id (UUIDv7 text: sorts by time)                 | envelope(DeadLetter)      |
 //! | `status`      | str(connection) · entity tag                                | envelope(SyncStatus)      |
 //! | `state`       | str(connection) · str(key)                                  | UTF-8 text                |
-//! | `meta`        | ASCII name (`format_version`, `outbox_sequence`)            | u32 / u64 big-endian      |
+//! | `meta`        | ASCII name (`format_version`, `outbox_sequence`,            | u32 / u64 big-endian,     |
+//! |               | `summary_version`)                                          | the summary version text  |
 //!
 //! `str(x)` is the UTF-8 length as u16 big-endian followed by the bytes.
 
