@@ -64,9 +64,10 @@ pub enum Command {
     Demo(DemoArgs),
     /// Run one vendor simulator alone (for trying a configuration without a real CRM).
     Simulate(SimulateArgs),
-    /// Measure the quality bars of SPEC §7 against the three simulators: pull + reconcile + commit
-    /// throughput, API calls against the vendor minimum, resident memory through the sync, the calls of
-    /// an incremental pass with no change, and the time of the sales-metrics scan over the result.
+    /// Measure crmsync against the three built-in simulators: pull + reconcile + commit throughput,
+    /// API calls next to the vendor minimum, resident memory through the sync, the calls of an
+    /// incremental pass with nothing changed, and the time of the sales-metrics scan over the result
+    /// (the README's "Performance" section lists the targets and the last figures).
     ///
     /// The simulators run as child processes (their memory is not the daemon's); the store is a fresh
     /// sled store in a temporary directory, removed afterwards. Build with `--release` for figures
