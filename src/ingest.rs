@@ -285,8 +285,11 @@ struct BatchWriter<'a> {
     links: HashMap<(Entity, ExternalId), CanonicalId>,
     /// Match keys of the records written in this batch (not in the store's index yet), so matching a
     /// change against them is a lookup, not a pass over the batch. Entries may be stale (a record's
-    /// data changed later in the batch): candidates are re-checked against their current keys.
+    /// data changed later in the batch): candidates are re-checked against `record_keys`.
     keys: HashMap<(Entity, String, String), Vec<CanonicalId>>,
+    /// Each written record's current match keys, computed once per write (they are what the commit
+    /// stores with the record).
+    record_keys: HashMap<CanonicalId, Vec<(String, String)>>,
     queued: BTreeSet<(ConnectionId, CanonicalId)>,
     commit: Commit,
     stats: IngestStats,
@@ -303,6 +306,7 @@ impl<'a> BatchWriter<'a> {
             order: Vec::new(),
             links: HashMap::new(),
             keys: HashMap::new(),
+            record_keys: HashMap::new(),
             queued: BTreeSet::new(),
             commit: Commit::default(),
             stats: IngestStats::default(),
@@ -332,12 +336,14 @@ impl<'a> BatchWriter<'a> {
         if !self.records.contains_key(&record.id) {
             self.order.push(record.id);
         }
-        for (key, value) in reconcile::match_key_values(&self.rules.rules, &record.data) {
-            let ids = self.keys.entry((record.entity(), key, value)).or_default();
+        let keys = reconcile::match_key_values(&self.rules.rules, &record.data);
+        for (key, value) in &keys {
+            let ids = self.keys.entry((record.entity(), key.clone(), value.clone())).or_default();
             if !ids.contains(&record.id) {
                 ids.push(record.id);
             }
         }
+        self.record_keys.insert(record.id, keys);
         self.records.insert(record.id, record);
     }
 
@@ -448,12 +454,10 @@ impl<'a> BatchWriter<'a> {
         for (key, value) in reconcile::match_key_values(&self.rules.rules, data) {
             let written = self.keys.get(&(change.entity, key.clone(), value.clone())).into_iter().flatten();
             let mut candidates: Vec<Record> = written
-                .filter_map(|id| self.records.get(id))
-                .filter(|record| {
-                    reconcile::match_key_values(&self.rules.rules, &record.data)
-                        .iter()
-                        .any(|(k, v)| *k == key && *v == value)
+                .filter(|id| {
+                    self.record_keys.get(id).is_some_and(|keys| keys.iter().any(|(k, v)| *k == key && *v == value))
                 })
+                .filter_map(|id| self.records.get(id))
                 .cloned()
                 .collect();
             for id in self.store.ids_by_match_key(change.entity, &key, &value)? {
@@ -540,7 +544,7 @@ impl<'a> BatchWriter<'a> {
     fn into_commit(mut self) -> (Commit, IngestStats) {
         for id in self.order {
             if let Some(record) = self.records.remove(&id) {
-                let keys = reconcile::match_key_values(&self.rules.rules, &record.data);
+                let keys = self.record_keys.remove(&id).unwrap_or_default();
                 self.commit.records.push((record, keys));
             }
         }
