@@ -253,8 +253,7 @@ impl Store {
         let result = trees.transaction(
             |(records, summaries, ids, links, match_keys, cursors, outbox, conflicts, dead_letters, status, meta)| {
                 for (record, record_keys) in &commit.records {
-                    write_record(records, ids, links, match_keys, record, record_keys)?;
-                    summaries.insert(keys::record(record.entity(), record.id), crate::metrics::summary(record))?;
+                    write_record(records, summaries, ids, links, match_keys, record, record_keys)?;
                 }
                 if let Some((connection, entity, cursor)) = &commit.cursor {
                     cursors.insert(keys::connection_entity(connection, *entity), encode(cursor).map_err(abort)?)?;
@@ -502,8 +501,10 @@ fn is_lock_error(error: &std::io::Error) -> bool {
     error.kind() == std::io::ErrorKind::WouldBlock || error.to_string().contains("lock")
 }
 
+/// Writes a record, its metrics summary and its index entries.
 fn write_record(
     records: &TransactionalTree,
+    summaries: &TransactionalTree,
     ids: &TransactionalTree,
     links: &TransactionalTree,
     match_keys: &TransactionalTree,
@@ -569,6 +570,7 @@ fn write_record(
     for added in new_keys.iter().filter(|new| !old_keys.contains(new)) {
         match_keys.insert(added.as_slice(), &[])?;
     }
+    summaries.insert(key.as_slice(), crate::metrics::summary(record))?;
     records.insert(key, encode(&StoredRecordRef { record, match_keys: record_keys }).map_err(abort)?)?;
     Ok(())
 }
