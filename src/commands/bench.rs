@@ -20,11 +20,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use crmsync_connectors::canonical::{Timestamp, VendorKind};
-use crmsync_connectors::dynamics365::sim as d365_sim;
-use crmsync_connectors::salesforce::sim;
-use crmsync_connectors::settings::MapSecrets;
 use crmsync_connectors::sim::WorldSize;
-use crmsync_connectors::zoho::sim as zoho_sim;
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
@@ -256,22 +252,14 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     )?;
     let mut toml = String::new();
     writeln!(toml, "[daemon]\ndata_dir = {:?}\n", data_dir.join("store").display().to_string())?;
-    writeln!(toml, "{}", sim::connection_toml("salesforce", &salesforce.base_url))?;
-    writeln!(toml, "{}", zoho_sim::connection_toml("zoho", &zoho.base_url))?;
-    writeln!(toml, "{}", d365_sim::connection_toml("dynamics365", &dynamics365.base_url))?;
+    let (connections, secrets) =
+        super::demo::simulator_connections(&salesforce.base_url, &zoho.base_url, &dynamics365.base_url);
+    toml.push_str(&connections);
     writeln!(
         toml,
         "[reconcile]\nsource_priority = [\"salesforce\", \"zoho\", \"dynamics365\"]\n\n\
          [metrics]\nreporting_currency = \"EUR\"\n\n[metrics.fx]\nUSD = \"0.92\""
     )?;
-    let secrets = MapSecrets(
-        sim::demo_secrets()
-            .into_iter()
-            .chain(zoho_sim::demo_secrets())
-            .chain(d365_sim::demo_secrets())
-            .map(|(name, value)| (name.to_owned(), value.to_owned()))
-            .collect(),
-    );
     let config_path = data_dir.join("bench.toml");
     std::fs::write(&config_path, &toml).with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::load(Some(&config_path), Some(Default::default()), &secrets)?;

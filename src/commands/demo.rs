@@ -54,9 +54,9 @@ pub async fn start_demo(
     writeln!(toml, "listen = {listen:?}")?;
     writeln!(toml, "admin_listen = \"127.0.0.1:0\"")?;
     writeln!(toml, "shutdown_grace = \"10s\"\n")?;
-    writeln!(toml, "{}", sim::connection_toml("salesforce", &salesforce.base_url()))?;
-    writeln!(toml, "{}", zoho_sim::connection_toml("zoho", &zoho.base_url()))?;
-    writeln!(toml, "{}", d365_sim::connection_toml("dynamics365", &dynamics365.base_url()))?;
+    let (connections, secrets) =
+        simulator_connections(&salesforce.base_url(), &zoho.base_url(), &dynamics365.base_url());
+    toml.push_str(&connections);
     // Every entity flows between the orgs; a deleted order is cancelled in the other org, not deleted.
     for (entity, on_delete) in [("account", "ignore"), ("lead", "ignore"), ("opportunity", "ignore"), ("order", "mark")]
     {
@@ -67,13 +67,25 @@ pub async fn start_demo(
         "[reconcile]\nsource_priority = [\"salesforce\", \"zoho\", \"dynamics365\"]\nconflict = \"newest\"\n"
     )?;
     writeln!(toml, "[metrics]\nreporting_currency = \"EUR\"\nwindow = \"30d\"\n\n[metrics.fx]\nUSD = \"0.92\"")?;
+    Ok((DemoSimulators { salesforce, zoho, dynamics365 }, toml, secrets))
+}
+
+/// The connections `salesforce`, `zoho` and `dynamics365` to simulators at these base URLs (TOML,
+/// one section each), and the demo credentials they reference.
+pub fn simulator_connections(salesforce: &str, zoho: &str, dynamics365: &str) -> (String, MapSecrets) {
+    let toml = [
+        sim::connection_toml("salesforce", salesforce),
+        zoho_sim::connection_toml("zoho", zoho),
+        d365_sim::connection_toml("dynamics365", dynamics365),
+    ]
+    .join("\n");
     let secrets = sim::demo_secrets()
         .into_iter()
         .chain(zoho_sim::demo_secrets())
         .chain(d365_sim::demo_secrets())
         .map(|(name, value)| (name.to_owned(), value.to_owned()))
         .collect();
-    Ok((DemoSimulators { salesforce, zoho, dynamics365 }, toml, MapSecrets(secrets)))
+    (toml + "\n", MapSecrets(secrets))
 }
 
 /// Runs the demo.
