@@ -108,12 +108,7 @@ async fn the_daemon_serves_webhooks_the_api_prometheus_and_status_then_stops_cle
 
     // Prometheus text parses, and the operational metrics of a pull and a webhook are there.
     let exposition = http.get(format!("{admin_url}/metrics")).send().await.unwrap().text().await.unwrap();
-    let mut names = BTreeSet::new();
-    for line in exposition.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
-        value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line}"));
-        names.insert(series.split('{').next().unwrap().to_owned());
-    }
+    let names = series_names(&exposition);
     for expected in [
         "crmsync_pull_records_total",
         "crmsync_api_calls_total",
@@ -179,6 +174,18 @@ async fn under_systemd_the_daemon_reports_ready_and_stopping() {
     let length = socket.recv(&mut buffer).await.unwrap();
     assert!(String::from_utf8_lossy(&buffer[..length]).contains("STOPPING=1"));
     assert!(daemon.wait().await.unwrap().success());
+}
+
+/// Parses a Prometheus exposition (every sample line must be `series value` with a number) and
+/// returns the sample names.
+fn series_names(exposition: &str) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    for line in exposition.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
+        value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line}"));
+        names.insert(series.split('{').next().unwrap().to_owned());
+    }
+    names
 }
 
 fn gauge(exposition: &str, series: &str) -> Option<f64> {
@@ -289,13 +296,10 @@ async fn after_a_sync_of_three_crms_the_cli_the_api_and_prometheus_show_the_same
     assert!((published - sales).abs() < 1e-6, "sales amount {published} vs {sales}");
 
     // The exposition parses, and every documented metric is in it, operational and sales alike.
-    let mut names = BTreeSet::new();
-    for line in exposition.lines().filter(|line| !line.starts_with('#') && !line.is_empty()) {
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad line {line}"));
-        value.parse::<f64>().unwrap_or_else(|_| panic!("bad value in {line}"));
-        let name = series.split('{').next().unwrap();
-        names.insert(name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count").to_owned());
-    }
+    let names: BTreeSet<String> = series_names(&exposition)
+        .iter()
+        .map(|name| name.trim_end_matches("_bucket").trim_end_matches("_sum").trim_end_matches("_count").to_owned())
+        .collect();
     for expected in crmsync::telemetry::OPERATIONAL_METRICS.iter().chain(crmsync::metrics::KPI_METRICS) {
         assert!(names.contains(*expected), "{expected} missing from /metrics after a sync:\n{exposition}");
     }
