@@ -548,6 +548,14 @@ impl ZohoSim {
         }
     }
 
+    /// Admits a call to a module's endpoint: authentication and faults ([`Self::gate`]), the call
+    /// counter, and the module name (`INVALID_MODULE` when it names none). Errors carry the credits header.
+    async fn admit(&self, headers: &HeaderMap, counter: &AtomicU64, module: &str) -> Result<&'static str, Response> {
+        self.gate(headers).await.map_err(|response| self.with_credits(response))?;
+        counter.fetch_add(1, Ordering::SeqCst);
+        wire::entity_of(module).map(wire::module).ok_or_else(|| self.with_credits(invalid_module(json!({}))))
+    }
+
     fn with_credits(&self, mut response: Response) -> Response {
         let used = self.calls.load(Ordering::SeqCst);
         if let Ok(value) = HeaderValue::from_str(&50_000u64.saturating_sub(used).to_string()) {
@@ -856,12 +864,9 @@ async fn deleted(
     Path((_version, module)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(response) = sim.gate(&headers).await {
-        return sim.with_credits(response);
-    }
-    sim.counters.read.fetch_add(1, Ordering::SeqCst);
-    let Some(module) = wire::entity_of(&module).map(wire::module) else {
-        return sim.with_credits(invalid_module(json!({})));
+    let module = match sim.admit(&headers, &sim.counters.read, &module).await {
+        Ok(module) => module,
+        Err(response) => return response,
     };
     let since = headers
         .get("if-modified-since")
@@ -913,12 +918,9 @@ async fn upsert(
 }
 
 async fn write(sim: Arc<ZohoSim>, headers: HeaderMap, module: String, body: Bytes, by_id: bool) -> Response {
-    if let Err(response) = sim.gate(&headers).await {
-        return sim.with_credits(response);
-    }
-    sim.counters.write.fetch_add(1, Ordering::SeqCst);
-    let Some(module) = wire::entity_of(&module).map(wire::module) else {
-        return sim.with_credits(invalid_module(json!({})));
+    let module = match sim.admit(&headers, &sim.counters.write, &module).await {
+        Ok(module) => module,
+        Err(response) => return response,
     };
     let request: Value = match serde_json::from_slice(&body) {
         Ok(request) => request,
@@ -1151,12 +1153,9 @@ async fn delete_records(
     Path((_version, module)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(response) = sim.gate(&headers).await {
-        return sim.with_credits(response);
-    }
-    sim.counters.write.fetch_add(1, Ordering::SeqCst);
-    let Some(module) = wire::entity_of(&module).map(wire::module) else {
-        return sim.with_credits(invalid_module(json!({})));
+    let module = match sim.admit(&headers, &sim.counters.write, &module).await {
+        Ok(module) => module,
+        Err(response) => return response,
     };
     let ids: Vec<String> = query
         .get("ids")
