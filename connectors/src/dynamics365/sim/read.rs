@@ -1,0 +1,267 @@
+//! Reading entity sets: `$select`, `$filter`, `$orderby`, `$top`, `odata.maxpagesize` paging with
+//! paging cookies, and change tracking (delta links, `$deletedEntity` rows, expired tokens).
+
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::filter::{check_filter, matches, parse_filter};
+use super::reply::{Reply, error};
+use super::schema::{key_of, logical, readable};
+use super::table::{Inner, Row, Snapshot};
+use super::{Dynamics365Sim, Request, now_seconds, time};
+use crate::dynamics365::wire;
+
+impl Dynamics365Sim {
+    pub(super) fn list(&self, set: &str, request: &Request<'_>) -> Reply {
+        let tracking = request.prefers("odata.track-changes");
+        let annotate = request.prefers("odata.include-annotations");
+        let page_size = request
+            .header("prefer")
+            .and_then(|prefer| {
+                prefer.split(',').find_map(|part| {
+                    part.trim().strip_prefix("odata.maxpagesize=").and_then(|n| n.parse::<usize>().ok())
+                })
+            })
+            .unwrap_or(wire::MAX_PAGE_SIZE)
+            .clamp(1, wire::MAX_PAGE_SIZE);
+        let mut inner = self.lock();
+        // A continuation: `$skiptoken` names a snapshot.
+        if let Some(skiptoken) = request.query.get("$skiptoken") {
+            let cookie = skiptoken
+                .split("pagingcookie=\"")
+                .nth(1)
+                .and_then(|rest| rest.split('"').next())
+                .and_then(|cookie| cookie.split_once(':'))
+                .and_then(|(id, offset)| Some((id.to_owned(), offset.parse::<usize>().ok()?)));
+            let Some((snapshot_id, offset)) = cookie else {
+                return error(StatusCode::BAD_REQUEST, "0x80040203", "Invalid paging cookie.");
+            };
+            // A result set still being paged stays: the least recently *used* one goes first.
+            if let Some(position) = inner.snapshot_order.iter().position(|kept| kept == &snapshot_id)
+                && let Some(used) = inner.snapshot_order.remove(position)
+            {
+                inner.snapshot_order.push_back(used);
+            }
+            return self.serve_snapshot(&inner, &snapshot_id, offset, page_size, annotate, request);
+        }
+        let select = match select_of(set, request) {
+            Ok(select) => select,
+            Err(reply) => return reply,
+        };
+        inner.selects.push(select.join(","));
+        if let Some(delta) = request.query.get("$deltatoken") {
+            let version: u64 = delta.split('!').next().and_then(|version| version.parse().ok()).unwrap_or(0);
+            if version < inner.oldest_token {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    wire::EXPIRED_VERSION_STAMP,
+                    "Version stamp associated with the client has expired. Please perform a full sync.",
+                );
+            }
+            let rows = inner.tables.get(set).map(|rows| {
+                let mut changed: Vec<(&String, &Row)> =
+                    rows.iter().filter(|(_, row)| row.deleted.is_none() && row.version > version).collect();
+                changed.sort_by_key(|(_, row)| row.version);
+                let changed: Vec<String> = changed.into_iter().map(|(id, _)| id.clone()).collect();
+                let deletions: Vec<String> = rows
+                    .iter()
+                    .filter(|(_, row)| row.deleted.is_some_and(|deleted| deleted > version) && row.version <= version)
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                (changed, deletions)
+            });
+            let (rows, deletions) = rows.unwrap_or_default();
+            let current = inner.version;
+            let snapshot = Snapshot { set: set.to_owned(), select, rows, deletions, delta_version: Some(current) };
+            return self.serve_first_page(&mut inner, snapshot, page_size, annotate, request);
+        }
+        if tracking {
+            if inner.untracked.contains(set)
+                || matches!(set, "salesorderdetails" | "transactioncurrencies" | "products")
+            {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "0x80044353",
+                    &format!("Entity '{}' is not enabled for change tracking.", logical(set)),
+                );
+            }
+            for option in ["$filter", "$orderby", "$expand", "$top"] {
+                if request.query.contains_key(option) {
+                    return error(
+                        StatusCode::BAD_REQUEST,
+                        "0x80060888",
+                        &format!("The \"{option}\" query parameter isn't supported when Change Tracking is enabled."),
+                    );
+                }
+            }
+        }
+        let filter = match request.query.get("$filter").map(|filter| parse_filter(filter)) {
+            Some(Ok(filter)) => Some(filter),
+            Some(Err(problem)) => {
+                return error(StatusCode::BAD_REQUEST, "0x80060888", &format!("Syntax error in $filter: {problem}"));
+            }
+            None => None,
+        };
+        if let Some(filter) = &filter
+            && let Err(problem) = check_filter(set, filter)
+        {
+            return error(StatusCode::BAD_REQUEST, "0x80060888", &problem);
+        }
+        let key = key_of(set);
+        let mut rows: Vec<(String, String)> = inner
+            .tables
+            .get(set)
+            .map(|rows| {
+                rows.iter()
+                    .filter(|(_, row)| row.deleted.is_none())
+                    .filter(|(_, row)| filter.as_ref().is_none_or(|filter| matches(set, &row.fields, filter)))
+                    .map(|(id, row)| {
+                        (
+                            row.fields.get("modifiedon").and_then(Value::as_str).unwrap_or_default().to_owned(),
+                            id.clone(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        match request.query.get("$orderby").map(String::as_str) {
+            None => {}
+            Some(order) if order == format!("modifiedon asc,{key} asc") || order == "modifiedon asc" => rows.sort(),
+            Some(order) => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "0x80060888",
+                    &format!("$orderby {order:?} is not supported by this simulator."),
+                );
+            }
+        }
+        let mut ids: Vec<String> = rows.into_iter().map(|(_, id)| id).collect();
+        if let Some(top) = request.query.get("$top").and_then(|top| top.parse::<usize>().ok())
+            && !request
+                .headers
+                .iter()
+                .any(|(name, value)| name.eq_ignore_ascii_case("prefer") && value.contains("maxpagesize"))
+        {
+            ids.truncate(top);
+        }
+        let snapshot = Snapshot {
+            set: set.to_owned(),
+            select,
+            rows: ids,
+            deletions: Vec::new(),
+            delta_version: tracking.then_some(inner.version),
+        };
+        self.serve_first_page(&mut inner, snapshot, page_size, annotate, request)
+    }
+
+    /// Serves the first page of a new result set. Only a result that needs a next link is kept for
+    /// paging, and a continuation refreshes its set: Dataverse's cookies do not expire while a read
+    /// goes on, so the many short lookups a long read makes (order lines by order id) must not push
+    /// its own result set out of the kept window.
+    fn serve_first_page(
+        &self,
+        inner: &mut Inner,
+        snapshot: Snapshot,
+        page_size: usize,
+        annotate: bool,
+        request: &Request<'_>,
+    ) -> Reply {
+        let one_page = snapshot.rows.len() + snapshot.deletions.len() <= page_size;
+        let id = inner.keep_snapshot(snapshot);
+        let reply = self.serve_snapshot(inner, &id, 0, page_size, annotate, request);
+        if one_page {
+            inner.snapshots.remove(&id);
+            inner.snapshot_order.retain(|kept| kept != &id);
+        }
+        reply
+    }
+
+    fn serve_snapshot(
+        &self,
+        inner: &Inner,
+        id: &str,
+        start: usize,
+        page_size: usize,
+        annotate: bool,
+        request: &Request<'_>,
+    ) -> Reply {
+        let Some(snapshot) = inner.snapshots.get(id) else {
+            return error(StatusCode::BAD_REQUEST, "0x80040203", "Invalid paging cookie.");
+        };
+        let set = snapshot.set.clone();
+        let select = snapshot.select.clone();
+        let total_rows = snapshot.rows.len();
+        let mut value: Vec<Value> = Vec::new();
+        let mut position = start;
+        while value.len() < page_size && position < total_rows + snapshot.deletions.len() {
+            if position < total_rows {
+                if let Some(row) = inner.render(&set, &snapshot.rows[position], &select, annotate) {
+                    value.push(Value::Object(row));
+                }
+            } else {
+                let deleted = &snapshot.deletions[position - total_rows];
+                value.push(json!({
+                    "@odata.context": format!("{}/api/data/{}/$metadata#{set}/$deletedEntity", request.base, request.version),
+                    "id": deleted, "reason": "deleted",
+                }));
+            }
+            position += 1;
+        }
+        let done = position >= total_rows + snapshot.deletions.len();
+        let delta_version = snapshot.delta_version;
+        let context = format!("{}/api/data/{}/$metadata#{set}({})", request.base, request.version, select.join(","));
+        let mut body = json!({"@odata.context": context, "value": value});
+        let select_param: String =
+            url::form_urlencoded::Serializer::new(String::new()).append_pair("$select", &select.join(",")).finish();
+        if done {
+            if let Some(version) = delta_version {
+                let token: String =
+                    url::form_urlencoded::byte_serialize(format!("{version}!{}", time(now_seconds())).as_bytes())
+                        .collect();
+                body["@odata.deltaLink"] = json!(format!(
+                    "{}/api/data/{}/{set}?{select_param}&$deltatoken={token}",
+                    request.base, request.version
+                ));
+            }
+        } else {
+            let page = position / page_size.max(1) + 1;
+            let cookie = format!(
+                "<cookie pagenumber=\"{page}\" pagingcookie=\"{id}:{position}\" istracking=\"{}\" />",
+                if delta_version.is_some() { "True" } else { "False" }
+            );
+            let cookie: String = url::form_urlencoded::byte_serialize(cookie.as_bytes()).collect();
+            body["@odata.nextLink"] = json!(format!(
+                "{}/api/data/{}/{set}?{select_param}&$skiptoken={cookie}",
+                request.base, request.version
+            ));
+        }
+        let mut reply =
+            Reply::json(StatusCode::OK, body).with("Preference-Applied", format!("odata.maxpagesize={page_size}"));
+        if delta_version.is_some() {
+            reply = reply.with("Preference-Applied", "odata.track-changes".into());
+        }
+        reply
+    }
+}
+
+pub(super) fn select_of(set: &str, request: &Request<'_>) -> Result<Vec<String>, Reply> {
+    let Some(select) = request.query.get("$select") else {
+        return Ok(readable(set).iter().map(|column| (*column).to_owned()).collect());
+    };
+    let known = readable(set);
+    let mut columns = Vec::new();
+    for column in select.split(',').map(str::trim).filter(|column| !column.is_empty()) {
+        if !known.contains(&column) && column != key_of(set) {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "0x80060888",
+                &format!(
+                    "Could not find a property named '{column}' on type 'Microsoft.Dynamics.CRM.{}'.",
+                    logical(set)
+                ),
+            ));
+        }
+        columns.push(column.to_owned());
+    }
+    Ok(columns)
+}
