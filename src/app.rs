@@ -8,7 +8,6 @@ use anyhow::Context;
 use crmsync_connectors::canonical::{ConnectionId, Entity, EntityData, ExternalId, Timestamp, VendorKind};
 use crmsync_connectors::dynamics365::Dynamics365Connector;
 use crmsync_connectors::salesforce::SalesforceConnector;
-use crmsync_connectors::settings::FieldPolicy;
 use crmsync_connectors::zoho::ZohoConnector;
 use crmsync_connectors::{
     ApiEvent, ApiUsage, Change, CheckReport, Connector, ConnectorError, ConnectorHost, Cursor, IdPage, Outgoing, Page,
@@ -16,9 +15,8 @@ use crmsync_connectors::{
 };
 use tokio::task::JoinHandle;
 
-use crate::config::{Config, ConflictPolicy, DeletePolicy, FieldPolicy as MergePolicy, VendorConfig};
+use crate::config::{Config, VendorConfig};
 use crate::ingest::{IngestHandle, IngestRules, Ingestor};
-use crate::reconcile::{self, DeleteAction, Policy, Route, Rules};
 use crate::store::Store;
 use crate::telemetry;
 
@@ -154,132 +152,6 @@ pub fn build_connectors(
     Ok(connectors)
 }
 
-/// Builds the reconciliation rules from configuration.
-pub fn rules(config: &Config) -> Rules {
-    let policy = |policy: &MergePolicy| match policy {
-        MergePolicy::Newest => Policy::Newest,
-        MergePolicy::Priority(order) => Policy::Priority(order.clone()),
-        MergePolicy::Authoritative(owner) => Policy::Authoritative(owner.clone()),
-        MergePolicy::Manual => Policy::Manual,
-    };
-    let default_policy = match config.reconcile.conflict {
-        ConflictPolicy::Newest => Policy::Newest,
-        ConflictPolicy::Priority => Policy::Priority(config.reconcile.source_priority.clone()),
-        ConflictPolicy::Manual => Policy::Manual,
-    };
-    Rules {
-        source_priority: config.reconcile.source_priority.clone(),
-        default_policy,
-        policies: config
-            .reconcile
-            .policies
-            .iter()
-            .map(|(entity, fields)| {
-                (*entity, fields.iter().map(|(field, rule)| (field.clone(), policy(rule))).collect())
-            })
-            .collect(),
-        match_keys: if config.reconcile.match_keys.is_empty() {
-            reconcile::default_match_keys()
-        } else {
-            config.reconcile.match_keys.clone()
-        },
-        routes: config
-            .routes
-            .iter()
-            .map(|route| Route {
-                entity: route.entity,
-                from: route.from.clone(),
-                to: route.to.clone(),
-                on_delete: match route.on_delete {
-                    DeletePolicy::Delete => DeleteAction::Delete,
-                    DeletePolicy::Ignore => DeleteAction::Ignore,
-                    DeletePolicy::Mark => DeleteAction::Mark,
-                },
-            })
-            .collect(),
-    }
-}
-
-/// Returns each connection's privacy lists.
-pub fn field_policies(config: &Config) -> BTreeMap<ConnectionId, FieldPolicy> {
-    config.connections.iter().map(|(id, connection)| (id.clone(), connection.settings.fields.clone())).collect()
-}
-
-/// Computes the sales metrics over the store for a scope and window (`since`/`until` default to the
-/// configured window ending now).
-pub fn metrics_report(
-    store: &Store,
-    config: &crate::config::MetricsConfig,
-    scope: crate::metrics::Scope,
-    since: Option<Timestamp>,
-    until: Option<Timestamp>,
-) -> Result<crate::metrics::MetricsReport, crate::store::StoreError> {
-    let mut reports = metrics_reports(store, config, vec![scope], since, until)?;
-    Ok(reports.remove(0))
-}
-
-/// Computes the reports of several scopes in one scan of the store (one report per scope, in order).
-/// Reads the records' summaries (not the records), without a lock the ingest writer waits on.
-pub fn metrics_reports(
-    store: &Store,
-    config: &crate::config::MetricsConfig,
-    scopes: Vec<crate::metrics::Scope>,
-    since: Option<Timestamp>,
-    until: Option<Timestamp>,
-) -> Result<Vec<crate::metrics::MetricsReport>, crate::store::StoreError> {
-    let until = until.unwrap_or_else(Timestamp::now);
-    let since = since.unwrap_or_else(|| until.saturating_add(config.window, false));
-    let settings = crate::metrics::MetricsSettings {
-        reporting_currency: config.reporting_currency.clone(),
-        fx: config.fx.clone(),
-    };
-    let queries: Vec<crate::metrics::MetricsQuery> =
-        scopes.into_iter().map(|scope| crate::metrics::MetricsQuery { scope, since, until }).collect();
-    let mut accumulators: Vec<crate::metrics::Accumulator<'_>> =
-        queries.iter().map(|query| crate::metrics::Accumulator::new(query, &settings)).collect();
-    for entity in crate::metrics::ENTITIES {
-        for record in store.scan_summaries(*entity) {
-            let record = record?;
-            for accumulator in &mut accumulators {
-                accumulator.add(&record);
-            }
-        }
-    }
-    Ok(accumulators.into_iter().map(crate::metrics::Accumulator::finish).collect())
-}
-
-/// Runs `work` every `period`, the first time at once, until `stop` is cancelled.
-async fn every<F, Fut>(period: std::time::Duration, stop: tokio_util::sync::CancellationToken, mut work: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let mut ticks = tokio::time::interval(period);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = ticks.tick() => work().await,
-        }
-    }
-}
-
-/// Publishes the KPI gauges of the unified scope and of every connection (one scan of the store).
-pub fn publish_kpis(store: &Store, config: &Config) {
-    let mut scopes = vec![crate::metrics::Scope::Unified];
-    scopes.extend(config.connections.keys().cloned().map(crate::metrics::Scope::Connection));
-    match metrics_reports(store, &config.metrics, scopes, None, None) {
-        Ok(reports) => {
-            for report in &reports {
-                for (name, labels, value) in crate::metrics::gauges(report) {
-                    telemetry::record_kpi(name, labels, value);
-                }
-            }
-            tracing::debug!("KPI gauges published");
-        }
-        Err(error) => tracing::warn!(error = %error, "cannot compute KPI gauges"),
-    }
-}
-
 /// An opened store with its writer and connectors.
 pub struct App {
     /// The configuration.
@@ -302,7 +174,7 @@ impl App {
             .with_context(|| format!("cannot open the store in {}", config.daemon.data_dir.display()))?;
         let host: SharedHost = Arc::new(StoreHost::new(store.clone()));
         let connectors = build_connectors(&config, host)?;
-        let rules = IngestRules { rules: Arc::new(rules(&config)), fields: Arc::new(field_policies(&config)) };
+        let rules = IngestRules::from_config(&config);
         let (writer, ingest) = Ingestor::new(store.clone(), rules.clone(), config.daemon.ingest_queue);
         let writer = tokio::spawn(writer.run());
         Ok(Self { config, store, connectors, ingest, rules, writer })
@@ -346,7 +218,7 @@ pub async fn run_daemon(
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let ready = Arc::new(AtomicBool::new(false));
-    let policies = field_policies(&app.config);
+    let policies = app.rules.fields.clone();
 
     // One nudge per connection × entity, shared by every job that pulls it (webhooks wake them).
     let mut nudges: BTreeMap<ConnectionId, BTreeMap<Entity, Arc<Notify>>> = BTreeMap::new();
@@ -411,17 +283,17 @@ pub async fn run_daemon(
     // Sales KPIs for Prometheus, recomputed every minute off the async threads.
     {
         let (store, config) = (app.store.clone(), app.config.clone());
-        tracker.spawn(every(std::time::Duration::from_secs(60), cancel.clone(), move || {
+        tracker.spawn(crate::scheduler::every(std::time::Duration::from_secs(60), cancel.clone(), move || {
             let (store, config) = (store.clone(), config.clone());
             async move {
-                let _ = tokio::task::spawn_blocking(move || publish_kpis(&store, &config)).await;
+                let _ = tokio::task::spawn_blocking(move || crate::metrics::scan::publish_kpis(&store, &config)).await;
             }
         }));
     }
     // Vendor upkeep (Zoho watch-channel renewal), hourly.
     for connector in app.connectors.values() {
         let connector = connector.clone();
-        tracker.spawn(every(std::time::Duration::from_secs(3600), cancel.clone(), move || {
+        tracker.spawn(crate::scheduler::every(std::time::Duration::from_secs(3600), cancel.clone(), move || {
             let connector = connector.clone();
             async move {
                 if let Err(error) = connector.maintain().await {
@@ -433,21 +305,13 @@ pub async fn run_daemon(
     // Drift sweep: repair what incremental reads missed (hard deletes, late commits).
     if let Some(interval) = app.config.daemon.drift_sweep_interval {
         for connector in app.connectors.values() {
-            let (connector, store, ingest, stop) =
-                (connector.clone(), app.store.clone(), app.ingest.clone(), cancel.clone());
-            tracker.spawn(async move {
-                loop {
-                    tokio::select! {
-                        () = stop.cancelled() => return,
-                        () = tokio::time::sleep(crate::scheduler::jittered(interval)) => {}
-                    }
-                    for entity in connector.entities().to_vec() {
-                        if let Err(error) = crate::scheduler::sweep::sweep(connector.as_ref(), &store, &ingest, entity).await {
-                            tracing::warn!(connection = %connector.id(), entity = %entity, error = %crate::scheduler::error_chain(&error), "drift sweep failed");
-                        }
-                    }
-                }
-            });
+            tracker.spawn(crate::scheduler::sweep::run(
+                connector.clone(),
+                app.store.clone(),
+                app.ingest.clone(),
+                interval,
+                cancel.clone(),
+            ));
         }
     }
 

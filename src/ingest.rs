@@ -185,6 +185,14 @@ pub struct IngestRules {
     pub fields: Arc<BTreeMap<ConnectionId, FieldPolicy>>,
 }
 
+impl IngestRules {
+    /// Builds the rules and each connection's privacy lists from configuration.
+    pub fn from_config(config: &crate::config::Config) -> Self {
+        let fields = config.connections.iter().map(|(id, connection)| (id.clone(), connection.settings.fields.clone()));
+        Self { rules: Arc::new(Rules::from_config(config)), fields: Arc::new(fields.collect()) }
+    }
+}
+
 /// The writer task.
 pub struct Ingestor {
     store: Store,

@@ -27,10 +27,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::print;
-use crate::app::{App, field_policies, metrics_report, metrics_reports};
+use crate::app::App;
 use crate::cli::BenchArgs;
 use crate::config::Config;
 use crate::metrics::Scope;
+use crate::metrics::scan::{report as metrics_report, reports as metrics_reports};
 use crate::scheduler::pass::{PassReport, run_pass};
 use crate::telemetry::{self, LogStyle};
 
@@ -268,7 +269,7 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     let app = App::build(config)?;
     let mut selection = super::sync::selection(&app.config, None, None, None, false)?;
     selection.push = false;
-    let policies = field_policies(&app.config);
+    let policies = app.rules.fields.clone();
     let cancel = CancellationToken::new();
 
     tracing::info!("bench: full pull (pull + reconcile + commit into a fresh store)");

@@ -21,7 +21,7 @@ use crmsync_connectors::zoho::sim::{self as zoho_sim, RunningZohoSim, ZohoSimOpt
 use tokio_util::sync::CancellationToken;
 
 use super::print;
-use crate::app::{App, field_policies, run_daemon};
+use crate::app::{App, run_daemon};
 use crate::cli::DemoArgs;
 use crate::config::Config;
 use crate::scheduler::pass::run_pass;
@@ -117,7 +117,7 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<Exi
     let prometheus = if args.once { None } else { Some(telemetry::install_prometheus()?) };
     let app = App::build(config)?;
     let selection = super::sync::selection(&app.config, None, None, None, false)?;
-    let policies = field_policies(&app.config);
+    let policies = app.rules.fields.clone();
     let cancel = CancellationToken::new();
     let first = run_pass(&app.connectors, &app.store, &app.ingest, &policies, &selection, &cancel).await;
     print(&format!("\nfirst sync pass\n{}", first.table()));

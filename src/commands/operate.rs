@@ -4,14 +4,12 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use crmsync_connectors::Change;
 use crmsync_connectors::canonical::{ConnectionId, Timestamp};
 
 use super::{load_config, print};
-use crate::app;
 use crate::cli::{
     ConflictSide, ConflictsAction, ConflictsArgs, DlqAction, DlqArgs, IdentityAction, IdentityArgs, MetricsArgs,
 };
@@ -47,7 +45,7 @@ pub fn metrics_report(
         }
         Scope::Connection(id)
     };
-    Ok(app::metrics_report(store, &config.metrics, scope, since, until)?)
+    Ok(metrics::scan::report(store, &config.metrics, scope, since, until)?)
 }
 
 /// The metrics table for a scope (used by `metrics` and `demo`).
@@ -81,7 +79,7 @@ pub fn metrics(args: MetricsArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn ingest_rules(config: &Config) -> IngestRules {
-    IngestRules { rules: Arc::new(app::rules(config)), fields: Arc::new(app::field_policies(config)) }
+    IngestRules::from_config(config)
 }
 
 fn select_ids(requested: &[String], available: impl Iterator<Item = String>) -> anyhow::Result<BTreeSet<String>> {
@@ -217,7 +215,7 @@ pub fn conflicts(args: ConflictsArgs) -> anyhow::Result<ExitCode> {
             };
             let now = Timestamp::now();
             reconcile::resolve_field(&mut record, &conflict.field, value, now)?;
-            let rules = app::rules(&config);
+            let rules = reconcile::Rules::from_config(&config);
             let mut commit = Commit::default();
             let mut queued = BTreeSet::new();
             ingest::queue_fan_out(&store, &rules, &record, None, &HashMap::new(), &mut queued, &mut commit, now)?;
@@ -240,7 +238,7 @@ fn canonical_id(text: &str) -> anyhow::Result<crmsync_connectors::canonical::Can
 pub fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
     let store = open(&config)?;
-    let rules = app::rules(&config);
+    let rules = reconcile::Rules::from_config(&config);
     let now = Timestamp::now();
     let load = |id| -> anyhow::Result<crmsync_connectors::canonical::Record> {
         store.record(id)?.ok_or_else(|| anyhow::anyhow!("no record {id} in the store"))

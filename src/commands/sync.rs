@@ -8,7 +8,7 @@ use crmsync_connectors::canonical::{ConnectionId, Entity};
 use tokio_util::sync::CancellationToken;
 
 use super::{init_logging, load_config, print};
-use crate::app::{App, field_policies};
+use crate::app::App;
 use crate::cli::SyncArgs;
 use crate::config::{Config, Direction};
 use crate::scheduler::pass::{Selection, run_pass};
@@ -86,7 +86,7 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
             interrupt.cancel();
         }
     });
-    let policies = field_policies(&app.config);
+    let policies = app.rules.fields.clone();
     let report = run_pass(&app.connectors, &app.store, &app.ingest, &policies, &selection, &cancel).await;
     app.shutdown().await?;
     print(&report.table());

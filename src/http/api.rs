@@ -166,13 +166,14 @@ pub(crate) async fn metrics(
         }
     };
     let (store, config) = (state.store.clone(), state.metrics_config.clone());
-    let report = tokio::task::spawn_blocking(move || crate::app::metrics_report(&store, &config, scope, since, until))
-        .await
-        .map_err(|_| ApiError::Internal)?
-        .map_err(|error| {
-            tracing::error!(error = %error, "metrics failed");
-            ApiError::Internal
-        })?;
+    let report =
+        tokio::task::spawn_blocking(move || crate::metrics::scan::report(&store, &config, scope, since, until))
+            .await
+            .map_err(|_| ApiError::Internal)?
+            .map_err(|error| {
+                tracing::error!(error = %error, "metrics failed");
+                ApiError::Internal
+            })?;
     Ok(Json(serde_json::to_value(report).map_err(|_| ApiError::Internal)?))
 }
 

@@ -1,12 +1,13 @@
 //! Unified sales metrics (SPEC §4), computed in one pass over canonical records.
 //!
-//! Pure: no IO. Feed records to an [`Accumulator`] (from a store scan, in any order and in chunks),
+//! Pure: no IO (the store scan is [`scan`]). Feed records to an [`Accumulator`] (from a store scan, in any order and in chunks),
 //! then [`Accumulator::finish`]. Scope `unified` counts every canonical record once — a customer or an
 //! order that three CRMs hold is one record with three links; scope `Connection(c)` counts the
 //! records linked to `c`. Money is summed in the reporting currency through the FX table; amounts in a
 //! currency without a rate are reported separately and never summed in. A ratio with a zero
 //! denominator is "n/a" (`null`), never a division by zero.
 
+pub mod scan;
 #[cfg(test)]
 mod tests;
 mod view;

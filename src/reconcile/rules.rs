@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 
 use crmsync_connectors::canonical::{ConnectionId, Entity};
 
+use crate::config::{Config, ConflictPolicy, DeletePolicy, FieldPolicy};
+
 /// How one field's value is chosen when connections disagree.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Policy {
@@ -81,6 +83,52 @@ pub fn default_match_keys() -> BTreeMap<Entity, Vec<Vec<String>>> {
 }
 
 impl Rules {
+    /// Translates the `[reconcile]` and `[[routes]]` configuration into rules.
+    pub fn from_config(config: &Config) -> Self {
+        let policy = |policy: &FieldPolicy| match policy {
+            FieldPolicy::Newest => Policy::Newest,
+            FieldPolicy::Priority(order) => Policy::Priority(order.clone()),
+            FieldPolicy::Authoritative(owner) => Policy::Authoritative(owner.clone()),
+            FieldPolicy::Manual => Policy::Manual,
+        };
+        let default_policy = match config.reconcile.conflict {
+            ConflictPolicy::Newest => Policy::Newest,
+            ConflictPolicy::Priority => Policy::Priority(config.reconcile.source_priority.clone()),
+            ConflictPolicy::Manual => Policy::Manual,
+        };
+        Self {
+            source_priority: config.reconcile.source_priority.clone(),
+            default_policy,
+            policies: config
+                .reconcile
+                .policies
+                .iter()
+                .map(|(entity, fields)| {
+                    (*entity, fields.iter().map(|(field, rule)| (field.clone(), policy(rule))).collect())
+                })
+                .collect(),
+            match_keys: if config.reconcile.match_keys.is_empty() {
+                default_match_keys()
+            } else {
+                config.reconcile.match_keys.clone()
+            },
+            routes: config
+                .routes
+                .iter()
+                .map(|route| Route {
+                    entity: route.entity,
+                    from: route.from.clone(),
+                    to: route.to.clone(),
+                    on_delete: match route.on_delete {
+                        DeletePolicy::Delete => DeleteAction::Delete,
+                        DeletePolicy::Ignore => DeleteAction::Ignore,
+                        DeletePolicy::Mark => DeleteAction::Mark,
+                    },
+                })
+                .collect(),
+        }
+    }
+
     /// Returns the policy of one field.
     pub fn policy(&self, entity: Entity, field: &str) -> &Policy {
         self.policies

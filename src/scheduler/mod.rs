@@ -78,6 +78,21 @@ pub fn jittered(interval: Duration) -> Duration {
     Duration::from_millis(millis - spread + rand::rng().random_range(0..=2 * spread))
 }
 
+/// Runs `work` every `period`, the first time at once, until `stop` is cancelled.
+pub async fn every<F, Fut>(period: std::time::Duration, stop: tokio_util::sync::CancellationToken, mut work: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut ticks = tokio::time::interval(period);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = ticks.tick() => work().await,
+        }
+    }
+}
+
 /// Returns the label for a retry advice (metrics, status).
 pub fn advice_label(advice: RetryAdvice) -> &'static str {
     match advice {

@@ -3,10 +3,13 @@
 //! records committed late or lost to vendor quirks. What it repaired is counted and logged.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crmsync_connectors::canonical::{Entity, ExternalId, Timestamp};
 use crmsync_connectors::{Change, ChangeKind, Connector, ConnectorError};
 use serde::Serialize;
+use tokio_util::sync::CancellationToken;
 
 use crate::ingest::{Batch, IngestError, IngestHandle};
 use crate::store::Store;
@@ -111,4 +114,26 @@ pub async fn sweep<C: Connector>(
         tracing::info!(connection = %connection, entity = %entity, ids = report.vendor_ids, "drift sweep found no drift");
     }
     Ok(report)
+}
+
+/// The daemon's sweep loop for one connection: every `interval` (jittered, the first one after a
+/// full interval), sweeps each of its entities; a failed sweep is logged and tried again next time.
+pub async fn run<C: Connector>(
+    connector: Arc<C>,
+    store: Store,
+    ingest: IngestHandle,
+    interval: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(super::jittered(interval)) => {}
+        }
+        for entity in connector.entities().to_vec() {
+            if let Err(error) = sweep(connector.as_ref(), &store, &ingest, entity).await {
+                tracing::warn!(connection = %connector.id(), entity = %entity, error = %super::error_chain(&error), "drift sweep failed");
+            }
+        }
+    }
 }
