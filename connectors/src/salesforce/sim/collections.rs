@@ -1,0 +1,344 @@
+//! sObject Collections writes: upsert by external id, update by id, delete (≤ 200 records, per-record results).
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+
+use super::schema::{schema, stage_probability};
+use super::wire::{CollectionError, CollectionResult};
+use super::{Row, SalesforceSim, Shared, object_name, rest_error, stamp_text, wire};
+
+pub(super) async fn upsert(
+    State(sim): Shared,
+    headers: HeaderMap,
+    Path((_version, object, field)): Path<(String, String, String)>,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = sim.gate(&headers).await {
+        return sim.with_limit_info(response);
+    }
+    sim.counters.write.fetch_add(1, Ordering::SeqCst);
+    let response = match (object_name(&object), field.as_str()) {
+        (None, _) => rest_error(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist"),
+        (Some(_), field) if field != "Crmsync_Id__c" => {
+            rest_error(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist")
+        }
+        (Some(object), _) => match serde_json::from_slice::<wire::CollectionRequest>(&body) {
+            Err(error) => rest_error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &error.to_string()),
+            Ok(request) if request.records.len() > 200 => rest_error(
+                StatusCode::BAD_REQUEST,
+                "EXCEEDED_ID_LIMIT",
+                "record limit reached. cannot submit more than 200 records into this call",
+            ),
+            Ok(request) => {
+                let results: Vec<CollectionResult> =
+                    request.records.into_iter().map(|record| sim.upsert_one(object, record)).collect();
+                axum::Json(results).into_response()
+            }
+        },
+    };
+    sim.with_limit_info(response)
+}
+
+fn failure(code: &str, message: String, fields: &[&str]) -> CollectionResult {
+    CollectionResult {
+        id: None,
+        success: false,
+        errors: vec![CollectionError {
+            status_code: code.into(),
+            message,
+            fields: fields.iter().map(|field| (*field).to_owned()).collect(),
+        }],
+        created: None,
+    }
+}
+
+impl SalesforceSim {
+    fn upsert_one(&self, object: &'static str, mut record: Map<String, Value>) -> CollectionResult {
+        let declared = record
+            .remove("attributes")
+            .and_then(|attributes| attributes.get("type").and_then(Value::as_str).map(str::to_owned));
+        if declared.as_deref() != Some(object) {
+            return failure("INVALID_TYPE", format!("attributes.type must be {object}"), &[]);
+        }
+        let Some(external) = record.remove("Crmsync_Id__c").and_then(|value| value.as_str().map(str::to_owned)) else {
+            return failure(
+                "REQUIRED_FIELD_MISSING",
+                "Required fields are missing: [Crmsync_Id__c]".into(),
+                &["Crmsync_Id__c"],
+            );
+        };
+        if external.is_empty() || external.len() > 36 {
+            return failure(
+                "STRING_TOO_LONG",
+                format!("Crmsync Id: data value too large: {external}"),
+                &["Crmsync_Id__c"],
+            );
+        }
+        let specs = schema(object);
+        let mut inner = self.lock();
+        // Relationship references by external id: "Account": {"Crmsync_Id__c": "…"}.
+        for (relationship, target, id_field) in
+            [("Account", "Account", "AccountId"), ("Opportunity", "Opportunity", "OpportunityId")]
+        {
+            if let Some(reference) = record.remove(relationship) {
+                let key = reference.get("Crmsync_Id__c").and_then(Value::as_str).unwrap_or_default().to_owned();
+                match inner.tables.get(target).and_then(|table| table.by_external.get(&key)).cloned() {
+                    Some(id) => {
+                        record.insert(id_field.into(), json!(id));
+                    }
+                    None => {
+                        return failure(
+                            "INVALID_FIELD",
+                            format!(
+                                "Foreign key external ID: {key} not found for field Crmsync_Id__c in entity {target}"
+                            ),
+                            &[id_field],
+                        );
+                    }
+                }
+            }
+        }
+        for (name, value) in &record {
+            let Some(spec) = specs.iter().find(|spec| spec.name == name) else {
+                return failure(
+                    "INVALID_FIELD",
+                    format!("No such column '{name}' on sobject of type {object}"),
+                    &[name],
+                );
+            };
+            if !spec.writable {
+                return failure(
+                    "INVALID_FIELD_FOR_INSERT_UPDATE",
+                    format!(
+                        "Unable to create/update fields: {name}. Please check the security settings of this field and verify that it is read/write for your profile or permission set."
+                    ),
+                    &[name],
+                );
+            }
+            if !spec.picklist.is_empty()
+                && !value.is_null()
+                && !value.as_str().is_some_and(|text| spec.picklist.contains(&text))
+            {
+                return failure(
+                    "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST",
+                    format!(
+                        "{}: bad value for restricted picklist field: {}",
+                        spec.name,
+                        value.as_str().unwrap_or("?")
+                    ),
+                    &[name],
+                );
+            }
+            if spec.kind == "reference" && !value.is_null() {
+                let target = if name == "OpportunityId" { "Opportunity" } else { "Account" };
+                let exists = value.as_str().is_some_and(|id| {
+                    inner.tables.get(target).is_some_and(|table| table.rows.get(id).is_some_and(|row| !row.deleted))
+                });
+                if !exists {
+                    return failure(
+                        "INVALID_CROSS_REFERENCE_KEY",
+                        format!("invalid cross reference id: {value}"),
+                        &[name],
+                    );
+                }
+            }
+            if spec.kind == "date"
+                && !value.is_null()
+                && value.as_str().is_none_or(|text| text.parse::<jiff::civil::Date>().is_err())
+            {
+                return failure(
+                    "INVALID_TYPE_ON_FIELD_IN_RECORD",
+                    format!("{name}: value not of required type: {value}"),
+                    &[name],
+                );
+            }
+        }
+        let existing = inner.tables.get(object).and_then(|table| table.by_external.get(&external)).cloned();
+        let created = existing.is_none();
+        if created {
+            let missing: Vec<&str> = specs
+                .iter()
+                .filter(|spec| spec.required && record.get(spec.name).is_none_or(Value::is_null))
+                .map(|spec| spec.name)
+                .collect();
+            if !missing.is_empty() {
+                return failure(
+                    "REQUIRED_FIELD_MISSING",
+                    format!("Required fields are missing: [{}]", missing.join(", ")),
+                    &missing,
+                );
+            }
+        }
+        let stamp = inner.tick();
+        let prefix = wire::OBJECTS.iter().find(|(_, name, _)| *name == object).map_or("001", |(_, _, prefix)| prefix);
+        let id = match existing {
+            Some(id) => id,
+            None => inner.new_id(prefix),
+        };
+        let order_number = if created && object == "Order" { Some(format!("{:08}", inner.next_id)) } else { None };
+        let Some(table) = inner.tables.get_mut(object) else {
+            return failure("INVALID_TYPE", "unknown object".into(), &[]);
+        };
+        let row = table.rows.entry(id.clone()).or_insert_with(|| Row {
+            fields: Map::new(),
+            modstamp: stamp,
+            deleted: false,
+            items: Vec::new(),
+        });
+        if created {
+            row.fields.insert("CreatedDate".into(), json!(stamp_text(stamp)));
+            row.fields.insert("OwnerId".into(), json!("005000000000001AAA"));
+            if let Some(number) = order_number {
+                row.fields.insert("OrderNumber".into(), json!(number));
+            }
+        }
+        for (name, value) in record {
+            row.fields.insert(name, value);
+        }
+        row.fields.insert("Crmsync_Id__c".into(), json!(external));
+        if object == "Opportunity" {
+            let stage = row.fields.get("StageName").and_then(Value::as_str).unwrap_or("").to_owned();
+            row.fields.insert("IsWon".into(), json!(stage == "Closed Won"));
+            row.fields.insert("IsClosed".into(), json!(stage.starts_with("Closed")));
+            if row.fields.get("Probability").is_none_or(Value::is_null) {
+                row.fields.insert("Probability".into(), json!(stage_probability(&stage)));
+            }
+        }
+        if object == "Order" && created {
+            row.fields.insert("TotalAmount".into(), json!(0));
+        }
+        if object == "Lead" && created {
+            row.fields.insert("IsConverted".into(), json!(false));
+            if row.fields.get("Status").is_none_or(Value::is_null) {
+                // The org's default lead status.
+                row.fields.insert("Status".into(), json!("Open - Not Contacted"));
+            }
+        }
+        row.modstamp = stamp;
+        row.deleted = false;
+        table.by_external.insert(external, id.clone());
+        CollectionResult { id: Some(id), success: true, errors: Vec::new(), created: Some(created) }
+    }
+}
+
+pub(super) async fn update(State(sim): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = sim.gate(&headers).await {
+        return sim.with_limit_info(response);
+    }
+    sim.counters.write.fetch_add(1, Ordering::SeqCst);
+    let response = match serde_json::from_slice::<wire::CollectionRequest>(&body) {
+        Err(error) => rest_error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &error.to_string()),
+        Ok(request) if request.records.len() > 200 => rest_error(
+            StatusCode::BAD_REQUEST,
+            "EXCEEDED_ID_LIMIT",
+            "record limit reached. cannot submit more than 200 records into this call",
+        ),
+        Ok(request) => {
+            let results: Vec<CollectionResult> =
+                request.records.into_iter().map(|record| sim.update_one(record)).collect();
+            axum::Json(results).into_response()
+        }
+    };
+    sim.with_limit_info(response)
+}
+
+impl SalesforceSim {
+    /// sObject Collections update: each record names its `id`; it must exist. Setting the external-id
+    /// field here is how a record that predates crmsync gets stamped.
+    fn update_one(&self, mut record: Map<String, Value>) -> CollectionResult {
+        let Some(id) = record.remove("id").and_then(|value| value.as_str().map(str::to_owned)) else {
+            return failure("MISSING_ARGUMENT", "Id not specified in an update call".into(), &[]);
+        };
+        let object = match record
+            .get("attributes")
+            .and_then(|attributes| attributes.get("type"))
+            .and_then(Value::as_str)
+            .and_then(object_name)
+        {
+            Some(object) => object,
+            None => return failure("INVALID_TYPE", "attributes.type is missing or unknown".into(), &[]),
+        };
+        let external = record.get("Crmsync_Id__c").and_then(Value::as_str).map(str::to_owned);
+        let exists =
+            self.lock().tables.get(object).is_some_and(|table| table.rows.get(&id).is_some_and(|row| !row.deleted));
+        if !exists {
+            return failure("ENTITY_IS_DELETED", format!("entity is deleted or does not exist: {id}"), &[]);
+        }
+        let Some(external) = external else {
+            return failure(
+                "REQUIRED_FIELD_MISSING",
+                "Required fields are missing: [Crmsync_Id__c]".into(),
+                &["Crmsync_Id__c"],
+            );
+        };
+        // Re-use the upsert validation and write path, keyed by the (now stamped) external id.
+        {
+            let mut inner = self.lock();
+            if let Some(table) = inner.tables.get_mut(object) {
+                if let Some(row) = table.rows.get_mut(&id) {
+                    row.fields.insert("Crmsync_Id__c".into(), Value::String(external.clone()));
+                }
+                table.by_external.insert(external, id.clone());
+            }
+        }
+        let result = self.upsert_one(object, record);
+        CollectionResult { created: None, ..result }
+    }
+}
+
+#[derive(serde::Deserialize)]
+pub(super) struct DeleteParams {
+    ids: Option<String>,
+    #[serde(rename = "allOrNone")]
+    all_or_none: Option<bool>,
+}
+
+pub(super) async fn delete_records(
+    State(sim): Shared,
+    headers: HeaderMap,
+    Query(params): Query<DeleteParams>,
+) -> Response {
+    if let Err(response) = sim.gate(&headers).await {
+        return sim.with_limit_info(response);
+    }
+    sim.counters.write.fetch_add(1, Ordering::SeqCst);
+    let ids: Vec<String> =
+        params.ids.unwrap_or_default().split(',').filter(|id| !id.is_empty()).map(str::to_owned).collect();
+    if ids.len() > 200 || params.all_or_none.unwrap_or(false) && ids.is_empty() {
+        return sim.with_limit_info(rest_error(
+            StatusCode::BAD_REQUEST,
+            "EXCEEDED_ID_LIMIT",
+            "record limit reached. cannot submit more than 200 records into this call",
+        ));
+    }
+    let mut inner = sim.lock();
+    let mut results = Vec::with_capacity(ids.len());
+    for id in ids {
+        let stamp = inner.tick();
+        let row = inner.tables.values_mut().find_map(|table| table.rows.get_mut(&id));
+        match row {
+            Some(row) if !row.deleted => {
+                row.deleted = true;
+                row.modstamp = stamp;
+                results.push(CollectionResult { id: Some(id), success: true, errors: Vec::new(), created: None });
+            }
+            _ => results.push(CollectionResult {
+                id: Some(id.clone()),
+                success: false,
+                errors: vec![CollectionError {
+                    status_code: "ENTITY_IS_DELETED".into(),
+                    message: "entity is deleted".into(),
+                    fields: Vec::new(),
+                }],
+                created: None,
+            }),
+        }
+    }
+    drop(inner);
+    sim.with_limit_info(axum::Json(results).into_response())
+}
