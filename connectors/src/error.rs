@@ -63,7 +63,7 @@ pub enum ConnectorError {
         #[source]
         source: reqwest::Error,
     },
-    /// The vendor failed (5xx).
+    /// The vendor failed (5xx) or gave up waiting for the request (408): transient.
     #[error("vendor error {status} from {url}: {message}")]
     Server {
         /// HTTP status.

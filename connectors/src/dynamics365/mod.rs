@@ -35,6 +35,7 @@ pub mod webhook;
 pub mod wire;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 
 use secrecy::ExposeSecret;
@@ -52,7 +53,7 @@ use crate::connector::{
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
-use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
+use crate::http::{AccessToken, Dialect, RawResponse, TokenResponse, VendorHttp, error_for_status, request_token};
 use crate::settings::ConnectionSettings;
 
 /// Requests in flight per connection (Dataverse allows 52 per user and web server).
@@ -74,7 +75,6 @@ pub struct Dynamics365Connector {
     settings: ConnectionSettings,
     config: Dynamics365Config,
     http: VendorHttp,
-    tokens: TokenCache,
     described: DescribeCache<Described>,
     currencies: tokio::sync::Mutex<Option<Arc<Currencies>>>,
     products: tokio::sync::Mutex<Option<Arc<Products>>>,
@@ -125,7 +125,6 @@ impl Dynamics365Connector {
             settings,
             config,
             http,
-            tokens: TokenCache::default(),
             described: DescribeCache::default(),
             currencies: tokio::sync::Mutex::new(None),
             products: tokio::sync::Mutex::new(None),
@@ -168,65 +167,25 @@ impl Dynamics365Connector {
         request_token(&self.http, &endpoint, &form).await
     }
 
-    fn classify(&self, response: RawResponse, context: &str) -> Result<RawResponse, ConnectorError> {
-        if let Some(remaining) =
-            response.header("x-ms-ratelimit-burst-remaining-xrm-requests").and_then(|value| value.parse::<u64>().ok())
-        {
-            self.http.record_vendor_usage(BURST_LIMIT.saturating_sub(remaining), BURST_LIMIT);
-        }
-        if response.is_success() || response.status == 304 {
-            return Ok(response);
-        }
-        let (code, message) = match serde_json::from_slice::<wire::ErrorBody>(&response.body) {
-            Ok(body) => (body.error.code, body.error.message),
-            Err(_) => (format!("HTTP_{}", response.status), response.body_excerpt()),
-        };
-        Err(match response.status {
-            401 => ConnectorError::Unauthorized { message: format!("{code}: {message}") },
-            429 => ConnectorError::RateLimited {
-                message: format!("{code}: {message}"),
-                retry_after: response.retry_after(),
-            },
-            status if status >= 500 => {
-                ConnectorError::Server { status, url: context.to_owned(), message: format!("{code}: {message}") }
-            }
-            _ if code == wire::EXPIRED_VERSION_STAMP => ConnectorError::CursorExpired { message },
-            status => ConnectorError::Rejected { status, code, message },
-        })
-    }
-
+    /// One authenticated request, no retries. At most a few run at once per connection: Dataverse
+    /// limits concurrent requests per user (52, `0x80072326`).
     async fn call_once<F>(&self, context: &str, build: &F) -> Result<RawResponse, ConnectorError>
     where
-        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
         let _permit = self
             .in_flight
             .acquire()
             .await
             .map_err(|_| ConnectorError::Config("the connection is shutting down".into()))?;
-        self.tokens
-            .with_token(
-                || self.fetch_token(),
-                |token| {
-                    let request = build(self.http.client())
-                        .bearer_auth(token.expose())
-                        .header("Accept", "application/json")
-                        .header("OData-MaxVersion", "4.0")
-                        .header("OData-Version", "4.0");
-                    async move {
-                        let response = self.http.send(request).await?;
-                        self.classify(response, context)
-                    }
-                },
-            )
-            .await
+        self.http.call_once(self, context, build).await
     }
 
     /// Sends a request with the retry policy and decodes its JSON body (204/304: `None`).
     async fn call_json<T, F>(&self, context: &str, build: F) -> Result<Option<T>, ConnectorError>
     where
         T: serde::de::DeserializeOwned,
-        F: Fn(&reqwest::Client) -> reqwest::RequestBuilder,
+        F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
         self.http
             .retrying(|| async {
@@ -246,7 +205,7 @@ impl Dynamics365Connector {
         let table = wire::table(entity);
         let url = format!("{}/EntityDefinitions(LogicalName='{}')", self.api(), table.logical);
         let definition: wire::EntityDefinition = self
-            .call_json(&format!("{} definition", table.logical), |client| {
+            .call_json(&format!("{} definition", table.logical), |client, _| {
                 client.get(&url).query(&[
                     ("$select", "LogicalName,ChangeTrackingEnabled"),
                     ("$expand", "Attributes($select=LogicalName)"),
@@ -282,7 +241,7 @@ impl Dynamics365Connector {
         }
         let url = format!("{}/transactioncurrencies", self.api());
         let page: EntityCollection = self
-            .call_json("transactioncurrencies", |client| {
+            .call_json("transactioncurrencies", |client, _| {
                 client.get(&url).query(&[("$select", "isocurrencycode,transactioncurrencyid")])
             })
             .await?
@@ -308,7 +267,7 @@ impl Dynamics365Connector {
         let mut first = true;
         while let Some(link) = next.take() {
             let page: EntityCollection = self
-                .call_json("products", |client| {
+                .call_json("products", |client, _| {
                     let request = client.get(&link).header("Prefer", self.page_size());
                     if first { request.query(&[("$select", "productid,name,productnumber")]) } else { request }
                 })
@@ -350,7 +309,7 @@ impl Dynamics365Connector {
         }
         let prefer = prefer.join(",");
         Ok(self
-            .call_json(context, |client| client.get(url).header("Prefer", &prefer).header("If-None-Match", "null"))
+            .call_json(context, |client, _| client.get(url).header("Prefer", &prefer).header("If-None-Match", "null"))
             .await?
             .unwrap_or_default())
     }
@@ -556,7 +515,7 @@ impl Dynamics365Connector {
         self.http
             .retrying(|| async {
                 let response = self
-                    .call_once("$batch", &|client: &reqwest::Client| {
+                    .call_once("$batch", &|client: &reqwest::Client, _: &str| {
                         client
                             .post(&url)
                             .header("Content-Type", format!("multipart/mixed; boundary={boundary}"))
@@ -627,6 +586,43 @@ impl WebhookParser for Dynamics365Connector {
         let Some(config) = &self.config.webhook else { return Err(WebhookError::NotConfigured) };
         let events = webhook::parse(config, &self.settings.entities, delivery)?;
         Ok(WebhookReply { events, content_type: "application/json", body: "{}".into() })
+    }
+}
+
+impl Dialect for Dynamics365Connector {
+    fn fetch_access_token(&self) -> impl Future<Output = Result<TokenResponse, ConnectorError>> + Send {
+        self.fetch_token()
+    }
+
+    fn base_url(&self, _token: &AccessToken) -> String {
+        self.api()
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder, token: &AccessToken) -> reqwest::RequestBuilder {
+        request
+            .bearer_auth(token.expose())
+            .header("Accept", "application/json")
+            .header("OData-MaxVersion", "4.0")
+            .header("OData-Version", "4.0")
+    }
+
+    fn classify(&self, response: RawResponse, context: &str) -> Result<RawResponse, ConnectorError> {
+        if let Some(remaining) =
+            response.header("x-ms-ratelimit-burst-remaining-xrm-requests").and_then(|value| value.parse::<u64>().ok())
+        {
+            self.http.record_vendor_usage(BURST_LIMIT.saturating_sub(remaining), BURST_LIMIT);
+        }
+        if response.is_success() || response.status == 304 {
+            return Ok(response);
+        }
+        let (code, message) = match serde_json::from_slice::<wire::ErrorBody>(&response.body) {
+            Ok(body) => (body.error.code, body.error.message),
+            Err(_) => (format!("HTTP_{}", response.status), response.body_excerpt()),
+        };
+        if code == wire::EXPIRED_VERSION_STAMP && !matches!(response.status, 401 | 429 | 500..=599) {
+            return Err(ConnectorError::CursorExpired { message });
+        }
+        Err(error_for_status(response.status, code, message, context, response.retry_after()))
     }
 }
 

@@ -1,4 +1,4 @@
-//! The per-connection HTTP client: rate limit, budget, bounded retries, telemetry.
+//! The per-connection HTTP client: token cache, rate limit, budget, bounded retries, telemetry.
 
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -7,7 +7,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use reqwest::header::HeaderMap;
 
-use super::{DailyBudget, RateLimit, RetryPolicy};
+use super::{DailyBudget, RateLimit, RetryPolicy, TokenCache};
 use crate::canonical::ConnectionId;
 use crate::connector::{ApiEvent, ApiUsage, SharedHost};
 use crate::error::ConnectorError;
@@ -104,6 +104,7 @@ pub struct VendorHttp {
     budget: DailyBudget,
     retry: RetryPolicy,
     host: SharedHost,
+    tokens: TokenCache,
     calls: AtomicU64,
     vendor_used: AtomicU64,
     vendor_limit: AtomicU64,
@@ -119,6 +120,7 @@ impl VendorHttp {
             retry: settings.retry,
             connection,
             host,
+            tokens: TokenCache::default(),
             calls: AtomicU64::new(0),
             vendor_used: AtomicU64::new(0),
             vendor_limit: AtomicU64::new(0),
@@ -138,6 +140,11 @@ impl VendorHttp {
     /// Returns the host (connector state, telemetry).
     pub fn host(&self) -> &SharedHost {
         &self.host
+    }
+
+    /// Returns the connection's access-token cache.
+    pub fn tokens(&self) -> &TokenCache {
+        &self.tokens
     }
 
     /// Returns the retry policy.

@@ -32,6 +32,7 @@ pub mod webhook;
 pub mod wire;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 
 use secrecy::ExposeSecret;
@@ -47,7 +48,7 @@ use crate::connector::{
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
-use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
+use crate::http::{AccessToken, Dialect, RawResponse, TokenResponse, VendorHttp, error_for_status, request_token};
 use crate::settings::ConnectionSettings;
 
 const REFRESH_TOKEN_STATE: &str = "refresh_token";
@@ -59,7 +60,6 @@ pub struct SalesforceConnector {
     settings: ConnectionSettings,
     config: SalesforceConfig,
     http: VendorHttp,
-    tokens: TokenCache,
     described: DescribeCache<BTreeSet<String>>,
     default_currency: Currency,
 }
@@ -130,7 +130,6 @@ impl SalesforceConnector {
             settings,
             config,
             http,
-            tokens: TokenCache::default(),
             described: DescribeCache::default(),
             default_currency: Currency::new("USD").map_err(|error| ConnectorError::Config(error.to_string()))?,
         })
@@ -185,41 +184,13 @@ impl SalesforceConnector {
         }
     }
 
-    fn classify(&self, response: RawResponse, context: &str) -> Result<RawResponse, ConnectorError> {
-        if let Some(usage) = response.header("sforce-limit-info").and_then(|info| {
-            let usage = info.split(';').find_map(|part| part.trim().strip_prefix("api-usage="))?;
-            let (used, limit) = usage.split_once('/')?;
-            Some((used.trim().parse::<u64>().ok()?, limit.trim().parse::<u64>().ok()?))
-        }) {
-            self.http.record_vendor_usage(usage.0, usage.1);
-        }
-        if response.is_success() {
-            return Ok(response);
-        }
-        let errors: Vec<wire::RestError> = serde_json::from_slice(&response.body).unwrap_or_default();
-        let (code, message) = errors
-            .first()
-            .map(|error| (error.error_code.clone(), error.message.clone()))
-            .unwrap_or_else(|| (format!("HTTP_{}", response.status), response.body_excerpt()));
-        Err(match response.status {
-            401 => ConnectorError::Unauthorized { message: format!("{code}: {message}") },
-            403 if code == "REQUEST_LIMIT_EXCEEDED" => {
-                ConnectorError::RateLimited { message, retry_after: response.retry_after() }
-            }
-            status if status >= 500 => {
-                ConnectorError::Server { status, url: context.to_owned(), message: format!("{code}: {message}") }
-            }
-            status => ConnectorError::Rejected { status, code, message },
-        })
-    }
-
-    /// Like [`Self::call`], decoding the JSON body inside the retry loop (a truncated body is retried).
+    /// Like [`Self::call_once`], decoding the JSON body inside the retry loop (a truncated body is retried).
     async fn call_json<T, F>(&self, context: &str, build: F) -> Result<T, ConnectorError>
     where
         T: serde::de::DeserializeOwned,
         F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
-        self.http.retrying(|| async { self.call_once(context, &build).await?.json::<T>(context) }).await
+        self.http.call_json_body(self, context, build).await
     }
 
     /// One authenticated request (refreshing the token once on `INVALID_SESSION_ID`), no retries.
@@ -227,21 +198,7 @@ impl SalesforceConnector {
     where
         F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
-        self.tokens
-            .with_token(
-                || self.fetch_token(),
-                |token| {
-                    let base = token.api_base.clone().unwrap_or_else(|| self.login_base());
-                    let request = build(self.http.client(), base.trim_end_matches('/'))
-                        .bearer_auth(token.expose())
-                        .header("Sforce-Call-Options", "client=crmsync");
-                    async move {
-                        let response = self.http.send(request).await?;
-                        self.classify(response, context)
-                    }
-                },
-            )
-            .await
+        self.http.call_once(self, context, build).await
     }
 
     fn data_path(&self, rest: &str) -> String {
@@ -388,6 +345,42 @@ impl WebhookParser for SalesforceConnector {
     fn parse_webhook(&self, delivery: &WebhookDelivery<'_>) -> Result<WebhookReply, WebhookError> {
         let events = self.outbound_events(delivery)?;
         Ok(WebhookReply { events, content_type: "text/xml; charset=utf-8", body: webhook::ACK.to_owned() })
+    }
+}
+
+impl Dialect for SalesforceConnector {
+    fn fetch_access_token(&self) -> impl Future<Output = Result<TokenResponse, ConnectorError>> + Send {
+        self.fetch_token()
+    }
+
+    fn base_url(&self, token: &AccessToken) -> String {
+        token.api_base.clone().unwrap_or_else(|| self.login_base())
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder, token: &AccessToken) -> reqwest::RequestBuilder {
+        request.bearer_auth(token.expose()).header("Sforce-Call-Options", "client=crmsync")
+    }
+
+    fn classify(&self, response: RawResponse, context: &str) -> Result<RawResponse, ConnectorError> {
+        if let Some(usage) = response.header("sforce-limit-info").and_then(|info| {
+            let usage = info.split(';').find_map(|part| part.trim().strip_prefix("api-usage="))?;
+            let (used, limit) = usage.split_once('/')?;
+            Some((used.trim().parse::<u64>().ok()?, limit.trim().parse::<u64>().ok()?))
+        }) {
+            self.http.record_vendor_usage(usage.0, usage.1);
+        }
+        if response.is_success() {
+            return Ok(response);
+        }
+        let errors: Vec<wire::RestError> = serde_json::from_slice(&response.body).unwrap_or_default();
+        let (code, message) = errors
+            .first()
+            .map(|error| (error.error_code.clone(), error.message.clone()))
+            .unwrap_or_else(|| (format!("HTTP_{}", response.status), response.body_excerpt()));
+        if response.status == 403 && code == "REQUEST_LIMIT_EXCEEDED" {
+            return Err(ConnectorError::RateLimited { message, retry_after: response.retry_after() });
+        }
+        Err(error_for_status(response.status, code, message, context, response.retry_after()))
     }
 }
 

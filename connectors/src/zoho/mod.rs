@@ -21,6 +21,7 @@ pub mod webhook;
 pub mod wire;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
+use std::future::Future;
 use std::sync::Arc;
 
 use secrecy::ExposeSecret;
@@ -36,7 +37,7 @@ use crate::connector::{
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
-use crate::http::{RawResponse, TokenCache, TokenResponse, VendorHttp, request_token};
+use crate::http::{AccessToken, Dialect, RawResponse, TokenResponse, VendorHttp, error_for_status, request_token};
 use crate::settings::ConnectionSettings;
 
 const WATCH_STATE: &str = "watch_channel_expiry";
@@ -46,7 +47,6 @@ pub struct ZohoConnector {
     settings: ConnectionSettings,
     config: ZohoConfig,
     http: VendorHttp,
-    tokens: TokenCache,
     described: DescribeCache<BTreeSet<String>>,
     products: tokio::sync::Mutex<Option<Arc<HashMap<String, String>>>>,
     default_currency: Currency,
@@ -106,7 +106,6 @@ impl ZohoConnector {
             settings,
             config,
             http,
-            tokens: TokenCache::default(),
             described: DescribeCache::default(),
             products: tokio::sync::Mutex::new(None),
             default_currency: Currency::new("EUR").map_err(|error| ConnectorError::Config(error.to_string()))?,
@@ -124,34 +123,6 @@ impl ZohoConnector {
         request_token(&self.http, &endpoint, &form).await
     }
 
-    fn classify(&self, response: RawResponse, context: &str) -> Result<RawResponse, ConnectorError> {
-        if response.is_success() || response.status == 304 {
-            return Ok(response);
-        }
-        // A write where every record failed answers 400 with per-record results: not a failed call.
-        if response.status == 400 && serde_json::from_slice::<wire::WriteResponse>(&response.body).is_ok() {
-            return Ok(response);
-        }
-        let error: Option<wire::ApiError> = serde_json::from_slice(&response.body).ok();
-        let (code, message) = error
-            .map(|error| (error.code, error.message))
-            .unwrap_or_else(|| (format!("HTTP_{}", response.status), response.body_excerpt()));
-        Err(match response.status {
-            401 => ConnectorError::Unauthorized { message: format!("{code}: {message}") },
-            429 => ConnectorError::RateLimited {
-                message: format!("{code}: {message}"),
-                retry_after: response.retry_after(),
-            },
-            status if status >= 500 => {
-                ConnectorError::Server { status, url: context.to_owned(), message: format!("{code}: {message}") }
-            }
-            400 if code == "INVALID_DATA" && message.contains("page token") => {
-                ConnectorError::CursorExpired { message }
-            }
-            status => ConnectorError::Rejected { status, code, message },
-        })
-    }
-
     fn api_base(&self, token_base: Option<&str>) -> String {
         self.config
             .api_domain
@@ -163,41 +134,13 @@ impl ZohoConnector {
             .to_owned()
     }
 
-    async fn call_once<F>(&self, context: &str, build: &F) -> Result<RawResponse, ConnectorError>
-    where
-        F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
-    {
-        self.tokens
-            .with_token(
-                || self.fetch_token(),
-                |token| {
-                    let base = self.api_base(token.api_base.as_deref());
-                    let request = build(self.http.client(), &base)
-                        .header("Authorization", format!("Zoho-oauthtoken {}", token.expose()));
-                    async move {
-                        let response = self.http.send(request).await?;
-                        self.classify(response, context)
-                    }
-                },
-            )
-            .await
-    }
-
     /// Sends a request with the retry policy and decodes its JSON body (204/304: `None`).
     async fn call_json<T, F>(&self, context: &str, build: F) -> Result<Option<T>, ConnectorError>
     where
         T: serde::de::DeserializeOwned,
         F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
-        self.http
-            .retrying(|| async {
-                let response = self.call_once(context, &build).await?;
-                if response.status == 204 || response.status == 304 || response.body.is_empty() {
-                    return Ok(None);
-                }
-                response.json::<T>(context).map(Some)
-            })
-            .await
+        self.http.call_json(self, context, build).await
     }
 
     fn path(&self, rest: &str) -> String {
@@ -354,6 +297,38 @@ impl WebhookParser for ZohoConnector {
         let Some(config) = &self.config.webhook else { return Err(WebhookError::NotConfigured) };
         let events = webhook::parse(config, &self.settings.entities, delivery)?;
         Ok(WebhookReply { events, content_type: "application/json", body: "{\"status\":\"success\"}".into() })
+    }
+}
+
+impl Dialect for ZohoConnector {
+    fn fetch_access_token(&self) -> impl Future<Output = Result<TokenResponse, ConnectorError>> + Send {
+        self.fetch_token()
+    }
+
+    fn base_url(&self, token: &AccessToken) -> String {
+        self.api_base(token.api_base.as_deref())
+    }
+
+    fn authorize(&self, request: reqwest::RequestBuilder, token: &AccessToken) -> reqwest::RequestBuilder {
+        request.header("Authorization", format!("Zoho-oauthtoken {}", token.expose()))
+    }
+
+    fn classify(&self, response: RawResponse, context: &str) -> Result<RawResponse, ConnectorError> {
+        if response.is_success() || response.status == 304 {
+            return Ok(response);
+        }
+        // A write where every record failed answers 400 with per-record results: not a failed call.
+        if response.status == 400 && serde_json::from_slice::<wire::WriteResponse>(&response.body).is_ok() {
+            return Ok(response);
+        }
+        let error: Option<wire::ApiError> = serde_json::from_slice(&response.body).ok();
+        let (code, message) = error
+            .map(|error| (error.code, error.message))
+            .unwrap_or_else(|| (format!("HTTP_{}", response.status), response.body_excerpt()));
+        if response.status == 400 && code == "INVALID_DATA" && message.contains("page token") {
+            return Err(ConnectorError::CursorExpired { message });
+        }
+        Err(error_for_status(response.status, code, message, context, response.retry_after()))
     }
 }
 
