@@ -8,7 +8,9 @@
 //! - [`error`]: [`ConnectorError`] with [`RetryAdvice`], [`WebhookError`].
 //! - [`canonical`]: the canonical model (entities, money, timestamps, vocabularies, records).
 //! - [`settings`]: connection settings and the [`settings::TableReader`] that validates config tables.
-//! - [`http`]: shared vendor-HTTP plumbing: client, token cache, rate limit and budget, retries.
+//! - [`http`]: shared vendor-HTTP plumbing: client, token cache, rate limit and budget, retries, the
+//!   status → error table and the authenticated call every vendor makes.
+//! - [`row`]: typed readers of vendor JSON rows (text, numbers, booleans, instants, dates).
 //! - `salesforce`, `zoho`, `dynamics365`: one folder per vendor (config, wire, mapping, webhook, sim).
 //! - `sim` (feature `simulators`): what the simulators share (fault switches, seeded data, server).
 //!
@@ -20,6 +22,7 @@ pub mod connector;
 pub mod describe;
 pub mod error;
 pub mod http;
+pub mod row;
 pub mod settings;
 
 pub mod dynamics365;

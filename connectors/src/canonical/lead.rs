@@ -55,3 +55,41 @@ impl Lead {
         "created_at",
     ];
 }
+
+/// Joins a vendor's first and last name into the canonical full name (either may be missing).
+pub fn join_name(first: Option<String>, last: Option<String>) -> Option<String> {
+    match (first, last) {
+        (Some(first), Some(last)) => Some(format!("{first} {last}")),
+        (None, last) => last,
+        (first, None) => first,
+    }
+}
+
+/// Splits a canonical full name into the vendor's `(first, last)`: the last word is the last name
+/// (the field every vendor requires), the words before it the first name. A single word is a last
+/// name alone; surrounding spaces never make an empty last name.
+pub fn split_name(name: &str) -> (Option<&str>, &str) {
+    let name = name.trim();
+    match name.rsplit_once(char::is_whitespace) {
+        Some((first, last)) => {
+            let first = first.trim_end();
+            (Some(first).filter(|first| !first.is_empty()), last)
+        }
+        None => (None, name),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_split_on_the_last_word_and_join_back() {
+        assert_eq!(split_name("Anna Maria  Smith "), (Some("Anna Maria"), "Smith"));
+        assert_eq!(split_name("Smith"), (None, "Smith"));
+        assert_eq!(split_name("  Smith"), (None, "Smith"));
+        assert_eq!(join_name(Some("Anna Maria".into()), Some("Smith".into())).as_deref(), Some("Anna Maria Smith"));
+        assert_eq!(join_name(None, Some("Smith".into())).as_deref(), Some("Smith"));
+        assert_eq!(join_name(None, None), None);
+    }
+}

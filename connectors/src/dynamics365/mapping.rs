@@ -18,17 +18,18 @@
 
 use std::collections::{BTreeSet, HashMap};
 
-use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
 use super::config::Dynamics365Config;
 use super::wire::{self, LOOKUP_LOGICAL_NAME};
 use crate::canonical::{
     Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Lead, Money, Opportunity, Order,
-    OrderLine, OrderStatus, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, normalise_domain,
+    OrderLine, OrderStatus, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, join_name, normalise_domain,
+    split_name,
 };
 use crate::connector::{Change, ChangeKind, Completeness};
 use crate::error::ConnectorError;
+use crate::row::{date, decimal, integer, text, timestamp};
 use crate::settings::FieldPolicy;
 
 /// Formatted-value annotation suffix.
@@ -198,52 +199,8 @@ pub const LINE_COLUMNS: &[&str] = &[
     "extendedamount",
 ];
 
-fn text(row: &Map<String, Value>, column: &str) -> Option<String> {
-    match row.get(column)? {
-        Value::String(text) if !text.is_empty() => Some(text.clone()),
-        Value::Number(number) => Some(number.to_string()),
-        _ => None,
-    }
-}
-
 fn formatted(row: &Map<String, Value>, column: &str) -> Option<String> {
     row.get(&format!("{column}{FORMATTED}")).and_then(Value::as_str).map(str::to_owned)
-}
-
-fn int(row: &Map<String, Value>, column: &str) -> Option<i64> {
-    row.get(column).and_then(Value::as_i64)
-}
-
-fn decimal(row: &Map<String, Value>, column: &str) -> Result<Option<Decimal>, ConnectorError> {
-    match row.get(column) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(number)) => Money::parse_amount(&number.to_string())
-            .map(Some)
-            .map_err(|error| ConnectorError::decode(format!("Dataverse {column}"), error)),
-        Some(other) => Err(ConnectorError::decode(
-            format!("Dataverse {column}"),
-            std::io::Error::other(format!("expected a number, found {other}")),
-        )),
-    }
-}
-
-fn timestamp(row: &Map<String, Value>, column: &str) -> Result<Option<Timestamp>, ConnectorError> {
-    text(row, column)
-        .map(|value| {
-            value.parse::<Timestamp>().map_err(|error| ConnectorError::decode(format!("Dataverse {column}"), error))
-        })
-        .transpose()
-}
-
-fn date(row: &Map<String, Value>, column: &str) -> Result<Option<jiff::civil::Date>, ConnectorError> {
-    text(row, column)
-        .map(|value| {
-            // DateOnly columns come as `2024-03-31`; date-and-time ones as a UTC instant.
-            let day = value.get(..10).unwrap_or(&value);
-            day.parse::<jiff::civil::Date>()
-                .map_err(|error| ConnectorError::decode(format!("Dataverse {column}"), error))
-        })
-        .transpose()
 }
 
 /// A lookup to an account (`_customerid_value` may point at a contact: not mapped).
@@ -272,24 +229,24 @@ fn stage_of(
     row: &Map<String, Value>,
     vocabulary: &Vocabulary,
     unmapped: &mut Vec<String>,
-) -> (Option<Stage>, Option<String>) {
-    match int(row, "statecode") {
-        Some(1) => return (Some(Stage::Won), Some(formatted(row, "statecode").unwrap_or_else(|| "Won".into()))),
-        Some(2) => return (Some(Stage::Lost), Some(formatted(row, "statecode").unwrap_or_else(|| "Lost".into()))),
+) -> Result<(Option<Stage>, Option<String>), ConnectorError> {
+    match integer(row, "statecode")? {
+        Some(1) => return Ok((Some(Stage::Won), Some(formatted(row, "statecode").unwrap_or_else(|| "Won".into())))),
+        Some(2) => return Ok((Some(Stage::Lost), Some(formatted(row, "statecode").unwrap_or_else(|| "Lost".into())))),
         _ => {}
     }
-    let Some(salesstage) = int(row, "salesstage") else { return (None, None) };
+    let Some(salesstage) = integer(row, "salesstage")? else { return Ok((None, None)) };
     let raw = formatted(row, "salesstage").unwrap_or_else(|| salesstage.to_string());
     let mapped = vocabulary.stages.get(&salesstage.to_string()).or_else(|| vocabulary.stages.get(&raw));
     if mapped.is_none() {
         unmapped.push(format!("opportunity.salesstage = {raw:?}"));
     }
-    let budgeted = int(row, "budgetstatus").is_some_and(|status| status >= 1);
+    let budgeted = integer(row, "budgetstatus")?.is_some_and(|status| status >= 1);
     let stage = match mapped {
         Some(Stage::Qualified) if budgeted => Some(Stage::Budget),
         other => other,
     };
-    (stage, Some(raw))
+    Ok((stage, Some(raw)))
 }
 
 /// Maps one row to a canonical change. `lines` are the order's `salesorderdetails` rows.
@@ -343,13 +300,9 @@ pub fn to_change(
             updated_at: Some(modified_at),
         }),
         Entity::Lead => {
-            let state = int(row, "statecode");
+            let state = integer(row, "statecode")?;
             EntityData::Lead(Lead {
-                name: match (text(row, "firstname"), text(row, "lastname")) {
-                    (Some(first), Some(last)) => Some(format!("{first} {last}")),
-                    (None, last) => last,
-                    (first, None) => first,
-                },
+                name: join_name(text(row, "firstname"), text(row, "lastname")),
                 company: text(row, "companyname"),
                 email: text(row, "emailaddress1"),
                 source: channel_raw.clone(),
@@ -371,7 +324,7 @@ pub fn to_change(
             })
         }
         Entity::Opportunity => {
-            let (stage, vendor_stage) = stage_of(row, context.vocabulary, unmapped);
+            let (stage, vendor_stage) = stage_of(row, context.vocabulary, unmapped)?;
             let is_closed = stage.map(|stage| stage.is_closed());
             EntityData::Opportunity(Opportunity {
                 name: text(row, "name"),
@@ -399,7 +352,7 @@ pub fn to_change(
             })
         }
         Entity::Order => {
-            let state = int(row, "statecode");
+            let state = integer(row, "statecode")?;
             let status = state.and_then(|state| {
                 let mapped = context.vocabulary.order_statuses.get(&state.to_string());
                 if mapped.is_none() {
@@ -566,13 +519,11 @@ pub fn to_row(
         }
         EntityData::Lead(lead) => {
             if let Some(name) = &lead.name {
-                match name.rsplit_once(' ') {
-                    Some((first, last)) => {
-                        put("firstname", json!(first));
-                        put("lastname", json!(last));
-                    }
-                    None => put("lastname", json!(name)),
+                let (first, last) = split_name(name);
+                if let Some(first) = first {
+                    put("firstname", json!(first));
                 }
+                put("lastname", json!(last));
             }
             put("companyname", json!(lead.company));
             put("emailaddress1", json!(lead.email));

@@ -2,17 +2,17 @@
 
 use std::collections::BTreeSet;
 
-use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
 use super::config::SalesforceConfig;
 use super::wire;
 use crate::canonical::{
     Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Lead, Money, Opportunity, Order,
-    OrderLine, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, normalise_domain,
+    OrderLine, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, join_name, normalise_domain, split_name,
 };
 use crate::connector::{Change, ChangeKind, Completeness};
 use crate::error::ConnectorError;
+use crate::row::{boolean, date, decimal, text, timestamp};
 use crate::settings::FieldPolicy;
 
 /// Canonical field → the Salesforce fields it is read from / written to (`{channel}`: the configured
@@ -119,45 +119,6 @@ pub fn select_list(
     fields
 }
 
-fn text(row: &Map<String, Value>, field: &str) -> Option<String> {
-    row.get(field).and_then(Value::as_str).map(str::to_owned).filter(|value| !value.is_empty())
-}
-
-fn boolean(row: &Map<String, Value>, field: &str) -> Option<bool> {
-    row.get(field).and_then(Value::as_bool)
-}
-
-fn decimal(row: &Map<String, Value>, field: &str) -> Result<Option<Decimal>, ConnectorError> {
-    match row.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(number)) => Money::parse_amount(&number.to_string())
-            .map(Some)
-            .map_err(|error| ConnectorError::decode(format!("Salesforce {field}"), error)),
-        Some(Value::String(number)) => Money::parse_amount(number)
-            .map(Some)
-            .map_err(|error| ConnectorError::decode(format!("Salesforce {field}"), error)),
-        Some(other) => Err(ConnectorError::decode(format!("Salesforce {field}"), TypeError(other.to_string()))),
-    }
-}
-
-fn timestamp(row: &Map<String, Value>, field: &str) -> Result<Option<Timestamp>, ConnectorError> {
-    text(row, field)
-        .map(|value| {
-            value.parse::<Timestamp>().map_err(|error| ConnectorError::decode(format!("Salesforce {field}"), error))
-        })
-        .transpose()
-}
-
-fn date(row: &Map<String, Value>, field: &str) -> Result<Option<jiff::civil::Date>, ConnectorError> {
-    text(row, field)
-        .map(|value| {
-            value
-                .parse::<jiff::civil::Date>()
-                .map_err(|error| ConnectorError::decode(format!("Salesforce {field}"), error))
-        })
-        .transpose()
-}
-
 fn reference(row: &Map<String, Value>, field: &str) -> Option<RecordRef> {
     text(row, field).map(RecordRef::external)
 }
@@ -195,7 +156,7 @@ pub fn to_change(
         kind: ChangeKind::Delete,
         extra: Map::new(),
     };
-    if boolean(row, "IsDeleted") == Some(true) {
+    if boolean(row, "IsDeleted")? == Some(true) {
         return Ok(change);
     }
     let channel_raw = text(row, &config.channel_field);
@@ -219,11 +180,7 @@ pub fn to_change(
             updated_at: Some(modified_at),
         }),
         Entity::Lead => {
-            let name = match (text(row, "FirstName"), text(row, "LastName")) {
-                (Some(first), Some(last)) => Some(format!("{first} {last}")),
-                (None, last) => last,
-                (first, None) => first,
-            };
+            let name = join_name(text(row, "FirstName"), text(row, "LastName"));
             EntityData::Lead(Lead {
                 name,
                 company: text(row, "Company"),
@@ -231,7 +188,7 @@ pub fn to_change(
                 source: channel_raw.clone(),
                 channel,
                 status: text(row, "Status"),
-                converted: boolean(row, "IsConverted"),
+                converted: boolean(row, "IsConverted")?,
                 converted_account: reference(row, "ConvertedAccountId"),
                 converted_opportunity: reference(row, "ConvertedOpportunityId"),
                 created_at: timestamp(row, "CreatedDate")?,
@@ -252,7 +209,7 @@ pub fn to_change(
                 None => default_currency.clone(),
             };
             let close_date = date(row, "CloseDate")?;
-            let is_closed = boolean(row, "IsClosed").or(stage.map(|stage| stage.is_closed()));
+            let is_closed = boolean(row, "IsClosed")?.or(stage.map(|stage| stage.is_closed()));
             EntityData::Opportunity(Opportunity {
                 name: text(row, "Name"),
                 account: reference(row, "AccountId"),
@@ -272,7 +229,7 @@ pub fn to_change(
                 } else {
                     None
                 },
-                is_won: boolean(row, "IsWon").or(stage.map(|stage| stage == Stage::Won)),
+                is_won: boolean(row, "IsWon")?.or(stage.map(|stage| stage == Stage::Won)),
                 is_closed,
                 stage_history: Vec::new(),
             })
@@ -417,13 +374,11 @@ pub fn to_record(
         }
         EntityData::Lead(lead) => {
             if let Some(name) = &lead.name {
-                match name.rsplit_once(' ') {
-                    Some((first, last)) => {
-                        put("FirstName", json!(first));
-                        put("LastName", json!(last));
-                    }
-                    None => put("LastName", json!(name)),
+                let (first, last) = split_name(name);
+                if let Some(first) = first {
+                    put("FirstName", json!(first));
                 }
+                put("LastName", json!(last));
             }
             put(
                 "Company",

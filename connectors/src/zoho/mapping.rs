@@ -2,17 +2,17 @@
 
 use std::collections::BTreeSet;
 
-use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
 use super::config::ZohoConfig;
 use super::wire;
 use crate::canonical::{
     Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Lead, Money, Opportunity, Order,
-    OrderLine, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, normalise_domain,
+    OrderLine, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, join_name, normalise_domain, split_name,
 };
 use crate::connector::{Change, ChangeKind, Completeness};
 use crate::error::ConnectorError;
+use crate::row::{self, date, decimal, timestamp};
 use crate::settings::FieldPolicy;
 
 /// Canonical field → Zoho fields (`{channel}`: the configured channel field).
@@ -115,38 +115,9 @@ pub fn fields_param(
     fields
 }
 
+/// Zoho shows an unset picklist as `-None-`: that is no value, not the text "-None-".
 fn text(row: &Map<String, Value>, field: &str) -> Option<String> {
-    row.get(field).and_then(Value::as_str).map(str::to_owned).filter(|value| !value.is_empty() && value != "-None-")
-}
-
-fn decimal(row: &Map<String, Value>, field: &str) -> Result<Option<Decimal>, ConnectorError> {
-    match row.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(Value::Number(number)) => Money::parse_amount(&number.to_string())
-            .map(Some)
-            .map_err(|error| ConnectorError::decode(format!("Zoho {field}"), error)),
-        Some(Value::String(number)) => Money::parse_amount(number)
-            .map(Some)
-            .map_err(|error| ConnectorError::decode(format!("Zoho {field}"), error)),
-        Some(other) => Err(ConnectorError::decode(
-            format!("Zoho {field}"),
-            std::io::Error::other(format!("unexpected value {other}")),
-        )),
-    }
-}
-
-fn timestamp(row: &Map<String, Value>, field: &str) -> Result<Option<Timestamp>, ConnectorError> {
-    text(row, field)
-        .map(|value| value.parse::<Timestamp>().map_err(|error| ConnectorError::decode(format!("Zoho {field}"), error)))
-        .transpose()
-}
-
-fn date(row: &Map<String, Value>, field: &str) -> Result<Option<jiff::civil::Date>, ConnectorError> {
-    text(row, field)
-        .map(|value| {
-            value.parse::<jiff::civil::Date>().map_err(|error| ConnectorError::decode(format!("Zoho {field}"), error))
-        })
-        .transpose()
+    row::text(row, field).filter(|value| value != "-None-")
 }
 
 fn lookup(row: &Map<String, Value>, field: &str) -> Option<RecordRef> {
@@ -197,11 +168,7 @@ pub fn to_change(
             updated_at: Some(modified_at),
         }),
         Entity::Lead => EntityData::Lead(Lead {
-            name: match (text(row, "First_Name"), text(row, "Last_Name")) {
-                (Some(first), Some(last)) => Some(format!("{first} {last}")),
-                (None, last) => last,
-                (first, None) => first,
-            },
+            name: join_name(text(row, "First_Name"), text(row, "Last_Name")),
             company: text(row, "Company"),
             email: text(row, "Email"),
             source: channel_raw.clone(),
@@ -359,13 +326,11 @@ pub fn to_record(
         }
         EntityData::Lead(lead) => {
             if let Some(name) = &lead.name {
-                match name.rsplit_once(' ') {
-                    Some((first, last)) => {
-                        put("First_Name", json!(first));
-                        put("Last_Name", json!(last));
-                    }
-                    None => put("Last_Name", json!(name)),
+                let (first, last) = split_name(name);
+                if let Some(first) = first {
+                    put("First_Name", json!(first));
                 }
+                put("Last_Name", json!(last));
             }
             put("Company", json!(lead.company));
             put("Email", json!(lead.email));
