@@ -100,7 +100,8 @@ pub trait WebhookParser: Send + Sync {
     fn parse_webhook(&self, delivery: &WebhookDelivery<'_>) -> Result<WebhookReply, WebhookError>;
 }
 
-/// Compares two webhook secrets in constant time (lengths leak nothing: both are hashed first).
+/// Compares two secrets (webhook secrets, the API token) in constant time; lengths leak nothing
+/// either, since both are hashed first.
 pub fn same_secret(left: &str, right: &str) -> bool {
     use sha2::{Digest, Sha256};
     let left = Sha256::digest(left.as_bytes());

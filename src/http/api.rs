@@ -7,9 +7,9 @@ use axum::http::header;
 use axum::middleware::Next;
 use axum::response::Response;
 use crmsync_connectors::canonical::{CanonicalId, Entity, Record};
+use crmsync_connectors::connector::same_secret;
 use secrecy::ExposeSecret;
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
 
 use super::{ApiError, HttpState};
 
@@ -28,18 +28,10 @@ pub(crate) async fn require_token(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .unwrap_or("");
-    if !constant_time_eq(presented.as_bytes(), expected.expose_secret().as_bytes()) {
+    if !same_secret(presented, expected.expose_secret()) {
         return Err(ApiError::Unauthenticated("missing or invalid bearer token".into()));
     }
     Ok(next.run(request).await)
-}
-
-/// Compares two secrets without leaking where they differ (both are hashed first, so the length
-/// does not leak either).
-pub fn constant_time_eq(left: &[u8], right: &[u8]) -> bool {
-    let left = Sha256::digest(left);
-    let right = Sha256::digest(right);
-    left.iter().zip(right.iter()).fold(0u8, |difference, (a, b)| difference | (a ^ b)) == 0
 }
 
 /// Paging of list endpoints.

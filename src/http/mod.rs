@@ -24,7 +24,6 @@ use secrecy::SecretString;
 use tokio::sync::Notify;
 use tower_http::timeout::TimeoutLayer;
 
-pub use api::constant_time_eq;
 pub use error::ApiError;
 
 use crate::ingest::IngestHandle;
