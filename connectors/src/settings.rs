@@ -47,7 +47,69 @@ impl SecretSource for SystemSecrets {
         std::env::var(name).ok()
     }
     fn file(&self, path: &std::path::Path) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
+        read_secret_file(path)
+    }
+}
+
+/// Largest secret file accepted: a 8192-bit RSA key in PEM is about 6.5 KB; anything far larger is a
+/// mistake (`{ file = "/dev/zero" }`, a log file) that must not be read whole into memory.
+pub const MAX_SECRET_FILE_BYTES: u64 = 16 * 1024;
+
+/// Reads a secret file: a regular file of at most [`MAX_SECRET_FILE_BYTES`], as UTF-8.
+pub fn read_secret_file(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)?;
+    let metadata = file.metadata()?;
+    if !metadata.is_file() {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file"));
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_FILE_BYTES + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("larger than {} KiB, which no credential is", MAX_SECRET_FILE_BYTES / 1024),
+        ));
+    }
+    String::from_utf8(bytes).map_err(|_| std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"))
+}
+
+/// Returns the permission bits of a secret file that group or other users can read, `None` when
+/// only its owner can (or the file cannot be inspected: reading it reports that).
+pub fn loose_secret_file_mode(path: &std::path::Path) -> Option<u32> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(path).ok()?.permissions().mode() & 0o7777;
+        (mode & 0o044 != 0).then_some(mode)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = path;
+        None
+    }
+}
+
+/// Shows a URL without the credentials it may embed (`https://user:pass@host` → `https://[redacted]@host`).
+pub fn redact_url(url: &url::Url) -> String {
+    if url.username().is_empty() && url.password().is_none() {
+        return url.to_string();
+    }
+    let mut shown = url.clone();
+    // Both setters fail only for URLs that cannot have credentials, which this one has.
+    let _ = shown.set_password(None);
+    let _ = shown.set_username("[redacted]");
+    shown.to_string().replace("%5Bredacted%5D", "[redacted]")
+}
+
+/// Like [`redact_url`] for text that may not parse as a URL.
+fn redact_url_text(text: &str) -> String {
+    match url::Url::parse(text) {
+        Ok(url) => redact_url(&url),
+        Err(_) => match text.split_once("://").and_then(|(scheme, rest)| Some((scheme, rest.split_once('@')?.1))) {
+            Some((scheme, rest)) => format!("{scheme}://[redacted]@{rest}"),
+            None => text.to_owned(),
+        },
     }
 }
 
@@ -59,7 +121,7 @@ impl SecretSource for MapSecrets {
         self.0.get(name).cloned()
     }
     fn file(&self, path: &std::path::Path) -> std::io::Result<String> {
-        std::fs::read_to_string(path)
+        read_secret_file(path)
     }
 }
 
@@ -184,11 +246,13 @@ impl<'a> TableReader<'a> {
             Ok(url) if url.scheme() == "https" => Some(url),
             Ok(url) if url.scheme() == "http" && is_loopback(&url) => Some(url),
             Ok(_) => {
-                self.problem(key, format!("insecure URL {text:?} (https is required except for loopback addresses)"));
+                let shown = redact_url_text(&text);
+                self.problem(key, format!("insecure URL {shown:?} (https is required except for loopback addresses)"));
                 None
             }
             Err(error) => {
-                self.problem(key, format!("invalid URL {text:?}: {error}"));
+                let shown = redact_url_text(&text);
+                self.problem(key, format!("invalid URL {shown:?}: {error}"));
                 None
             }
         }
@@ -362,79 +426,24 @@ fn describe(value: &toml::Value) -> String {
     }
 }
 
-/// Parses `500ms`, `30s`, `2m`, `1h30m`, `1d`.
+/// Parses a duration the way humantime writes them: `500ms`, `30s`, `2m`, `1h30m`, `1d`, `2 hours`.
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    let text = text.trim();
-    if text.is_empty() {
-        return None;
-    }
-    let mut total = Duration::ZERO;
-    let mut rest = text;
-    while !rest.is_empty() {
-        let digits = rest.find(|character: char| !character.is_ascii_digit())?;
-        if digits == 0 {
-            return None;
-        }
-        let number: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let unit_length = rest.find(|character: char| character.is_ascii_digit()).unwrap_or(rest.len());
-        let unit = &rest[..unit_length];
-        rest = &rest[unit_length..];
-        let part = match unit {
-            "ms" => Duration::from_millis(number),
-            "s" => Duration::from_secs(number),
-            "m" => Duration::from_secs(number.checked_mul(60)?),
-            "h" => Duration::from_secs(number.checked_mul(3600)?),
-            "d" => Duration::from_secs(number.checked_mul(86_400)?),
-            _ => return None,
-        };
-        total = total.checked_add(part)?;
-    }
-    Some(total)
+    humantime::parse_duration(text.trim()).ok()
 }
 
-/// Formats a duration the way config writes it (`2m`, `1h30m`, `500ms`).
+/// Formats a duration the way config writes it (`2m`, `1h 30m`, `500ms`).
 pub fn format_duration(duration: Duration) -> String {
-    let millis = duration.as_millis();
-    if !millis.is_multiple_of(1000) {
-        return format!("{millis}ms");
-    }
-    let mut seconds = duration.as_secs();
-    if seconds == 0 {
-        return "0s".to_owned();
-    }
-    let mut out = String::new();
-    for (unit, size) in [("d", 86_400), ("h", 3600), ("m", 60), ("s", 1)] {
-        if seconds >= size {
-            out.push_str(&format!("{}{unit}", seconds / size));
-            seconds %= size;
-        }
-    }
-    out
+    humantime::format_duration(duration).to_string()
 }
 
 /// Returns the candidate closest to `key` by edit distance, if it is close enough to be a typo.
 pub fn closest<'c>(key: &str, candidates: &[&'c str]) -> Option<&'c str> {
     candidates
         .iter()
-        .map(|candidate| (edit_distance(key, candidate), *candidate))
+        .map(|candidate| (strsim::levenshtein(key, candidate), *candidate))
         .filter(|(distance, candidate)| *distance <= (candidate.len().max(key.len()) / 3).max(2))
         .min()
         .map(|(_, candidate)| candidate)
-}
-
-fn edit_distance(left: &str, right: &str) -> usize {
-    let right_chars: Vec<char> = right.chars().collect();
-    let mut previous: Vec<usize> = (0..=right_chars.len()).collect();
-    for (row, left_char) in left.chars().enumerate() {
-        let mut current = vec![row + 1];
-        for (column, right_char) in right_chars.iter().enumerate() {
-            let substitution = previous[column] + usize::from(left_char != *right_char);
-            current.push(substitution.min(previous[column + 1] + 1).min(current[column] + 1));
-        }
-        previous = current;
-    }
-    previous[right_chars.len()]
 }
 
 /// Field allow/deny lists of one connection, by entity (SPEC §3 privacy). Names are canonical field
@@ -517,8 +526,8 @@ mod tests {
     fn every_problem_is_reported_with_its_path() {
         let problems = read(
             r#"
-            poll_interval = "2 minutes"
-            login_url = "http://login.example.com"
+            poll_interval = "2 minuets"
+            login_url = "http://admin:hunter2@login.example.com"
             secret = { env = "UNSET" }
             inline = "hunter2"
             pol_interval = "2m"
@@ -534,8 +543,8 @@ mod tests {
         assert_eq!(
             problems,
             [
-                "connections.sf.poll_interval: invalid duration \"2 minutes\" (expected e.g. \"2m\")",
-                "connections.sf.login_url: insecure URL \"http://login.example.com\" (https is required except for loopback addresses)",
+                "connections.sf.poll_interval: invalid duration \"2 minuets\" (expected e.g. \"2m\")",
+                "connections.sf.login_url: insecure URL \"http://[redacted]@login.example.com/\" (https is required except for loopback addresses)",
                 "connections.sf.secret: secret from environment variable UNSET is not set",
                 "connections.sf.inline: inline secrets are not accepted: use { env = \"NAME\" } or { file = \"/path\" }",
                 "connections.sf.kind: missing required key",
@@ -563,10 +572,20 @@ mod tests {
 
     #[test]
     fn durations_round_trip() {
-        for text in ["500ms", "30s", "2m", "1h30m", "1d", "1d2h3m4s"] {
-            assert_eq!(format_duration(parse_duration(text).unwrap()), text);
+        for (text, seconds, shown) in [
+            ("30s", 30, "30s"),
+            ("2m", 120, "2m"),
+            ("1h30m", 5400, "1h 30m"),
+            ("1d", 86_400, "1day"),
+            ("2 hours", 7200, "2h"),
+        ] {
+            let parsed = parse_duration(text).unwrap();
+            assert_eq!(parsed, Duration::from_secs(seconds), "{text}");
+            assert_eq!(format_duration(parsed), shown);
+            assert_eq!(parse_duration(shown), Some(parsed), "what is shown parses back");
         }
-        assert_eq!(parse_duration("2 minutes"), None);
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("two minutes"), None);
         assert_eq!(parse_duration("m"), None);
     }
 
