@@ -34,7 +34,22 @@ pub struct Config {
     pub reconcile: ReconcileConfig,
     /// `[metrics]`.
     pub metrics: MetricsConfig,
+    /// The file this configuration was read from (`None`: embedded defaults and environment only).
+    pub source: Option<PathBuf>,
+    /// Things that are valid but probably not what the operator wants (`check` prints them, `run`
+    /// logs them at WARN): a public admin listener, a `poll_interval` no job uses, a connection no job
+    /// covers, a secret file other users can read.
+    pub warnings: Vec<ConfigProblem>,
 }
+
+/// Shortest `poll_interval` and job `every`: a shorter one spends the vendor's daily API allowance on
+/// empty polls (4 entities every 10 s are already ~35,000 calls a day against Salesforce's typical
+/// 100,000); webhooks give near-real-time changes.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_secs(10);
+/// Shortest `drift_sweep_interval`: a sweep lists every id of every entity.
+pub const MIN_DRIFT_SWEEP_INTERVAL: Duration = Duration::from_secs(300);
+/// Longest interval of any kind (30 days): longer values are typos (`"2000h"`) and overflow timers.
+pub const MAX_INTERVAL: Duration = Duration::from_secs(30 * 86_400);
 
 /// Log output format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,6 +79,8 @@ pub struct DaemonConfig {
     pub ingest_queue: usize,
     /// How often the drift sweep compares id sets (`None`: never).
     pub drift_sweep_interval: Option<Duration>,
+    /// `/readyz` fails once a connection × entity has been failing (no successful pull) this long.
+    pub unready_after: Duration,
 }
 
 /// `[api]`.
@@ -268,7 +285,12 @@ impl Config {
             path: path.map_or("<defaults>".into(), |path| path.display().to_string()),
             message: error.to_string(),
         })?;
-        Self::from_table(&table, secrets)
+        let mut config = Self::from_table(&table, secrets)?;
+        config.source = path.map(std::path::Path::to_path_buf);
+        let mut file_warnings = Vec::new();
+        secret_file_warnings(&toml::Value::Table(table), "", &mut file_warnings);
+        config.warnings.extend(file_warnings);
+        Ok(config)
     }
 
     /// Validates a merged configuration table. Pure apart from resolving secrets through `secrets`.
@@ -303,7 +325,8 @@ impl Config {
         }
         match config {
             (Some(daemon), Some(api), connections, jobs, routes, Some(reconcile), Some(metrics)) => {
-                Ok(Self { daemon, api, connections, jobs, routes, reconcile, metrics })
+                let warnings = warnings(table, &daemon, &connections, &jobs);
+                Ok(Self { daemon, api, connections, jobs, routes, reconcile, metrics, source: None, warnings })
             }
             _ => Err(ConfigError::Invalid(vec![ConfigProblem {
                 path: String::new(),
@@ -325,9 +348,9 @@ impl Config {
         for (id, connection) in &self.connections {
             let entities: Vec<&str> = connection.settings.entities.iter().map(Entity::as_str).collect();
             let endpoint = match &connection.vendor {
-                VendorConfig::Salesforce(vendor) => format!("login {}", vendor.login_url),
-                VendorConfig::Zoho(vendor) => format!("accounts {}", vendor.accounts_url),
-                VendorConfig::Dynamics365(vendor) => format!("org {}", vendor.org_url),
+                VendorConfig::Salesforce(vendor) => format!("login {}", redact_url(&vendor.login_url)),
+                VendorConfig::Zoho(vendor) => format!("accounts {}", redact_url(&vendor.accounts_url)),
+                VendorConfig::Dynamics365(vendor) => format!("org {}", redact_url(&vendor.org_url)),
             };
             out.push_str(&format!(
                 "  {id} ({}): {}; entities {}; every {}\n",
@@ -370,7 +393,100 @@ impl Config {
 }
 
 use crmsync_connectors::canonical::Vocabulary;
-use crmsync_connectors::settings::{FieldPolicy as PrivacyPolicy, SecretSource, TableReader};
+use crmsync_connectors::settings::{FieldPolicy as PrivacyPolicy, SecretSource, TableReader, redact_url};
+
+/// Checks an interval against its bounds, recording a problem that says why.
+fn check_interval(table: &mut TableReader<'_>, key: &str, value: Duration, minimum: Duration, why: &str) {
+    let show = crmsync_connectors::settings::format_duration;
+    if value < minimum {
+        table.problem(key, format!("{} is too short: the minimum is {} ({why})", show(value), show(minimum)));
+    } else if value > MAX_INTERVAL {
+        table.problem(
+            key,
+            format!("too long: the maximum is {} (a longer interval is almost surely a typo)", show(MAX_INTERVAL)),
+        );
+    }
+}
+
+const POLL_WHY: &str =
+    "shorter polls spend the vendor's daily API allowance on empty reads; webhooks bring changes in near real time";
+
+/// The warnings of a valid configuration (see [`Config::warnings`]).
+fn warnings(
+    table: &toml::Table,
+    daemon: &DaemonConfig,
+    connections: &BTreeMap<ConnectionId, ConnectionConfig>,
+    jobs: &[JobConfig],
+) -> Vec<ConfigProblem> {
+    let mut warnings = Vec::new();
+    if !daemon.admin_listen.ip().is_loopback() {
+        warnings.push(ConfigProblem {
+            path: "daemon.admin_listen".into(),
+            message: format!(
+                "{} is reachable from other hosts, and it serves /status and /metrics without authentication \
+                 (keep it on 127.0.0.1, or firewall the port)",
+                daemon.admin_listen
+            ),
+        });
+    }
+    if jobs.iter().all(|job| job.implicit) {
+        return warnings;
+    }
+    let declared = |name: &ConnectionId| {
+        table
+            .get("connections")
+            .and_then(|connections| connections.get(name.as_str()))
+            .is_some_and(|connection| connection.get("poll_interval").is_some())
+    };
+    for id in connections.keys() {
+        let covering: Vec<&str> =
+            jobs.iter().filter(|job| job.connections.contains(id)).map(|job| job.name.as_str()).collect();
+        if covering.is_empty() {
+            warnings.push(ConfigProblem {
+                path: format!("connections.{id}"),
+                message: "no [[jobs]] entry names this connection, so `run` never pulls or pushes it".into(),
+            });
+        } else if declared(id) {
+            warnings.push(ConfigProblem {
+                path: format!("connections.{id}.poll_interval"),
+                message: format!(
+                    "unused: [[jobs]] schedule this connection ({}); poll_interval applies only without [[jobs]]",
+                    covering.join(", ")
+                ),
+            });
+        }
+    }
+    warnings
+}
+
+/// Warns about `{ file = "…" }` secrets other users can read.
+fn secret_file_warnings(value: &toml::Value, path: &str, warnings: &mut Vec<ConfigProblem>) {
+    match value {
+        toml::Value::Table(table) => {
+            if let (Some(toml::Value::String(file)), 1) = (table.get("file"), table.len()) {
+                if let Some(mode) = crmsync_connectors::settings::loose_secret_file_mode(std::path::Path::new(file)) {
+                    warnings.push(ConfigProblem {
+                        path: path.to_owned(),
+                        message: format!(
+                            "secret file {file:?} is readable by other users (mode {mode:04o}); `chmod 600` it"
+                        ),
+                    });
+                }
+                return;
+            }
+            for (key, child) in table {
+                let child_path = if path.is_empty() { key.clone() } else { format!("{path}.{key}") };
+                secret_file_warnings(child, &child_path, warnings);
+            }
+        }
+        toml::Value::Array(items) => {
+            for (index, item) in items.iter().enumerate() {
+                secret_file_warnings(item, &format!("{path}[{index}]"), warnings);
+            }
+        }
+        _ => {}
+    }
+}
 
 fn read_daemon(table: &mut TableReader<'_>) -> DaemonConfig {
     let data_dir = PathBuf::from(table.string_or("data_dir", "/var/lib/crmsync"));
@@ -397,7 +513,16 @@ fn read_daemon(table: &mut TableReader<'_>) -> DaemonConfig {
     let drift_sweep_interval = match table.raw("drift_sweep_interval") {
         Some(toml::Value::String(text)) if text == "off" => None,
         Some(toml::Value::String(text)) => match crmsync_connectors::settings::parse_duration(text) {
-            Some(interval) => Some(interval),
+            Some(interval) => {
+                check_interval(
+                    table,
+                    "drift_sweep_interval",
+                    interval,
+                    MIN_DRIFT_SWEEP_INTERVAL,
+                    "a sweep lists every id of every entity; use \"off\" to disable it",
+                );
+                Some(interval)
+            }
             None => {
                 table.problem(
                     "drift_sweep_interval",
@@ -415,8 +540,18 @@ fn read_daemon(table: &mut TableReader<'_>) -> DaemonConfig {
         }
         None => Some(Duration::from_secs(86_400)),
     };
+    let unready_after = table.duration_or("unready_after", Duration::from_secs(900));
     table.finish(&[]);
-    DaemonConfig { data_dir, listen, admin_listen, shutdown_grace, log_format, ingest_queue, drift_sweep_interval }
+    DaemonConfig {
+        data_dir,
+        listen,
+        admin_listen,
+        shutdown_grace,
+        log_format,
+        ingest_queue,
+        drift_sweep_interval,
+        unready_after,
+    }
 }
 
 fn read_connections(root: &mut TableReader<'_>) -> BTreeMap<ConnectionId, ConnectionConfig> {
@@ -456,6 +591,9 @@ fn read_connection(table: &mut TableReader<'_>, name: &str) -> Option<Connection
         settings.entities = entities;
     }
     settings.poll_interval = table.duration_or("poll_interval", Duration::from_secs(120));
+    if table.has("poll_interval") {
+        check_interval(table, "poll_interval", settings.poll_interval, MIN_POLL_INTERVAL, POLL_WHY);
+    }
     settings.overlap = table.duration_or("overlap", Duration::from_secs(300));
     if let Some(start) = table.opt_string("start") {
         match start.parse() {
@@ -627,7 +765,10 @@ fn read_job(table: &mut TableReader<'_>, names: &[ConnectionId], earlier: &[JobC
             let cron = schedule.opt_string("cron");
             schedule.finish(&[]);
             match (every, cron) {
-                (Some(every), None) => Some(Schedule::Every(every)),
+                (Some(every), None) => {
+                    check_interval(&mut schedule, "every", every, MIN_POLL_INTERVAL, POLL_WHY);
+                    Some(Schedule::Every(every))
+                }
                 (None, Some(expression)) => match validate_cron(&expression) {
                     Ok(()) => Some(Schedule::Cron(expression)),
                     Err(message) => {
@@ -664,7 +805,27 @@ fn read_job(table: &mut TableReader<'_>, names: &[ConnectionId], earlier: &[JobC
 }
 
 fn validate_cron(expression: &str) -> Result<(), String> {
-    crate::scheduler::cron::Cron::parse(expression).map(|_| ()).map_err(|error| error.to_string())
+    let cron = crate::scheduler::cron::Cron::parse(expression).map_err(|error| error.to_string())?;
+    // The same floor as `every`: the shortest gap between consecutive firings over a sample of them.
+    let mut previous: Option<crmsync_connectors::canonical::Timestamp> = None;
+    let mut at: crmsync_connectors::canonical::Timestamp =
+        "2027-01-01T00:00:00Z".parse().map_err(|_| "internal: bad sample instant".to_owned())?;
+    for _ in 0..30 {
+        let Some(next) = cron.next_after(at) else { break };
+        if let Some(previous) = previous {
+            let gap = Duration::from_millis(u64::try_from(next.unix_millis() - previous.unix_millis()).unwrap_or(0));
+            if gap < MIN_POLL_INTERVAL {
+                return Err(format!(
+                    "{expression:?} fires {} apart: the minimum is {} ({POLL_WHY})",
+                    crmsync_connectors::settings::format_duration(gap),
+                    crmsync_connectors::settings::format_duration(MIN_POLL_INTERVAL)
+                ));
+            }
+        }
+        previous = Some(next);
+        at = next;
+    }
+    Ok(())
 }
 
 fn unknown_connection<'a>(id: &ConnectionId, known: impl Iterator<Item = &'a ConnectionId>) -> String {

@@ -73,7 +73,7 @@ fn unknown_keys_are_rejected_with_a_suggestion() {
 fn a_bad_duration_names_the_key_and_the_value() {
     assert_eq!(
         problems("bad_duration.toml"),
-        ["connections.sf_prod.poll_interval: invalid duration \"2 minutes\" (expected e.g. \"2m\")"]
+        ["connections.sf_prod.poll_interval: invalid duration \"2 minuets\" (expected e.g. \"2m\")"]
     );
 }
 
@@ -93,7 +93,7 @@ fn five_mistakes_are_all_reported() {
         problems("several_errors.toml"),
         [
             "daemon.listen: invalid socket address \"localhost-8080\" (expected e.g. \"127.0.0.1:9090\")",
-            "connections.sf_prod.poll_interval: invalid duration \"2 minutes\" (expected e.g. \"2m\")",
+            "connections.sf_prod.poll_interval: invalid duration \"2 minuets\" (expected e.g. \"2m\")",
             "connections.zoho_eu.kind: unknown kind \"zohoo\" (expected salesforce, zoho or dynamics365)",
             "routes[0].entity: unknown entity \"invoice\" (expected one of account, lead, opportunity, order)",
             "metrics.fx.USD: invalid exchange rate \"-1\" (expected a positive decimal, e.g. \"1.08\")",
@@ -129,5 +129,49 @@ fn secrets_never_appear_in_debug_or_summary() {
     let printed = format!("{config:?}\n{}", config.summary());
     for secret in ["sf-s3cr3t", "zoho-s3cr3t", "zoho-refresh-s3cr3t"] {
         assert!(!printed.contains(secret), "secret {secret} leaked");
+    }
+}
+
+#[test]
+fn zero_and_absurd_intervals_are_refused_with_their_bound_and_why() {
+    let problems = problems("bad_intervals.toml");
+    assert_eq!(
+        problems[0],
+        "daemon.drift_sweep_interval: 0s is too short: the minimum is 5m (a sweep lists every id of every entity; use \"off\" to disable it)"
+    );
+    let expected = [
+        ("connections.sf_eu.poll_interval: too long: the maximum is 30days", "typo"),
+        ("connections.sf_prod.poll_interval: 0s is too short: the minimum is 10s", "daily API allowance"),
+        ("jobs[0].schedule.every: 0s is too short: the minimum is 10s", "webhooks"),
+        ("jobs[1].schedule.cron: \"* * * * * *\" fires 1s apart: the minimum is 10s", "API allowance"),
+    ];
+    assert_eq!(problems.len(), 1 + expected.len(), "{problems:#?}");
+    for ((start, why), problem) in expected.iter().zip(&problems[1..]) {
+        assert!(problem.starts_with(start) && problem.contains(why), "{problem}");
+    }
+}
+
+#[test]
+fn secret_files_must_be_small_regular_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let huge = dir.path().join("huge");
+    std::fs::write(&huge, "x".repeat(17 * 1024)).unwrap();
+    for (path, reason) in
+        [("/dev/zero".to_owned(), "not a regular file"), (huge.display().to_string(), "larger than 16 KiB")]
+    {
+        let table: toml::Table =
+            toml::from_str(&format!("[daemon]\n[api]\ntoken = {{ file = {path:?} }}\n[reconcile]\n[metrics]\n"))
+                .unwrap();
+        match Config::from_table(&table, &secrets()) {
+            Err(ConfigError::Invalid(problems)) => {
+                assert_eq!(problems.len(), 1);
+                let problem = problems[0].to_string();
+                assert!(
+                    problem.starts_with("api.token: cannot read secret file") && problem.contains(reason),
+                    "{problem}"
+                );
+            }
+            other => panic!("{path}: expected a problem, got {other:?}"),
+        }
     }
 }
