@@ -8,24 +8,38 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Microsoft Dynamics 365, and computes one set of sales metrics over all of them.
 ///
 /// Configuration: the embedded defaults (`config/default.toml`, the reference for every key), then the
-/// file given with `--config`, then `CRMSYNC__SECTION__KEY` environment variables
-/// (e.g. `CRMSYNC__DAEMON__DATA_DIR=/srv/crmsync`). Secrets are read from the environment or files,
+/// file given with `--config` (else `CRMSYNC_CONFIG`, else /etc/crmsync/crmsync.toml; with none of them
+/// the command stops with an error), then `CRMSYNC__SECTION__KEY` environment variables
+/// (e.g. `CRMSYNC__DAEMON__DATA_DIR=/srv/crmsync`; they reach tables, not [[jobs]] or [[routes]]). Secrets are read from the environment or files,
 /// never written in the config file. Logs go to stderr (JSON when not a terminal); filter with `RUST_LOG`.
 ///
 /// Start with `crmsync demo`: three simulated CRMs on loopback, synced, with the dashboard.
 #[derive(Debug, Parser)]
-#[command(name = "crmsync", version, about, long_about, propagate_version = true)]
+#[command(name = "crmsync", version = VERSION, about, long_about, propagate_version = true)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// `crmsync --version`: the release, the git commit and the date it was built from, and the target.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("CRMSYNC_GIT_COMMIT"),
+    ", built ",
+    env!("CRMSYNC_BUILD_DATE"),
+    ", ",
+    env!("CRMSYNC_TARGET"),
+    ")"
+);
+
 /// Options every command that reads configuration takes.
 #[derive(Debug, Clone, Args)]
 pub struct ConfigArgs {
-    /// Configuration file (TOML). Without it, only the embedded defaults and env overrides apply.
-    #[arg(long, short = 'c', env = "CRMSYNC_CONFIG", value_name = "FILE", global = true)]
+    /// Configuration file (TOML). Default: the file named by CRMSYNC_CONFIG, else
+    /// /etc/crmsync/crmsync.toml; without any, the command stops with an error.
+    #[arg(long, short = 'c', value_name = "FILE", global = true)]
     pub config: Option<PathBuf>,
 }
 
@@ -73,6 +87,15 @@ pub enum Command {
     /// sled store in a temporary directory, removed afterwards. Build with `--release` for figures
     /// that mean anything.
     Bench(BenchArgs),
+    /// Print a shell completion script: `crmsync completions bash > /usr/share/bash-completion/completions/crmsync`
+    /// (zsh: a `_crmsync` file in `$fpath`; fish: `~/.config/fish/completions/crmsync.fish`).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `crmsync man > /usr/share/man/man1/crmsync.1`.
+    Man,
 }
 
 /// `crmsync bench`.
@@ -173,10 +196,11 @@ pub struct MetricsArgs {
     /// `unified` (deduplicated across every CRM) or a connection name.
     #[arg(long, default_value = "unified")]
     pub scope: String,
-    /// Window start (RFC 3339, e.g. 2026-10-01T00:00:00Z); default: `metrics.window` before `--until`.
+    /// Window start: an instant (RFC 3339, e.g. 2026-10-01T00:00:00Z) or a date (2026-10-01, meaning
+    /// 00:00 UTC); default: `metrics.window` before `--until`.
     #[arg(long)]
     pub since: Option<String>,
-    /// Window end, exclusive (RFC 3339); default: now.
+    /// Window end, exclusive: an instant or a date (00:00 UTC of that day); default: now.
     #[arg(long)]
     pub until: Option<String>,
     /// Print JSON (the same body as `GET /api/v1/metrics`).

@@ -17,9 +17,17 @@ fn main() -> ExitCode {
     };
     match runtime.block_on(crmsync::commands::run(cli)) {
         Ok(code) => code,
+        // `crmsync export … | head -1`: the reader has what it wanted; that is not an error.
+        Err(error) if is_broken_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|cause| {
+        cause.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }

@@ -14,18 +14,26 @@ use crate::store::Store;
 
 /// Validates the configuration (every problem at once) and, with `--connectivity`, logs in to each CRM.
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let config = match Config::load(args.config.config.as_deref(), None, &SystemSecrets) {
+    let (path, origin) = super::config_path(
+        args.config.config.as_deref(),
+        std::env::var_os("CRMSYNC_CONFIG"),
+        std::path::Path::new(super::DEFAULT_CONFIG_PATH).exists(),
+    )?;
+    let config = match Config::load(Some(&path), None, &SystemSecrets) {
         Ok(config) => config,
         Err(error @ ConfigError::Invalid(_)) => {
-            eprintln!("{error}");
+            eprintln!("{error}\n(in {}, from {origin})", path.display());
             return Ok(ExitCode::FAILURE);
         }
         Err(error) => {
-            eprintln!("error: {error}");
+            eprintln!("error: {error} (from {origin})");
             return Ok(ExitCode::FAILURE);
         }
     };
-    print(&format!("configuration ok\n{}", config.summary()));
+    print(&format!("configuration ok: {} (from {origin})\n{}", path.display(), config.summary()));
+    for warning in &config.warnings {
+        print(&format!("warning: {warning}\n"));
+    }
     if !args.connectivity {
         return Ok(ExitCode::SUCCESS);
     }

@@ -22,21 +22,33 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
         None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
     };
     let mut count = 0u64;
-    if args.format == ExportFormat::Csv {
-        writeln!(out, "{}", csv_header(entity))?;
-    }
-    for record in store.scan(entity) {
-        let record = record?;
-        if (record.is_deleted() && !args.include_deleted) || record.merged_into.is_some() {
-            continue;
+    let wanted = |record: &Record| (!record.is_deleted() || args.include_deleted) && record.merged_into.is_none();
+    match args.format {
+        ExportFormat::Csv => {
+            // RFC 4180 quoting by the csv crate; `\n` line ends like the JSON lines. Its errors become
+            // io errors so a closed pipe (`| head`) is recognised as one.
+            let mut csv = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(out);
+            csv.write_record(csv_header(entity)).map_err(std::io::Error::from)?;
+            for record in store.scan(entity) {
+                let record = record?;
+                if wanted(&record) {
+                    csv.write_record(csv_row(&record)).map_err(std::io::Error::from)?;
+                    count += 1;
+                }
+            }
+            csv.flush()?;
         }
-        match args.format {
-            ExportFormat::Jsonl => writeln!(out, "{}", serde_json::to_string(&record)?)?,
-            ExportFormat::Csv => writeln!(out, "{}", csv_row(&record))?,
+        ExportFormat::Jsonl => {
+            for record in store.scan(entity) {
+                let record = record?;
+                if wanted(&record) {
+                    writeln!(out, "{}", serde_json::to_string(&record)?)?;
+                    count += 1;
+                }
+            }
+            out.flush()?;
         }
-        count += 1;
     }
-    out.flush()?;
     if let Some(path) = &args.out {
         eprintln!("exported {count} {entity} records to {}", path.display());
     }
@@ -45,16 +57,16 @@ pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
 
 /// The CSV columns: id, the entity's fields, links (how the record is known in each CRM and why it was
 /// joined), deleted_at.
-pub fn csv_header(entity: Entity) -> String {
+pub fn csv_header(entity: Entity) -> Vec<String> {
     let mut columns = vec!["id".to_owned()];
     columns.extend(entity.fields().iter().map(|field| (*field).to_owned()));
     columns.push("links".to_owned());
     columns.push("deleted_at".to_owned());
-    columns.join(",")
+    columns
 }
 
-/// One CSV row (RFC 4180 quoting; nested values as compact JSON).
-pub fn csv_row(record: &Record) -> String {
+/// The cells of one CSV row (nested values as compact JSON); the csv writer quotes them.
+pub fn csv_row(record: &Record) -> Vec<String> {
     let fields = record.data.to_fields();
     let mut cells = vec![record.id.to_string()];
     for field in record.entity().fields() {
@@ -85,9 +97,5 @@ pub fn csv_row(record: &Record) -> String {
         .collect();
     cells.push(links.join("; "));
     cells.push(record.deleted_at.map(|at| at.to_string()).unwrap_or_default());
-    cells.iter().map(|cell| quote(cell)).collect::<Vec<_>>().join(",")
-}
-
-fn quote(cell: &str) -> String {
-    if cell.contains([',', '"', '\n', '\r']) { format!("\"{}\"", cell.replace('"', "\"\"")) } else { cell.to_owned() }
+    cells
 }

@@ -11,6 +11,7 @@ use crate::telemetry;
 pub async fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args)?;
     init_logging(&config);
+    super::log_config(&config);
     let shutdown = shutdown_signal();
     let prometheus = telemetry::install_prometheus()?;
     let app = App::build(config)?;

@@ -75,6 +75,7 @@ pub fn selection(
 pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
     init_logging(&config);
+    super::log_config(&config);
     let selection =
         selection(&config, args.job.as_deref(), args.connection.as_deref(), args.entity.as_deref(), args.full)?;
     let app = App::build(config)?;
@@ -88,7 +89,9 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
     });
     let policies = app.rules.fields.clone();
     let report = run_pass(&app.connectors, &app.store, &app.ingest, &policies, &selection, &cancel).await;
-    app.shutdown().await?;
+    // The table first: after a storage failure (a full disk) the final flush fails too, and the
+    // operator still needs to see what each connection × entity did.
     print(&report.table());
+    app.shutdown().await?;
     Ok(if report.failed() || cancel.is_cancelled() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
 }

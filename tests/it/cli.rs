@@ -37,7 +37,7 @@ async fn check_accepts_the_example_config_and_lists_every_mistake_of_a_bad_one()
     let output = good.output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    assert!(stdout.starts_with("configuration ok"), "{stdout}");
+    assert!(stdout.starts_with("configuration ok: ") && stdout.contains("example.toml (from --config)"), "{stdout}");
     assert!(stdout.contains("sf_prod (salesforce)") && !stdout.contains("example-secret-value"), "{stdout}");
 
     let mut bad = command(&["check", "--config"]);
@@ -46,6 +46,7 @@ async fn check_accepts_the_example_config_and_lists_every_mistake_of_a_bad_one()
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.starts_with("invalid configuration (5 problems):"), "{stderr}");
+    assert!(stderr.contains("several_errors.toml, from --config)"), "says which file it read: {stderr}");
     for key in [
         "daemon.listen",
         "connections.sf_prod.poll_interval",
@@ -88,7 +89,113 @@ async fn help_and_version_explain_the_tool() {
         assert!(text.contains(word), "--help lacks {word}:\n{text}");
     }
     let version = command(&["--version"]).output().await.unwrap();
-    assert_eq!(String::from_utf8_lossy(&version.stdout).trim(), format!("crmsync {}", env!("CARGO_PKG_VERSION")));
+    let version = String::from_utf8_lossy(&version.stdout);
+    let prefix = format!("crmsync {} (commit ", env!("CARGO_PKG_VERSION"));
+    assert!(version.starts_with(&prefix), "{version}");
+    assert!(version.contains(", built 20") && version.contains(std::env::consts::ARCH), "{version}");
+
+    let completions = command(&["completions", "bash"]).output().await.unwrap();
+    let script = String::from_utf8_lossy(&completions.stdout);
+    assert!(completions.status.success() && script.contains("_crmsync()") && script.contains("sync"), "{script}");
+    let man = command(&["man"]).output().await.unwrap();
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(man.status.success() && page.contains(".TH crmsync 1") && page.contains("CRMSYNC__"), "{page}");
+}
+
+#[tokio::test]
+async fn without_a_configuration_file_commands_stop_and_say_where_they_looked() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let from_env = command(&["status"]).env("CRMSYNC_CONFIG", &missing).output().await.unwrap();
+    assert_eq!(from_env.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&from_env.stderr);
+    assert!(stderr.contains("CRMSYNC_CONFIG") && stderr.contains("missing.toml"), "{stderr}");
+    assert!(!dir.path().join("store").exists());
+
+    let written = dir.path().join("crmsync.toml");
+    std::fs::write(&written, format!("[daemon]\ndata_dir = {:?}\n", dir.path().join("store").display().to_string()))
+        .unwrap();
+    let check = command(&["check"]).env("CRMSYNC_CONFIG", &written).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&check.stdout);
+    assert!(check.status.success() && stdout.contains("crmsync.toml (from CRMSYNC_CONFIG)"), "{stdout}");
+
+    // Neither flag nor variable: the default location, which a test machine does not have.
+    if !std::path::Path::new("/etc/crmsync/crmsync.toml").exists() {
+        for args in [&["check"][..], &["run"], &["status"]] {
+            let output = command(args).env_remove("CRMSYNC_CONFIG").output().await.unwrap();
+            assert_eq!(output.status.code(), Some(1), "{args:?}");
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(
+                stderr.contains("no configuration file") && stderr.contains("/etc/crmsync/crmsync.toml"),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn check_warns_about_what_is_valid_but_risky_and_never_prints_embedded_credentials() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("client_secret");
+    std::fs::write(&secret, "s3cr3t-in-a-file\n").unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    let config = dir.path().join("crmsync.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\ndata_dir = {store:?}\nadmin_listen = \"0.0.0.0:9090\"\n\n\
+             [connections.sf]\nkind = \"salesforce\"\nlogin_url = \"https://admin:hunter2@login.example.com\"\n\
+             poll_interval = \"1m\"\n\
+             auth = {{ flow = \"client_credentials\", client_id = \"abc\", client_secret = {{ file = {secret:?} }} }}\n\n\
+             [connections.idle]\nkind = \"salesforce\"\n\
+             auth = {{ flow = \"client_credentials\", client_id = \"abc\", client_secret = {{ file = {secret:?} }} }}\n\n\
+             [[jobs]]\nname = \"pipeline\"\nconnections = [\"sf\"]\nschedule = {{ every = \"5m\" }}\n",
+            store = dir.path().join("store").display().to_string(),
+            secret = secret.display().to_string(),
+        ),
+    )
+    .unwrap();
+    let output = command(&["check", "--config", config.to_str().unwrap()]).output().await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "warnings do not fail check: {stdout}{}", String::from_utf8_lossy(&output.stderr));
+    for expected in [
+        "warning: daemon.admin_listen: 0.0.0.0:9090 is reachable from other hosts",
+        "warning: connections.sf.poll_interval: unused: [[jobs]] schedule this connection (pipeline)",
+        "warning: connections.idle: no [[jobs]] entry names this connection",
+        "is readable by other users (mode 0644)",
+        "login https://[redacted]@login.example.com/",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
+    }
+    assert!(!stdout.contains("hunter2") && !stdout.contains("s3cr3t"), "{stdout}");
+}
+
+#[tokio::test]
+async fn export_into_a_closed_pipe_exits_quietly() {
+    use tokio::io::AsyncBufReadExt;
+
+    let simulator = crate::support::salesforce(
+        crate::support::accounts(400),
+        crmsync_connectors::sim::FaultSettings::default(),
+        None,
+    )
+    .await;
+    let env = crate::support::Env::new(&[("sf", &simulator.base_url())], "");
+    crate::support::ok(env.run(&["sync"]).await);
+    // 400 accounts as JSON lines are far more than a pipe holds, so the writer meets the closed end.
+    let mut export = env.command(&["export", "--entity", "account"]);
+    export.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = export.spawn().unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    assert!(lines.next_line().await.unwrap().unwrap().starts_with('{'));
+    drop(lines);
+    let output = child.wait_with_output().await.unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(String::from_utf8_lossy(&output.stderr), "", "nothing to report");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
