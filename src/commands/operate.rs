@@ -23,10 +23,6 @@ fn open(config: &Config) -> anyhow::Result<Store> {
     Store::open(&config.daemon.data_dir).map_err(anyhow::Error::new)
 }
 
-fn parse_time(text: &str, flag: &str) -> anyhow::Result<Timestamp> {
-    text.parse().with_context(|| format!("{flag}: expected an RFC 3339 instant such as 2026-10-01T00:00:00Z"))
-}
-
 /// Computes the metrics report for a scope name and window.
 pub fn metrics_report(
     store: &Store,
@@ -67,8 +63,8 @@ pub fn metrics(args: MetricsArgs) -> anyhow::Result<ExitCode> {
     }
     let config = load_config(&args.config)?;
     let store = open(&config)?;
-    let since = args.since.as_deref().map(|text| parse_time(text, "--since")).transpose()?;
-    let until = args.until.as_deref().map(|text| parse_time(text, "--until")).transpose()?;
+    let (since, until) = metrics::parse_window(args.since.as_deref(), args.until.as_deref(), ("--since", "--until"))
+        .map_err(anyhow::Error::msg)?;
     let report = metrics_report(&store, &config, &args.scope, since, until)?;
     if args.json {
         print(&format!("{}\n", serde_json::to_string_pretty(&report)?));

@@ -126,9 +126,9 @@ pub(crate) async fn status(State(state): State<HttpState>) -> Result<Json<serde_
 pub(crate) struct MetricsParams {
     /// `unified` or a connection.
     scope: Option<String>,
-    /// Window start (RFC 3339).
+    /// Window start (RFC 3339 instant, or a date meaning 00:00 UTC).
     since: Option<String>,
-    /// Window end, exclusive (RFC 3339).
+    /// Window end, exclusive (RFC 3339 instant or date).
     until: Option<String>,
 }
 
@@ -137,16 +137,9 @@ pub(crate) async fn metrics(
     State(state): State<HttpState>,
     Query(params): Query<MetricsParams>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let parse = |text: &Option<String>, name: &str| {
-        text.as_deref()
-            .map(|text| {
-                text.parse::<crmsync_connectors::canonical::Timestamp>()
-                    .map_err(|_| ApiError::BadRequest(format!("{name}: expected an RFC 3339 instant")))
-            })
-            .transpose()
-    };
-    let since = parse(&params.since, "since")?;
-    let until = parse(&params.until, "until")?;
+    let (since, until) =
+        crate::metrics::parse_window(params.since.as_deref(), params.until.as_deref(), ("since", "until"))
+            .map_err(ApiError::BadRequest)?;
     let scope = match params.scope.as_deref() {
         None | Some("unified") => crate::metrics::Scope::Unified,
         Some(name) => {

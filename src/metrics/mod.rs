@@ -195,8 +195,10 @@ pub struct Accumulator<'a> {
     pipeline: BTreeMap<Stage, Decimal>,
 }
 
+/// A ratio at full precision (28 significant digits): reports carry exact values, and only the
+/// table rounds for display.
 fn ratio(numerator: Decimal, denominator: Decimal) -> Option<Decimal> {
-    (denominator != Decimal::ZERO).then(|| (numerator / denominator).round_dp(4))
+    (denominator != Decimal::ZERO).then(|| numerator.checked_div(denominator)).flatten()
 }
 
 fn in_window(query: &MetricsQuery, at: Timestamp) -> bool {
@@ -348,7 +350,7 @@ impl<'a> Accumulator<'a> {
                     channel: *channel,
                     orders,
                     order_share: ratio(Decimal::from(orders), Decimal::from(self.orders)),
-                    amount: amount.round_dp(2),
+                    amount,
                     amount_share: ratio(amount, total_amount),
                 }
             })
@@ -359,26 +361,69 @@ impl<'a> Accumulator<'a> {
             until: self.query.until,
             currency: self.settings.reporting_currency.clone(),
             kpis: Kpis {
-                efficiency: ratio(self.sales_amount, window_days).map(|value| value.round_dp(2)),
-                avg_sales_cycle_days: ratio(self.cycle_days_sum, Decimal::from(self.cycle_count))
-                    .map(|value| value.round_dp(1)),
+                efficiency: ratio(self.sales_amount, window_days),
+                avg_sales_cycle_days: ratio(self.cycle_days_sum, Decimal::from(self.cycle_count)),
                 coverage: ratio(Decimal::from(customers), Decimal::from(channels)),
                 satisfaction: ratio(Decimal::from(self.orders), Decimal::from(customers)),
             },
-            totals: Totals {
-                sales_amount: self.sales_amount.round_dp(2),
-                orders: self.orders,
-                customers,
-                channels,
-                window_days: window_days.round_dp(2),
-            },
+            totals: Totals { sales_amount: self.sales_amount, orders: self.orders, customers, channels, window_days },
             unconverted: self.unconverted,
             funnel,
             win_rate: ratio(Decimal::from(self.won), Decimal::from(self.won + self.lost)),
-            pipeline_value: self.pipeline.into_iter().map(|(stage, amount)| (stage, amount.round_dp(2))).collect(),
+            pipeline_value: self.pipeline,
             channel_mix,
         }
     }
+}
+
+/// Parses one bound of a metrics window: an RFC 3339 instant, or a date meaning 00:00 UTC of that day.
+/// UTC instants past the end of the representable range (`9999-12-31T23:59:59Z`: jiff stops at
+/// 9999-12-30T22:00Z so that every offset stays in range) mean "the end of time" and are clamped to it.
+pub fn parse_bound(text: &str) -> Option<Timestamp> {
+    let text = text.trim();
+    if let Ok(instant) = text.parse::<Timestamp>() {
+        return Some(instant);
+    }
+    let civil = match text.strip_suffix(['Z', 'z']) {
+        Some(naive) => naive.parse::<jiff::civil::DateTime>().ok()?,
+        None => text.parse::<jiff::civil::Date>().ok()?.at(0, 0, 0, 0),
+    };
+    Some(match jiff::tz::Offset::UTC.to_timestamp(civil) {
+        Ok(instant) => Timestamp::from_jiff(instant),
+        Err(_) if civil.year() > 0 => Timestamp::from_jiff(jiff::Timestamp::MAX),
+        Err(_) => Timestamp::from_jiff(jiff::Timestamp::MIN),
+    })
+}
+
+/// Parses the `since`/`until` of a metrics query (CLI flags or API parameters, named `since_name`
+/// and `until_name` in errors). `since` must come before `until` (or before now, when `until` is
+/// not given): an empty or inverted window is a mistake, not a report of zeros.
+pub fn parse_window(
+    since: Option<&str>,
+    until: Option<&str>,
+    names: (&str, &str),
+) -> Result<(Option<Timestamp>, Option<Timestamp>), String> {
+    let parse = |text: Option<&str>, name: &str| {
+        text.map(|text| {
+            parse_bound(text).ok_or_else(|| {
+                format!(
+                    "{name}: expected an RFC 3339 instant (2026-10-01T00:00:00Z) or a date (2026-10-01), got {text:?}"
+                )
+            })
+        })
+        .transpose()
+    };
+    let (since_name, until_name) = names;
+    let since_at = parse(since, since_name)?;
+    let until_at = parse(until, until_name)?;
+    if let Some(start) = since_at {
+        let end = until_at.unwrap_or_else(Timestamp::now);
+        if start >= end {
+            let end_text = if until_at.is_some() { end.to_string() } else { format!("now, {end}") };
+            return Err(format!("{since_name} ({start}) must be before {until_name} ({end_text})"));
+        }
+    }
+    Ok((since_at, until_at))
 }
 
 /// Computes a report over records.
@@ -395,7 +440,12 @@ pub fn compute<'r>(
 }
 
 fn show(value: Option<Decimal>) -> String {
-    value.map_or_else(|| "n/a".to_owned(), |value| value.normalize().to_string())
+    value.map_or_else(|| "n/a".to_owned(), |value| value.round_dp(3).normalize().to_string())
+}
+
+/// A money amount as the table shows it (cents; the JSON report keeps every digit).
+fn money(amount: Decimal) -> String {
+    amount.round_dp(2).normalize().to_string()
 }
 
 fn percent(value: Option<Decimal>) -> String {
@@ -409,14 +459,14 @@ pub fn render_table(report: &MetricsReport) -> String {
         report.scope,
         report.since,
         report.until,
-        report.totals.window_days.normalize(),
+        report.totals.window_days.round_dp(2).normalize(),
         report.currency
     );
     out.push_str(&format!(
         "  efficiency    {:>14} {}/day   (sales {} over the window)\n",
         show(report.kpis.efficiency),
         report.currency,
-        report.totals.sales_amount.normalize()
+        money(report.totals.sales_amount)
     ));
     out.push_str(&format!(
         "  coverage      {:>14}           ({} customers / {} channels)\n",
@@ -451,7 +501,7 @@ pub fn render_table(report: &MetricsReport) -> String {
     if !report.pipeline_value.is_empty() {
         out.push_str("  open pipeline:\n");
         for (stage, amount) in &report.pipeline_value {
-            out.push_str(&format!("    {:<10} {:>14} {}\n", stage.as_str(), amount.normalize(), report.currency));
+            out.push_str(&format!("    {:<10} {:>14} {}\n", stage.as_str(), money(*amount), report.currency));
         }
     }
     out.push_str("  channel mix:        orders   share        amount   share\n");
@@ -461,7 +511,7 @@ pub fn render_table(report: &MetricsReport) -> String {
             share.channel.as_str(),
             share.orders,
             percent(share.order_share),
-            share.amount.normalize(),
+            money(share.amount),
             percent(share.amount_share)
         ));
     }

@@ -97,7 +97,9 @@ fn kpis_match_the_hand_computed_fixture() {
     // Orders: 100, 200 USD, 1000 JPY, 50 draft = 4 (cancelled and out-of-window excluded); customers A, B.
     assert_eq!((report.totals.orders, report.totals.customers, report.totals.channels), (4, 2, 3));
     // 2 customers / 3 channels; 4 orders / 2 customers.
-    assert_eq!(report.kpis.coverage, Some(dec("0.6667")));
+    // Full precision in the report (the JSON of `metrics --json` and the API); only the table rounds.
+    assert_eq!(report.kpis.coverage, Some(dec("0.6666666666666666666666666667")));
+    assert!(render_table(&report).contains("0.667"), "{}", render_table(&report));
     assert_eq!(report.kpis.satisfaction, Some(dec("2")));
     assert_eq!(report.unconverted.get(&Currency::new("JPY").unwrap()), Some(&dec("1000")));
     let direct = report.channel_mix.iter().find(|share| share.channel == Channel::Direct).unwrap();
@@ -170,7 +172,7 @@ fn the_funnel_counts_stage_history_and_won_deals_reach_every_stage() {
     // lead: 10 leads + 3 opportunities; qualified: 3; budget: won, plan, lost(budget) = 3; plan: won, plan = 2;
     // execute, follow_up, won: the won deal only.
     assert_eq!(reached, [13, 3, 3, 2, 1, 1, 1]);
-    assert_eq!(report.funnel[1].conversion_from_previous, Some(dec("0.2308")));
+    assert_eq!(report.funnel[1].conversion_from_previous, Some(Decimal::from(3) / Decimal::from(13)));
     assert_eq!(report.win_rate, Some(dec("0.5")));
     // Won in 4 days.
     assert_eq!(report.kpis.avg_sales_cycle_days, Some(dec("4")));
@@ -245,4 +247,19 @@ fn a_stored_summary_reads_back_as_the_view_of_its_record() {
         assert_eq!(stored, RecordView::of(&record));
         assert!(summary(&record).len() < serde_json::to_vec(&record).unwrap().len());
     }
+}
+
+#[test]
+fn a_window_takes_instants_or_dates_and_refuses_an_inverted_one() {
+    let (since, until) = parse_window(Some("2026-10-01"), Some("9999-12-31T23:59:59Z"), ("since", "until")).unwrap();
+    assert_eq!(since, Some("2026-10-01T00:00:00Z".parse().unwrap()));
+    // Past jiff's last instant (9999-12-30T22:00Z): the end of time, not an error.
+    assert_eq!(until, Some(Timestamp::from_jiff(jiff::Timestamp::MAX)));
+    assert_eq!(parse_bound("9999-12-31"), until);
+    let error = parse_window(Some("2026-11-01"), Some("2026-10-01"), ("--since", "--until")).unwrap_err();
+    assert_eq!(error, "--since (2026-11-01T00:00:00Z) must be before --until (2026-10-01T00:00:00Z)");
+    assert!(parse_window(Some("yesterday"), None, ("since", "until")).unwrap_err().starts_with("since: expected"));
+    assert!(
+        parse_window(Some("9999-01-01"), None, ("since", "until")).unwrap_err().contains("must be before until (now")
+    );
 }

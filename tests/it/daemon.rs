@@ -105,6 +105,22 @@ async fn the_daemon_serves_webhooks_the_api_prometheus_and_status_then_stops_cle
         .unwrap();
     assert_eq!(metrics["scope"], "unified");
     assert!(metrics["funnel"].as_array().unwrap().len() == 7, "{metrics}");
+    // An inverted window is a mistake (400), a far end of time is not, and a date is 00:00 UTC.
+    let window =
+        |query: &str| http.get(format!("{public}/api/v1/metrics?{query}")).bearer_auth("t0ken-for-tests").send();
+    let inverted = window("since=2026-11-01&until=2026-10-01").await.unwrap();
+    assert_eq!(inverted.status(), 400);
+    let error: Value = inverted.json().await.unwrap();
+    assert_eq!(error["error"]["code"], "bad_request", "{error}");
+    assert!(error["error"]["message"].as_str().unwrap().contains("must be before until"), "{error}");
+    let far = window("since=2026-10-01&until=9999-12-31T23:59:59Z").await.unwrap();
+    assert_eq!(far.status(), 200);
+    let far: Value = far.json().await.unwrap();
+    assert_eq!(far["since"].as_str(), Some("2026-10-01T00:00:00Z"), "{far}");
+    assert!(
+        far["until"].as_str().unwrap().starts_with("9999-12-30T"),
+        "clamped to the last representable instant: {far}"
+    );
 
     // Prometheus text parses, and the operational metrics of a pull and a webhook are there.
     let exposition = http.get(format!("{admin_url}/metrics")).send().await.unwrap().text().await.unwrap();
@@ -230,6 +246,10 @@ async fn after_a_sync_of_three_crms_the_cli_the_api_and_prometheus_show_the_same
     let window = ["--since", "2000-01-01T00:00:00Z", "--until", "2100-01-01T00:00:00Z"];
     let cli: Value = serde_json::from_str(&run([&["metrics", "--json"][..], &window].concat()).await).unwrap();
     assert!(cli["totals"]["orders"].as_u64().unwrap() > 0, "{cli:#}");
+    let by_date: Value =
+        serde_json::from_str(&run(vec!["metrics", "--json", "--since", "2000-01-01", "--until", "2100-01-01"]).await)
+            .unwrap();
+    assert_eq!(by_date, cli, "a date is 00:00 UTC of that day");
     let per_crm: Value =
         serde_json::from_str(&run([&["metrics", "--json", "--scope", "zoho"][..], &window].concat()).await).unwrap();
     assert_eq!(per_crm["scope"], "zoho");
