@@ -299,8 +299,36 @@ struct BatchWriter<'a> {
     /// stores with the record).
     record_keys: HashMap<CanonicalId, Vec<(String, String)>>,
     queued: BTreeSet<(ConnectionId, CanonicalId)>,
+    /// Placeholders merged into the record their data turned out to be. They are committed before the
+    /// other records: rewriting one releases its link, which the record it joined takes.
+    absorbed: Vec<CanonicalId>,
+    /// Deletes of vendor records crmsync never stored (nothing to tombstone), and the first such id.
+    unknown_deletes: (u64, Option<(Entity, ExternalId)>),
     commit: Commit,
     stats: IngestStats,
+}
+
+/// The record a change belongs to, and why.
+struct Identified {
+    current: Option<Record>,
+    matched_by: MatchReason,
+    /// A placeholder that holds the change's link but whose data turned out to belong to `current`:
+    /// it is merged into `current` when the change is applied.
+    absorbs: Option<Record>,
+}
+
+/// Returns whether `record` is a placeholder of `connection`: created for a reference to a vendor
+/// record whose own data has not arrived yet (no data, one link, never read).
+fn is_placeholder_of(record: &Record, connection: &ConnectionId) -> bool {
+    matches!(record.links.as_slice(), [link] if &link.connection == connection) && is_placeholder(record)
+}
+
+/// Returns whether `record` is a placeholder: no data, and no vendor copy of it read yet.
+pub fn is_placeholder(record: &Record) -> bool {
+    record.merged_into.is_none()
+        && !record.is_deleted()
+        && record.links.iter().all(|link| link.last_modified.is_none())
+        && record.data == EntityData::empty(record.entity())
 }
 
 impl<'a> BatchWriter<'a> {
@@ -316,6 +344,8 @@ impl<'a> BatchWriter<'a> {
             keys: HashMap::new(),
             record_keys: HashMap::new(),
             queued: BTreeSet::new(),
+            absorbed: Vec::new(),
+            unknown_deletes: (0, None),
             commit: Commit::default(),
             stats: IngestStats::default(),
         }
@@ -344,7 +374,7 @@ impl<'a> BatchWriter<'a> {
         if !self.records.contains_key(&record.id) {
             self.order.push(record.id);
         }
-        let keys = reconcile::match_key_values(&self.rules.rules, &record.data);
+        let keys = reconcile::index_keys(&self.rules.rules, &record.data);
         for (key, value) in &keys {
             let ids = self.keys.entry((record.entity(), key.clone(), value.clone())).or_default();
             if !ids.contains(&record.id) {
@@ -381,7 +411,16 @@ impl<'a> BatchWriter<'a> {
                 return Ok(());
             }
         }
-        let (current, matched_by) = self.identify(&change)?;
+        let Identified { current, matched_by, absorbs } = self.identify(&change)?;
+        if current.is_none() && matches!(change.kind, ChangeKind::Delete) {
+            // A delete of a record crmsync never stored: there is nothing to tombstone, and an empty
+            // deleted record would only stand for nothing (counted as unchanged, logged per batch).
+            self.stats.unchanged += 1;
+            telemetry::record_pulled(self.connection, change.entity, "unchanged", 1);
+            self.unknown_deletes.0 += 1;
+            self.unknown_deletes.1.get_or_insert((change.entity, change.external_id.clone()));
+            return Ok(());
+        }
         let decision = match reconcile::reconcile(
             current.as_ref(),
             &change,
@@ -423,7 +462,68 @@ impl<'a> BatchWriter<'a> {
                 stats.conflicts += decision.conflicts.len() as u64;
                 telemetry::record_conflicts(change.entity, decision.conflicts.len() as u64);
             }
+            if let Some(placeholder) = absorbs {
+                self.absorb(placeholder, &record)?;
+            }
             if decision.fan_out {
+                self.fan_out(&record, Some(self.connection.clone()))?;
+            }
+            self.put(record);
+        }
+        Ok(())
+    }
+
+    /// Merges a placeholder into the record its data turned out to be (which takes its link in the
+    /// same commit), and repoints every record that referenced the placeholder. The placeholder stays
+    /// as a redirect (`merged_into`), as after `crmsync identity merge`, so its id keeps resolving.
+    fn absorb(&mut self, placeholder: Record, into: &Record) -> Result<(), StoreError> {
+        let from = placeholder.id;
+        tracing::debug!(
+            connection = %self.connection,
+            entity = %into.entity(),
+            placeholder = %from,
+            record = %into.id,
+            "placeholder merged into the record its data matched"
+        );
+        let mut absorbed = placeholder;
+        absorbed.links.clear();
+        absorbed.merged_into = Some(into.id);
+        absorbed.updated_at = self.now;
+        self.absorbed.push(from);
+        self.put(absorbed);
+        self.repoint_references(from, into.id)
+    }
+
+    /// Makes every record (stored or written in this batch) that references `from` reference `to`,
+    /// and queues the ones that changed for this connection's routed targets, which can now be given
+    /// the reference.
+    fn repoint_references(&mut self, from: CanonicalId, to: CanonicalId) -> Result<(), StoreError> {
+        let value = from.to_string();
+        let mut referencing: Vec<CanonicalId> = Vec::new();
+        for entity in Entity::ALL {
+            let written = self.keys.get(&(*entity, reconcile::REFERENCE_KEY.to_owned(), value.clone()));
+            let stored = self.store.ids_by_match_key(*entity, reconcile::REFERENCE_KEY, &value)?;
+            for id in written.into_iter().flatten().copied().chain(stored) {
+                if !referencing.contains(&id) {
+                    referencing.push(id);
+                }
+            }
+        }
+        for id in referencing {
+            // The index may be stale for a record rewritten in this batch: check the record itself.
+            let Some(mut record) = self.record(id)? else { continue };
+            let mut repointed = false;
+            for (_, reference) in record.data.references_mut() {
+                if reference.canonical == Some(from) {
+                    reference.canonical = Some(to);
+                    repointed = true;
+                }
+            }
+            if !repointed {
+                continue;
+            }
+            record.updated_at = self.now;
+            if !record.is_deleted() && record.merged_into.is_none() {
                 self.fan_out(&record, Some(self.connection.clone()))?;
             }
             self.put(record);
@@ -445,19 +545,41 @@ impl<'a> BatchWriter<'a> {
 
     /// Finds the record a change belongs to: its link, the canonical id in the vendor's external-id
     /// field, a match key, or none (new).
-    fn identify(&self, change: &Change) -> Result<(Option<Record>, MatchReason), StoreError> {
+    ///
+    /// A link to a placeholder does not settle it: the placeholder was created for a reference before
+    /// the record's own data arrived, and that data may belong to a record another CRM already
+    /// created. It is matched like a new record, so the result does not depend on whether a deal or
+    /// its account was read first.
+    fn identify(&self, change: &Change) -> Result<Identified, StoreError> {
         if let Some(id) = self.link_target(change.entity, &change.external_id)? {
-            return Ok((self.record(id)?, MatchReason::Created));
+            let linked = self.record(id)?;
+            if let Some(placeholder) = linked.as_ref().filter(|record| is_placeholder_of(record, self.connection))
+                && change.data().is_some()
+                && let Some((existing, matched_by)) = self.find_existing(change)?
+            {
+                return Ok(Identified { current: Some(existing), matched_by, absorbs: Some(placeholder.clone()) });
+            }
+            return Ok(Identified { current: linked, matched_by: MatchReason::Created, absorbs: None });
         }
+        let (current, matched_by) = match self.find_existing(change)? {
+            Some((record, matched_by)) => (Some(record), matched_by),
+            None => (None, MatchReason::Created),
+        };
+        Ok(Identified { current, matched_by, absorbs: None })
+    }
+
+    /// Finds an existing record a change not linked yet belongs to: by the canonical id in the vendor's
+    /// external-id field, then by match key.
+    fn find_existing(&self, change: &Change) -> Result<Option<(Record, MatchReason)>, StoreError> {
         if let Some(hint) = change.canonical_hint
             && let Some(record) = self.live_target(hint)?
             && record.entity() == change.entity
             && record.link(self.connection).is_none()
         {
-            return Ok((Some(record), MatchReason::ExternalIdField));
+            return Ok(Some((record, MatchReason::ExternalIdField)));
         }
         let Some(data) = change.data() else {
-            return Ok((None, MatchReason::Created));
+            return Ok(None);
         };
         for (key, value) in reconcile::match_key_values(&self.rules.rules, data) {
             let written = self.keys.get(&(change.entity, key.clone(), value.clone())).into_iter().flatten();
@@ -481,10 +603,10 @@ impl<'a> BatchWriter<'a> {
             });
             candidates.sort_by_key(|record| record.id);
             if let Some(record) = candidates.into_iter().next() {
-                return Ok((Some(record), MatchReason::MatchKey { key, value }));
+                return Ok(Some((record, MatchReason::MatchKey { key, value })));
             }
         }
-        Ok((None, MatchReason::Created))
+        Ok(None)
     }
 
     /// Turns vendor-id references into canonical ids; unknown targets get a placeholder record with
@@ -550,9 +672,22 @@ impl<'a> BatchWriter<'a> {
     }
 
     fn into_commit(mut self) -> (Commit, IngestStats) {
-        for id in self.order {
-            if let Some(record) = self.records.remove(&id) {
-                let keys = self.record_keys.remove(&id).unwrap_or_default();
+        if let (count, Some((entity, external_id))) = &self.unknown_deletes {
+            tracing::info!(
+                connection = %self.connection,
+                count,
+                first.entity = %entity,
+                first.external_id = %external_id,
+                "deletes of records crmsync never stored ignored"
+            );
+        }
+        // Absorbed placeholders first: their rewrite releases the links the records they joined take.
+        let absorbed = std::mem::take(&mut self.absorbed);
+        let first: std::collections::HashSet<CanonicalId> = absorbed.iter().copied().collect();
+        let order = absorbed.iter().chain(self.order.iter().filter(|id| !first.contains(id)));
+        for id in order {
+            if let Some(record) = self.records.remove(id) {
+                let keys = self.record_keys.remove(id).unwrap_or_default();
                 self.commit.records.push((record, keys));
             }
         }
@@ -592,9 +727,11 @@ pub fn queue_fan_out(
                     Some(found) => Some(found.clone()),
                     None => store.record(reference_id)?,
                 };
+                // A placeholder has no data to send yet: its own change queues it when its data arrives.
                 if let Some(referenced) = referenced
                     && referenced.link(&target).is_none()
                     && !referenced.is_deleted()
+                    && !is_placeholder(&referenced)
                     && queued.insert((target.clone(), referenced.id))
                 {
                     commit
@@ -649,12 +786,26 @@ pub fn outgoing_data(
     let hash = reconcile::pushed_hash(&representable(&data));
     for (_, reference) in data.references_mut() {
         if let Some(id) = reference.canonical
-            && let Some(referenced) = store.record(id)?
+            && let Some(referenced) = live_record(store, id)?
         {
             reference.external = referenced.link(target).map(|link| link.external_id.clone());
         }
     }
     Ok((data, hash))
+}
+
+/// The record with this id, following merge redirects (`merged_into`) to the record that holds its
+/// copies now.
+fn live_record(store: &Store, id: CanonicalId) -> Result<Option<Record>, StoreError> {
+    let mut current = store.record(id)?;
+    // Redirects never chain far (a merge always targets a live record); the bound only guards a cycle.
+    for _ in 0..8 {
+        match current.as_ref().and_then(|record| record.merged_into) {
+            Some(next) => current = store.record(next)?,
+            None => break,
+        }
+    }
+    Ok(current)
 }
 
 /// Data for a `mark` delete: orders are cancelled instead of deleted.
@@ -740,7 +891,7 @@ fn apply_pushed(
         }
     }
     for (_, record) in updated {
-        let keys = reconcile::match_key_values(&rules.rules, &record.data);
+        let keys = reconcile::index_keys(&rules.rules, &record.data);
         commit.records.push((record, keys));
     }
     store.commit(commit)?;
@@ -756,8 +907,9 @@ pub fn conflict_value(side: &reconcile::ConflictSide) -> ConflictValue {
 mod tests {
     use std::collections::BTreeSet;
 
-    use crmsync_connectors::canonical::{Account, Lead};
+    use crmsync_connectors::canonical::{Account, Lead, Opportunity};
     use crmsync_connectors::{ChangeKind, Completeness};
+    use proptest::prelude::{Just, Strategy};
 
     use super::*;
     use crate::reconcile::Route;
@@ -844,5 +996,211 @@ mod tests {
         assert!(matches!(&records[0].links[1].matched_by, MatchReason::MatchKey { key, .. } if key == "name+domain"));
         // The first record was queued for zoho before zoho's copy arrived; zoho's copy queued nothing new.
         assert_eq!(store.outbox_depth(&ConnectionId::new("zoho")).unwrap(), 1);
+    }
+
+    /// A small shared world: customers known to one, two or three CRMs, deals and orders that live in
+    /// one CRM and point at that CRM's copy of the customer. One change per vendor record.
+    fn shared_world() -> Vec<(&'static str, Change)> {
+        let at = |second: i64| Timestamp::from_unix_seconds(1_780_000_000 + second).unwrap();
+        let upsert = |entity, external: &str, second, data| Change {
+            entity,
+            object: String::new(),
+            external_id: ExternalId::new(external),
+            modified_at: at(second),
+            version: None,
+            canonical_hint: None,
+            kind: ChangeKind::Upsert { data, completeness: Completeness::Full },
+            extra: serde_json::Map::new(),
+        };
+        let account = |name: &str, number: &str, owner: &str| {
+            EntityData::Account(Account {
+                name: Some(name.into()),
+                domain: Some(format!("{}.example", name.to_lowercase())),
+                number: Some(number.into()),
+                owner: Some(owner.into()),
+                ..Account::default()
+            })
+        };
+        let deal = |name: &str, account: &str| {
+            EntityData::Opportunity(Opportunity {
+                name: Some(name.into()),
+                account: Some(RecordRef::external(account)),
+                ..Opportunity::default()
+            })
+        };
+        let order = |number: &str, account: &str, deal: Option<&str>| {
+            EntityData::Order(Order {
+                number: Some(number.into()),
+                account: Some(RecordRef::external(account)),
+                opportunity: deal.map(RecordRef::external),
+                ..Order::default()
+            })
+        };
+        vec![
+            ("sf", upsert(Entity::Account, "001A", 1, account("Acme", "ACC-1", "sf-owner"))),
+            ("zoho", upsert(Entity::Account, "Z1", 2, account("Acme", "ACC-1", "zoho-owner"))),
+            ("d365", upsert(Entity::Account, "D1", 3, account("Acme", "ACC-1", "d365-owner"))),
+            ("sf", upsert(Entity::Account, "001B", 5, account("Globex", "ACC-2", "sf-owner"))),
+            ("zoho", upsert(Entity::Account, "Z2", 4, account("Globex", "ACC-2", "zoho-owner"))),
+            ("zoho", upsert(Entity::Account, "Z3", 6, account("Initech", "ACC-3", "zoho-owner"))),
+            ("d365", upsert(Entity::Account, "D2", 7, account("Umbrella", "ACC-4", "d365-owner"))),
+            ("sf", upsert(Entity::Account, "001C", 7, account("Umbrella", "ACC-4", "sf-owner"))),
+            ("sf", upsert(Entity::Opportunity, "006A", 10, deal("Acme expansion", "001A"))),
+            ("zoho", upsert(Entity::Opportunity, "ZD1", 11, deal("Acme renewal", "Z1"))),
+            ("zoho", upsert(Entity::Opportunity, "ZD2", 12, deal("Globex pilot", "Z2"))),
+            ("d365", upsert(Entity::Opportunity, "DO1", 13, deal("Umbrella rollout", "D2"))),
+            ("zoho", upsert(Entity::Order, "ZO1", 20, order("SO-1", "Z1", Some("ZD1")))),
+            ("zoho", upsert(Entity::Order, "ZO2", 21, order("SO-2", "Z2", Some("ZD2")))),
+            ("zoho", upsert(Entity::Order, "ZO3", 22, order("SO-3", "Z3", None))),
+            ("sf", upsert(Entity::Order, "801A", 23, order("SO-4", "001A", Some("006A")))),
+            ("d365", upsert(Entity::Order, "DS1", 24, order("SO-5", "D2", Some("DO1")))),
+            ("d365", upsert(Entity::Order, "DS2", 25, order("SO-6", "D1", None))),
+        ]
+    }
+
+    /// The canonical set with canonical ids (which depend on arrival order) replaced by what a record
+    /// is: the vendor copies it links. Merged-away records are redirects, not records.
+    fn canonical_set(store: &Store) -> BTreeSet<String> {
+        let mut records = Vec::new();
+        for entity in Entity::ALL {
+            records.extend(store.scan(*entity).map(Result::unwrap).filter(|record| record.merged_into.is_none()));
+        }
+        let copies = |record: &Record| {
+            let mut links: Vec<String> =
+                record.links.iter().map(|link| format!("{}:{}", link.connection, link.external_id)).collect();
+            links.sort();
+            links.join(",")
+        };
+        let names: HashMap<CanonicalId, String> = records.iter().map(|record| (record.id, copies(record))).collect();
+        records
+            .iter()
+            .map(|record| {
+                let mut data = record.data.clone();
+                let mut pointed = Vec::new();
+                for (_, reference) in data.references_mut() {
+                    let target = reference.canonical.and_then(|id| names.get(&id).cloned());
+                    pointed.push(target.unwrap_or_else(|| format!("dangling {reference:?}")));
+                    *reference = RecordRef::default();
+                }
+                let provenance: Vec<String> = record
+                    .provenance
+                    .iter()
+                    .map(|(field, from)| format!("{field}<-{:?}@{}", from.connection, from.modified_at))
+                    .collect();
+                let mut seen: Vec<String> =
+                    record.links.iter().map(|link| format!("{}@{:?}", link.connection, link.last_modified)).collect();
+                seen.sort();
+                format!(
+                    "{} [{}] {:?} -> {pointed:?} deleted={} {provenance:?} {seen:?}",
+                    record.entity(),
+                    names[&record.id],
+                    data.to_fields(),
+                    record.is_deleted()
+                )
+            })
+            .collect()
+    }
+
+    fn world_rules() -> IngestRules {
+        IngestRules { rules: Arc::new(Rules::default()), fields: Arc::new(BTreeMap::new()) }
+    }
+
+    /// Ingests the world one page per (connection, change), in the given order of its changes.
+    fn ingest_in_order(order: &[usize]) -> BTreeSet<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let world = shared_world();
+        let rules = world_rules();
+        for index in order {
+            let (connection, change) = world[*index].clone();
+            let batch = Batch::Pulled {
+                connection: ConnectionId::new(connection),
+                entity: change.entity,
+                changes: vec![change],
+                cursor: None,
+                caught_up: false,
+            };
+            apply_batch(&store, &rules, batch, Timestamp::now()).unwrap();
+        }
+        canonical_set(&store)
+    }
+
+    #[test]
+    fn a_deal_read_before_its_account_leaves_one_customer_not_two() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let world = shared_world();
+        let rules = world_rules();
+        let page = |connection: &str, externals: &[&str]| Batch::Pulled {
+            connection: ConnectionId::new(connection),
+            entity: world.iter().find(|(_, change)| change.external_id.as_str() == externals[0]).unwrap().1.entity,
+            changes: world
+                .iter()
+                .filter(|(from, change)| *from == connection && externals.contains(&change.external_id.as_str()))
+                .map(|(_, change)| change.clone())
+                .collect(),
+            cursor: None,
+            caught_up: false,
+        };
+        // Salesforce's account first, then Zoho's order and deal (placeholders for Z1 and ZD1), then
+        // Zoho's account: its data matches Salesforce's account.
+        apply_batch(&store, &rules, page("sf", &["001A"]), Timestamp::now()).unwrap();
+        apply_batch(&store, &rules, page("zoho", &["ZO1"]), Timestamp::now()).unwrap();
+        apply_batch(&store, &rules, page("zoho", &["ZD1"]), Timestamp::now()).unwrap();
+        let placeholder =
+            store.record_by_link(&ConnectionId::new("zoho"), Entity::Account, &"Z1".into()).unwrap().unwrap();
+        assert!(is_placeholder(&placeholder));
+        apply_batch(&store, &rules, page("zoho", &["Z1"]), Timestamp::now()).unwrap();
+
+        let accounts: Vec<Record> =
+            store.scan(Entity::Account).map(Result::unwrap).filter(|record| record.merged_into.is_none()).collect();
+        assert_eq!(accounts.len(), 1, "one customer, not two: {accounts:#?}");
+        let customer = &accounts[0];
+        let zoho_copy = customer.link(&ConnectionId::new("zoho")).unwrap();
+        // `identity` explains the join: the Zoho copy joined by a match key, the placeholder redirects.
+        assert!(matches!(&zoho_copy.matched_by, MatchReason::MatchKey { key, .. } if key == "name+domain"));
+        assert_eq!(store.record(placeholder.id).unwrap().unwrap().merged_into, Some(customer.id));
+        // Both records that pointed at the placeholder point at the customer now.
+        let order = store.scan(Entity::Order).next().unwrap().unwrap();
+        let deal = store.scan(Entity::Opportunity).next().unwrap().unwrap();
+        let EntityData::Order(order) = order.data else { panic!("not an order") };
+        let EntityData::Opportunity(deal_data) = &deal.data else { panic!("not a deal") };
+        assert_eq!(order.account, Some(RecordRef::canonical(customer.id)));
+        assert_eq!(deal_data.account, Some(RecordRef::canonical(customer.id)));
+        // The order's deal placeholder was filled by the deal itself (no other CRM had it).
+        assert_eq!(order.opportunity, Some(RecordRef::canonical(deal.id)));
+        // The index follows: nothing references the placeholder any more.
+        for entity in Entity::ALL {
+            let listed =
+                store.ids_by_match_key(*entity, reconcile::REFERENCE_KEY, &placeholder.id.to_string()).unwrap();
+            assert!(listed.is_empty(), "{entity} still indexed under the placeholder");
+        }
+    }
+
+    #[test]
+    fn a_delete_of_a_record_never_stored_stores_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut delete = shared_world()[0].1.clone();
+        delete.kind = ChangeKind::Delete;
+        let batch = Batch::Delivered { connection: ConnectionId::new("sf"), changes: vec![delete] };
+        let stats = apply_batch(&store, &world_rules(), batch, Timestamp::now()).unwrap();
+        assert_eq!((stats.deleted, stats.unchanged), (0, 1));
+        assert_eq!(store.scan(Entity::Account).count(), 0, "an empty deleted record was stored");
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 48, ..Default::default() })]
+
+        /// SPEC §7: the same canonical result whatever the order pages arrive in. The reference order
+        /// is `sync`'s: every account first, then deals, then orders.
+        #[test]
+        fn the_canonical_set_does_not_depend_on_the_order_pages_arrive_in(
+            order in Just((0..shared_world().len()).collect::<Vec<usize>>()).prop_shuffle()
+        ) {
+            let in_sync_order: Vec<usize> = (0..shared_world().len()).collect();
+            let expected = ingest_in_order(&in_sync_order);
+            proptest::prop_assert_eq!(ingest_in_order(&order), expected);
+        }
     }
 }

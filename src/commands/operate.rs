@@ -215,7 +215,7 @@ pub fn conflicts(args: ConflictsArgs) -> anyhow::Result<ExitCode> {
             let mut commit = Commit::default();
             let mut queued = BTreeSet::new();
             ingest::queue_fan_out(&store, &rules, &record, None, &HashMap::new(), &mut queued, &mut commit, now)?;
-            let keys = reconcile::match_key_values(&rules, &record.data);
+            let keys = reconcile::index_keys(&rules, &record.data);
             commit.records.push((record, keys));
             commit.conflicts_resolved.push(conflict.id.clone());
             store.commit(commit)?;
@@ -248,7 +248,7 @@ pub fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
             ingest::queue_fan_out(&store, &rules, &merged, None, &HashMap::new(), &mut queued, &mut commit, now)?;
             // The absorbed record first: writing it releases its links, which the merged record takes.
             commit.records.push((absorbed, Vec::new()));
-            let keys = reconcile::match_key_values(&rules, &merged.data);
+            let keys = reconcile::index_keys(&rules, &merged.data);
             let summary = format!(
                 "merged {} into {}: {} copies ({}); queued for {} connections\n",
                 other.id,
@@ -269,7 +269,7 @@ pub fn identity(args: IdentityArgs) -> anyhow::Result<ExitCode> {
                 reconcile::split_record(&record, &connection, crmsync_connectors::canonical::CanonicalId::new(), now)?;
             let summary = format!("split the {connection} copy of {} into new record {}\n", remaining.id, detached.id);
             // The remaining record first: writing it releases the link the detached record takes.
-            let keys = reconcile::match_key_values(&rules, &remaining.data);
+            let keys = reconcile::index_keys(&rules, &remaining.data);
             commit.records.push((remaining, keys.clone()));
             commit.records.push((detached, keys));
             store.commit(commit)?;

@@ -182,7 +182,8 @@ pub fn canonicalise(data: &mut EntityData) {
 }
 
 /// Returns the match-key values of a record's data: `(key name, normalised value)` for every
-/// configured key whose fields are all present. References must already be canonical.
+/// configured key whose fields are all present. References must already be canonical. What the
+/// store indexes a record under is [`index_keys`] (these plus its references).
 pub fn match_key_values(rules: &Rules, data: &EntityData) -> Vec<(String, String)> {
     let Some(keys) = rules.match_keys.get(&data.entity()) else {
         return Vec::new();
@@ -200,6 +201,28 @@ pub fn match_key_values(rules: &Rules, data: &EntityData) -> Vec<(String, String
         values.push((key.join("+"), parts.join("|")));
     }
     values
+}
+
+/// The index key under which a record is listed for each record it references (its value is the
+/// referenced canonical id). Not a match key: [`match_key_values`] never returns it, so a reference
+/// alone never makes two records one. It lets ingest find every record that points at a placeholder
+/// when the placeholder is merged into the record it turned out to be, and repoint them.
+pub const REFERENCE_KEY: &str = "@ref";
+
+/// Returns what the store indexes a record under: its match-key values ([`match_key_values`]) and
+/// one [`REFERENCE_KEY`] entry per distinct canonical record it references. Every writer of records
+/// passes these to the store, so the reference entries stay complete.
+pub fn index_keys(rules: &Rules, data: &EntityData) -> Vec<(String, String)> {
+    let mut keys = match_key_values(rules, data);
+    for (_, _, reference) in data.references() {
+        if let Some(id) = reference.canonical {
+            let entry = (REFERENCE_KEY.to_owned(), id.to_string());
+            if !keys.contains(&entry) {
+                keys.push(entry);
+            }
+        }
+    }
+    keys
 }
 
 fn normalise_key_part(value: &Value) -> Option<String> {
@@ -569,9 +592,12 @@ fn judge(
         // The same connection again: only a newer (or equally new) change replaces its own value.
         return Verdict { incoming_wins: modified_at >= provenance.modified_at, conflict: None };
     }
+    // Equally new: `source_priority` decides, then (for connections it does not order) the connection
+    // name, so the winner never depends on which change was read first.
     let newer = modified_at > provenance.modified_at
         || (modified_at == provenance.modified_at
-            && rules.rank(Some(source)) < rules.rank(provenance.connection.as_ref()));
+            && (rules.rank(Some(source)), Some(source))
+                < (rules.rank(provenance.connection.as_ref()), provenance.connection.as_ref()));
     let policy = rules.policy(entity, field);
     let (incoming_wins, policy_name) = match policy {
         Policy::Newest => (newer, "newest".to_owned()),

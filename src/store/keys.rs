@@ -17,7 +17,9 @@
 //! | `meta`        | ASCII name (`format_version`, `outbox_sequence`,            | u32 / u64 big-endian,     |
 //! |               | `summary_version`)                                          | the summary version text  |
 //!
-//! `str(x)` is the UTF-8 length as u16 big-endian followed by the bytes.
+//! `str(x)` is the UTF-8 length as u16 big-endian followed by the bytes. `match_keys` also lists each
+//! record under key `@ref` with the canonical id of every record it references
+//! ([`crate::reconcile::index_keys`]).
 
 use crmsync_connectors::canonical::{CanonicalId, ConnectionId, Entity, ExternalId};
 

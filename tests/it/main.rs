@@ -8,5 +8,6 @@ mod cli;
 mod config;
 mod daemon;
 mod e2e;
+mod reliability;
 mod store_crash;
 mod support;

@@ -1,0 +1,3 @@
+//! The reliability suite (issue 17): the canonical result whatever the order pages arrive in.
+
+mod arrival_order;
