@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -36,7 +36,7 @@ use super::wire;
 use crate::canonical::{Entity, Timestamp};
 use crate::sim::{Counters, FaultSettings, Faults, Injected, RunningSim, SimStats, Simulated, World};
 use read::{deleted, records};
-use schema::fields;
+use schema::{fields, module, modules};
 use watch::watch;
 use write::{delete_records, update, upsert};
 
@@ -67,6 +67,10 @@ pub struct ZohoSimOptions {
     pub faults: FaultSettings,
     /// The first K seeded records of each module share one `Modified_Time`.
     pub shared_modified_time: usize,
+    /// Multi-currency enabled (`org.mc_status`): modules with amounts carry a `Currency` field and
+    /// `org/currencies` lists the active currencies. Off: every amount is in the org currency (EUR),
+    /// no module has a `Currency` field, and `org/currencies` answers `CURRENCIES_NOT_ENABLED`.
+    pub multi_currency: bool,
 }
 
 impl ZohoSimOptions {
@@ -77,6 +81,7 @@ impl ZohoSimOptions {
             world,
             faults: FaultSettings::default(),
             shared_modified_time: 0,
+            multi_currency: true,
         }
     }
 }
@@ -113,6 +118,19 @@ pub struct ZohoSim {
     counters: Counters,
     progress: tokio::sync::watch::Sender<u64>,
     calls: AtomicU64,
+    multi_currency: bool,
+}
+
+/// The org's currency (its only one without multi-currency, the base one with it).
+pub const ORG_CURRENCY: &str = "EUR";
+
+/// API versions the simulator serves (`/crm/{version}/…`), as Zoho documents them.
+pub const VERSIONS: &[&str] = &["v2", "v2.1", "v3", "v4", "v5", "v6", "v7", "v8"];
+
+/// Whether a version requires the `fields` parameter on record reads (from v3; optional in v2 and v2.1,
+/// per shared/crm-apis.md §2.2).
+fn fields_required(version: &str) -> bool {
+    !matches!(version, "v2" | "v2.1")
 }
 
 /// A running simulator.
@@ -153,7 +171,7 @@ impl ZohoSim {
     fn new(options: &ZohoSimOptions) -> Self {
         let sim = Self {
             inner: Mutex::new(Inner {
-                modules: wire::MODULES.iter().map(|(_, module)| (*module, BTreeMap::new())).collect(),
+                modules: schema::MODULES.iter().map(|(module, ..)| (*module, BTreeMap::new())).collect(),
                 products: Vec::new(),
                 tokens: HashSet::new(),
                 clock: 0,
@@ -166,6 +184,7 @@ impl ZohoSim {
             counters: Counters::default(),
             progress: tokio::sync::watch::channel(0).0,
             calls: AtomicU64::new(0),
+            multi_currency: options.multi_currency,
         };
         sim.seed(&options.world, options.shared_modified_time);
         sim
@@ -330,6 +349,10 @@ pub fn router(state: Arc<ZohoSim>) -> Router {
     Router::new()
         .route("/oauth/v2/token", post(token))
         .route("/crm/{version}/settings/fields", get(fields))
+        .route("/crm/{version}/settings/modules", get(modules))
+        .route("/crm/{version}/settings/modules/{module}", get(module))
+        .route("/crm/{version}/org", get(org))
+        .route("/crm/{version}/org/currencies", get(currencies))
         .route("/crm/{version}/actions/watch", post(watch).patch(watch))
         .route("/crm/{version}/{module}", get(records).delete(delete_records).put(update))
         .route("/crm/{version}/{module}/deleted", get(deleted))
@@ -339,9 +362,18 @@ pub fn router(state: Arc<ZohoSim>) -> Router {
 }
 
 impl ZohoSim {
-    async fn gate(&self, headers: &HeaderMap) -> Result<(), Response> {
+    async fn gate(&self, headers: &HeaderMap, version: &str) -> Result<(), Response> {
         let calls = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         self.progress.send_replace(calls);
+        if !VERSIONS.contains(&version) {
+            // Zoho's answer to a path it does not serve (shared/crm-apis.md §2.6).
+            return Err(error(
+                StatusCode::NOT_FOUND,
+                "INVALID_URL_PATTERN",
+                "Please check if the URL trying to access is a correct one",
+                json!({}),
+            ));
+        }
         let token = headers
             .get(header::AUTHORIZATION)
             .and_then(|value| value.to_str().ok())
@@ -373,8 +405,14 @@ impl ZohoSim {
 
     /// Admits a call to a module's endpoint: authentication and faults ([`Self::gate`]), the call
     /// counter, and the module name (`INVALID_MODULE` when it names none). Errors carry the credits header.
-    async fn admit(&self, headers: &HeaderMap, counter: &AtomicU64, module: &str) -> Result<&'static str, Response> {
-        self.gate(headers).await.map_err(|response| self.with_credits(response))?;
+    async fn admit(
+        &self,
+        headers: &HeaderMap,
+        version: &str,
+        counter: &AtomicU64,
+        module: &str,
+    ) -> Result<&'static str, Response> {
+        self.gate(headers, version).await.map_err(|response| self.with_credits(response))?;
         counter.fetch_add(1, Ordering::SeqCst);
         wire::entity_of(module).map(wire::module).ok_or_else(|| self.with_credits(invalid_module(json!({}))))
     }
@@ -422,9 +460,61 @@ fn invalid_module(details: Value) -> Response {
 }
 
 fn module_name(name: &str) -> Option<&'static str> {
-    wire::MODULES
+    schema::MODULES.iter().map(|(module, ..)| *module).find(|module| *module == name)
+}
+
+impl ZohoSim {
+    /// A module's fields in this org.
+    fn schema(&self, module: &str) -> Vec<schema::FieldSpec> {
+        schema::schema(module, self.multi_currency)
+    }
+}
+
+/// `GET /crm/{v}/org`: the org's details, shaped like the documented example
+/// (zoho/crm-oas v8.0/org/operations/getOrganization/examples/response-200-orggetresponse.md):
+/// `mc_status` says whether multi-currency is on, `currency` names the org currency ("Euro - EUR").
+async fn org(State(sim): Shared, headers: HeaderMap, Path(version): Path<String>) -> Response {
+    if let Err(response) = sim.gate(&headers, &version).await {
+        return sim.with_credits(response);
+    }
+    sim.counters.read.fetch_add(1, Ordering::SeqCst);
+    let body = json!({"org": [{
+        "id": "4150868000000000001", "company_name": "Zylker (simulated)", "alias": "zylker", "domain_name": "zylker",
+        "type": "production", "country": "Germany", "country_code": "DE", "iso_code": "DE", "time_zone": "Asia/Kolkata",
+        "mc_status": sim.multi_currency, "currency": format!("Euro - {ORG_CURRENCY}"), "currency_symbol": "€",
+        "currency_locale": "de_DE", "primary_email": "admin@zylker.example", "max_per_page": wire::PER_PAGE,
+        "license_details": {"paid": true, "paid_type": "enterprise", "users_license_purchased": 10,
+                            "trial_type": null, "trial_expiry": null, "paid_expiry": null, "portal_users_license_purchased": 0},
+        "hipaa_compliance_enabled": false, "privacy_settings": false, "zgid": "4150868", "created_time": "2020-01-01T00:00:00+05:30",
+    }]});
+    sim.with_credits(axum::Json(body).into_response())
+}
+
+/// `GET /crm/{v}/org/currencies`: the active currencies (documented example
+/// zoho/crm-oas v8.0/currencies/operations/getCurrencies/examples/response-200-sample.md), or 403
+/// `CURRENCIES_NOT_ENABLED` in an org without multi-currency (response-403-currenciesnotenabled.md).
+async fn currencies(State(sim): Shared, headers: HeaderMap, Path(version): Path<String>) -> Response {
+    if let Err(response) = sim.gate(&headers, &version).await {
+        return sim.with_credits(response);
+    }
+    sim.counters.read.fetch_add(1, Ordering::SeqCst);
+    if !sim.multi_currency {
+        return sim.with_credits(error(
+            StatusCode::FORBIDDEN,
+            "CURRENCIES_NOT_ENABLED",
+            "Multi currency is not enabled",
+            json!({}),
+        ));
+    }
+    let currencies: Vec<Value> = schema::CURRENCIES
         .iter()
-        .map(|(_, module)| *module)
-        .find(|module| *module == name)
-        .or((name == "Products").then_some("Products"))
+        .enumerate()
+        .map(|(index, code)| {
+            json!({"iso_code": code, "name": code, "symbol": code, "is_base": *code == ORG_CURRENCY, "is_active": true,
+                   "exchange_rate": if *code == ORG_CURRENCY { "1.000000000" } else { "1.100000000" },
+                   "exchange_rate_auto_update": false, "prefix_symbol": true, "id": format!("415086800000004{index:04}"),
+                   "format": {"numeral_system": "International", "decimal_places": "2", "decimal_separator": "Period", "thousand_separator": "Comma"}})
+        })
+        .collect();
+    sim.with_credits(axum::Json(json!({"currencies": currencies})).into_response())
 }

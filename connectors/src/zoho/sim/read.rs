@@ -9,8 +9,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::schema::schema;
-use super::{Shared, Snapshot, ZohoSim, error, invalid_module, module_name, zoho_time};
+use super::{Shared, Snapshot, ZohoSim, error, fields_required, invalid_module, module_name, zoho_time};
 use crate::canonical::Timestamp;
 use crate::sim::truncate;
 use crate::zoho::wire;
@@ -18,43 +17,36 @@ use crate::zoho::wire;
 pub(super) async fn records(
     State(sim): Shared,
     headers: HeaderMap,
-    Path((_version, module)): Path<(String, String)>,
+    Path((version, module)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    if let Err(response) = sim.gate(&headers).await {
+    if let Err(response) = sim.gate(&headers, &version).await {
         return sim.with_credits(response);
     }
     sim.counters.read.fetch_add(1, Ordering::SeqCst);
-    let response = sim.list(&headers, &module, &query);
+    let response = sim.list(&headers, &version, &module, &query);
     sim.with_credits(response)
 }
 
 impl ZohoSim {
-    fn list(&self, headers: &HeaderMap, module: &str, query: &HashMap<String, String>) -> Response {
+    fn list(&self, headers: &HeaderMap, version: &str, module: &str, query: &HashMap<String, String>) -> Response {
         let Some(module) = module_name(module) else {
             return invalid_module(json!({"resource_path_index": 0}));
         };
-        if module == "Products" {
-            let inner = self.lock();
-            let data: Vec<Value> = inner
-                .products
-                .iter()
-                .map(|(id, name, code)| json!({"id": id, "Product_Name": name, "Product_Code": code}))
-                .collect();
-            return axum::Json(
-                json!({"data": data, "info": {"per_page": 200, "count": data.len(), "page": 1, "more_records": false}}),
-            )
-            .into_response();
-        }
-        let Some(fields) = query.get("fields") else {
-            return error(
-                StatusCode::BAD_REQUEST,
-                "REQUIRED_PARAM_MISSING",
-                "One of the expected parameter is missing",
-                json!({"param_name": "fields"}),
-            );
+        let schema = self.schema(module);
+        let fields: Vec<String> = match query.get("fields") {
+            Some(fields) => fields.split(',').map(str::to_owned).collect(),
+            // `fields` is optional before v3: every field of the module.
+            None if !fields_required(version) => schema.iter().map(|spec| spec.name.to_owned()).collect(),
+            None => {
+                return error(
+                    StatusCode::BAD_REQUEST,
+                    "REQUIRED_PARAM_MISSING",
+                    "One of the expected parameter is missing",
+                    json!({"param_name": "fields"}),
+                );
+            }
         };
-        let fields: Vec<String> = fields.split(',').map(str::to_owned).collect();
         if fields.len() > 50 {
             return error(
                 StatusCode::BAD_REQUEST,
@@ -63,7 +55,7 @@ impl ZohoSim {
                 json!({"param_name": "fields", "limit": 50}),
             );
         }
-        let known: HashSet<&str> = schema(module).iter().map(|spec| spec.name).collect();
+        let known: HashSet<&str> = schema.iter().map(|spec| spec.name).collect();
         let renamed = self.faults.drift_renamed_field() && module == "Deals";
         if let Some(unknown) = fields.iter().find(|field| {
             let stale_name = renamed && *field == "Stage";
@@ -246,10 +238,10 @@ impl ZohoSim {
 pub(super) async fn deleted(
     State(sim): Shared,
     headers: HeaderMap,
-    Path((_version, module)): Path<(String, String)>,
+    Path((version, module)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let module = match sim.admit(&headers, &sim.counters.read, &module).await {
+    let module = match sim.admit(&headers, &version, &sim.counters.read, &module).await {
         Ok(module) => module,
         Err(response) => return response,
     };

@@ -39,7 +39,8 @@ impl ZohoSim {
             ("Sprocket", "S-400"),
             ("Support plan", "SP-1"),
         ] {
-            let id = inner.new_id();
+            let fields = json!({"Product_Name": name, "Product_Code": code, "Product_Active": true});
+            let id = inner.put("Products", fields, base);
             inner.products.push((id, name.to_owned(), code.to_owned()));
         }
         let mut account_ids = HashMap::new();
@@ -76,6 +77,7 @@ impl ZohoSim {
                 "Deal_Name": deal.name, "Account_Name": {"name": account_name, "id": account}, "Amount": decimal_json(deal.amount),
                 "Currency": deal.currency, "Stage": stage, "Lead_Source": deal.source, "Closing_Date": deal.close_date.to_string(),
             });
+            let fields = self.without_currency_unless_multi(fields);
             let modified = stamp("Deals");
             inner.put("Deals", with_created(fields, deal.created_at, modified), modified);
         }
@@ -104,8 +106,19 @@ impl ZohoSim {
                 "Due_Date": order.order_date.to_string(), "Currency": order.currency, "Grand_Total": decimal_json(order.total()),
                 "Lead_Source": order.source, "Ordered_Items": items,
             });
+            let fields = self.without_currency_unless_multi(fields);
             inner.put("Sales_Orders", fields, stamp("Sales_Orders"));
         }
         inner.clock = now;
+    }
+
+    /// A single-currency org has no `Currency` field: its amounts are all in the org currency.
+    fn without_currency_unless_multi(&self, mut fields: Value) -> Value {
+        if !self.multi_currency
+            && let Some(fields) = fields.as_object_mut()
+        {
+            fields.remove("Currency");
+        }
+        fields
     }
 }

@@ -3,7 +3,7 @@
 use std::sync::atomic::Ordering;
 
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
@@ -11,8 +11,13 @@ use serde_json::{Value, json};
 use super::{Shared, error};
 use crate::canonical::Timestamp;
 
-pub(super) async fn watch(State(sim): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = sim.gate(&headers).await {
+pub(super) async fn watch(
+    State(sim): Shared,
+    headers: HeaderMap,
+    Path(version): Path<String>,
+    body: Bytes,
+) -> Response {
+    if let Err(response) = sim.gate(&headers, &version).await {
         return sim.with_credits(response);
     }
     sim.counters.write.fetch_add(1, Ordering::SeqCst);

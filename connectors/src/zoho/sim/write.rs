@@ -10,7 +10,6 @@ use axum::response::{IntoResponse, Response};
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
-use super::schema::schema;
 use super::{Row, Shared, ZohoSim, error, zoho_time};
 use crate::canonical::decimal_json;
 use crate::zoho::wire;
@@ -19,23 +18,30 @@ use crate::zoho::wire;
 pub(super) async fn update(
     State(sim): Shared,
     headers: HeaderMap,
-    Path((_version, module)): Path<(String, String)>,
+    Path((version, module)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    write(sim, headers, module, body, true).await
+    write(sim, headers, &version, module, body, true).await
 }
 
 pub(super) async fn upsert(
     State(sim): Shared,
     headers: HeaderMap,
-    Path((_version, module)): Path<(String, String)>,
+    Path((version, module)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    write(sim, headers, module, body, false).await
+    write(sim, headers, &version, module, body, false).await
 }
 
-pub(super) async fn write(sim: Arc<ZohoSim>, headers: HeaderMap, module: String, body: Bytes, by_id: bool) -> Response {
-    let module = match sim.admit(&headers, &sim.counters.write, &module).await {
+async fn write(
+    sim: Arc<ZohoSim>,
+    headers: HeaderMap,
+    version: &str,
+    module: String,
+    body: Bytes,
+    by_id: bool,
+) -> Response {
+    let module = match sim.admit(&headers, version, &sim.counters.write, &module).await {
         Ok(module) => module,
         Err(response) => return response,
     };
@@ -99,7 +105,7 @@ impl ZohoSim {
         let Some(record) = record.as_object() else {
             return record_error("INVALID_DATA", "invalid data", json!({"json_path": format!("$.data[{index}]")}));
         };
-        let specs = schema(module);
+        let specs = self.schema(module);
         let mut inner = self.lock();
         let target = if by_id {
             let id = record.get("id").and_then(Value::as_str).unwrap_or_default();
@@ -136,8 +142,7 @@ impl ZohoSim {
                     json!({"expected_data_type": "picklist", "api_name": name, "json_path": format!("$.data[{index}].{name}")}),
                 );
             }
-            if spec.kind == "lookup" {
-                let target = if name == "Deal_Name" { "Deals" } else { "Accounts" };
+            if let Some(target) = spec.lookup {
                 let id = value.get("id").and_then(Value::as_str).unwrap_or_default();
                 if inner.modules.get(target).is_none_or(|rows| rows.get(id).is_none_or(|row| row.deleted.is_some())) {
                     return record_error(
@@ -267,10 +272,10 @@ impl ZohoSim {
 pub(super) async fn delete_records(
     State(sim): Shared,
     headers: HeaderMap,
-    Path((_version, module)): Path<(String, String)>,
+    Path((version, module)): Path<(String, String)>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Response {
-    let module = match sim.admit(&headers, &sim.counters.write, &module).await {
+    let module = match sim.admit(&headers, &version, &sim.counters.write, &module).await {
         Ok(module) => module,
         Err(response) => return response,
     };
