@@ -1,6 +1,6 @@
 //! Zoho records ↔ canonical records: the only place the two meet.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{Map, Value, json};
 
@@ -44,12 +44,90 @@ pub fn vendor_fields(entity: Entity, canonical: &str) -> &'static [&'static str]
         (Entity::Order, "currency") => &["Currency"],
         (Entity::Order, "total_amount") => &["Grand_Total"],
         (Entity::Order, "order_date") => &["Due_Date"],
-        (Entity::Order, "lines") => &["Ordered_Items"],
+        (Entity::Order, "lines") => &["Ordered_Items", "Product_Details"],
         (Entity::Order, "details") => &["Description"],
         (_, "created_at") => &["Created_Time"],
         (_, "updated_at") => &["Modified_Time"],
         _ => &[],
     }
+}
+
+/// What `settings/fields` says about a module: its fields, what a create must carry, the picklists,
+/// and (Sales_Orders) which line-item field the org has.
+#[derive(Debug, Default)]
+pub struct ModuleInfo {
+    /// API names.
+    pub fields: BTreeSet<String>,
+    /// Fields a create must carry: `system_mandatory` and not system-computed (`read_only`).
+    pub mandatory: Vec<String>,
+    /// Picklist fields and the `actual_value`s a write may send (fields with no listed values are
+    /// not checked).
+    pub picklists: HashMap<String, Vec<String>>,
+    /// `Ordered_Items` or `Product_Details`, when the module has one of them.
+    pub line_items: Option<String>,
+}
+
+impl ModuleInfo {
+    /// Reads the documented `settings/fields` metadata.
+    pub fn new(fields: Vec<wire::FieldMeta>) -> Self {
+        let mut info = Self::default();
+        for field in fields {
+            if field.system_mandatory && !field.read_only && field.api_name != "id" {
+                info.mandatory.push(field.api_name.clone());
+            }
+            if field.data_type == "picklist" && !field.pick_list_values.is_empty() {
+                let values = field.pick_list_values.iter().map(|value| value.actual_value.clone()).collect();
+                info.picklists.insert(field.api_name.clone(), values);
+            }
+            if info.line_items.is_none() && wire::LINE_ITEM_FIELDS.contains(&field.api_name.as_str()) {
+                info.line_items = Some(field.api_name.clone());
+            }
+            info.fields.insert(field.api_name);
+        }
+        info
+    }
+}
+
+/// The org's currencies (`GET org`, `GET org/currencies`).
+#[derive(Debug, Clone)]
+pub struct OrgCurrencies {
+    /// The org (base) currency: the currency of every amount in a single-currency org.
+    pub currency: Currency,
+    /// Multi-currency enabled: records may carry a `Currency`.
+    pub multi_currency: bool,
+    /// Currencies a record may be written in.
+    pub active: BTreeSet<String>,
+}
+
+/// Why a record is not sent: Zoho would refuse it, so it is dead-lettered before the call.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    /// Zoho's code for the same refusal (`MANDATORY_NOT_FOUND`, `INVALID_DATA`, `CURRENCIES_NOT_ENABLED`).
+    pub code: String,
+    /// What is wrong, naming the field.
+    pub message: String,
+}
+
+impl Refusal {
+    fn new(code: &str, message: String) -> Self {
+        Self { code: code.to_owned(), message }
+    }
+}
+
+/// What a write needs besides the record: the org's rules and lookups.
+pub struct WriteContext<'a> {
+    /// Vendor value tables.
+    pub vocabulary: &'a Vocabulary,
+    /// The connection's settings.
+    pub config: &'a ZohoConfig,
+    /// Fields privacy forbids writing.
+    pub denied: &'a BTreeSet<String>,
+    /// Product name → Zoho id.
+    pub products: &'a HashMap<String, String>,
+    /// The module's metadata.
+    pub module: &'a ModuleInfo,
+    /// The org's currencies (modules with amounts).
+    pub currencies: Option<&'a OrgCurrencies>,
 }
 
 /// The field a mapping cannot work without, per module.
@@ -124,13 +202,35 @@ fn lookup(row: &Map<String, Value>, field: &str) -> Option<RecordRef> {
     row.get(field).and_then(|value| value.get("id")).and_then(Value::as_str).map(RecordRef::external)
 }
 
+/// A sales order's line items, under whichever line-item field the record has.
+fn line_items(row: &Map<String, Value>) -> Option<(&'static str, &Vec<Value>)> {
+    wire::LINE_ITEM_FIELDS.iter().find_map(|field| Some((*field, row.get(*field)?.as_array()?)))
+}
+
+/// One line: `Ordered_Items` rows name their keys like fields (`Product_Name`, `Quantity`, `List_Price`,
+/// `Total`); the older `Product_Details` rows use `product`, `quantity`, `list_price`, `total`.
+fn order_line(field: &str, item: &Map<String, Value>) -> Result<OrderLine, ConnectorError> {
+    let legacy = field == "Product_Details";
+    let key = |current: &'static str, old: &'static str| if legacy { old } else { current };
+    let product = item.get(key("Product_Name", "product"));
+    Ok(OrderLine {
+        product: product.and_then(|product| product.get("name")).and_then(Value::as_str).map(str::to_owned),
+        sku: text(item, "Product_Code").or_else(|| {
+            product.and_then(|product| product.get("Product_Code")).and_then(Value::as_str).map(str::to_owned)
+        }),
+        quantity: decimal(item, key("Quantity", "quantity"))?.unwrap_or_default(),
+        unit_price: decimal(item, key("List_Price", "list_price"))?.unwrap_or_default(),
+        line_total: decimal(item, key("Total", "total"))?.unwrap_or_default(),
+    })
+}
+
 /// Maps one record to a canonical change. `unmapped` collects vendor values no table covers.
 pub fn to_change(
     entity: Entity,
     row: &Map<String, Value>,
     vocabulary: &Vocabulary,
     config: &ZohoConfig,
-    default_currency: &Currency,
+    default_currency: Option<&Currency>,
     unmapped: &mut Vec<String>,
 ) -> Result<Change, ConnectorError> {
     let module = wire::module(entity);
@@ -153,7 +253,7 @@ pub fn to_change(
             Some(code) => {
                 Currency::new(&code).map_err(|error| ConnectorError::decode(format!("{module}.{field}"), error))
             }
-            None => Ok(default_currency.clone()),
+            None => default_currency.cloned().ok_or_else(|| missing(field)),
         }
     };
     let data = match entity {
@@ -224,25 +324,13 @@ pub fn to_change(
                 }
                 mapped
             });
-            let lines = match row.get("Ordered_Items").and_then(Value::as_array) {
-                Some(items) => Some(
-                    items
-                        .iter()
-                        .filter_map(Value::as_object)
-                        .map(|item| {
-                            Ok(OrderLine {
-                                product: item
-                                    .get("Product_Name")
-                                    .and_then(|product| product.get("name"))
-                                    .and_then(Value::as_str)
-                                    .map(str::to_owned),
-                                sku: text(item, "Product_Code"),
-                                quantity: decimal(item, "Quantity")?.unwrap_or_default(),
-                                unit_price: decimal(item, "List_Price")?.unwrap_or_default(),
-                                line_total: decimal(item, "Total")?.unwrap_or_default(),
-                            })
-                        })
-                        .collect::<Result<Vec<_>, ConnectorError>>()?,
+            let lines = match line_items(row) {
+                Some((field, items)) => Some(
+                    items.iter().filter_map(Value::as_object).map(|item| order_line(field, item)).collect::<Result<
+                        Vec<_>,
+                        ConnectorError,
+                    >>(
+                    )?,
                 ),
                 None => None,
             };
@@ -295,16 +383,46 @@ fn channel_value(channel: Channel, vocabulary: &Vocabulary) -> Option<String> {
     vocabulary.vendor_channel(channel, preferred)
 }
 
-/// Builds one upsert record. Lookups are sent by Zoho id (Zoho cannot reference by another field);
-/// order lines need the products' Zoho ids (`products`: name → id).
+/// The `Currency` to write for an amount in `currency`, or why it cannot be written: a multi-currency
+/// org takes any of its active currencies; a single-currency org has no `Currency` field and takes
+/// only amounts in its own currency (converting needs an FX rate crmsync does not have here).
+fn currency_field(currency: &Currency, currencies: &OrgCurrencies) -> Result<Option<String>, Refusal> {
+    if currencies.multi_currency {
+        if currencies.active.contains(currency.as_str()) {
+            return Ok(Some(currency.as_str().to_owned()));
+        }
+        let active: Vec<&str> = currencies.active.iter().map(String::as_str).collect();
+        return Err(Refusal::new(
+            "INVALID_DATA",
+            format!("Currency: {currency} is not an active currency of the Zoho org (active: {})", active.join(", ")),
+        ));
+    }
+    if *currency == currencies.currency {
+        return Ok(None);
+    }
+    Err(Refusal::new(
+        "CURRENCIES_NOT_ENABLED",
+        format!(
+            "the Zoho org has no multi-currency and keeps amounts in {}; an amount in {currency} cannot be written \
+             without converting it",
+            currencies.currency
+        ),
+    ))
+}
+
+/// Builds one write record, or refuses it before the call when Zoho would: a create missing a
+/// `system_mandatory` field (`MANDATORY_NOT_FOUND`), a picklist value the field does not list, a
+/// currency the org does not take, a sales order without line items or with a product Zoho lacks.
+/// Lookups are sent by Zoho id (Zoho cannot reference by another field).
 pub fn to_record(
     canonical_id: CanonicalId,
     data: &EntityData,
-    vocabulary: &Vocabulary,
-    config: &ZohoConfig,
-    denied: &BTreeSet<String>,
-    products: &std::collections::HashMap<String, String>,
-) -> Map<String, Value> {
+    context: &WriteContext<'_>,
+    creating: bool,
+) -> Result<Map<String, Value>, Refusal> {
+    let config = context.config;
+    let vocabulary = context.vocabulary;
+    let denied = context.denied;
     let mut record = Map::new();
     record.insert(config.external_id_field.clone(), json!(canonical_id.to_string()));
     let channel_field = config.channel_field.clone();
@@ -315,6 +433,9 @@ pub fn to_record(
     };
     let reference = |reference: &Option<RecordRef>| {
         reference.as_ref().and_then(|reference| reference.external.as_ref()).map(|id| json!({"id": id.as_str()}))
+    };
+    let currencies = || {
+        context.currencies.ok_or_else(|| Refusal::new("INVALID_DATA", "the org's currencies are unknown".to_owned()))
     };
     match data {
         EntityData::Account(account) => {
@@ -341,8 +462,9 @@ pub fn to_record(
             put("Stage", json!(opportunity.stage.and_then(|stage| vocabulary.stages.reverse(stage))));
             put("Closing_Date", json!(opportunity.close_date.map(|day| day.to_string())));
             if let Some(amount) = &opportunity.amount {
+                let currency = currency_field(&amount.currency, currencies()?)?;
                 put("Amount", decimal_json(amount.amount));
-                put("Currency", json!(amount.currency.as_str()));
+                put("Currency", json!(currency));
             }
             put("Probability", json!(opportunity.probability.map(decimal_json)));
             put(&channel_field, json!(opportunity.channel.and_then(|channel| channel_value(channel, vocabulary))));
@@ -352,24 +474,71 @@ pub fn to_record(
             put("Subject", json!(order.number));
             put("Status", json!(order.status.and_then(|status| vocabulary.order_statuses.reverse(status))));
             put("Due_Date", json!(order.order_date.map(|day| day.to_string())));
-            put("Currency", json!(order.currency.as_ref().map(Currency::as_str)));
+            if let Some(currency) = &order.currency {
+                put("Currency", json!(currency_field(currency, currencies()?)?));
+            }
             put("Description", json!(order.details));
             put(&channel_field, json!(order.channel.and_then(|channel| channel_value(channel, vocabulary))));
             put("Account_Name", json!(reference(&order.account)));
             put("Deal_Name", json!(reference(&order.opportunity)));
-            if let Some(lines) = &order.lines {
-                let items: Vec<Value> = lines
+            if let (Some(lines), Some(field)) = (&order.lines, &context.module.line_items) {
+                let legacy = field == "Product_Details";
+                let items = lines
                     .iter()
-                    .filter_map(|line| {
-                        let product = products.get(line.product.as_deref()?)?;
-                        Some(json!({"Product_Name": {"id": product}, "Quantity": decimal_json(line.quantity), "List_Price": decimal_json(line.unit_price)}))
+                    .map(|line| {
+                        let name = line.product.as_deref().unwrap_or_default();
+                        let Some(product) = context.products.get(name) else {
+                            return Err(Refusal::new(
+                                "INVALID_DATA",
+                                format!("{field}: product {name:?} is not in the Zoho org's Products"),
+                            ));
+                        };
+                        Ok(if legacy {
+                            json!({"product": {"id": product}, "quantity": decimal_json(line.quantity), "list_price": decimal_json(line.unit_price)})
+                        } else {
+                            json!({"Product_Name": {"id": product}, "Quantity": decimal_json(line.quantity), "List_Price": decimal_json(line.unit_price)})
+                        })
                     })
-                    .collect();
+                    .collect::<Result<Vec<Value>, Refusal>>()?;
                 if !items.is_empty() {
-                    put("Ordered_Items", Value::Array(items));
+                    put(field, Value::Array(items));
                 }
             }
         }
     }
-    record
+    for (field, values) in &context.module.picklists {
+        if let Some(value) = record.get(field).and_then(Value::as_str)
+            && !values.iter().any(|allowed| allowed == value)
+        {
+            return Err(Refusal::new(
+                "INVALID_DATA",
+                format!("{field}: {value:?} is not one of the field's picklist values"),
+            ));
+        }
+    }
+    if creating && let Some(missing) = context.module.mandatory.iter().find(|field| !record.contains_key(*field)) {
+        return Err(Refusal::new(
+            "MANDATORY_NOT_FOUND",
+            format!("{missing} is mandatory on create in Zoho and {}", why_missing(data, missing, denied)),
+        ));
+    }
+    Ok(record)
+}
+
+/// Why a mandatory field is not in the record: privacy, or the canonical field it comes from is empty.
+fn why_missing(data: &EntityData, field: &str, denied: &BTreeSet<String>) -> String {
+    if denied.contains(field) {
+        return "the connection's privacy settings deny it".to_owned();
+    }
+    let entity = data.entity();
+    let canonical: Vec<&str> =
+        entity.fields().iter().filter(|canonical| vendor_fields(entity, canonical).contains(&field)).copied().collect();
+    match (canonical.first(), field) {
+        (Some(_), "Account_Name") if entity != Entity::Account => {
+            "the record's account has no Zoho id yet (push the account to Zoho first)".to_owned()
+        }
+        (Some(_), "Ordered_Items" | "Product_Details") => "a sales order needs at least one line item".to_owned(),
+        (Some(canonical), _) => format!("the record's {canonical} is empty"),
+        (None, _) => "crmsync maps no canonical field to it".to_owned(),
+    }
 }

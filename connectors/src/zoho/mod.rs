@@ -47,9 +47,9 @@ pub struct ZohoConnector {
     settings: ConnectionSettings,
     config: ZohoConfig,
     http: VendorHttp,
-    described: DescribeCache<BTreeSet<String>>,
+    described: DescribeCache<mapping::ModuleInfo>,
     products: tokio::sync::Mutex<Option<Arc<HashMap<String, String>>>>,
-    default_currency: Currency,
+    org: tokio::sync::Mutex<Option<Arc<mapping::OrgCurrencies>>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -108,7 +108,7 @@ impl ZohoConnector {
             http,
             described: DescribeCache::default(),
             products: tokio::sync::Mutex::new(None),
-            default_currency: Currency::new("EUR").map_err(|error| ConnectorError::Config(error.to_string()))?,
+            org: tokio::sync::Mutex::new(None),
         })
     }
 
@@ -147,7 +147,7 @@ impl ZohoConnector {
         format!("/crm/{}{rest}", self.config.api_version)
     }
 
-    async fn describe(&self, entity: Entity) -> Result<Arc<BTreeSet<String>>, ConnectorError> {
+    async fn describe(&self, entity: Entity) -> Result<Arc<mapping::ModuleInfo>, ConnectorError> {
         if let Some(found) = self.described.get(entity) {
             return Ok(found);
         }
@@ -158,17 +158,73 @@ impl ZohoConnector {
                 client.get(format!("{base}{path}")).query(&[("module", module)])
             })
             .await?;
-        let fields: BTreeSet<String> = response
-            .map(|response| response.fields.into_iter().map(|field| field.api_name).collect())
-            .unwrap_or_default();
-        describe::require(&fields, mapping::required_field(entity), "field", module, entity, &self.settings.fields)?;
-        Ok(self.described.insert(entity, fields))
+        let info = mapping::ModuleInfo::new(response.map(|response| response.fields).unwrap_or_default());
+        describe::require(
+            &info.fields,
+            mapping::required_field(entity),
+            "field",
+            module,
+            entity,
+            &self.settings.fields,
+        )?;
+        Ok(self.described.insert(entity, info))
     }
 
     async fn fields(&self, entity: Entity) -> Result<(Vec<String>, BTreeSet<String>), ConnectorError> {
         let described = self.describe(entity).await?;
-        let denied = mapping::denied_fields(entity, &self.settings.fields, &self.config, &described);
-        Ok((mapping::fields_param(entity, &described, &denied, &self.config), denied))
+        let denied = mapping::denied_fields(entity, &self.settings.fields, &self.config, &described.fields);
+        Ok((mapping::fields_param(entity, &described.fields, &denied, &self.config), denied))
+    }
+
+    /// The org currency and, with multi-currency on, the active currencies: `GET org`, then
+    /// `GET org/currencies` only when `mc_status` says multi-currency is enabled (without it that call
+    /// answers 403 `CURRENCIES_NOT_ENABLED`). Read once per connection.
+    async fn org_currencies(&self) -> Result<Arc<mapping::OrgCurrencies>, ConnectorError> {
+        let mut cached = self.org.lock().await;
+        if let Some(found) = cached.as_ref() {
+            return Ok(found.clone());
+        }
+        let path = self.path("/org");
+        let response: wire::OrgResponse = self
+            .call_json("org", |client, base| client.get(format!("{base}{path}")))
+            .await?
+            .ok_or_else(|| ConnectorError::decode("org", std::io::Error::other("empty body")))?;
+        let org = response
+            .org
+            .into_iter()
+            .next()
+            .ok_or_else(|| ConnectorError::decode("org", std::io::Error::other("no org in the response")))?;
+        let code = org.currency_code().ok_or_else(|| {
+            ConnectorError::decode(
+                "org",
+                std::io::Error::other(format!("org currency {:?} names no ISO code", org.currency)),
+            )
+        })?;
+        let currency = Currency::new(code).map_err(|error| ConnectorError::decode("org currency", error))?;
+        let active = if org.mc_status {
+            let path = self.path("/org/currencies");
+            let response: Option<wire::CurrenciesResponse> =
+                self.call_json("org currencies", |client, base| client.get(format!("{base}{path}"))).await?;
+            response
+                .map(|response| {
+                    response.currencies.into_iter().filter(|meta| meta.is_active).map(|meta| meta.iso_code).collect()
+                })
+                .unwrap_or_default()
+        } else {
+            BTreeSet::from([currency.as_str().to_owned()])
+        };
+        let found = Arc::new(mapping::OrgCurrencies { currency, multi_currency: org.mc_status, active });
+        *cached = Some(found.clone());
+        Ok(found)
+    }
+
+    /// The currency of amounts whose record names none: the org currency (read only when a page
+    /// has such a record: in multi-currency orgs every record carries its `Currency`).
+    async fn default_currency(&self, rows: &[Map<String, Value>]) -> Result<Option<Currency>, ConnectorError> {
+        if rows.iter().all(|row| row.get("Currency").and_then(Value::as_str).is_some_and(|code| !code.is_empty())) {
+            return Ok(None);
+        }
+        Ok(Some(self.org_currencies().await?.currency.clone()))
     }
 
     async fn list(
@@ -206,7 +262,11 @@ impl ZohoConnector {
         Ok(response.unwrap_or_default())
     }
 
-    fn map(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Vec<Change>, ConnectorError> {
+    async fn map(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Vec<Change>, ConnectorError> {
+        let default_currency = match entity {
+            Entity::Opportunity | Entity::Order => self.default_currency(rows).await?,
+            Entity::Account | Entity::Lead => None,
+        };
         let mut unmapped = Vec::new();
         let changes = rows
             .iter()
@@ -216,7 +276,7 @@ impl ZohoConnector {
                     row,
                     &self.settings.vocabulary,
                     &self.config,
-                    &self.default_currency,
+                    default_currency.as_ref(),
                     &mut unmapped,
                 )
             })
@@ -353,7 +413,7 @@ impl Connector for ZohoConnector {
         let mut report = CheckReport::default();
         for entity in &self.settings.entities {
             let described = self.describe(*entity).await?;
-            if !described.contains(&self.config.external_id_field) {
+            if !described.fields.contains(&self.config.external_id_field) {
                 report.notes.push(format!(
                     "{}: unique field {} is missing; pushes will fail until it is created",
                     wire::module(*entity),
@@ -381,7 +441,7 @@ impl Connector for ZohoConnector {
         };
         let page = self.list(entity, position.page_token.as_deref(), since, None).await?;
         position.fetched += page.data.len() as u64;
-        let changes = self.map(entity, &page.data)?;
+        let changes = self.map(entity, &page.data).await?;
         let changes = self.deliver(changes, &mut position);
         let next = page.info.next_page_token.clone().filter(|_| page.info.more_records);
         match next {
@@ -416,7 +476,7 @@ impl Connector for ZohoConnector {
         let mut changes = Vec::new();
         for chunk in ids.chunks(wire::WRITE_LIMIT) {
             let page = self.list(entity, None, None, Some(chunk)).await?;
-            let found = self.map(entity, &page.data)?;
+            let found = self.map(entity, &page.data).await?;
             let present: HashSet<&str> = found.iter().map(|change| change.external_id.as_str()).collect();
             let now = Timestamp::now();
             let gone: Vec<Change> = chunk
@@ -460,26 +520,33 @@ impl Connector for ZohoConnector {
         }
         let module = wire::module(entity);
         let (_, denied) = self.fields(entity).await?;
+        let module_info = self.describe(entity).await?;
         let products = if entity == Entity::Order { self.products().await? } else { Arc::new(HashMap::new()) };
+        let currencies = match entity {
+            Entity::Opportunity | Entity::Order => Some(self.org_currencies().await?),
+            Entity::Account | Entity::Lead => None,
+        };
+        let context = mapping::WriteContext {
+            vocabulary: &self.settings.vocabulary,
+            config: &self.config,
+            denied: &denied,
+            products: &products,
+            module: &module_info,
+            currencies: currencies.as_deref(),
+        };
         let mut outcomes: Vec<Option<PushOutcome>> = vec![None; batch.len()];
-        let upserts: Vec<(usize, Map<String, Value>)> = batch
-            .iter()
-            .enumerate()
-            .filter_map(|(index, outgoing)| match &outgoing.op {
-                OutgoingOp::Upsert { data } => Some((
-                    index,
-                    mapping::to_record(
-                        outgoing.canonical_id,
-                        data,
-                        &self.settings.vocabulary,
-                        &self.config,
-                        &denied,
-                        &products,
-                    ),
-                )),
-                OutgoingOp::Delete => None,
-            })
-            .collect();
+        let mut upserts: Vec<(usize, Map<String, Value>)> = Vec::new();
+        for (index, outgoing) in batch.iter().enumerate() {
+            let OutgoingOp::Upsert { data } = &outgoing.op else { continue };
+            // A record without a Zoho id is created (the upsert matches it only if Zoho already
+            // carries its canonical id): it must pass the create rules.
+            match mapping::to_record(outgoing.canonical_id, data, &context, outgoing.external_id.is_none()) {
+                Ok(record) => upserts.push((index, record)),
+                Err(refusal) => {
+                    outcomes[index] = Some(PushOutcome::Rejected { code: refusal.code, message: refusal.message });
+                }
+            }
+        }
         // Records Zoho already has (known id) are updated by id: an upsert would match only on the
         // external-id field, which a record created in Zoho does not carry yet, and duplicate it.
         let (updates, inserts): (Vec<_>, Vec<_>) =

@@ -13,7 +13,7 @@ use serde_json::json;
 
 use super::sim::{self, RunningZohoSim, ZohoSimOptions};
 use super::*;
-use crate::canonical::{Account, Channel, EntityData, RecordRef, Vocabulary};
+use crate::canonical::{Account, CanonicalId, Channel, EntityData, OrderStatus, RecordRef, Vocabulary};
 use crate::connector::{MemoryHost, WebhookDelivery, WebhookEvent};
 use crate::http::RetryPolicy;
 use crate::sim::{FaultSettings, Simulated, World, WorldSize};
@@ -188,9 +188,28 @@ async fn a_partial_upsert_failure_rejects_only_the_bad_record() {
         report.results[1]
     );
     assert!(matches!(report.results[2].outcome, PushOutcome::Upserted { .. }));
-    // All refused: HTTP 400 with per-record results, still a report, not a failed call.
-    let report = connector.push(Entity::Account, &batch[1..2]).await.unwrap();
-    assert!(matches!(report.results[0].outcome, PushOutcome::Rejected { .. }));
+    // All refused by Zoho (a lookup to an account it does not have): HTTP 400 with per-record
+    // results, still a report, not a failed call.
+    let deal = Outgoing {
+        canonical_id: crate::canonical::CanonicalId::new(),
+        external_id: None,
+        expected_version: None,
+        op: OutgoingOp::Upsert {
+            data: EntityData::Opportunity(crate::canonical::Opportunity {
+                name: Some("Orphan".into()),
+                stage: Some(crate::canonical::Stage::Qualified),
+                close_date: "2026-12-01".parse().ok(),
+                account: Some(RecordRef::external("4150868999999999999")),
+                ..crate::canonical::Opportunity::default()
+            }),
+        },
+    };
+    let report = connector.push(Entity::Opportunity, std::slice::from_ref(&deal)).await.unwrap();
+    assert!(
+        matches!(&report.results[0].outcome, PushOutcome::Rejected { code, message } if code == "INVALID_DATA" && message.contains("Account_Name")),
+        "{:?}",
+        report.results[0]
+    );
 }
 
 #[tokio::test]
@@ -287,7 +306,7 @@ fn lookups_and_offset_timestamps_map_losslessly() {
         row.as_object().unwrap(),
         &vocabulary,
         &config,
-        &Currency::new("EUR").unwrap(),
+        Some(&Currency::new("EUR").unwrap()),
         &mut Vec::new(),
     )
     .unwrap();
@@ -297,4 +316,208 @@ fn lookups_and_offset_timestamps_map_losslessly() {
     assert_eq!(deal.stage, Some(crate::canonical::Stage::Lost));
     assert_eq!(deal.channel, Some(Channel::Agent));
     assert_eq!(deal.amount.as_ref().unwrap().to_string(), "1000.5 EUR");
+}
+
+/// The documented `settings/fields` example (zoho/crm-oas
+/// v8.0/fields/operations/getFields/examples/response-200-fullexample.md, three of its Leads fields
+/// copied verbatim) reads as Zoho documents it: fields by `api_name`, nothing `system_mandatory` among
+/// them (Company is mandatory only in layouts), the owner lookup kept as a field.
+#[test]
+fn the_documented_settings_fields_example_is_read_by_api_name_with_its_mandatory_flags() {
+    let body = include_str!("../../tests/fixtures/zoho/settings-fields-leads.json");
+    let response: wire::FieldsResponse = serde_json::from_str(body).unwrap();
+    let owner = response.fields.iter().find(|field| field.api_name == "Owner").unwrap();
+    assert_eq!((owner.data_type.as_str(), owner.json_type.as_deref()), ("ownerlookup", Some("jsonobject")));
+    assert!(owner.field_read_only && !owner.read_only);
+    assert!(owner.lookup.as_ref().is_some_and(|lookup| lookup.module.is_none()), "`lookup: {{}}` is no lookup target");
+    let info = mapping::ModuleInfo::new(response.fields);
+    assert_eq!(info.fields, BTreeSet::from(["Company".to_owned(), "First_Name".to_owned(), "Owner".to_owned()]));
+    assert!(info.mandatory.is_empty(), "{:?}", info.mandatory);
+    assert_eq!(info.line_items, None);
+}
+
+/// The simulator describes modules in the same documented shape: mandatory flags, lookup targets,
+/// picklist actual values and the line-item subform.
+#[tokio::test]
+async fn the_simulator_describes_sales_orders_with_mandatory_lines_and_lookup_targets() {
+    let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let client = reqwest::Client::new();
+    let base = running.base_url();
+    let token: serde_json::Value = client
+        .post(format!("{base}/oauth/v2/token"))
+        .query(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", sim::CLIENT_ID),
+            ("client_secret", sim::CLIENT_SECRET),
+            ("refresh_token", sim::REFRESH_TOKEN),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let auth = format!("Zoho-oauthtoken {}", token["access_token"].as_str().unwrap());
+    let fields: wire::FieldsResponse = client
+        .get(format!("{base}/crm/v8/settings/fields?module=Sales_Orders"))
+        .header("Authorization", &auth)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let account = fields.fields.iter().find(|field| field.api_name == "Account_Name").unwrap();
+    assert_eq!(account.lookup.as_ref().and_then(|lookup| lookup.module.as_ref()).unwrap().api_name, "Accounts");
+    let info = mapping::ModuleInfo::new(fields.fields);
+    assert_eq!(info.mandatory, ["Subject", "Account_Name", "Ordered_Items"]);
+    assert_eq!(info.line_items.as_deref(), Some("Ordered_Items"));
+    assert_eq!(info.picklists["Status"], ["Created", "Approved", "Delivered", "Cancelled"]);
+    // Versions Zoho serves answer; others are not a Zoho path.
+    for (version, status) in [("v2", 200), ("v2.1", 200), ("v5", 200), ("v9", 404), ("v1", 404)] {
+        let response = client
+            .get(format!("{base}/crm/{version}/settings/modules"))
+            .header("Authorization", &auth)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status().as_u16(), status, "{version}");
+    }
+}
+
+fn order_with(account: &RecordRef, edit: impl FnOnce(&mut crate::canonical::Order)) -> Outgoing {
+    let mut outgoing = testkit::new_orders(account, 1, "SO-RULE").remove(0);
+    if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut outgoing.op {
+        edit(order);
+    }
+    outgoing
+}
+
+async fn pushed_account(connector: &ZohoConnector) -> RecordRef {
+    let account = testkit::new_accounts(1, "Rules Customer").remove(0);
+    let report = connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let PushOutcome::Upserted { external_id, .. } = report.results[0].outcome.clone() else { panic!("{report:?}") };
+    RecordRef { canonical: Some(account.canonical_id), external: Some(external_id) }
+}
+
+fn rejection(report: &PushReport, index: usize) -> (String, String) {
+    match &report.results[index].outcome {
+        PushOutcome::Rejected { code, message } => (code.clone(), message.clone()),
+        other => panic!("record {index}: {other:?}"),
+    }
+}
+
+/// Issue 13 §1c: a sales order needs line items, known products and a currency the org takes; a
+/// single-currency org has no `Currency` field. Each refusal happens before the call (no write is
+/// spent on it), names the field, and uses Zoho's code for the same refusal; the rest of the batch
+/// goes through.
+#[tokio::test]
+async fn sales_orders_zoho_would_refuse_are_refused_before_the_call_naming_the_field() {
+    let mut options = ZohoSimOptions::with_world(world(only(0, 0, 0)));
+    options.multi_currency = false;
+    let running = simulator(options).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = pushed_account(&connector).await;
+    let batch = vec![
+        order_with(&account, |order| order.lines = None),
+        order_with(&account, |order| order.lines = Some(Vec::new())),
+        order_with(&account, |order| {
+            if let Some(line) = order.lines.as_mut().and_then(|lines| lines.first_mut()) {
+                line.product = Some("Flux capacitor".into());
+            }
+        }),
+        order_with(&account, |order| order.currency = Currency::new("USD").ok()),
+        order_with(&account, |order| order.account = Some(RecordRef::canonical(CanonicalId::new()))),
+        order_with(&account, |_| {}),
+    ];
+    let writes = Simulated::stats(state.as_ref()).write_calls;
+    let report = connector.push(Entity::Order, &batch).await.unwrap();
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls - writes, 1, "one upsert call, for the valid order");
+    for index in [0, 1] {
+        let (code, message) = rejection(&report, index);
+        assert_eq!(code, "MANDATORY_NOT_FOUND");
+        assert!(message.contains("Ordered_Items") && message.contains("line item"), "{message}");
+    }
+    let (code, message) = rejection(&report, 2);
+    assert!(code == "INVALID_DATA" && message.contains("Flux capacitor"), "{message}");
+    let (code, message) = rejection(&report, 3);
+    assert!(code == "CURRENCIES_NOT_ENABLED" && message.contains("USD") && message.contains("EUR"), "{message}");
+    let (code, message) = rejection(&report, 4);
+    assert!(code == "MANDATORY_NOT_FOUND" && message.contains("Account_Name"), "{message}");
+    let PushOutcome::Upserted { external_id, created: true, .. } = &report.results[5].outcome else {
+        panic!("{:?}", report.results[5])
+    };
+    let row = state.row(Entity::Order, external_id.as_str()).unwrap();
+    assert!(!row.contains_key("Currency"), "a single-currency org has no Currency field");
+    assert_eq!(row["Ordered_Items"].as_array().unwrap().len(), 1);
+    // Read back, its amounts are in the org currency from `GET org`.
+    let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
+    let EntityData::Order(read) = pulled.changes[0].data().unwrap() else { panic!() };
+    assert_eq!(read.currency.as_ref().map(Currency::as_str), Some("EUR"));
+}
+
+/// A multi-currency org takes its active currencies and refuses others.
+#[tokio::test]
+async fn a_multi_currency_org_takes_its_active_currencies_and_refuses_others() {
+    let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let account = pushed_account(&connector).await;
+    let batch = vec![
+        order_with(&account, |order| order.currency = Currency::new("USD").ok()),
+        order_with(&account, |order| order.currency = Currency::new("JPY").ok()),
+    ];
+    let report = connector.push(Entity::Order, &batch).await.unwrap();
+    let PushOutcome::Upserted { external_id, .. } = &report.results[0].outcome else { panic!("{report:?}") };
+    assert_eq!(running.state().row(Entity::Order, external_id.as_str()).unwrap()["Currency"], "USD");
+    let (code, message) = rejection(&report, 1);
+    assert!(code == "INVALID_DATA" && message.contains("JPY") && message.contains("EUR, GBP, USD"), "{message}");
+}
+
+/// Issue 15 (Zoho side): an order in each canonical status is written as a Sales_Order with its
+/// Ordered_Items and the mapped Status (SPEC §2: draft → Created, confirmed → Approved, delivered →
+/// Delivered, cancelled → Cancelled; shipped and invoiced have no default Zoho value and are not
+/// written), and reads back as what was pushed: nothing for reconcile to take as a change (no echo).
+#[tokio::test]
+async fn an_order_in_each_status_is_written_with_its_items_and_status_and_reads_back_unchanged() {
+    let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let account = pushed_account(&connector).await;
+    let statuses = [
+        (OrderStatus::Draft, Some("Created")),
+        (OrderStatus::Confirmed, Some("Approved")),
+        (OrderStatus::Shipped, None),
+        (OrderStatus::Delivered, Some("Delivered")),
+        (OrderStatus::Invoiced, None),
+        (OrderStatus::Cancelled, Some("Cancelled")),
+    ];
+    let batch: Vec<Outgoing> =
+        statuses.iter().map(|(status, _)| order_with(&account, |order| order.status = Some(*status))).collect();
+    let report = connector.push(Entity::Order, &batch).await.unwrap();
+    let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
+    for ((status, vendor), (outgoing, result)) in statuses.iter().zip(batch.iter().zip(&report.results)) {
+        let PushOutcome::Upserted { external_id, .. } = &result.outcome else { panic!("{status:?}: {result:?}") };
+        let row = running.state().row(Entity::Order, external_id.as_str()).unwrap();
+        assert_eq!(row["Ordered_Items"][0]["Product_Name"]["name"], "Widget", "{status:?}");
+        let written = row.get("Status").and_then(serde_json::Value::as_str);
+        // A status with no Zoho value is left to Zoho's default on create.
+        assert_eq!(written, vendor.or(Some("Created")), "{status:?}");
+        let OutgoingOp::Upsert { data } = &outgoing.op else { panic!() };
+        let change = pulled.changes.iter().find(|change| &change.external_id == external_id).unwrap();
+        let EntityData::Order(read) = change.data().unwrap() else { panic!() };
+        let EntityData::Order(sent) = connector.representable(data) else { panic!() };
+        if vendor.is_some() {
+            assert_eq!(read.status, sent.status, "{status:?} reads back as pushed");
+        } else {
+            assert_eq!(sent.status, None, "{status:?} is not written, so not compared");
+        }
+        assert_eq!((&read.number, &read.currency, read.order_date), (&sent.number, &sent.currency, sent.order_date));
+        let line = &read.lines.as_ref().unwrap()[0];
+        let sent_line = &sent.lines.as_ref().unwrap()[0];
+        assert_eq!(
+            (&line.product, line.quantity, line.unit_price),
+            (&sent_line.product, sent_line.quantity, sent_line.unit_price)
+        );
+        assert_eq!(change.canonical_hint, Some(outgoing.canonical_id), "the external-id field names the record");
+    }
 }

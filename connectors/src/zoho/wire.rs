@@ -107,14 +107,112 @@ pub struct FieldsResponse {
     pub fields: Vec<FieldMeta>,
 }
 
-/// One field's metadata.
+/// One field's metadata, in the documented shape (zoho/crm-oas v8.0 fields.json `fields` schema and
+/// v8.0/fields/operations/getFields/examples/response-200-fullexample.md). Records are read and
+/// written by `api_name` (a lookup's value is a `{name, id}` object under the same name).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FieldMeta {
-    /// API name.
+    /// API name: the key of the field in records and in `fields=`.
     pub api_name: String,
-    /// `text`, `picklist`, `lookup`, `currency`, `date`, `datetime`, `subform`, …
+    /// `text`, `picklist`, `lookup`, `ownerlookup`, `currency`, `date`, `datetime`, `subform`, …
+    #[serde(default)]
     pub data_type: String,
+    /// `string`, `jsonobject`, `jsonarray`, `double`, `integer`, `boolean`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub json_type: Option<String>,
+    /// Mandatory on create for every layout (`MANDATORY_NOT_FOUND` without it).
+    #[serde(default)]
+    pub system_mandatory: bool,
+    /// System-computed (`Created_Time`, totals): never written.
+    #[serde(default)]
+    pub read_only: bool,
+    /// Read-only in the layout for the API user's profile.
+    #[serde(default)]
+    pub field_read_only: bool,
+    /// A picklist's values; records carry `actual_value`.
+    #[serde(default)]
+    pub pick_list_values: Vec<PickListValue>,
+    /// A lookup's target (`{}` or `null` for other fields).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lookup: Option<LookupMeta>,
 }
+
+/// One picklist value.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PickListValue {
+    /// What the UI shows.
+    #[serde(default)]
+    pub display_value: String,
+    /// What records carry and writes send.
+    pub actual_value: String,
+}
+
+/// A lookup field's target.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct LookupMeta {
+    /// The module it points to (absent for non-lookup fields, whose `lookup` is `{}`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub module: Option<ModuleRef>,
+}
+
+/// A module named in metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ModuleRef {
+    /// API name (`Accounts`).
+    pub api_name: String,
+}
+
+/// `GET /crm/{v}/org` (zoho/crm-oas v8.0 org.json; example
+/// v8.0/org/operations/getOrganization/examples/response-200-orggetresponse.md).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrgResponse {
+    /// One org.
+    pub org: Vec<Org>,
+}
+
+/// The org fields crmsync reads.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Org {
+    /// Multi-currency enabled: records carry `Currency`, `org/currencies` lists the active ones.
+    #[serde(default)]
+    pub mc_status: bool,
+    /// The org (base) currency, named `"<name> - <ISO code>"` (`"US Dollar - USD"`).
+    #[serde(default)]
+    pub currency: String,
+}
+
+impl Org {
+    /// The ISO code of the org currency: the part of `currency` after the last `" - "`.
+    pub fn currency_code(&self) -> Option<&str> {
+        self.currency.rsplit(" - ").next().map(str::trim).filter(|code| code.len() == 3)
+    }
+}
+
+/// `GET /crm/{v}/org/currencies` (multi-currency orgs only; 403 `CURRENCIES_NOT_ENABLED` otherwise).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CurrenciesResponse {
+    /// The org's currencies.
+    pub currencies: Vec<CurrencyMeta>,
+}
+
+/// One currency of the org.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CurrencyMeta {
+    /// ISO 4217 code.
+    pub iso_code: String,
+    /// Usable in records.
+    #[serde(default)]
+    pub is_active: bool,
+    /// The org currency.
+    #[serde(default)]
+    pub is_base: bool,
+}
+
+/// The line-item fields of `Sales_Orders`: the `Ordered_Items` subform in current API versions
+/// (zoho/crm-oas v8.0 record createRecords example `SalesOrdersCreateExample`), the `Product_Details`
+/// array in older ones (v2, help.zoho.com Kaizen #53 "Sales Orders API"). Which one an org serves is
+/// read from its `settings/fields`, not guessed from the version.
+pub const LINE_ITEM_FIELDS: &[&str] = &["Ordered_Items", "Product_Details"];
 
 /// The modules crmsync syncs, per entity.
 pub const MODULES: &[(Entity, &str)] = &[
