@@ -1,5 +1,7 @@
 //! An in-process Zoho CRM simulator (axum): the accounts server's token endpoint (errors as HTTP 200
-//! bodies, like Zoho), `settings/fields`, the records API with `fields` (required, ≤ 50),
+//! bodies, like Zoho), under `/crm/v2` … `/crm/v8`: `settings/modules`, `settings/fields` (the
+//! documented metadata third-party clients build schemas from), `org` and `org/currencies`
+//! (multi-currency on or off), the records API with `fields` (required from v3, ≤ 50),
 //! `per_page` ≤ 200, `sort_by=Modified_Time`, `If-Modified-Since` (304 when nothing changed, 204 when
 //! empty), page numbers up to 2,000 records (`DISCRETE_PAGINATION_LIMIT_EXCEEDED` beyond) and
 //! `page_token` chains up to 100,000 (`PAGINATION_LIMIT_EXCEEDED`), the deleted-records API, `upsert`
@@ -7,7 +9,7 @@
 //! `actions/watch`, and the fault switches. `Modified_Time` has second granularity and is rendered in
 //! the org's time zone (`+05:30`), as Zoho does.
 //!
-//! Layout: `schema` (field metadata), `seed` (the world as records), `read`, `write`, `watch`
+//! Layout: `schema` (field and module metadata), `seed` (the world as records), `read`, `write`, `watch`
 //! (the endpoints); the token endpoint, fault gate and state live here.
 //!
 //! Org customisations it models: every module has a unique text field `Crmsync_Id` (the external id);
