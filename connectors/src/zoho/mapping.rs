@@ -542,3 +542,47 @@ fn why_missing(data: &EntityData, field: &str, denied: &BTreeSet<String>) -> Str
         (None, _) => "crmsync maps no canonical field to it".to_owned(),
     }
 }
+
+/// What identifies a line for comparison: product id, quantity, unit price.
+fn line_key(
+    field: &str,
+    item: &Value,
+) -> (Option<String>, Option<rust_decimal::Decimal>, Option<rust_decimal::Decimal>) {
+    let legacy = field == "Product_Details";
+    let product_key = if legacy { "product" } else { "Product_Name" };
+    let number =
+        |key: &str| item.get(key).and_then(|value| Money::parse_amount(&value.to_string().replace('"', "")).ok());
+    (
+        item.get(product_key).and_then(|product| product.get("id")).and_then(Value::as_str).map(str::to_owned),
+        number(if legacy { "quantity" } else { "Quantity" }),
+        number(if legacy { "list_price" } else { "List_Price" }),
+    )
+}
+
+/// The subform rows to send so that a record's line items become `desired`, given the rows Zoho has:
+/// Zoho appends rows sent without an id, updates rows sent with one and removes rows sent with `_delete`
+/// (zoho/crm-oas v8.0 updateRecords operation.md), so resending the lines as new rows would duplicate
+/// them. `None`: the lines are already as desired (nothing to send).
+pub fn line_item_changes(field: &str, current: &[Value], desired: &[Value]) -> Option<Vec<Value>> {
+    let unchanged = current.len() == desired.len()
+        && current.iter().zip(desired).all(|(have, want)| line_key(field, have) == line_key(field, want));
+    if unchanged {
+        return None;
+    }
+    let rows = (0..current.len().max(desired.len()))
+        .filter_map(|index| {
+            let id = current.get(index).and_then(|row| row.get("id")).cloned();
+            match (id, desired.get(index)) {
+                (Some(id), Some(want)) => {
+                    let mut row = want.clone();
+                    row["id"] = id;
+                    Some(row)
+                }
+                (None, Some(want)) => Some(want.clone()),
+                (Some(id), None) => Some(json!({"id": id, "_delete": null})),
+                (None, None) => None,
+            }
+        })
+        .collect();
+    Some(rows)
+}

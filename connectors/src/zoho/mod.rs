@@ -549,8 +549,31 @@ impl Connector for ZohoConnector {
         }
         // Records Zoho already has (known id) are updated by id: an upsert would match only on the
         // external-id field, which a record created in Zoho does not carry yet, and duplicate it.
-        let (updates, inserts): (Vec<_>, Vec<_>) =
+        let (mut updates, inserts): (Vec<_>, Vec<_>) =
             upserts.into_iter().partition(|(index, _)| batch[*index].external_id.is_some());
+        let line_field = if entity == Entity::Order { module_info.line_items.clone() } else { None };
+        if let Some(field) = &line_field {
+            // Zoho appends subform rows sent without an id: send the difference to what it has.
+            let ids: Vec<String> = updates
+                .iter()
+                .filter(|(_, record)| record.contains_key(field))
+                .filter_map(|(index, _)| batch[*index].external_id.as_ref().map(|id| id.as_str().to_owned()))
+                .collect();
+            let current = self.current_lines(module, field, &ids).await?;
+            for (index, record) in &mut updates {
+                let (Some(id), Some(desired)) =
+                    (&batch[*index].external_id, record.get(field).and_then(Value::as_array).cloned())
+                else {
+                    continue;
+                };
+                let have = current.get(id.as_str()).map(Vec::as_slice).unwrap_or_default();
+                match mapping::line_item_changes(field, have, &desired) {
+                    Some(rows) => record.insert(field.clone(), Value::Array(rows)),
+                    None => record.remove(field),
+                };
+            }
+        }
+        let mut matched: Vec<(usize, String, Vec<Value>)> = Vec::new();
         for (by_id, group) in [(false, inserts), (true, updates)] {
             if group.is_empty() {
                 continue;
@@ -565,26 +588,21 @@ impl Connector for ZohoConnector {
                     record
                 })
                 .collect();
-            let context = format!("{module} {} results", if by_id { "update" } else { "upsert" });
-            let response: wire::WriteResponse = if by_id {
-                let path = self.path(&format!("/{module}"));
-                let body = serde_json::json!({"data": records, "trigger": []});
-                self.call_json(&context, |client, base| client.put(format!("{base}{path}")).json(&body)).await?
-            } else {
-                let path = self.path(&format!("/{module}/upsert"));
-                let body = serde_json::json!({"data": records, "duplicate_check_fields": [self.config.external_id_field], "trigger": []});
-                self.call_json(&context, |client, base| client.post(format!("{base}{path}")).json(&body)).await?
-            }
-            .ok_or_else(|| ConnectorError::decode(context.clone(), std::io::Error::other("empty body")))?;
-            if response.data.len() != group.len() {
-                return Err(ConnectorError::decode(
-                    context,
-                    std::io::Error::other(format!("{} results for {} records", response.data.len(), group.len())),
-                ));
-            }
-            for ((index, _), result) in group.iter().zip(response.data) {
+            let response = self.write(module, by_id, &records).await?;
+            for ((index, record), result) in group.iter().zip(response.data) {
+                // An upsert that matched a record Zoho already had (a retried create) appended its
+                // line items to the existing ones: they are settled below.
+                if let (false, Some(field), Some("update")) = (by_id, &line_field, result.action.as_deref())
+                    && let (Some(id), Some(desired)) =
+                        (result.details.get("id").and_then(Value::as_str), record.get(field).and_then(Value::as_array))
+                {
+                    matched.push((*index, id.to_owned(), desired.clone()));
+                }
                 outcomes[*index] = Some(write_outcome(result));
             }
+        }
+        if let (Some(field), false) = (&line_field, matched.is_empty()) {
+            self.settle_lines(module, field, matched, &mut outcomes).await?;
         }
         let deletes = deletes_to_send(batch, &mut outcomes);
         if !deletes.is_empty() {
@@ -659,6 +677,106 @@ impl ZohoConnector {
         position.phase = Phase::Records;
         position.deleted_page = 0;
         Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
+    }
+}
+
+impl ZohoConnector {
+    /// Sends one write call (`PUT /{module}` by id, or `POST /{module}/upsert` on the external-id
+    /// field) and checks there is one result per record.
+    async fn write(
+        &self,
+        module: &str,
+        by_id: bool,
+        records: &[Map<String, Value>],
+    ) -> Result<wire::WriteResponse, ConnectorError> {
+        let context = format!("{module} {} results", if by_id { "update" } else { "upsert" });
+        let response: wire::WriteResponse = if by_id {
+            let path = self.path(&format!("/{module}"));
+            let body = serde_json::json!({"data": records, "trigger": []});
+            self.call_json(&context, |client, base| client.put(format!("{base}{path}")).json(&body)).await?
+        } else {
+            let path = self.path(&format!("/{module}/upsert"));
+            let body = serde_json::json!({"data": records, "duplicate_check_fields": [self.config.external_id_field], "trigger": []});
+            self.call_json(&context, |client, base| client.post(format!("{base}{path}")).json(&body)).await?
+        }
+        .ok_or_else(|| ConnectorError::decode(context.clone(), std::io::Error::other("empty body")))?;
+        if response.data.len() != records.len() {
+            return Err(ConnectorError::decode(
+                context,
+                std::io::Error::other(format!("{} results for {} records", response.data.len(), records.len())),
+            ));
+        }
+        Ok(response)
+    }
+
+    /// The line-item rows (with their subform row ids) Zoho has for these records: one call.
+    async fn current_lines(
+        &self,
+        module: &str,
+        field: &str,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<Value>>, ConnectorError> {
+        let mut current = HashMap::new();
+        for chunk in ids.chunks(wire::WRITE_LIMIT) {
+            let joined = chunk.join(",");
+            let path = self.path(&format!("/{module}"));
+            let response: Option<wire::RecordsResponse> = self
+                .call_json(&format!("{module} line items"), |client, base| {
+                    client.get(format!("{base}{path}")).query(&[("ids", joined.as_str()), ("fields", field)])
+                })
+                .await?;
+            for row in response.unwrap_or_default().data {
+                if let (Some(id), Some(lines)) =
+                    (row.get("id").and_then(Value::as_str), row.get(field).and_then(Value::as_array))
+                {
+                    current.insert(id.to_owned(), lines.clone());
+                }
+            }
+        }
+        Ok(current)
+    }
+
+    /// After an upsert matched existing records, makes their line items the ones sent: removes the
+    /// rows the upsert appended next to the old ones (one read and one update call).
+    async fn settle_lines(
+        &self,
+        module: &str,
+        field: &str,
+        matched: Vec<(usize, String, Vec<Value>)>,
+        outcomes: &mut [Option<PushOutcome>],
+    ) -> Result<(), ConnectorError> {
+        let ids: Vec<String> = matched.iter().map(|(_, id, _)| id.clone()).collect();
+        let current = self.current_lines(module, field, &ids).await?;
+        let mut fixes: Vec<(usize, Map<String, Value>)> = Vec::new();
+        for (index, id, desired) in matched {
+            let have = current.get(&id).map(Vec::as_slice).unwrap_or_default();
+            // What was sent is now at the end: keep the rows that were there before it, re-pointed.
+            let kept = have.len().saturating_sub(desired.len());
+            let mut rows = mapping::line_item_changes(field, &have[..kept], &desired).unwrap_or_default();
+            rows.extend(
+                have[kept..]
+                    .iter()
+                    .filter_map(|row| row.get("id"))
+                    .map(|id| serde_json::json!({"id": id, "_delete": null})),
+            );
+            if kept > 0 {
+                let mut record = Map::new();
+                record.insert("id".into(), Value::String(id));
+                record.insert(field.to_owned(), Value::Array(rows));
+                fixes.push((index, record));
+            }
+        }
+        if fixes.is_empty() {
+            return Ok(());
+        }
+        let records: Vec<Map<String, Value>> = fixes.iter().map(|(_, record)| record.clone()).collect();
+        let response = self.write(module, true, &records).await?;
+        for ((index, _), result) in fixes.iter().zip(response.data) {
+            if result.status != "success" {
+                outcomes[*index] = Some(write_outcome(result));
+            }
+        }
+        Ok(())
     }
 }
 

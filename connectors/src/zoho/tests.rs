@@ -521,3 +521,84 @@ async fn an_order_in_each_status_is_written_with_its_items_and_status_and_reads_
         assert_eq!(change.canonical_hint, Some(outgoing.canonical_id), "the external-id field names the record");
     }
 }
+
+/// Zoho appends subform rows written without an id, updates rows written with one and removes rows
+/// written with `_delete` (zoho/crm-oas v8.0 updateRecords operation.md). An order update therefore
+/// sends the difference to the rows Zoho has: changed lines replace the old ones, fewer lines delete the
+/// rest, unchanged lines are not sent, and a retried create does not double them.
+#[tokio::test]
+async fn an_order_update_replaces_its_line_items_instead_of_appending_them() {
+    let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = pushed_account(&connector).await;
+    let line = |product: &str, quantity: i64| crate::canonical::OrderLine {
+        product: Some(product.into()),
+        sku: None,
+        quantity: quantity.into(),
+        unit_price: 10.into(),
+        line_total: (quantity * 10).into(),
+    };
+    let mut order = order_with(&account, |order| order.lines = Some(vec![line("Widget", 1), line("Gadget", 2)]));
+    let report = connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    let PushOutcome::Upserted { external_id, .. } = report.results[0].outcome.clone() else { panic!("{report:?}") };
+    let lines_in_zoho = || {
+        let row = state.row(Entity::Order, external_id.as_str()).unwrap();
+        let items = row["Ordered_Items"].as_array().unwrap().clone();
+        let lines: Vec<(String, String)> = items
+            .iter()
+            .map(|item| (item["Product_Name"]["name"].as_str().unwrap().to_owned(), item["Quantity"].to_string()))
+            .collect();
+        (lines, row["Grand_Total"].to_string())
+    };
+    // A retried create (no Zoho id yet, matched by Crmsync_Id) does not double the lines.
+    connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    assert_eq!(lines_in_zoho(), (vec![("Widget".into(), "1".into()), ("Gadget".into(), "2".into())], "30".into()));
+    order.external_id = Some(external_id.clone());
+    let set_lines = |order: &mut Outgoing, lines| {
+        if let OutgoingOp::Upsert { data: EntityData::Order(data) } = &mut order.op {
+            data.lines = Some(lines);
+        }
+    };
+    set_lines(&mut order, vec![line("Gizmo", 3)]);
+    connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    assert_eq!(lines_in_zoho(), (vec![("Gizmo".into(), "3".into())], "30".into()));
+    set_lines(&mut order, vec![line("Gizmo", 3), line("Widget", 5)]);
+    connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    assert_eq!(lines_in_zoho(), (vec![("Gizmo".into(), "3".into()), ("Widget".into(), "5".into())], "80".into()));
+    let row_ids: Vec<serde_json::Value> = state.row(Entity::Order, external_id.as_str()).unwrap()["Ordered_Items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["id"].clone())
+        .collect();
+    // Unchanged lines are not sent again: the rows keep their ids.
+    connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    let after: Vec<serde_json::Value> = state.row(Entity::Order, external_id.as_str()).unwrap()["Ordered_Items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|item| item["id"].clone())
+        .collect();
+    assert_eq!(after, row_ids);
+}
+
+#[test]
+fn line_item_changes_update_rows_in_place_and_delete_the_rest() {
+    let row = |id: &str, product: &str, quantity: i64| json!({"id": id, "Product_Name": {"id": product}, "Quantity": quantity, "List_Price": 10});
+    let want =
+        |product: &str, quantity: i64| json!({"Product_Name": {"id": product}, "Quantity": quantity, "List_Price": 10});
+    let current = [row("r1", "p1", 1), row("r2", "p2", 2)];
+    assert_eq!(mapping::line_item_changes("Ordered_Items", &current, &[want("p1", 1), want("p2", 2)]), None);
+    assert_eq!(
+        mapping::line_item_changes("Ordered_Items", &current, &[want("p3", 3)]),
+        Some(vec![
+            json!({"id": "r1", "Product_Name": {"id": "p3"}, "Quantity": 3, "List_Price": 10}),
+            json!({"id": "r2", "_delete": null})
+        ])
+    );
+    assert_eq!(
+        mapping::line_item_changes("Ordered_Items", &current[..1], &[want("p1", 1), want("p2", 2)]),
+        Some(vec![json!({"id": "r1", "Product_Name": {"id": "p1"}, "Quantity": 1, "List_Price": 10}), want("p2", 2)])
+    );
+}

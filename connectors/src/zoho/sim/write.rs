@@ -159,24 +159,25 @@ impl ZohoSim {
                     json!({"expected_data_type": "date", "api_name": name}),
                 );
             }
-            if name == "Ordered_Items" {
+            if spec.kind == "subform" {
+                // Rows without an id are new (product and quantity required); rows with an id change or,
+                // with `_delete`, remove that row (zoho/crm-oas v8.0 updateRecords operation.md).
                 let valid = value.as_array().is_some_and(|items| {
-                    !items.is_empty()
-                        && items.iter().all(|item| {
-                            let product = item
-                                .get("Product_Name")
-                                .and_then(|product| product.get("id"))
-                                .and_then(Value::as_str)
-                                .unwrap_or_default();
-                            inner.products.iter().any(|(id, _, _)| id == product)
-                                && item.get("Quantity").is_some_and(Value::is_number)
-                        })
+                    items.iter().all(|item| {
+                        let product =
+                            item.get("Product_Name").and_then(|product| product.get("id")).and_then(Value::as_str);
+                        let known = |product: &str| inner.products.iter().any(|(id, _, _)| id == product);
+                        match item.get("id") {
+                            Some(id) => id.is_string() && product.is_none_or(known),
+                            None => product.is_some_and(known) && item.get("Quantity").is_some_and(Value::is_number),
+                        }
+                    })
                 });
                 if !valid {
                     return record_error(
                         "INVALID_DATA",
                         "invalid data",
-                        json!({"api_name": "Ordered_Items", "json_path": format!("$.data[{index}].Ordered_Items")}),
+                        json!({"api_name": name, "json_path": format!("$.data[{index}].{name}")}),
                     );
                 }
             }
@@ -199,8 +200,12 @@ impl ZohoSim {
             None
         };
         if existing.is_none()
-            && let Some(missing) =
-                specs.iter().find(|spec| spec.required && record.get(spec.name).is_none_or(Value::is_null))
+            && let Some(missing) = specs.iter().find(|spec| {
+                spec.required
+                    && record
+                        .get(spec.name)
+                        .is_none_or(|value| value.is_null() || value.as_array().is_some_and(Vec::is_empty))
+            })
         {
             return record_error(
                 "MANDATORY_NOT_FOUND",
@@ -214,6 +219,30 @@ impl ZohoSim {
             None => (inner.new_id(), "insert"),
         };
         let products = inner.products.clone();
+        let subforms: Vec<&str> = specs.iter().filter(|spec| spec.kind == "subform").map(|spec| spec.name).collect();
+        for name in subforms {
+            let Some(incoming) = record.get(name).and_then(Value::as_array).cloned() else { continue };
+            let current = inner
+                .modules
+                .get(module)
+                .and_then(|rows| rows.get(&id))
+                .and_then(|row| row.fields.get(name))
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
+            match merge_subform(current, incoming, || inner.new_id()) {
+                Ok(merged) => {
+                    record.insert(name.to_owned(), Value::Array(merged));
+                }
+                Err(unknown) => {
+                    return record_error(
+                        "INVALID_DATA",
+                        "the id given seems to be invalid",
+                        json!({"api_name": "id", "json_path": format!("$.data[{index}].{name}"), "id": unknown}),
+                    );
+                }
+            }
+        }
         let Some(rows) = inner.modules.get_mut(module) else {
             return record_error("INVALID_MODULE", "invalid module", json!({}));
         };
@@ -307,4 +336,41 @@ pub(super) async fn delete_records(
         .collect();
     drop(inner);
     sim.with_credits(axum::Json(json!({"data": results})).into_response())
+}
+
+/// Applies a subform write to a record's rows as Zoho documents it (zoho/crm-oas v8.0 updateRecords
+/// operation.md): a row without an id is appended, a row with an id updates that row, a row with an id
+/// and `_delete` removes it, and an empty array removes every row. Returns an unknown row id as an error.
+fn merge_subform(
+    mut current: Vec<Value>,
+    incoming: Vec<Value>,
+    mut new_id: impl FnMut() -> String,
+) -> Result<Vec<Value>, String> {
+    if incoming.is_empty() {
+        return Ok(Vec::new());
+    }
+    for item in incoming {
+        let Some(map) = item.as_object() else { continue };
+        match map.get("id").and_then(Value::as_str) {
+            Some(id) => {
+                let Some(position) = current.iter().position(|row| row.get("id").and_then(Value::as_str) == Some(id))
+                else {
+                    return Err(id.to_owned());
+                };
+                if map.contains_key("_delete") {
+                    current.remove(position);
+                } else if let Some(row) = current[position].as_object_mut() {
+                    for (key, value) in map {
+                        row.insert(key.clone(), value.clone());
+                    }
+                }
+            }
+            None => {
+                let mut row = map.clone();
+                row.insert("id".into(), json!(new_id()));
+                current.push(Value::Object(row));
+            }
+        }
+    }
+    Ok(current)
 }
