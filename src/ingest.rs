@@ -24,6 +24,13 @@ use crate::store::{
 };
 use crate::telemetry;
 
+/// How far into the future a vendor's modification time is believed. A later time (a broken clock, a
+/// forged or replayed delivery with a `SystemModstamp` in 2030) would win every later real change
+/// under newest-wins and make every later read of the record look stale, so it is clamped to
+/// now + this skew and counted ([`telemetry::CLAMPED_TIMES`]). Vendor clocks that are merely a
+/// little ahead keep their exact times.
+pub const MAX_FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// One unit of work for the writer.
 #[derive(Debug)]
 pub enum Batch {
@@ -304,6 +311,8 @@ struct BatchWriter<'a> {
     absorbed: Vec<CanonicalId>,
     /// Deletes of vendor records crmsync never stored (nothing to tombstone), and the first such id.
     unknown_deletes: (u64, Option<(Entity, ExternalId)>),
+    /// Changes whose vendor time was clamped ([`MAX_FUTURE_SKEW`]), and the first one's id and time.
+    clamped: (u64, Option<(ExternalId, Timestamp)>),
     commit: Commit,
     stats: IngestStats,
 }
@@ -346,6 +355,7 @@ impl<'a> BatchWriter<'a> {
             queued: BTreeSet::new(),
             absorbed: Vec::new(),
             unknown_deletes: (0, None),
+            clamped: (0, None),
             commit: Commit::default(),
             stats: IngestStats::default(),
         }
@@ -400,6 +410,13 @@ impl<'a> BatchWriter<'a> {
     }
 
     fn apply_change(&mut self, mut change: Change) -> Result<(), StoreError> {
+        let latest = self.now.saturating_add(MAX_FUTURE_SKEW, true);
+        if change.modified_at > latest {
+            telemetry::record_clamped_times(self.connection, change.entity, 1);
+            self.clamped.0 += 1;
+            self.clamped.1.get_or_insert((change.external_id.clone(), change.modified_at));
+            change.modified_at = latest;
+        }
         // Privacy: a denied field is never stored, whatever the connector sent.
         if let Some(policy) = self.rules.fields.get(self.connection) {
             strip_denied(&mut change, policy);
@@ -679,6 +696,16 @@ impl<'a> BatchWriter<'a> {
                 first.entity = %entity,
                 first.external_id = %external_id,
                 "deletes of records crmsync never stored ignored"
+            );
+        }
+        if let (count, Some((external_id, vendor_time))) = &self.clamped {
+            tracing::warn!(
+                connection = %self.connection,
+                count,
+                first.external_id = %external_id,
+                first.vendor_time = %vendor_time,
+                clamped_to = %self.now.saturating_add(MAX_FUTURE_SKEW, true),
+                "vendor modification times in the future clamped to now + skew"
             );
         }
         // Absorbed placeholders first: their rewrite releases the links the records they joined take.
@@ -1187,6 +1214,39 @@ mod tests {
         let stats = apply_batch(&store, &world_rules(), batch, Timestamp::now()).unwrap();
         assert_eq!((stats.deleted, stats.unchanged), (0, 1));
         assert_eq!(store.scan(Entity::Account).count(), 0, "an empty deleted record was stored");
+    }
+
+    #[test]
+    fn a_vendor_time_far_in_the_future_is_clamped_and_cannot_win_later_real_changes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = world_rules();
+        let minutes = |count: i64| Timestamp::from_unix_seconds(1_780_000_000 + 60 * count).unwrap();
+        let renamed = |index: usize, name: &str, at: Timestamp| {
+            let (connection, mut change) = shared_world()[index].clone();
+            if let ChangeKind::Upsert { data: EntityData::Account(account), .. } = &mut change.kind {
+                account.name = Some(name.into());
+            }
+            change.modified_at = at;
+            Batch::Delivered { connection: ConnectionId::new(connection), changes: vec![change] }
+        };
+        let name = |store: &Store| match store.scan(Entity::Account).next().unwrap().unwrap().data {
+            EntityData::Account(account) => account.name,
+            _ => None,
+        };
+        // A Salesforce delivery claiming 2030 arrives at minute 0: it is stored with minute 0 + skew.
+        apply_batch(&store, &rules, renamed(0, "Forged", "2030-01-01T00:00:00Z".parse().unwrap()), minutes(0)).unwrap();
+        let stored = store.scan(Entity::Account).next().unwrap().unwrap();
+        let clamped = minutes(0).saturating_add(MAX_FUTURE_SKEW, true);
+        assert_eq!(stored.link(&ConnectionId::new("sf")).unwrap().last_modified, Some(clamped));
+        assert_eq!(stored.provenance["name"].modified_at, clamped);
+        // A real edit in the same org at minute 5 is not "stale" …
+        apply_batch(&store, &rules, renamed(0, "Acme", minutes(5)), minutes(10)).unwrap();
+        assert_eq!(name(&store).as_deref(), Some("Acme"));
+        // … and a newer edit in another CRM wins under newest-wins.
+        apply_batch(&store, &rules, renamed(1, "Acme Group", minutes(7)), minutes(10)).unwrap();
+        assert_eq!(name(&store).as_deref(), Some("Acme Group"));
+        assert_eq!(store.scan(Entity::Account).count(), 1);
     }
 
     proptest::proptest! {

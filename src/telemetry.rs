@@ -58,6 +58,8 @@ pub const STORE_SIZE: &str = "crmsync_store_size_bytes";
 pub const UNMAPPED_VALUES: &str = "crmsync_unmapped_values_total";
 /// Sync errors by connection × entity (`outcome` = the retry advice, [`SYNC_ERROR_OUTCOMES`]).
 pub const SYNC_ERRORS: &str = "crmsync_sync_errors_total";
+/// Vendor modification times further in the future than ingest allows, clamped (issue 17 §7).
+pub const CLAMPED_TIMES: &str = "crmsync_clamped_times_total";
 
 /// Every operational metric name (the Grafana dashboard test checks against this list).
 pub const OPERATIONAL_METRICS: &[&str] = &[
@@ -81,6 +83,7 @@ pub const OPERATIONAL_METRICS: &[&str] = &[
     STORE_SIZE,
     UNMAPPED_VALUES,
     SYNC_ERRORS,
+    CLAMPED_TIMES,
 ];
 
 /// `outcome` values of [`PULL_RECORDS`].
@@ -112,6 +115,7 @@ pub fn register_connection(connection: &ConnectionId, entities: &[Entity]) {
         per_entity(PUSH_RECORDS, PUSH_OUTCOMES);
         per_entity(SYNC_ERRORS, SYNC_ERROR_OUTCOMES);
         metrics::counter!(UNMAPPED_VALUES, "connection" => name(), "entity" => entity.as_str()).increment(0);
+        metrics::counter!(CLAMPED_TIMES, "connection" => name(), "entity" => entity.as_str()).increment(0);
     }
     for (metric, outcomes) in
         [(API_CALLS, API_OUTCOMES), (TOKEN_REFRESHES, TOKEN_OUTCOMES), (WEBHOOK_DELIVERIES, WEBHOOK_OUTCOMES)]
@@ -211,12 +215,19 @@ fn describe_metrics() {
     metrics::describe_gauge!(STORE_SIZE, metrics::Unit::Bytes, "Store size on disk");
     metrics::describe_counter!(UNMAPPED_VALUES, "Vendor values no mapping table covers");
     metrics::describe_counter!(SYNC_ERRORS, "Sync errors by retry advice");
+    metrics::describe_counter!(CLAMPED_TIMES, "Vendor modification times in the future, clamped to now + skew");
 }
 
 /// Counts records read, by outcome.
 pub fn record_pulled(connection: &ConnectionId, entity: Entity, outcome: &'static str, count: u64) {
     debug_assert!(PULL_OUTCOMES.contains(&outcome), "undocumented pull outcome {outcome}");
     metrics::counter!(PULL_RECORDS, "connection" => connection.to_string(), "entity" => entity.as_str(), "outcome" => outcome)
+        .increment(count);
+}
+
+/// Counts vendor modification times that were further in the future than ingest allows.
+pub fn record_clamped_times(connection: &ConnectionId, entity: Entity, count: u64) {
+    metrics::counter!(CLAMPED_TIMES, "connection" => connection.to_string(), "entity" => entity.as_str())
         .increment(count);
 }
 
