@@ -1,6 +1,9 @@
 //! `[connections.NAME]` keys of a `kind = "dynamics365"` connection.
 
+use std::collections::BTreeMap;
+
 use secrecy::SecretString;
+use serde_json::Value;
 
 use crate::settings::TableReader;
 
@@ -38,6 +41,10 @@ pub struct Dynamics365Config {
     pub channel_field: Option<String>,
     /// Webhook authentication, if webhooks are used.
     pub webhook: Option<Dynamics365Webhook>,
+    /// Values for columns Dataverse requires on create that no canonical field fills, by table
+    /// logical name then column logical name (`salesorder.pricelevelid = "/pricelevels(<guid>)"`, a
+    /// lookup given as the path of the record to bind; `lead.subject = "Web lead"`).
+    pub create_defaults: BTreeMap<String, BTreeMap<String, Value>>,
 }
 
 impl Dynamics365Config {
@@ -53,7 +60,12 @@ impl Dynamics365Config {
         "batch_size",
         "channel_field",
         "webhook",
+        "create_defaults",
     ];
+
+    /// The tables `create_defaults` may name.
+    pub const DEFAULT_TABLES: &'static [&'static str] =
+        &["account", "lead", "opportunity", "salesorder", "salesorderdetail"];
 
     /// Reads the vendor keys of a connection table, recording every problem.
     pub fn read(table: &mut TableReader<'_>) -> Option<Self> {
@@ -95,6 +107,7 @@ impl Dynamics365Config {
         } else {
             None
         };
+        let create_defaults = read_create_defaults(table);
         let (client_id, client_secret) = credentials?;
         Some(Self {
             org_url: org_url?,
@@ -108,6 +121,45 @@ impl Dynamics365Config {
             batch_size: u32::try_from(batch_size).unwrap_or(1000),
             channel_field,
             webhook,
+            create_defaults,
         })
     }
+}
+
+/// Reads `create_defaults = { <table> = { <column> = value } }`: tables by logical name, values
+/// strings, numbers or booleans (a lookup as `"/<entity set>(<guid>)"`).
+fn read_create_defaults(table: &mut TableReader<'_>) -> BTreeMap<String, BTreeMap<String, Value>> {
+    let mut defaults = BTreeMap::new();
+    if !table.has("create_defaults") {
+        return defaults;
+    }
+    let Some(mut tables) = table.table("create_defaults") else { return defaults };
+    for name in tables.keys() {
+        if !Dynamics365Config::DEFAULT_TABLES.contains(&name.as_str()) {
+            tables.problem(
+                &name,
+                format!("unknown table (expected one of {})", Dynamics365Config::DEFAULT_TABLES.join(", ")),
+            );
+            continue;
+        }
+        let Some(mut columns) = tables.table(&name) else { continue };
+        let mut values = BTreeMap::new();
+        for column in columns.keys() {
+            let value = match columns.raw(&column) {
+                Some(toml::Value::String(text)) => Value::String(text.clone()),
+                Some(toml::Value::Integer(number)) => Value::from(*number),
+                Some(toml::Value::Float(number)) => Value::from(*number),
+                Some(toml::Value::Boolean(flag)) => Value::Bool(*flag),
+                Some(_) | None => {
+                    columns.problem(&column, "expected a string, a number or a boolean");
+                    continue;
+                }
+            };
+            values.insert(column, value);
+        }
+        columns.finish(&[]);
+        defaults.insert(name, values);
+    }
+    tables.finish(Dynamics365Config::DEFAULT_TABLES);
+    defaults
 }

@@ -126,6 +126,19 @@ fn resolve<'a>(column: &'a str, config: &'a Dynamics365Config) -> Option<&'a str
     if column == "{channel}" { config.channel_field.as_deref() } else { Some(column) }
 }
 
+/// The logical names of the columns a push can fill from the canonical record (a lookup property
+/// `_customerid_value` as `customerid`).
+pub fn mapped_columns(entity: Entity, config: &Dynamics365Config) -> BTreeSet<String> {
+    entity
+        .fields()
+        .iter()
+        .flat_map(|field| vendor_columns(entity, field).iter().filter_map(|column| resolve(column, config)))
+        .map(|column| {
+            column.strip_prefix('_').and_then(|rest| rest.strip_suffix("_value")).unwrap_or(column).to_owned()
+        })
+        .collect()
+}
+
 /// The column a mapping cannot work without, per table.
 pub fn required_column(entity: Entity) -> &'static str {
     match entity {
@@ -165,19 +178,42 @@ pub fn denied_columns(
     denied
 }
 
-/// The `$select` list: the key, `modifiedon`, the alternate key and every mapped column the table has
-/// and privacy allows. Unmapped columns are not read (Dataverse tables have hundreds).
+/// The `$select` list: the key, `modifiedon`, the alternate key (when the table has it) and every
+/// mapped column privacy allows. Unmapped columns are not read (Dataverse tables have hundreds).
+///
+/// # Errors
+///
+/// [`ConnectorError::SchemaDrift`] naming every mapped column the table does not have (renamed or
+/// removed, or a `channel_field` that does not exist): reading on would silently drop the field.
 pub fn select(
     entity: Entity,
     described: &BTreeSet<String>,
     denied: &BTreeSet<String>,
     config: &Dynamics365Config,
-) -> Vec<String> {
+) -> Result<Vec<String>, ConnectorError> {
     let table = wire::table(entity);
-    let mapped = entity
+    let mapped: Vec<&str> = entity
         .fields()
         .iter()
-        .flat_map(|field| vendor_columns(entity, field).iter().filter_map(|column| resolve(column, config)));
+        .flat_map(|field| vendor_columns(entity, field).iter().filter_map(|column| resolve(column, config)))
+        .collect();
+    let missing: Vec<&str> = mapped
+        .iter()
+        .copied()
+        .filter(|column| !described.contains(*column) && !denied.contains(*column))
+        .collect::<BTreeSet<_>>()
+        .into_iter()
+        .collect();
+    if !missing.is_empty() {
+        return Err(ConnectorError::SchemaDrift {
+            object: table.logical.to_owned(),
+            message: format!(
+                "{} lacks the mapped column(s) {} (renamed or removed, or not created); the mapping needs them",
+                table.logical,
+                missing.join(", ")
+            ),
+        });
+    }
     let mut columns: Vec<String> = Vec::new();
     for column in [table.key, "modifiedon", config.alternate_key.as_str()].into_iter().chain(mapped) {
         let present = described.contains(column) || column == table.key;
@@ -185,7 +221,7 @@ pub fn select(
             columns.push(column.to_owned());
         }
     }
-    columns
+    Ok(columns)
 }
 
 /// Columns of `salesorderdetails` read for order lines.
@@ -474,6 +510,40 @@ pub enum Close {
     Lose,
 }
 
+/// The salesorder state (`statecode`) an order's canonical status is written as (SPEC §2):
+/// draft → 0 Active, confirmed → 1 Submitted, shipped and delivered → 3 Fulfilled, invoiced →
+/// 4 Invoiced, cancelled → 2 Canceled (through the vocabulary, which may override the values).
+/// `statecode` is not valid on create and orders are edited only while active, so the state is
+/// reached by state-changing messages after the order and its lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OrderState(pub i64);
+
+impl OrderState {
+    /// Active.
+    pub const ACTIVE: Self = Self(0);
+    /// Submitted.
+    pub const SUBMITTED: Self = Self(1);
+    /// Canceled.
+    pub const CANCELED: Self = Self(2);
+    /// Fulfilled.
+    pub const FULFILLED: Self = Self(3);
+    /// Invoiced.
+    pub const INVOICED: Self = Self(4);
+
+    /// The documented default status reason of the state (ce/developer/entities/salesorder.md:
+    /// Active → 1 New, Submitted → 3 In Progress, Canceled → 4 No Money, Fulfilled → 100001
+    /// Complete, Invoiced → 100003 Invoiced).
+    pub fn default_status(self) -> i64 {
+        match self.0 {
+            1 => 3,
+            2 => 4,
+            3 => 100_001,
+            4 => 100_003,
+            _ => 1,
+        }
+    }
+}
+
 /// One record's write: the row body, the close action it needs, and its order lines.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RowWrite {
@@ -481,8 +551,11 @@ pub struct RowWrite {
     pub body: Map<String, Value>,
     /// For an opportunity won or lost.
     pub close: Option<Close>,
-    /// For an order: one body per line (upserted by `{alternate_key}` = `{canonical}:{n}`).
-    pub lines: Vec<Map<String, Value>>,
+    /// For an order whose lines are known: one body per line (written by `{alternate_key}` =
+    /// `{canonical}:{n}`); `None` leaves the order's lines as they are.
+    pub lines: Option<Vec<Map<String, Value>>>,
+    /// For an order: the state its status maps to.
+    pub order_state: Option<OrderState>,
 }
 
 /// Builds one record's write. The alternate key itself is not in the body when the row is addressed
@@ -508,7 +581,8 @@ pub fn to_row(
         }
     };
     let mut close = None;
-    let mut lines = Vec::new();
+    let mut lines = None;
+    let mut order_state = None;
     let currency_bind = |code: &str| context.currencies.id(code).map(|id| format!("/transactioncurrencies({id})"));
     match data {
         EntityData::Account(account) => {
@@ -567,13 +641,10 @@ pub fn to_row(
         }
         EntityData::Order(order) => {
             put("name", json!(order.number));
-            put(
-                "statecode",
-                json!(order.status.and_then(|status| {
-                    let status = if status == OrderStatus::Shipped { OrderStatus::Delivered } else { status };
-                    vocabulary.order_statuses.reverse(status).and_then(|value| value.parse::<i64>().ok())
-                })),
-            );
+            order_state = order.status.and_then(|status| {
+                let status = if status == OrderStatus::Shipped { OrderStatus::Delivered } else { status };
+                vocabulary.order_statuses.reverse(status).and_then(|value| value.parse::<i64>().ok()).map(OrderState)
+            });
             put("submitdate", json!(order.order_date.map(|day| format!("{day}T00:00:00Z"))));
             put("description", json!(order.details));
             put(
@@ -592,6 +663,7 @@ pub fn to_row(
                 json!(order.opportunity.as_ref().and_then(|opportunity| bind(opportunity, "opportunities", config))),
             );
             if let Some(order_lines) = &order.lines {
+                let mut bodies = Vec::with_capacity(order_lines.len());
                 for line in order_lines {
                     let mut row = Map::new();
                     match context.products.find(line.sku.as_deref(), line.product.as_deref()) {
@@ -614,10 +686,11 @@ pub fn to_row(
                         "salesorderid@odata.bind".into(),
                         json!(format!("/salesorders({}='{canonical_id}')", config.alternate_key)),
                     );
-                    lines.push(row);
+                    bodies.push(row);
                 }
+                lines = Some(bodies);
             }
         }
     }
-    RowWrite { body, close, lines }
+    RowWrite { body, close, lines, order_state }
 }

@@ -1,6 +1,13 @@
 //! Microsoft Dynamics 365 (Dataverse Web API): client-credentials tokens from the Microsoft identity
 //! platform, change tracking with delta links (or `modifiedon` when a table does not track changes),
-//! `$batch` upserts by alternate key, service-endpoint webhooks, and a simulator (`sim`).
+//! `$batch` writes by alternate key, service-endpoint webhooks, and a simulator (`sim`).
+//!
+//! # Tables
+//!
+//! Each table's definition (`EntityDefinitions` with its attributes) is read once per connection. It
+//! lists a lookup by its logical name (`customerid`) with `AttributeType` `Customer`, `Lookup` or
+//! `Owner`; rows carry its value as `_customerid_value`, which is what `$select` asks for. A mapped
+//! column the table does not have stops the entity with a schema-drift error naming it.
 //!
 //! # Cursor
 //!
@@ -8,7 +15,8 @@
 //! odata.track-changes` page by page (`@odata.nextLink`) and ends with an `@odata.deltaLink`; later
 //! pulls follow the delta link, which yields changed rows and `$deletedEntity` rows in one stream, and
 //! end with the next delta link. The cursor is the link to follow. An expired delta token
-//! (`0x80044352`) starts a clean full read instead of failing.
+//! (`0x80044352`) starts a clean full read instead of failing. Orders are read in full differently,
+//! so that their lines cost ⌈lines/5000⌉ calls (`OrderRead`).
 //!
 //! Without change tracking (the table's "Track changes" is off, reported by `check`, or the connection
 //! has a `start` instant, which a delta link cannot begin from), pulls filter
@@ -18,15 +26,18 @@
 //!
 //! # Push
 //!
-//! Records go in `$batch` requests (≤ 1,000 requests each, `Prefer: odata.continue-on-error`, no
-//! change sets, so one refused record never rolls back the others): `PATCH
-//! table(crmsync_id='…')` upserts records crmsync created, `PATCH table(<id>)` with `If-Match` (the
-//! last etag read, else `*`) updates records Dataverse already had, won/lost opportunities add a
-//! `WinOpportunity`/`LoseOpportunity` action, and order lines are upserted by their own alternate
-//! key (`{order}:{n}`), so a retried push never duplicates anything.
+//! What Dataverse requires and refuses is decided before anything is sent (`push`): required
+//! columns, columns valid for the operation, the current state of opportunities and orders, and the
+//! documented message for each state change. Records go in `$batch` requests (≤ 1,000 requests each,
+//! `Prefer: odata.continue-on-error`, no change sets, so one refused record never rolls back the
+//! others): `PATCH table(crmsync_id='…')` creates records crmsync created, `PATCH table(<id>)` with
+//! `If-Match` (the last etag read, else `*`) updates records Dataverse already had, and order lines
+//! are written by their own alternate key (`{order}:{n}`), so a retried push never duplicates
+//! anything.
 
 mod config;
 pub mod mapping;
+mod push;
 #[cfg(feature = "simulators")]
 pub mod sim;
 #[cfg(all(test, feature = "testkit"))]
@@ -40,10 +51,10 @@ use std::sync::Arc;
 
 use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 pub use config::{Dynamics365Config, Dynamics365Webhook};
-use mapping::{Close, Currencies, MapContext, Products};
+use mapping::{Currencies, MapContext, Products};
 use wire::{BatchRequest, BatchResponse, EntityCollection};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
@@ -66,8 +77,24 @@ const ANNOTATIONS: &str =
 /// What `EntityDefinitions` said about a table.
 #[derive(Debug)]
 struct Described {
+    /// The properties its rows carry (a lookup `customerid` as `_customerid_value`).
     columns: BTreeSet<String>,
+    /// Its columns by logical name, without the ones that extend another (`customeridname`).
+    attributes: HashMap<String, wire::AttributeDefinition>,
     tracking: bool,
+}
+
+impl Described {
+    fn new(definition: wire::EntityDefinition) -> Self {
+        let columns = definition.attributes.iter().map(wire::AttributeDefinition::property).collect();
+        let attributes = definition
+            .attributes
+            .into_iter()
+            .filter(|attribute| attribute.attribute_of.is_none())
+            .map(|attribute| (attribute.logical_name.clone(), attribute))
+            .collect();
+        Self { columns, attributes, tracking: definition.change_tracking_enabled }
+    }
 }
 
 /// A Dataverse environment.
@@ -76,6 +103,7 @@ pub struct Dynamics365Connector {
     config: Dynamics365Config,
     http: VendorHttp,
     described: DescribeCache<Described>,
+    lines_described: tokio::sync::Mutex<Option<Arc<Described>>>,
     currencies: tokio::sync::Mutex<Option<Arc<Currencies>>>,
     products: tokio::sync::Mutex<Option<Arc<Products>>>,
     in_flight: tokio::sync::Semaphore,
@@ -97,20 +125,34 @@ struct Position {
     max: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     seen: Vec<(String, i64)>,
+    /// A full read of orders with their lines in progress (see [`OrderRead`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    orders: Option<OrderRead>,
+}
+
+/// How orders are read in full with their lines at ⌈lines/5000⌉ calls instead of one lines call
+/// per 100 orders: a change-tracked read cannot be sorted (`$orderby` is refused with change
+/// tracking), so (1) a change-tracked read of the orders, whose rows are dropped, yields the delta
+/// link later reads continue from, then (2) orders are read sorted by id, and for each page the lines
+/// of exactly those orders are read with one range filter (`_salesorderid_value ge first and le
+/// last`, sorted by order), so every page carries complete orders and its cursor commits with it.
+/// Changes made during (2) are also in the delta link from (1); re-reading them is harmless.
+/// Calls: 2 × ⌈orders/5000⌉ + Σ ⌈lines of a page/5000⌉ ≤ 3 × ⌈orders/5000⌉ + ⌈lines/5000⌉.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "step")]
+enum OrderRead {
+    /// Reading the orders for the delta link; `next`: the page to read (`None`: the first).
+    Token {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+    },
+    /// Reading orders sorted by id; `next`: the page to read; `delta`: the link to continue from.
+    Rows { next: String, delta: String },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
 struct ListPosition {
     next: String,
-}
-
-/// Where one outgoing record's requests sit in a batch.
-struct Planned {
-    index: usize,
-    main: usize,
-    close: Option<usize>,
-    lines: std::ops::Range<usize>,
-    delete: bool,
 }
 
 impl Dynamics365Connector {
@@ -126,6 +168,7 @@ impl Dynamics365Connector {
             config,
             http,
             described: DescribeCache::default(),
+            lines_described: tokio::sync::Mutex::new(None),
             currencies: tokio::sync::Mutex::new(None),
             products: tokio::sync::Mutex::new(None),
             in_flight: tokio::sync::Semaphore::new(MAX_CONCURRENCY),
@@ -198,40 +241,57 @@ impl Dynamics365Connector {
             .await
     }
 
+    /// Reads a table's definition: `EntityDefinitions(LogicalName='…')` with its attributes.
+    async fn definition(&self, logical: &str) -> Result<Described, ConnectorError> {
+        let url = format!("{}/EntityDefinitions(LogicalName='{logical}')", self.api());
+        let context = format!("{logical} definition");
+        let expand = format!("Attributes($select={})", wire::ATTRIBUTE_SELECT);
+        let response: wire::DefinitionResponse = self
+            .call_json(&context, |client, _| {
+                client
+                    .get(&url)
+                    .query(&[("$select", "LogicalName,ChangeTrackingEnabled"), ("$expand", expand.as_str())])
+            })
+            .await?
+            .ok_or_else(|| ConnectorError::decode(&context, std::io::Error::other("empty body")))?;
+        let definition = response
+            .into_definition()
+            .ok_or_else(|| ConnectorError::decode(&context, std::io::Error::other("no definition in the response")))?;
+        Ok(Described::new(definition))
+    }
+
     async fn describe(&self, entity: Entity) -> Result<Arc<Described>, ConnectorError> {
         if let Some(found) = self.described.get(entity) {
             return Ok(found);
         }
         let table = wire::table(entity);
-        let url = format!("{}/EntityDefinitions(LogicalName='{}')", self.api(), table.logical);
-        let definition: wire::EntityDefinition = self
-            .call_json(&format!("{} definition", table.logical), |client, _| {
-                client.get(&url).query(&[
-                    ("$select", "LogicalName,ChangeTrackingEnabled"),
-                    ("$expand", "Attributes($select=LogicalName)"),
-                ])
-            })
-            .await?
-            .ok_or_else(|| {
-                ConnectorError::decode(format!("{} definition", table.logical), std::io::Error::other("empty body"))
-            })?;
-        let columns: BTreeSet<String> =
-            definition.attributes.into_iter().map(|attribute| attribute.logical_name).collect();
+        let described = self.definition(table.logical).await?;
         describe::require(
-            &columns,
+            &described.columns,
             mapping::required_column(entity),
             "column",
             table.logical,
             entity,
             &self.settings.fields,
         )?;
-        Ok(self.described.insert(entity, Described { columns, tracking: definition.change_tracking_enabled }))
+        Ok(self.described.insert(entity, described))
+    }
+
+    /// The order lines table's definition (read once, when orders are first pushed).
+    async fn describe_lines(&self) -> Result<Arc<Described>, ConnectorError> {
+        let mut cached = self.lines_described.lock().await;
+        if let Some(described) = cached.as_ref() {
+            return Ok(described.clone());
+        }
+        let described = Arc::new(self.definition("salesorderdetail").await?);
+        *cached = Some(described.clone());
+        Ok(described)
     }
 
     async fn select(&self, entity: Entity) -> Result<(String, BTreeSet<String>, Arc<Described>), ConnectorError> {
         let described = self.describe(entity).await?;
         let denied = mapping::denied_columns(entity, &self.settings.fields, &self.config, &described.columns);
-        Ok((mapping::select(entity, &described.columns, &denied, &self.config).join(","), denied, described))
+        Ok((mapping::select(entity, &described.columns, &denied, &self.config)?.join(","), denied, described))
     }
 
     async fn currencies(&self) -> Result<Arc<Currencies>, ConnectorError> {
@@ -342,9 +402,22 @@ impl Dynamics365Connector {
 
     /// Maps a page's rows; deletions (`$deletedEntity`) become delete changes.
     async fn map_rows(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Vec<Change>, ConnectorError> {
+        self.map_rows_with(entity, rows, None).await
+    }
+
+    /// Maps a page's rows with the orders' lines when the caller read them (else they are read by
+    /// order id).
+    async fn map_rows_with(
+        &self,
+        entity: Entity,
+        rows: &[Map<String, Value>],
+        known_lines: Option<HashMap<String, Vec<Map<String, Value>>>>,
+    ) -> Result<Vec<Change>, ConnectorError> {
         let table = wire::table(entity);
         let live: Vec<&Map<String, Value>> = rows.iter().filter(|row| !wire::is_deleted_entity(row)).collect();
-        let lines = if entity == Entity::Order && !live.is_empty() {
+        let lines = if known_lines.is_some() {
+            known_lines
+        } else if entity == Entity::Order && !live.is_empty() {
             let ids: Vec<&str> = live.iter().filter_map(|row| row.get(table.key).and_then(Value::as_str)).collect();
             Some(self.lines(&ids).await?)
         } else {
@@ -418,6 +491,9 @@ impl Dynamics365Connector {
                     %message,
                     "change-tracking token expired: starting a full resync of the table"
                 );
+                if entity == Entity::Order {
+                    return self.pull_orders_full(Position::default(), select).await;
+                }
                 position = Position::default();
                 let url = self.initial_url(entity, select, None, true)?;
                 self.get_page(&format!("{} full resync", table.set), &url, true).await?
@@ -443,6 +519,87 @@ impl Dynamics365Connector {
         Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
     }
 
+    /// One step of a full read of orders with their lines ([`OrderRead`]).
+    async fn pull_orders_full(&self, mut position: Position, select: &str) -> Result<Page, ConnectorError> {
+        let table = wire::table(Entity::Order);
+        match position.orders.take().unwrap_or(OrderRead::Token { next: None }) {
+            OrderRead::Token { next } => {
+                let url = match next {
+                    Some(next) => next,
+                    // The delta link repeats this read's `$select`: the later change reads need
+                    // every mapped column, so the token read asks for them too.
+                    None => self.initial_url(Entity::Order, select, None, true)?,
+                };
+                let page = self.get_page("salesorders change-tracking token", &url, true).await?;
+                position.orders = Some(match (page.next_link, page.delta_link) {
+                    (Some(next), _) => OrderRead::Token { next: Some(next) },
+                    (None, Some(delta)) => {
+                        let mut url = self.set_url(table.set)?;
+                        url.query_pairs_mut()
+                            .append_pair("$select", select)
+                            .append_pair("$orderby", &format!("{} asc", table.key));
+                        OrderRead::Rows { next: url.to_string(), delta }
+                    }
+                    (None, None) => {
+                        return Err(ConnectorError::decode(
+                            "salesorders change-tracking token",
+                            std::io::Error::other("the last page of a change-tracked read has no @odata.deltaLink"),
+                        ));
+                    }
+                });
+                Ok(Page { changes: Vec::new(), cursor: Cursor::encode(&position), has_more: true })
+            }
+            OrderRead::Rows { next, delta } => {
+                let page = self.get_page("salesorders by id", &next, false).await?;
+                let ids: Vec<&str> =
+                    page.value.iter().filter_map(|row| row.get(table.key).and_then(Value::as_str)).collect();
+                let lines = self.lines_of_sorted_page(&ids).await?;
+                let changes = self.map_rows_with(Entity::Order, &page.value, Some(lines)).await?;
+                match page.next_link {
+                    Some(next) => {
+                        position.orders = Some(OrderRead::Rows { next, delta });
+                        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true })
+                    }
+                    None => {
+                        position.next = None;
+                        position.delta = Some(delta);
+                        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
+                    }
+                }
+            }
+        }
+    }
+
+    /// The lines of a page of orders read sorted by id: the orders are exactly those between the
+    /// page's first and last id, so one range filter over the lines (sorted the same way) finds all
+    /// of theirs and no others', in ⌈lines/5000⌉ calls.
+    async fn lines_of_sorted_page(
+        &self,
+        ids: &[&str],
+    ) -> Result<HashMap<String, Vec<Map<String, Value>>>, ConnectorError> {
+        let mut lines: HashMap<String, Vec<Map<String, Value>>> =
+            ids.iter().map(|id| ((*id).to_owned(), Vec::new())).collect();
+        let (Some(first), Some(last)) = (ids.first(), ids.last()) else { return Ok(lines) };
+        let mut url = self.set_url(wire::LINES_SET)?;
+        url.query_pairs_mut()
+            .append_pair("$select", &mapping::LINE_COLUMNS.join(","))
+            .append_pair("$filter", &format!("_salesorderid_value ge {first} and _salesorderid_value le {last}"))
+            .append_pair("$orderby", "_salesorderid_value asc,salesorderdetailid asc");
+        let mut next = Some(url.to_string());
+        while let Some(link) = next.take() {
+            let page = self.get_page("salesorderdetails by order", &link, false).await?;
+            for row in page.value {
+                if let Some(order) = row.get("_salesorderid_value").and_then(Value::as_str)
+                    && let Some(order_lines) = lines.get_mut(order)
+                {
+                    order_lines.push(row);
+                }
+            }
+            next = page.next_link;
+        }
+        Ok(lines)
+    }
+
     async fn pull_by_modifiedon(
         &self,
         entity: Entity,
@@ -464,48 +621,6 @@ impl Dynamics365Connector {
         position.next = None;
         position.since = position.max.or(position.since);
         Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
-    }
-
-    fn planned_outcome(&self, plan: &Planned, responses: &[BatchResponse]) -> PushOutcome {
-        let main = &responses[plan.main];
-        if plan.delete {
-            return match main.status {
-                200..=299 | 404 => PushOutcome::Deleted,
-                status => part_failure(status, main),
-            };
-        }
-        if !(200..300).contains(&main.status) {
-            return part_failure(main.status, main);
-        }
-        let table_key = main_id(main);
-        let Some(external_id) = table_key else {
-            return PushOutcome::Retry { message: "upsert succeeded without the record's id".into() };
-        };
-        if let Some(close) = plan.close.map(|index| &responses[index])
-            && !(200..300).contains(&close.status)
-        {
-            let (code, message) = error_of(close);
-            // Closing a record that is already closed is what we wanted.
-            if !message.contains("not in the correct state") {
-                return PushOutcome::Rejected { code, message: format!("closing the opportunity: {message}") };
-            }
-        }
-        for line in plan.lines.clone() {
-            let response = &responses[line];
-            if !(200..300).contains(&response.status) {
-                let (code, message) = error_of(response);
-                return PushOutcome::Rejected {
-                    code,
-                    message: format!("order line {}: {message}", line - plan.lines.start + 1),
-                };
-            }
-        }
-        let body: Option<Map<String, Value>> = serde_json::from_str(&main.body).ok();
-        let version = body
-            .as_ref()
-            .and_then(|body| body.get("@odata.etag").and_then(Value::as_str).map(str::to_owned))
-            .or_else(|| main.header("etag").map(str::to_owned));
-        PushOutcome::Upserted { external_id: ExternalId::new(external_id), created: main.status == 201, version }
     }
 
     async fn send_batch(&self, requests: &[BatchRequest]) -> Result<Vec<BatchResponse>, ConnectorError> {
@@ -654,6 +769,19 @@ impl Connector for Dynamics365Connector {
                     table.set
                 ));
             }
+            let mapped = mapping::mapped_columns(*entity, &self.config);
+            let defaults = self.config.create_defaults.get(table.logical);
+            for attribute in push::required_on_create(&described) {
+                let name = attribute.logical_name.as_str();
+                if !mapped.contains(name) && defaults.is_none_or(|defaults| !defaults.contains_key(name)) {
+                    report.notes.push(format!(
+                        "{}: column {name} is required on create ({}) and nothing fills it; records crmsync creates there will be dead-lettered until create_defaults.{}.{name} is set",
+                        table.set,
+                        attribute.level(),
+                        table.logical
+                    ));
+                }
+            }
             if !described.columns.contains(&self.config.alternate_key) {
                 report.notes.push(format!(
                     "{}: column {} (the alternate key holding the canonical id) is missing; pushes will fail until it is created",
@@ -670,7 +798,11 @@ impl Connector for Dynamics365Connector {
             None => Position { since: self.settings.start, ..Position::default() },
         };
         let (select, _, described) = self.select(entity).await?;
-        if described.tracking && position.since.is_none() {
+        let full_order_read = entity == Entity::Order
+            && (position.orders.is_some() || (position.next.is_none() && position.delta.is_none()));
+        if described.tracking && position.since.is_none() && full_order_read {
+            self.pull_orders_full(position, &select).await
+        } else if described.tracking && position.since.is_none() {
             self.pull_tracked(entity, position, &select).await
         } else {
             self.pull_by_modifiedon(entity, position, &select).await
@@ -731,8 +863,8 @@ impl Connector for Dynamics365Connector {
     }
 
     async fn push(&self, entity: Entity, batch: &[Outgoing]) -> Result<PushReport, ConnectorError> {
-        let table = wire::table(entity);
-        let (_, denied, _) = self.select(entity).await?;
+        let (_, denied, described) = self.select(entity).await?;
+        let lines_described = if entity == Entity::Order { Some(self.describe_lines().await?) } else { None };
         let currencies = if matches!(entity, Entity::Opportunity | Entity::Order) {
             self.currencies().await?
         } else {
@@ -740,103 +872,34 @@ impl Connector for Dynamics365Connector {
         };
         let products = if entity == Entity::Order { self.products().await? } else { Arc::new(Products::default()) };
         let context = self.map_context(&currencies, &products);
-        let api = self.api_path();
-        let key = &self.config.alternate_key;
+        let found = if matches!(entity, Entity::Opportunity | Entity::Order) {
+            self.read_existing(entity, batch, &described).await?
+        } else {
+            vec![push::Found::Absent; batch.len()]
+        };
         let mut outcomes: Vec<Option<PushOutcome>> = vec![None; batch.len()];
-        // Requests grouped per record, so one record's requests never straddle two batches.
-        let mut groups: Vec<(usize, Vec<BatchRequest>, bool, bool, usize)> = Vec::new();
+        let mut plans = Vec::new();
         for (index, outgoing) in batch.iter().enumerate() {
-            match (&outgoing.op, &outgoing.external_id) {
-                (OutgoingOp::Delete, None) => outcomes[index] = Some(PushOutcome::Deleted),
-                (OutgoingOp::Delete, Some(id)) => groups.push((
-                    index,
-                    vec![BatchRequest {
-                        method: "DELETE".into(),
-                        path: format!("{api}/{}({})", table.set, id.as_str()),
-                        headers: Vec::new(),
-                        body: None,
-                    }],
-                    true,
-                    false,
-                    0,
-                )),
-                (OutgoingOp::Upsert { data }, external_id) => {
-                    let by_key = external_id.is_none();
-                    let write = mapping::to_row(outgoing.canonical_id, data, &context, &denied, by_key);
-                    let mut headers = vec![("Prefer".to_owned(), "return=representation".to_owned())];
-                    let path = match external_id {
-                        Some(id) => {
-                            let condition = outgoing.expected_version.clone().unwrap_or_else(|| "*".into());
-                            headers.push(("If-Match".into(), condition));
-                            format!("{api}/{}({})?$select={}", table.set, id.as_str(), table.key)
-                        }
-                        None => format!("{api}/{}({key}='{}')?$select={}", table.set, outgoing.canonical_id, table.key),
-                    };
-                    let mut requests = vec![BatchRequest {
-                        method: "PATCH".into(),
-                        path,
-                        headers,
-                        body: Some(Value::Object(write.body)),
-                    }];
-                    let close = write.close.is_some();
-                    if let Some(close) = write.close {
-                        let target = match external_id {
-                            Some(id) => format!("/opportunities({})", id.as_str()),
-                            None => format!("/opportunities({key}='{}')", outgoing.canonical_id),
-                        };
-                        let (action, status, subject) = match close {
-                            Close::Win => ("WinOpportunity", 3, "Won (crmsync)"),
-                            Close::Lose => ("LoseOpportunity", 4, "Lost (crmsync)"),
-                        };
-                        requests.push(BatchRequest {
-                            method: "POST".into(),
-                            path: format!("{api}/{action}"),
-                            headers: Vec::new(),
-                            body: Some(json!({"Status": status, "OpportunityClose": {"subject": subject, "opportunityid@odata.bind": target}})),
-                        });
-                    }
-                    let line_count = write.lines.len();
-                    for (number, line) in write.lines.into_iter().enumerate() {
-                        requests.push(BatchRequest {
-                            method: "PATCH".into(),
-                            path: format!("{api}/{}({key}='{}:{number}')", wire::LINES_SET, outgoing.canonical_id),
-                            headers: Vec::new(),
-                            body: Some(Value::Object(line)),
-                        });
-                    }
-                    groups.push((index, requests, false, close, line_count));
-                }
+            if matches!(outgoing.op, OutgoingOp::Delete) && outgoing.external_id.is_none() {
+                // Dataverse never had it.
+                outcomes[index] = Some(PushOutcome::Deleted);
+                continue;
             }
-        }
-        let mut pending: Vec<BatchRequest> = Vec::new();
-        let mut plans: Vec<Planned> = Vec::new();
-        let mut batches: Vec<(Vec<BatchRequest>, Vec<Planned>)> = Vec::new();
-        for (index, requests, delete, close, line_count) in groups {
-            if pending.len() + requests.len() > wire::BATCH_LIMIT && !pending.is_empty() {
-                batches.push((std::mem::take(&mut pending), std::mem::take(&mut plans)));
+            let write = push::write_of(outgoing, &context, &denied, true);
+            let tables = push::Tables { described: &described, lines: lines_described.as_deref() };
+            match self.plan(entity, index, outgoing, write, &found[index], tables) {
+                Ok(plan) if plan.len() == 0 => outcomes[index] = Some(plan.outcome(&[])),
+                Ok(plan) => plans.push(plan),
+                Err(outcome) => outcomes[index] = Some(outcome),
             }
-            let main = pending.len();
-            let close_index = close.then_some(main + 1);
-            let lines_start = main + 1 + usize::from(close);
-            plans.push(Planned {
-                index,
-                main,
-                close: close_index,
-                lines: lines_start..lines_start + line_count,
-                delete,
-            });
-            pending.extend(requests);
-        }
-        if !pending.is_empty() {
-            batches.push((pending, plans));
         }
         let mut answered = false;
-        for (requests, plans) in batches {
+        for (requests, plans) in push::batches(plans) {
             match self.send_batch(&requests).await {
                 Ok(responses) => {
                     answered = true;
-                    for plan in &plans {
-                        outcomes[plan.index] = Some(self.planned_outcome(plan, &responses));
+                    for (index, outcome) in push::outcomes(&plans, &responses) {
+                        outcomes[index] = Some(outcome);
                     }
                 }
                 // Earlier batches were applied: report them, and let the rest be retried.

@@ -50,7 +50,19 @@ fn config(base: &url::Url) -> Dynamics365Config {
             key: SecretString::from(sim::WEBHOOK_KEY.to_owned()),
             header: Some("x-crmsync-key".into()),
         }),
+        create_defaults: sim_create_defaults(),
     }
+}
+
+/// The defaults `sim::connection_toml` configures: the org's price list for orders, a topic for leads.
+fn sim_create_defaults() -> std::collections::BTreeMap<String, std::collections::BTreeMap<String, serde_json::Value>> {
+    [
+        ("salesorder", "pricelevelid", json!(format!("/pricelevels({})", sim::PRICE_LIST_ID))),
+        ("lead", "subject", json!("Lead from crmsync")),
+    ]
+    .into_iter()
+    .map(|(table, column, value)| (table.to_owned(), [(column.to_owned(), value)].into_iter().collect()))
+    .collect()
 }
 
 fn connector_with(
@@ -128,7 +140,8 @@ fn orders(account: &Outgoing, account_id: &ExternalId, n: usize) -> Vec<Outgoing
 }
 
 #[tokio::test]
-async fn pushing_1000_orders_costs_one_batch_per_1000_requests_and_pushing_them_again_creates_nothing() {
+async fn pushing_1000_orders_costs_a_state_read_and_one_batch_per_1000_requests_and_pushing_them_again_creates_nothing()
+{
     let running = simulator(Dynamics365SimOptions::with_world(world(only(0, 0, 0)))).await;
     let connector = connector(&running);
     let state = running.state();
@@ -145,12 +158,19 @@ async fn pushing_1000_orders_costs_one_batch_per_1000_requests_and_pushing_them_
         "{:?}",
         report.results.iter().find(|result| !matches!(result.outcome, PushOutcome::Upserted { .. }))
     );
-    // 1,000 order upserts + 1,000 line upserts = 2,000 requests = 2 `$batch` calls.
-    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 2);
+    // One `$batch` of 1,000 GETs reads what Dataverse has (nothing yet), then 1,000 order creates,
+    // 1,000 line creates and 1,000 SetState requests (the orders are confirmed = Submitted) go 333
+    // orders (999 requests) per `$batch`: 4 calls, a record's requests never split over two.
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 5);
+    let first = state.live_ids(Entity::Order)[0].clone();
+    let row = state.row(Entity::Order, &first).unwrap();
+    assert_eq!((row["statecode"].clone(), row["statuscode"].clone()), (json!(1), json!(3)), "Submitted, In Progress");
+    let before = Simulated::stats(state.as_ref()).write_calls;
     let report = connector.push(Entity::Order, &batch).await.unwrap();
     assert!(report.results.iter().all(|result| matches!(result.outcome, PushOutcome::Upserted { created: false, .. })));
+    // The read of the orders and of their lines; submitted orders are read-only, so nothing else.
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 2);
     assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 1000, "re-push created no order");
-    let first = state.live_ids(Entity::Order)[0].clone();
     assert_eq!(state.order_lines(&first).len(), 1, "re-push created no line");
 
     let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
@@ -164,7 +184,7 @@ async fn pushing_1000_orders_costs_one_batch_per_1000_requests_and_pushing_them_
 }
 
 #[tokio::test]
-async fn orders_without_lines_fit_1000_in_one_batch() {
+async fn orders_without_lines_cost_a_state_read_and_two_requests_each() {
     let running = simulator(Dynamics365SimOptions::with_world(world(only(0, 0, 0)))).await;
     let connector = connector(&running);
     let account = testkit::new_accounts(1, "Lineless").remove(0);
@@ -177,8 +197,10 @@ async fn orders_without_lines_fit_1000_in_one_batch() {
         }
     }
     let before = Simulated::stats(running.state().as_ref()).write_calls;
-    connector.push(Entity::Order, &batch).await.unwrap();
-    assert_eq!(Simulated::stats(running.state().as_ref()).write_calls - before, 1);
+    let report = connector.push(Entity::Order, &batch).await.unwrap();
+    assert!(report.results.iter().all(|result| matches!(result.outcome, PushOutcome::Upserted { created: true, .. })));
+    // The state read, then 1,000 creates + 1,000 SetState requests in two full `$batch` calls.
+    assert_eq!(Simulated::stats(running.state().as_ref()).write_calls - before, 3);
 }
 
 #[tokio::test]
@@ -288,14 +310,23 @@ async fn a_stale_etag_is_not_overwritten_and_a_won_opportunity_is_closed_once() 
         },
     };
     let report = connector.push(Entity::Opportunity, std::slice::from_ref(&deal)).await.unwrap();
-    let PushOutcome::Upserted { external_id, version: Some(version), .. } = report.results[0].outcome.clone() else {
+    // Created, then won: the version after the close is not known until the next read.
+    let PushOutcome::Upserted { external_id, created: true, version: None } = report.results[0].outcome.clone() else {
         panic!("{report:?}")
     };
     let row = state.row(Entity::Opportunity, external_id.as_str()).unwrap();
-    assert_eq!((row["statecode"].clone(), row["estimatedvalue"].clone()), (json!(1), json!(125000.5)));
-    // Pushing it again: the close action finds it closed, which is what we wanted.
+    assert_eq!(
+        (row["statecode"].clone(), row["statuscode"].clone(), row["estimatedvalue"].clone()),
+        (json!(1), json!(3), json!(125000.5))
+    );
+    // Pushing it again: it is won already, and won opportunities are read-only, so nothing is sent
+    // (neither a PATCH nor a second WinOpportunity, which Dataverse refuses with 0x80040515).
+    let before = Simulated::stats(state.as_ref()).write_calls;
     let report = connector.push(Entity::Opportunity, std::slice::from_ref(&deal)).await.unwrap();
-    assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { created: false, .. }), "{report:?}");
+    let PushOutcome::Upserted { created: false, version: Some(version), .. } = report.results[0].outcome.clone() else {
+        panic!("{report:?}")
+    };
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 1, "the state read only");
 
     // An account edited in Dataverse since crmsync read it: the update waits for the next pull.
     let pulled = testkit::pull_to_end(&connector, Entity::Account, None, 5).await.unwrap();
@@ -433,7 +464,8 @@ async fn a_long_order_read_pages_to_the_end_while_the_lines_are_looked_up() {
     let run = testkit::pull_to_end(&connector, Entity::Order, None, 20).await.unwrap();
     let ids: BTreeSet<_> = run.changes.iter().map(|change| change.external_id.clone()).collect();
     assert_eq!((ids.len(), run.changes.len()), (1000, 1000));
-    assert_eq!(run.pages, 5);
+    // 5 pages of order ids for the change-tracking token, then 5 pages of orders with their lines.
+    assert_eq!(run.pages, 10);
     for change in &run.changes {
         let EntityData::Order(order) = change.data().unwrap() else { panic!() };
         assert!(order.lines.as_ref().is_some_and(|lines| !lines.is_empty()), "{order:?}");
@@ -476,4 +508,526 @@ async fn a_truncated_page_is_a_decode_error_and_the_same_cursor_reads_it_again()
     Simulated::faults(running.state().as_ref()).apply(&FaultSettings::default());
     let second = connector.pull(Entity::Account, Some(&first.cursor)).await.unwrap();
     assert_eq!(second.changes.len(), 50, "the same page again from the kept cursor");
+}
+
+// ---- Issue 13 §1: lookups by logical name, tables described as Dataverse describes them -----------
+
+/// `EntityDefinitions(LogicalName='salesorder')` with `$expand=Attributes(...)`, shaped like the
+/// documented response of powerapps-docs:powerapps-docs/developer/data-platform/webapi/query-metadata-web-api.md
+/// (the definition inside `value`, `MetadataId` always returned) with the `AttributeMetadata`
+/// properties of the table reference ce/developer/entities/salesorder.md (a lookup listed by its
+/// logical name with `AttributeType` `Customer`/`Lookup`/`Owner`; `customeridname` extends `customerid`).
+const SALESORDER_DEFINITION: &str = include_str!("fixtures/salesorder_definition.json");
+
+#[test]
+fn a_documented_definition_maps_lookups_to_their_value_properties_and_knows_what_a_create_needs() {
+    let response: wire::DefinitionResponse = serde_json::from_str(SALESORDER_DEFINITION).unwrap();
+    let described = Described::new(response.into_definition().unwrap());
+    assert!(described.tracking);
+    for property in ["_customerid_value", "_transactioncurrencyid_value", "_pricelevelid_value", "_ownerid_value"] {
+        assert!(described.columns.contains(property), "{property} in {:?}", described.columns);
+    }
+    assert!(!described.columns.contains("customerid"), "a lookup is never read by its logical name");
+    assert!(!described.attributes.contains_key("customeridname"), "columns that extend another are not written");
+
+    let base: url::Url = "https://contoso.crm4.dynamics.com".parse().unwrap();
+    let config = Dynamics365Config { channel_field: None, ..config(&base) };
+    let select = mapping::select(Entity::Order, &described.columns, &BTreeSet::new(), &config).unwrap();
+    for property in ["_customerid_value", "_transactioncurrencyid_value", "name", "statecode", "totalamount"] {
+        assert!(select.iter().any(|column| column == property), "{property} in $select {select:?}");
+    }
+    let required: BTreeSet<&str> =
+        push::required_on_create(&described).map(|attribute| attribute.logical_name.as_str()).collect();
+    // ordernumber and the currency are filled by Dataverse, owner/state/status by the platform.
+    assert_eq!(required, BTreeSet::from(["name", "customerid", "pricelevelid"]));
+
+    // The same definition as the bare entity (how an entity addressed by key usually comes).
+    let bare: serde_json::Value = serde_json::from_str(SALESORDER_DEFINITION).unwrap();
+    let single: wire::DefinitionResponse = serde_json::from_value(bare["value"][0].clone()).unwrap();
+    assert_eq!(Described::new(single.into_definition().unwrap()).columns, described.columns);
+}
+
+#[test]
+fn a_mapped_column_the_table_lacks_is_schema_drift_naming_it() {
+    let response: wire::DefinitionResponse = serde_json::from_str(SALESORDER_DEFINITION).unwrap();
+    let mut definition = response.into_definition().unwrap();
+    definition.attributes.retain(|attribute| attribute.logical_name != "transactioncurrencyid");
+    let described = Described::new(definition);
+    let base: url::Url = "https://contoso.crm4.dynamics.com".parse().unwrap();
+    let config = Dynamics365Config { channel_field: None, ..config(&base) };
+    let error = mapping::select(Entity::Order, &described.columns, &BTreeSet::new(), &config).unwrap_err();
+    assert!(
+        matches!(&error, ConnectorError::SchemaDrift { message, .. } if message.contains("_transactioncurrencyid_value")),
+        "{error}"
+    );
+    // A channel column that does not exist is drift too, not a silently empty channel.
+    let config = Dynamics365Config { channel_field: Some("new_channel".into()), ..config };
+    let error = mapping::select(Entity::Order, &described.columns, &BTreeSet::new(), &config).unwrap_err();
+    assert!(error.to_string().contains("new_channel"), "{error}");
+}
+
+#[tokio::test]
+async fn opportunities_and_orders_read_with_their_account_and_currency() {
+    let running = simulator(Dynamics365SimOptions::with_world(world(only(30, 60, 60)))).await;
+    let connector = connector(&running);
+    for entity in [Entity::Opportunity, Entity::Order] {
+        let run = testkit::pull_to_end(&connector, entity, None, 10).await.unwrap();
+        assert!(!run.changes.is_empty());
+        let mut currencies = BTreeSet::new();
+        for change in &run.changes {
+            let (account, currency) = match change.data().unwrap() {
+                EntityData::Opportunity(deal) => {
+                    (deal.account.clone(), deal.amount.as_ref().map(|amount| amount.currency.as_str().to_owned()))
+                }
+                EntityData::Order(order) => {
+                    (order.account.clone(), order.currency.as_ref().map(|currency| currency.as_str().to_owned()))
+                }
+                other => panic!("{other:?}"),
+            };
+            assert!(account.is_some_and(|account| account.external.is_some()), "{entity}: {change:?}");
+            currencies.insert(currency.unwrap());
+        }
+        // The world's deals are a fifth in USD, the rest in EUR; its orders are all in EUR: none may
+        // fall back to the org's USD.
+        let expected: BTreeSet<String> = match entity {
+            Entity::Opportunity => ["EUR", "USD"].map(str::to_owned).into(),
+            _ => ["EUR"].map(str::to_owned).into(),
+        };
+        assert_eq!(currencies, expected, "{entity}");
+    }
+}
+
+// ---- Issue 13 §1c: what Dataverse requires and refuses, checked before the call ------------------
+
+/// A raw Web API client of the simulator, to see the simulator's own answers.
+async fn raw(running: &RunningDynamics365Sim) -> (reqwest::Client, String, String) {
+    let client = reqwest::Client::new();
+    let base = running.base_url();
+    let host = base.trim_start_matches("http://").trim_end_matches('/');
+    let token: serde_json::Value = client
+        .post(format!("{base}/{}/oauth2/v2.0/token", sim::TENANT_ID))
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("client_id", sim::CLIENT_ID),
+            ("client_secret", sim::CLIENT_SECRET),
+            ("scope", &format!("http://{host}/.default")),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    (client, token["access_token"].as_str().unwrap().to_owned(), format!("{base}/api/data/v9.2"))
+}
+
+async fn call(
+    client: &reqwest::Client,
+    token: &str,
+    method: reqwest::Method,
+    url: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let response = client.request(method, url).bearer_auth(token).json(&body).send().await.unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn the_simulator_refuses_what_dataverse_documents_it_refuses() {
+    let running = simulator(Dynamics365SimOptions::with_world(world(WorldSize {
+        accounts: 3,
+        leads: 0,
+        opportunities: 0,
+        orders: 0,
+    })))
+    .await;
+    let (client, token, api) = raw(&running).await;
+    let account = running.state().live_ids(Entity::Account)[0].clone();
+    let code = |answer: &serde_json::Value| answer["error"]["code"].as_str().unwrap_or_default().to_owned();
+    let order = |extra: serde_json::Value| {
+        let mut body = json!({
+            "name": "SO-RULES", "customerid_account@odata.bind": format!("/accounts({account})"),
+            "pricelevelid@odata.bind": format!("/pricelevels({})", sim::PRICE_LIST_ID),
+        });
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body
+    };
+    let post = reqwest::Method::POST;
+    let patch = reqwest::Method::PATCH;
+
+    // statecode is not valid for create; a create without the price list misses a required column.
+    let (status, answer) =
+        call(&client, &token, post.clone(), &format!("{api}/salesorders"), order(json!({"statecode": 1}))).await;
+    assert_eq!((status, code(&answer)), (400, "0x80040203".into()), "{answer}");
+    let (status, answer) = call(
+        &client,
+        &token,
+        post.clone(),
+        &format!("{api}/salesorders"),
+        json!({"name": "SO-X", "customerid_account@odata.bind": format!("/accounts({account})")}),
+    )
+    .await;
+    assert_eq!((status, code(&answer)), (400, "0x80040200".into()), "{answer}");
+    assert!(answer["error"]["message"].as_str().unwrap().contains("pricelevelid"), "{answer}");
+
+    // An active order takes lines; SetState to Submitted; then it is read-only and takes no line.
+    let (status, _) =
+        call(&client, &token, patch.clone(), &format!("{api}/salesorders(crmsync_id='o1')"), order(json!({}))).await;
+    assert_eq!(status, 204);
+    let line = |n: usize| {
+        (
+            format!("{api}/salesorderdetails(crmsync_id='o1:{n}')"),
+            json!({"salesorderid@odata.bind": "/salesorders(crmsync_id='o1')", "productdescription": "Thing", "isproductoverridden": true, "quantity": 1, "priceperunit": 5}),
+        )
+    };
+    let (url, body) = line(0);
+    assert_eq!(call(&client, &token, patch.clone(), &url, body).await.0, 204);
+    let (status, answer) = call(
+        &client,
+        &token,
+        patch.clone(),
+        &format!("{api}/salesorders(crmsync_id='o1')"),
+        json!({"statecode": 3, "statuscode": 100001}),
+    )
+    .await;
+    assert_eq!(
+        (status, code(&answer)),
+        (400, "0x80040203".into()),
+        "fulfilled only through FulfillSalesOrder: {answer}"
+    );
+    let submit = json!({"statecode": 1, "statuscode": 3});
+    assert_eq!(
+        call(&client, &token, patch.clone(), &format!("{api}/salesorders(crmsync_id='o1')"), submit).await.0,
+        204
+    );
+    let (url, body) = line(1);
+    let (status, answer) = call(&client, &token, patch.clone(), &url, body).await;
+    assert_eq!((status, code(&answer)), (400, "0x80043b09".into()), "{answer}");
+    let (status, answer) =
+        call(&client, &token, patch.clone(), &format!("{api}/salesorders(crmsync_id='o1')"), json!({"name": "SO-NEW"}))
+            .await;
+    assert_eq!((status, code(&answer)), (400, "0x8004022e".into()), "{answer}");
+    let fulfil = json!({"OrderClose": {"@odata.type": "Microsoft.Dynamics.CRM.orderclose", "subject": "x", "salesorderid@odata.bind": "/salesorders(crmsync_id='o1')"}, "Status": 100001});
+    let fulfil_url = format!("{api}/salesorders/Microsoft.Dynamics.CRM.FulfillSalesOrder");
+    assert_eq!(call(&client, &token, post.clone(), &fulfil_url, fulfil.clone()).await.0, 204);
+    let (status, _) = call(&client, &token, post.clone(), &fulfil_url, fulfil).await;
+    assert_eq!(status, 400, "a fulfilled order is not fulfilled again");
+
+    // A won opportunity is read-only and cannot be won again.
+    let deal = json!({"name": "Deal", "customerid_account@odata.bind": format!("/accounts({account})")});
+    assert_eq!(
+        call(&client, &token, patch.clone(), &format!("{api}/opportunities(crmsync_id='d1')"), deal).await.0,
+        204
+    );
+    let win = json!({"Status": 3, "OpportunityClose": {"subject": "Won", "opportunityid@odata.bind": "/opportunities(crmsync_id='d1')"}});
+    assert_eq!(call(&client, &token, post.clone(), &format!("{api}/WinOpportunity"), win.clone()).await.0, 204);
+    let (status, answer) = call(&client, &token, post.clone(), &format!("{api}/WinOpportunity"), win).await;
+    assert_eq!((status, code(&answer)), (400, "0x80040515".into()), "{answer}");
+    assert_eq!(answer["error"]["message"], "The opportunity is already closed.");
+    let (status, answer) =
+        call(&client, &token, patch, &format!("{api}/opportunities(crmsync_id='d1')"), json!({"name": "Renamed"}))
+            .await;
+    assert_eq!((status, code(&answer)), (400, "0x8004022e".into()), "{answer}");
+
+    // The definition lists the lookup by its logical name, with its requirement level.
+    let definition: serde_json::Value = client
+        .get(format!(
+            "{api}/EntityDefinitions(LogicalName='salesorder')?$select=LogicalName&$expand=Attributes($select=LogicalName,AttributeType,RequiredLevel)"
+        ))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let customer = definition["Attributes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|attribute| attribute["LogicalName"] == "customerid")
+        .unwrap();
+    assert_eq!(
+        (customer["AttributeType"].clone(), customer["RequiredLevel"]["Value"].clone()),
+        (json!("Customer"), json!("ApplicationRequired"))
+    );
+    assert!(customer.get("MetadataId").is_some() && customer.get("IsValidForCreate").is_none(), "$select honoured");
+}
+
+#[tokio::test]
+async fn a_create_missing_a_required_column_is_rejected_before_any_call_naming_it() {
+    let running = simulator(Dynamics365SimOptions::with_world(world(only(2, 0, 0)))).await;
+    let bare = connector_with(&running, |_, config| config.create_defaults.clear());
+    let state = running.state();
+    let account_id = ExternalId::new(state.live_ids(Entity::Account)[0].clone());
+    let account = RecordRef { canonical: Some(CanonicalId::new()), external: Some(account_id.clone()) };
+    let batch = orders(
+        &Outgoing { canonical_id: account.canonical.unwrap(), ..testkit::new_accounts(1, "x").remove(0) },
+        &account_id,
+        2,
+    );
+    let before = Simulated::stats(state.as_ref()).write_calls;
+    let report = bare.push(Entity::Order, &batch).await.unwrap();
+    for result in &report.results {
+        assert!(
+            matches!(&result.outcome, PushOutcome::Rejected { code, message } if code == "RequiredFieldMissing" && message.contains("salesorder.pricelevelid") && message.contains("create_defaults")),
+            "{result:?}"
+        );
+    }
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 1, "the state read, no write");
+    assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 0);
+
+    let report = bare.check().await.unwrap();
+    assert!(report.notes.iter().any(|note| note.contains("pricelevelid")), "{report:?}");
+    assert!(report.notes.iter().any(|note| note.contains("leads: column subject")), "{report:?}");
+
+    // A lead has no canonical topic: without a default it is refused; an opportunity without an
+    // account has no customer.
+    let lead = Outgoing {
+        canonical_id: CanonicalId::new(),
+        external_id: None,
+        expected_version: None,
+        op: OutgoingOp::Upsert {
+            data: EntityData::Lead(crate::canonical::Lead { name: Some("Ada Lovelace".into()), ..Default::default() }),
+        },
+    };
+    let report = bare.push(Entity::Lead, std::slice::from_ref(&lead)).await.unwrap();
+    assert!(
+        matches!(&report.results[0].outcome, PushOutcome::Rejected { message, .. } if message.contains("lead.subject")),
+        "{report:?}"
+    );
+    let deal = Outgoing {
+        canonical_id: CanonicalId::new(),
+        external_id: None,
+        expected_version: None,
+        op: OutgoingOp::Upsert {
+            data: EntityData::Opportunity(Opportunity { name: Some("Orphan".into()), ..Opportunity::default() }),
+        },
+    };
+    let report = bare.push(Entity::Opportunity, std::slice::from_ref(&deal)).await.unwrap();
+    assert!(
+        matches!(&report.results[0].outcome, PushOutcome::Rejected { message, .. } if message.contains("opportunity.customerid") && message.contains("canonical account")),
+        "{report:?}"
+    );
+
+    // With the documented defaults configured, the same records are created.
+    let configured = connector(&running);
+    let report = configured.push(Entity::Order, &batch).await.unwrap();
+    assert!(
+        report.results.iter().all(|result| matches!(result.outcome, PushOutcome::Upserted { created: true, .. })),
+        "{report:?}"
+    );
+    let report = configured.push(Entity::Lead, std::slice::from_ref(&lead)).await.unwrap();
+    assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { created: true, .. }), "{report:?}");
+}
+
+// ---- Issue 15: an order in each status ends in the documented state, read back without echo ------
+
+fn order_in(status: OrderStatus, account_id: &ExternalId, number: &str) -> Outgoing {
+    let account = RecordRef::external(account_id.as_str());
+    let mut outgoing = testkit::new_orders(&account, 1, number).remove(0);
+    if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut outgoing.op {
+        order.status = Some(status);
+    }
+    outgoing
+}
+
+#[tokio::test]
+async fn an_order_pushed_in_each_status_ends_in_the_documented_state_and_reads_back_as_pushed() {
+    let running = simulator(Dynamics365SimOptions::with_world(world(only(2, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account_id = ExternalId::new(state.live_ids(Entity::Account)[0].clone());
+    // SPEC §2 and ce/developer/entities/salesorder.md: (statecode, default statuscode).
+    let expected = [
+        (OrderStatus::Draft, 0, 1),
+        (OrderStatus::Confirmed, 1, 3),
+        (OrderStatus::Shipped, 3, 100_001),
+        (OrderStatus::Delivered, 3, 100_001),
+        (OrderStatus::Invoiced, 4, 100_003),
+        (OrderStatus::Cancelled, 2, 4),
+    ];
+    let batch: Vec<Outgoing> =
+        expected.iter().map(|(status, ..)| order_in(*status, &account_id, &format!("SO-{status}"))).collect();
+    let report = connector.push(Entity::Order, &batch).await.unwrap();
+    let mut ids = Vec::new();
+    for ((status, state_code, status_code), result) in expected.iter().zip(&report.results) {
+        let PushOutcome::Upserted { external_id, created: true, .. } = &result.outcome else {
+            panic!("{status}: {result:?}")
+        };
+        let row = state.row(Entity::Order, external_id.as_str()).unwrap();
+        assert_eq!(
+            (row["statecode"].clone(), row["statuscode"].clone()),
+            (json!(state_code), json!(status_code)),
+            "{status}"
+        );
+        assert_eq!(state.order_lines(external_id.as_str()).len(), 1, "{status}: the line was added while active");
+        ids.push(external_id.clone());
+    }
+    let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
+    let vocabulary = Vocabulary::defaults(VendorKind::Dynamics365);
+    for (outgoing, id) in batch.iter().zip(&ids) {
+        let read = pulled.changes.iter().find(|change| &change.external_id == id).unwrap();
+        let OutgoingOp::Upsert { data } = &outgoing.op else { panic!() };
+        let EntityData::Order(pushed) = connector.representable(data) else { panic!() };
+        let EntityData::Order(order) = read.data().unwrap() else { panic!() };
+        assert_eq!(order.status, pushed.status, "{:?} reads back as pushed", pushed.number);
+        assert!(vocabulary.order_statuses.reverse(order.status.unwrap()).is_some());
+    }
+    // Pushing the same records again (as the daemon would after reading them back) writes nothing.
+    let again: Vec<Outgoing> = batch
+        .iter()
+        .zip(&ids)
+        .map(|(outgoing, id)| Outgoing { external_id: Some(id.clone()), ..outgoing.clone() })
+        .collect();
+    let before = Simulated::stats(state.as_ref()).write_calls;
+    let report = connector.push(Entity::Order, &again).await.unwrap();
+    assert!(report.results.iter().all(|result| matches!(result.outcome, PushOutcome::Upserted { created: false, .. })));
+    // The state read, the lines read, and one batch that rewrites the draft (the only active one).
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 3);
+    assert_eq!(SimControl::count(state.as_ref(), Entity::Order), expected.len());
+}
+
+#[tokio::test]
+async fn an_order_moves_through_its_states_one_documented_step_at_a_time() {
+    let running = simulator(Dynamics365SimOptions::with_world(world(only(2, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account_id = ExternalId::new(state.live_ids(Entity::Account)[0].clone());
+    let mut order = order_in(OrderStatus::Draft, &account_id, "SO-FLOW");
+    let step = |order: &Outgoing| {
+        let connector = &connector;
+        let order = order.clone();
+        async move { connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap().results.remove(0).outcome }
+    };
+    let PushOutcome::Upserted { external_id, .. } = step(&order).await else { panic!() };
+    order.external_id = Some(external_id.clone());
+    let status_of = || {
+        let row = state.row(Entity::Order, external_id.as_str()).unwrap();
+        (row["statecode"].as_i64().unwrap(), row["statuscode"].as_i64().unwrap())
+    };
+    assert_eq!(status_of(), (0, 1));
+    for (next, expected) in [
+        (OrderStatus::Confirmed, (1, 3)),
+        (OrderStatus::Shipped, (3, 100_001)),
+        (OrderStatus::Delivered, (3, 100_001)),
+        (OrderStatus::Invoiced, (4, 100_003)),
+    ] {
+        if let OutgoingOp::Upsert { data: EntityData::Order(data) } = &mut order.op {
+            data.status = Some(next);
+            data.details = Some(format!("now {next}"));
+        }
+        let outcome = step(&order).await;
+        assert!(matches!(outcome, PushOutcome::Upserted { created: false, .. }), "{next}: {outcome:?}");
+        assert_eq!(status_of(), expected, "{next}");
+    }
+    // Written while it was active (with the move to Submitted), never after: a submitted, fulfilled
+    // or invoiced order is read-only.
+    assert_eq!(
+        state.row(Entity::Order, external_id.as_str()).unwrap()["description"],
+        json!("now confirmed"),
+        "fields of an order that is no longer active are not written"
+    );
+    // Back to draft: Dataverse has no message for it, so nothing is sent and the reason is given.
+    if let OutgoingOp::Upsert { data: EntityData::Order(data) } = &mut order.op {
+        data.status = Some(OrderStatus::Draft);
+    }
+    let before = Simulated::stats(state.as_ref()).write_calls;
+    let outcome = step(&order).await;
+    assert!(
+        matches!(&outcome, PushOutcome::Rejected { code, message } if code == "InvalidStateTransition" && message.contains("from Invoiced to Active")),
+        "{outcome:?}"
+    );
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 2, "reads only");
+
+    // A confirmed order cancelled: CancelSalesOrder, once.
+    let mut other = order_in(OrderStatus::Confirmed, &account_id, "SO-CANCEL");
+    let PushOutcome::Upserted { external_id: other_id, .. } = step(&other).await else { panic!() };
+    other.external_id = Some(other_id.clone());
+    if let OutgoingOp::Upsert { data: EntityData::Order(data) } = &mut other.op {
+        data.status = Some(OrderStatus::Cancelled);
+    }
+    assert!(matches!(step(&other).await, PushOutcome::Upserted { .. }));
+    assert!(matches!(step(&other).await, PushOutcome::Upserted { .. }), "cancelled already: nothing sent");
+    let row = state.row(Entity::Order, other_id.as_str()).unwrap();
+    assert_eq!((row["statecode"].clone(), row["statuscode"].clone()), (json!(2), json!(4)));
+}
+
+#[tokio::test]
+async fn an_active_orders_lines_follow_the_canonical_lines() {
+    let running = simulator(Dynamics365SimOptions::with_world(world(only(2, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account_id = ExternalId::new(state.live_ids(Entity::Account)[0].clone());
+    let mut order = order_in(OrderStatus::Draft, &account_id, "SO-LINES");
+    let line = |product: &str, quantity: i64| crate::canonical::OrderLine {
+        product: Some(product.into()),
+        sku: None,
+        quantity: quantity.into(),
+        unit_price: 10.into(),
+        line_total: (quantity * 10).into(),
+    };
+    let set_lines = |order: &mut Outgoing, lines: Vec<crate::canonical::OrderLine>| {
+        if let OutgoingOp::Upsert { data: EntityData::Order(data) } = &mut order.op {
+            data.lines = Some(lines);
+        }
+    };
+    set_lines(&mut order, vec![line("Widget", 1), line("Custom part", 2), line("Gadget", 3)]);
+    let report = connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    let PushOutcome::Upserted { external_id, .. } = report.results[0].outcome.clone() else { panic!("{report:?}") };
+    assert_eq!(state.order_lines(external_id.as_str()).len(), 3);
+    order.external_id = Some(external_id.clone());
+    set_lines(&mut order, vec![line("Widget", 5)]);
+    let report = connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { .. }), "{report:?}");
+    let lines = state.order_lines(external_id.as_str());
+    assert_eq!(lines.len(), 1, "the lines the order no longer has are deleted");
+    assert_eq!(lines[0]["quantity"], json!(5));
+    let row = state.row(Entity::Order, external_id.as_str()).unwrap();
+    assert_eq!(row["totalamount"], json!(50));
+}
+
+// ---- Issue 16: order lines at ⌈lines/5000⌉ calls ----------------------------------------------------
+
+#[tokio::test]
+async fn a_full_pull_of_orders_reads_lines_by_range_not_per_100_orders() {
+    let running = simulator(Dynamics365SimOptions::with_world(world(only(200, 0, 12_000)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let orders = SimControl::count(state.as_ref(), Entity::Order);
+    let lines = usize::try_from(Simulated::stats(state.as_ref()).records["salesorderdetails"]).unwrap();
+    let run = testkit::pull_to_end(&connector, Entity::Order, None, 20).await.unwrap();
+    assert_eq!(run.changes.len(), orders);
+    let lines_read: usize = run
+        .changes
+        .iter()
+        .map(|change| match change.data() {
+            Some(EntityData::Order(order)) => order.lines.as_ref().map_or(0, Vec::len),
+            _ => 0,
+        })
+        .sum();
+    assert_eq!(lines_read, lines, "every line, each once, with its order");
+    let stats = Simulated::stats(state.as_ref());
+    let pages = orders.div_ceil(5000);
+    // Definition, currencies and products, then the token read and the sorted read of the orders
+    // (one page each per 5,000 orders), then the lines of each page of orders by range.
+    let line_calls = stats.read_calls as usize - 3 - 2 * pages;
+    assert!(line_calls <= lines.div_ceil(5000) + pages, "{line_calls} line calls for {lines} lines");
+    // Measured: 12,000 orders with 23,843 lines take 14 reads (3 + 3 + 3 + 5 line calls); before,
+    // one lines call per 100 orders made it 3 + 3 + 120 = 126.
+    assert!(line_calls * 10 < orders.div_ceil(100), "{line_calls} vs {}", orders.div_ceil(100));
+
+    // Incremental: one delta call, and the changed orders' lines by id; the rows carry every column.
+    let touched: BTreeSet<_> = SimControl::touch(state.as_ref(), Entity::Order, 3).into_iter().collect();
+    let before = Simulated::stats(state.as_ref()).read_calls;
+    let incremental = testkit::pull_to_end(&connector, Entity::Order, Some(run.cursor), 5).await.unwrap();
+    let seen: BTreeSet<_> = incremental.changes.iter().map(|change| change.external_id.clone()).collect();
+    assert_eq!(seen, touched);
+    for change in &incremental.changes {
+        let EntityData::Order(order) = change.data().unwrap() else { panic!() };
+        assert!(order.number.is_some() && order.lines.as_ref().is_some_and(|lines| !lines.is_empty()), "{order:?}");
+    }
+    assert_eq!(Simulated::stats(state.as_ref()).read_calls - before, 2);
 }

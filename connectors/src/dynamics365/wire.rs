@@ -93,7 +93,14 @@ pub struct ErrorDetail {
     pub message: String,
 }
 
-/// `EntityDefinitions(LogicalName='…')` with its attributes (the parts crmsync reads).
+/// `EntityDefinitions(LogicalName='…')` with its expanded attributes (the parts crmsync reads).
+///
+/// Shape: learn.microsoft.com/power-apps/developer/data-platform/webapi/query-metadata-web-api
+/// (MicrosoftDocs/powerapps-docs:powerapps-docs/developer/data-platform/webapi/query-metadata-web-api.md);
+/// the attribute properties are those of the `AttributeMetadata` EntityType (`LogicalName`,
+/// `AttributeType`, `AttributeOf`, `IsPrimaryId`, `IsValidForCreate`, `IsValidForUpdate`, and
+/// `RequiredLevel`, an `AttributeRequiredLevelManagedProperty` whose `Value` is `None`,
+/// `SystemRequired`, `ApplicationRequired` or `Recommended`).
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct EntityDefinition {
@@ -105,12 +112,97 @@ pub struct EntityDefinition {
     pub attributes: Vec<AttributeDefinition>,
 }
 
-/// One column of an [`EntityDefinition`].
+/// A definition response: the documented example wraps the table in a `value` array; an entity
+/// addressed by key otherwise comes as the object itself. Both are accepted.
 #[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum DefinitionResponse {
+    /// `{"value": [definition]}`.
+    Wrapped {
+        /// The definitions (one when addressed by logical name).
+        value: Vec<EntityDefinition>,
+    },
+    /// The definition itself.
+    Single(EntityDefinition),
+}
+
+impl DefinitionResponse {
+    /// The one definition the response holds.
+    pub fn into_definition(self) -> Option<EntityDefinition> {
+        match self {
+            Self::Wrapped { value } => value.into_iter().next(),
+            Self::Single(definition) => Some(definition),
+        }
+    }
+}
+
+/// The attribute properties crmsync asks `EntityDefinitions` for.
+pub const ATTRIBUTE_SELECT: &str =
+    "LogicalName,AttributeType,AttributeOf,IsPrimaryId,IsValidForCreate,IsValidForUpdate,RequiredLevel";
+
+/// One column of an [`EntityDefinition`].
+#[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "PascalCase")]
 pub struct AttributeDefinition {
-    /// Column logical name.
+    /// Column logical name (`customerid`, never `_customerid_value`).
     pub logical_name: String,
+    /// `AttributeTypeCode` (`String`, `Lookup`, `Customer`, `Owner`, `Money`, …).
+    #[serde(default)]
+    pub attribute_type: Option<String>,
+    /// The column this one extends (`customeridname` of `customerid`); such columns are not written.
+    #[serde(default)]
+    pub attribute_of: Option<String>,
+    /// Whether it is the table's primary key.
+    #[serde(default)]
+    pub is_primary_id: Option<bool>,
+    /// Whether a create may set it.
+    #[serde(default)]
+    pub is_valid_for_create: Option<bool>,
+    /// Whether an update may set it.
+    #[serde(default)]
+    pub is_valid_for_update: Option<bool>,
+    /// How required it is.
+    #[serde(default)]
+    pub required_level: Option<RequiredLevel>,
+}
+
+/// `AttributeRequiredLevelManagedProperty`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct RequiredLevel {
+    /// `None`, `SystemRequired`, `ApplicationRequired` or `Recommended`.
+    pub value: String,
+}
+
+impl AttributeDefinition {
+    /// Whether the column is a lookup (`Lookup`, `Customer`, `Owner`): rows carry its value as the
+    /// property `_{logical}_value`, and writes set it with `{navigation}@odata.bind`.
+    pub fn is_lookup(&self) -> bool {
+        matches!(self.attribute_type.as_deref(), Some("Lookup" | "Customer" | "Owner"))
+    }
+
+    /// The property rows carry the column's value under.
+    pub fn property(&self) -> String {
+        if self.is_lookup() { lookup_property(&self.logical_name) } else { self.logical_name.clone() }
+    }
+
+    /// `SystemRequired` or `ApplicationRequired`.
+    pub fn is_required(&self) -> bool {
+        matches!(
+            self.required_level.as_ref().map(|level| level.value.as_str()),
+            Some("SystemRequired" | "ApplicationRequired")
+        )
+    }
+
+    /// The requirement level as Dataverse names it (`None` when absent).
+    pub fn level(&self) -> &str {
+        self.required_level.as_ref().map_or("None", |level| level.value.as_str())
+    }
+}
+
+/// The Web API property of a lookup column (`customerid` → `_customerid_value`).
+pub fn lookup_property(logical: &str) -> String {
+    format!("_{logical}_value")
 }
 
 /// Renders an instant the way Dataverse does: UTC, second precision (`2024-01-02T03:04:05Z`).

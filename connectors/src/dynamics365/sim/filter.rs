@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value, json};
 
-use super::schema::{key_of, logical, readable};
+use super::schema::{Column, column_named, logical, readable};
 
 #[derive(Debug, Clone, PartialEq)]
 enum Token {
@@ -193,14 +193,19 @@ pub(super) fn parse_filter(filter: &str) -> Result<Filter, String> {
     }
 }
 
-/// A property name in a filter: a column, or a lookup's logical name (`salesorderid` → `_salesorderid_value`).
-fn column_for(set: &str, property: &str) -> Option<String> {
-    let known = readable(set);
-    if known.contains(&property) || property == key_of(set) {
-        return Some(property.to_owned());
-    }
-    let lookup = format!("_{property}_value");
-    known.contains(&lookup.as_str()).then_some(lookup)
+/// The row property a comparison names: a structural property (`_salesorderid_value` for a lookup,
+/// never its logical name, which is a navigation property in the Web API's model).
+fn property_for(set: &str, property: &str) -> Option<String> {
+    readable(set).into_iter().find(|known| known == property)
+}
+
+/// The row property a query function's `PropertyName` names: query functions take the column's
+/// logical name (`salesorderid`), as FetchXML does
+/// (powerapps-docs:…/webapi/query/filter-rows.md, "Dataverse query functions").
+fn attribute_for(set: &str, logical_name: &str) -> Option<String> {
+    column_named(set, logical_name)
+        .map(Column::property)
+        .or_else(|| readable(set).into_iter().find(|known| known == logical_name && !known.starts_with('_')))
 }
 
 pub(super) fn check_filter(set: &str, filter: &Filter) -> Result<(), String> {
@@ -210,13 +215,16 @@ pub(super) fn check_filter(set: &str, filter: &Filter) -> Result<(), String> {
             check_filter(set, right)
         }
         Filter::Not(inner) => check_filter(set, inner),
-        Filter::Compare(column, ..) | Filter::In(column, _) => column_for(set, column).map(|_| ()).ok_or_else(|| {
+        Filter::Compare(column, ..) => property_for(set, column).map(|_| ()).ok_or_else(|| {
             format!("Could not find a property named '{column}' on type 'Microsoft.Dynamics.CRM.{}'.", logical(set))
         }),
+        Filter::In(column, _) => attribute_for(set, column)
+            .map(|_| ())
+            .ok_or_else(|| format!("'{column}' is not a valid attribute name of entity '{}'.", logical(set))),
     }
 }
 
-fn compare(left: &Value, right: &Value) -> Option<std::cmp::Ordering> {
+pub(super) fn compare(left: &Value, right: &Value) -> Option<std::cmp::Ordering> {
     match (left, right) {
         (Value::Number(a), Value::Number(b)) => a.as_f64()?.partial_cmp(&b.as_f64()?),
         (Value::String(a), Value::String(b)) => Some(a.to_ascii_lowercase().cmp(&b.to_ascii_lowercase())),
@@ -231,12 +239,12 @@ pub(super) fn matches(set: &str, fields: &Map<String, Value>, filter: &Filter) -
         Filter::Or(left, right) => matches(set, fields, left) || matches(set, fields, right),
         Filter::Not(inner) => !matches(set, fields, inner),
         Filter::In(property, values) => {
-            let column = column_for(set, property).unwrap_or_default();
+            let column = attribute_for(set, property).unwrap_or_default();
             let value = fields.get(&column).and_then(Value::as_str).unwrap_or_default();
             values.iter().any(|candidate| candidate.eq_ignore_ascii_case(value))
         }
         Filter::Compare(property, operator, value) => {
-            let column = column_for(set, property).unwrap_or_default();
+            let column = property_for(set, property).unwrap_or_default();
             let current = fields.get(&column).cloned().unwrap_or(Value::Null);
             let ordering = compare(&current, value);
             match operator.as_str() {

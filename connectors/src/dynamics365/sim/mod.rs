@@ -1,21 +1,27 @@
 //! An in-process Dataverse simulator (axum): the Microsoft identity platform token endpoint
-//! (client credentials, scope `{org}/.default`), `EntityDefinitions`, entity sets with `$select`,
+//! (client credentials, scope `{org}/.default`), `EntityDefinitions` with attributes described as
+//! the Web API describes them (`metadata`), entity sets with `$select`,
 //! `$filter` (comparisons, `and`/`or`/`not`, parentheses, `Microsoft.Dynamics.CRM.In`), `$orderby`,
 //! `$top`, `Prefer: odata.maxpagesize` (≤ 5,000) with `@odata.nextLink` paging cookies, change tracking
 //! (`Prefer: odata.track-changes`, delta links, `$deletedEntity` rows, expired tokens), `PATCH` upserts by
 //! id or alternate key with `If-Match` / `If-None-Match` and etags, `DELETE`, the
-//! `WinOpportunity`/`LoseOpportunity` actions, `$batch` (≤ 1,000 requests, `odata.continue-on-error`),
-//! real error bodies, `429` + `Retry-After`, `x-ms-ratelimit-*` headers, and the shared fault switches.
+//! `WinOpportunity`/`LoseOpportunity`, `FulfillSalesOrder` and `CancelSalesOrder` messages and
+//! SetState on orders (`state`), the documented write rules (required columns, read-only states;
+//! `write`), `$batch` (≤ 1,000 requests, `odata.continue-on-error`), real error bodies, `429` +
+//! `Retry-After`, `x-ms-ratelimit-*` headers, and the shared fault switches.
 //!
-//! Org customisations it models: every synced table has a text column `crmsync_id` defined as an
-//! alternate key, plus a text column `crmsync_channel` (the sales channel); order lines are write-in
-//! products.
+//! Org customisations it models: every synced table (and the order lines) has a text column
+//! `crmsync_id` defined as an alternate key, and leads, opportunities and orders a text column
+//! `crmsync_channel` (the sales channel). The org has one price list ([`PRICE_LIST_ID`]) and a
+//! product catalogue; order lines are catalogue or write-in products.
 
 mod batch;
 mod filter;
+mod metadata;
 mod read;
 mod reply;
 mod schema;
+mod state;
 mod table;
 mod write;
 
@@ -38,7 +44,8 @@ use crate::canonical::{Entity, OrderStatus, Stage, Timestamp, VendorKind, Vocabu
 use crate::sim::{Counters, FaultSettings, Faults, Injected, RunningSim, SimStats, Simulated, World};
 use read::select_of;
 use reply::{Reply, error, not_found};
-use schema::{CURRENCIES, readable};
+pub use schema::PRICE_LIST_ID;
+use schema::{CURRENCIES, OWNER_ID, SETS};
 use table::{Inner, Row};
 
 /// Entra tenant the simulator serves.
@@ -113,7 +120,8 @@ pub fn connection_toml(name: &str, base_url: &str) -> String {
         "[connections.{name}]\nkind = \"dynamics365\"\norg_url = \"{base_url}\"\nauthority_url = \"{base_url}\"\n\
          tenant_id = \"{TENANT_ID}\"\nchannel_field = \"crmsync_channel\"\n\
          auth = {{ client_id = \"{CLIENT_ID}\", client_secret = {{ env = \"{ENV_CLIENT_SECRET}\" }} }}\n\
-         webhook = {{ key = {{ env = \"{ENV_WEBHOOK_KEY}\" }}, header = \"x-crmsync-key\" }}\n"
+         webhook = {{ key = {{ env = \"{ENV_WEBHOOK_KEY}\" }}, header = \"x-crmsync-key\" }}\n\
+         create_defaults = {{ lead = {{ subject = \"Lead from crmsync\" }}, salesorder = {{ pricelevelid = \"/pricelevels({PRICE_LIST_ID})\" }} }}\n"
     )
 }
 
@@ -137,7 +145,7 @@ fn now_seconds() -> i64 {
 impl Dynamics365Sim {
     fn new(options: &Dynamics365SimOptions) -> Self {
         let mut tables: BTreeMap<&'static str, BTreeMap<String, Row>> = BTreeMap::new();
-        for set in ["accounts", "leads", "opportunities", "salesorders", "salesorderdetails"] {
+        for set in SETS {
             tables.insert(set, BTreeMap::new());
         }
         let currencies = CURRENCIES
@@ -161,6 +169,14 @@ impl Dynamics365Sim {
             })
             .collect();
         tables.insert("products", products);
+        let price_list = json!({"pricelevelid": PRICE_LIST_ID, "name": "Default price list"});
+        tables.insert(
+            "pricelevels",
+            BTreeMap::from([(
+                PRICE_LIST_ID.to_owned(),
+                Row { fields: price_list.as_object().cloned().unwrap_or_default(), version: 1, deleted: None },
+            )]),
+        );
         let sim = Self {
             inner: Mutex::new(Inner {
                 tables,
@@ -202,7 +218,7 @@ impl Dynamics365Sim {
             stamp += 1;
             let id = inner.insert("accounts", json!({
                 "name": account.name, "accountnumber": account.number, "websiteurl": format!("https://www.{}", account.domain),
-                "address1_country": account.country, "statecode": 0, "_ownerid_value": "5d2a4f10-0000-4000-8000-00000000aa01",
+                "address1_country": account.country, "statecode": 0, "statuscode": 1, "_ownerid_value": OWNER_ID,
             }), stamp);
             account_ids.insert(index, id);
         }
@@ -214,6 +230,7 @@ impl Dynamics365Sim {
             inner.insert("leads", json!({
                 "subject": format!("Interest from {}", lead.company), "firstname": lead.first_name, "lastname": lead.last_name,
                 "companyname": lead.company, "emailaddress1": lead.email, "statecode": i64::from(lead.converted),
+                "statuscode": if lead.converted { 3 } else { 1 }, "_ownerid_value": OWNER_ID,
                 "crmsync_channel": lead.source, "createdon": time((lead.created_at.unix_millis() / 1000).min(stamp)),
             }), stamp);
         }
@@ -236,7 +253,7 @@ impl Dynamics365Sim {
                 "_transactioncurrencyid_value": currency(deal.currency), "salesstage": salesstage, "budgetstatus": budget,
                 "statecode": state, "statuscode": status, "estimatedclosedate": deal.close_date.to_string(),
                 "actualclosedate": (state != 0).then(|| deal.close_date.to_string()), "crmsync_channel": deal.source,
-                "createdon": time((deal.created_at.unix_millis() / 1000).min(stamp)),
+                "createdon": time((deal.created_at.unix_millis() / 1000).min(stamp)), "_ownerid_value": OWNER_ID,
             }), stamp);
         }
         for order in &world.orders {
@@ -245,12 +262,13 @@ impl Dynamics365Sim {
             }
             let Some(account) = account_ids.get(&order.account).cloned() else { continue };
             stamp += 1;
-            let state = match order.status {
-                OrderStatus::Draft => 0,
-                OrderStatus::Confirmed => 1,
-                OrderStatus::Cancelled => 2,
-                OrderStatus::Shipped | OrderStatus::Delivered => 3,
-                OrderStatus::Invoiced => 4,
+            let (state, status) = match order.status {
+                OrderStatus::Draft => (0, 1),
+                OrderStatus::Confirmed => (1, 3),
+                OrderStatus::Cancelled => (2, 4),
+                OrderStatus::Shipped => (3, 100002),
+                OrderStatus::Delivered => (3, 100001),
+                OrderStatus::Invoiced => (4, 100003),
             };
             // Priced here as Dataverse would (extendedamount = quantity × price, the order's total the
             // sum of its lines): the write path's recomputation scans every line, fine for one write,
@@ -258,8 +276,9 @@ impl Dynamics365Sim {
             let total: Decimal = order.lines.iter().map(|line| line.quantity * line.unit_price).sum();
             let id = inner.insert("salesorders", json!({
                 "name": order.number, "_customerid_value": account, "_transactioncurrencyid_value": currency(order.currency),
-                "statecode": state, "submitdate": format!("{}T00:00:00Z", order.order_date), "crmsync_channel": order.source,
-                "totalamount": decimal_json(total),
+                "statecode": state, "statuscode": status, "submitdate": format!("{}T00:00:00Z", order.order_date),
+                "crmsync_channel": order.source, "totalamount": decimal_json(total), "_pricelevelid_value": PRICE_LIST_ID,
+                "_ownerid_value": OWNER_ID,
             }), stamp);
             for line in &order.lines {
                 let product = inner.product_by_number(line.sku);
@@ -406,7 +425,7 @@ type Shared = State<Arc<Dynamics365Sim>>;
 pub fn router(state: Arc<Dynamics365Sim>) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
-        .route("/api/data/{version}/{resource}", any(api))
+        .route("/api/data/{version}/{*resource}", any(api))
         .with_state(state.clone())
         .merge(crate::sim::admin_routes(state))
 }
@@ -504,8 +523,10 @@ async fn api(
                 Err(error) => {
                     return self::error(
                         StatusCode::BAD_REQUEST,
-                        "0x80060891",
-                        &format!("Error parsing the request body: {error}"),
+                        "0x80048d19",
+                        &format!(
+                            "Error identified in Payload provided by the user for Entity :'{resource}' ----> {error}"
+                        ),
                     );
                 }
             }
@@ -579,29 +600,30 @@ impl Dynamics365Sim {
 
     fn dispatch(&self, request: &Request<'_>) -> Reply {
         let resource = request.resource.as_str();
-        if let Some(logical_name) =
-            resource.strip_prefix("EntityDefinitions(LogicalName='").and_then(|rest| rest.strip_suffix("')"))
-        {
-            return self.definition(logical_name);
+        if resource.starts_with("EntityDefinitions") {
+            return self.definitions(request);
         }
-        if matches!(resource, "WinOpportunity" | "LoseOpportunity") && request.method == Method::POST {
-            return self.close_opportunity(resource == "WinOpportunity", request);
+        if request.method == Method::POST {
+            match resource {
+                "WinOpportunity" | "LoseOpportunity" => {
+                    return self.close_opportunity(resource == "WinOpportunity", request);
+                }
+                "salesorders/Microsoft.Dynamics.CRM.FulfillSalesOrder" => return self.close_order(true, request),
+                "CancelSalesOrder" => return self.close_order(false, request),
+                _ => {}
+            }
         }
         let (set, address) = match resource.split_once('(') {
             Some((set, rest)) => (set, rest.strip_suffix(')')),
             None => (resource, None),
         };
-        let known = [
-            "accounts",
-            "leads",
-            "opportunities",
-            "salesorders",
-            "salesorderdetails",
-            "transactioncurrencies",
-            "products",
-        ];
-        if !known.contains(&set) {
-            return error(StatusCode::NOT_FOUND, "0x80060888", &format!("Resource not found for the segment '{set}'."));
+        if !SETS.contains(&set) || address.is_some_and(|address| address.contains(')')) {
+            let segment = resource.split('/').next_back().unwrap_or(resource);
+            return error(
+                StatusCode::NOT_FOUND,
+                "0x80060888",
+                &format!("Resource not found for the segment '{segment}'."),
+            );
         }
         match (&request.method, address) {
             (&Method::GET, None) => self.list(set, request),
@@ -610,14 +632,13 @@ impl Dynamics365Sim {
                 match inner.locate(set, address) {
                     Err(reply) => reply,
                     Ok(None) => not_found(set, address),
-                    Ok(Some(id)) => {
-                        let select = select_of(set, request)
-                            .unwrap_or_else(|_| readable(set).iter().map(|c| (*c).to_owned()).collect());
-                        Reply::json(
+                    Ok(Some(id)) => match select_of(set, request) {
+                        Err(reply) => reply,
+                        Ok(select) => Reply::json(
                             StatusCode::OK,
                             Value::Object(inner.render(set, &id, &select, false).unwrap_or_default()),
-                        )
-                    }
+                        ),
+                    },
                 }
             }
             (&Method::PATCH, Some(address)) => self.write(set, address, request),
@@ -627,31 +648,5 @@ impl Dynamics365Sim {
                 error(StatusCode::METHOD_NOT_ALLOWED, "0x80060888", "The HTTP method is not allowed for this resource.")
             }
         }
-    }
-
-    fn definition(&self, logical_name: &str) -> Reply {
-        let Some(table) = wire::table_by_logical(logical_name) else {
-            return error(
-                StatusCode::NOT_FOUND,
-                "0x80040217",
-                &format!("Could not find entity with name '{logical_name}'."),
-            );
-        };
-        let inner = self.lock();
-        let mut attributes: Vec<Value> = readable(table.set).iter().map(|name| json!({"LogicalName": name})).collect();
-        if self.faults.drift_unknown_field() {
-            attributes.push(json!({"LogicalName": "new_region"}));
-        }
-        if self.faults.drift_renamed_field() && table.set == "opportunities" {
-            attributes.retain(|attribute| attribute["LogicalName"] != "name");
-        }
-        Reply::json(
-            StatusCode::OK,
-            json!({
-                "LogicalName": table.logical, "EntitySetName": table.set,
-                "ChangeTrackingEnabled": !inner.untracked.contains(table.set),
-                "Attributes": attributes,
-            }),
-        )
     }
 }

@@ -4,9 +4,9 @@
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
-use super::filter::{check_filter, matches, parse_filter};
+use super::filter::{check_filter, compare, matches, parse_filter};
 use super::reply::{Reply, error};
-use super::schema::{key_of, logical, readable};
+use super::schema::{logical, readable};
 use super::table::{Inner, Row, Snapshot};
 use super::{Dynamics365Sim, Request, now_seconds, time};
 use crate::dynamics365::wire;
@@ -81,8 +81,8 @@ impl Dynamics365Sim {
             {
                 return error(
                     StatusCode::BAD_REQUEST,
-                    "0x80044353",
-                    &format!("Entity '{}' is not enabled for change tracking.", logical(set)),
+                    "0x80072491",
+                    &format!("Entity {} isn't enabled for change tracking.", logical(set)),
                 );
             }
             for option in ["$filter", "$orderby", "$expand", "$top"] {
@@ -107,8 +107,12 @@ impl Dynamics365Sim {
         {
             return error(StatusCode::BAD_REQUEST, "0x80060888", &problem);
         }
-        let key = key_of(set);
-        let mut rows: Vec<(String, String)> = inner
+        let order = match request.query.get("$orderby").map(|order| order_of(set, order)) {
+            None => Vec::new(),
+            Some(Ok(order)) => order,
+            Some(Err(reply)) => return reply,
+        };
+        let mut rows: Vec<(Vec<Value>, String)> = inner
             .tables
             .get(set)
             .map(|rows| {
@@ -116,24 +120,27 @@ impl Dynamics365Sim {
                     .filter(|(_, row)| row.deleted.is_none())
                     .filter(|(_, row)| filter.as_ref().is_none_or(|filter| matches(set, &row.fields, filter)))
                     .map(|(id, row)| {
-                        (
-                            row.fields.get("modifiedon").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                            id.clone(),
-                        )
+                        let keys = order
+                            .iter()
+                            .map(|(property, _)| row.fields.get(property).cloned().unwrap_or(Value::Null))
+                            .collect();
+                        (keys, id.clone())
                     })
                     .collect()
             })
             .unwrap_or_default();
-        match request.query.get("$orderby").map(String::as_str) {
-            None => {}
-            Some(order) if order == format!("modifiedon asc,{key} asc") || order == "modifiedon asc" => rows.sort(),
-            Some(order) => {
-                return error(
-                    StatusCode::BAD_REQUEST,
-                    "0x80060888",
-                    &format!("$orderby {order:?} is not supported by this simulator."),
-                );
-            }
+        if !order.is_empty() {
+            rows.sort_by(|(left, left_id), (right, right_id)| {
+                order
+                    .iter()
+                    .zip(left.iter().zip(right))
+                    .map(|((_, descending), (a, b))| {
+                        let ordering = compare(a, b).unwrap_or(std::cmp::Ordering::Equal);
+                        if *descending { ordering.reverse() } else { ordering }
+                    })
+                    .find(|ordering| ordering.is_ne())
+                    .unwrap_or_else(|| left_id.cmp(right_id))
+            });
         }
         let mut ids: Vec<String> = rows.into_iter().map(|(_, id)| id).collect();
         if let Some(top) = request.query.get("$top").and_then(|top| top.parse::<usize>().ok())
@@ -235,23 +242,23 @@ impl Dynamics365Sim {
                 request.base, request.version
             ));
         }
-        let mut reply =
-            Reply::json(StatusCode::OK, body).with("Preference-Applied", format!("odata.maxpagesize={page_size}"));
-        if delta_version.is_some() {
-            reply = reply.with("Preference-Applied", "odata.track-changes".into());
-        }
-        reply
+        let applied = if delta_version.is_some() {
+            format!("odata.track-changes,odata.maxpagesize={page_size}")
+        } else {
+            format!("odata.maxpagesize={page_size}")
+        };
+        Reply::json(StatusCode::OK, body).with("Preference-Applied", applied)
     }
 }
 
 pub(super) fn select_of(set: &str, request: &Request<'_>) -> Result<Vec<String>, Reply> {
-    let Some(select) = request.query.get("$select") else {
-        return Ok(readable(set).iter().map(|column| (*column).to_owned()).collect());
-    };
     let known = readable(set);
+    let Some(select) = request.query.get("$select") else {
+        return Ok(known);
+    };
     let mut columns = Vec::new();
     for column in select.split(',').map(str::trim).filter(|column| !column.is_empty()) {
-        if !known.contains(&column) && column != key_of(set) {
+        if !known.iter().any(|property| property == column) {
             return Err(error(
                 StatusCode::BAD_REQUEST,
                 "0x80060888",
@@ -264,4 +271,38 @@ pub(super) fn select_of(set: &str, request: &Request<'_>) -> Result<Vec<String>,
         columns.push(column.to_owned());
     }
     Ok(columns)
+}
+
+/// The sort an `$orderby` asks for: `(property, descending)` pairs of structural properties.
+fn order_of(set: &str, order: &str) -> Result<Vec<(String, bool)>, Reply> {
+    let known = readable(set);
+    order
+        .split(',')
+        .map(|part| {
+            let mut words = part.split_whitespace();
+            let property = words.next().unwrap_or_default();
+            let descending = match words.next() {
+                None | Some("asc") => false,
+                Some("desc") => true,
+                Some(other) => {
+                    return Err(error(
+                        StatusCode::BAD_REQUEST,
+                        "0x80060888",
+                        &format!("Syntax error in $orderby: unexpected '{other}'."),
+                    ));
+                }
+            };
+            if !known.iter().any(|candidate| candidate == property) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "0x80060888",
+                    &format!(
+                        "Could not find a property named '{property}' on type 'Microsoft.Dynamics.CRM.{}'.",
+                        logical(set)
+                    ),
+                ));
+            }
+            Ok((property.to_owned(), descending))
+        })
+        .collect()
 }

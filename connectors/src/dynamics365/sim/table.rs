@@ -8,7 +8,7 @@ use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
 use super::reply::{Reply, error};
-use super::schema::{Column, Kind, columns, formatted, key_of, logical};
+use super::schema::{Kind, column_of, formatted, key_of, logical};
 use super::{ALTERNATE_KEY, guid, now_seconds, time};
 use crate::canonical::decimal_json;
 use crate::dynamics365::{mapping, wire};
@@ -76,7 +76,10 @@ impl Inner {
         id
     }
 
-    /// An order's total is the sum of its lines; changing it changes the order.
+    /// Recomputes an order's total after one of its lines changed. The order changes with it (new
+    /// version and `modifiedon`) even when the total stays the same: Dataverse recalculates the
+    /// parent's pricing on every line write (the salesorder `CalculatePrice` message,
+    /// ce/developer/entities/salesorder.md), so a line edit shows up in the orders' change tracking.
     pub(super) fn recompute_total(&mut self, order: &str) {
         let total: Decimal = self
             .tables
@@ -90,9 +93,7 @@ impl Inner {
             })
             .unwrap_or_default();
         let version = self.next_version();
-        if let Some(row) = self.tables.get_mut("salesorders").and_then(|rows| rows.get_mut(order))
-            && row.fields.get("totalamount") != Some(&decimal_json(total))
-        {
+        if let Some(row) = self.tables.get_mut("salesorders").and_then(|rows| rows.get_mut(order)) {
             row.fields.insert("totalamount".into(), decimal_json(total));
             row.version = version;
             row.fields.insert("modifiedon".into(), json!(time(now_seconds())));
@@ -160,10 +161,13 @@ impl Inner {
                 row.fields.get(column).cloned().unwrap_or(Value::Null)
             };
             if annotate && !value.is_null() {
-                if let Some(Column { kind: Kind::Lookup(_, target), .. }) =
-                    columns(set).iter().find(|candidate| candidate.name == column)
-                {
-                    out.insert(format!("{column}{}", wire::LOOKUP_LOGICAL_NAME), json!(logical(target)));
+                let target = column_of(set, column).and_then(|described| match described.kind {
+                    Kind::Lookup(_, target) | Kind::Customer(_, target) => Some(logical(target)),
+                    Kind::Owner => Some("systemuser"),
+                    _ => None,
+                });
+                if let Some(target) = target {
+                    out.insert(format!("{column}{}", wire::LOOKUP_LOGICAL_NAME), json!(target));
                 }
                 if let Some(label) = formatted(set, column, &value) {
                     out.insert(format!("{column}{}", mapping::FORMATTED), json!(label));

@@ -1,0 +1,109 @@
+//! `EntityDefinitions`: a table's definition and its attributes, shaped as the Web API documents
+//! them (powerapps-docs:powerapps-docs/developer/data-platform/webapi/query-metadata-web-api.md):
+//! `EntityDefinitions(LogicalName='x')` with `$select` and `$expand=Attributes($select=…)`, and the
+//! collection `EntityDefinitions(LogicalName='x')/Attributes`. `MetadataId` is always returned; a
+//! lookup is listed under its logical name (`customerid`) with `AttributeType` `Customer`, `Lookup` or
+//! `Owner`, never as the `_customerid_value` property rows carry.
+
+use axum::http::StatusCode;
+use serde_json::{Map, Value, json};
+
+use super::reply::{Reply, error};
+use super::schema::{attributes, key_of, metadata_id, set_of};
+use super::{Dynamics365Sim, Request};
+
+/// The property names a `$select=a,b` list keeps (`None`: all).
+fn selected(list: Option<&str>) -> Option<Vec<String>> {
+    list.map(|list| list.split(',').map(|name| name.trim().to_owned()).filter(|name| !name.is_empty()).collect())
+}
+
+/// Keeps the selected properties of a metadata object (annotations and `MetadataId` always stay).
+fn project(object: Value, select: Option<&[String]>) -> Value {
+    let (Value::Object(fields), Some(select)) = (&object, select) else { return object };
+    let kept: Map<String, Value> = fields
+        .iter()
+        .filter(|(name, _)| {
+            name.starts_with('@') || *name == "MetadataId" || select.iter().any(|wanted| wanted == *name)
+        })
+        .map(|(name, value)| (name.clone(), value.clone()))
+        .collect();
+    Value::Object(kept)
+}
+
+/// The `$select` inside `$expand=Attributes($select=…)`; `Some(None)` when Attributes are expanded
+/// without one, `None` when they are not expanded.
+fn expanded_attributes(expand: Option<&String>) -> Option<Option<String>> {
+    let expand = expand?;
+    let rest = expand.trim().strip_prefix("Attributes")?;
+    let Some(options) = rest.strip_prefix('(').and_then(|rest| rest.strip_suffix(')')) else {
+        return Some(None);
+    };
+    Some(options.split(';').find_map(|option| option.trim().strip_prefix("$select=")).map(str::to_owned))
+}
+
+impl Dynamics365Sim {
+    /// Answers `EntityDefinitions(LogicalName='…')[/Attributes]`.
+    pub(super) fn definitions(&self, request: &Request<'_>) -> Reply {
+        let resource = request.resource.as_str();
+        let (entity_part, attributes_only) = match resource.strip_suffix("/Attributes") {
+            Some(entity_part) => (entity_part, true),
+            None => (resource, false),
+        };
+        let Some(logical_name) =
+            entity_part.strip_prefix("EntityDefinitions(LogicalName='").and_then(|rest| rest.strip_suffix("')"))
+        else {
+            return error(
+                StatusCode::BAD_REQUEST,
+                "0x80060888",
+                "Only EntityDefinitions(LogicalName='…') and its Attributes are served by this simulator.",
+            );
+        };
+        let Some(set) = set_of(logical_name) else {
+            return error(
+                StatusCode::NOT_FOUND,
+                "0x80040217",
+                &format!("Could not find entity with name '{logical_name}'."),
+            );
+        };
+        let mut described = attributes(set);
+        if self.faults.drift_unknown_field() {
+            let mut extra = described.first().cloned().unwrap_or_else(|| json!({}));
+            extra["LogicalName"] = json!("new_region");
+            extra["SchemaName"] = json!("New_region");
+            extra["AttributeType"] = json!("String");
+            extra["@odata.type"] = json!("#Microsoft.Dynamics.CRM.StringAttributeMetadata");
+            extra["IsPrimaryId"] = json!(false);
+            described.push(extra);
+        }
+        if self.faults.drift_renamed_field() && set == "opportunities" {
+            described.retain(|attribute| attribute["LogicalName"] != "name");
+        }
+        let context = format!("{}/api/data/{}/$metadata", request.base, request.version);
+        if attributes_only {
+            let select = selected(request.query.get("$select").map(String::as_str));
+            let value: Vec<Value> =
+                described.into_iter().map(|attribute| project(attribute, select.as_deref())).collect();
+            return Reply::json(
+                StatusCode::OK,
+                json!({"@odata.context": format!("{context}#EntityDefinitions('{logical_name}')/Attributes"), "value": value}),
+            );
+        }
+        let tracking = !self.lock().untracked.contains(set);
+        let mut definition = json!({
+            "LogicalName": logical_name,
+            "EntitySetName": set,
+            "PrimaryIdAttribute": key_of(set),
+            "PrimaryNameAttribute": if set == "leads" { "fullname" } else { "name" },
+            "ChangeTrackingEnabled": tracking,
+            "MetadataId": metadata_id(set, ""),
+        });
+        definition = project(definition, selected(request.query.get("$select").map(String::as_str)).as_deref());
+        if let Some(attribute_select) = expanded_attributes(request.query.get("$expand")) {
+            let select = selected(attribute_select.as_deref());
+            definition["Attributes"] =
+                Value::Array(described.into_iter().map(|attribute| project(attribute, select.as_deref())).collect());
+        }
+        definition["@odata.context"] = json!(format!("{context}#EntityDefinitions/$entity"));
+        Reply::json(StatusCode::OK, definition)
+    }
+}
