@@ -130,6 +130,23 @@ pub struct WriteContext<'a> {
     pub currencies: Option<&'a OrgCurrencies>,
 }
 
+/// Mapped fields the org's module lacks (a `Currency` in a single-currency org; one line-item field of
+/// the two is always absent and not listed).
+pub fn missing_mapped_fields(entity: Entity, module: &ModuleInfo, config: &ZohoConfig) -> Vec<String> {
+    let mut missing: Vec<String> = entity
+        .fields()
+        .iter()
+        .flat_map(|field| vendor_fields(entity, field).iter().map(|vendor| resolve(vendor, config).to_owned()))
+        .filter(|field| !module.fields.contains(field) && !wire::LINE_ITEM_FIELDS.contains(&field.as_str()))
+        .collect();
+    if entity == Entity::Order && module.line_items.is_none() {
+        missing.push(wire::LINE_ITEM_FIELDS.join(" or "));
+    }
+    missing.sort();
+    missing.dedup();
+    missing
+}
+
 /// The field a mapping cannot work without, per module.
 pub fn required_field(entity: Entity) -> &'static str {
     match entity {

@@ -201,17 +201,21 @@ impl ZohoConnector {
             )
         })?;
         let currency = Currency::new(code).map_err(|error| ConnectorError::decode("org currency", error))?;
-        let active = if org.mc_status {
+        let (currency, active) = if org.mc_status {
             let path = self.path("/org/currencies");
             let response: Option<wire::CurrenciesResponse> =
                 self.call_json("org currencies", |client, base| client.get(format!("{base}{path}"))).await?;
-            response
-                .map(|response| {
-                    response.currencies.into_iter().filter(|meta| meta.is_active).map(|meta| meta.iso_code).collect()
-                })
-                .unwrap_or_default()
+            let currencies = response.map(|response| response.currencies).unwrap_or_default();
+            // The base currency as the currencies API marks it, when it does.
+            let base = currencies
+                .iter()
+                .find(|meta| meta.is_base)
+                .and_then(|meta| Currency::new(&meta.iso_code).ok())
+                .unwrap_or(currency);
+            (base, currencies.into_iter().filter(|meta| meta.is_active).map(|meta| meta.iso_code).collect())
         } else {
-            BTreeSet::from([currency.as_str().to_owned()])
+            let active = BTreeSet::from([currency.as_str().to_owned()]);
+            (currency, active)
         };
         let found = Arc::new(mapping::OrgCurrencies { currency, multi_currency: org.mc_status, active });
         *cached = Some(found.clone());
@@ -418,6 +422,14 @@ impl Connector for ZohoConnector {
                     "{}: unique field {} is missing; pushes will fail until it is created",
                     wire::module(*entity),
                     self.config.external_id_field
+                ));
+            }
+            let missing = mapping::missing_mapped_fields(*entity, &described, &self.config);
+            if !missing.is_empty() {
+                report.notes.push(format!(
+                    "{}: mapped fields the org does not have, neither read nor written: {}",
+                    wire::module(*entity),
+                    missing.join(", ")
                 ));
             }
         }

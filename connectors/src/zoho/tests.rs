@@ -441,6 +441,12 @@ async fn sales_orders_zoho_would_refuse_are_refused_before_the_call_naming_the_f
     }
     let (code, message) = rejection(&report, 2);
     assert!(code == "INVALID_DATA" && message.contains("Flux capacitor"), "{message}");
+    let notes = connector.check().await.unwrap().notes;
+    assert!(
+        notes.iter().any(|note| note.starts_with("Sales_Orders: mapped fields the org does not have")
+            && note.ends_with(": Currency")),
+        "{notes:?}"
+    );
     let (code, message) = rejection(&report, 3);
     assert!(code == "CURRENCIES_NOT_ENABLED" && message.contains("USD") && message.contains("EUR"), "{message}");
     let (code, message) = rejection(&report, 4);
@@ -601,4 +607,19 @@ fn line_item_changes_update_rows_in_place_and_delete_the_rest() {
         mapping::line_item_changes("Ordered_Items", &current[..1], &[want("p1", 1), want("p2", 2)]),
         Some(vec![json!({"id": "r1", "Product_Name": {"id": "p1"}, "Quantity": 1, "List_Price": 10}), want("p2", 2)])
     );
+}
+
+/// The org currency is read from `GET org` as documented (zoho/crm-oas
+/// v8.0/org/operations/getOrganization/examples/response-200-orggetresponse.md: `"currency": "US Dollar - USD"`,
+/// `"currency_locale": "USD"`, `"mc_status": true`).
+#[test]
+fn the_org_currency_is_read_from_the_documented_org_example() {
+    let body = r#"{"org":[{"country":"US","mc_status":true,"currency":"US Dollar - USD","currency_symbol":"$","currency_locale":"USD","iso_code":"US","time_zone":"America/Chicago","max_per_page":200}]}"#;
+    let response: wire::OrgResponse = serde_json::from_str(body).unwrap();
+    assert!(response.org[0].mc_status);
+    assert_eq!(response.org[0].currency_code(), Some("USD"));
+    let odd: wire::Org = serde_json::from_str(r#"{"currency":"US Dollar","currency_locale":"USD"}"#).unwrap();
+    assert_eq!(odd.currency_code(), Some("USD"), "falls back to currency_locale");
+    let none: wire::Org = serde_json::from_str(r#"{"currency":"Dollar","currency_locale":"en_US"}"#).unwrap();
+    assert_eq!(none.currency_code(), None);
 }

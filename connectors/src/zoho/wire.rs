@@ -179,12 +179,22 @@ pub struct Org {
     /// The org (base) currency, named `"<name> - <ISO code>"` (`"US Dollar - USD"`).
     #[serde(default)]
     pub currency: String,
+    /// In the documented example, the ISO code of the org currency (`"USD"`).
+    #[serde(default)]
+    pub currency_locale: String,
 }
 
 impl Org {
-    /// The ISO code of the org currency: the part of `currency` after the last `" - "`.
+    /// The ISO code of the org currency: the part of `currency` after the last `" - "`, else
+    /// `currency_locale` when it is a code.
     pub fn currency_code(&self) -> Option<&str> {
-        self.currency.rsplit(" - ").next().map(str::trim).filter(|code| code.len() == 3)
+        let is_code = |code: &&str| code.len() == 3 && code.bytes().all(|byte| byte.is_ascii_uppercase());
+        self.currency
+            .rsplit(" - ")
+            .next()
+            .map(str::trim)
+            .filter(is_code)
+            .or_else(|| Some(self.currency_locale.trim()).filter(is_code))
     }
 }
 
