@@ -433,7 +433,7 @@ impl Store {
 
     /// Returns how many entries wait in a connection's outbox.
     pub fn outbox_depth(&self, connection: &ConnectionId) -> Result<u64, StoreError> {
-        Ok(self.outbox.scan_prefix(keys::outbox_prefix(connection)).keys().count() as u64)
+        count_keys(self.outbox.scan_prefix(keys::outbox_prefix(connection)))
     }
 
     /// Returns a connector's saved state value.
@@ -458,15 +458,16 @@ impl Store {
 
     /// Returns how many records of an entity a connection holds (links).
     pub fn link_count(&self, connection: &ConnectionId, entity: Entity) -> Result<u64, StoreError> {
-        Ok(self.links.scan_prefix(keys::link_prefix(connection, entity)).keys().count() as u64)
+        count_keys(self.links.scan_prefix(keys::link_prefix(connection, entity)))
     }
 
     /// Returns the number of records per entity (tombstones included).
     pub fn counts(&self) -> Result<BTreeMap<Entity, u64>, StoreError> {
-        Ok(Entity::ALL
-            .iter()
-            .map(|entity| (*entity, self.records.scan_prefix(keys::record_prefix(*entity)).keys().count() as u64))
-            .collect())
+        let mut counts = BTreeMap::new();
+        for entity in Entity::ALL {
+            counts.insert(*entity, count_keys(self.records.scan_prefix(keys::record_prefix(*entity)))?);
+        }
+        Ok(counts)
     }
 
     /// Returns up to `limit` dead letters, oldest first.
@@ -495,6 +496,17 @@ impl Store {
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
         Ok(self.db.size_on_disk()?)
     }
+}
+
+/// Counts the entries of a range, stopping at the first error. (`Iterator::count` would count the
+/// errors too: a damaged sled iterator yields the same error forever, so counting it never ended.)
+fn count_keys(entries: sled::Iter) -> Result<u64, StoreError> {
+    let mut count = 0;
+    for entry in entries.keys() {
+        entry?;
+        count += 1;
+    }
+    Ok(count)
 }
 
 fn is_lock_error(error: &std::io::Error) -> bool {
