@@ -56,6 +56,9 @@ pub enum StoreError {
         #[source]
         source: serde_json::Error,
     },
+    /// A stored value does not decode (or a value cannot be encoded).
+    #[error(transparent)]
+    Format(#[from] super::format::FormatError),
     /// A key does not decode.
     #[error(transparent)]
     Key(#[from] super::keys::KeyError),

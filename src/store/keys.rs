@@ -3,7 +3,7 @@
 //!
 //! | tree          | key                                                        | value                     |
 //! |---------------|------------------------------------------------------------|---------------------------|
-//! | `records`     | entity tag (u8) · canonical id (16)                         | envelope(Record + keys)   |
+//! | `records`     | entity tag (u8) · canonical id (16)                         | binary record (`format`)  |
 //! | `summaries`   | as `records`                                                | JSON `metrics::RecordView`|
 //! | `ids`         | canonical id (16)                                           | entity tag (u8)           |
 //! | `links`       | str(connection) · entity tag · str(external id)             | canonical id (16)         |

@@ -1,7 +1,9 @@
 //! The canonical store: sled behind a typed API. The only module that touches sled.
 //!
-//! Trees and key layouts are documented in [`keys`]. Values are JSON in a versioned envelope
-//! (`{"v":1,"data":…}`), so a later format can migrate them. [`Store::commit`] writes records (with
+//! Trees and key layouts are documented in [`keys`]; every value encoding is in [`format`]: records
+//! in a compact binary form with a version byte, the small values as JSON in a versioned envelope.
+//! Opening a store of format 1 (records as JSON, crmsync before the binary records) rewrites its
+//! records in place, resumably, before anything else reads them. [`Store::commit`] writes records (with
 //! their link and match-key index entries), a cursor, outbox changes, conflicts, dead letters and
 //! sync status in **one** multi-tree transaction: a page is either wholly stored with its cursor, or
 //! not at all. sled writes reach disk on flush (every 500 ms, or [`Store::flush`]); nothing may be
@@ -13,6 +15,7 @@
 //! ([`crate::metrics::SUMMARY_VERSION`]) differs from the one the store recorded.
 
 mod error;
+pub mod format;
 pub mod keys;
 #[cfg(test)]
 mod tests;
@@ -23,8 +26,8 @@ use std::path::{Path, PathBuf};
 
 use crmsync_connectors::Cursor;
 use crmsync_connectors::canonical::{CanonicalId, ConnectionId, Entity, ExternalId, Record};
+use serde::Serialize;
 use serde::de::DeserializeOwned;
-use serde::{Deserialize, Serialize};
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
@@ -33,37 +36,22 @@ pub use types::{
     Commit, ConflictEntry, ConflictValue, DeadLetter, OutboxEntry, OutboxOp, SyncStatus, SyncStatusUpdate,
 };
 
-/// The format this binary writes.
-pub const FORMAT_VERSION: u32 = 1;
-
-#[derive(Serialize, Deserialize)]
-struct Envelope<T> {
-    v: u32,
-    data: T,
-}
-
-#[derive(Deserialize)]
-struct StoredRecord {
-    record: Record,
-}
-
-/// What is written for a record: the record and its match keys (kept so a rewrite can remove the
-/// index entries of the previous version).
-#[derive(Serialize)]
-struct StoredRecordRef<'a> {
-    record: &'a Record,
-    match_keys: &'a [(String, String)],
-}
+/// The format this binary writes: 2 = binary records ([`format::RECORD_V2`]). Format 1 (JSON
+/// records) is migrated on open.
+pub const FORMAT_VERSION: u32 = 2;
 
 fn encode<T: Serialize>(data: &T) -> Result<Vec<u8>, StoreError> {
-    serde_json::to_vec(&Envelope { v: FORMAT_VERSION, data })
-        .map_err(|source| StoreError::Decode { what: "value (encoding)", source })
+    Ok(format::encode_json(data, "value")?)
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
-    serde_json::from_slice::<Envelope<T>>(bytes)
-        .map(|envelope| envelope.data)
-        .map_err(|source| StoreError::Decode { what, source })
+    Ok(format::decode_json(bytes, what)?)
+}
+
+/// Decodes a `records` entry (key and value).
+fn decode_record_entry(key: &[u8], bytes: &[u8]) -> Result<Record, StoreError> {
+    let (_, id) = keys::decode_record(key)?;
+    Ok(format::decode_record(id, bytes)?.0)
 }
 
 /// Store tuning.
@@ -187,6 +175,9 @@ impl Store {
                 if found > FORMAT_VERSION {
                     return Err(StoreError::NewerFormat { path: store.path.clone(), found, supported: FORMAT_VERSION });
                 }
+                if found < FORMAT_VERSION {
+                    store.migrate_records(found)?;
+                }
             }
             None => {
                 store.meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
@@ -195,6 +186,33 @@ impl Store {
         }
         store.ensure_summaries()?;
         Ok(store)
+    }
+
+    /// Rewrites every record stored in an older format in the current one, then records the new
+    /// format version. Idempotent and resumable: killed halfway, the next open rewrites what is left
+    /// (a record's first byte tells its format).
+    fn migrate_records(&self, from: u32) -> Result<(), StoreError> {
+        let (mut batch, mut pending, mut rewritten) = (sled::Batch::default(), 0u64, 0u64);
+        for entry in self.records.iter() {
+            let (key, bytes) = entry?;
+            if format::is_current_record(&bytes) {
+                continue;
+            }
+            let (_, id) = keys::decode_record(&key)?;
+            let (record, match_keys) = format::decode_record(id, &bytes)?;
+            batch.insert(key, format::encode_record(&record, &match_keys));
+            pending += 1;
+            rewritten += 1;
+            if pending == 10_000 {
+                self.records.apply_batch(std::mem::take(&mut batch))?;
+                pending = 0;
+            }
+        }
+        self.records.apply_batch(batch)?;
+        self.meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+        self.db.flush()?;
+        tracing::info!(from, to = FORMAT_VERSION, records = rewritten, "store migrated to the current format");
+        Ok(())
     }
 
     /// Rebuilds every record's summary when the store's are of another version (or absent: a store
@@ -208,8 +226,8 @@ impl Store {
         let (mut batch, mut count) = (sled::Batch::default(), 0u64);
         for entry in self.records.iter() {
             let (key, bytes) = entry?;
-            let stored: StoredRecord = decode(&bytes, "record")?;
-            batch.insert(key, crate::metrics::summary(&stored.record));
+            let record = decode_record_entry(&key, &bytes)?;
+            batch.insert(key, crate::metrics::summary(&record));
             count += 1;
             if count % 10_000 == 0 {
                 self.summaries.apply_batch(std::mem::take(&mut batch))?;
@@ -339,10 +357,10 @@ impl Store {
             .copied()
             .and_then(Entity::from_tag)
             .ok_or_else(|| StoreError::Internal(format!("bad entity tag for {id}")))?;
-        self.records
-            .get(keys::record(entity, id))?
-            .map(|bytes| decode::<StoredRecord>(&bytes, "record").map(|stored| stored.record))
-            .transpose()
+        match self.records.get(keys::record(entity, id))? {
+            Some(bytes) => Ok(Some(format::decode_record(id, &bytes)?.0)),
+            None => Ok(None),
+        }
     }
 
     /// Returns the record a vendor record is linked to.
@@ -374,10 +392,10 @@ impl Store {
 
     /// Iterates over every record of an entity (tombstones included), in id (creation) order.
     pub fn scan(&self, entity: Entity) -> impl Iterator<Item = Result<Record, StoreError>> + use<> {
-        self.records.scan_prefix(keys::record_prefix(entity)).map(|entry| {
-            let (_, bytes) = entry?;
-            decode::<StoredRecord>(&bytes, "record").map(|stored| stored.record)
-        })
+        until_error(self.records.scan_prefix(keys::record_prefix(entity)).map(|entry| {
+            let (key, bytes) = entry?;
+            decode_record_entry(&key, &bytes)
+        }))
     }
 
     /// Iterates over the metrics summaries of every record of an entity (tombstones included), in id
@@ -386,10 +404,10 @@ impl Store {
         &self,
         entity: Entity,
     ) -> impl Iterator<Item = Result<crate::metrics::RecordView, StoreError>> + use<> {
-        self.summaries.scan_prefix(keys::record_prefix(entity)).map(|entry| {
+        until_error(self.summaries.scan_prefix(keys::record_prefix(entity)).map(|entry| {
             let (_, bytes) = entry?;
             serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode { what: "record summary", source })
-        })
+        }))
     }
 
     /// Returns the saved cursor of a connection × entity.
@@ -498,6 +516,19 @@ impl Store {
     }
 }
 
+/// Ends an iteration after its first error: a damaged sled iterator repeats the same error forever,
+/// so a caller that skipped errors would never finish.
+fn until_error<T>(entries: impl Iterator<Item = Result<T, StoreError>>) -> impl Iterator<Item = Result<T, StoreError>> {
+    let mut failed = false;
+    entries.map_while(move |entry| {
+        if failed {
+            return None;
+        }
+        failed = entry.is_err();
+        Some(entry)
+    })
+}
+
 /// Counts the entries of a range, stopping at the first error. (`Iterator::count` would count the
 /// errors too: a damaged sled iterator yields the same error forever, so counting it never ended.)
 fn count_keys(entries: sled::Iter) -> Result<u64, StoreError> {
@@ -523,24 +554,6 @@ fn write_record(
     record: &Record,
     record_keys: &[(String, String)],
 ) -> Result<(), Abort> {
-    /// What a rewrite needs of the previous version: its index entries, not its data.
-    #[derive(Deserialize)]
-    struct PreviousRecord {
-        #[serde(default)]
-        links: Vec<PreviousLink>,
-    }
-    #[derive(Deserialize)]
-    struct PreviousLink {
-        connection: ConnectionId,
-        external_id: ExternalId,
-    }
-    #[derive(Deserialize)]
-    struct Previous {
-        record: PreviousRecord,
-        #[serde(default)]
-        match_keys: Vec<(String, String)>,
-    }
-
     let entity = record.entity();
     let key = keys::record(entity, record.id);
     let id_bytes = record.id.to_bytes();
@@ -553,12 +566,11 @@ fn write_record(
     let (mut old_links, mut old_keys) = (Vec::new(), Vec::new());
     match records.get(&key)? {
         Some(previous) => {
-            let previous: Previous = decode(&previous, "record").map_err(abort)?;
+            let previous = format::decode_index_entries(&previous).map_err(|error| abort(error.into()))?;
             old_links = previous
-                .record
                 .links
                 .iter()
-                .map(|link| keys::link(&link.connection, entity, &link.external_id))
+                .map(|(connection, external_id)| keys::link(connection, entity, external_id))
                 .collect();
             old_keys = previous
                 .match_keys
@@ -583,6 +595,6 @@ fn write_record(
         match_keys.insert(added.as_slice(), &[])?;
     }
     summaries.insert(key.as_slice(), crate::metrics::summary(record))?;
-    records.insert(key, encode(&StoredRecordRef { record, match_keys: record_keys }).map_err(abort)?)?;
+    records.insert(key, format::encode_record(record, record_keys))?;
     Ok(())
 }

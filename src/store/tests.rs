@@ -147,7 +147,7 @@ fn a_newer_format_version_is_refused_with_advice() {
     let error = Store::open(dir.path()).err().expect("newer format must be refused");
     let message = error.to_string();
     assert!(
-        message.contains("has format version 2, newer than this crmsync understands (1); upgrade crmsync"),
+        message.contains("has format version 3, newer than this crmsync understands (2); upgrade crmsync"),
         "{message}"
     );
 }
@@ -184,4 +184,98 @@ fn connector_state_and_status_persist() {
     let store = Store::open(dir.path()).unwrap();
     assert_eq!(store.load_state(&sf, "refresh_token").unwrap().as_deref(), Some("rotated"));
     assert_eq!(store.sync_status(&sf, Entity::Lead).unwrap().unwrap().last_error.as_deref(), Some("boom"));
+}
+
+/// A copy of the format-1 store in `tests/fixtures/store-format-1` (written by the release before
+/// binary records), in a temporary directory.
+fn format_1_store() -> tempfile::TempDir {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-format-1");
+    let dir = tempfile::tempdir().unwrap();
+    for file in ["db", "conf"] {
+        std::fs::copy(fixture.join(file), dir.path().join(file)).unwrap();
+    }
+    dir
+}
+
+fn format_1_export() -> Vec<Record> {
+    let fixture = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/store-format-1/records.jsonl");
+    std::fs::read_to_string(fixture).unwrap().lines().map(|line| serde_json::from_str(line).unwrap()).collect()
+}
+
+#[test]
+fn a_store_written_in_format_1_is_migrated_on_open_with_every_record_intact() {
+    let dir = format_1_store();
+    let expected = format_1_export();
+    assert!(expected.len() > 50, "the fixture holds the whole small world");
+    {
+        let raw = sled::open(dir.path()).unwrap();
+        let version = raw.open_tree("meta").unwrap().get(keys::FORMAT_VERSION).unwrap().unwrap();
+        assert_eq!(version.as_ref(), 1u32.to_be_bytes(), "the fixture is a format-1 store");
+        let records = raw.open_tree("records").unwrap();
+        assert!(records.iter().values().all(|value| value.unwrap().first() == Some(&b'{')), "JSON records");
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let mut migrated = Vec::new();
+    for entity in Entity::ALL {
+        migrated.extend(store.scan(*entity).map(Result::unwrap).filter(|record| record.merged_into.is_none()));
+    }
+    assert_eq!(migrated, expected, "every record reads back exactly as the old release exported it");
+    for record in &expected {
+        assert_eq!(store.record(record.id).unwrap().as_ref(), Some(record));
+        for link in &record.links {
+            let found = store.record_by_link(&link.connection, record.entity(), &link.external_id).unwrap();
+            assert_eq!(found.map(|found| found.id), Some(record.id), "link index kept");
+        }
+    }
+    let stored: Vec<sled::IVec> = store.records.iter().values().map(Result::unwrap).collect();
+    assert!(stored.iter().all(|value| format::is_current_record(value)), "every record rewritten");
+    assert_eq!(store.meta.get(keys::FORMAT_VERSION).unwrap().unwrap().as_ref(), FORMAT_VERSION.to_be_bytes());
+    drop(store);
+    // Reopening a migrated store changes nothing.
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(
+        store.scan(Entity::Order).filter(Result::is_ok).count(),
+        expected.iter().filter(|record| record.entity() == Entity::Order).count()
+    );
+}
+
+#[test]
+fn a_migration_killed_halfway_finishes_on_the_next_open() {
+    let dir = format_1_store();
+    let expected = format_1_export();
+    {
+        // Rewrite half the records as the migration would, leaving the version at 1.
+        let raw = sled::open(dir.path()).unwrap();
+        let records = raw.open_tree("records").unwrap();
+        let entries: Vec<(sled::IVec, sled::IVec)> = records.iter().map(Result::unwrap).collect();
+        for (key, value) in entries.iter().step_by(2) {
+            let (_, id) = keys::decode_record(key).unwrap();
+            let (record, match_keys) = format::decode_record(id, value).unwrap();
+            records.insert(key, format::encode_record(&record, &match_keys)).unwrap();
+        }
+        raw.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let mut migrated = Vec::new();
+    for entity in Entity::ALL {
+        migrated.extend(store.scan(*entity).map(Result::unwrap).filter(|record| record.merged_into.is_none()));
+    }
+    assert_eq!(migrated, expected);
+}
+
+#[test]
+fn a_damaged_record_is_a_clean_error_not_a_panic() {
+    let mut record = account("Acme", "sf", "001A");
+    record.deleted_at = Some(Timestamp::now());
+    let bytes = format::encode_record(&record, &[("name".into(), "acme".into())]);
+    for cut in 0..bytes.len() {
+        assert!(format::decode_record(record.id, &bytes[..cut]).is_err(), "cut at {cut} decoded");
+    }
+    let mut flipped = bytes.clone();
+    for index in 0..flipped.len() {
+        flipped[index] ^= 0xff;
+        let _ = format::decode_record(record.id, &flipped);
+        flipped[index] ^= 0xff;
+    }
+    assert_eq!(format::decode_record(record.id, &bytes).unwrap(), (record, vec![("name".into(), "acme".into())]));
 }
