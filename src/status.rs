@@ -109,6 +109,10 @@ pub struct StatusReport {
     pub dead_letters: u64,
     /// Conflicts not yet resolved.
     pub open_conflicts: u64,
+    /// The last storage failure (disk full, I/O error, damaged data) while the last write has not
+    /// succeeded since.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_error: Option<String>,
 }
 
 /// Collects the report.
@@ -174,6 +178,7 @@ pub fn collect(store: &Store, config: &StatusConfig) -> Result<StatusReport, Sto
         records: store.counts()?,
         dead_letters: store.dead_letter_count()?,
         open_conflicts: store.conflicts(true)?.len() as u64,
+        storage_error: store.storage_error(),
     })
 }
 
@@ -237,5 +242,8 @@ pub fn render(report: &StatusReport) -> String {
         report.dead_letters,
         report.open_conflicts
     ));
+    if let Some(error) = &report.storage_error {
+        out.push_str(&format!("STORAGE ERROR: {error}\n"));
+    }
     out
 }

@@ -2,6 +2,14 @@
 
 use std::path::PathBuf;
 
+impl StoreError {
+    /// Returns whether this is a failure of the storage itself (I/O, damaged data), as opposed to a
+    /// store that is locked or too new: what `/readyz` and `status` report.
+    pub fn is_storage_failure(&self) -> bool {
+        matches!(self, Self::Sled(_) | Self::Corrupt { .. } | Self::Decode { .. } | Self::Format(_) | Self::Key(_))
+    }
+}
+
 /// A store operation that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -9,6 +9,14 @@
 //! not at all. sled writes reach disk on flush (every 500 ms, or [`Store::flush`]); nothing may be
 //! acknowledged outward (a webhook's 2xx) before a flush.
 //!
+//! **Permissions.** The store holds customer data (and connector state such as a rotated refresh
+//! token), so a new store directory is created `0700` and the files in it `0600`; opening an existing
+//! one whose directory or files others can read logs a warning naming them (the modes are left as
+//! the operator set them).
+//!
+//! **Storage errors.** The last storage failure (I/O, a damaged value) is kept and shown through
+//! [`Store::storage_error`] (`/readyz`, `status`) until a later commit and flush succeed.
+//!
 //! Next to each record, in the same transaction, the store keeps its summary for the sales metrics
 //! ([`crate::metrics::summary`], a few fields): a metrics pass scans the small `summaries` tree
 //! instead of decoding every record. Summaries are rebuilt on open when their version
@@ -17,6 +25,7 @@
 mod error;
 pub mod format;
 pub mod keys;
+mod permissions;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -87,6 +96,8 @@ pub struct Store {
     status: sled::Tree,
     state: sled::Tree,
     meta: sled::Tree,
+    /// The last storage failure, shared by every handle; cleared by a successful commit or flush.
+    fault: std::sync::Arc<std::sync::Mutex<Option<String>>>,
 }
 
 type Abort = ConflictableTransactionError<StoreError>;
@@ -112,8 +123,9 @@ impl Store {
     /// [`StoreError::Locked`] at once.
     pub fn open_with(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
         let path = dir.to_path_buf();
-        std::fs::create_dir_all(dir).map_err(|source| StoreError::Open { path: path.clone(), source })?;
-        let lock = std::fs::OpenOptions::new()
+        let created = !dir.join("db").exists();
+        permissions::create_private_dir(dir).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        let lock = permissions::private_file_options()
             .create(true)
             .truncate(false)
             .write(true)
@@ -148,6 +160,12 @@ impl Store {
             Ok(Err(error)) => return Err(StoreError::Corrupt { path, detail: error.to_string() }),
             Err(_) => return Err(StoreError::Corrupt { path, detail: "sled panicked while opening".into() }),
         };
+        if created {
+            // sled creates its files with the process umask; nothing else has opened them yet.
+            permissions::restrict_contents(dir).map_err(|source| StoreError::Open { path: path.clone(), source })?;
+        } else {
+            permissions::warn_if_readable_by_others(dir);
+        }
         let tree = |name: &str| db.open_tree(name);
         let store = Self {
             records: tree("records")?,
@@ -165,6 +183,7 @@ impl Store {
             db,
             path,
             _lock: std::sync::Arc::new(lock),
+            fault: std::sync::Arc::default(),
         };
         match store.meta.get(keys::FORMAT_VERSION)? {
             Some(bytes) => {
@@ -249,12 +268,40 @@ impl Store {
 
     /// Writes everything buffered to disk. Call before acknowledging anything outward.
     pub fn flush(&self) -> Result<(), StoreError> {
-        self.db.flush()?;
-        Ok(())
+        let flushed = self.db.flush().map(drop).map_err(StoreError::from);
+        self.observe(flushed, true)
+    }
+
+    /// Returns the last storage failure (`None`: the last commit or flush succeeded), for `/readyz`
+    /// and `status`.
+    pub fn storage_error(&self) -> Option<String> {
+        self.fault.lock().map_or_else(|poisoned| poisoned.into_inner().clone(), |fault| fault.clone())
+    }
+
+    /// Notes a storage failure in `result` (or clears the last one on a successful write).
+    fn observe<T>(&self, result: Result<T, StoreError>, is_write: bool) -> Result<T, StoreError> {
+        let update = match &result {
+            Err(error) if error.is_storage_failure() => Some(Some(error_chain(error))),
+            Ok(_) if is_write => Some(None),
+            _ => None,
+        };
+        if let Some(update) = update {
+            let mut fault = self.fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if fault.is_some() && update.is_none() {
+                tracing::info!("store writes succeed again");
+            }
+            *fault = update;
+        }
+        result
     }
 
     /// Applies a [`Commit`] in one transaction.
     pub fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let committed = self.commit_inner(commit);
+        self.observe(committed, true)
+    }
+
+    fn commit_inner(&self, commit: Commit) -> Result<(), StoreError> {
         let trees = (
             &self.records,
             &self.summaries,
@@ -351,6 +398,11 @@ impl Store {
 
     /// Returns a record by id.
     pub fn record(&self, id: CanonicalId) -> Result<Option<Record>, StoreError> {
+        let found = self.record_inner(id);
+        self.observe(found, false)
+    }
+
+    fn record_inner(&self, id: CanonicalId) -> Result<Option<Record>, StoreError> {
         let Some(tag) = self.ids.get(id.to_bytes())? else { return Ok(None) };
         let entity = tag
             .first()
@@ -538,6 +590,18 @@ fn count_keys(entries: sled::Iter) -> Result<u64, StoreError> {
         count += 1;
     }
     Ok(count)
+}
+
+/// An error with its causes, on one line (`a: b: c`).
+fn error_chain(error: &StoreError) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 fn is_lock_error(error: &std::io::Error) -> bool {
