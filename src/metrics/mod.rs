@@ -10,10 +10,10 @@
 pub mod scan;
 #[cfg(test)]
 mod tests;
-mod view;
+pub mod view;
 
 use view::DataView;
-pub use view::{RecordView, SUMMARY_VERSION, summary};
+pub use view::{RecordView, SUMMARY_VERSION};
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

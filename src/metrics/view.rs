@@ -3,8 +3,9 @@
 //! A metrics pass reads every lead, opportunity and order. Decoding each whole record (names, the
 //! per-field provenance map, order lines) to use a handful of fields made the pass read and parse
 //! about ten times the bytes it needs. The store therefore keeps, next to each record and in the same
-//! transaction, its [`RecordView`] — the fields the KPIs use — as a small JSON value (see
-//! `Store::scan_summaries`), and rebuilds them when [`SUMMARY_VERSION`] changes.
+//! transaction, its [`RecordView`] — the fields the KPIs use — in a small binary encoding that the
+//! store owns (`store::format::encode_summary`, read back by `Store::scan_summaries`), and rebuilds
+//! them when [`SUMMARY_VERSION`] or that encoding changes.
 
 use crmsync_connectors::canonical::{
     CanonicalId, Channel, ConnectionId, Currency, EntityData, Money, OrderStatus, Record, Stage, Timestamp,
@@ -16,12 +17,6 @@ use serde::{Deserialize, Serialize};
 /// Names the shape of [`RecordView`]; change it whenever that shape or [`RecordView::of`] changes, so
 /// stores rebuild their summaries on open.
 pub const SUMMARY_VERSION: &str = "metrics-view-1";
-
-/// The summary of a record the store keeps for the metrics.
-pub fn summary(record: &Record) -> Vec<u8> {
-    // Plain data with string keys: serialising it cannot fail.
-    serde_json::to_vec(&RecordView::of(record)).unwrap_or_default()
-}
 
 /// The fields of a record the metrics use.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

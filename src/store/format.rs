@@ -29,6 +29,9 @@ use rust_decimal::Decimal;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use crate::metrics::RecordView;
+use crate::metrics::view::{DataView, LeadView, LinkView, Nothing, OpportunityView, OrderView, RefView, StageView};
+
 /// The first byte of a binary record (format 2). A format-1 record is JSON and starts with `{`.
 pub const RECORD_V2: u8 = 2;
 
@@ -751,6 +754,140 @@ fn read_data(reader: &mut Reader<'_>, entity: Entity) -> Result<EntityData, Form
     })
 }
 
+// ---- record summaries (the metrics' view of a record) ----
+
+/// Names the summary encoding below; the store rebuilds its summaries when this or
+/// [`crate::metrics::SUMMARY_VERSION`] (the view's shape) changes.
+pub const SUMMARY_ENCODING: &str = "binary-1";
+
+/// Encodes a record's summary: what the metrics pass reads instead of the whole record.
+pub fn encode_summary(view: &RecordView) -> Vec<u8> {
+    let mut out = Writer(Vec::with_capacity(64));
+    let RecordView { data, links, deleted_at, merged_into } = view;
+    out.varint(links.len() as u64);
+    for LinkView { connection } in links {
+        out.str(connection.as_str());
+    }
+    out.opt_timestamp(*deleted_at);
+    match merged_into {
+        Some(id) => {
+            out.byte(1);
+            out.bytes(&id.to_bytes());
+        }
+        None => out.byte(0),
+    }
+    match data {
+        DataView::Account(Nothing {}) => out.byte(1),
+        DataView::Lead(LeadView { created_at }) => {
+            out.byte(2);
+            out.opt_timestamp(*created_at);
+        }
+        DataView::Opportunity(OpportunityView { amount, stage, created_at, closed_at, stage_history }) => {
+            out.byte(3);
+            match amount {
+                Some(money) => {
+                    out.byte(1);
+                    out.decimal(money.amount);
+                    out.str(money.currency.as_str());
+                }
+                None => out.byte(0),
+            }
+            out.opt_str(stage.as_ref().map(Stage::as_str));
+            out.opt_timestamp(*created_at);
+            out.opt_timestamp(*closed_at);
+            out.varint(stage_history.len() as u64);
+            for StageView { stage } in stage_history {
+                out.str(stage.as_str());
+            }
+        }
+        DataView::Order(OrderView { account, channel, status, currency, total_amount, order_date }) => {
+            out.byte(4);
+            // 0: no account; 1: an account not resolved yet; 2: followed by its id.
+            match account {
+                None => out.byte(0),
+                Some(RefView { canonical: None }) => out.byte(1),
+                Some(RefView { canonical: Some(id) }) => {
+                    out.byte(2);
+                    out.bytes(&id.to_bytes());
+                }
+            }
+            out.opt_str(channel.as_ref().map(Channel::as_str));
+            out.opt_str(status.as_ref().map(OrderStatus::as_str));
+            out.opt_str(currency.as_ref().map(Currency::as_str));
+            match total_amount {
+                Some(amount) => {
+                    out.byte(1);
+                    out.decimal(*amount);
+                }
+                None => out.byte(0),
+            }
+            match order_date {
+                Some(date) => {
+                    out.byte(1);
+                    out.date(*date);
+                }
+                None => out.byte(0),
+            }
+        }
+    }
+    out.0
+}
+
+/// Decodes a summary written by [`encode_summary`].
+pub fn decode_summary(bytes: &[u8]) -> Result<RecordView, FormatError> {
+    let mut reader = Reader::new(bytes, "record summary");
+    let count = reader.count()?;
+    let mut links = Vec::with_capacity(count);
+    for _ in 0..count {
+        links.push(LinkView { connection: ConnectionId::new(reader.str()?) });
+    }
+    let deleted_at = reader.opt_timestamp()?;
+    let merged_into = if reader.bool()? { Some(reader.id()?) } else { None };
+    let data = match reader.byte()? {
+        1 => DataView::Account(Nothing {}),
+        2 => DataView::Lead(LeadView { created_at: reader.opt_timestamp()? }),
+        3 => {
+            let amount = if reader.bool()? {
+                let amount = reader.decimal()?;
+                Some(Money { amount, currency: reader.currency()? })
+            } else {
+                None
+            };
+            let stage = reader.opt_vocabulary::<Stage>()?;
+            let created_at = reader.opt_timestamp()?;
+            let closed_at = reader.opt_timestamp()?;
+            let count = reader.count()?;
+            let mut stage_history = Vec::with_capacity(count);
+            for _ in 0..count {
+                stage_history.push(StageView { stage: reader.vocabulary()? });
+            }
+            DataView::Opportunity(OpportunityView { amount, stage, created_at, closed_at, stage_history })
+        }
+        4 => {
+            let account = match reader.byte()? {
+                0 => None,
+                1 => Some(RefView { canonical: None }),
+                2 => Some(RefView { canonical: Some(reader.id()?) }),
+                other => return Err(malformed("record summary", format!("unknown account marker {other}"))),
+            };
+            let channel = reader.opt_vocabulary::<Channel>()?;
+            let status = reader.opt_vocabulary::<OrderStatus>()?;
+            let currency = match reader.opt_str()? {
+                Some(code) => {
+                    Some(Currency::new(&code).map_err(|error| malformed("record summary", error.to_string()))?)
+                }
+                None => None,
+            };
+            let total_amount = if reader.bool()? { Some(reader.decimal()?) } else { None };
+            let order_date = if reader.bool()? { Some(reader.date()?) } else { None };
+            DataView::Order(OrderView { account, channel, status, currency, total_amount, order_date })
+        }
+        other => return Err(malformed("record summary", format!("unknown entity marker {other}"))),
+    };
+    reader.finish()?;
+    Ok(RecordView { data, links, deleted_at, merged_into })
+}
+
 // ---- primitives ----
 
 struct Writer(Vec<u8>);
@@ -976,6 +1113,18 @@ impl<'a> Reader<'a> {
             .map_err(|error: crmsync_connectors::canonical::UnknownValue| malformed(self.what, error.to_string()))
     }
 
+    fn opt_vocabulary<T: std::str::FromStr<Err = crmsync_connectors::canonical::UnknownValue>>(
+        &mut self,
+    ) -> Result<Option<T>, FormatError> {
+        match self.opt_str()? {
+            Some(text) => text
+                .parse()
+                .map(Some)
+                .map_err(|error: crmsync_connectors::canonical::UnknownValue| malformed(self.what, error.to_string())),
+            None => Ok(None),
+        }
+    }
+
     fn finish(&self) -> Result<(), FormatError> {
         if self.bytes.is_empty() { Ok(()) } else { Err(malformed(self.what, "trailing bytes")) }
     }
@@ -1080,6 +1229,38 @@ mod tests {
         let binary = encode_record(&record, &[]);
         let json = serde_json::to_vec(&record).unwrap();
         assert!(binary.len() * 3 < json.len(), "binary {} bytes, JSON {} bytes", binary.len(), json.len());
+    }
+
+    #[test]
+    fn summaries_round_trip_for_every_entity() {
+        let mut order = full_order();
+        let mut records = vec![order.clone()];
+        order.data = EntityData::Order(Order::default());
+        order.deleted_at = None;
+        records.push(order);
+        let mut deal = Record::new(CanonicalId::new(), Entity::Opportunity, time("2024-01-01T00:00:00Z"));
+        deal.data = EntityData::Opportunity(Opportunity {
+            amount: Some(Money {
+                amount: Decimal::from_str("10.50").unwrap(),
+                currency: Currency::new("USD").unwrap(),
+            }),
+            stage: Some(Stage::Won),
+            closed_at: Some(time("2024-02-01T00:00:00Z")),
+            stage_history: vec![StageEntry { stage: Stage::Qualified, entered_at: time("2024-01-01T00:00:00Z") }],
+            ..Opportunity::default()
+        });
+        records.push(deal);
+        records.push(Record::new(CanonicalId::new(), Entity::Opportunity, time("2024-01-01T00:00:00Z")));
+        records.push(Record::new(CanonicalId::new(), Entity::Lead, time("2024-01-01T00:00:00Z")));
+        records.push(Record::new(CanonicalId::new(), Entity::Account, time("2024-01-01T00:00:00Z")));
+        for record in &records {
+            let view = RecordView::of(record);
+            let bytes = encode_summary(&view);
+            assert_eq!(decode_summary(&bytes).unwrap(), view);
+            for cut in 0..bytes.len() {
+                assert!(decode_summary(&bytes[..cut]).is_err());
+            }
+        }
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! | tree          | key                                                        | value                     |
 //! |---------------|------------------------------------------------------------|---------------------------|
 //! | `records`     | entity tag (u8) · canonical id (16)                         | binary record (`format`)  |
-//! | `summaries`   | as `records`                                                | JSON `metrics::RecordView`|
+//! | `summaries`   | as `records`                                                | binary summary (`format`) |
 //! | `ids`         | canonical id (16)                                           | entity tag (u8)           |
 //! | `links`       | str(connection) · entity tag · str(external id)             | canonical id (16)         |
 //! | `match_keys`  | entity tag · str(key) · str(value) · canonical id (16)      | empty                     |
@@ -15,7 +15,7 @@
 //! | `status`      | str(connection) · entity tag                                | envelope(SyncStatus)      |
 //! | `state`       | str(connection) · str(key)                                  | UTF-8 text                |
 //! | `meta`        | ASCII name (`format_version`, `outbox_sequence`,            | u32 / u64 big-endian,     |
-//! |               | `summary_version`)                                          | the summary version text  |
+//! |               | `summary_version`)                                          | `view version/encoding`   |
 //!
 //! `str(x)` is the UTF-8 length as u16 big-endian followed by the bytes. `match_keys` also lists each
 //! record under key `@ref` with the canonical id of every record it references

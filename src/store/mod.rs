@@ -237,7 +237,8 @@ impl Store {
     /// Rebuilds every record's summary when the store's are of another version (or absent: a store
     /// written before summaries existed). Idempotent: killed halfway, it starts over on the next open.
     fn ensure_summaries(&self) -> Result<(), StoreError> {
-        let version = crate::metrics::SUMMARY_VERSION.as_bytes();
+        let version = format!("{}/{}", crate::metrics::SUMMARY_VERSION, format::SUMMARY_ENCODING);
+        let version = version.as_bytes();
         if self.meta.get(keys::SUMMARY_VERSION)?.is_some_and(|found| found.as_ref() == version) {
             return Ok(());
         }
@@ -246,7 +247,7 @@ impl Store {
         for entry in self.records.iter() {
             let (key, bytes) = entry?;
             let record = decode_record_entry(&key, &bytes)?;
-            batch.insert(key, crate::metrics::summary(&record));
+            batch.insert(key, format::encode_summary(&crate::metrics::RecordView::of(&record)));
             count += 1;
             if count % 10_000 == 0 {
                 self.summaries.apply_batch(std::mem::take(&mut batch))?;
@@ -458,7 +459,7 @@ impl Store {
     ) -> impl Iterator<Item = Result<crate::metrics::RecordView, StoreError>> + use<> {
         until_error(self.summaries.scan_prefix(keys::record_prefix(entity)).map(|entry| {
             let (_, bytes) = entry?;
-            serde_json::from_slice(&bytes).map_err(|source| StoreError::Decode { what: "record summary", source })
+            Ok(format::decode_summary(&bytes)?)
         }))
     }
 
@@ -658,7 +659,7 @@ fn write_record(
     for added in new_keys.iter().filter(|new| !old_keys.contains(new)) {
         match_keys.insert(added.as_slice(), &[])?;
     }
-    summaries.insert(key.as_slice(), crate::metrics::summary(record))?;
+    summaries.insert(key.as_slice(), format::encode_summary(&crate::metrics::RecordView::of(record)))?;
     records.insert(key, format::encode_record(record, record_keys))?;
     Ok(())
 }
