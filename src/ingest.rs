@@ -9,6 +9,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crmsync_connectors::canonical::{
     CanonicalId, ConnectionId, Entity, EntityData, ExternalId, MatchReason, Order, OrderStatus, Record, RecordRef,
@@ -161,9 +162,16 @@ type Reply = oneshot::Sender<Result<IngestStats, IngestError>>;
 #[derive(Clone)]
 pub struct IngestHandle {
     sender: mpsc::Sender<(Batch, Reply)>,
+    committed: Arc<AtomicU64>,
 }
 
 impl IngestHandle {
+    /// Returns how many vendor records the writer has committed since it started (what `bench`
+    /// plots memory against).
+    pub fn records_committed(&self) -> u64 {
+        self.committed.load(Ordering::Relaxed)
+    }
+
     /// Submits a batch, waiting for queue space, and returns once it is committed.
     pub async fn submit(&self, batch: Batch) -> Result<IngestStats, IngestError> {
         let (reply, answer) = oneshot::channel();
@@ -205,13 +213,15 @@ pub struct Ingestor {
     store: Store,
     rules: IngestRules,
     receiver: mpsc::Receiver<(Batch, Reply)>,
+    committed: Arc<AtomicU64>,
 }
 
 impl Ingestor {
     /// Creates the writer and its handle; run it with [`Ingestor::run`].
     pub fn new(store: Store, rules: IngestRules, capacity: usize) -> (Self, IngestHandle) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
-        (Self { store, rules, receiver }, IngestHandle { sender })
+        let committed = Arc::new(AtomicU64::new(0));
+        (Self { store, rules, receiver, committed: committed.clone() }, IngestHandle { sender, committed })
     }
 
     /// Applies batches until every handle is dropped, then flushes.
@@ -233,8 +243,11 @@ impl Ingestor {
             .unwrap_or_else(|join_error| {
                 Err(IngestError::Store(StoreError::Internal(format!("ingest task failed: {join_error}"))))
             });
-            if let Err(error) = &result {
-                tracing::error!(error = %error, "ingest batch failed");
+            match &result {
+                Ok(stats) => {
+                    self.committed.fetch_add(stats.records_in(), Ordering::Relaxed);
+                }
+                Err(error) => tracing::error!(error = %error, "ingest batch failed"),
             }
             let _ = reply.send(result);
         }
@@ -313,6 +326,9 @@ struct BatchWriter<'a> {
     unknown_deletes: (u64, Option<(Entity, ExternalId)>),
     /// Changes whose vendor time was clamped ([`MAX_FUTURE_SKEW`]), and the first one's id and time.
     clamped: (u64, Option<(ExternalId, Timestamp)>),
+    /// Records per (entity, outcome), counted into the metrics once per batch: a labelled counter
+    /// per record cost a registry lookup and a label allocation each.
+    pulled: Vec<((Entity, &'static str), u64)>,
     commit: Commit,
     stats: IngestStats,
 }
@@ -356,6 +372,7 @@ impl<'a> BatchWriter<'a> {
             absorbed: Vec::new(),
             unknown_deletes: (0, None),
             clamped: (0, None),
+            pulled: Vec::new(),
             commit: Commit::default(),
             stats: IngestStats::default(),
         }
@@ -395,9 +412,16 @@ impl<'a> BatchWriter<'a> {
         self.records.insert(record.id, record);
     }
 
+    fn count_pulled(&mut self, entity: Entity, outcome: &'static str) {
+        match self.pulled.iter_mut().find(|(key, _)| *key == (entity, outcome)) {
+            Some((_, count)) => *count += 1,
+            None => self.pulled.push(((entity, outcome), 1)),
+        }
+    }
+
     fn dead_letter(&mut self, change: &Change, reason: String) {
         self.stats.dead_lettered += 1;
-        telemetry::record_pulled(self.connection, change.entity, "dead_letter", 1);
+        self.count_pulled(change.entity, "dead_letter");
         self.commit.dead_letters.push(DeadLetter::new(
             self.connection.clone(),
             change.entity,
@@ -433,7 +457,7 @@ impl<'a> BatchWriter<'a> {
             // A delete of a record crmsync never stored: there is nothing to tombstone, and an empty
             // deleted record would only stand for nothing (counted as unchanged, logged per batch).
             self.stats.unchanged += 1;
-            telemetry::record_pulled(self.connection, change.entity, "unchanged", 1);
+            self.count_pulled(change.entity, "unchanged");
             self.unknown_deletes.0 += 1;
             self.unknown_deletes.1.get_or_insert((change.entity, change.external_id.clone()));
             return Ok(());
@@ -470,13 +494,13 @@ impl<'a> BatchWriter<'a> {
             Outcome::Stale => "stale",
             Outcome::Unchanged => "unchanged",
         };
-        telemetry::record_pulled(self.connection, change.entity, outcome_label, 1);
+        self.count_pulled(change.entity, outcome_label);
         if let Some(record) = decision.record {
             for conflict in &decision.conflicts {
                 self.commit.conflicts.push(ConflictEntry::from_reconcile(record.id, change.entity, conflict, self.now));
             }
             if !decision.conflicts.is_empty() {
-                stats.conflicts += decision.conflicts.len() as u64;
+                self.stats.conflicts += decision.conflicts.len() as u64;
                 telemetry::record_conflicts(change.entity, decision.conflicts.len() as u64);
             }
             if let Some(placeholder) = absorbs {
@@ -689,6 +713,9 @@ impl<'a> BatchWriter<'a> {
     }
 
     fn into_commit(mut self) -> (Commit, IngestStats) {
+        for ((entity, outcome), count) in &self.pulled {
+            telemetry::record_pulled(self.connection, *entity, outcome, *count);
+        }
         if let (count, Some((entity, external_id))) = &self.unknown_deletes {
             tracing::info!(
                 connection = %self.connection,
