@@ -5,8 +5,11 @@
 //! 2. In this process, with the daemon's own parts (config, connectors, ingest writer, sled store on
 //!    disk): a full pull of every connection × entity into a fresh store, the same pass `crmsync sync`
 //!    runs, without pushes (no routes), sampling the resident set size every 100 ms. Reported:
-//!    records/s for pull + reconcile + commit, API calls per connection × entity next to the vendor
-//!    minimum ⌈records / page maximum⌉, and the resident set before, at its peak and after.
+//!    records/s for pull + reconcile + commit, the CPU time of this process per record and of the
+//!    simulators (their share of the pass), API calls per connection × entity next to the vendor
+//!    minimum ⌈records / page maximum⌉, the resident set before, at its peak, after, and as a curve
+//!    against the records committed (every tenth of the world), and the store's size on disk next to
+//!    the JSON the simulators served (the vendor data it holds).
 //! 3. An incremental pass with nothing changed: its API calls (the bar is ≤ 1 per entity).
 //! 4. The sales metrics over the resulting store: the unified report alone, and every scope (unified
 //!    plus each connection) in one scan, as the daemon publishes them to Prometheus every minute.
@@ -72,6 +75,8 @@ pub struct Memory {
     pub after_mib: f64,
     /// The kernel's high-water mark of this process (`VmHWM`).
     pub high_water_mib: f64,
+    /// (vendor records committed, resident MiB) each time another tenth of the world was committed.
+    pub curve: Vec<(u64, f64)>,
 }
 
 /// Everything `bench` measured.
@@ -90,6 +95,8 @@ pub struct BenchReport {
     /// CPU seconds this process (connectors, ingest, store; not the simulators) spent in the full
     /// pass: with `full_pass_seconds`, tells whether the daemon or the simulators set the pace.
     pub daemon_cpu_seconds: f64,
+    /// CPU seconds the three simulator processes spent in the full pass.
+    pub simulators_cpu_seconds: f64,
     /// The full pass, per connection × entity.
     pub full_pass: Vec<BenchRow>,
     /// Memory through the full pass.
@@ -102,6 +109,9 @@ pub struct BenchReport {
     pub metrics_all_scopes_seconds: f64,
     /// Store size on disk after the pass, MiB.
     pub store_mib: f64,
+    /// Bytes of JSON the simulators served in the full pass (the vendor data the store holds, with
+    /// the vendors' envelopes), MiB.
+    pub vendor_json_mib: f64,
 }
 
 /// Runs the benchmark.
@@ -133,8 +143,22 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
 
 /// A simulator child process; killed when dropped (`kill_on_drop`).
 struct Simulator {
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     base_url: String,
+}
+
+impl Simulator {
+    /// CPU seconds the simulator process has used.
+    fn cpu_seconds(&self) -> f64 {
+        self.child.id().and_then(|pid| cpu_seconds_of(&format!("/proc/{pid}/stat"))).unwrap_or(0.0)
+    }
+
+    /// Bytes of vendor API responses the simulator has served.
+    async fn served_bytes(&self, http: &reqwest::Client) -> anyhow::Result<u64> {
+        let served: crmsync_connectors::sim::Served =
+            http.get(format!("{}/__sim/served", self.base_url)).send().await?.error_for_status()?.json().await?;
+        Ok(served.response_bytes)
+    }
 }
 
 async fn start_simulator(vendor: &str, args: &BenchArgs, anchor: Timestamp) -> anyhow::Result<Simulator> {
@@ -156,25 +180,44 @@ async fn start_simulator(vendor: &str, args: &BenchArgs, anchor: Timestamp) -> a
             let base_url = rest.split_whitespace().next().unwrap_or_default().to_owned();
             // Keep draining its output so it never blocks on a full pipe.
             tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-            return Ok(Simulator { _child: child, base_url });
+            return Ok(Simulator { child, base_url });
         }
     }
     let status = child.wait().await?;
     bail!("the {vendor} simulator exited before listening ({status})")
 }
 
-/// Samples this process's resident set every 100 ms until cancelled; returns the highest sample.
-fn sample_rss(stop: CancellationToken) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+/// Samples this process's resident set every 100 ms until cancelled. Returns the highest sample and
+/// the task, whose result is the curve: (records committed, resident bytes) each time another
+/// `step` records were committed.
+fn sample_rss(
+    stop: CancellationToken,
+    committed: impl Fn() -> u64 + Send + 'static,
+    step: u64,
+) -> (Arc<AtomicU64>, tokio::task::JoinHandle<Vec<(u64, u64)>>) {
     let peak = Arc::new(AtomicU64::new(resident_bytes().unwrap_or(0)));
     let recorder = peak.clone();
     let task = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_millis(100));
+        let (mut curve, mut next) = (Vec::new(), step.max(1));
         loop {
             tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => {
+                    // The end of the pass is a point of the curve too.
+                    let records = committed();
+                    if curve.last().is_none_or(|(last, _)| *last < records) {
+                        curve.push((records, resident_bytes().unwrap_or(0)));
+                    }
+                    return curve;
+                }
                 _ = ticks.tick() => {
                     if let Some(bytes) = resident_bytes() {
                         recorder.fetch_max(bytes, Ordering::Relaxed);
+                        let records = committed();
+                        if records >= next {
+                            curve.push((records, bytes));
+                            next = (records / step.max(1) + 1) * step.max(1);
+                        }
                     }
                 }
             }
@@ -194,7 +237,12 @@ fn proc_status_bytes(field: &str) -> Option<u64> {
 /// CPU seconds (user + system) this process has used, from `/proc/self/stat` (clock ticks of
 /// 1/100 s, the value of `CLK_TCK` on every Linux platform Rust supports); `None` off Linux.
 fn cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds_of("/proc/self/stat")
+}
+
+/// CPU seconds of the process whose `stat` file is at `path`.
+fn cpu_seconds_of(path: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // The command name may contain spaces; fields are counted after its closing parenthesis.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let user: u64 = fields.get(11)?.parse().ok()?;
@@ -275,13 +323,24 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     tracing::info!("bench: full pull (pull + reconcile + commit into a fresh store)");
     let before = resident_bytes().unwrap_or(0);
     let stop_sampling = CancellationToken::new();
-    let (peak, sampler) = sample_rss(stop_sampling.clone());
+    let ingest = app.ingest.clone();
+    let step = (size.total() as u64 / 10).max(1);
+    let (peak, sampler) = sample_rss(stop_sampling.clone(), move || ingest.records_committed(), step);
+    let simulators = [&salesforce, &zoho, &dynamics365];
+    let simulators_cpu_before: f64 = simulators.iter().map(|simulator| simulator.cpu_seconds()).sum();
     let (started, cpu_before) = (Instant::now(), cpu_seconds().unwrap_or(0.0));
     let full = run_pass(&app.connectors, &app.store, &app.ingest, &policies, &selection, &cancel).await;
     let full_seconds = started.elapsed().as_secs_f64();
     let daemon_cpu = cpu_seconds().unwrap_or(0.0) - cpu_before;
+    let simulators_cpu =
+        simulators.iter().map(|simulator| simulator.cpu_seconds()).sum::<f64>() - simulators_cpu_before;
     stop_sampling.cancel();
-    let _ = sampler.await;
+    let curve = sampler.await.unwrap_or_default();
+    let http = reqwest::Client::new();
+    let mut vendor_json_bytes = 0;
+    for simulator in simulators {
+        vendor_json_bytes += simulator.served_bytes(&http).await.context("cannot read a simulator's served bytes")?;
+    }
     let after = resident_bytes().unwrap_or(0);
     if let Some(failed) = failures(&full) {
         bail!("the full pass failed: {failed}");
@@ -320,17 +379,20 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
         full_pass_seconds: (full_seconds * 100.0).round() / 100.0,
         records_per_second: (records_pulled as f64 / full_seconds.max(f64::EPSILON)).round(),
         daemon_cpu_seconds: (daemon_cpu * 100.0).round() / 100.0,
+        simulators_cpu_seconds: (simulators_cpu * 100.0).round() / 100.0,
         full_pass: rows(&full, &kinds),
         memory: Memory {
             before_mib: mib(before),
             peak_mib: mib(peak.load(Ordering::Relaxed)),
             after_mib: mib(after),
             high_water_mib: mib(high_water),
+            curve: curve.into_iter().map(|(records, bytes)| (records, mib(bytes))).collect(),
         },
         incremental_calls: rows(&incremental, &kinds),
         metrics_unified_seconds: (unified_seconds * 1000.0).round() / 1000.0,
         metrics_all_scopes_seconds: (all_seconds * 1000.0).round() / 1000.0,
         store_mib: mib(store_bytes),
+        vendor_json_mib: mib(vendor_json_bytes),
     })
 }
 
@@ -344,18 +406,30 @@ fn render(report: &BenchReport) -> String {
         "full pull + reconcile + commit: {:.2} s, {:.0} records/s   (bar: ≥ 50,000 records/s on 2 cores)",
         report.full_pass_seconds, report.records_per_second
     );
+    let total_cpu = (report.daemon_cpu_seconds + report.simulators_cpu_seconds).max(f64::EPSILON);
     let _ = writeln!(
         out,
-        "  this process used {:.2} CPU s ({:.0} µs per record); the simulators used the rest of the machine",
+        "  this process used {:.2} CPU s ({:.1} µs per record); the simulators {:.2} CPU s ({:.0} % of the pass's CPU)",
         report.daemon_cpu_seconds,
-        report.daemon_cpu_seconds * 1e6 / (report.records_pulled.max(1) as f64)
+        report.daemon_cpu_seconds * 1e6 / (report.records_pulled.max(1) as f64),
+        report.simulators_cpu_seconds,
+        report.simulators_cpu_seconds * 100.0 / total_cpu
     );
     let _ = writeln!(
         out,
         "resident memory: {} MiB before, {} MiB peak, {} MiB after (high-water mark {} MiB; bar: < 150 MiB)",
         report.memory.before_mib, report.memory.peak_mib, report.memory.after_mib, report.memory.high_water_mib
     );
-    let _ = writeln!(out, "store on disk: {} MiB\n", report.store_mib);
+    let curve: Vec<String> =
+        report.memory.curve.iter().map(|(records, resident)| format!("{records}: {resident}")).collect();
+    let _ = writeln!(out, "resident MiB by vendor records committed: {}", curve.join(", "));
+    let _ = writeln!(
+        out,
+        "store on disk: {} MiB for {} MiB of vendor JSON served ({:.2}×; bar: ≤ 3×)\n",
+        report.store_mib,
+        report.vendor_json_mib,
+        report.store_mib / report.vendor_json_mib.max(f64::EPSILON)
+    );
     let _ = writeln!(
         out,
         "{:<14} {:<12} {:>10} {:>9} {:>11} {:>14} {:>18}",

@@ -247,4 +247,8 @@ async fn bench_syncs_a_shared_world_into_one_record_per_customer_and_counts_the_
     }
     assert!(report["memory"]["peak_mib"].as_f64().unwrap() > 0.0);
     assert!(report["metrics_all_scopes_seconds"].is_number(), "{report:#}");
+    // The store-size bar needs the vendor JSON served, and the CPU split the simulators' time.
+    assert!(report["vendor_json_mib"].as_f64().unwrap() > 0.0, "{report:#}");
+    assert!(report["simulators_cpu_seconds"].is_number(), "{report:#}");
+    assert!(!report["memory"]["curve"].as_array().unwrap().is_empty(), "memory sampled as records commit");
 }

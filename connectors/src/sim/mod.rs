@@ -3,7 +3,9 @@
 //!
 //! Every simulator exposes two extra routes next to the vendor API:
 //! - `GET /__sim/stats` → [`SimStats`] (calls by kind, so tests and `bench` can count API calls);
-//! - `POST /__sim/faults` with a [`FaultSettings`] JSON body → switches faults at runtime.
+//! - `POST /__sim/faults` with a [`FaultSettings`] JSON body → switches faults at runtime;
+//! - `GET /__sim/served` → [`Served`]: the bytes of every vendor API response body so far (what
+//!   `bench` compares the store's size with: the JSON size of the vendor data).
 
 mod world;
 
@@ -251,6 +253,27 @@ impl<S> RunningSim<S> {
     }
 }
 
+/// What a simulator has served (`GET /__sim/served`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Served {
+    /// Bytes of the vendor API response bodies (the admin routes excluded).
+    pub response_bytes: u64,
+}
+
+/// Adds the body size of every vendor API response to `counter`.
+async fn count_served(
+    State(counter): State<Arc<AtomicU64>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let is_admin = request.uri().path().starts_with("/__sim/");
+    let response = next.run(request).await;
+    if !is_admin && let Some(bytes) = axum::body::HttpBody::size_hint(response.body()).exact() {
+        counter.fetch_add(bytes, Ordering::Relaxed);
+    }
+    response
+}
+
 /// A running simulator on loopback.
 pub struct SimServer {
     /// Where it listens.
@@ -264,6 +287,14 @@ impl SimServer {
     pub async fn serve(addr: SocketAddr, router: Router) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
+        let served = Arc::new(AtomicU64::new(0));
+        let reported = served.clone();
+        let router = router
+            .route(
+                "/__sim/served",
+                get(move || async move { Json(Served { response_bytes: reported.load(Ordering::Relaxed) }) }),
+            )
+            .layer(axum::middleware::from_fn_with_state(served, count_served));
         let shutdown = tokio_util_like::Shutdown::default();
         let signal = shutdown.clone();
         let task = tokio::spawn(async move {
