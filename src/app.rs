@@ -7,17 +7,19 @@ use std::sync::Arc;
 use anyhow::Context;
 use crmsync_connectors::canonical::{ConnectionId, Entity, EntityData, ExternalId, Timestamp, VendorKind};
 use crmsync_connectors::dynamics365::Dynamics365Connector;
-use crmsync_connectors::salesforce::SalesforceConnector;
+use crmsync_connectors::salesforce::{SalesforceAuth, SalesforceConnector};
 use crmsync_connectors::zoho::ZohoConnector;
 use crmsync_connectors::{
     ApiEvent, ApiUsage, Change, CheckReport, Connector, ConnectorError, ConnectorHost, Cursor, IdPage, Outgoing, Page,
     PushReport, SharedHost, WebhookDelivery, WebhookError, WebhookParser, WebhookReply,
 };
+use secrecy::ExposeSecret;
 use tokio::task::JoinHandle;
 
 use crate::config::{Config, VendorConfig};
 use crate::ingest::{IngestHandle, IngestRules, Ingestor};
 use crate::store::Store;
+use crate::store::sealed::StateKey;
 use crate::telemetry;
 
 /// One configured connection, whatever its vendor.
@@ -103,24 +105,53 @@ impl Connector for AnyConnector {
 }
 
 /// The daemon's [`ConnectorHost`]: connector state in the store (durable on save), telemetry to Prometheus.
+/// State that is a credential ([`SECRET_STATE`]) is sealed with the connection's key
+/// ([`crate::store::sealed`]).
 pub struct StoreHost {
     store: Store,
+    keys: BTreeMap<ConnectionId, StateKey>,
 }
 
+/// Connector state names that hold credentials (the rotated Salesforce refresh token).
+pub const SECRET_STATE: &[&str] = &["refresh_token"];
+
 impl StoreHost {
-    /// Wraps a store.
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    /// Wraps a store, with each connection's key for its sealed state derived from its configured
+    /// credentials (those of a Salesforce refresh-token flow: the only state credential today).
+    pub fn new(store: Store, config: &Config) -> Self {
+        let mut keys = BTreeMap::new();
+        for (id, connection) in &config.connections {
+            if let VendorConfig::Salesforce(vendor) = &connection.vendor
+                && let SalesforceAuth::RefreshToken { client_id, client_secret, refresh_token } = &vendor.auth
+            {
+                let mut credentials = vec![client_id.as_str(), refresh_token.expose_secret()];
+                credentials.extend(client_secret.as_ref().map(|secret| secret.expose_secret()));
+                keys.insert(id.clone(), StateKey::derive(id, &credentials));
+            }
+        }
+        Self { store, keys }
+    }
+
+    fn key(&self, connection: &ConnectionId, name: &str) -> Option<&StateKey> {
+        SECRET_STATE.contains(&name).then(|| self.keys.get(connection)).flatten()
     }
 }
 
 impl ConnectorHost for StoreHost {
     fn load_state(&self, connection: &ConnectionId, key: &str) -> Result<Option<String>, String> {
-        self.store.load_state(connection, key).map_err(|error| error.to_string())
+        let loaded = match self.key(connection, key) {
+            Some(state_key) => self.store.load_secret_state(connection, key, state_key),
+            None => self.store.load_state(connection, key),
+        };
+        loaded.map_err(|error| error.to_string())
     }
 
     fn save_state(&self, connection: &ConnectionId, key: &str, value: &str) -> Result<(), String> {
-        self.store.save_state(connection, key, value).map_err(|error| error.to_string())
+        let saved = match self.key(connection, key) {
+            Some(state_key) => self.store.save_secret_state(connection, key, value, state_key),
+            None => self.store.save_state(connection, key, value),
+        };
+        saved.map_err(|error| error.to_string())
     }
 
     fn observe(&self, event: ApiEvent<'_>) {
@@ -172,7 +203,7 @@ impl App {
     pub fn build(config: Config) -> anyhow::Result<Self> {
         let store = Store::open(&config.daemon.data_dir)
             .with_context(|| format!("cannot open the store in {}", config.daemon.data_dir.display()))?;
-        let host: SharedHost = Arc::new(StoreHost::new(store.clone()));
+        let host: SharedHost = Arc::new(StoreHost::new(store.clone(), &config));
         let connectors = build_connectors(&config, host)?;
         let rules = IngestRules::from_config(&config);
         let (writer, ingest) = Ingestor::new(store.clone(), rules.clone(), config.daemon.ingest_queue);

@@ -41,7 +41,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let store = Store::open(&config.daemon.data_dir).map_err(|error| {
         anyhow::anyhow!("{error}\n(--connectivity needs the store for rotated credentials; stop the daemon or run without --connectivity)")
     })?;
-    let connectors = build_connectors(&config, Arc::new(StoreHost::new(store.clone())))?;
+    let connectors = build_connectors(&config, Arc::new(StoreHost::new(store.clone(), &config)))?;
     let mut failed = false;
     for (id, connector) in &connectors {
         match connector.check().await {

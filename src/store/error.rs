@@ -67,6 +67,9 @@ pub enum StoreError {
     /// A stored value does not decode (or a value cannot be encoded).
     #[error(transparent)]
     Format(#[from] super::format::FormatError),
+    /// A credential could not be sealed.
+    #[error(transparent)]
+    Seal(#[from] super::sealed::SealError),
     /// A key does not decode.
     #[error(transparent)]
     Key(#[from] super::keys::KeyError),

@@ -26,6 +26,7 @@ mod error;
 pub mod format;
 pub mod keys;
 mod permissions;
+pub mod sealed;
 #[cfg(test)]
 mod tests;
 mod types;
@@ -517,6 +518,41 @@ impl Store {
         self.state.insert(keys::state(connection, name), value.as_bytes())?;
         self.state.flush()?;
         Ok(())
+    }
+
+    /// Saves a credential a connector must keep (a rotated refresh token), sealed with the
+    /// connection's key ([`sealed`]), durably (flushed before returning).
+    pub fn save_secret_state(
+        &self,
+        connection: &ConnectionId,
+        name: &str,
+        value: &str,
+        key: &sealed::StateKey,
+    ) -> Result<(), StoreError> {
+        self.save_state(connection, name, &key.seal(connection, name, value)?)
+    }
+
+    /// Returns a credential saved by [`Store::save_secret_state`]. A value saved in plaintext by an
+    /// earlier crmsync is sealed in place on the way; a sealed value that does not open with `key`
+    /// (the configured credentials changed) is reported once and treated as absent.
+    pub fn load_secret_state(
+        &self,
+        connection: &ConnectionId,
+        name: &str,
+        key: &sealed::StateKey,
+    ) -> Result<Option<String>, StoreError> {
+        let Some(stored) = self.load_state(connection, name)? else { return Ok(None) };
+        if !sealed::is_sealed(&stored) {
+            self.save_secret_state(connection, name, &stored, key)?;
+            return Ok(Some(stored));
+        }
+        match key.open(connection, name, &stored) {
+            Ok(value) => Ok(Some(value)),
+            Err(error) => {
+                tracing::warn!(connection = %connection, error = %error, "ignoring the stored credential; using the configured one");
+                Ok(None)
+            }
+        }
     }
 
     /// Returns the sync status of a connection × entity.

@@ -279,3 +279,22 @@ fn a_damaged_record_is_a_clean_error_not_a_panic() {
     }
     assert_eq!(format::decode_record(record.id, &bytes).unwrap(), (record, vec![("name".into(), "acme".into())]));
 }
+
+#[test]
+fn a_stored_credential_is_sealed_and_a_plaintext_one_from_an_earlier_release_is_sealed_on_read() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let sf = ConnectionId::new("sf");
+    let key = sealed::StateKey::derive(&sf, &["client", "configured-refresh-token"]);
+    store.save_secret_state(&sf, "refresh_token", "5Aep861rotated", &key).unwrap();
+    let raw = store.load_state(&sf, "refresh_token").unwrap().unwrap();
+    assert!(!raw.contains("5Aep861rotated"), "stored in plaintext: {raw}");
+    assert_eq!(store.load_secret_state(&sf, "refresh_token", &key).unwrap().as_deref(), Some("5Aep861rotated"));
+    // Another key (the configured credentials changed): treated as absent, never an error.
+    let other = sealed::StateKey::derive(&sf, &["client", "new-refresh-token"]);
+    assert_eq!(store.load_secret_state(&sf, "refresh_token", &other).unwrap(), None);
+    // A plaintext token written before sealing existed reads back and is sealed in place.
+    store.save_state(&sf, "refresh_token", "legacy-token").unwrap();
+    assert_eq!(store.load_secret_state(&sf, "refresh_token", &key).unwrap().as_deref(), Some("legacy-token"));
+    assert!(sealed::is_sealed(&store.load_state(&sf, "refresh_token").unwrap().unwrap()));
+}
