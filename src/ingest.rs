@@ -389,7 +389,7 @@ impl<'a> BatchWriter<'a> {
         if let Some(id) = self.links.get(&(entity, external_id.clone())) {
             return Ok(Some(*id));
         }
-        Ok(self.store.record_by_link(self.connection, entity, external_id)?.map(|record| record.id))
+        self.store.id_by_link(self.connection, entity, external_id)
     }
 
     fn put(&mut self, record: Record) {
@@ -496,6 +496,10 @@ impl<'a> BatchWriter<'a> {
         };
         self.count_pulled(change.entity, outcome_label);
         if let Some(record) = decision.record {
+            if decision.outcome == Outcome::Created && current.is_none() {
+                // A fresh id minted for this change: nothing of it is in the store yet.
+                self.commit.created.insert(record.id);
+            }
             for conflict in &decision.conflicts {
                 self.commit.conflicts.push(ConflictEntry::from_reconcile(record.id, change.entity, conflict, self.now));
             }
@@ -678,6 +682,7 @@ impl<'a> BatchWriter<'a> {
                         extra: serde_json::Map::new(),
                     });
                     let id = placeholder.id;
+                    self.commit.created.insert(id);
                     self.put(placeholder);
                     id
                 }

@@ -320,7 +320,8 @@ impl Store {
         let result = trees.transaction(
             |(records, summaries, ids, links, match_keys, cursors, outbox, conflicts, dead_letters, status, meta)| {
                 for (record, record_keys) in &commit.records {
-                    write_record(records, summaries, ids, links, match_keys, record, record_keys)?;
+                    let is_new = commit.created.contains(&record.id);
+                    write_record(records, summaries, ids, links, match_keys, record, record_keys, is_new)?;
                 }
                 if let Some((connection, entity, cursor)) = &commit.cursor {
                     cursors.insert(keys::connection_entity(connection, *entity), encode(cursor).map_err(abort)?)?;
@@ -424,11 +425,25 @@ impl Store {
         entity: Entity,
         external_id: &ExternalId,
     ) -> Result<Option<Record>, StoreError> {
+        match self.id_by_link(connection, entity, external_id)? {
+            Some(id) => self.record(id),
+            None => Ok(None),
+        }
+    }
+
+    /// Returns the id of the record a vendor record is linked to (the link index alone: no record
+    /// is read).
+    pub fn id_by_link(
+        &self,
+        connection: &ConnectionId,
+        entity: Entity,
+        external_id: &ExternalId,
+    ) -> Result<Option<CanonicalId>, StoreError> {
         match self.links.get(keys::link(connection, entity, external_id))? {
             Some(id) => {
                 let bytes: [u8; 16] =
                     id.as_ref().try_into().map_err(|_| StoreError::Internal("bad link value".into()))?;
-                self.record(CanonicalId::from_bytes(bytes))
+                Ok(Some(CanonicalId::from_bytes(bytes)))
             }
             None => Ok(None),
         }
@@ -436,10 +451,17 @@ impl Store {
 
     /// Returns the ids of records indexed under a match-key value.
     pub fn ids_by_match_key(&self, entity: Entity, name: &str, value: &str) -> Result<Vec<CanonicalId>, StoreError> {
+        // Point lookups (`get_gt`) instead of a prefix iterator: a value is almost always held by
+        // none or one record, and setting up a sled iterator costs more than the lookups.
+        let prefix = keys::match_key_prefix(entity, name, value);
         let mut ids = Vec::new();
-        for entry in self.match_keys.scan_prefix(keys::match_key_prefix(entity, name, value)) {
-            let (key, _) = entry?;
+        let mut after = sled::IVec::from(prefix.as_slice());
+        while let Some((key, _)) = self.match_keys.get_gt(&after)? {
+            if !key.starts_with(&prefix) {
+                break;
+            }
             ids.push(keys::decode_match_key(&key)?.3);
+            after = key;
         }
         Ok(ids)
     }
@@ -645,7 +667,9 @@ fn is_lock_error(error: &std::io::Error) -> bool {
     error.kind() == std::io::ErrorKind::WouldBlock || error.to_string().contains("lock")
 }
 
-/// Writes a record, its metrics summary and its index entries.
+/// Writes a record, its metrics summary and its index entries. `is_new`: the writer created the
+/// record (no previous version to read for its index entries).
+#[allow(clippy::too_many_arguments)]
 fn write_record(
     records: &TransactionalTree,
     summaries: &TransactionalTree,
@@ -654,6 +678,7 @@ fn write_record(
     match_keys: &TransactionalTree,
     record: &Record,
     record_keys: &[(String, String)],
+    is_new: bool,
 ) -> Result<(), Abort> {
     let entity = record.entity();
     let key = keys::record(entity, record.id);
@@ -665,7 +690,8 @@ fn write_record(
     // Index entries the previous version had and this one keeps are left alone; only the difference
     // is written (a re-read record usually changes no link and no key).
     let (mut old_links, mut old_keys) = (Vec::new(), Vec::new());
-    match records.get(&key)? {
+    let previous = if is_new { None } else { records.get(&key)? };
+    match previous {
         Some(previous) => {
             let previous = format::decode_index_entries(&previous).map_err(|error| abort(error.into()))?;
             old_links = previous

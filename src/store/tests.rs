@@ -298,3 +298,26 @@ fn a_stored_credential_is_sealed_and_a_plaintext_one_from_an_earlier_release_is_
     assert_eq!(store.load_secret_state(&sf, "refresh_token", &key).unwrap().as_deref(), Some("legacy-token"));
     assert!(sealed::is_sealed(&store.load_state(&sf, "refresh_token").unwrap().unwrap()));
 }
+
+#[test]
+fn match_key_lookups_find_every_holder_of_a_value_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (first, second, other) = (account("A", "sf", "1"), account("B", "sf", "2"), account("C", "sf", "3"));
+    let mut commit = Commit::default();
+    commit.records.push((first.clone(), vec![("name".into(), "acme".into())]));
+    commit.records.push((second.clone(), vec![("name".into(), "acme".into())]));
+    commit.records.push((other.clone(), vec![("name".into(), "acme2".into())]));
+    commit.created.extend([first.id, second.id, other.id]);
+    store.commit(commit).unwrap();
+    let mut expected = vec![first.id, second.id];
+    expected.sort();
+    assert_eq!(store.ids_by_match_key(Entity::Account, "name", "acme").unwrap(), expected);
+    assert_eq!(store.ids_by_match_key(Entity::Account, "name", "acme2").unwrap(), vec![other.id]);
+    assert!(store.ids_by_match_key(Entity::Account, "name", "acm").unwrap().is_empty());
+    assert!(store.ids_by_match_key(Entity::Lead, "name", "acme").unwrap().is_empty());
+    assert_eq!(
+        store.id_by_link(&ConnectionId::new("sf"), Entity::Account, &ExternalId::new("2")).unwrap(),
+        Some(second.id)
+    );
+}

@@ -194,6 +194,10 @@ pub enum SyncStatusUpdate {
 pub struct Commit {
     /// Records to write, each with the match-key values it is indexed under.
     pub records: Vec<(Record, Vec<(String, String)>)>,
+    /// Ids among `records` that the writer created in this commit, so no earlier version exists (the
+    /// store then skips reading one for its index entries). A wrong entry would leave stale index
+    /// entries: only ids minted for this commit belong here.
+    pub created: std::collections::HashSet<CanonicalId>,
     /// The cursor of a connection × entity (`Some(None)` inside: reset it).
     pub cursor: Option<(ConnectionId, Entity, Option<Cursor>)>,
     /// Outbox entries to append.
