@@ -226,35 +226,68 @@ impl Ingestor {
 
     /// Applies batches until every handle is dropped, then flushes.
     pub async fn run(mut self) {
-        while let Some((batch, reply)) = self.receiver.recv().await {
+        while let Some(first) = self.receiver.recv().await {
+            // Group commit: batches already waiting behind this one are applied with it and share
+            // one flush. A flush (fsync) costs far more than a small commit, so webhook deliveries
+            // arriving together no longer wait for one flush each.
+            let mut group = vec![first];
+            while group.len() < GROUP_MAX {
+                match self.receiver.try_recv() {
+                    Ok(next) => group.push(next),
+                    Err(_) => break,
+                }
+            }
+            let (batches, replies): (Vec<Batch>, Vec<Reply>) = group.into_iter().unzip();
             let store = self.store.clone();
             let rules = self.rules.clone();
-            let durable = matches!(batch, Batch::Delivered { .. });
-            let result = tokio::task::spawn_blocking(move || {
-                let started = tokio::time::Instant::now();
-                let result = apply_batch(&store, &rules, batch, Timestamp::now());
-                if result.is_ok() && durable {
-                    store.flush()?;
+            let count = batches.len();
+            let results = tokio::task::spawn_blocking(move || apply_group(&store, &rules, batches))
+                .await
+                .unwrap_or_else(|join_error| {
+                    let message = format!("ingest task failed: {join_error}");
+                    (0..count).map(|_| Err(IngestError::Store(StoreError::Internal(message.clone())))).collect()
+                });
+            for (result, reply) in results.into_iter().zip(replies) {
+                match &result {
+                    Ok(stats) => {
+                        self.committed.fetch_add(stats.records_in(), Ordering::Relaxed);
+                    }
+                    Err(error) => tracing::error!(error = %error, "ingest batch failed"),
                 }
-                telemetry::record_commit(started.elapsed());
-                result
-            })
-            .await
-            .unwrap_or_else(|join_error| {
-                Err(IngestError::Store(StoreError::Internal(format!("ingest task failed: {join_error}"))))
-            });
-            match &result {
-                Ok(stats) => {
-                    self.committed.fetch_add(stats.records_in(), Ordering::Relaxed);
-                }
-                Err(error) => tracing::error!(error = %error, "ingest batch failed"),
+                let _ = reply.send(result);
             }
-            let _ = reply.send(result);
         }
         if let Err(error) = self.store.flush() {
             tracing::error!(error = %error, "final store flush failed");
         }
     }
+}
+
+/// The most batches one group commit takes.
+const GROUP_MAX: usize = 64;
+
+/// Applies batches in order, each in its own commit, then flushes once if any of them must be
+/// durable before its reply (webhook deliveries). A failed flush fails every batch that needed it:
+/// none of them is acknowledged.
+fn apply_group(store: &Store, rules: &IngestRules, batches: Vec<Batch>) -> Vec<Result<IngestStats, IngestError>> {
+    let started = tokio::time::Instant::now();
+    let mut results = Vec::with_capacity(batches.len());
+    let mut durable = Vec::with_capacity(batches.len());
+    for batch in batches {
+        durable.push(matches!(batch, Batch::Delivered { .. }));
+        results.push(apply_batch(store, rules, batch, Timestamp::now()));
+    }
+    let needs_flush = results.iter().zip(&durable).any(|(result, durable)| *durable && result.is_ok());
+    if needs_flush && let Err(error) = store.flush() {
+        let message = error.to_string();
+        for (result, durable) in results.iter_mut().zip(&durable) {
+            if *durable && result.is_ok() {
+                *result = Err(IngestError::Store(StoreError::Internal(format!("flush failed: {message}"))));
+            }
+        }
+    }
+    telemetry::record_commit(started.elapsed());
+    results
 }
 
 /// Applies one batch to the store in one commit. Public for tests and for the synchronous CLI paths.
@@ -998,6 +1031,33 @@ mod tests {
             kind: ChangeKind::Upsert { data, completeness: Completeness::Full },
             extra: serde_json::Map::from_iter([("Email__c".to_owned(), serde_json::json!("x@y.example"))]),
         }
+    }
+
+    #[test]
+    fn a_group_commit_applies_every_batch_in_order_and_answers_each() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = rules(BTreeMap::new());
+        let lead = |name: &str| EntityData::Lead(Lead { name: Some(name.into()), ..Lead::default() });
+        let batches = vec![
+            Batch::Delivered {
+                connection: ConnectionId::new("sf"),
+                changes: vec![change(Entity::Lead, "00Q1", lead("Ada"))],
+            },
+            Batch::Failed { connection: ConnectionId::new("sf"), entity: Entity::Lead, message: "boom".into() },
+            Batch::Delivered {
+                connection: ConnectionId::new("sf"),
+                changes: vec![change(Entity::Lead, "00Q1", lead("Ada B"))],
+            },
+        ];
+        let results = apply_group(&store, &rules, batches);
+        let created: Vec<u64> = results.iter().map(|result| result.as_ref().unwrap().created).collect();
+        assert_eq!(created, [1, 0, 0], "the second delivery updates the record the first created");
+        let stored: Vec<Record> = store.scan(Entity::Lead).map(Result::unwrap).collect();
+        assert_eq!(stored.len(), 1);
+        let EntityData::Lead(stored_lead) = &stored[0].data else { panic!("not a lead") };
+        assert_eq!(stored_lead.name.as_deref(), Some("Ada B"));
+        assert_eq!(store.storage_error(), None);
     }
 
     #[test]
