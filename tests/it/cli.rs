@@ -251,4 +251,13 @@ async fn bench_syncs_a_shared_world_into_one_record_per_customer_and_counts_the_
     assert!(report["vendor_json_mib"].as_f64().unwrap() > 0.0, "{report:#}");
     assert!(report["simulators_cpu_seconds"].is_number(), "{report:#}");
     assert!(!report["memory"]["curve"].as_array().unwrap().is_empty(), "memory sampled as records commit");
+    // Webhook deliveries through the HTTP edge: every one answered, and a 2xx only once durable.
+    let hooks = &report["webhooks"];
+    assert!(hooks["deliveries"].as_u64().unwrap() > 0, "{hooks}");
+    assert_eq!(hooks["failed"].as_u64(), Some(0), "{hooks}");
+    assert_eq!(
+        hooks["acknowledged"].as_u64().unwrap() + hooks["refused"].as_u64().unwrap(),
+        hooks["deliveries"].as_u64().unwrap(),
+        "{hooks}"
+    );
 }
