@@ -1031,3 +1031,35 @@ async fn a_full_pull_of_orders_reads_lines_by_range_not_per_100_orders() {
     }
     assert_eq!(Simulated::stats(state.as_ref()).read_calls - before, 2);
 }
+
+#[tokio::test]
+async fn the_simulator_lists_its_tables_as_entity_definitions_for_metadata_clients() {
+    let running = simulator(Dynamics365SimOptions::with_world(world(only(1, 0, 0)))).await;
+    let (client, token, api) = raw(&running).await;
+    let get = |url: String| {
+        let client = client.clone();
+        let token = token.clone();
+        async move { client.get(url).bearer_auth(token).send().await.unwrap().json::<serde_json::Value>().await.unwrap() }
+    };
+    let all = get(format!("{api}/EntityDefinitions?$select=LogicalName,EntitySetName")).await;
+    let names: BTreeSet<&str> =
+        all["value"].as_array().unwrap().iter().map(|table| table["LogicalName"].as_str().unwrap()).collect();
+    assert!(
+        ["account", "lead", "opportunity", "salesorder", "salesorderdetail"].iter().all(|name| names.contains(name))
+    );
+    assert!(all["value"][0].get("MetadataId").is_some() && all["value"][0].get("PrimaryIdAttribute").is_none());
+    let one = get(format!(
+        "{api}/EntityDefinitions?$select=LogicalName&$filter=LogicalName eq 'account'&$expand=Attributes($select=LogicalName)"
+    ))
+    .await;
+    assert_eq!(one["value"].as_array().unwrap().len(), 1);
+    assert!(
+        one["value"][0]["Attributes"].as_array().unwrap().iter().any(|attribute| attribute["LogicalName"] == "ownerid")
+    );
+    let attributes =
+        get(format!("{api}/EntityDefinitions(LogicalName='opportunity')/Attributes?$select=LogicalName,AttributeType"))
+            .await;
+    let customer =
+        attributes["value"].as_array().unwrap().iter().find(|attribute| attribute["LogicalName"] == "customerid");
+    assert_eq!(customer.unwrap()["AttributeType"], "Customer");
+}

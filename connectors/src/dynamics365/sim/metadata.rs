@@ -1,7 +1,7 @@
-//! `EntityDefinitions`: a table's definition and its attributes, shaped as the Web API documents
-//! them (powerapps-docs:powerapps-docs/developer/data-platform/webapi/query-metadata-web-api.md):
-//! `EntityDefinitions(LogicalName='x')` with `$select` and `$expand=Attributes($select=…)`, and the
-//! collection `EntityDefinitions(LogicalName='x')/Attributes`. `MetadataId` is always returned; a
+//! `EntityDefinitions`: the tables' definitions and their attributes, shaped as the Web API
+//! documents them (powerapps-docs:powerapps-docs/developer/data-platform/webapi/query-metadata-web-api.md):
+//! `EntityDefinitions` (every table), `EntityDefinitions(LogicalName='x')` with `$select` and
+//! `$expand=Attributes($select=…)`, and the collection `EntityDefinitions(LogicalName='x')/Attributes`. `MetadataId` is always returned; a
 //! lookup is listed under its logical name (`customerid`) with `AttributeType` `Customer`, `Lookup` or
 //! `Owner`, never as the `_customerid_value` property rows carry.
 
@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use super::reply::{Reply, error};
-use super::schema::{attributes, key_of, metadata_id, set_of};
+use super::schema::{SETS, attributes, key_of, logical, metadata_id, set_of};
 use super::{Dynamics365Sim, Request};
 
 /// The property names a `$select=a,b` list keeps (`None`: all).
@@ -42,9 +42,39 @@ fn expanded_attributes(expand: Option<&String>) -> Option<Option<String>> {
 }
 
 impl Dynamics365Sim {
-    /// Answers `EntityDefinitions(LogicalName='…')[/Attributes]`.
+    /// Answers `EntityDefinitions` (every table, optionally `$filter=LogicalName eq '…'`),
+    /// `EntityDefinitions(LogicalName='…')` and `EntityDefinitions(LogicalName='…')/Attributes`.
     pub(super) fn definitions(&self, request: &Request<'_>) -> Reply {
         let resource = request.resource.as_str();
+        let context = format!("{}/api/data/{}/$metadata", request.base, request.version);
+        if resource == "EntityDefinitions" {
+            let only = match request.query.get("$filter").map(|filter| filter.trim()) {
+                None => None,
+                Some(filter) => {
+                    match filter.strip_prefix("LogicalName eq '").and_then(|rest| rest.strip_suffix('\'')) {
+                        Some(name) => Some(name.to_owned()),
+                        None => {
+                            return error(
+                                StatusCode::BAD_REQUEST,
+                                "0x80060888",
+                                &format!(
+                                    "$filter {filter:?} on EntityDefinitions is not supported by this simulator (only LogicalName eq '…')."
+                                ),
+                            );
+                        }
+                    }
+                }
+            };
+            let value: Vec<Value> = SETS
+                .iter()
+                .filter(|set| only.as_deref().is_none_or(|name| logical(set) == name))
+                .map(|set| self.definition_of(set, request))
+                .collect();
+            return Reply::json(
+                StatusCode::OK,
+                json!({"@odata.context": format!("{context}#EntityDefinitions"), "value": value}),
+            );
+        }
         let (entity_part, attributes_only) = match resource.strip_suffix("/Attributes") {
             Some(entity_part) => (entity_part, true),
             None => (resource, false),
@@ -55,7 +85,7 @@ impl Dynamics365Sim {
             return error(
                 StatusCode::BAD_REQUEST,
                 "0x80060888",
-                "Only EntityDefinitions(LogicalName='…') and its Attributes are served by this simulator.",
+                "Only EntityDefinitions, EntityDefinitions(LogicalName='…') and its Attributes are served by this simulator.",
             );
         };
         let Some(set) = set_of(logical_name) else {
@@ -65,6 +95,22 @@ impl Dynamics365Sim {
                 &format!("Could not find entity with name '{logical_name}'."),
             );
         };
+        if attributes_only {
+            let select = selected(request.query.get("$select").map(String::as_str));
+            let value: Vec<Value> =
+                self.attributes_of(set).into_iter().map(|attribute| project(attribute, select.as_deref())).collect();
+            return Reply::json(
+                StatusCode::OK,
+                json!({"@odata.context": format!("{context}#EntityDefinitions('{logical_name}')/Attributes"), "value": value}),
+            );
+        }
+        let mut definition = self.definition_of(set, request);
+        definition["@odata.context"] = json!(format!("{context}#EntityDefinitions/$entity"));
+        Reply::json(StatusCode::OK, definition)
+    }
+
+    /// A table's attributes, with the schema-drift faults applied.
+    fn attributes_of(&self, set: &str) -> Vec<Value> {
         let mut described = attributes(set);
         if self.faults.drift_unknown_field() {
             let mut extra = described.first().cloned().unwrap_or_else(|| json!({}));
@@ -78,32 +124,28 @@ impl Dynamics365Sim {
         if self.faults.drift_renamed_field() && set == "opportunities" {
             described.retain(|attribute| attribute["LogicalName"] != "name");
         }
-        let context = format!("{}/api/data/{}/$metadata", request.base, request.version);
-        if attributes_only {
-            let select = selected(request.query.get("$select").map(String::as_str));
-            let value: Vec<Value> =
-                described.into_iter().map(|attribute| project(attribute, select.as_deref())).collect();
-            return Reply::json(
-                StatusCode::OK,
-                json!({"@odata.context": format!("{context}#EntityDefinitions('{logical_name}')/Attributes"), "value": value}),
-            );
-        }
-        let tracking = !self.lock().untracked.contains(set);
-        let mut definition = json!({
-            "LogicalName": logical_name,
+        described
+    }
+
+    /// One table's definition, with `$select` and `$expand=Attributes(...)` applied.
+    fn definition_of(&self, set: &str, request: &Request<'_>) -> Value {
+        let tracking = !self.lock().untracked.contains(set)
+            && !matches!(set, "salesorderdetails" | "transactioncurrencies" | "products" | "pricelevels");
+        let definition = json!({
+            "LogicalName": logical(set),
             "EntitySetName": set,
             "PrimaryIdAttribute": key_of(set),
             "PrimaryNameAttribute": if set == "leads" { "fullname" } else { "name" },
             "ChangeTrackingEnabled": tracking,
             "MetadataId": metadata_id(set, ""),
         });
-        definition = project(definition, selected(request.query.get("$select").map(String::as_str)).as_deref());
+        let mut definition = project(definition, selected(request.query.get("$select").map(String::as_str)).as_deref());
         if let Some(attribute_select) = expanded_attributes(request.query.get("$expand")) {
             let select = selected(attribute_select.as_deref());
-            definition["Attributes"] =
-                Value::Array(described.into_iter().map(|attribute| project(attribute, select.as_deref())).collect());
+            definition["Attributes"] = Value::Array(
+                self.attributes_of(set).into_iter().map(|attribute| project(attribute, select.as_deref())).collect(),
+            );
         }
-        definition["@odata.context"] = json!(format!("{context}#EntityDefinitions/$entity"));
-        Reply::json(StatusCode::OK, definition)
+        definition
     }
 }
