@@ -136,10 +136,7 @@ fn read_create_defaults(table: &mut TableReader<'_>) -> BTreeMap<String, BTreeMa
     let Some(mut tables) = table.table("create_defaults") else { return defaults };
     for name in tables.keys() {
         if !Dynamics365Config::DEFAULT_TABLES.contains(&name.as_str()) {
-            tables.problem(
-                &name,
-                format!("unknown table (expected one of {})", Dynamics365Config::DEFAULT_TABLES.join(", ")),
-            );
+            // Reported by `finish` below, with the closest table name.
             continue;
         }
         let Some(mut columns) = tables.table(&name) else { continue };
@@ -162,4 +159,56 @@ fn read_create_defaults(table: &mut TableReader<'_>) -> BTreeMap<String, BTreeMa
     }
     tables.finish(Dynamics365Config::DEFAULT_TABLES);
     defaults
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)] // a failed setup should panic loudly
+
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::settings::MapSecrets;
+
+    fn read(text: &str) -> (Option<Dynamics365Config>, Vec<String>) {
+        let table: toml::Table = toml::from_str(text).unwrap();
+        let mut problems = Vec::new();
+        let secrets = MapSecrets(BTreeMap::from([("D365".to_owned(), "s3cr3t".to_owned())]));
+        let mut reader = TableReader::new("connections.d365", &table, &mut problems, &secrets);
+        let config = Dynamics365Config::read(&mut reader);
+        reader.finish(Dynamics365Config::KEYS);
+        (config, problems.iter().map(ToString::to_string).collect())
+    }
+
+    const BASE: &str = r#"
+        org_url = "https://contoso.crm4.dynamics.com"
+        tenant_id = "contoso.onmicrosoft.com"
+        auth = { client_id = "app", client_secret = { env = "D365" } }
+    "#;
+
+    #[test]
+    fn create_defaults_are_read_by_table_and_column() {
+        let text = format!(
+            "{BASE}\ncreate_defaults = {{ salesorder = {{ pricelevelid = \"/pricelevels(p1)\" }}, lead = {{ subject = \"Web lead\", leadqualitycode = 2 }} }}"
+        );
+        let (config, problems) = read(&text);
+        assert_eq!(problems, Vec::<String>::new());
+        let defaults = config.unwrap().create_defaults;
+        assert_eq!(defaults["salesorder"]["pricelevelid"], serde_json::json!("/pricelevels(p1)"));
+        assert_eq!(defaults["lead"]["leadqualitycode"], serde_json::json!(2));
+    }
+
+    #[test]
+    fn create_defaults_for_an_unknown_table_or_of_a_wrong_type_are_named() {
+        let text =
+            format!("{BASE}\ncreate_defaults = {{ salesorders = {{ name = \"x\" }}, lead = {{ subject = [\"a\"] }} }}");
+        let (_, problems) = read(&text);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+        assert!(problems[0].contains("create_defaults.lead.subject") && problems[0].contains("expected a string"));
+        assert!(
+            problems[1].contains("connections.d365.create_defaults.salesorders")
+                && problems[1].contains("`salesorder`"),
+            "{problems:?}"
+        );
+    }
 }
