@@ -321,3 +321,38 @@ fn match_key_lookups_find_every_holder_of_a_value_and_nothing_else() {
         Some(second.id)
     );
 }
+
+#[test]
+fn a_truncated_or_overwritten_store_file_is_a_clean_error_or_recovers_never_a_panic_or_a_spin() {
+    let length = std::fs::metadata(format_1_store().path().join("db")).unwrap().len();
+    // Overwritten at offsets across the whole file, then cut short at a few lengths.
+    let damages = (0..length).step_by(16 * 1024).map(|offset| (offset, false)).chain([(length / 2, true), (100, true)]);
+    for (at, truncate) in damages {
+        let dir = format_1_store();
+        let db = dir.path().join("db");
+        if truncate {
+            std::fs::OpenOptions::new().write(true).open(&db).unwrap().set_len(at).unwrap();
+        } else {
+            use std::io::{Seek, Write};
+            let mut file = std::fs::OpenOptions::new().write(true).open(&db).unwrap();
+            file.seek(std::io::SeekFrom::Start(at)).unwrap();
+            file.write_all(&[0xff; 64]).unwrap();
+        }
+        match Store::open(dir.path()) {
+            Err(StoreError::Corrupt { detail, .. }) => {
+                assert!(!detail.is_empty());
+            }
+            Err(other) => panic!("damage at {at}: expected a corrupt-store error, got {other}"),
+            // sled recovers a log cut short (what a crash leaves) and may never read a damaged
+            // region: the store opens, and every read ends, with records or an error.
+            Ok(store) => {
+                for entity in Entity::ALL {
+                    let _ = store.scan(*entity).count();
+                }
+                let _ = store.counts();
+            }
+        }
+    }
+    // Which of these sled notices on open depends on where its live pages sit; what is asserted is
+    // that none panics or spins (a spin would hang this test).
+}
