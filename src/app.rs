@@ -437,6 +437,7 @@ fn refresh_store_gauges(
         }
         let usage = connector.usage();
         telemetry::record_budget(id, usage.budget_used, usage.budget_limit);
+        telemetry::record_request_rate(id, usage.throttling.current_per_second);
         for entity in connector.entities().iter().filter(|entity| pulled.contains(&(id.clone(), **entity))) {
             if let Ok(status) = store.sync_status(id, *entity) {
                 let since = status.and_then(|status| status.last_success).unwrap_or(started);

@@ -613,12 +613,17 @@ fn read_connection(table: &mut TableReader<'_>, name: &str) -> Option<Connection
             }
         }
         settings.http.daily_budget = rate.opt_u64("daily_budget");
+        if let Some(percent) = rate.opt_u64("headroom_percent") {
+            if percent < 90 {
+                settings.http.headroom = percent as f64 / 100.0;
+            } else {
+                rate.problem("headroom_percent", format!("{percent} leaves no room to call the vendor (0 to 89)"));
+            }
+        }
         rate.finish(&[]);
     }
     if let Some(mut retry) = table.table("retry") {
-        if let Some(attempts) = retry.opt_u64("max_attempts") {
-            settings.http.retry.max_attempts = u32::try_from(attempts.max(1)).unwrap_or(u32::MAX);
-        }
+        settings.http.retry.give_up_after = retry.duration_or("give_up_after", settings.http.retry.give_up_after);
         settings.http.retry.base_delay = retry.duration_or("base_delay", settings.http.retry.base_delay);
         settings.http.retry.max_delay = retry.duration_or("max_delay", settings.http.retry.max_delay);
         retry.finish(&[]);

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use crmsync_connectors::Throttling;
 use crmsync_connectors::canonical::{ConnectionId, Entity, Timestamp};
 use serde::Serialize;
 
@@ -81,6 +82,10 @@ pub struct ConnectionStatus {
     pub budget_used: Option<u64>,
     /// The daily budget.
     pub budget_limit: Option<u64>,
+    /// How the vendor has been throttling this connection (rate in force, throttled answers, waits,
+    /// the last throttled answer, a daily-limit pause); absent until the connection first ran.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub throttling: Option<Throttling>,
 }
 
 /// One job.
@@ -140,6 +145,9 @@ pub fn collect(store: &Store, config: &StatusConfig) -> Result<StatusReport, Sto
             .load_state(id, "api_budget")?
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
             .and_then(|value| value.get("used").and_then(serde_json::Value::as_u64));
+        let throttling = store
+            .load_state(id, Throttling::STATE_KEY)?
+            .and_then(|text| serde_json::from_str::<Throttling>(&text).ok());
         connections.push(ConnectionStatus {
             connection: id.to_string(),
             kind: kind.clone(),
@@ -147,6 +155,7 @@ pub fn collect(store: &Store, config: &StatusConfig) -> Result<StatusReport, Sto
             outbox_depth: store.outbox_depth(id)?,
             budget_used,
             budget_limit: *budget_limit,
+            throttling,
         });
     }
     let jobs = config
@@ -191,6 +200,35 @@ fn shorten(text: &str) -> String {
     }
 }
 
+/// One line on throttling, when there is anything to say (a lowered rate, throttled answers, waits
+/// or a pause).
+fn throttling_line(throttling: &Throttling, now: Timestamp) -> Option<String> {
+    let quiet = throttling.throttled == 0
+        && throttling.waits == 0
+        && throttling.paused_until.is_none()
+        && throttling.current_per_second >= throttling.configured_per_second;
+    if quiet {
+        return None;
+    }
+    let mut line = format!(
+        "  throttling: rate {:.2}/{:.0} req/s, {} throttled answers, {} waits ({:.1}s)",
+        throttling.current_per_second,
+        throttling.configured_per_second,
+        throttling.throttled,
+        throttling.waits,
+        throttling.waited_ms as f64 / 1000.0
+    );
+    if let (Some(at), Some(said)) = (throttling.last_throttled_at, &throttling.last_throttled) {
+        line.push_str(&format!(", last at {at}: {said}"));
+    }
+    if let Some(until) = throttling.paused_until.filter(|until| *until > now) {
+        let reason = throttling.paused_reason.as_deref().unwrap_or("daily API limit reached");
+        line.push_str(&format!("\n  PAUSED until {until}: {reason}"));
+    }
+    line.push('\n');
+    Some(line)
+}
+
 /// Renders the report as tables.
 pub fn render(report: &StatusReport) -> String {
     let mut out = String::new();
@@ -208,6 +246,10 @@ pub fn render(report: &StatusReport) -> String {
             "{} ({})  outbox: {}  api budget: {}\n",
             connection.connection, connection.kind, connection.outbox_depth, budget
         ));
+        if let Some(line) = connection.throttling.as_ref().and_then(|throttling| throttling_line(throttling, report.at))
+        {
+            out.push_str(&line);
+        }
         out.push_str(&format!(
             "  {:<12} {:<22} {:>8} {:>9} {:>10}  {}\n",
             "entity", "last success", "lag", "records", "pulled", "last error"

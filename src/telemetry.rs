@@ -21,8 +21,18 @@ pub const PULL_RECORDS: &str = "crmsync_pull_records_total";
 pub const PUSH_RECORDS: &str = "crmsync_push_records_total";
 /// Vendor API calls, by outcome ([`API_OUTCOMES`]: the status class, or `transport`).
 pub const API_CALLS: &str = "crmsync_api_calls_total";
-/// Requests that waited for the rate limiter.
+/// Requests that waited for the rate limiter or a delay the vendor asked for.
 pub const RATE_LIMIT_WAITS: &str = "crmsync_rate_limit_waits_total";
+/// How long requests waited for the rate limiter or a delay the vendor asked for (seconds; `_sum`
+/// is the total time spent waiting).
+pub const RATE_LIMIT_WAIT_SECONDS: &str = "crmsync_rate_limit_wait_seconds";
+/// Throttled answers from the vendor (429, Salesforce `REQUEST_LIMIT_EXCEEDED`).
+pub const THROTTLED: &str = "crmsync_vendor_throttled_total";
+/// The request rate in force per connection (requests per second): the configured rate, lower
+/// while the vendor throttles or its daily limit runs low.
+pub const REQUEST_RATE: &str = "crmsync_request_rate_per_second";
+/// 1 while calls to a connection are paused because the vendor's daily API limit is reached.
+pub const QUOTA_PAUSED: &str = "crmsync_vendor_quota_paused";
 /// Vendor calls retried.
 pub const RETRIES: &str = "crmsync_retries_total";
 /// Access-token fetches, by outcome ([`TOKEN_OUTCOMES`]).
@@ -67,6 +77,10 @@ pub const OPERATIONAL_METRICS: &[&str] = &[
     PUSH_RECORDS,
     API_CALLS,
     RATE_LIMIT_WAITS,
+    RATE_LIMIT_WAIT_SECONDS,
+    THROTTLED,
+    REQUEST_RATE,
+    QUOTA_PAUSED,
     RETRIES,
     TOKEN_REFRESHES,
     BUDGET_USED,
@@ -126,6 +140,9 @@ pub fn register_connection(connection: &ConnectionId, entities: &[Entity]) {
     }
     metrics::counter!(RETRIES, "connection" => name()).increment(0);
     metrics::counter!(RATE_LIMIT_WAITS, "connection" => name()).increment(0);
+    let _ = metrics::histogram!(RATE_LIMIT_WAIT_SECONDS, "connection" => name());
+    metrics::counter!(THROTTLED, "connection" => name()).increment(0);
+    metrics::gauge!(QUOTA_PAUSED, "connection" => name()).set(0.0);
     metrics::gauge!(OUTBOX_DEPTH, "connection" => name()).set(0.0);
 }
 
@@ -172,10 +189,15 @@ pub fn init_logging(style: LogStyle) {
 /// The exporter's settings: the commit-latency histogram gets buckets (everything else is a
 /// counter or a gauge).
 fn prometheus_builder() -> Result<PrometheusBuilder, metrics_exporter_prometheus::BuildError> {
-    PrometheusBuilder::new().set_buckets_for_metric(
-        metrics_exporter_prometheus::Matcher::Full(COMMIT_SECONDS.to_owned()),
-        &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
-    )
+    PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(COMMIT_SECONDS.to_owned()),
+            &[0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0],
+        )?
+        .set_buckets_for_metric(
+            metrics_exporter_prometheus::Matcher::Full(RATE_LIMIT_WAIT_SECONDS.to_owned()),
+            &[0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0, 120.0, 600.0],
+        )
 }
 
 /// Installs the Prometheus recorder for this process and returns the handle `/metrics` renders.
@@ -198,7 +220,18 @@ fn describe_metrics() {
     metrics::describe_counter!(PULL_RECORDS, "Records read from vendors, by outcome");
     metrics::describe_counter!(PUSH_RECORDS, "Records sent to vendors, by outcome");
     metrics::describe_counter!(API_CALLS, "Vendor API calls, by status class");
-    metrics::describe_counter!(RATE_LIMIT_WAITS, "Requests that waited for the rate limiter");
+    metrics::describe_counter!(
+        RATE_LIMIT_WAITS,
+        "Requests that waited for the rate limiter or a vendor-requested delay"
+    );
+    metrics::describe_histogram!(
+        RATE_LIMIT_WAIT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time requests waited for the rate limiter or a vendor-requested delay"
+    );
+    metrics::describe_counter!(THROTTLED, "Throttled answers from the vendor (429, REQUEST_LIMIT_EXCEEDED)");
+    metrics::describe_gauge!(REQUEST_RATE, "Request rate in force (per second), lowered while the vendor throttles");
+    metrics::describe_gauge!(QUOTA_PAUSED, "1 while calls are paused because the vendor's daily API limit is reached");
     metrics::describe_counter!(RETRIES, "Vendor calls retried");
     metrics::describe_counter!(TOKEN_REFRESHES, "Access-token fetches");
     metrics::describe_gauge!(BUDGET_USED, "Calls counted against the daily budget");
@@ -299,6 +332,11 @@ pub fn record_budget(connection: &ConnectionId, used: u64, limit: Option<u64>) {
     }
 }
 
+/// Sets the request-rate gauge of a connection (read when scraped, like the budget).
+pub fn record_request_rate(connection: &ConnectionId, per_second: f64) {
+    metrics::gauge!(REQUEST_RATE, "connection" => connection.to_string()).set(per_second);
+}
+
 /// Sets one sales-KPI gauge.
 pub fn record_kpi(name: &'static str, labels: Vec<(&'static str, String)>, value: f64) {
     let labels: Vec<metrics::Label> = labels.into_iter().map(|(key, value)| metrics::Label::new(key, value)).collect();
@@ -321,8 +359,19 @@ pub fn observe_api_event(event: ApiEvent<'_>) {
         ApiEvent::Retry { connection } => {
             metrics::counter!(RETRIES, "connection" => connection.to_string()).increment(1);
         }
-        ApiEvent::RateLimitWait { connection } => {
+        ApiEvent::RateLimitWait { connection, waited } => {
             metrics::counter!(RATE_LIMIT_WAITS, "connection" => connection.to_string()).increment(1);
+            metrics::histogram!(RATE_LIMIT_WAIT_SECONDS, "connection" => connection.to_string())
+                .record(waited.as_secs_f64());
+        }
+        ApiEvent::Throttled { connection } => {
+            metrics::counter!(THROTTLED, "connection" => connection.to_string()).increment(1);
+        }
+        ApiEvent::RateChanged { connection, per_second } => {
+            metrics::gauge!(REQUEST_RATE, "connection" => connection.to_string()).set(per_second);
+        }
+        ApiEvent::QuotaPaused { connection, paused } => {
+            metrics::gauge!(QUOTA_PAUSED, "connection" => connection.to_string()).set(if paused { 1.0 } else { 0.0 });
         }
         ApiEvent::TokenRefresh { connection, success } => {
             let outcome = if success { "success" } else { "failure" };
@@ -373,7 +422,7 @@ mod tests {
         let names = series_names(&exposition);
         // Everything but what needs a measurement: lag, budget and vendor usage are read when scraped
         // (the daemon's refresh), and so is the store size.
-        let measured = [SYNC_LAG, BUDGET_USED, BUDGET_LIMIT, VENDOR_USAGE, VENDOR_LIMIT, STORE_SIZE];
+        let measured = [SYNC_LAG, BUDGET_USED, BUDGET_LIMIT, VENDOR_USAGE, VENDOR_LIMIT, STORE_SIZE, REQUEST_RATE];
         for name in OPERATIONAL_METRICS.iter().filter(|name| !measured.contains(name)) {
             assert!(names.contains(*name), "{name} missing after registration:\n{exposition}");
         }

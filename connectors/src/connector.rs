@@ -407,6 +407,44 @@ pub struct ApiUsage {
     pub vendor_used: Option<u64>,
     /// The vendor's limit from the same report.
     pub vendor_limit: Option<u64>,
+    /// How the vendor has been throttling this connection.
+    #[serde(default)]
+    pub throttling: Throttling,
+}
+
+/// How a connection's vendor throttles it, kept per connection (status, `/metrics`, `sync` summary).
+/// Saved through the host under [`Throttling::STATE_KEY`] whenever it changes.
+#[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
+pub struct Throttling {
+    /// The configured request rate (per second).
+    pub configured_per_second: f64,
+    /// The rate in force now: lower after throttled answers, back up after quiet periods.
+    pub current_per_second: f64,
+    /// Throttled answers received (429, Salesforce `REQUEST_LIMIT_EXCEEDED`).
+    pub throttled: u64,
+    /// Requests that had to wait (the rate limit, or a delay the vendor asked for).
+    pub waits: u64,
+    /// Time those requests waited, in milliseconds.
+    pub waited_ms: u64,
+    /// Retries of failed calls (throttling, 5xx, timeouts, truncated bodies).
+    pub retries: u64,
+    /// When the vendor last throttled a request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_throttled_at: Option<Timestamp>,
+    /// What the vendor said then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_throttled: Option<String>,
+    /// While the vendor's daily limit is reached: no calls before this instant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_until: Option<Timestamp>,
+    /// Why calls are paused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused_reason: Option<String>,
+}
+
+impl Throttling {
+    /// The host state key the snapshot is saved under.
+    pub const STATE_KEY: &'static str = "throttling";
 }
 
 /// What the daemon provides to connectors: small durable state and telemetry.
@@ -438,10 +476,31 @@ pub enum ApiEvent<'a> {
         /// Connection.
         connection: &'a ConnectionId,
     },
-    /// A request waited for the rate limiter or the vendor's throttling.
+    /// A request waited for the rate limiter or a delay the vendor asked for.
     RateLimitWait {
         /// Connection.
         connection: &'a ConnectionId,
+        /// How long.
+        waited: std::time::Duration,
+    },
+    /// The vendor throttled a request; the connection's rate was lowered.
+    Throttled {
+        /// Connection.
+        connection: &'a ConnectionId,
+    },
+    /// The connection's request rate changed (lowered on throttling, raised after quiet periods).
+    RateChanged {
+        /// Connection.
+        connection: &'a ConnectionId,
+        /// Requests per second now.
+        per_second: f64,
+    },
+    /// Calls to the vendor are paused (daily limit reached) or resumed.
+    QuotaPaused {
+        /// Connection.
+        connection: &'a ConnectionId,
+        /// Whether calls are paused now.
+        paused: bool,
     },
     /// An access token was fetched.
     TokenRefresh {

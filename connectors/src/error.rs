@@ -21,13 +21,35 @@ pub enum RetryAdvice {
 /// A vendor call that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
-    /// The vendor is throttling us (HTTP 429, Salesforce `REQUEST_LIMIT_EXCEEDED`).
+    /// The vendor is throttling us (HTTP 429, Salesforce's concurrent-request `REQUEST_LIMIT_EXCEEDED`).
     #[error("rate limited by the vendor: {message}")]
     RateLimited {
         /// What the vendor said.
         message: String,
         /// The vendor's `Retry-After`, if it sent one.
         retry_after: Option<Duration>,
+    },
+    /// The vendor's daily API allocation is used up, or so nearly that calling would eat into the
+    /// configured headroom (Salesforce `TotalRequests Limit exceeded`): no calls to this org until a
+    /// probe shows room again.
+    #[error("the vendor's daily API limit is reached: {message}")]
+    QuotaExhausted {
+        /// What the vendor said (or the usage that left too little headroom).
+        message: String,
+        /// When to probe again.
+        retry_after: Duration,
+    },
+    /// A call kept failing transiently until its retry time budget ran out. The cursor is kept; the
+    /// next pass resumes from it.
+    #[error("gave up after {attempts} attempts in {}s", elapsed.as_secs())]
+    GaveUp {
+        /// Attempts made.
+        attempts: u32,
+        /// Time spent.
+        elapsed: Duration,
+        /// The last failure.
+        #[source]
+        last: Box<ConnectorError>,
     },
     /// Our own daily API budget for this connection is spent.
     #[error("daily API budget exhausted ({used} of {limit} calls used)")]
@@ -120,13 +142,16 @@ pub enum ConnectorError {
 }
 
 impl ConnectorError {
-    /// Returns how the caller should react, following the usual table: 429 and 408 retry after the
-    /// vendor's delay, other 5xx and transport failures back off, other 4xx give up.
+    /// Returns how the caller should react, following the usual table: 429 retries after the vendor's
+    /// delay, 408, 5xx, transport failures and truncated bodies back off, other 4xx give up.
     pub fn retry_advice(&self) -> RetryAdvice {
         match self {
             Self::RateLimited { retry_after: Some(delay), .. } => RetryAdvice::RetryAfter(*delay),
             Self::RateLimited { retry_after: None, .. } => RetryAdvice::Backoff,
-            Self::BudgetExhausted { retry_after, .. } => RetryAdvice::RetryAfter(*retry_after),
+            Self::BudgetExhausted { retry_after, .. } | Self::QuotaExhausted { retry_after, .. } => {
+                RetryAdvice::RetryAfter(*retry_after)
+            }
+            Self::GaveUp { last, .. } => last.retry_advice(),
             Self::Unauthorized { .. } => RetryAdvice::RefreshTokenThenRetry,
             Self::Transport { .. } | Self::Server { .. } | Self::Decode { .. } => RetryAdvice::Backoff,
             Self::Rejected { status: 408, .. } => RetryAdvice::Backoff,
@@ -135,6 +160,14 @@ impl ConnectorError {
             Self::InvalidGrant { .. } | Self::Rejected { .. } | Self::SchemaDrift { .. } | Self::Config(_) => {
                 RetryAdvice::GiveUp
             }
+        }
+    }
+
+    /// Returns the failure itself: the last error of a call that [gave up](Self::GaveUp), else this one.
+    pub fn root(&self) -> &ConnectorError {
+        match self {
+            Self::GaveUp { last, .. } => last.root(),
+            other => other,
         }
     }
 
@@ -147,6 +180,18 @@ impl ConnectorError {
     pub fn decode(context: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Self {
         Self::Decode { context: context.into(), source: Box::new(source) }
     }
+}
+
+/// Formats an error with its causes on one line (`a: b: c`), as logs and status show it.
+pub fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A webhook delivery that cannot be accepted.

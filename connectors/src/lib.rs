@@ -31,8 +31,8 @@ pub mod zoho;
 
 pub use connector::{
     ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Completeness, Connector, ConnectorHost, Cursor, IdPage,
-    MemoryHost, Outgoing, OutgoingOp, Page, PushOutcome, PushReport, PushResult, SharedHost, WebhookDelivery,
-    WebhookEvent, WebhookParser, WebhookReply,
+    MemoryHost, Outgoing, OutgoingOp, Page, PushOutcome, PushReport, PushResult, SharedHost, Throttling,
+    WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
 };
 pub use error::{ConnectorError, RetryAdvice, WebhookError};
 

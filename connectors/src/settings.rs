@@ -496,6 +496,7 @@ impl ConnectionSettings {
             http: HttpSettings {
                 per_second: NonZeroU32::new(1000).unwrap_or(NonZeroU32::MIN),
                 daily_budget: None,
+                headroom: 0.1,
                 timeout: Duration::from_secs(30),
                 retry: RetryPolicy::default(),
             },

@@ -13,9 +13,9 @@ use rust_decimal::Decimal;
 use crate::canonical::{
     Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Order, OrderLine, OrderStatus, RecordRef,
 };
-use crate::connector::{Change, Connector, Cursor, Outgoing, OutgoingOp, PushOutcome, WebhookDelivery};
+use crate::connector::{Change, ChangeKind, Connector, Cursor, Outgoing, OutgoingOp, PushOutcome, WebhookDelivery};
 use crate::error::{ConnectorError, WebhookError};
-use crate::sim::{Faults, SimStats};
+use crate::sim::{FaultSettings, Faults, SimStats};
 
 /// In-process control over a running simulator.
 pub trait SimControl: Send + Sync {
@@ -203,6 +203,68 @@ pub fn forged_webhook_is_refused<C: Connector>(connector: &C, forged: &WebhookDe
         Err(WebhookError::Unauthenticated(_)) => {}
         other => panic!("a forged webhook was not refused: {other:?}"),
     }
+}
+
+/// The fault scenarios every connector must sit out without changing a record: a vendor throttling at
+/// 2 requests/s, 30 % 5xx answers, 30 % truncated pages, 30 % drifted records (numbers as strings).
+pub fn fault_scenarios() -> Vec<(&'static str, FaultSettings)> {
+    vec![
+        ("throttled at 2 requests/s", FaultSettings { throttle_per_second: 2, ..FaultSettings::default() }),
+        ("30 % 5xx", FaultSettings { server_error_percent: 30, seed: 1, ..FaultSettings::default() }),
+        ("30 % truncated pages", FaultSettings { truncate_percent: 30, seed: 2, ..FaultSettings::default() }),
+        ("30 % drifted records", FaultSettings { drift_percent: 30, seed: 3, ..FaultSettings::default() }),
+    ]
+}
+
+/// What a full pull of some entities read: per vendor id, its modification time and canonical values
+/// (vendor extras aside: a drifted record's extras are what the vendor sent).
+pub type PulledState = std::collections::BTreeMap<(Entity, ExternalId), (crate::canonical::Timestamp, ChangeKind)>;
+
+/// Pulls `entities` in full with `connector` and returns what it read.
+pub async fn pull_everything<C: Connector>(connector: &C, entities: &[Entity]) -> Result<PulledState, ConnectorError> {
+    let mut state = PulledState::new();
+    for entity in entities {
+        let run = pull_to_end(connector, *entity, None, 10_000).await?;
+        for change in run.changes {
+            let previous = state.insert((*entity, change.external_id.clone()), (change.modified_at, change.kind));
+            assert!(previous.is_none(), "{entity} {} read twice", change.external_id);
+        }
+    }
+    Ok(state)
+}
+
+/// Under each of [`fault_scenarios`], a full pull with a fresh connector from `make` reads exactly
+/// what the fault-free pull read, and the fault really happened. Returns, per scenario, the calls
+/// the pull made and its connection's throttling figures, next to the fault-free run's.
+pub async fn faults_change_nothing<C: Connector>(
+    make: impl Fn() -> C,
+    sim: &dyn SimControl,
+    entities: &[Entity],
+) -> Vec<(&'static str, crate::connector::ApiUsage)> {
+    sim.faults().apply(&FaultSettings::default());
+    let calm = make();
+    let baseline = pull_everything(&calm, entities).await.expect("fault-free pull");
+    assert!(!baseline.is_empty(), "the simulator has records to read");
+    let mut figures = vec![("fault-free", calm.usage())];
+    for (name, settings) in fault_scenarios() {
+        sim.faults().apply(&settings);
+        let faulted_before = sim.stats().faulted_calls;
+        let connector = make();
+        let pulled = pull_everything(&connector, entities).await;
+        let (truncated, drifted) = (sim.faults().truncated_responses(), sim.faults().drifted_records());
+        let faulted = sim.stats().faulted_calls - faulted_before;
+        sim.faults().apply(&FaultSettings::default());
+        let pulled = pulled.unwrap_or_else(|error| panic!("{name}: the pull failed: {error}"));
+        assert!(pulled == baseline, "{name}: the records differ from the fault-free run");
+        let happened = match settings {
+            FaultSettings { truncate_percent: 1.., .. } => truncated,
+            FaultSettings { drift_percent: 1.., .. } => drifted,
+            _ => faulted,
+        };
+        assert!(happened > 0, "{name}: the simulator injected nothing");
+        figures.push((name, connector.usage()));
+    }
+    figures
 }
 
 /// Runs every contract check on one entity (`account` pushes) against a simulator.

@@ -6,9 +6,9 @@ use std::io::IsTerminal;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crmsync_connectors::Connector;
 use crmsync_connectors::canonical::{ConnectionId, Entity};
 use crmsync_connectors::settings::FieldPolicy;
+use crmsync_connectors::{ApiUsage, Connector};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
@@ -47,6 +47,12 @@ pub struct PassRow {
     pub rejected: u64,
     /// Vendor API calls made.
     pub api_calls: u64,
+    /// Calls retried (throttling, 5xx, timeouts, truncated bodies).
+    pub retries: u64,
+    /// Throttled answers from the vendor.
+    pub throttled: u64,
+    /// Time requests spent waiting for the rate limit or a delay the vendor asked for (ms).
+    pub waited_ms: u64,
     /// Wall time spent (pull + push).
     pub duration_ms: u64,
     /// What failed, if anything.
@@ -69,12 +75,22 @@ impl PassReport {
     /// Renders the summary table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<16} {:<12} {:>10} {:>9} {:>10} {:>9} {:>9} {:>10}  {}\n",
-            "connection", "entity", "in", "applied", "out", "rejected", "api calls", "duration", "result"
+            "{:<16} {:<12} {:>10} {:>9} {:>10} {:>9} {:>9} {:>8} {:>9} {:>10}  {}\n",
+            "connection",
+            "entity",
+            "in",
+            "applied",
+            "out",
+            "rejected",
+            "api calls",
+            "retries",
+            "waited",
+            "duration",
+            "result"
         );
         for row in &self.rows {
             out.push_str(&format!(
-                "{:<16} {:<12} {:>10} {:>9} {:>10} {:>9} {:>9} {:>9.1}s  {}\n",
+                "{:<16} {:<12} {:>10} {:>9} {:>10} {:>9} {:>9} {:>8} {:>8.1}s {:>9.1}s  {}\n",
                 row.connection,
                 row.entity,
                 row.records_in,
@@ -82,11 +98,41 @@ impl PassReport {
                 row.records_out,
                 row.rejected,
                 row.api_calls,
+                row.retries,
+                row.waited_ms as f64 / 1000.0,
                 row.duration_ms as f64 / 1000.0,
                 row.error.as_deref().unwrap_or("ok")
             ));
         }
         out
+    }
+}
+
+/// What a stretch of work cost one connection: calls, retries, throttling.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    calls: u64,
+    retries: u64,
+    throttled: u64,
+    waited_ms: u64,
+}
+
+impl Cost {
+    fn since(before: &ApiUsage, after: &ApiUsage) -> Self {
+        let (was, is) = (&before.throttling, &after.throttling);
+        Self {
+            calls: after.calls.saturating_sub(before.calls),
+            retries: is.retries.saturating_sub(was.retries),
+            throttled: is.throttled.saturating_sub(was.throttled),
+            waited_ms: is.waited_ms.saturating_sub(was.waited_ms),
+        }
+    }
+
+    fn add_to(&self, row: &mut PassRow) {
+        row.api_calls += self.calls;
+        row.retries += self.retries;
+        row.throttled += self.throttled;
+        row.waited_ms += self.waited_ms;
     }
 }
 
@@ -127,7 +173,7 @@ pub async fn run_pass<C: Connector>(
                         bar.enable_steady_tick(Duration::from_millis(120));
                         bar
                     });
-                    let calls_before = connector.usage().calls;
+                    let before = connector.usage();
                     let started = tokio::time::Instant::now();
                     let result =
                         pull::catch_up(connector.as_ref(), store, ingest, *entity, selection.full, cancel, |summary| {
@@ -143,16 +189,16 @@ pub async fn run_pass<C: Connector>(
                     if let Some(bar) = bar {
                         bar.finish_and_clear();
                     }
-                    let calls = connector.usage().calls - calls_before;
-                    results.push((*entity, result, calls, started.elapsed()));
+                    let cost = Cost::since(&before, &connector.usage());
+                    results.push((*entity, result, cost, started.elapsed()));
                 }
                 (connection.clone(), results)
             })
         });
         for (connection, results) in futures::future::join_all(pulls).await {
-            for (entity, result, calls, elapsed) in results {
+            for (entity, result, cost, elapsed) in results {
                 let Some(row) = rows.get_mut(&(connection.clone(), entity)) else { continue };
-                row.api_calls += calls;
+                cost.add_to(row);
                 row.duration_ms += u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
                 match result {
                     Ok(summary) => {
@@ -172,11 +218,11 @@ pub async fn run_pass<C: Connector>(
     if selection.push {
         for (connection, entities) in &selection.targets {
             let Some(connector) = connectors.get(connection) else { continue };
-            let calls_before = connector.usage().calls;
+            let before = connector.usage();
             let started = tokio::time::Instant::now();
             let result =
                 push::drain(connector.as_ref(), store, ingest, policies.get(connection), Some(entities), cancel).await;
-            let calls = connector.usage().calls - calls_before;
+            let cost = Cost::since(&before, &connector.usage());
             let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             match result {
                 Ok(summary) => {
@@ -189,12 +235,12 @@ pub async fn run_pass<C: Connector>(
                         }
                         if first {
                             // Push calls are counted per connection; they are shown on its first row.
-                            row.api_calls += calls;
+                            cost.add_to(row);
                             row.duration_ms += elapsed;
                             first = false;
                         }
                     }
-                    tracing::info!(connection = %connection, api_calls = calls, "pushed");
+                    tracing::info!(connection = %connection, api_calls = cost.calls, "pushed");
                 }
                 Err(error) => {
                     let message = error_chain(&error);

@@ -8,6 +8,7 @@ use crmsync_connectors::canonical::Entity;
 use crmsync_connectors::{Connector, ConnectorError, RetryAdvice};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{Backoff, Cadence, advice_label, error_chain, jittered};
 use crate::ingest::{Batch, IngestError, IngestHandle, IngestStats};
@@ -17,8 +18,9 @@ use crate::telemetry;
 /// Why a catch-up stopped.
 #[derive(Debug, thiserror::Error)]
 pub enum PullError {
-    /// The vendor call failed (after the connector's own bounded retries).
-    #[error("pull of {entity} failed")]
+    /// The vendor call failed (after the connector's own retries, bounded by time per call). Every page
+    /// before it is committed with its cursor, so the next pass resumes where this one stopped.
+    #[error("pull of {entity} stopped at the committed cursor")]
     Connector {
         /// Entity.
         entity: Entity,
@@ -74,7 +76,9 @@ pub async fn catch_up<C: Connector>(
         if cancel.is_cancelled() {
             return Err(PullError::Cancelled);
         }
-        let page = match connector.pull(entity, cursor.as_ref()).await {
+        // The connector's retry and throttling logs carry the connection and entity from this span.
+        let span = tracing::info_span!("pull", connection = %connection, entity = %entity);
+        let page = match connector.pull(entity, cursor.as_ref()).instrument(span).await {
             Ok(page) => page,
             Err(error) if error.retry_advice() == RetryAdvice::Resync && !resynced => {
                 tracing::warn!(connection = %connection, entity = %entity, error = %error_chain(&error), "cursor expired, resynchronising from the start");

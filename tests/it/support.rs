@@ -58,7 +58,7 @@ impl Env {
         );
         for snippet in snippets {
             toml.push_str(snippet);
-            toml.push_str("retry = { max_attempts = 6, base_delay = \"5ms\", max_delay = \"50ms\" }\n\n");
+            toml.push_str("retry = { give_up_after = \"60s\", base_delay = \"5ms\", max_delay = \"50ms\" }\n\n");
         }
         toml.push_str(extra);
         let config = dir.path().join("crmsync.toml");

@@ -210,17 +210,11 @@ impl Dynamics365Connector {
         request_token(&self.http, &endpoint, &form).await
     }
 
-    /// One authenticated request, no retries. At most a few run at once per connection: Dataverse
-    /// limits concurrent requests per user (52, `0x80072326`).
+    /// One authenticated request, no retries.
     async fn call_once<F>(&self, context: &str, build: &F) -> Result<RawResponse, ConnectorError>
     where
         F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
-        let _permit = self
-            .in_flight
-            .acquire()
-            .await
-            .map_err(|_| ConnectorError::Config("the connection is shutting down".into()))?;
         self.http.call_once(self, context, build).await
     }
 
@@ -230,15 +224,7 @@ impl Dynamics365Connector {
         T: serde::de::DeserializeOwned,
         F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
-        self.http
-            .retrying(|| async {
-                let response = self.call_once(context, &build).await?;
-                if response.status == 204 || response.status == 304 || response.body.is_empty() {
-                    return Ok(None);
-                }
-                response.json::<T>(context).map(Some)
-            })
-            .await
+        self.http.call_json(self, context, build).await
     }
 
     /// Reads a table's definition: `EntityDefinitions(LogicalName='…')` with its attributes.
@@ -628,7 +614,7 @@ impl Dynamics365Connector {
         let body = wire::encode_batch(&boundary, requests);
         let url = format!("{}/$batch", self.api());
         self.http
-            .retrying(|| async {
+            .retrying("$batch", || async {
                 let response = self
                     .call_once("$batch", &|client: &reqwest::Client, _: &str| {
                         client
@@ -711,6 +697,12 @@ impl Dialect for Dynamics365Connector {
 
     fn base_url(&self, _token: &AccessToken) -> String {
         self.api()
+    }
+
+    /// Dataverse limits concurrent requests per user (52, `0x80072326`): at most a few run at once
+    /// per connection.
+    fn in_flight(&self) -> Option<&tokio::sync::Semaphore> {
+        Some(&self.in_flight)
     }
 
     fn authorize(&self, request: reqwest::RequestBuilder, token: &AccessToken) -> reqwest::RequestBuilder {

@@ -70,8 +70,11 @@ fn connector_with(
     tweak: impl FnOnce(&mut ConnectionSettings, &mut Dynamics365Config),
 ) -> Dynamics365Connector {
     let mut settings = ConnectionSettings::new("d365", Vocabulary::defaults(VendorKind::Dynamics365));
-    settings.http.retry =
-        RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(20) };
+    settings.http.retry = RetryPolicy {
+        give_up_after: Duration::from_secs(20),
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(20),
+    };
     let base: url::Url = running.base_url().parse().unwrap();
     let mut config = config(&base);
     tweak(&mut settings, &mut config);
@@ -263,7 +266,7 @@ async fn a_429_carries_retry_after_and_is_recovered_and_a_token_expiry_refreshes
     options.faults = FaultSettings { rate_limit_after_calls: 1, rate_limit_for_calls: 1, ..FaultSettings::default() };
     let running = simulator(options).await;
     // One attempt: the error itself says how long Dataverse asked us to wait.
-    let impatient = connector_with(&running, |settings, _| settings.http.retry.max_attempts = 1);
+    let impatient = connector_with(&running, |settings, _| settings.http.retry.give_up_after = Duration::ZERO);
     let error = impatient.pull(Entity::Account, None).await.unwrap_err();
     assert!(
         matches!(&error, ConnectorError::RateLimited { retry_after: Some(wait), message } if *wait == Duration::from_secs(1) && message.contains("0x80072322")),
@@ -498,13 +501,17 @@ async fn seeded_orders_read_with_catalogue_products_skus_and_totals() {
 }
 
 #[tokio::test]
-async fn a_truncated_page_is_a_decode_error_and_the_same_cursor_reads_it_again() {
+async fn a_page_truncated_past_the_retry_budget_is_a_decode_error_and_the_same_cursor_reads_it_again() {
     let running = simulator(Dynamics365SimOptions::with_world(world(only(120, 0, 0)))).await;
-    let connector = connector_with(&running, |_, config| config.max_page_size = 50);
+    let connector = connector_with(&running, |settings, config| {
+        config.max_page_size = 50;
+        settings.http.retry.give_up_after = Duration::from_millis(300);
+    });
     let first = connector.pull(Entity::Account, None).await.unwrap();
-    Simulated::faults(running.state().as_ref()).apply(&FaultSettings { truncate_next: 10, ..FaultSettings::default() });
+    Simulated::faults(running.state().as_ref())
+        .apply(&FaultSettings { truncate_next: u64::MAX, ..FaultSettings::default() });
     let error = connector.pull(Entity::Account, Some(&first.cursor)).await.unwrap_err();
-    assert!(matches!(error, ConnectorError::Decode { .. }), "{error}");
+    assert!(matches!(error.root(), ConnectorError::Decode { .. }), "{error}");
     Simulated::faults(running.state().as_ref()).apply(&FaultSettings::default());
     let second = connector.pull(Entity::Account, Some(&first.cursor)).await.unwrap();
     assert_eq!(second.changes.len(), 50, "the same page again from the kept cursor");
@@ -1062,4 +1069,13 @@ async fn the_simulator_lists_its_tables_as_entity_definitions_for_metadata_clien
     let customer =
         attributes["value"].as_array().unwrap().iter().find(|attribute| attribute["LogicalName"] == "customerid");
     assert_eq!(customer.unwrap()["AttributeType"], "Customer");
+}
+
+#[tokio::test]
+async fn throttling_5xx_truncated_pages_and_drifted_records_change_no_record() {
+    let size = WorldSize { accounts: 120, leads: 60, opportunities: 60, orders: 60 };
+    let running = simulator(Dynamics365SimOptions::with_world(world(size))).await;
+    let state = running.state();
+    let make = || connector_with(&running, |_, config| config.max_page_size = 25);
+    testkit::faults_change_nothing(make, state.as_ref(), Entity::ALL).await;
 }

@@ -24,6 +24,11 @@ pub trait Dialect: Send + Sync {
     /// Adds the vendor's authentication and fixed headers to a request.
     fn authorize(&self, request: reqwest::RequestBuilder, token: &AccessToken) -> reqwest::RequestBuilder;
 
+    /// Returns the semaphore bounding this vendor's concurrent requests per connection, if it has one.
+    fn in_flight(&self) -> Option<&tokio::sync::Semaphore> {
+        None
+    }
+
     /// Returns the answer when the caller should read it, or the error it means. Vendors read their
     /// error body's code and message and hand the rest to [`error_for_status`].
     fn classify(&self, response: RawResponse, context: &str) -> Result<RawResponse, ConnectorError>;
@@ -57,6 +62,15 @@ impl VendorHttp {
         D: Dialect,
         F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
+        let _permit = match dialect.in_flight() {
+            Some(semaphore) => Some(
+                semaphore
+                    .acquire()
+                    .await
+                    .map_err(|_| ConnectorError::Config("the connection is shutting down".into()))?,
+            ),
+            None => None,
+        };
         self.tokens()
             .with_token(
                 || dialect.fetch_access_token(),
@@ -65,7 +79,9 @@ impl VendorHttp {
                     let request = dialect.authorize(build(self.client(), base.trim_end_matches('/')), &token);
                     async move {
                         let response = self.send(request).await?;
-                        dialect.classify(response, context)
+                        let result = dialect.classify(response, context);
+                        self.observe_outcome(context, &result);
+                        result
                     }
                 },
             )
@@ -80,7 +96,7 @@ impl VendorHttp {
         T: serde::de::DeserializeOwned,
         F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
-        self.retrying(|| async {
+        self.retrying(context, || async {
             let response = self.call_once(dialect, context, &build).await?;
             if response.status == 204 || response.status == 304 || response.body.is_empty() {
                 return Ok(None);
@@ -98,7 +114,7 @@ impl VendorHttp {
         T: serde::de::DeserializeOwned,
         F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
-        self.retrying(|| async { self.call_once(dialect, context, &build).await?.json::<T>(context) }).await
+        self.retrying(context, || async { self.call_once(dialect, context, &build).await?.json::<T>(context) }).await
     }
 }
 

@@ -162,7 +162,7 @@ pub async fn request_token(
     form: &[(&str, &str)],
 ) -> Result<TokenResponse, ConnectorError> {
     let result = http
-        .retrying(|| async {
+        .retrying("token request", || async {
             let response = http.send(http.client().post(endpoint).form(form)).await?;
             classify_token_response(endpoint, &response)
         })

@@ -1,80 +1,106 @@
-//! Bounded retries with full-jitter exponential back-off, clamped by the vendor's `Retry-After`.
+//! Retries of one vendor call, bounded by time rather than by a count: transient failures (throttling,
+//! 5xx, timeouts, truncated bodies) are retried with jittered exponential back-off (backon) for as long
+//! as the call's budget allows, honouring the vendor's own delay; past the budget the error goes back
+//! to the scheduler, which keeps the committed cursor.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use rand::Rng;
+use backon::{ExponentialBuilder, Retryable};
+use tokio::time::Instant;
 
 use crate::error::{ConnectorError, RetryAdvice};
 
-/// How many times and how patiently one request is retried.
+/// How patiently one call (one page, one push batch) is retried.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryPolicy {
-    /// Attempts in total (1 = no retry).
-    pub max_attempts: u32,
-    /// First back-off ceiling.
+    /// How long a call keeps retrying transient failures before it gives up.
+    pub give_up_after: Duration,
+    /// First back-off delay.
     pub base_delay: Duration,
-    /// Largest back-off, and the largest `Retry-After` honoured inline (longer waits go back to the
-    /// scheduler, which keeps the cursor).
+    /// Largest back-off delay between two attempts.
     pub max_delay: Duration,
 }
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { max_attempts: 4, base_delay: Duration::from_millis(200), max_delay: Duration::from_secs(30) }
+        Self {
+            give_up_after: Duration::from_secs(300),
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(30),
+        }
     }
 }
 
-impl RetryPolicy {
-    /// Returns the full-jitter delay before retry number `attempt` (1-based): uniform in
-    /// `[0, min(max, base * 2^(attempt-1))]`.
-    pub fn backoff(&self, attempt: u32) -> Duration {
-        let exponent = attempt.saturating_sub(1).min(16);
-        let ceiling = self.base_delay.saturating_mul(1 << exponent).min(self.max_delay);
-        let millis = u64::try_from(ceiling.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(0..=millis))
-    }
+/// One retry about to happen.
+#[derive(Debug)]
+pub struct RetryNotice<'a> {
+    /// What failed.
+    pub error: &'a ConnectorError,
+    /// How long until the next attempt.
+    pub delay: Duration,
+    /// Attempts made so far.
+    pub attempt: u32,
+}
 
-    /// Runs `operation` until it succeeds, fails for good, or the attempts run out.
+impl RetryPolicy {
+    /// Runs `operation` until it succeeds, fails for good, or the next wait would end past the budget.
     ///
-    /// `RetryAfter` waits are honoured when they fit under `max_delay`; `Backoff` errors are retried with
-    /// jitter; everything else (including `RefreshTokenThenRetry`, which the token layer handles) is
-    /// returned at once. `on_retry` is called before each retry (telemetry).
+    /// `RetryAfter` waits are the vendor's and are honoured exactly; `Backoff` errors wait a jittered,
+    /// doubling delay; anything else (a refusal, an expired cursor, bad credentials) is returned at
+    /// once. A call that retried and still failed comes back as [`ConnectorError::GaveUp`] with the
+    /// last error as its source. `on_retry` is called before each wait (logs, telemetry).
     pub async fn run<T, F, Fut>(
         &self,
-        mut operation: F,
-        mut on_retry: impl FnMut(&ConnectorError),
+        operation: F,
+        mut on_retry: impl FnMut(RetryNotice<'_>),
     ) -> Result<T, ConnectorError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ConnectorError>>,
     {
-        let mut attempt = 1;
-        loop {
-            let error = match operation().await {
-                Ok(value) => return Ok(value),
-                Err(error) => error,
-            };
-            if attempt >= self.max_attempts {
-                return Err(error);
+        let started = Instant::now();
+        let deadline = started + self.give_up_after;
+        let attempts = AtomicU32::new(1);
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(self.base_delay)
+            .with_max_delay(self.max_delay)
+            .with_jitter()
+            .without_max_times();
+        let result = operation
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(|error: &ConnectorError| {
+                matches!(error.retry_advice(), RetryAdvice::RetryAfter(_) | RetryAdvice::Backoff)
+            })
+            .adjust(|error: &ConnectorError, next: Option<Duration>| {
+                let delay = match error.retry_advice() {
+                    RetryAdvice::RetryAfter(delay) => delay,
+                    _ => next?.min(self.max_delay),
+                };
+                (Instant::now() + delay <= deadline).then_some(delay)
+            })
+            .notify(|error: &ConnectorError, delay: Duration| {
+                let attempt = attempts.fetch_add(1, Ordering::Relaxed);
+                on_retry(RetryNotice { error, delay, attempt });
+            })
+            .await;
+        let attempts = attempts.load(Ordering::Relaxed);
+        match result {
+            Err(error)
+                if attempts > 1
+                    && matches!(error.retry_advice(), RetryAdvice::RetryAfter(_) | RetryAdvice::Backoff) =>
+            {
+                Err(ConnectorError::GaveUp { attempts, elapsed: started.elapsed(), last: Box::new(error) })
             }
-            let delay = match error.retry_advice() {
-                RetryAdvice::RetryAfter(delay) if delay <= self.max_delay => delay,
-                RetryAdvice::Backoff => self.backoff(attempt),
-                _ => return Err(error),
-            };
-            on_retry(&error);
-            tracing::debug!(attempt, delay_ms = delay.as_millis() as u64, error = %error, "retrying vendor call");
-            tokio::time::sleep(delay).await;
-            attempt += 1;
+            other => other,
         }
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::atomic::{AtomicU32, Ordering};
-
     use super::*;
 
     fn server_error() -> ConnectorError {
@@ -87,18 +113,19 @@ mod tests {
         let policy = RetryPolicy::default();
         let result = policy
             .run(
-                || async { if calls.fetch_add(1, Ordering::SeqCst) < 2 { Err(server_error()) } else { Ok("ok") } },
+                || async { if calls.fetch_add(1, Ordering::SeqCst) < 12 { Err(server_error()) } else { Ok("ok") } },
                 |_| {},
             )
             .await;
         assert_eq!(result.unwrap(), "ok");
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        assert_eq!(calls.load(Ordering::SeqCst), 13, "a dozen failures in a row are no reason to give up");
     }
 
     #[tokio::test(start_paused = true)]
-    async fn attempts_are_bounded() {
+    async fn retries_stop_when_the_time_budget_is_spent() {
         let calls = AtomicU32::new(0);
-        let policy = RetryPolicy { max_attempts: 3, ..RetryPolicy::default() };
+        let policy = RetryPolicy { give_up_after: Duration::from_secs(60), ..RetryPolicy::default() };
+        let started = Instant::now();
         let result: Result<(), _> = policy
             .run(
                 || async {
@@ -108,14 +135,19 @@ mod tests {
                 |_| {},
             )
             .await;
-        assert!(matches!(result, Err(ConnectorError::Server { .. })));
-        assert_eq!(calls.load(Ordering::SeqCst), 3);
+        let error = result.unwrap_err();
+        let ConnectorError::GaveUp { attempts, last, .. } = &error else { panic!("{error:?}") };
+        assert!(matches!(**last, ConnectorError::Server { status: 503, .. }));
+        assert_eq!(*attempts, calls.load(Ordering::SeqCst));
+        assert!(*attempts > 3, "{attempts} attempts in a minute");
+        assert!(started.elapsed() <= Duration::from_secs(60), "{:?}", started.elapsed());
+        assert_eq!(error.retry_advice(), RetryAdvice::Backoff, "the scheduler still sees a transient failure");
     }
 
     #[tokio::test(start_paused = true)]
     async fn retry_after_is_honoured_exactly_and_rejections_are_not_retried() {
         let calls = AtomicU32::new(0);
-        let started = tokio::time::Instant::now();
+        let started = Instant::now();
         let policy = RetryPolicy::default();
         let result: Result<(), _> = policy
             .run(
@@ -137,13 +169,46 @@ mod tests {
         assert_eq!(started.elapsed(), Duration::from_secs(5));
     }
 
-    #[test]
-    fn backoff_stays_under_its_ceiling() {
-        let policy =
-            RetryPolicy { max_attempts: 10, base_delay: Duration::from_millis(100), max_delay: Duration::from_secs(1) };
-        for attempt in 1..10 {
-            assert!(policy.backoff(attempt) <= Duration::from_secs(1));
-        }
-        assert!(policy.backoff(1) <= Duration::from_millis(100));
+    #[tokio::test(start_paused = true)]
+    async fn a_vendor_delay_longer_than_the_budget_goes_back_to_the_caller_at_once() {
+        let calls = AtomicU32::new(0);
+        let started = Instant::now();
+        let policy = RetryPolicy { give_up_after: Duration::from_secs(60), ..RetryPolicy::default() };
+        let result: Result<(), _> = policy
+            .run(
+                || async {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    Err(ConnectorError::RateLimited {
+                        message: "later".into(),
+                        retry_after: Some(Duration::from_secs(600)),
+                    })
+                },
+                |_| {},
+            )
+            .await;
+        assert!(matches!(result, Err(ConnectorError::RateLimited { .. })), "{result:?}");
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        assert_eq!(started.elapsed(), Duration::ZERO);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn back_off_grows_and_stays_under_its_ceiling() {
+        let policy = RetryPolicy {
+            give_up_after: Duration::from_secs(3600),
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_secs(2),
+        };
+        let calls = AtomicU32::new(0);
+        let mut delays = Vec::new();
+        let _ = policy
+            .run(
+                || async { if calls.fetch_add(1, Ordering::SeqCst) < 12 { Err(server_error()) } else { Ok(()) } },
+                |notice| delays.push(notice.delay),
+            )
+            .await;
+        assert_eq!(delays.len(), 12);
+        assert!(delays.iter().all(|delay| *delay <= Duration::from_secs(2)), "{delays:?}");
+        assert!(delays[0] < Duration::from_millis(250), "{delays:?}");
+        assert!(delays[11] >= Duration::from_secs(1), "{delays:?}");
     }
 }

@@ -48,7 +48,9 @@ use crate::connector::{
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
-use crate::http::{AccessToken, Dialect, RawResponse, TokenResponse, VendorHttp, error_for_status, request_token};
+use crate::http::{
+    AccessToken, Dialect, QUOTA_PROBE_INTERVAL, RawResponse, TokenResponse, VendorHttp, error_for_status, request_token,
+};
 use crate::settings::ConnectionSettings;
 
 const REFRESH_TOKEN_STATE: &str = "refresh_token";
@@ -362,12 +364,15 @@ impl Dialect for SalesforceConnector {
     }
 
     fn classify(&self, response: RawResponse, context: &str) -> Result<RawResponse, ConnectorError> {
+        // Every answer reports the org's rolling 24 h usage (crm-apis.md §1.7,
+        // developer.salesforce.com …/api_rest/headers_api_usage.htm): the connection slows down, and
+        // pauses, before the org runs out.
         if let Some(usage) = response.header("sforce-limit-info").and_then(|info| {
             let usage = info.split(';').find_map(|part| part.trim().strip_prefix("api-usage="))?;
             let (used, limit) = usage.split_once('/')?;
             Some((used.trim().parse::<u64>().ok()?, limit.trim().parse::<u64>().ok()?))
         }) {
-            self.http.record_vendor_usage(usage.0, usage.1);
+            self.http.record_daily_usage(usage.0, usage.1);
         }
         if response.is_success() {
             return Ok(response);
@@ -377,8 +382,20 @@ impl Dialect for SalesforceConnector {
             .first()
             .map(|error| (error.error_code.clone(), error.message.clone()))
             .unwrap_or_else(|| (format!("HTTP_{}", response.status), response.body_excerpt()));
+        // One error code, two limits (crm-apis.md §1.7): "TotalRequests Limit exceeded." is the org's
+        // rolling 24 h allocation (stop calling the org until it has room again); the concurrent
+        // long-running request limit ("ConcurrentRequests …") is transient (back off and retry).
         if response.status == 403 && code == "REQUEST_LIMIT_EXCEEDED" {
-            return Err(ConnectorError::RateLimited { message, retry_after: response.retry_after() });
+            if message.contains("TotalRequests") {
+                return Err(ConnectorError::QuotaExhausted {
+                    message: format!("{code}: {message}"),
+                    retry_after: response.retry_after().unwrap_or(QUOTA_PROBE_INTERVAL),
+                });
+            }
+            return Err(ConnectorError::RateLimited {
+                message: format!("{code}: {message}"),
+                retry_after: response.retry_after(),
+            });
         }
         Err(error_for_status(response.status, code, message, context, response.retry_after()))
     }
@@ -723,7 +740,7 @@ impl SalesforceConnector {
         let context = format!("{object} bulk results");
         let (rows, locator) = self
             .http
-            .retrying(|| async {
+            .retrying(&context, || async {
                 let response = self
                     .call_once(&context, &|client: &reqwest::Client, base: &str| {
                         let mut request = client.get(format!("{base}{path}")).query(&[("maxRecords", max.as_str())]);

@@ -65,8 +65,11 @@ fn connector_with_threshold(
     tweak: impl FnOnce(&mut ConnectionSettings),
 ) -> SalesforceConnector {
     let mut settings = ConnectionSettings::new("sf", vocabulary());
-    settings.http.retry =
-        RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(20) };
+    settings.http.retry = RetryPolicy {
+        give_up_after: Duration::from_secs(20),
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(20),
+    };
     tweak(&mut settings);
     let config = SalesforceConfig {
         login_url: running.base_url().parse().unwrap(),
@@ -221,10 +224,14 @@ async fn a_truncated_page_is_an_error_and_the_cursor_stays() {
     Simulated::faults(running.state().as_ref()).apply(&FaultSettings { truncate_next: 1, ..FaultSettings::default() });
     let error = connector.pull(Entity::Account, Some(&first.cursor)).await;
     // The retry policy re-reads once the truncation is over; force a failure by truncating every attempt.
-    assert!(error.is_ok(), "a single truncated body is retried");
-    Simulated::faults(running.state().as_ref()).apply(&FaultSettings { truncate_next: 10, ..FaultSettings::default() });
-    let error = connector.pull(Entity::Account, Some(&first.cursor)).await.unwrap_err();
-    assert!(matches!(error, ConnectorError::Decode { .. }), "{error}");
+    assert!(error.is_ok(), "a single truncated body is retried: {error:?}");
+    let impatient = connector_with(&running, Arc::new(MemoryHost::default()), |settings| {
+        settings.http.retry.give_up_after = Duration::from_millis(300);
+    });
+    Simulated::faults(running.state().as_ref())
+        .apply(&FaultSettings { truncate_next: u64::MAX, ..FaultSettings::default() });
+    let error = impatient.pull(Entity::Account, Some(&first.cursor)).await.unwrap_err();
+    assert!(matches!(error.root(), ConnectorError::Decode { .. }), "{error}");
     Simulated::faults(running.state().as_ref()).apply(&FaultSettings::default());
     let second = connector.pull(Entity::Account, Some(&first.cursor)).await.unwrap();
     assert_eq!(second.changes.len(), 2000, "the same page is read again from the kept cursor");
@@ -475,8 +482,11 @@ async fn the_jwt_bearer_flow_signs_an_assertion_the_org_accepts_and_a_wrong_user
     let pem = running.state().jwt_private_key_pem().unwrap();
     let jwt_connector = |username: &str| {
         let mut settings = ConnectionSettings::new("sf", vocabulary());
-        settings.http.retry =
-            RetryPolicy { max_attempts: 2, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(5) };
+        settings.http.retry = RetryPolicy {
+            give_up_after: Duration::from_secs(20),
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(5),
+        };
         let config = SalesforceConfig {
             login_url: running.base_url().parse().unwrap(),
             api_version: "v62.0".into(),
@@ -515,4 +525,40 @@ async fn an_expired_query_locator_resumes_after_the_last_record_delivered() {
     ids.sort();
     ids.dedup();
     assert_eq!((ids.len(), delivered), (5000, 5000), "every account once: nothing re-read from the start");
+}
+
+#[tokio::test]
+async fn throttling_5xx_truncated_pages_and_drifted_records_change_no_record() {
+    let size = WorldSize { accounts: 2100, leads: 150, opportunities: 150, orders: 150 };
+    let running = simulator(SalesforceSimOptions::with_world(world(size))).await;
+    let state = running.state();
+    testkit::faults_change_nothing(|| connector(&running), state.as_ref(), Entity::ALL).await;
+}
+
+#[tokio::test]
+async fn total_requests_limit_exceeded_pauses_the_org_while_concurrent_limits_are_retried() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(50, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    Simulated::faults(state.as_ref()).apply(&FaultSettings {
+        rate_limit_after_calls: 1,
+        rate_limit_for_calls: 3,
+        ..FaultSettings::default()
+    });
+    let page = connector.pull(Entity::Account, None).await.unwrap();
+    assert_eq!(page.changes.len(), 50, "ConcurrentRequests is transient: backed off and retried");
+    assert_eq!(connector.usage().throttling.throttled, 3);
+
+    Simulated::faults(state.as_ref()).apply(&FaultSettings { daily_limit_exhausted: true, ..FaultSettings::default() });
+    let error = connector.pull(Entity::Account, None).await.unwrap_err();
+    assert!(
+        matches!(&error, ConnectorError::QuotaExhausted { message, .. } if message.contains("TotalRequests")),
+        "{error:?}"
+    );
+    let throttling = connector.usage().throttling;
+    assert!(throttling.paused_until.is_some(), "{throttling:?}");
+    let calls = Simulated::stats(state.as_ref()).faulted_calls;
+    let again = connector.pull(Entity::Account, None).await.unwrap_err();
+    assert!(matches!(again, ConnectorError::QuotaExhausted { .. }), "{again:?}");
+    assert_eq!(Simulated::stats(state.as_ref()).faulted_calls, calls, "no call reaches a paused org");
 }

@@ -11,18 +11,21 @@ mod world;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
 use axum::routing::{get, post};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 pub use world::{PRODUCTS, World, WorldAccount, WorldLead, WorldOpportunity, WorldOrder, WorldOrderLine, WorldSize};
 
-/// Fault switches, settable at start and at runtime. Zero means "off" for every counter.
+/// Fault switches, settable at start and at runtime. Zero means "off" for every counter and rate.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FaultSettings {
@@ -32,12 +35,29 @@ pub struct FaultSettings {
     pub rate_limit_after_calls: u64,
     /// … for this many calls (then the quota "resets").
     pub rate_limit_for_calls: u64,
+    /// Admit at most this many API calls per second; answer the rest with the vendor's documented
+    /// throttling answer (Salesforce 403 `REQUEST_LIMIT_EXCEEDED` for concurrent requests, Zoho 429
+    /// `TOO_MANY_REQUESTS` with `X-RATELIMIT-*`, Dataverse 429 with `Retry-After`).
+    pub throttle_per_second: u64,
+    /// The org's daily API allocation is spent: every API call gets the vendor's daily-limit answer
+    /// (Salesforce `TotalRequests Limit exceeded.`).
+    pub daily_limit_exhausted: bool,
     /// Every Nth API call fails with a 5xx.
     pub server_error_every: u64,
+    /// This percentage of API calls, drawn at random, fail with a 5xx.
+    pub server_error_percent: u64,
     /// Added latency per call, in milliseconds.
     pub latency_ms: u64,
     /// The next N data responses are cut off in the middle of the body.
     pub truncate_next: u64,
+    /// This percentage of data responses, drawn at random, are cut off in the middle of the body
+    /// (valid HTTP framing: the length is that of the cut body).
+    pub truncate_percent: u64,
+    /// This percentage of records read, drawn at random, carry their numbers as strings (`"1112.5"`),
+    /// as after a column's type was changed in the vendor.
+    pub drift_percent: u64,
+    /// Seed of the random draws, so a run with faults can be repeated exactly.
+    pub seed: u64,
     /// Responses carry a field the connector has never seen.
     pub schema_drift_unknown_field: bool,
     /// A mapped field is renamed in responses (the connector must stop that entity with a clear error).
@@ -45,19 +65,28 @@ pub struct FaultSettings {
 }
 
 /// The live fault state of one simulator.
-#[derive(Default)]
 pub struct Faults {
-    token_expiry_after_calls: AtomicU64,
-    rate_limit_after_calls: AtomicU64,
-    rate_limit_for_calls: AtomicU64,
-    server_error_every: AtomicU64,
-    latency_ms: AtomicU64,
-    truncate_next: AtomicU64,
-    schema_drift_unknown_field: AtomicBool,
-    schema_drift_renamed_field: AtomicBool,
+    settings: Mutex<FaultSettings>,
     calls: AtomicU64,
     calls_since_token: AtomicU64,
     rate_limited_calls: AtomicU64,
+    truncated: AtomicU64,
+    cut: AtomicU64,
+    drifted: AtomicU64,
+    window: Mutex<Window>,
+    rng: Mutex<StdRng>,
+}
+
+/// The one-second window of [`FaultSettings::throttle_per_second`].
+struct Window {
+    started: Option<tokio::time::Instant>,
+    admitted: u64,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self::new(&FaultSettings::default())
+    }
 }
 
 /// What a simulator decides for one API call before serving it.
@@ -67,8 +96,16 @@ pub enum Injected {
     None,
     /// The token has expired: answer 401 in the vendor's shape.
     TokenExpired,
-    /// Answer the vendor's rate-limit error.
+    /// Answer the vendor's rate-limit error (the `rate_limit_*` switches).
     RateLimited,
+    /// Answer the vendor's throttling answer: more calls this second than allowed. `retry_after` is
+    /// the time until the window frees (for vendors that say so).
+    Throttled {
+        /// Until the next window.
+        retry_after: Duration,
+    },
+    /// Answer the vendor's daily-limit error.
+    DailyLimit,
     /// Answer a 5xx.
     ServerError,
 }
@@ -76,37 +113,42 @@ pub enum Injected {
 impl Faults {
     /// Builds the fault state from settings.
     pub fn new(settings: &FaultSettings) -> Self {
-        let faults = Self::default();
+        let faults = Self {
+            settings: Mutex::new(FaultSettings::default()),
+            calls: AtomicU64::new(0),
+            calls_since_token: AtomicU64::new(0),
+            rate_limited_calls: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
+            cut: AtomicU64::new(0),
+            drifted: AtomicU64::new(0),
+            window: Mutex::new(Window { started: None, admitted: 0 }),
+            rng: Mutex::new(StdRng::seed_from_u64(0)),
+        };
         faults.apply(settings);
         faults
     }
 
-    /// Replaces every switch.
+    /// Replaces every switch (and restarts the counters and the random draws).
     pub fn apply(&self, settings: &FaultSettings) {
-        self.token_expiry_after_calls.store(settings.token_expiry_after_calls, Ordering::SeqCst);
-        self.rate_limit_after_calls.store(settings.rate_limit_after_calls, Ordering::SeqCst);
-        self.rate_limit_for_calls.store(settings.rate_limit_for_calls, Ordering::SeqCst);
-        self.server_error_every.store(settings.server_error_every, Ordering::SeqCst);
-        self.latency_ms.store(settings.latency_ms, Ordering::SeqCst);
-        self.truncate_next.store(settings.truncate_next, Ordering::SeqCst);
-        self.schema_drift_unknown_field.store(settings.schema_drift_unknown_field, Ordering::SeqCst);
-        self.schema_drift_renamed_field.store(settings.schema_drift_renamed_field, Ordering::SeqCst);
+        if let Ok(mut current) = self.settings.lock() {
+            *current = settings.clone();
+        }
+        if let Ok(mut rng) = self.rng.lock() {
+            *rng = StdRng::seed_from_u64(settings.seed);
+        }
+        if let Ok(mut window) = self.window.lock() {
+            *window = Window { started: None, admitted: 0 };
+        }
+        self.truncated.store(0, Ordering::SeqCst);
+        self.cut.store(0, Ordering::SeqCst);
+        self.drifted.store(0, Ordering::SeqCst);
         self.calls.store(0, Ordering::SeqCst);
         self.rate_limited_calls.store(0, Ordering::SeqCst);
     }
 
     /// Returns the current switches.
     pub fn settings(&self) -> FaultSettings {
-        FaultSettings {
-            token_expiry_after_calls: self.token_expiry_after_calls.load(Ordering::SeqCst),
-            rate_limit_after_calls: self.rate_limit_after_calls.load(Ordering::SeqCst),
-            rate_limit_for_calls: self.rate_limit_for_calls.load(Ordering::SeqCst),
-            server_error_every: self.server_error_every.load(Ordering::SeqCst),
-            latency_ms: self.latency_ms.load(Ordering::SeqCst),
-            truncate_next: self.truncate_next.load(Ordering::SeqCst),
-            schema_drift_unknown_field: self.schema_drift_unknown_field.load(Ordering::SeqCst),
-            schema_drift_renamed_field: self.schema_drift_renamed_field.load(Ordering::SeqCst),
-        }
+        self.settings.lock().map(|settings| settings.clone()).unwrap_or_default()
     }
 
     /// Called when a token is issued: the expiry countdown restarts.
@@ -114,45 +156,124 @@ impl Faults {
         self.calls_since_token.store(0, Ordering::SeqCst);
     }
 
+    /// Draws whether an event of `percent` % happens.
+    fn draw(&self, percent: u64) -> bool {
+        percent > 0 && self.rng.lock().is_ok_and(|mut rng| rng.random_range(0..100) < percent)
+    }
+
     /// Applies latency and decides the fault for one authenticated API call.
     pub async fn on_api_call(&self) -> Injected {
-        let latency = self.latency_ms.load(Ordering::SeqCst);
-        if latency > 0 {
-            tokio::time::sleep(Duration::from_millis(latency)).await;
+        let settings = self.settings();
+        if settings.latency_ms > 0 {
+            tokio::time::sleep(Duration::from_millis(settings.latency_ms)).await;
         }
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
         let since_token = self.calls_since_token.fetch_add(1, Ordering::SeqCst) + 1;
-        let expiry = self.token_expiry_after_calls.load(Ordering::SeqCst);
-        if expiry > 0 && since_token > expiry {
+        if settings.token_expiry_after_calls > 0 && since_token > settings.token_expiry_after_calls {
             return Injected::TokenExpired;
         }
-        let limit_after = self.rate_limit_after_calls.load(Ordering::SeqCst);
-        if limit_after > 0 && call > limit_after {
+        if settings.daily_limit_exhausted {
+            return Injected::DailyLimit;
+        }
+        if settings.throttle_per_second > 0
+            && let Some(retry_after) = self.over_rate(settings.throttle_per_second)
+        {
+            return Injected::Throttled { retry_after };
+        }
+        if settings.rate_limit_after_calls > 0 && call > settings.rate_limit_after_calls {
             let limited = self.rate_limited_calls.fetch_add(1, Ordering::SeqCst);
-            if limited < self.rate_limit_for_calls.load(Ordering::SeqCst) {
+            if limited < settings.rate_limit_for_calls {
                 return Injected::RateLimited;
             }
         }
-        let every = self.server_error_every.load(Ordering::SeqCst);
-        if every > 0 && call.is_multiple_of(every) {
+        if settings.server_error_every > 0 && call.is_multiple_of(settings.server_error_every) {
+            return Injected::ServerError;
+        }
+        if self.draw(settings.server_error_percent) {
             return Injected::ServerError;
         }
         Injected::None
     }
 
-    /// Returns whether this data response should be truncated (and counts it down).
+    /// Admits a call into the current one-second window, or returns the time until the next one.
+    fn over_rate(&self, per_second: u64) -> Option<Duration> {
+        let now = tokio::time::Instant::now();
+        let mut window = self.window.lock().ok()?;
+        let started = match window.started {
+            Some(started) if now.duration_since(started) < Duration::from_secs(1) => started,
+            _ => {
+                *window = Window { started: Some(now), admitted: 0 };
+                now
+            }
+        };
+        if window.admitted < per_second {
+            window.admitted += 1;
+            return None;
+        }
+        Some(Duration::from_secs(1).saturating_sub(now.duration_since(started)))
+    }
+
+    /// Returns whether this data response should be truncated (the `truncate_next` countdown, or a
+    /// draw of `truncate_percent`).
     pub fn take_truncation(&self) -> bool {
-        self.truncate_next.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| left.checked_sub(1)).is_ok()
+        let settings = self.settings();
+        let counted = self.truncated.fetch_add(1, Ordering::SeqCst) < settings.truncate_next;
+        let cut = counted || self.draw(settings.truncate_percent);
+        if cut {
+            self.cut.fetch_add(1, Ordering::SeqCst);
+        }
+        cut
+    }
+
+    /// Returns how many responses were truncated since the switches were last set.
+    pub fn truncated_responses(&self) -> u64 {
+        self.cut.load(Ordering::SeqCst)
+    }
+
+    /// Returns how many records were drifted since the switches were last set.
+    pub fn drifted_records(&self) -> u64 {
+        self.drifted.load(Ordering::SeqCst)
+    }
+
+    /// Drifts a record read (a draw of `drift_percent`): its numbers, and those of its line items,
+    /// become strings with the same digits, as a column whose type was changed would send them.
+    /// Returns whether it did.
+    pub fn drift(&self, record: &mut serde_json::Map<String, serde_json::Value>) -> bool {
+        if !self.draw(self.settings().drift_percent) {
+            return false;
+        }
+        drift_numbers(record);
+        self.drifted.fetch_add(1, Ordering::SeqCst);
+        true
     }
 
     /// Returns whether responses carry an unknown extra field.
     pub fn drift_unknown_field(&self) -> bool {
-        self.schema_drift_unknown_field.load(Ordering::SeqCst)
+        self.settings().schema_drift_unknown_field
     }
 
     /// Returns whether a mapped field is renamed in responses.
     pub fn drift_renamed_field(&self) -> bool {
-        self.schema_drift_renamed_field.load(Ordering::SeqCst)
+        self.settings().schema_drift_renamed_field
+    }
+}
+
+/// Turns a record's numbers into strings: top-level values and those of objects in arrays (line
+/// items); nested objects (a sub-query's envelope, a lookup) keep theirs.
+pub fn drift_numbers(record: &mut serde_json::Map<String, serde_json::Value>) {
+    use serde_json::Value;
+    for value in record.values_mut() {
+        match value {
+            Value::Number(number) => *value = Value::String(number.to_string()),
+            Value::Array(items) => {
+                for item in items.iter_mut() {
+                    if let Value::Object(line) = item {
+                        drift_numbers(line);
+                    }
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -376,6 +497,55 @@ mod tests {
         assert_eq!(expiring.on_api_call().await, TokenExpired);
         expiring.token_issued();
         assert_eq!(expiring.on_api_call().await, None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn throttling_admits_n_calls_per_second_and_says_when_the_window_frees() {
+        let faults = Faults::new(&FaultSettings { throttle_per_second: 2, ..FaultSettings::default() });
+        assert_eq!(faults.on_api_call().await, Injected::None);
+        assert_eq!(faults.on_api_call().await, Injected::None);
+        tokio::time::advance(Duration::from_millis(400)).await;
+        assert_eq!(faults.on_api_call().await, Injected::Throttled { retry_after: Duration::from_millis(600) });
+        tokio::time::advance(Duration::from_millis(600)).await;
+        assert_eq!(faults.on_api_call().await, Injected::None, "a new second, a new window");
+    }
+
+    #[tokio::test]
+    async fn random_faults_hit_about_their_rate_and_repeat_with_the_seed() {
+        let settings = FaultSettings { server_error_percent: 30, seed: 7, ..FaultSettings::default() };
+        let draw = |faults: Faults| async move {
+            let mut seen = Vec::new();
+            for _ in 0..1000 {
+                seen.push(faults.on_api_call().await == Injected::ServerError);
+            }
+            seen
+        };
+        let first = draw(Faults::new(&settings)).await;
+        let failures = first.iter().filter(|failed| **failed).count();
+        assert!((250..=350).contains(&failures), "{failures} of 1000");
+        assert_eq!(first, draw(Faults::new(&settings)).await, "the same seed, the same faults");
+        let daily = Faults::new(&FaultSettings { daily_limit_exhausted: true, ..FaultSettings::default() });
+        assert_eq!(daily.on_api_call().await, Injected::DailyLimit);
+    }
+
+    #[test]
+    fn drifted_records_carry_the_same_digits_as_strings() {
+        let faults = Faults::new(&FaultSettings { drift_percent: 100, ..FaultSettings::default() });
+        let mut record = serde_json::json!({
+            "Amount": 1112.5, "Quantity": 5.0, "Name": "Acme", "Closed": false,
+            "Account": {"id": 7}, "Lines": [{"quantity": 2, "name": "x"}]
+        });
+        let serde_json::Value::Object(map) = &mut record else { unreachable!() };
+        assert!(faults.drift(map));
+        assert_eq!(
+            record,
+            serde_json::json!({
+                "Amount": "1112.5", "Quantity": "5.0", "Name": "Acme", "Closed": false,
+                "Account": {"id": 7}, "Lines": [{"quantity": "2", "name": "x"}]
+            })
+        );
+        let calm = Faults::new(&FaultSettings::default());
+        assert!(!calm.drift(&mut serde_json::Map::new()));
     }
 
     #[test]

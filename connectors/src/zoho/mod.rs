@@ -392,7 +392,11 @@ impl Dialect for ZohoConnector {
         if response.status == 400 && code == "INVALID_DATA" && message.contains("page token") {
             return Err(ConnectorError::CursorExpired { message });
         }
-        Err(error_for_status(response.status, code, message, context, response.retry_after()))
+        // Zoho sends no Retry-After on 429 (crm-apis.md §2.6); its X-RATELIMIT-RESET names when the
+        // window frees (api-evangelist/zoho rate-limits.yml, after zoho.com/crm/developer/docs/api/v2/
+        // api-limits.html; epoch milliseconds there, seconds also understood).
+        let retry_after = response.retry_after().or_else(|| response.reset_after("x-ratelimit-reset"));
+        Err(error_for_status(response.status, code, message, context, retry_after))
     }
 }
 

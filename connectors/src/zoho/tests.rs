@@ -37,8 +37,11 @@ fn connector_with(
     tweak: impl FnOnce(&mut ConnectionSettings),
 ) -> ZohoConnector {
     let mut settings = ConnectionSettings::new("zoho", Vocabulary::defaults(VendorKind::Zoho));
-    settings.http.retry =
-        RetryPolicy { max_attempts: 4, base_delay: Duration::from_millis(1), max_delay: Duration::from_millis(20) };
+    settings.http.retry = RetryPolicy {
+        give_up_after: Duration::from_secs(20),
+        base_delay: Duration::from_millis(1),
+        max_delay: Duration::from_millis(20),
+    };
     tweak(&mut settings);
     let base: url::Url = running.base_url().parse().unwrap();
     let config = ZohoConfig {
@@ -272,12 +275,14 @@ async fn a_denied_field_is_never_requested_and_a_truncated_page_keeps_the_cursor
     .await;
     let connector = connector_with(&running, Arc::new(MemoryHost::default()), |settings| {
         settings.fields.deny.insert(Entity::Lead, BTreeSet::from(["email".to_owned()]));
+        settings.http.retry.give_up_after = Duration::from_millis(300);
     });
     let first = connector.pull(Entity::Lead, None).await.unwrap();
     assert!(running.state().requested_fields().iter().all(|fields| !fields.contains("Email")));
-    Simulated::faults(running.state().as_ref()).apply(&FaultSettings { truncate_next: 10, ..FaultSettings::default() });
+    Simulated::faults(running.state().as_ref())
+        .apply(&FaultSettings { truncate_next: u64::MAX, ..FaultSettings::default() });
     let error = connector.pull(Entity::Lead, Some(&first.cursor)).await.unwrap_err();
-    assert!(matches!(error, ConnectorError::Decode { .. }), "{error}");
+    assert!(matches!(error.root(), ConnectorError::Decode { .. }), "{error}");
     Simulated::faults(running.state().as_ref()).apply(&FaultSettings::default());
     let second = connector.pull(Entity::Lead, Some(&first.cursor)).await.unwrap();
     assert_eq!(second.changes.len(), 200, "the same page again from the kept cursor");
@@ -622,4 +627,12 @@ fn the_org_currency_is_read_from_the_documented_org_example() {
     assert_eq!(odd.currency_code(), Some("USD"), "falls back to currency_locale");
     let none: wire::Org = serde_json::from_str(r#"{"currency":"Dollar","currency_locale":"en_US"}"#).unwrap();
     assert_eq!(none.currency_code(), None);
+}
+
+#[tokio::test]
+async fn throttling_5xx_truncated_pages_and_drifted_records_change_no_record() {
+    let size = WorldSize { accounts: 450, leads: 250, opportunities: 250, orders: 250 };
+    let running = simulator(ZohoSimOptions::with_world(world(size))).await;
+    let state = running.state();
+    testkit::faults_change_nothing(|| connector(&running), state.as_ref(), Entity::ALL).await;
 }

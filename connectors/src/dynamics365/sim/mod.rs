@@ -592,6 +592,23 @@ impl Dynamics365Sim {
                 )
                 .with("Retry-After", self.retry_after_seconds.to_string()),
             ),
+            // Service protection (crm-apis.md §3.6): 429 with Retry-After in seconds.
+            Injected::Throttled { retry_after } => Some(
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "0x80072322",
+                    "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
+                )
+                .with("Retry-After", retry_after.as_secs_f64().ceil().max(1.0).to_string()),
+            ),
+            Injected::DailyLimit => Some(
+                error(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "0x80072322",
+                    "Number of requests exceeded the limit of 6000 over time window of 300 seconds.",
+                )
+                .with("Retry-After", "300".into()),
+            ),
             Injected::ServerError => {
                 Some(error(StatusCode::SERVICE_UNAVAILABLE, "0x80040216", "An unexpected error occurred."))
             }

@@ -202,7 +202,8 @@ impl Dynamics365Sim {
         let mut position = start;
         while value.len() < page_size && position < total_rows + snapshot.deletions.len() {
             if position < total_rows {
-                if let Some(row) = inner.render(&set, &snapshot.rows[position], &select, annotate) {
+                if let Some(mut row) = inner.render(&set, &snapshot.rows[position], &select, annotate) {
+                    self.faults.drift(&mut row);
                     value.push(Value::Object(row));
                 }
             } else {

@@ -405,7 +405,17 @@ impl SalesforceSim {
                 self.counters.faulted.fetch_add(1, Ordering::SeqCst);
                 return Err(rest_error(StatusCode::UNAUTHORIZED, "INVALID_SESSION_ID", "Session expired or invalid"));
             }
-            Injected::RateLimited => {
+            // One error code for two limits (crm-apis.md §1.7): the concurrent-request limit is
+            // transient; "TotalRequests" is the org's 24 h allocation. No Retry-After on either.
+            Injected::RateLimited | Injected::Throttled { .. } => {
+                self.counters.faulted.fetch_add(1, Ordering::SeqCst);
+                return Err(rest_error(
+                    StatusCode::FORBIDDEN,
+                    "REQUEST_LIMIT_EXCEEDED",
+                    "ConcurrentRequests (Concurrent API Requests) Limit exceeded.",
+                ));
+            }
+            Injected::DailyLimit => {
                 self.counters.faulted.fetch_add(1, Ordering::SeqCst);
                 return Err(rest_error(
                     StatusCode::FORBIDDEN,

@@ -137,7 +137,9 @@ fn page(sim: &SalesforceSim, inner: &mut Inner, locator_id: String, locator: Loc
     let mut records = Vec::with_capacity(end.saturating_sub(offset));
     for id in locator.ids.get(offset..end).unwrap_or_default() {
         let Some(row) = table.rows.get(id) else { continue };
-        records.push(render(sim, locator.object, id, row, &locator.fields, locator.items));
+        let mut record = render(sim, locator.object, id, row, &locator.fields, locator.items);
+        sim.faults.drift(&mut record);
+        records.push(record);
     }
     let done = end >= locator.ids.len();
     let endpoint = if locator.all { "queryAll" } else { "query" };

@@ -396,8 +396,27 @@ impl ZohoSim {
                 self.lock().tokens.clear();
                 Err(invalid_token())
             }
-            Injected::RateLimited => {
+            Injected::RateLimited | Injected::DailyLimit => {
                 Err(error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", "API limit exceeded", json!({})))
+            }
+            // 429 TOO_MANY_REQUESTS without Retry-After (crm-apis.md §2.6); the window's reset as an
+            // epoch in milliseconds in X-RATELIMIT-RESET (api-evangelist/zoho rate-limits.yml, after
+            // zoho.com/crm/developer/docs/api/v2/api-limits.html).
+            Injected::Throttled { retry_after } => {
+                let reset = Timestamp::now().saturating_add(retry_after, true).unix_millis();
+                let mut response =
+                    error(StatusCode::TOO_MANY_REQUESTS, "TOO_MANY_REQUESTS", "API limit exceeded", json!({}));
+                let limit = self.faults.settings().throttle_per_second;
+                for (name, value) in [
+                    ("x-ratelimit-limit", limit.to_string()),
+                    ("x-ratelimit-remaining", "0".into()),
+                    ("x-ratelimit-reset", reset.to_string()),
+                ] {
+                    if let Ok(value) = axum::http::HeaderValue::from_str(&value) {
+                        response.headers_mut().insert(name, value);
+                    }
+                }
+                Err(response)
             }
             Injected::ServerError => {
                 Err(error(StatusCode::INTERNAL_SERVER_ERROR, "INTERNAL_ERROR", "Internal Server Error", json!({})))

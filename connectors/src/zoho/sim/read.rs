@@ -220,6 +220,7 @@ impl ZohoSim {
                     };
                     record.insert(field.clone(), value);
                 }
+                self.faults.drift(&mut record);
                 Some(Value::Object(record))
             })
             .collect();
