@@ -64,6 +64,14 @@ pub enum Batch {
         /// One per pushed record.
         results: Vec<PushedRecord>,
     },
+    /// Outbox entries about to be pushed, with the echo hash of the values sent (sequences, hash).
+    /// Flushed before the push is sent.
+    Sending {
+        /// Target connection.
+        connection: ConnectionId,
+        /// The outbox sequences of each record and the hash of what is sent for it.
+        sent: Vec<(Vec<u64>, String)>,
+    },
     /// A sync error to record in the status of a connection × entity.
     Failed {
         /// Connection.
@@ -267,14 +275,14 @@ impl Ingestor {
 const GROUP_MAX: usize = 64;
 
 /// Applies batches in order, each in its own commit, then flushes once if any of them must be
-/// durable before its reply (webhook deliveries). A failed flush fails every batch that needed it:
+/// durable before its reply (webhook deliveries, pushes about to be sent). A failed flush fails every batch that needed it:
 /// none of them is acknowledged.
 fn apply_group(store: &Store, rules: &IngestRules, batches: Vec<Batch>) -> Vec<Result<IngestStats, IngestError>> {
     let started = tokio::time::Instant::now();
     let mut results = Vec::with_capacity(batches.len());
     let mut durable = Vec::with_capacity(batches.len());
     for batch in batches {
-        durable.push(matches!(batch, Batch::Delivered { .. }));
+        durable.push(matches!(batch, Batch::Delivered { .. } | Batch::Sending { .. }));
         results.push(apply_batch(store, rules, batch, Timestamp::now()));
     }
     let needs_flush = results.iter().zip(&durable).any(|(result, durable)| *durable && result.is_ok());
@@ -325,6 +333,16 @@ pub fn apply_batch(
             Ok(stats)
         }
         Batch::Pushed { connection, entity, results } => apply_pushed(store, rules, &connection, entity, results, now),
+        Batch::Sending { connection, sent } => {
+            let mut commit = Commit::default();
+            for (sequences, hash) in sent {
+                commit
+                    .outbox_sent
+                    .extend(sequences.into_iter().map(|sequence| (connection.clone(), sequence, hash.clone())));
+            }
+            store.commit(commit)?;
+            Ok(IngestStats::default())
+        }
         Batch::Failed { connection, entity, message } => {
             let mut commit = Commit::default();
             commit.status.push(SyncStatusUpdate::Failed { connection, entity, at: now, message });
@@ -379,6 +397,51 @@ struct Identified {
 /// record whose own data has not arrived yet (no data, one link, never read).
 fn is_placeholder_of(record: &Record, connection: &ConnectionId) -> bool {
     matches!(record.links.as_slice(), [link] if &link.connection == connection) && is_placeholder(record)
+}
+
+/// Returns whether a change could be crmsync's own push read back before the push's answer was
+/// committed: a vendor record carrying the record's canonical id (crmsync created it there) that the
+/// record has no link to yet, or a linked copy whose values are not those of the last committed push.
+/// (Then the outbox is consulted: usually empty or short, as it is whenever reads are not echoes.)
+fn may_echo_unconfirmed_push(record: &Record, change: &Change, connection: &ConnectionId) -> bool {
+    let ChangeKind::Upsert { data, completeness } = &change.kind else { return false };
+    match record.link(connection) {
+        None => change.canonical_hint == Some(record.id),
+        Some(link) => !reconcile::is_echo(link, data, *completeness),
+    }
+}
+
+/// The daemon can be killed between a vendor's answer to a push and the commit of that answer: the
+/// outbox entry stays (it is sent again, idempotently), but the link and its hash of the pushed values
+/// are not written, so the next read of that copy would not look like the echo it is and would be
+/// applied as a change (with whatever the vendor derived by itself, or, for a push older than the
+/// record's current values, reverting them). The push loop records the hash of what it sends before
+/// sending (`sent`); a read-back matching one of those hashes gets the link, with that hash, that the
+/// committed answer would have given it, so reconcile treats it exactly as after an uninterrupted
+/// push. Otherwise the record is returned as it is.
+fn with_unconfirmed_push(mut record: Record, change: &Change, connection: &ConnectionId, sent: &[String]) -> Record {
+    let ChangeKind::Upsert { data, completeness } = &change.kind else { return record };
+    let mut candidate = record.link(connection).cloned().unwrap_or_else(|| crmsync_connectors::canonical::Link {
+        connection: connection.clone(),
+        object: change.object.clone(),
+        external_id: change.external_id.clone(),
+        last_modified: None,
+        last_version: None,
+        pushed_hash: None,
+        matched_by: MatchReason::ExternalIdField,
+        extra: serde_json::Map::new(),
+    });
+    for hash in sent.iter().rev() {
+        candidate.pushed_hash = Some(hash.clone());
+        if reconcile::is_echo(&candidate, data, *completeness) {
+            match record.link_mut(connection) {
+                Some(link) => *link = candidate,
+                None => record.links.push(candidate),
+            }
+            return record;
+        }
+    }
+    record
 }
 
 /// Returns whether `record` is a placeholder: no data, and no vendor copy of it read yet.
@@ -495,6 +558,13 @@ impl<'a> BatchWriter<'a> {
             self.unknown_deletes.1.get_or_insert((change.entity, change.external_id.clone()));
             return Ok(());
         }
+        let current = match current {
+            Some(record) if may_echo_unconfirmed_push(&record, &change, self.connection) => {
+                let sent = self.sent_hashes(record.id)?;
+                Some(with_unconfirmed_push(record, &change, self.connection, &sent))
+            }
+            other => other,
+        };
         let decision = match reconcile::reconcile(
             current.as_ref(),
             &change,
@@ -549,6 +619,25 @@ impl<'a> BatchWriter<'a> {
             self.put(record);
         }
         Ok(())
+    }
+
+    /// Returns the echo hashes of the values sent to this connection for this record whose vendor
+    /// answer was never committed ([`crate::store::OutboxEntry::sent`]).
+    fn sent_hashes(&self, id: CanonicalId) -> Result<Vec<String>, StoreError> {
+        const PAGE: usize = 1000;
+        let (mut after, mut hashes) = (None, Vec::new());
+        loop {
+            let entries = self.store.outbox_after(self.connection, after, PAGE)?;
+            for (_, entry) in &entries {
+                if entry.canonical_id == id && entry.op == OutboxOp::Upsert {
+                    hashes.extend(entry.sent.iter().cloned());
+                }
+            }
+            match entries.last() {
+                Some((sequence, _)) if entries.len() == PAGE => after = Some(*sequence),
+                _ => return Ok(hashes),
+            }
+        }
     }
 
     /// Merges a placeholder into the record its data turned out to be (which takes its link in the
@@ -1339,6 +1428,57 @@ mod tests {
         apply_batch(&store, &rules, renamed(1, "Acme Group", minutes(7)), minutes(10)).unwrap();
         assert_eq!(name(&store).as_deref(), Some("Acme Group"));
         assert_eq!(store.scan(Entity::Account).count(), 1);
+    }
+
+    /// Killed between a vendor's answer to a push and its commit: the read-back of the pushed copy is
+    /// our echo all the same (with `Batch::Sending`), not a change carrying what the vendor derived.
+    #[test]
+    fn a_pushed_copy_read_back_after_a_lost_push_answer_is_an_echo() {
+        for recorded in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let rules = rules(BTreeMap::new());
+            let (sf, zoho) = (ConnectionId::new("sf"), ConnectionId::new("zoho"));
+            let account = EntityData::Account(Account {
+                name: Some("Acme".into()),
+                domain: Some("acme.example".into()),
+                ..Account::default()
+            });
+            let pulled = Batch::Pulled {
+                connection: sf.clone(),
+                entity: Entity::Account,
+                changes: vec![change(Entity::Account, "001A", account)],
+                cursor: None,
+                caught_up: true,
+            };
+            apply_batch(&store, &rules, pulled, Timestamp::now()).unwrap();
+            let record = store.scan(Entity::Account).next().unwrap().unwrap();
+            let (sequence, _) = store.outbox_after(&zoho, None, 10).unwrap()[0].clone();
+            let (sent_data, hash) = outgoing_data(&store, &record, &zoho, None, &Clone::clone).unwrap();
+            if recorded {
+                let sending = Batch::Sending { connection: zoho.clone(), sent: vec![(vec![sequence], hash.clone())] };
+                apply_batch(&store, &rules, sending, Timestamp::now()).unwrap();
+            }
+            // The vendor created the copy (with our canonical id) and filled a field by itself; the
+            // answer never reached the store.
+            let EntityData::Account(mut read_back) = sent_data else { panic!("not an account") };
+            read_back.industry = Some("Derived by the vendor".into());
+            let mut copy = change(Entity::Account, "Z9", EntityData::Account(read_back));
+            copy.canonical_hint = Some(record.id);
+            let batch = Batch::Delivered { connection: zoho.clone(), changes: vec![copy] };
+            let stats = apply_batch(&store, &rules, batch, Timestamp::now()).unwrap();
+            let stored = store.record(record.id).unwrap().unwrap();
+            let EntityData::Account(stored_account) = &stored.data else { panic!("not an account") };
+            let link = stored.link(&zoho).unwrap();
+            if recorded {
+                assert_eq!((stats.echoes, stats.updated), (1, 0));
+                assert_eq!(stored_account.industry, None, "the echo applied a vendor-derived value");
+                assert_eq!(link.pushed_hash.as_deref(), Some(hash.as_str()));
+            } else {
+                assert_eq!(stats.echoes, 0);
+                assert!(stored_account.industry.is_some());
+            }
+        }
     }
 
     proptest::proptest! {

@@ -102,6 +102,14 @@ pub async fn drain<C: Connector>(
                 }
             }
             for chunk in batch.chunks(connector.push_batch_size().max(1)) {
+                // What is about to be sent is recorded (durably) first: if the daemon dies after the
+                // vendor applied it but before its answer is committed, the read-back is still known
+                // for our own echo.
+                let sent = chunk
+                    .iter()
+                    .filter_map(|(_, pushed)| Some((pushed.sequences.clone(), pushed.pushed_hash.clone()?)))
+                    .collect();
+                ingest.submit(Batch::Sending { connection: connection.clone(), sent }).await?;
                 let outgoing: Vec<Outgoing> = chunk.iter().map(|(outgoing, _)| outgoing.clone()).collect();
                 let results = match connector.push(*entity, &outgoing).await {
                     Ok(report) => chunk

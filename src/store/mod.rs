@@ -349,6 +349,18 @@ impl Store {
                         outbox.insert(key, encode(&entry).map_err(abort)?)?;
                     }
                 }
+                for (connection, sequence, hash) in &commit.outbox_sent {
+                    let key = keys::outbox(connection, *sequence);
+                    if let Some(bytes) = outbox.get(&key)? {
+                        let mut entry: OutboxEntry = decode(&bytes, "outbox entry").map_err(abort)?;
+                        if entry.sent.last() != Some(hash) {
+                            entry.sent.push(hash.clone());
+                            let excess = entry.sent.len().saturating_sub(OutboxEntry::SENT_KEPT);
+                            entry.sent.drain(..excess);
+                            outbox.insert(key, encode(&entry).map_err(abort)?)?;
+                        }
+                    }
+                }
                 for conflict in &commit.conflicts {
                     conflicts.insert(conflict.id.as_bytes(), encode(conflict).map_err(abort)?)?;
                 }

@@ -36,12 +36,20 @@ pub struct OutboxEntry {
     /// The last transient failure.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
+    /// Echo hashes of the values sent to the vendor for this entry whose answer was not committed
+    /// (newest last, at most [`OutboxEntry::SENT_KEPT`]): a read-back of one of them after a crash
+    /// between the vendor's answer and the commit is recognised as the echo it is.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sent: Vec<String>,
 }
 
 impl OutboxEntry {
+    /// How many sent hashes an entry keeps.
+    pub const SENT_KEPT: usize = 4;
+
     /// A new entry.
     pub fn new(entity: Entity, canonical_id: CanonicalId, op: OutboxOp, now: Timestamp) -> Self {
-        Self { entity, canonical_id, op, enqueued_at: now, attempts: 0, last_error: None }
+        Self { entity, canonical_id, op, enqueued_at: now, attempts: 0, last_error: None, sent: Vec::new() }
     }
 }
 
@@ -206,6 +214,8 @@ pub struct Commit {
     pub outbox_done: Vec<(ConnectionId, u64)>,
     /// Outbox entries that failed transiently: attempts + 1, error kept.
     pub outbox_retry: Vec<(ConnectionId, u64, String)>,
+    /// Outbox entries about to be sent, with the echo hash of the values sent ([`OutboxEntry::sent`]).
+    pub outbox_sent: Vec<(ConnectionId, u64, String)>,
     /// Conflicts to record.
     pub conflicts: Vec<ConflictEntry>,
     /// Conflicts a person resolved.

@@ -1,3 +1,184 @@
-//! The reliability suite (issue 17): the canonical result whatever the order pages arrive in.
+//! The reliability suite (issue 17): `kill -9` at random moments of the daemon, the canonical result
+//! whatever the order pages arrive in. Helpers shared by its scenarios live here.
 
 mod arrival_order;
+mod kill;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crmsync_connectors::canonical::Entity;
+use crmsync_connectors::dynamics365::sim::{self as d365, Dynamics365SimOptions, RunningDynamics365Sim};
+use crmsync_connectors::salesforce::sim::{self as sf, RunningSalesforceSim};
+use crmsync_connectors::sim::{FaultSettings, Simulated, World};
+use crmsync_connectors::zoho::sim::{self as zoho, RunningZohoSim, ZohoSimOptions};
+use serde_json::Value;
+
+use crate::support::{Env, export, salesforce};
+
+/// The four entities, as the CLI names them.
+pub(crate) const ENTITIES: [&str; 4] = ["account", "lead", "opportunity", "order"];
+
+/// The three simulated CRMs over one shared world.
+pub(crate) struct Vendors {
+    pub(crate) salesforce: RunningSalesforceSim,
+    pub(crate) zoho: RunningZohoSim,
+    pub(crate) dynamics: RunningDynamics365Sim,
+}
+
+impl Vendors {
+    pub(crate) async fn start(world: World) -> Self {
+        Self {
+            salesforce: salesforce(world.clone(), FaultSettings::default(), None).await,
+            zoho: zoho::start(ZohoSimOptions::with_world(world.clone())).await.unwrap(),
+            dynamics: d365::start(Dynamics365SimOptions::with_world(world)).await.unwrap(),
+        }
+    }
+
+    /// `[connections.*]` tables for the three, with pages small enough that a sync takes many.
+    pub(crate) fn connections(&self, extra: &str) -> Vec<String> {
+        vec![
+            sf::connection_toml("salesforce", &self.salesforce.base_url()) + "batch_size = 200\n" + extra,
+            zoho::connection_toml("zoho", &self.zoho.base_url()) + extra,
+            d365::connection_toml("dynamics365", &self.dynamics.base_url()) + "max_page_size = 100\n" + extra,
+        ]
+    }
+
+    /// Sets the same faults on the three.
+    pub(crate) fn faults(&self, settings: &FaultSettings) {
+        self.salesforce.state().faults().apply(settings);
+        self.zoho.state().faults().apply(settings);
+        self.dynamics.state().faults().apply(settings);
+    }
+
+    /// Writes the three have served (pushes).
+    pub(crate) fn writes(&self) -> u64 {
+        Simulated::stats(self.salesforce.state().as_ref()).write_calls
+            + Simulated::stats(self.zoho.state().as_ref()).write_calls
+            + Simulated::stats(self.dynamics.state().as_ref()).write_calls
+    }
+
+    /// Every live vendor id, per `vendor/entity`, with the canonical id crmsync wrote into the
+    /// record's external-id field (when it created the record there).
+    pub(crate) fn rows(&self) -> BTreeMap<String, Vec<(String, Option<String>)>> {
+        let mut rows = BTreeMap::new();
+        for entity in Entity::ALL {
+            let (sf_state, zoho_state, d365_state) =
+                (self.salesforce.state(), self.zoho.state(), self.dynamics.state());
+            let read = |ids: Vec<String>, row: &dyn Fn(&str) -> Option<serde_json::Map<String, Value>>, field: &str| {
+                ids.into_iter()
+                    .map(|id| {
+                        let stamped =
+                            row(&id).and_then(|fields| fields.get(field).and_then(Value::as_str).map(str::to_owned));
+                        (id, stamped)
+                    })
+                    .collect::<Vec<_>>()
+            };
+            rows.insert(
+                format!("salesforce/{entity}"),
+                read(sf_state.live_ids(*entity), &|id| sf_state.row(*entity, id), "Crmsync_Id__c"),
+            );
+            rows.insert(
+                format!("zoho/{entity}"),
+                read(zoho_state.live_ids(*entity), &|id| zoho_state.row(*entity, id), "Crmsync_Id"),
+            );
+            rows.insert(
+                format!("dynamics365/{entity}"),
+                read(d365_state.live_ids(*entity), &|id| d365_state.row(*entity, id), "crmsync_id"),
+            );
+        }
+        rows
+    }
+}
+
+/// Asserts that no canonical record was created twice in any CRM (two vendor records carrying the
+/// same canonical id in the external-id field) and returns the live record count per vendor/entity.
+pub(crate) fn vendor_counts_without_duplicates(vendors: &Vendors) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for (table, rows) in vendors.rows() {
+        let mut seen = BTreeSet::new();
+        for (id, stamped) in &rows {
+            if let Some(canonical) = stamped {
+                assert!(seen.insert(canonical.clone()), "{table}: {canonical} was pushed twice (again as {id})");
+            }
+        }
+        counts.insert(table, rows.len());
+    }
+    counts
+}
+
+/// The exported canonical set, by entity, with what depends on arrival order taken out: canonical ids
+/// are replaced by what each record is (the vendor copies it links). With `world_ids` (the vendor ids
+/// the CRMs held before any push), a copy crmsync created by a push, whose vendor id depends on push
+/// order, shows as `connection:pushed`, and only propagating fields are kept (vendor-local fields
+/// such as a pushed copy's creation time depend on when the push happened). A reference to a record
+/// that is not exported shows as dangling.
+pub(crate) async fn canonical_set(
+    env: &Env,
+    world_ids: Option<&BTreeSet<String>>,
+) -> BTreeMap<&'static str, BTreeSet<String>> {
+    let mut exported = BTreeMap::new();
+    for entity in ENTITIES {
+        exported.insert(entity, export(env, entity, true).await);
+    }
+    let copies = |record: &Value| {
+        let mut links: Vec<String> = record["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|link| {
+                let id = link["external_id"].as_str().unwrap();
+                let shown = if world_ids.is_none_or(|ids| ids.contains(id)) { id } else { "pushed" };
+                format!("{}:{shown}", link["connection"].as_str().unwrap())
+            })
+            .collect();
+        links.sort();
+        links.join(",")
+    };
+    let names: BTreeMap<String, String> =
+        exported.values().flatten().map(|record| (record["id"].as_str().unwrap().to_owned(), copies(record))).collect();
+    exported
+        .into_iter()
+        .map(|(entity, records)| {
+            let parsed: Entity = entity.parse().unwrap();
+            let set = records
+                .iter()
+                .map(|record| {
+                    let mut fields = record["data"]["fields"].as_object().unwrap().clone();
+                    if world_ids.is_some() {
+                        fields.retain(|field, _| crmsync::reconcile::propagates(parsed, field));
+                    }
+                    for value in fields.values_mut() {
+                        if let Some(id) = value.get("canonical").and_then(Value::as_str) {
+                            *value = Value::String(names.get(id).cloned().unwrap_or_else(|| format!("dangling {id}")));
+                        }
+                    }
+                    format!(
+                        "[{}] {} deleted={}",
+                        names[record["id"].as_str().unwrap()],
+                        Value::Object(fields),
+                        !record["deleted_at"].is_null()
+                    )
+                })
+                .collect();
+            (entity, set)
+        })
+        .collect()
+}
+
+/// Asserts two canonical sets are equal, showing a few differences per entity.
+pub(crate) fn assert_same_sets(
+    label: &str,
+    expected: &BTreeMap<&'static str, BTreeSet<String>>,
+    actual: &BTreeMap<&'static str, BTreeSet<String>>,
+) {
+    for entity in ENTITIES {
+        let only_expected: Vec<&String> = expected[entity].difference(&actual[entity]).take(3).collect();
+        let only_actual: Vec<&String> = actual[entity].difference(&expected[entity]).take(3).collect();
+        assert!(
+            only_expected.is_empty() && only_actual.is_empty(),
+            "{label}: {entity}: expected {} records, got {}; only expected: {only_expected:#?}; only got: {only_actual:#?}",
+            expected[entity].len(),
+            actual[entity].len(),
+        );
+    }
+}
