@@ -83,7 +83,7 @@ impl SalesforceConfig {
     pub fn read(table: &mut TableReader<'_>) -> Option<Self> {
         let login_url = table.url_or("login_url", "https://login.salesforce.com");
         let api_version = table.string_or("api_version", "v62.0");
-        if !api_version.starts_with('v') || api_version[1..].parse::<f32>().is_err() {
+        if api_version.strip_prefix('v').is_none_or(|number| number.parse::<f32>().is_err()) {
             table.problem("api_version", format!("invalid API version {api_version:?} (expected e.g. \"v62.0\")"));
         }
         let external_id_field = table.string_or("external_id_field", "Crmsync_Id__c");

@@ -63,9 +63,14 @@ pub fn authenticate(config: &SalesforceWebhook, query: Option<&str>) -> Result<(
     }
 }
 
-/// Compares org ids, accepting the 15- and 18-character forms of the same id.
+/// Compares org ids, accepting the 15- and 18-character forms of the same id. The id comes from
+/// the message body, so it is compared by checked slicing: a non-ASCII id (where byte 15 is not a
+/// character boundary) is simply not our org, never a panic.
 pub fn same_org(left: &str, right: &str) -> bool {
-    left.len() >= 15 && right.len() >= 15 && left[..15] == right[..15]
+    match (left.get(..15), right.get(..15)) {
+        (Some(left), Some(right)) => left == right,
+        _ => false,
+    }
 }
 
 /// Parses an Outbound Message.
@@ -207,5 +212,17 @@ mod tests {
         assert!(matches!(parse(b"{}"), Err(WebhookError::Malformed(_))));
         assert!(same_org("00D000000000001", "00D000000000001AAA"));
         assert!(!same_org("00D000000000002AAA", "00D000000000001AAA"));
+    }
+
+    #[test]
+    fn a_non_ascii_organization_id_is_refused_not_a_panic() {
+        // "é" is two bytes: byte 15 falls inside it, where `&id[..15]` would panic.
+        for id in ["00D00000000000é1AAA", "ééééééééééééééééé", "00D0000000000é", "日本語の組織"] {
+            assert!(!same_org(id, "00D000000000001AAA"), "{id}");
+            assert!(!same_org("00D000000000001AAA", id), "{id}");
+        }
+        let body = MESSAGE.replace("<OrganizationId>00D000000000001AAA", "<OrganizationId>00D00000000000é1AAA");
+        let message = parse(body.as_bytes()).unwrap();
+        assert!(!same_org(&message.organization_id, "00D000000000001AAA"));
     }
 }

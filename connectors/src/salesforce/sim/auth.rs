@@ -98,7 +98,9 @@ pub(super) async fn token(State(sim): Shared, headers: HeaderMap, body: Bytes) -
         _ => return invalid("unsupported_grant_type", "grant type not supported"),
     }
     let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or("127.0.0.1");
-    let access = format!("{}!{}", &ORGANIZATION_ID[..15], uuid::Uuid::new_v4().simple());
+    // Access tokens start with the 15-character org id (`00Dxx0000000123!AR8AQ…`).
+    let org_prefix = ORGANIZATION_ID.get(..15).unwrap_or(ORGANIZATION_ID);
+    let access = format!("{org_prefix}!{}", uuid::Uuid::new_v4().simple());
     sim.lock().tokens.insert(access.clone());
     sim.faults.token_issued();
     let issued_at = Timestamp::now().unix_millis().to_string();
