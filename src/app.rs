@@ -166,7 +166,12 @@ pub fn build_connectors(
 ) -> anyhow::Result<BTreeMap<ConnectionId, Arc<AnyConnector>>> {
     let mut connectors = BTreeMap::new();
     for (id, connection) in &config.connections {
-        let settings = connection.settings.clone();
+        let mut settings = connection.settings.clone();
+        // Connectors writing to a single-currency CRM convert amounts with the metrics FX table.
+        settings.fx = Some(crmsync_connectors::canonical::FxTable::new(
+            config.metrics.reporting_currency.clone(),
+            config.metrics.fx.clone(),
+        ));
         let connector = match &connection.vendor {
             VendorConfig::Salesforce(vendor) => {
                 AnyConnector::Salesforce(SalesforceConnector::new(settings, vendor.clone(), host.clone())?)

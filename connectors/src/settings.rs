@@ -485,6 +485,8 @@ pub struct ConnectionSettings {
     pub overlap: Duration,
     /// How often to poll when no webhook says otherwise.
     pub poll_interval: Duration,
+    /// Exchange rates (`metrics.fx`), for writing an amount into a CRM that keeps one currency.
+    pub fx: Option<crate::canonical::FxTable>,
 }
 
 impl ConnectionSettings {
@@ -505,6 +507,7 @@ impl ConnectionSettings {
             start: None,
             overlap: Duration::from_secs(60),
             poll_interval: Duration::from_secs(120),
+            fx: None,
         }
     }
 }

@@ -124,6 +124,63 @@ impl FromStr for Money {
     }
 }
 
+/// Exchange rates into one reporting currency (`metrics.fx`): `1 <currency> = rate × <reporting>`.
+/// Connectors use it to write an amount into a CRM that keeps a single currency.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FxTable {
+    /// The currency every rate is expressed in (rate 1).
+    pub reporting: Currency,
+    /// Rates by currency.
+    pub rates: std::collections::BTreeMap<Currency, Decimal>,
+}
+
+/// An amount that cannot be converted.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("no exchange rate from {from} to {to} (metrics.fx has no rate for {missing}, reporting currency {reporting})")]
+pub struct FxError {
+    /// Source currency.
+    pub from: Currency,
+    /// Target currency.
+    pub to: Currency,
+    /// The currency without a rate.
+    pub missing: Currency,
+    /// The table's reporting currency.
+    pub reporting: Currency,
+}
+
+impl FxTable {
+    /// Builds a table.
+    pub fn new(reporting: Currency, rates: std::collections::BTreeMap<Currency, Decimal>) -> Self {
+        Self { reporting, rates }
+    }
+
+    fn rate(&self, currency: &Currency) -> Option<Decimal> {
+        if currency == &self.reporting {
+            return Some(Decimal::ONE);
+        }
+        self.rates.get(currency).copied().filter(|rate| !rate.is_zero())
+    }
+
+    /// Converts `money` into `to` through the reporting currency (`amount × rate(from) / rate(to)`),
+    /// unrounded: the caller rounds to the scale of the field it writes.
+    pub fn convert(&self, money: &Money, to: &Currency) -> Result<Money, FxError> {
+        if &money.currency == to {
+            return Ok(money.clone());
+        }
+        let error = |missing: &Currency| FxError {
+            from: money.currency.clone(),
+            to: to.clone(),
+            missing: missing.clone(),
+            reporting: self.reporting.clone(),
+        };
+        let from_rate = self.rate(&money.currency).ok_or_else(|| error(&money.currency))?;
+        let to_rate = self.rate(to).ok_or_else(|| error(to))?;
+        let reporting_amount = money.amount.checked_mul(from_rate).ok_or_else(|| error(&money.currency))?;
+        let amount = reporting_amount.checked_div(to_rate).ok_or_else(|| error(to))?;
+        Ok(Money::new(amount, to.clone()))
+    }
+}
+
 /// A decimal as a JSON number, without trailing zeros (`19.50` → `19.5`), as vendors send and take
 /// amounts and quantities.
 pub fn decimal_json(value: Decimal) -> serde_json::Value {
@@ -166,6 +223,28 @@ mod tests {
         assert!(matches!("12.50".parse::<Money>(), Err(MoneyError::Shape(_))));
         assert!(matches!("12.50 EURO".parse::<Money>(), Err(MoneyError::Currency(_))));
         assert!(matches!("twelve EUR".parse::<Money>(), Err(MoneyError::Amount { .. })));
+    }
+
+    #[test]
+    fn fx_converts_through_the_reporting_currency_and_names_a_missing_rate() {
+        let eur = Currency::new("EUR").unwrap();
+        let usd = Currency::new("USD").unwrap();
+        let gbp = Currency::new("GBP").unwrap();
+        let table = FxTable::new(
+            eur.clone(),
+            std::collections::BTreeMap::from([
+                (usd.clone(), "0.5".parse().unwrap()),
+                (gbp.clone(), "1.25".parse().unwrap()),
+            ]),
+        );
+        let hundred_usd: Money = "100 USD".parse().unwrap();
+        assert_eq!(table.convert(&hundred_usd, &eur).unwrap().to_string(), "50.0 EUR");
+        assert_eq!(table.convert(&hundred_usd, &gbp).unwrap().amount.round_dp(2).to_string(), "40.00");
+        assert_eq!(table.convert(&"8 EUR".parse().unwrap(), &usd).unwrap().amount, Decimal::from(16));
+        assert_eq!(table.convert(&hundred_usd, &usd).unwrap(), hundred_usd, "same currency: unchanged");
+        let error = table.convert(&"1 JPY".parse().unwrap(), &eur).unwrap_err();
+        assert_eq!(error.missing.as_str(), "JPY");
+        assert!(error.to_string().contains("metrics.fx has no rate for JPY"), "{error}");
     }
 
     proptest::proptest! {
