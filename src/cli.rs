@@ -367,6 +367,14 @@ pub struct SimulateArgs {
     /// whole world's records, split like the demo (13 % accounts, 32 % leads, 16 % deals, 39 % orders).
     #[arg(long)]
     pub shared_world: bool,
+    /// Salesforce: serve a multi-currency org (records carry `CurrencyIsoCode`). By default the org is
+    /// single-currency, as Salesforce orgs are until an admin enables multiple currencies: no
+    /// `CurrencyIsoCode` field, every amount in the corporate currency.
+    #[arg(long)]
+    pub multi_currency: bool,
+    /// Salesforce: the org's corporate currency (`SELECT DefaultCurrencyIsoCode FROM Organization`).
+    #[arg(long, default_value = "EUR")]
+    pub corporate_currency: String,
     /// The instant the generated dates are relative to (default: now). Simulators sharing a world
     /// must share it too; `bench` passes one.
     #[arg(long, hide = true)]

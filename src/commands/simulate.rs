@@ -44,7 +44,14 @@ pub async fn run(args: SimulateArgs) -> anyhow::Result<ExitCode> {
             _simulator: Box::new(simulator),
         }
     } else {
-        let simulator = sim::start(SalesforceSimOptions { addr, ..SalesforceSimOptions::with_world(world) }).await?;
+        let corporate = crmsync_connectors::canonical::Currency::new(&args.corporate_currency)
+            .map_err(|error| anyhow::anyhow!("--corporate-currency: {error}"))?;
+        let mut options = SalesforceSimOptions { addr, ..SalesforceSimOptions::with_world(world) };
+        if !args.multi_currency {
+            options = options.single_currency(corporate.as_str());
+        }
+        corporate.as_str().clone_into(&mut options.corporate_currency);
+        let simulator = sim::start(options).await?;
         let base_url = simulator.base_url();
         Running {
             label: "Salesforce",

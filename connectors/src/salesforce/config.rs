@@ -64,6 +64,10 @@ pub struct SalesforceConfig {
     pub channel_field: String,
     /// Outbound Message settings, if webhooks are used.
     pub webhook: Option<SalesforceWebhook>,
+    /// Values for fields the org requires on create when a record has none, by `Object.Field`
+    /// (`"Opportunity.StageName" = "Prospecting"`). Without one, such a record is rejected before
+    /// any API call, naming the field.
+    pub push_defaults: std::collections::BTreeMap<String, String>,
 }
 
 impl SalesforceConfig {
@@ -77,6 +81,7 @@ impl SalesforceConfig {
         "batch_size",
         "channel_field",
         "webhook",
+        "push_defaults",
     ];
 
     /// Reads the vendor keys of a connection table, recording every problem.
@@ -99,6 +104,23 @@ impl SalesforceConfig {
             table.problem("batch_size", format!("{batch_size} is outside 200..=2000"));
         }
         let channel_field = table.string_or("channel_field", "LeadSource");
+        let mut push_defaults = std::collections::BTreeMap::new();
+        if table.has("push_defaults")
+            && let Some(mut defaults) = table.table("push_defaults")
+        {
+            for key in defaults.keys() {
+                let well_formed = key
+                    .split_once('.')
+                    .is_some_and(|(object, field)| !object.is_empty() && !field.is_empty() && !field.contains('.'));
+                let value = defaults.opt_string(&key);
+                if !well_formed {
+                    defaults.problem(&key, "expected an \"Object.Field\" key, e.g. \"Opportunity.StageName\"");
+                } else if let Some(value) = value {
+                    push_defaults.insert(key, value);
+                }
+            }
+            defaults.finish(&[]);
+        }
         let auth = table.table("auth").and_then(|mut auth| {
             let flow = auth.string("flow");
             let client_id = auth.string("client_id");
@@ -172,6 +194,7 @@ impl SalesforceConfig {
             batch_size: u32::try_from(batch_size).unwrap_or(2000),
             channel_field,
             webhook,
+            push_defaults,
         })
     }
 }

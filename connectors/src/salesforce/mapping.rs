@@ -2,13 +2,16 @@
 
 use std::collections::BTreeSet;
 
+use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
 use super::config::SalesforceConfig;
+use super::org::{CURRENCY_FIELD, ObjectInfo, WriteKind};
 use super::wire;
 use crate::canonical::{
-    Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Lead, Money, Opportunity, Order,
-    OrderLine, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, join_name, normalise_domain, split_name,
+    Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, FxError, FxTable, Lead, Money,
+    Opportunity, Order, OrderLine, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, join_name, normalise_domain,
+    split_name,
 };
 use crate::connector::{Change, ChangeKind, Completeness};
 use crate::error::ConnectorError;
@@ -65,6 +68,63 @@ pub fn required_field(entity: Entity) -> &'static str {
         Entity::Opportunity => "StageName",
         Entity::Order => "Status",
     }
+}
+
+/// Every vendor field the mapping reads or writes for an entity (the channel field resolved).
+pub fn mapped_fields(entity: Entity, config: &SalesforceConfig) -> Vec<String> {
+    let mut fields: Vec<String> = Vec::new();
+    for canonical in entity.fields() {
+        for field in vendor_fields(entity, canonical) {
+            let field = resolve(field, config).to_owned();
+            if !fields.contains(&field) {
+                fields.push(field);
+            }
+        }
+    }
+    fields
+}
+
+/// Mapped fields whose describe type the mapping relies on, with the types it can read.
+fn typed_fields(entity: Entity) -> &'static [(&'static str, &'static [&'static str])] {
+    const TEXT: &[&str] = &["string", "picklist", "textarea", "combobox"];
+    match entity {
+        Entity::Account => &[("Name", TEXT)],
+        Entity::Lead => &[("LastName", TEXT), ("Company", TEXT), ("IsConverted", &["boolean"])],
+        Entity::Opportunity => &[
+            ("StageName", TEXT),
+            ("Amount", &["currency", "double", "int"]),
+            ("CloseDate", &["date"]),
+            ("AccountId", &["reference"]),
+            ("Probability", &["percent", "double", "int"]),
+        ],
+        Entity::Order => &[
+            ("Status", TEXT),
+            ("EffectiveDate", &["date"]),
+            ("AccountId", &["reference"]),
+            ("TotalAmount", &["currency", "double"]),
+        ],
+    }
+}
+
+/// Stops an entity whose mapped field was retyped (SPEC §3 schema drift): a `CloseDate` turned text
+/// would otherwise be read as garbage or written as nulls. Missing fields are not this check's
+/// business (`describe::require` and `check` report them).
+pub fn check_types(entity: Entity, info: &ObjectInfo, policy: &FieldPolicy) -> Result<(), ConnectorError> {
+    for (name, types) in typed_fields(entity) {
+        let Some(field) = info.field(name) else { continue };
+        if policy.allows(entity, name) && !types.contains(&field.field_type.as_str()) {
+            return Err(ConnectorError::SchemaDrift {
+                object: info.object.clone(),
+                message: format!(
+                    "field {name} of {} is now of type {} (the mapping reads {})",
+                    info.object,
+                    field.field_type,
+                    types.join(" or ")
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Fields crmsync always selects and never treats as `extra`.
@@ -127,6 +187,26 @@ fn reference(row: &Map<String, Value>, field: &str) -> Option<RecordRef> {
 #[error("unexpected value {0}")]
 struct TypeError(String);
 
+/// A row's currency: its `CurrencyIsoCode` (multi-currency orgs), else the org's corporate currency
+/// (single-currency orgs have no such field and keep every amount in the corporate currency).
+fn row_currency(
+    row: &Map<String, Value>,
+    object: &str,
+    corporate: Option<&Currency>,
+) -> Result<Currency, ConnectorError> {
+    match text(row, super::org::CURRENCY_FIELD) {
+        Some(code) => {
+            Currency::new(&code).map_err(|error| ConnectorError::decode(format!("{object}.CurrencyIsoCode"), error))
+        }
+        None => corporate.cloned().ok_or_else(|| {
+            ConnectorError::decode(
+                format!("{object} row"),
+                TypeError("no CurrencyIsoCode and the org's corporate currency is unknown".into()),
+            )
+        }),
+    }
+}
+
 /// Values a mapping table did not cover (reported, never blocking).
 #[derive(Debug, Default)]
 pub struct Unmapped(pub Vec<String>);
@@ -137,7 +217,7 @@ pub fn to_change(
     row: &Map<String, Value>,
     vocabulary: &Vocabulary,
     config: &SalesforceConfig,
-    default_currency: &Currency,
+    corporate_currency: Option<&Currency>,
     unmapped: &mut Unmapped,
 ) -> Result<Change, ConnectorError> {
     let object = wire::object(entity);
@@ -203,17 +283,17 @@ pub fn to_change(
                 }
                 mapped
             });
-            let currency = match text(row, "CurrencyIsoCode") {
-                Some(code) => Currency::new(&code)
-                    .map_err(|error| ConnectorError::decode("Opportunity.CurrencyIsoCode", error))?,
-                None => default_currency.clone(),
+            // The currency only matters with an amount (an Outbound Message may carry neither).
+            let amount = match decimal(row, "Amount")? {
+                Some(amount) => Some(Money::new(amount, row_currency(row, "Opportunity", corporate_currency)?)),
+                None => None,
             };
             let close_date = date(row, "CloseDate")?;
             let is_closed = boolean(row, "IsClosed")?.or(stage.map(|stage| stage.is_closed()));
             EntityData::Opportunity(Opportunity {
                 name: text(row, "Name"),
                 account: reference(row, "AccountId"),
-                amount: decimal(row, "Amount")?.map(|amount| Money::new(amount, currency)),
+                amount,
                 stage,
                 vendor_stage,
                 probability: decimal(row, "Probability")?,
@@ -269,12 +349,7 @@ pub fn to_change(
                     None
                 }
             };
-            let currency = match text(row, "CurrencyIsoCode") {
-                Some(code) => {
-                    Some(Currency::new(&code).map_err(|error| ConnectorError::decode("Order.CurrencyIsoCode", error))?)
-                }
-                None => Some(default_currency.clone()),
-            };
+            let currency = Some(row_currency(row, "Order", corporate_currency)?);
             EntityData::Order(Order {
                 number: text(row, "Crmsync_Order_Number__c").or_else(|| text(row, "OrderNumber")),
                 account: reference(row, "AccountId"),
@@ -329,105 +404,306 @@ fn channel_value(channel: Channel, vocabulary: &Vocabulary) -> Option<String> {
 fn put_reference(
     record: &mut Map<String, Value>,
     id_field: &str,
-    relationship: &str,
+    relationship: Option<&str>,
     reference: &RecordRef,
     config: &SalesforceConfig,
 ) {
-    match (&reference.external, reference.canonical) {
-        (Some(external), _) => {
+    match (&reference.external, reference.canonical, relationship) {
+        (Some(external), _, _) => {
             record.insert(id_field.to_owned(), json!(external.as_str()));
         }
-        // The target does not know its own id yet: reference the parent by crmsync's external id.
-        (None, Some(canonical)) => {
+        // The target does not know its own id yet: reference the parent by crmsync's external id,
+        // through the relationship name describe gives the lookup (`AccountId` → `Account`).
+        (None, Some(canonical), Some(relationship)) => {
             record.insert(relationship.to_owned(), json!({ config.external_id_field.as_str(): canonical.to_string() }));
         }
-        (None, None) => {}
+        _ => {}
     }
 }
 
-/// Builds the collection record for one upsert. Only fields the record has are sent (nothing is
-/// cleared), and privacy-denied fields never are.
+/// Where a record is written: the object as the org describes it, the kind of write, and what
+/// decides the values that need more than the record (currency, privacy, configured defaults).
+pub struct WriteTarget<'a> {
+    /// The object's describe.
+    pub info: &'a ObjectInfo,
+    /// Create (upsert by external id) or update (by Id).
+    pub kind: WriteKind,
+    /// Vendor fields privacy forbids.
+    pub denied: &'a BTreeSet<String>,
+    /// The org's corporate currency (needed for single-currency orgs).
+    pub corporate_currency: Option<&'a Currency>,
+    /// Exchange rates for amounts in another currency than a single-currency org keeps.
+    pub fx: Option<&'a FxTable>,
+}
+
+/// A record the org would refuse, caught before the call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    /// A Salesforce-style code (`REQUIRED_FIELD_MISSING`, `CURRENCY_NOT_CONVERTIBLE`, …).
+    pub code: String,
+    /// Why, naming the field.
+    pub message: String,
+}
+
+/// Fields the object reference documents as required on create although describe may report them
+/// nillable or defaulted (Order: developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_order.htm,
+/// "AccountId: Required", "EffectiveDate: Required", "Status: Required";
+/// Opportunity: sforce_api_objects_opportunity.htm, "CloseDate: Required", "StageName: Required").
+pub fn documented_required(entity: Entity) -> &'static [&'static str] {
+    match entity {
+        Entity::Account => &["Name"],
+        Entity::Lead => &["LastName", "Company"],
+        Entity::Opportunity => &["Name", "CloseDate", "StageName"],
+        Entity::Order => &["AccountId", "EffectiveDate", "Status"],
+    }
+}
+
+/// Returns the amount to write into a currency field of `target` and the currency code to send
+/// with it (multi-currency orgs only): amounts in another currency than a single-currency org keeps
+/// are converted with the FX table and rounded to the field's scale, or refused.
+fn writable_amount(
+    money: &Money,
+    field: &str,
+    target: &WriteTarget<'_>,
+) -> Result<(Decimal, Option<Currency>), Rejection> {
+    let object = &target.info.object;
+    if target.info.is_multi_currency() {
+        let active = target.info.field(CURRENCY_FIELD).map(|currency| &currency.picklist_values);
+        if let Some(values) = active.filter(|values| !values.is_empty())
+            && !values.iter().any(|value| value.active && value.value == money.currency.as_str())
+        {
+            return Err(Rejection {
+                code: "INVALID_OR_NULL_FOR_RESTRICTED_PICKLIST".into(),
+                message: format!("{object}.{CURRENCY_FIELD}: {} is not an active currency of this org", money.currency),
+            });
+        }
+        return Ok((money.amount, Some(money.currency.clone())));
+    }
+    let Some(corporate) = target.corporate_currency else {
+        return Err(Rejection {
+            code: "CURRENCY_UNKNOWN".into(),
+            message: format!("{object}.{field}: the org's corporate currency is unknown"),
+        });
+    };
+    if &money.currency == corporate {
+        return Ok((money.amount, None));
+    }
+    let converted =
+        target.fx.ok_or_else(|| fx_rejection(object, field, money, corporate, None))?.convert(money, corporate);
+    match converted {
+        Ok(converted) => {
+            let scale = target.info.field(field).map_or(2, |described| described.scale);
+            Ok((
+                converted.amount.round_dp_with_strategy(scale, rust_decimal::RoundingStrategy::MidpointAwayFromZero),
+                None,
+            ))
+        }
+        Err(error) => Err(fx_rejection(object, field, money, corporate, Some(&error))),
+    }
+}
+
+fn fx_rejection(object: &str, field: &str, money: &Money, corporate: &Currency, error: Option<&FxError>) -> Rejection {
+    let why = error.map_or_else(|| "no [metrics.fx] rates are configured".to_owned(), ToString::to_string);
+    Rejection {
+        code: "CURRENCY_NOT_CONVERTIBLE".into(),
+        message: format!(
+            "{object}.{field} is in {} but this single-currency org keeps amounts in {corporate} (it has no {CURRENCY_FIELD}): {why}",
+            money.currency
+        ),
+    }
+}
+
+/// Converts a canonical record to what a single-currency org stores (amounts in its corporate
+/// currency, rounded to two places), so reading it back is recognised as crmsync's own write.
+pub fn representable_amounts(data: &EntityData, corporate: &Currency, fx: Option<&FxTable>) -> EntityData {
+    let mut data = data.clone();
+    match &mut data {
+        EntityData::Opportunity(opportunity) => {
+            if let Some(amount) = &opportunity.amount
+                && &amount.currency != corporate
+                && let Some(Ok(converted)) = fx.map(|fx| fx.convert(amount, corporate))
+            {
+                opportunity.amount = Some(Money::new(
+                    converted.amount.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero),
+                    corporate.clone(),
+                ));
+            }
+        }
+        EntityData::Order(order)
+            if order.currency.as_ref().is_some_and(|currency| currency != corporate) && fx.is_some() =>
+        {
+            order.currency = Some(corporate.clone());
+        }
+        _ => {}
+    }
+    data
+}
+
+/// Builds the collection record for one upsert or update. Only fields the record has are sent
+/// (nothing is cleared), only fields the org's describe lists as settable for this kind of write
+/// (a single-currency org has no `CurrencyIsoCode`), and privacy-denied fields never are. A create
+/// that lacks a field the org requires (describe, plus the documented ones) is filled from
+/// `push_defaults` or refused, naming the field.
 pub fn to_record(
     canonical_id: CanonicalId,
     data: &EntityData,
     vocabulary: &Vocabulary,
     config: &SalesforceConfig,
-    denied: &BTreeSet<String>,
-) -> Map<String, Value> {
+    target: &WriteTarget<'_>,
+) -> Result<Map<String, Value>, Rejection> {
     let entity = data.entity();
+    let object = wire::object(entity);
     let mut record = Map::new();
-    record.insert("attributes".into(), json!({"type": wire::object(entity)}));
-    record.insert(config.external_id_field.clone(), json!(canonical_id.to_string()));
+    record.insert("attributes".into(), json!({"type": object}));
+    if target.kind == WriteKind::Create || target.info.is_writable(&config.external_id_field, WriteKind::Update) {
+        record.insert(config.external_id_field.clone(), json!(canonical_id.to_string()));
+    }
     let channel_field = config.channel_field.clone();
-    let mut put = |field: &str, value: Value| {
-        if !denied.contains(field) && !value.is_null() {
+    let info = target.info;
+    let kind = target.kind;
+    let denied = target.denied;
+    let put = |record: &mut Map<String, Value>, field: &str, value: Value| {
+        if !denied.contains(field) && !value.is_null() && info.is_writable(field, kind) {
             record.insert(field.to_owned(), value);
         }
     };
     match data {
         EntityData::Account(account) => {
-            put("Name", json!(account.name));
-            put("AccountNumber", json!(account.number));
-            put("Website", json!(account.domain.as_ref().map(|domain| format!("https://{domain}"))));
-            put("Industry", json!(account.industry));
-            put("BillingCountry", json!(account.billing_country));
+            put(&mut record, "Name", json!(account.name));
+            put(&mut record, "AccountNumber", json!(account.number));
+            put(&mut record, "Website", json!(account.domain.as_ref().map(|domain| format!("https://{domain}"))));
+            put(&mut record, "Industry", json!(account.industry));
+            put(&mut record, "BillingCountry", json!(account.billing_country));
         }
         EntityData::Lead(lead) => {
             if let Some(name) = &lead.name {
                 let (first, last) = split_name(name);
                 if let Some(first) = first {
-                    put("FirstName", json!(first));
+                    put(&mut record, "FirstName", json!(first));
                 }
-                put("LastName", json!(last));
+                put(&mut record, "LastName", json!(last));
             }
             put(
+                &mut record,
                 "Company",
                 json!(lead.company.clone().or_else(|| lead.name.as_ref().map(|_| "[not provided]".to_owned()))),
             );
-            put("Email", json!(lead.email));
-            put(&channel_field, json!(lead.channel.and_then(|channel| channel_value(channel, vocabulary))));
+            put(&mut record, "Email", json!(lead.email));
+            put(
+                &mut record,
+                &channel_field,
+                json!(lead.channel.and_then(|channel| channel_value(channel, vocabulary))),
+            );
         }
         EntityData::Opportunity(opportunity) => {
-            put("Name", json!(opportunity.name));
-            put("StageName", json!(opportunity.stage.and_then(|stage| vocabulary.stages.reverse(stage))));
-            put("CloseDate", json!(opportunity.close_date.map(|day| day.to_string())));
-            if let Some(amount) = &opportunity.amount {
-                put("Amount", decimal_json(amount.amount));
-                put("CurrencyIsoCode", json!(amount.currency.as_str()));
+            put(&mut record, "Name", json!(opportunity.name));
+            put(&mut record, "StageName", json!(opportunity.stage.and_then(|stage| vocabulary.stages.reverse(stage))));
+            put(&mut record, "CloseDate", json!(opportunity.close_date.map(|day| day.to_string())));
+            if let Some(amount) = &opportunity.amount
+                && !denied.contains("Amount")
+            {
+                let (value, currency) = writable_amount(amount, "Amount", target)?;
+                put(&mut record, "Amount", decimal_json(value));
+                if let Some(currency) = currency {
+                    put(&mut record, CURRENCY_FIELD, json!(currency.as_str()));
+                }
             }
-            put("Probability", json!(opportunity.probability.map(decimal_json)));
-            put(&channel_field, json!(opportunity.channel.and_then(|channel| channel_value(channel, vocabulary))));
+            put(&mut record, "Probability", json!(opportunity.probability.map(decimal_json)));
+            put(
+                &mut record,
+                &channel_field,
+                json!(opportunity.channel.and_then(|channel| channel_value(channel, vocabulary))),
+            );
         }
         EntityData::Order(order) => {
-            put("Crmsync_Order_Number__c", json!(order.number));
-            put("Status", json!(order.status.and_then(|status| vocabulary.order_statuses.reverse(status))));
-            put("EffectiveDate", json!(order.order_date.map(|day| day.to_string())));
-            put("CurrencyIsoCode", json!(order.currency.as_ref().map(Currency::as_str)));
-            put("Description", json!(order.details));
-            put(&channel_field, json!(order.channel.and_then(|channel| channel_value(channel, vocabulary))));
+            put(&mut record, "Crmsync_Order_Number__c", json!(order.number));
+            put(
+                &mut record,
+                "Status",
+                json!(order.status.and_then(|status| vocabulary.order_statuses.reverse(status))),
+            );
+            put(&mut record, "EffectiveDate", json!(order.order_date.map(|day| day.to_string())));
+            if let Some(currency) = &order.currency {
+                if info.is_multi_currency() {
+                    put(&mut record, CURRENCY_FIELD, json!(currency.as_str()));
+                } else {
+                    // The order's amounts are its lines' prices: in another currency than the org
+                    // keeps they must be convertible (they are converted when lines are written).
+                    let probe = Money::new(Decimal::ONE, currency.clone());
+                    writable_amount(&probe, "TotalAmount", target)?;
+                }
+            }
+            put(&mut record, "Description", json!(order.details));
+            put(
+                &mut record,
+                &channel_field,
+                json!(order.channel.and_then(|channel| channel_value(channel, vocabulary))),
+            );
         }
     }
+    let reference = |record: &mut Map<String, Value>, id_field: &str, target_object: &str, value: &RecordRef| {
+        if denied.contains(id_field) || !info.is_writable(id_field, kind) {
+            return;
+        }
+        let relationship = info.relationship_to(id_field, target_object);
+        put_reference(record, id_field, relationship, value, config);
+    };
     match data {
         EntityData::Opportunity(opportunity) => {
-            if let Some(account) = &opportunity.account
-                && !denied.contains("AccountId")
-            {
-                put_reference(&mut record, "AccountId", "Account", account, config);
+            if let Some(account) = &opportunity.account {
+                reference(&mut record, "AccountId", "Account", account);
             }
         }
         EntityData::Order(order) => {
-            if let Some(account) = &order.account
-                && !denied.contains("AccountId")
-            {
-                put_reference(&mut record, "AccountId", "Account", account, config);
+            if let Some(account) = &order.account {
+                reference(&mut record, "AccountId", "Account", account);
             }
-            if let Some(opportunity) = &order.opportunity
-                && !denied.contains("OpportunityId")
-            {
-                put_reference(&mut record, "OpportunityId", "Opportunity", opportunity, config);
+            if let Some(opportunity) = &order.opportunity {
+                reference(&mut record, "OpportunityId", "Opportunity", opportunity);
             }
         }
         _ => {}
     }
-    record
+    if kind == WriteKind::Create {
+        fill_required(&mut record, entity, config, target)?;
+    }
+    Ok(record)
+}
+
+/// Checks a create carries every field the org requires, filling gaps from `push_defaults`.
+fn fill_required(
+    record: &mut Map<String, Value>,
+    entity: Entity,
+    config: &SalesforceConfig,
+    target: &WriteTarget<'_>,
+) -> Result<(), Rejection> {
+    let object = &target.info.object;
+    let mut missing = Vec::new();
+    for field in target.info.required_on_create(documented_required(entity)) {
+        let present = record.get(field).is_some_and(|value| !value.is_null())
+            // A parent referenced by external id (`"Account": {"Crmsync_Id__c": …}`) fills its lookup.
+            || target.info.field(field).and_then(|described| described.relationship_name.as_deref()).is_some_and(|relationship| record.contains_key(relationship))
+            || field == config.external_id_field;
+        if present {
+            continue;
+        }
+        match config.push_defaults.get(&format!("{object}.{field}")) {
+            Some(value) if !target.denied.contains(field) => {
+                record.insert(field.to_owned(), json!(value));
+            }
+            _ => missing.push(field.to_owned()),
+        }
+    }
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<String> = missing.iter().map(|field| format!("{object}.{field}")).collect();
+    Err(Rejection {
+        code: "REQUIRED_FIELD_MISSING".into(),
+        message: format!(
+            "{} required on create and the record has no value (set it in the source, or push_defaults = {{ \"{}\" = \"…\" }})",
+            if names.len() == 1 { format!("{} is", names[0]) } else { format!("{} are", names.join(", ")) },
+            names[0]
+        ),
+    })
 }

@@ -17,13 +17,23 @@
 //! from a Bulk API 2.0 query job instead (CSV pages with `Sforce-Locator`), whose id is saved through
 //! the host before any result is read so a restart resumes it. Orders stay on REST.
 //!
-//! # Not supported
+//! # Writes the org would refuse
 //!
-//! Order lines are read but not written (OrderItems need price-book entries).
+//! Pushes are checked against the object's describe before any call: only fields the org has and
+//! lets this write set (`createable` on create, `updateable` on update) are sent, so a
+//! single-currency org never receives `CurrencyIsoCode`; a create lacking a field the org requires
+//! is filled from `push_defaults` or rejected naming the field; an amount in another currency than
+//! a single-currency org keeps is converted with `metrics.fx` or rejected.
+//!
+//! Orders follow the Order object reference: an order is inserted with a Draft status and activated
+//! afterwards by an update that carries only `Status`; an existing order's other fields are updated
+//! in one call and its status in a second, Status-only call. Order lines are read but not written
+//! (OrderItems need price-book entries).
 
 mod config;
 pub mod jwt;
 pub mod mapping;
+pub mod org;
 #[cfg(feature = "simulators")]
 pub mod sim;
 #[cfg(all(test, feature = "testkit"))]
@@ -41,7 +51,7 @@ use serde_json::{Map, Value};
 
 pub use config::{SalesforceAuth, SalesforceConfig, SalesforceWebhook};
 
-use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
+use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, OrderStatus, Timestamp, VendorKind};
 use crate::connector::{
     ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
     PushOutcome, PushReport, SharedHost, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply, deletes_to_send,
@@ -62,8 +72,9 @@ pub struct SalesforceConnector {
     settings: ConnectionSettings,
     config: SalesforceConfig,
     http: VendorHttp,
-    described: DescribeCache<BTreeSet<String>>,
-    default_currency: Currency,
+    described: DescribeCache<org::ObjectInfo>,
+    /// The org's corporate currency, read once (`SELECT DefaultCurrencyIsoCode FROM Organization`).
+    corporate_currency: tokio::sync::OnceCell<Currency>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -133,7 +144,7 @@ impl SalesforceConnector {
             config,
             http,
             described: DescribeCache::default(),
-            default_currency: Currency::new("USD").map_err(|error| ConnectorError::Config(error.to_string()))?,
+            corporate_currency: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -207,8 +218,8 @@ impl SalesforceConnector {
         format!("/services/data/{}{rest}", self.config.api_version)
     }
 
-    /// Returns the fields the org has on an object (fetched once per connection).
-    async fn describe(&self, entity: Entity) -> Result<Arc<BTreeSet<String>>, ConnectorError> {
+    /// Returns what the org says an object has (fetched once per connection).
+    async fn describe(&self, entity: Entity) -> Result<Arc<org::ObjectInfo>, ConnectorError> {
         if let Some(found) = self.described.get(entity) {
             return Ok(found);
         }
@@ -216,13 +227,59 @@ impl SalesforceConnector {
         let path = self.data_path(&format!("/sobjects/{object}/describe"));
         let described: wire::Describe =
             self.call_json(&format!("{object} describe"), |client, base| client.get(format!("{base}{path}"))).await?;
-        let fields: BTreeSet<String> = described.fields.into_iter().map(|field| field.name).collect();
-        describe::require(&fields, mapping::required_field(entity), "field", object, entity, &self.settings.fields)?;
-        Ok(self.described.insert(entity, fields))
+        let info = org::ObjectInfo::from_describe(described);
+        describe::require(
+            &info.names(),
+            mapping::required_field(entity),
+            "field",
+            object,
+            entity,
+            &self.settings.fields,
+        )?;
+        mapping::check_types(entity, &info, &self.settings.fields)?;
+        Ok(self.described.insert(entity, info))
+    }
+
+    /// The org's corporate currency (what a single-currency org's amounts are in), read once.
+    async fn corporate_currency(&self) -> Result<Currency, ConnectorError> {
+        self.corporate_currency
+            .get_or_try_init(|| async {
+                let soql = "SELECT DefaultCurrencyIsoCode FROM Organization";
+                let path = self.data_path("/query");
+                let page: wire::QueryResponse = self
+                    .call_json("Organization query", |client, base| {
+                        client.get(format!("{base}{path}")).query(&[("q", soql)])
+                    })
+                    .await?;
+                let code = page
+                    .records
+                    .first()
+                    .and_then(|row| row.get("DefaultCurrencyIsoCode"))
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
+                Currency::new(&code)
+                    .map_err(|error| ConnectorError::decode("Organization.DefaultCurrencyIsoCode", error))
+            })
+            .await
+            .cloned()
+    }
+
+    /// The currency rows of `entity` without `CurrencyIsoCode` are in: the corporate currency when
+    /// the object has no currency field (single-currency org); `None` where rows carry their own.
+    async fn row_currency(&self, entity: Entity) -> Result<Option<Currency>, ConnectorError> {
+        if !matches!(entity, Entity::Opportunity | Entity::Order) {
+            return Ok(None);
+        }
+        if self.describe(entity).await?.is_multi_currency() {
+            return Ok(self.corporate_currency.get().cloned());
+        }
+        Ok(Some(self.corporate_currency().await?))
     }
 
     async fn select(&self, entity: Entity) -> Result<(Vec<String>, BTreeSet<String>), ConnectorError> {
-        let described = self.describe(entity).await?;
+        let info = self.describe(entity).await?;
+        let described = info.names();
         let denied = mapping::denied_fields(entity, &self.settings.fields, &self.config, &described);
         Ok((mapping::select_list(entity, &described, &denied, &self.config), denied))
     }
@@ -230,7 +287,10 @@ impl SalesforceConnector {
     async fn soql(&self, entity: Entity, condition: Option<String>) -> Result<String, ConnectorError> {
         let (fields, _) = self.select(entity).await?;
         let mut soql = format!("SELECT {}", fields.join(", "));
-        if entity == Entity::Order && self.settings.fields.allows(entity, "lines") {
+        // The items subquery names the child relationship describe lists for OrderItem.
+        let has_items =
+            self.describe(entity).await?.child_relationship("OrderItem") == Some(wire::ORDER_ITEMS_RELATIONSHIP);
+        if entity == Entity::Order && has_items && self.settings.fields.allows(entity, "lines") {
             soql.push_str(", ");
             soql.push_str(wire::ORDER_ITEMS_SUBQUERY);
         }
@@ -261,19 +321,17 @@ impl SalesforceConnector {
         .await
     }
 
-    fn map_rows(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Vec<Change>, ConnectorError> {
+    fn map_rows(
+        &self,
+        entity: Entity,
+        rows: &[Map<String, Value>],
+        currency: Option<&Currency>,
+    ) -> Result<Vec<Change>, ConnectorError> {
         let mut unmapped = mapping::Unmapped::default();
         let changes = rows
             .iter()
             .map(|row| {
-                mapping::to_change(
-                    entity,
-                    row,
-                    &self.settings.vocabulary,
-                    &self.config,
-                    &self.default_currency,
-                    &mut unmapped,
-                )
+                mapping::to_change(entity, row, &self.settings.vocabulary, &self.config, currency, &mut unmapped)
             })
             .collect::<Result<Vec<_>, _>>()?;
         for value in &unmapped.0 {
@@ -304,7 +362,17 @@ impl SalesforceConnector {
             let Some(Some(id)) = notification.fields.get("Id").cloned() else { continue };
             // Values are only trusted as a change when they carry their SystemModstamp; otherwise the
             // record is fetched (its current state, with the stamp that orders it).
-            if notification.fields.contains_key("SystemModstamp") {
+            // In a single-currency org amounts carry no CurrencyIsoCode; until the corporate currency
+            // is known (after the first pull) such a notification is fetched instead.
+            let needs_currency = match entity {
+                Entity::Opportunity => notification.fields.contains_key("Amount"),
+                Entity::Order => true,
+                _ => false,
+            };
+            let currency_known = !needs_currency
+                || notification.fields.contains_key(org::CURRENCY_FIELD)
+                || self.corporate_currency.get().is_some();
+            if notification.fields.contains_key("SystemModstamp") && currency_known {
                 let row: Map<String, Value> = notification
                     .fields
                     .iter()
@@ -324,7 +392,7 @@ impl SalesforceConnector {
                     &row,
                     &self.settings.vocabulary,
                     &self.config,
-                    &self.default_currency,
+                    self.corporate_currency.get(),
                     &mut unmapped,
                 )
                 .map_err(|error| WebhookError::Malformed(error.to_string()))?;
@@ -420,22 +488,42 @@ impl Connector for SalesforceConnector {
 
     async fn check(&self) -> Result<CheckReport, ConnectorError> {
         let mut report = CheckReport::default();
+        let mut single_currency = false;
         for entity in &self.settings.entities {
-            let described = self.describe(*entity).await?;
-            if !described.contains(&self.config.external_id_field) {
+            let info = self.describe(*entity).await?;
+            let object = wire::object(*entity);
+            if !info.has(&self.config.external_id_field) {
                 report.notes.push(format!(
-                    "{}: external-id field {} is missing; pushes to this object will fail until it is created",
-                    wire::object(*entity),
+                    "{object}: external-id field {} is missing; pushes to this object will fail until it is created",
                     self.config.external_id_field
                 ));
             }
-            if !described.contains(&self.config.channel_field) {
+            if !info.has(&self.config.channel_field) {
                 report.notes.push(format!(
-                    "{}: channel field {} is missing; channel will be \"other\"",
-                    wire::object(*entity),
+                    "{object}: channel field {} is missing; channel will be \"other\"",
                     self.config.channel_field
                 ));
             }
+            // Every mapped field the org lacks: it is neither read nor written.
+            for field in mapping::mapped_fields(*entity, &self.config) {
+                if field == self.config.channel_field
+                    || info.has(&field)
+                    || !self.settings.fields.allows(*entity, &field)
+                {
+                    continue;
+                }
+                let consequence = if field == org::CURRENCY_FIELD {
+                    single_currency = true;
+                    "single-currency org: amounts are read in its corporate currency and converted to it on push"
+                } else {
+                    "not read, not written"
+                };
+                report.notes.push(format!("{object}: mapped field {field} is not in this org ({consequence})"));
+            }
+        }
+        if single_currency {
+            let corporate = self.corporate_currency().await?;
+            report.notes.push(format!("corporate currency {corporate} (Organization.DefaultCurrencyIsoCode)"));
         }
         let usage = self.http.usage();
         if let (Some(used), Some(limit)) = (usage.vendor_used, usage.vendor_limit) {
@@ -477,7 +565,8 @@ impl Connector for SalesforceConnector {
             position.bulk = Some(self.bulk_start(entity, position.since, page.total_size).await?);
             return Ok(Page { changes: Vec::new(), cursor: Cursor::encode(&position), has_more: true });
         }
-        let changes = self.deliver(entity, &page.records, &mut position)?;
+        let currency = self.row_currency(entity).await?;
+        let changes = self.deliver(entity, &page.records, currency.as_ref(), &mut position)?;
         if page.done {
             position.next = None;
             position.since = position.max.or(position.since);
@@ -499,7 +588,8 @@ impl Connector for SalesforceConnector {
                 page = self.query_more(entity, &next).await?;
                 rows.append(&mut page.records);
             }
-            let found = self.map_rows(entity, &rows)?;
+            let currency = self.row_currency(entity).await?;
+            let found = self.map_rows(entity, &rows, currency.as_ref())?;
             let present: HashSet<&str> = found.iter().map(|change| change.external_id.as_str()).collect();
             let now = Timestamp::now();
             let gone: Vec<Change> = chunk
@@ -548,20 +638,81 @@ impl Connector for SalesforceConnector {
             )));
         }
         let object = wire::object(entity);
-        let described = self.describe(entity).await?;
-        let denied = mapping::denied_fields(entity, &self.settings.fields, &self.config, &described);
+        let info = self.describe(entity).await?;
+        let denied = mapping::denied_fields(entity, &self.settings.fields, &self.config, &info.names());
+        let corporate = if matches!(entity, Entity::Opportunity | Entity::Order) && !info.is_multi_currency() {
+            Some(self.corporate_currency().await?)
+        } else {
+            None
+        };
         let mut outcomes: Vec<Option<PushOutcome>> = vec![None; batch.len()];
+        // An order crmsync has no id for may still exist (a push whose answer was lost): look its
+        // external id up first, so an existing order is updated (never re-inserted as Draft, which
+        // would deactivate it) and a new one is inserted as Draft and activated once.
+        let existing_orders =
+            if entity == Entity::Order { self.orders_by_external_id(batch).await? } else { HashMap::new() };
         // A record the target already has (its id is known) is updated by Id — it may predate crmsync
         // and lack the external-id field, so an upsert by external id would duplicate it; the update
         // stamps the field. Records the target does not have are upserted by external id, so a retried
         // push never creates a second copy.
         let mut updates: Vec<(usize, Map<String, Value>)> = Vec::new();
         let mut upserts: Vec<(usize, Map<String, Value>)> = Vec::new();
+        // Orders: the Status each one must end in, set by a Status-only update after the write.
+        let mut statuses: HashMap<usize, Value> = HashMap::new();
+        let draft = self.settings.vocabulary.order_statuses.reverse(OrderStatus::Draft).map(str::to_owned);
         for (index, outgoing) in batch.iter().enumerate() {
             let OutgoingOp::Upsert { data } = &outgoing.op else { continue };
-            let mut record =
-                mapping::to_record(outgoing.canonical_id, data, &self.settings.vocabulary, &self.config, &denied);
-            match &outgoing.external_id {
+            let known = outgoing
+                .external_id
+                .clone()
+                .or_else(|| existing_orders.get(&outgoing.canonical_id.to_string()).cloned().map(ExternalId::new));
+            let kind = if known.is_some() { org::WriteKind::Update } else { org::WriteKind::Create };
+            let target = mapping::WriteTarget {
+                info: &info,
+                kind,
+                denied: &denied,
+                corporate_currency: corporate.as_ref(),
+                fx: self.settings.fx.as_ref(),
+            };
+            let mut record = match mapping::to_record(
+                outgoing.canonical_id,
+                data,
+                &self.settings.vocabulary,
+                &self.config,
+                &target,
+            ) {
+                Ok(record) => record,
+                Err(rejection) => {
+                    tracing::info!(connection = %self.settings.id, object, code = %rejection.code, reason = %rejection.message, "record refused before the call");
+                    outcomes[index] = Some(PushOutcome::Rejected { code: rejection.code, message: rejection.message });
+                    continue;
+                }
+            };
+            if entity == Entity::Order {
+                if let Some(status) = record.remove("Status") {
+                    match (kind, &draft) {
+                        // Orders are inserted Draft; the status they should have follows.
+                        (org::WriteKind::Create, Some(draft)) => {
+                            if status.as_str() != Some(draft.as_str()) {
+                                statuses.insert(index, status);
+                            }
+                            record.insert("Status".into(), Value::String(draft.clone()));
+                        }
+                        (org::WriteKind::Create, None) => {
+                            record.insert("Status".into(), status);
+                        }
+                        (org::WriteKind::Update, _) => {
+                            statuses.insert(index, status);
+                        }
+                    }
+                }
+                if kind == org::WriteKind::Update {
+                    // AccountId "can only be updated when the order's StatusCode value is Draft".
+                    record.remove("AccountId");
+                    record.remove("Account");
+                }
+            }
+            match known {
                 Some(id) => {
                     record.insert("id".into(), Value::String(id.to_string()));
                     updates.push((index, record));
@@ -570,22 +721,8 @@ impl Connector for SalesforceConnector {
             }
         }
         if !updates.is_empty() {
-            let body = wire::CollectionRequest {
-                all_or_none: false,
-                records: updates.iter().map(|(_, record)| record.clone()).collect(),
-            };
-            let path = self.data_path("/composite/sobjects");
-            let results: Vec<wire::CollectionResult> = self
-                .call_json(&format!("{object} update results"), |client, base| {
-                    client.patch(format!("{base}{path}")).json(&body)
-                })
-                .await?;
-            if results.len() != updates.len() {
-                return Err(ConnectorError::decode(
-                    format!("{object} update results"),
-                    std::io::Error::other(format!("{} results for {} records", results.len(), updates.len())),
-                ));
-            }
+            let records: Vec<Map<String, Value>> = updates.iter().map(|(_, record)| record.clone()).collect();
+            let results = self.collection_update(object, records).await?;
             for ((index, _), result) in updates.iter().zip(results) {
                 outcomes[*index] = Some(match collection_outcome(result, true) {
                     PushOutcome::Upserted { external_id, version, .. } => {
@@ -616,6 +753,9 @@ impl Connector for SalesforceConnector {
                 outcomes[*index] = Some(collection_outcome(result, true));
             }
         }
+        if !statuses.is_empty() {
+            self.set_order_statuses(&mut outcomes, statuses).await?;
+        }
         let deletes = deletes_to_send(batch, &mut outcomes);
         if !deletes.is_empty() {
             let ids: Vec<&str> = deletes.iter().map(|(_, id)| id.as_str()).collect();
@@ -638,7 +778,15 @@ impl Connector for SalesforceConnector {
     }
 
     fn representable(&self, data: &crate::canonical::EntityData) -> crate::canonical::EntityData {
-        self.settings.vocabulary.representable(data)
+        let data = self.settings.vocabulary.representable(data);
+        // A single-currency org reads amounts back in its corporate currency.
+        let single_currency = self.described.get(data.entity()).is_some_and(|info| !info.is_multi_currency());
+        match self.corporate_currency.get() {
+            Some(corporate) if single_currency => {
+                mapping::representable_amounts(&data, corporate, self.settings.fx.as_ref())
+            }
+            _ => data,
+        }
     }
 }
 
@@ -649,9 +797,10 @@ impl SalesforceConnector {
         &self,
         entity: Entity,
         rows: &[Map<String, Value>],
+        currency: Option<&Currency>,
         position: &mut Position,
     ) -> Result<Vec<Change>, ConnectorError> {
-        let mapped = self.map_rows(entity, rows)?;
+        let mapped = self.map_rows(entity, rows, currency)?;
         let mut seen: HashSet<(String, i64)> = position.seen.drain(..).collect();
         let mut changes = Vec::with_capacity(mapped.len());
         for change in mapped {
@@ -671,6 +820,90 @@ impl SalesforceConnector {
         position.seen = seen.into_iter().collect();
         position.seen.sort();
         Ok(changes)
+    }
+
+    /// sObject Collections update (`PATCH /composite/sobjects`), one result per record in order.
+    async fn collection_update(
+        &self,
+        object: &str,
+        records: Vec<Map<String, Value>>,
+    ) -> Result<Vec<wire::CollectionResult>, ConnectorError> {
+        let count = records.len();
+        let body = wire::CollectionRequest { all_or_none: false, records };
+        let path = self.data_path("/composite/sobjects");
+        let results: Vec<wire::CollectionResult> = self
+            .call_json(&format!("{object} update results"), |client, base| {
+                client.patch(format!("{base}{path}")).json(&body)
+            })
+            .await?;
+        if results.len() != count {
+            return Err(ConnectorError::decode(
+                format!("{object} update results"),
+                std::io::Error::other(format!("{} results for {count} records", results.len())),
+            ));
+        }
+        Ok(results)
+    }
+
+    /// The Salesforce ids of the orders of `batch` crmsync has no id for, found by external id.
+    async fn orders_by_external_id(&self, batch: &[Outgoing]) -> Result<HashMap<String, String>, ConnectorError> {
+        let wanted: Vec<String> = batch
+            .iter()
+            .filter(|outgoing| outgoing.external_id.is_none() && matches!(outgoing.op, OutgoingOp::Upsert { .. }))
+            .map(|outgoing| format!("'{}'", outgoing.canonical_id))
+            .collect();
+        if wanted.is_empty() || !self.describe(Entity::Order).await?.has(&self.config.external_id_field) {
+            return Ok(HashMap::new());
+        }
+        let field = &self.config.external_id_field;
+        let soql = format!("SELECT Id, {field} FROM Order WHERE {field} IN ({})", wanted.join(","));
+        let mut page = self.query(Entity::Order, &soql, false).await?;
+        let mut rows = std::mem::take(&mut page.records);
+        while let (false, Some(next)) = (page.done, page.next_records_url.clone()) {
+            page = self.query_more(Entity::Order, &next).await?;
+            rows.append(&mut page.records);
+        }
+        Ok(rows
+            .iter()
+            .filter_map(|row| {
+                let id = row.get("Id")?.as_str()?;
+                let external = row.get(field.as_str())?.as_str()?;
+                Some((external.to_owned(), id.to_owned()))
+            })
+            .collect())
+    }
+
+    /// Sets the final `Status` of orders just written, in one Status-only update: the Order object
+    /// reference allows only `Status` in the update that activates an order.
+    async fn set_order_statuses(
+        &self,
+        outcomes: &mut [Option<PushOutcome>],
+        statuses: HashMap<usize, Value>,
+    ) -> Result<(), ConnectorError> {
+        let mut pending: Vec<(usize, Map<String, Value>)> = Vec::new();
+        for (index, status) in statuses {
+            let Some(Some(PushOutcome::Upserted { external_id, .. })) = outcomes.get(index) else { continue };
+            let mut record = Map::new();
+            record.insert("attributes".into(), serde_json::json!({"type": "Order"}));
+            record.insert("id".into(), Value::String(external_id.to_string()));
+            record.insert("Status".into(), status);
+            pending.push((index, record));
+        }
+        if pending.is_empty() {
+            return Ok(());
+        }
+        pending.sort_by_key(|(index, _)| *index);
+        let records = pending.iter().map(|(_, record)| record.clone()).collect();
+        let results = self.collection_update("Order", records).await?;
+        for ((index, _), result) in pending.iter().zip(results) {
+            if let PushOutcome::Rejected { code, message } = collection_outcome(result, true) {
+                // The order exists (its id is known) but has not reached its status: a later push
+                // retries the Status-only update once the cause is fixed.
+                outcomes[*index] =
+                    Some(PushOutcome::Rejected { code, message: format!("order written, status not set: {message}") });
+            }
+        }
+        Ok(())
     }
 
     /// Orders stay on REST: Bulk 2.0 queries cannot carry the order-items subquery.
@@ -705,6 +938,12 @@ impl SalesforceConnector {
     ) -> Result<BulkPosition, ConnectorError> {
         let object = wire::object(entity);
         let (fields, _) = self.select(entity).await?;
+        // Bulk API 2.0 queries cannot select compound fields (BillingAddress, geolocations).
+        let info = self.describe(entity).await?;
+        let fields: Vec<String> = fields
+            .into_iter()
+            .filter(|field| info.field(field).is_none_or(|described| !described.is_compound()))
+            .collect();
         let mut soql = format!("SELECT {} FROM {object}", fields.join(", "));
         if let Some(since) = since {
             soql.push_str(&format!(" WHERE SystemModstamp >= {}", soql_datetime(since)));
@@ -781,7 +1020,8 @@ impl SalesforceConnector {
                     .collect()
             })
             .collect();
-        let changes = self.deliver(entity, &records, &mut position)?;
+        let currency = self.row_currency(entity).await?;
+        let changes = self.deliver(entity, &records, currency.as_ref(), &mut position)?;
         let done = locator.is_none();
         if done {
             position.bulk = None;

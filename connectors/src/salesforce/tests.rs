@@ -87,6 +87,7 @@ fn connector_with_threshold(
             organization_id: sim::ORGANIZATION_ID.into(),
             secret: SecretString::from(sim::WEBHOOK_SECRET.to_owned()),
         }),
+        push_defaults: Default::default(),
     };
     SalesforceConnector::new(settings, config, host).unwrap()
 }
@@ -170,7 +171,8 @@ async fn pushing_1000_orders_costs_5_calls_and_pushing_them_again_creates_nothin
             "{report:?}"
         );
     }
-    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 5);
+    // Per 200 orders: one upsert inserting them Draft, one Status-only update activating them.
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 10);
     assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 1000);
     for chunk in orders.chunks(connector.push_batch_size()) {
         let report = connector.push(Entity::Order, chunk).await.unwrap();
@@ -378,6 +380,7 @@ fn every_default_stage_status_and_channel_value_maps() {
         batch_size: 2000,
         channel_field: "LeadSource".into(),
         webhook: None,
+        push_defaults: Default::default(),
     };
     let expected_stages = [
         ("Prospecting", Stage::Qualified),
@@ -398,7 +401,7 @@ fn every_default_stage_status_and_channel_value_maps() {
             row.as_object().unwrap(),
             &vocabulary,
             &config,
-            &config_currency,
+            Some(&config_currency),
             &mut mapping::Unmapped::default(),
         )
         .unwrap();
@@ -426,7 +429,7 @@ fn every_default_stage_status_and_channel_value_maps() {
         row.as_object().unwrap(),
         &vocabulary,
         &config,
-        &config_currency,
+        Some(&config_currency),
         &mut unmapped,
     )
     .unwrap();
@@ -501,6 +504,7 @@ async fn the_jwt_bearer_flow_signs_an_assertion_the_org_accepts_and_a_wrong_user
             batch_size: 2000,
             channel_field: "LeadSource".into(),
             webhook: None,
+            push_defaults: Default::default(),
         };
         SalesforceConnector::new(settings, config, Arc::new(MemoryHost::default())).unwrap()
     };
@@ -561,4 +565,281 @@ async fn total_requests_limit_exceeded_pauses_the_org_while_concurrent_limits_ar
     let again = connector.pull(Entity::Account, None).await.unwrap_err();
     assert!(matches!(again, ConnectorError::QuotaExhausted { .. }), "{again:?}");
     assert_eq!(Simulated::stats(state.as_ref()).faulted_calls, calls, "no call reaches a paused org");
+}
+
+fn opportunity(account: Option<CanonicalId>, amount: &str, close_date: Option<&str>) -> Outgoing {
+    Outgoing {
+        canonical_id: CanonicalId::new(),
+        external_id: None,
+        expected_version: None,
+        op: OutgoingOp::Upsert {
+            data: EntityData::Opportunity(crate::canonical::Opportunity {
+                name: Some("Big deal".into()),
+                account: account.map(RecordRef::canonical),
+                amount: Some(amount.parse().unwrap()),
+                stage: Some(Stage::Qualified),
+                close_date: close_date.map(|day| day.parse().unwrap()),
+                ..crate::canonical::Opportunity::default()
+            }),
+        },
+    }
+}
+
+fn fx_eur_usd(settings: &mut ConnectionSettings) {
+    settings.fx = Some(crate::canonical::FxTable::new(
+        crate::canonical::Currency::new("EUR").unwrap(),
+        std::collections::BTreeMap::from([(crate::canonical::Currency::new("USD").unwrap(), "0.5".parse().unwrap())]),
+    ));
+}
+
+#[tokio::test]
+async fn a_single_currency_org_is_read_in_its_corporate_currency_and_never_sent_currency_iso_code() {
+    let options = SalesforceSimOptions::with_world(world(only(20, 50, 20))).single_currency("GBP");
+    let running = simulator(options).await;
+    let connector = connector_with(&running, Arc::new(MemoryHost::default()), fx_eur_usd);
+    let state = running.state();
+    let run = testkit::pull_to_end(&connector, Entity::Opportunity, None, 100).await.unwrap();
+    assert_eq!(run.changes.len(), 50);
+    for change in &run.changes {
+        let EntityData::Opportunity(read) = change.data().unwrap() else { panic!("not an opportunity") };
+        assert_eq!(read.amount.as_ref().unwrap().currency.as_str(), "GBP", "the corporate currency, not USD");
+    }
+    let orders = testkit::pull_to_end(&connector, Entity::Order, None, 100).await.unwrap();
+    let EntityData::Order(order) = orders.changes[0].data().unwrap() else { panic!("not an order") };
+    assert_eq!(order.currency.as_ref().map(|currency| currency.as_str()), Some("GBP"));
+    let queries = state.queries();
+    assert_eq!(queries.iter().filter(|query| query.contains("FROM Organization")).count(), 1, "read once: {queries:?}");
+    assert!(
+        queries
+            .iter()
+            .filter(|query| !query.contains("FROM Organization"))
+            .all(|query| !query.contains("CurrencyIsoCode")),
+        "never selected: {queries:?}"
+    );
+
+    // Pushes: a GBP amount as is, a EUR amount refused (no EUR→GBP rate), no CurrencyIsoCode sent.
+    let account = testkit::new_accounts(1, "Currency Customer").remove(0);
+    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let batch = [
+        opportunity(Some(account.canonical_id), "1200.50 GBP", Some("2026-12-31")),
+        opportunity(Some(account.canonical_id), "1000 EUR", Some("2026-12-31")),
+    ];
+    let writes = Simulated::stats(state.as_ref()).write_calls;
+    let report = connector.push(Entity::Opportunity, &batch).await.unwrap();
+    let PushOutcome::Upserted { external_id, .. } = &report.results[0].outcome else { panic!("{report:?}") };
+    let row = state.row(Entity::Opportunity, external_id.as_str()).unwrap();
+    assert_eq!(row.get("Amount"), Some(&json!(1200.5)));
+    assert!(!row.contains_key("CurrencyIsoCode"));
+    match &report.results[1].outcome {
+        PushOutcome::Rejected { code, message } => {
+            assert_eq!(code, "CURRENCY_NOT_CONVERTIBLE");
+            assert!(message.contains("Opportunity.Amount is in EUR") && message.contains("GBP"), "{message}");
+        }
+        other => panic!("expected a rejection before the call, got {other:?}"),
+    }
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls - writes, 1, "one call, for the valid record only");
+}
+
+#[tokio::test]
+async fn a_single_currency_org_receives_amounts_converted_with_the_fx_table() {
+    let options = SalesforceSimOptions::with_world(world(only(0, 0, 0))).single_currency("USD");
+    let running = simulator(options).await;
+    let connector = connector_with(&running, Arc::new(MemoryHost::default()), fx_eur_usd);
+    let account = testkit::new_accounts(1, "Fx Customer").remove(0);
+    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let deal = opportunity(Some(account.canonical_id), "100.01 EUR", Some("2026-12-31"));
+    let report = connector.push(Entity::Opportunity, std::slice::from_ref(&deal)).await.unwrap();
+    let PushOutcome::Upserted { external_id, .. } = &report.results[0].outcome else { panic!("{report:?}") };
+    // 1 EUR = 1 EUR (reporting), 1 USD = 0.5 EUR: 100.01 EUR = 200.02 USD.
+    let row = running.state().row(Entity::Opportunity, external_id.as_str()).unwrap();
+    assert_eq!(row.get("Amount"), Some(&json!(200.02)));
+    // What reading it back yields is what the daemon hashes as pushed: no echo.
+    let OutgoingOp::Upsert { data } = &deal.op else { unreachable!() };
+    let EntityData::Opportunity(expected) = connector.representable(data) else { panic!() };
+    let pulled = testkit::pull_to_end(&connector, Entity::Opportunity, None, 10).await.unwrap();
+    let EntityData::Opportunity(read) = pulled.changes[0].data().unwrap() else { panic!() };
+    assert_eq!(read.amount, expected.amount);
+    assert_eq!(read.amount.as_ref().map(ToString::to_string).as_deref(), Some("200.02 USD"));
+}
+
+#[tokio::test]
+async fn a_multi_currency_org_gets_currency_iso_code_and_check_names_fields_a_single_currency_org_lacks() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let account = testkit::new_accounts(1, "Multi Customer").remove(0);
+    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let deal = opportunity(Some(account.canonical_id), "70 GBP", Some("2026-12-31"));
+    let report = connector.push(Entity::Opportunity, std::slice::from_ref(&deal)).await.unwrap();
+    let PushOutcome::Upserted { external_id, .. } = &report.results[0].outcome else { panic!("{report:?}") };
+    let row = running.state().row(Entity::Opportunity, external_id.as_str()).unwrap();
+    assert_eq!(row.get("CurrencyIsoCode"), Some(&json!("GBP")));
+    assert!(!connector.check().await.unwrap().notes.iter().any(|note| note.contains("CurrencyIsoCode")));
+
+    let single = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0))).single_currency("EUR")).await;
+    let notes = self::connector(&single).check().await.unwrap().notes;
+    for object in ["Opportunity", "Order"] {
+        let expected = format!("{object}: mapped field CurrencyIsoCode is not in this org");
+        assert!(notes.iter().any(|note| note.starts_with(&expected)), "{expected} in {notes:?}");
+    }
+    assert!(notes.iter().any(|note| note.contains("corporate currency EUR")), "{notes:?}");
+}
+
+#[tokio::test]
+async fn a_create_missing_a_required_field_is_rejected_before_the_call_naming_it() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = testkit::new_accounts(1, "Required Customer").remove(0);
+    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let mut order_without_date = order(account.canonical_id, 1);
+    if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut order_without_date.op {
+        order.order_date = None;
+    }
+    let mut order_without_account = order(account.canonical_id, 2);
+    if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut order_without_account.op {
+        order.account = None;
+    }
+    let writes = Simulated::stats(state.as_ref()).write_calls;
+    let report =
+        connector.push(Entity::Opportunity, &[opportunity(Some(account.canonical_id), "5 EUR", None)]).await.unwrap();
+    let orders = connector.push(Entity::Order, &[order_without_date, order_without_account]).await.unwrap();
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls, writes, "nothing was sent");
+    let reasons: Vec<String> = report
+        .results
+        .iter()
+        .chain(&orders.results)
+        .map(|result| match &result.outcome {
+            PushOutcome::Rejected { code, message } => format!("{code}: {message}"),
+            other => panic!("expected a rejection, got {other:?}"),
+        })
+        .collect();
+    assert!(reasons[0].starts_with("REQUIRED_FIELD_MISSING: Opportunity.CloseDate is required"), "{}", reasons[0]);
+    assert!(reasons[1].contains("Order.EffectiveDate is required"), "{}", reasons[1]);
+    // AccountId is nillable in describe but required by the Order object reference.
+    assert!(reasons[2].contains("Order.AccountId is required"), "{}", reasons[2]);
+
+    // A documented default in config fills the gap.
+    let filled = connector_with(&running, Arc::new(MemoryHost::default()), |_| {});
+    let mut config_default = filled;
+    config_default.config.push_defaults.insert("Opportunity.CloseDate".into(), "2026-12-31".into());
+    let report = config_default
+        .push(Entity::Opportunity, &[opportunity(Some(account.canonical_id), "5 EUR", None)])
+        .await
+        .unwrap();
+    let PushOutcome::Upserted { external_id, .. } = &report.results[0].outcome else { panic!("{report:?}") };
+    assert_eq!(
+        state.row(Entity::Opportunity, external_id.as_str()).unwrap().get("CloseDate"),
+        Some(&json!("2026-12-31"))
+    );
+}
+
+#[tokio::test]
+async fn orders_are_inserted_draft_then_activated_once_and_the_org_refuses_an_activated_insert() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = testkit::new_accounts(1, "Status Customer").remove(0);
+    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let mut statuses = Vec::new();
+    for (index, status) in [OrderStatus::Draft, OrderStatus::Confirmed, OrderStatus::Shipped, OrderStatus::Cancelled]
+        .into_iter()
+        .enumerate()
+    {
+        let mut outgoing = order(account.canonical_id, index);
+        if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut outgoing.op {
+            order.status = Some(status);
+        }
+        statuses.push(outgoing);
+    }
+    let report = connector.push(Entity::Order, &statuses).await.unwrap();
+    let mut ids = Vec::new();
+    for (result, expected) in report.results.iter().zip(["Draft", "Activated", "Shipped", "Cancelled"]) {
+        let PushOutcome::Upserted { external_id, created: true, .. } = &result.outcome else { panic!("{report:?}") };
+        assert_eq!(state.row(Entity::Order, external_id.as_str()).unwrap().get("Status"), Some(&json!(expected)));
+        ids.push(external_id.clone());
+    }
+    // The confirmed order moves on to shipped: one Status-only update; re-pushing changes nothing.
+    let mut shipped = statuses[1].clone();
+    shipped.external_id = Some(ids[1].clone());
+    if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut shipped.op {
+        order.status = Some(OrderStatus::Shipped);
+    }
+    for _ in 0..2 {
+        let report = connector.push(Entity::Order, std::slice::from_ref(&shipped)).await.unwrap();
+        assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { created: false, .. }), "{report:?}");
+        assert_eq!(state.row(Entity::Order, ids[1].as_str()).unwrap().get("Status"), Some(&json!("Shipped")));
+    }
+    // A retried create (its answer lost: crmsync has no id) updates the order instead of re-inserting it.
+    let report = connector.push(Entity::Order, std::slice::from_ref(&statuses[2])).await.unwrap();
+    assert!(
+        matches!(&report.results[0].outcome, PushOutcome::Upserted { external_id, created: false, .. } if *external_id == ids[2])
+    );
+    assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 4);
+    let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
+    let read: Vec<Option<OrderStatus>> = ids
+        .iter()
+        .map(|id| {
+            let change = pulled.changes.iter().find(|change| &change.external_id == id).unwrap();
+            let EntityData::Order(order) = change.data().unwrap() else { panic!() };
+            order.status
+        })
+        .collect();
+    assert_eq!(
+        read,
+        [
+            Some(OrderStatus::Draft),
+            Some(OrderStatus::Shipped),
+            Some(OrderStatus::Shipped),
+            Some(OrderStatus::Cancelled)
+        ]
+    );
+
+    // The org itself refuses an Activated insert and an activation that changes other fields.
+    let client = reqwest::Client::new();
+    let base = running.base_url();
+    let token: serde_json::Value = client
+        .post(format!("{base}/services/oauth2/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", sim::CLIENT_ID),
+            ("client_secret", sim::CLIENT_SECRET),
+            ("refresh_token", sim::REFRESH_TOKEN),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = token["access_token"].as_str().unwrap().to_owned();
+    let account_id = state.live_ids(Entity::Account).remove(0);
+    let body = json!({"allOrNone": false, "records": [
+        {"attributes": {"type": "Order"}, "Crmsync_Id__c": "direct-1", "AccountId": account_id, "EffectiveDate": "2026-11-02", "Status": "Activated"}
+    ]});
+    let results: serde_json::Value = client
+        .patch(format!("{base}/services/data/v62.0/composite/sobjects/Order/Crmsync_Id__c"))
+        .bearer_auth(&bearer)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(results[0]["errors"][0]["statusCode"], "FIELD_INTEGRITY_EXCEPTION", "{results}");
+    let body = json!({"allOrNone": false, "records": [
+        {"attributes": {"type": "Order"}, "id": ids[0].as_str(), "Status": "Activated", "Description": "and more"}
+    ]});
+    let results: serde_json::Value = client
+        .patch(format!("{base}/services/data/v62.0/composite/sobjects"))
+        .bearer_auth(&bearer)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(results[0]["success"], false, "{results}");
+    assert_eq!(results[0]["errors"][0]["fields"][0], "Description", "{results}");
 }

@@ -217,7 +217,8 @@ mod tests {
     #[test]
     fn a_non_ascii_organization_id_is_refused_not_a_panic() {
         // "é" is two bytes: byte 15 falls inside it, where `&id[..15]` would panic.
-        for id in ["00D00000000000é1AAA", "ééééééééééééééééé", "00D0000000000é", "日本語の組織"] {
+        for id in ["00D00000000000é1AAA", "ééééééééééééééééé", "00D0000000000é", "日本語の組織"]
+        {
             assert!(!same_org(id, "00D000000000001AAA"), "{id}");
             assert!(!same_org("00D000000000001AAA", id), "{id}");
         }

@@ -32,41 +32,110 @@ pub struct RestError {
 }
 
 /// `GET /sobjects/{Object}/describe` (the parts crmsync reads).
+///
+/// Shape: developer.salesforce.com/docs/atlas.en-us.api_rest.meta/api_rest/resources_sobject_describe.htm
+/// (DescribeSObjectResult in the SOAP API guide, `sforce_api_calls_describesobjects_describesobjectresult.htm`).
+/// `fields[]` lists a lookup by its **field** name (`AccountId`, type `reference`, `referenceTo`
+/// `["Account"]`); `relationshipName` (`Account`) is only for traversal (`Account.Name`) and for
+/// upserts that reference a parent by external id. Child relationships (`OrderItems`) are in
+/// `childRelationships`, never in `fields`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Describe {
     /// Object API name.
     pub name: String,
     /// Fields.
     pub fields: Vec<DescribeField>,
+    /// Relationships from child objects (`OrderItems` on Order).
+    #[serde(default)]
+    pub child_relationships: Vec<ChildRelationship>,
 }
 
-/// One described field.
+/// One described field (the DescribeFieldResult attributes crmsync uses).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DescribeField {
-    /// API name.
+    /// API name (`AccountId`, not the relationship name `Account`).
     pub name: String,
-    /// `id`, `string`, `picklist`, `currency`, `date`, `datetime`, `boolean`, `reference`, `double`, `percent`.
+    /// `id`, `string`, `picklist`, `currency`, `date`, `datetime`, `boolean`, `reference`, `double`,
+    /// `percent`, `textarea`, `url`, `email`, `phone`, `int`, `address` (compound), `location`, …
     #[serde(rename = "type")]
     pub field_type: String,
+    /// Maximum length of text fields (0 for other types).
+    #[serde(default)]
+    pub length: u32,
+    /// Digits of number fields.
+    #[serde(default)]
+    pub precision: u32,
+    /// Digits after the decimal point of number fields (`Amount`: 2).
+    #[serde(default)]
+    pub scale: u32,
     /// Whether it can be null.
     #[serde(default)]
     pub nillable: bool,
+    /// Whether it can be set on create.
+    #[serde(default)]
+    pub createable: bool,
+    /// Whether it can be set on update.
+    #[serde(default)]
+    pub updateable: bool,
+    /// Whether the org fills it when a create leaves it out (`OwnerId`, `Probability`, `Lead.Status`).
+    #[serde(default)]
+    pub defaulted_on_create: bool,
     /// Whether it is an external id.
     #[serde(default)]
     pub external_id: bool,
+    /// The objects a `reference` field points to (`["Account"]`; several for polymorphic lookups).
+    #[serde(default)]
+    pub reference_to: Vec<String>,
+    /// The relationship a `reference` field is traversed by (`AccountId` → `Account`).
+    #[serde(default)]
+    pub relationship_name: Option<String>,
     /// Allowed values of a picklist.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub picklist_values: Vec<PicklistValue>,
 }
 
+impl DescribeField {
+    /// Returns whether a create must carry this field: the org neither accepts null nor fills it.
+    pub fn is_required_on_create(&self) -> bool {
+        self.createable && !self.nillable && !self.defaulted_on_create
+    }
+
+    /// Returns whether this is a compound field (`BillingAddress`, geolocations), which Bulk API 2.0
+    /// queries cannot select (developer.salesforce.com/docs/platform/api-asynch/guide/queries.md).
+    pub fn is_compound(&self) -> bool {
+        matches!(self.field_type.as_str(), "address" | "location")
+    }
+}
+
 /// A picklist entry.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PicklistValue {
     /// API value.
     pub value: String,
     /// Active.
     pub active: bool,
+    /// Shown to users.
+    #[serde(default)]
+    pub label: Option<String>,
+    /// Whether it is the default on create.
+    #[serde(default)]
+    pub default_value: bool,
+}
+
+/// One `childRelationships[]` entry of a describe.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChildRelationship {
+    /// The child object (`OrderItem`).
+    pub child_s_object: String,
+    /// The child's lookup field (`OrderId`).
+    pub field: String,
+    /// The name a parent-to-child subquery uses (`OrderItems`), absent for some relationships.
+    #[serde(default)]
+    pub relationship_name: Option<String>,
 }
 
 /// sObject Collections request body.
@@ -120,6 +189,9 @@ pub const OBJECTS: &[(crate::canonical::Entity, &str, &str)] = &[
 pub fn object(entity: crate::canonical::Entity) -> &'static str {
     OBJECTS.iter().find(|(candidate, _, _)| *candidate == entity).map_or("Account", |(_, name, _)| name)
 }
+
+/// The child relationship of OrderItem on Order (its `childRelationships` entry).
+pub const ORDER_ITEMS_RELATIONSHIP: &str = "OrderItems";
 
 /// The order-items subquery crmsync appends to Order queries.
 pub const ORDER_ITEMS_SUBQUERY: &str =

@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 
 use super::query::render;
+use super::query::{select_ids, unknown_field};
 use super::soql::parse_soql;
 use super::{BulkJobState, Shared, rest_error, wire};
 use crate::sim::truncate;
@@ -55,31 +56,37 @@ pub(super) async fn create_job(State(sim): Shared, headers: HeaderMap, body: Byt
             "operation must be query or queryAll with contentType CSV",
         ));
     }
-    if request.query.contains("ORDER BY") || request.query.contains('(') {
-        return sim.with_limit_info(rest_error(
-            StatusCode::BAD_REQUEST,
-            "INVALIDJOB",
-            "Bulk API 2.0 queries do not support ORDER BY or subqueries here",
-        ));
-    }
+    // Bulk API 2.0 queries take no subqueries, COUNT(), OFFSET or compound fields
+    // (developer.salesforce.com/docs/platform/api-asynch/guide/queries.md).
     let parsed = match parse_soql(&request.query) {
+        Ok(parsed) if parsed.items || parsed.count || parsed.offset > 0 => {
+            return sim.with_limit_info(rest_error(
+                StatusCode::BAD_REQUEST,
+                "INVALIDJOB",
+                "Bulk API 2.0 queries do not support subqueries, COUNT() or OFFSET",
+            ));
+        }
         Ok(parsed) => parsed,
         Err(message) => return sim.with_limit_info(rest_error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", &message)),
     };
+    if let Some(response) = unknown_field(&sim, &request.query, &parsed) {
+        return sim.with_limit_info(response);
+    }
+    let specs = sim.describe_fields(parsed.object);
+    if let Some(compound) = parsed
+        .fields
+        .iter()
+        .find(|field| specs.iter().any(|spec| spec.name == field.as_str() && spec.kind == "address"))
+    {
+        return sim.with_limit_info(rest_error(
+            StatusCode::BAD_REQUEST,
+            "INVALIDJOB",
+            &format!("Bulk API 2.0 queries cannot select the compound field {compound}"),
+        ));
+    }
     let all = request.operation == "queryAll";
     let mut inner = sim.lock();
-    let ids: Vec<String> = inner
-        .tables
-        .get(parsed.object)
-        .map(|table| {
-            table
-                .rows
-                .iter()
-                .filter(|(_, row)| (all || !row.deleted) && parsed.since.is_none_or(|since| row.modstamp >= since))
-                .map(|(id, _)| id.clone())
-                .collect()
-        })
-        .unwrap_or_default();
+    let ids = select_ids(&sim, &inner, &parsed, all);
     let id = format!("750{:012}AAA", inner.next_id);
     inner.next_id += 1;
     inner.jobs_created += 1;

@@ -8,7 +8,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::schema::{schema, stage_probability};
+use super::schema::{ACTIVATED_STATUSES, schema, stage_probability};
 use super::wire::{CollectionError, CollectionResult};
 use super::{Row, SalesforceSim, Shared, object_name, rest_error, stamp_text, wire};
 
@@ -58,6 +58,7 @@ fn failure(code: &str, message: String, fields: &[&str]) -> CollectionResult {
 }
 
 impl SalesforceSim {
+    /// sObject Collections upsert by external id: inserts when no row has the key, else updates it.
     fn upsert_one(&self, object: &'static str, mut record: Map<String, Value>) -> CollectionResult {
         let declared = record
             .remove("attributes")
@@ -72,34 +73,49 @@ impl SalesforceSim {
                 &["Crmsync_Id__c"],
             );
         };
-        if external.is_empty() || external.len() > 36 {
+        let existing = self.lock().tables.get(object).and_then(|table| table.by_external.get(&external)).cloned();
+        self.write_one(object, existing, Some(external), record)
+    }
+
+    /// Validates and applies one write: an insert (`existing` is `None`) or an update of a live row.
+    /// Checks follow the org's describe (unknown field → `INVALID_FIELD`, not createable/updateable →
+    /// `INVALID_FIELD_FOR_INSERT_UPDATE`, restricted picklists, lookups, dates, required fields on
+    /// insert) and the Order object reference (inserted with a Draft status; activation is an update
+    /// of `Status` alone; `AccountId` changes only while Draft).
+    fn write_one(
+        &self,
+        object: &'static str,
+        existing: Option<String>,
+        external: Option<String>,
+        mut record: Map<String, Value>,
+    ) -> CollectionResult {
+        if let Some(external) = &external
+            && (external.is_empty() || external.len() > 36)
+        {
             return failure(
                 "STRING_TOO_LONG",
                 format!("Crmsync Id: data value too large: {external}"),
                 &["Crmsync_Id__c"],
             );
         }
-        let specs = schema(object);
+        let created = existing.is_none();
+        let specs = schema(object, self.multi_currency);
         let mut inner = self.lock();
         // Relationship references by external id: "Account": {"Crmsync_Id__c": "…"}.
-        for (relationship, target, id_field) in
-            [("Account", "Account", "AccountId"), ("Opportunity", "Opportunity", "OpportunityId")]
-        {
-            if let Some(reference) = record.remove(relationship) {
-                let key = reference.get("Crmsync_Id__c").and_then(Value::as_str).unwrap_or_default().to_owned();
-                match inner.tables.get(target).and_then(|table| table.by_external.get(&key)).cloned() {
-                    Some(id) => {
-                        record.insert(id_field.into(), json!(id));
-                    }
-                    None => {
-                        return failure(
-                            "INVALID_FIELD",
-                            format!(
-                                "Foreign key external ID: {key} not found for field Crmsync_Id__c in entity {target}"
-                            ),
-                            &[id_field],
-                        );
-                    }
+        for spec in &specs {
+            let Some((target, relationship)) = spec.reference else { continue };
+            let Some(reference) = record.remove(relationship) else { continue };
+            let key = reference.get("Crmsync_Id__c").and_then(Value::as_str).unwrap_or_default().to_owned();
+            match inner.tables.get(target).and_then(|table| table.by_external.get(&key)).cloned() {
+                Some(id) => {
+                    record.insert(spec.name.into(), json!(id));
+                }
+                None => {
+                    return failure(
+                        "INVALID_FIELD",
+                        format!("Foreign key external ID: {key} not found for field Crmsync_Id__c in entity {target}"),
+                        &[spec.name],
+                    );
                 }
             }
         }
@@ -111,7 +127,8 @@ impl SalesforceSim {
                     &[name],
                 );
             };
-            if !spec.writable {
+            let settable = if created { spec.createable } else { spec.updateable };
+            if !settable {
                 return failure(
                     "INVALID_FIELD_FOR_INSERT_UPDATE",
                     format!(
@@ -134,11 +151,11 @@ impl SalesforceSim {
                     &[name],
                 );
             }
-            if spec.kind == "reference" && !value.is_null() {
-                let target = if name == "OpportunityId" { "Opportunity" } else { "Account" };
-                let exists = value.as_str().is_some_and(|id| {
-                    inner.tables.get(target).is_some_and(|table| table.rows.get(id).is_some_and(|row| !row.deleted))
-                });
+            if let (Some((target, _)), false) = (spec.reference, value.is_null()) {
+                let exists = target == "User"
+                    || value.as_str().is_some_and(|id| {
+                        inner.tables.get(target).is_some_and(|table| table.rows.get(id).is_some_and(|row| !row.deleted))
+                    });
                 if !exists {
                     return failure(
                         "INVALID_CROSS_REFERENCE_KEY",
@@ -157,14 +174,23 @@ impl SalesforceSim {
                     &[name],
                 );
             }
+            if spec.length > 0
+                && spec.kind != "reference"
+                && value.as_str().is_some_and(|text| text.chars().count() > spec.length as usize)
+            {
+                return failure(
+                    "STRING_TOO_LONG",
+                    format!("{name}: data value too large (max length={})", spec.length),
+                    &[name],
+                );
+            }
         }
-        let existing = inner.tables.get(object).and_then(|table| table.by_external.get(&external)).cloned();
-        let created = existing.is_none();
         if created {
             let missing: Vec<&str> = specs
                 .iter()
-                .filter(|spec| spec.required && record.get(spec.name).is_none_or(Value::is_null))
+                .filter(|spec| spec.required_on_create() && record.get(spec.name).is_none_or(Value::is_null))
                 .map(|spec| spec.name)
+                .filter(|name| *name != "Crmsync_Id__c" || external.is_none())
                 .collect();
             if !missing.is_empty() {
                 return failure(
@@ -172,6 +198,45 @@ impl SalesforceSim {
                     format!("Required fields are missing: [{}]", missing.join(", ")),
                     &missing,
                 );
+            }
+        }
+        if object == "Order" {
+            let activated = |status: Option<&Value>| {
+                status.and_then(Value::as_str).is_some_and(|status| ACTIVATED_STATUSES.contains(&status))
+            };
+            let current = existing
+                .as_ref()
+                .and_then(|id| inner.tables.get("Order").and_then(|table| table.rows.get(id)))
+                .map(|row| activated(row.fields.get("Status")));
+            match current {
+                // "You can only insert Orders with a Draft status" (error code unconfirmed).
+                None if activated(record.get("Status")) => {
+                    return failure(
+                        "FIELD_INTEGRITY_EXCEPTION",
+                        "Choose a valid status: a new order must have a status in the Draft category".into(),
+                        &["Status"],
+                    );
+                }
+                // Activating or deactivating: "the Status field is the only field you can update".
+                Some(was) if record.contains_key("Status") && activated(record.get("Status")) != was => {
+                    if let Some(other) = record.keys().find(|name| name.as_str() != "Status") {
+                        return failure(
+                            "FIELD_INTEGRITY_EXCEPTION",
+                            format!(
+                                "Status is the only field you can update when activating an order ({other} was sent too)"
+                            ),
+                            &[other.as_str()],
+                        );
+                    }
+                }
+                Some(true) if record.contains_key("AccountId") => {
+                    return failure(
+                        "FIELD_INTEGRITY_EXCEPTION",
+                        "Account ID can only be updated while the order is in a Draft status".into(),
+                        &["AccountId"],
+                    );
+                }
+                _ => {}
             }
         }
         let stamp = inner.tick();
@@ -200,7 +265,9 @@ impl SalesforceSim {
         for (name, value) in record {
             row.fields.insert(name, value);
         }
-        row.fields.insert("Crmsync_Id__c".into(), json!(external));
+        if let Some(external) = &external {
+            row.fields.insert("Crmsync_Id__c".into(), json!(external));
+        }
         if object == "Opportunity" {
             let stage = row.fields.get("StageName").and_then(Value::as_str).unwrap_or("").to_owned();
             row.fields.insert("IsWon".into(), json!(stage == "Closed Won"));
@@ -219,11 +286,21 @@ impl SalesforceSim {
                 row.fields.insert("Status".into(), json!("Open - Not Contacted"));
             }
         }
+        if multi_currency_default(self.multi_currency, object, created) {
+            row.fields.entry("CurrencyIsoCode").or_insert_with(|| json!(self.corporate_currency));
+        }
         row.modstamp = stamp;
         row.deleted = false;
-        table.by_external.insert(external, id.clone());
+        if let Some(external) = external {
+            table.by_external.insert(external, id.clone());
+        }
         CollectionResult { id: Some(id), success: true, errors: Vec::new(), created: Some(created) }
     }
+}
+
+/// Whether a new row gets the corporate currency by default (multi-currency orgs' money objects).
+fn multi_currency_default(multi_currency: bool, object: &str, created: bool) -> bool {
+    multi_currency && created && matches!(object, "Opportunity" | "Order")
 }
 
 pub(super) async fn update(State(sim): Shared, headers: HeaderMap, body: Bytes) -> Response {
@@ -255,38 +332,39 @@ impl SalesforceSim {
             return failure("MISSING_ARGUMENT", "Id not specified in an update call".into(), &[]);
         };
         let object = match record
-            .get("attributes")
-            .and_then(|attributes| attributes.get("type"))
-            .and_then(Value::as_str)
+            .remove("attributes")
+            .and_then(|attributes| attributes.get("type").and_then(Value::as_str).map(str::to_owned))
+            .as_deref()
             .and_then(object_name)
         {
             Some(object) => object,
             None => return failure("INVALID_TYPE", "attributes.type is missing or unknown".into(), &[]),
         };
-        let external = record.get("Crmsync_Id__c").and_then(Value::as_str).map(str::to_owned);
         let exists =
             self.lock().tables.get(object).is_some_and(|table| table.rows.get(&id).is_some_and(|row| !row.deleted));
         if !exists {
             return failure("ENTITY_IS_DELETED", format!("entity is deleted or does not exist: {id}"), &[]);
         }
-        let Some(external) = external else {
-            return failure(
-                "REQUIRED_FIELD_MISSING",
-                "Required fields are missing: [Crmsync_Id__c]".into(),
-                &["Crmsync_Id__c"],
-            );
-        };
-        // Re-use the upsert validation and write path, keyed by the (now stamped) external id.
-        {
+        let external = record.remove("Crmsync_Id__c").and_then(|value| value.as_str().map(str::to_owned));
+        if let Some(external) = &external {
             let mut inner = self.lock();
+            let taken = inner
+                .tables
+                .get(object)
+                .and_then(|table| table.by_external.get(external))
+                .is_some_and(|owner| owner != &id);
+            if taken {
+                return failure(
+                    "DUPLICATE_VALUE",
+                    format!("duplicate value found: Crmsync_Id__c duplicates value on record with id: {external}"),
+                    &["Crmsync_Id__c"],
+                );
+            }
             if let Some(table) = inner.tables.get_mut(object) {
-                if let Some(row) = table.rows.get_mut(&id) {
-                    row.fields.insert("Crmsync_Id__c".into(), Value::String(external.clone()));
-                }
-                table.by_external.insert(external, id.clone());
+                table.by_external.insert(external.clone(), id.clone());
             }
         }
-        let result = self.upsert_one(object, record);
+        let result = self.write_one(object, Some(id), external, record);
         CollectionResult { created: None, ..result }
     }
 }

@@ -1,11 +1,17 @@
 //! An in-process Salesforce simulator (axum) for `demo`, `bench`, `simulate salesforce` and tests.
 //!
-//! It serves what the connector uses, with Salesforce's paths, headers, JSON shapes, paging and error
-//! bodies: the OAuth token endpoint (refresh-token and client-credentials grants, optional refresh-token
-//! rotation), `describe`, `query`/`queryAll` with `nextRecordsUrl` locators and `batchSize`, sObject
-//! Collections upsert by external id (≤ 200 records, per-record results and validation errors) and
-//! delete, and `Sforce-Limit-Info` on every response. It parses exactly the SOQL subset the connector
-//! emits and rejects anything else (`MALFORMED_QUERY`, `INVALID_FIELD`), like the real API would.
+//! It serves what the connector and common third-party clients (simple-salesforce, Singer
+//! tap-salesforce, Airbyte) use, with Salesforce's paths (with or without a trailing slash), headers,
+//! JSON shapes, paging and error bodies: the OAuth token endpoint (refresh-token, client-credentials
+//! and JWT bearer grants, optional refresh-token rotation), the versions list, a version's
+//! resources, `limits`, the global describe and `describe` with the documented field attributes,
+//! `query`/`queryAll` with `nextRecordsUrl` locators and `batchSize`, Bulk API 2.0 query jobs,
+//! sObject Collections upsert by external id, update and delete (≤ 200 records, per-record results and
+//! validation errors), and `Sforce-Limit-Info` on every response. It parses a SOQL subset strictly
+//! (`MALFORMED_QUERY`, `INVALID_FIELD`) and refuses writes as the org would: unknown or read-only
+//! fields, restricted picklists, missing required fields, orders inserted in an Activated status.
+//! An org is multi-currency (`CurrencyIsoCode` on Opportunity and Order) or single-currency (the
+//! default in Salesforce and for `crmsync simulate`: no such field, amounts in the corporate currency).
 //!
 //! Org customisations it models (documented so nobody mistakes them for standard Salesforce): Order has
 //! a `LeadSource` picklist (the sales channel), a `Crmsync_Order_Number__c` text field (the canonical
@@ -14,12 +20,13 @@
 //! field `Crmsync_Id__c` (Text(36), unique).
 //!
 //! Layout: `auth` (token endpoint, JWT bearer), `schema` (objects, fields, describe), `seed` (the
-//! world rendered as rows), `soql` (the SOQL parser), `query` (query/queryAll paging), `bulk` (Bulk API
+//! world rendered as rows), `discovery` (versions, resources, limits), `soql` (the SOQL parser), `query` (query/queryAll paging), `bulk` (Bulk API
 //! 2.0 query jobs), `collections` (sObject Collections writes).
 
 mod auth;
 mod bulk;
 mod collections;
+mod discovery;
 mod query;
 mod schema;
 mod seed;
@@ -78,6 +85,12 @@ pub struct SalesforceSimOptions {
     /// Which slice of the world this org holds (a [`World::bit`]); the demo runs two orgs with
     /// different slices so the same customers appear in both.
     pub presence: u8,
+    /// Whether the org has multi-currency enabled (records carry `CurrencyIsoCode`). Salesforce
+    /// orgs are single-currency unless an admin enables it.
+    pub multi_currency: bool,
+    /// The corporate currency (`Organization.DefaultCurrencyIsoCode`); in a single-currency org
+    /// every amount is in it.
+    pub corporate_currency: String,
 }
 
 impl SalesforceSimOptions {
@@ -90,7 +103,16 @@ impl SalesforceSimOptions {
             rotate_refresh_tokens: false,
             shared_modstamp: 0,
             presence: World::bit(VendorKind::Salesforce),
+            multi_currency: true,
+            corporate_currency: "EUR".to_owned(),
         }
+    }
+
+    /// A single-currency org keeping every amount in `corporate_currency` (no `CurrencyIsoCode`).
+    pub fn single_currency(mut self, corporate_currency: &str) -> Self {
+        self.multi_currency = false;
+        corporate_currency.clone_into(&mut self.corporate_currency);
+        self
     }
 }
 
@@ -150,6 +172,8 @@ pub struct SalesforceSim {
     progress: tokio::sync::watch::Sender<u64>,
     api_usage: AtomicU64,
     rotate: bool,
+    multi_currency: bool,
+    corporate_currency: String,
 }
 
 /// A running simulator.
@@ -203,6 +227,8 @@ impl SalesforceSim {
             progress: tokio::sync::watch::channel(0).0,
             api_usage: AtomicU64::new(0),
             rotate: options.rotate_refresh_tokens,
+            multi_currency: options.multi_currency,
+            corporate_currency: options.corporate_currency.clone(),
         };
         sim.seed(&options.world, options.shared_modstamp, options.presence);
         sim
@@ -367,23 +393,33 @@ type Shared = State<Arc<SalesforceSim>>;
 
 /// The simulator's routes.
 pub fn router(state: Arc<SalesforceSim>) -> Router {
-    let api = Router::new()
-        .route("/services/oauth2/token", post(auth::token))
-        .route("/services/data/{version}/sobjects/{object}/describe", get(schema::describe))
-        .route("/services/data/{version}/query", get(query::query))
-        .route("/services/data/{version}/queryAll", get(query::query_all))
-        .route("/services/data/{version}/query/{locator}", get(query::query_more))
-        .route("/services/data/{version}/queryAll/{locator}", get(query::query_more))
-        .route("/services/data/{version}/composite/sobjects/{object}/{field}", patch(collections::upsert))
-        .route("/services/data/{version}/jobs/query", post(bulk::create_job))
-        .route("/services/data/{version}/jobs/query/{job}", get(bulk::job_info))
-        .route("/services/data/{version}/jobs/query/{job}/results", get(bulk::job_results))
-        .route(
-            "/services/data/{version}/composite/sobjects",
-            axum::routing::delete(collections::delete_records).patch(collections::update),
-        )
-        .with_state(state.clone());
-    api.merge(crate::sim::admin_routes(state))
+    type Route = axum::routing::MethodRouter<Arc<SalesforceSim>>;
+    // Every path is served with and without a trailing slash, as Salesforce does and as clients
+    // use them (simple-salesforce requests `query/`, `limits/` and `sobjects/X/describe/`).
+    fn both(router: Router<Arc<SalesforceSim>>, path: &str, route: Route) -> Router<Arc<SalesforceSim>> {
+        router.route(path, route.clone()).route(&format!("{path}/"), route)
+    }
+    let data = "/services/data/{version}";
+    let mut api = Router::new().route("/services/oauth2/token", post(auth::token));
+    api = both(api, "/services/data", get(discovery::versions));
+    api = both(api, data, get(discovery::resources));
+    api = both(api, &format!("{data}/limits"), get(discovery::limits));
+    api = both(api, &format!("{data}/sobjects"), get(schema::describe_global));
+    api = both(api, &format!("{data}/sobjects/{{object}}/describe"), get(schema::describe));
+    api = both(api, &format!("{data}/query"), get(query::query));
+    api = both(api, &format!("{data}/queryAll"), get(query::query_all));
+    api = both(api, &format!("{data}/query/{{locator}}"), get(query::query_more));
+    api = both(api, &format!("{data}/queryAll/{{locator}}"), get(query::query_more));
+    api = both(api, &format!("{data}/composite/sobjects/{{object}}/{{field}}"), patch(collections::upsert));
+    api = both(api, &format!("{data}/jobs/query"), post(bulk::create_job));
+    api = both(api, &format!("{data}/jobs/query/{{job}}"), get(bulk::job_info));
+    api = both(api, &format!("{data}/jobs/query/{{job}}/results"), get(bulk::job_results));
+    api = both(
+        api,
+        &format!("{data}/composite/sobjects"),
+        axum::routing::delete(collections::delete_records).patch(collections::update),
+    );
+    api.with_state(state.clone()).merge(crate::sim::admin_routes(state))
 }
 
 impl SalesforceSim {

@@ -8,8 +8,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
-use super::soql::parse_soql;
-use super::{API_VERSION, Inner, Locator, Row, SalesforceSim, Shared, object_name, rest_error, stamp_text, wire};
+use super::soql::{Soql, order_values, parse_soql};
+use super::{API_VERSION, Inner, Locator, Row, SalesforceSim, Shared, rest_error, stamp_text, wire};
 use crate::sim::truncate;
 
 #[derive(serde::Deserialize)]
@@ -43,51 +43,35 @@ async fn run_query(State(sim): Shared, headers: HeaderMap, params: QueryParams, 
         return sim.with_limit_info(rest_error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", "Missing the q parameter"));
     };
     sim.lock().queries.push(soql.clone());
-    if let Some(object) = soql.strip_prefix("SELECT COUNT() FROM ").and_then(object_name) {
-        let inner = sim.lock();
-        let count =
-            inner.tables.get(object).map_or(0, |table| table.rows.values().filter(|row| all || !row.deleted).count());
-        drop(inner);
+    // The org's corporate currency (Organization object; one row).
+    if soql == "SELECT DefaultCurrencyIsoCode FROM Organization" {
+        let id = super::ORGANIZATION_ID;
+        let row = json!({
+            "attributes": {"type": "Organization", "url": format!("/services/data/{API_VERSION}/sobjects/Organization/{id}")},
+            "DefaultCurrencyIsoCode": sim.corporate_currency,
+        });
         return sim
-            .with_limit_info(axum::Json(json!({"totalSize": count, "done": true, "records": []})).into_response());
+            .with_limit_info(axum::Json(json!({"totalSize": 1, "done": true, "records": [row]})).into_response());
     }
     let parsed = match parse_soql(&soql) {
         Ok(parsed) => parsed,
         Err(message) => return sim.with_limit_info(rest_error(StatusCode::BAD_REQUEST, "MALFORMED_QUERY", &message)),
     };
-    let known: HashSet<String> = sim.describe_fields(parsed.object).into_iter().map(|field| field.name).collect();
-    if let Some(unknown) = parsed.fields.iter().find(|field| !known.contains(field.as_str())) {
-        let message = format!(
-            "\n{soql}\nERROR at Row:1:Column:8\nNo such column '{unknown}' on entity '{}'. If you are attempting to use a custom field, be sure to append the '__c' after the custom field name.",
-            parsed.object
-        );
-        return sim.with_limit_info(rest_error(StatusCode::BAD_REQUEST, "INVALID_FIELD", &message));
+    if let Some(response) = unknown_field(&sim, &soql, &parsed) {
+        return sim.with_limit_info(response);
     }
     let mut inner = sim.lock();
-    let Some(table) = inner.tables.get(parsed.object) else {
-        return sim.with_limit_info(rest_error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_TYPE",
-            "sObject type is not supported",
-        ));
-    };
-    let mut ids: Vec<(i64, String)> = table
-        .rows
-        .iter()
-        .filter(|(_, row)| all || !row.deleted)
-        .filter(|(id, row)| {
-            parsed.since.is_none_or(|since| row.modstamp >= since)
-                && parsed.ids.as_ref().is_none_or(|wanted| wanted.contains(*id))
-        })
-        .filter(|(_, row)| parsed.deleted.is_none_or(|deleted| row.deleted == deleted))
-        .map(|(id, row)| (row.modstamp, id.clone()))
-        .collect();
-    ids.sort();
+    let ids = select_ids(&sim, &inner, &parsed, all);
+    if parsed.count {
+        drop(inner);
+        return sim
+            .with_limit_info(axum::Json(json!({"totalSize": ids.len(), "done": true, "records": []})).into_response());
+    }
     let locator_id = format!("01g{:015}", inner.next_id);
     inner.next_id += 1;
     let locator = Locator {
         object: parsed.object,
-        ids: ids.into_iter().map(|(_, id)| id).collect(),
+        ids,
         fields: parsed.fields.clone(),
         items: parsed.items,
         all,
@@ -96,6 +80,71 @@ async fn run_query(State(sim): Shared, headers: HeaderMap, params: QueryParams, 
     let response = page(&sim, &mut inner, locator_id, locator, 0);
     drop(inner);
     sim.with_limit_info(response)
+}
+
+/// The refusal of a query naming a field the object does not have (`INVALID_FIELD`, as Salesforce
+/// words it), if it does.
+pub(super) fn unknown_field(sim: &SalesforceSim, soql: &str, parsed: &Soql) -> Option<Response> {
+    let known: HashSet<String> =
+        sim.describe_fields(parsed.object).into_iter().map(|field| field.name.to_owned()).collect();
+    match parsed.referenced_fields().into_iter().find(|field| !known.contains(*field)) {
+        Some(unknown) => {
+            let message = format!(
+                "\n{soql}\nERROR at Row:1:Column:8\nNo such column '{unknown}' on entity '{}'. If you are attempting to use a custom field, be sure to append the '__c' after the custom field name.",
+                parsed.object
+            );
+            Some(rest_error(StatusCode::BAD_REQUEST, "INVALID_FIELD", &message))
+        }
+        None => None,
+    }
+}
+
+/// The ids of the rows a query selects, in its order: its ORDER BY, else `SystemModstamp, Id`
+/// (Salesforce promises no order without ORDER BY; this one keeps pages stable), after OFFSET and
+/// LIMIT. `all`: `queryAll` (deleted rows too).
+pub(super) fn select_ids(sim: &SalesforceSim, inner: &Inner, parsed: &Soql, all: bool) -> Vec<String> {
+    let Some(table) = inner.tables.get(parsed.object) else { return Vec::new() };
+    let mut rows: Vec<(&String, &Row)> = table
+        .rows
+        .iter()
+        .filter(|(_, row)| all || !row.deleted)
+        .filter(|(id, row)| {
+            parsed
+                .condition
+                .as_ref()
+                .is_none_or(|condition| condition.matches(&|field| field_value(sim, id, row, field)))
+        })
+        .collect();
+    rows.sort_by(|(left_id, left), (right_id, right)| {
+        for (field, descending) in &parsed.order {
+            let ordering =
+                order_values(&field_value(sim, left_id, left, field), &field_value(sim, right_id, right, field));
+            let ordering = if *descending { ordering.reverse() } else { ordering };
+            if ordering.is_ne() {
+                return ordering;
+            }
+        }
+        (left.modstamp, left_id).cmp(&(right.modstamp, right_id))
+    });
+    rows.into_iter().skip(parsed.offset).take(parsed.limit.unwrap_or(usize::MAX)).map(|(id, _)| id.clone()).collect()
+}
+
+/// A field of a row as the API renders it.
+pub(super) fn field_value(sim: &SalesforceSim, id: &str, row: &Row, field: &str) -> Value {
+    match field {
+        "Id" => json!(id),
+        "SystemModstamp" => json!(stamp_text(row.modstamp)),
+        "IsDeleted" => json!(row.deleted),
+        "Stage__c" if sim.faults.drift_renamed_field() => row.fields.get("StageName").cloned().unwrap_or(Value::Null),
+        "Region__c" => json!("EMEA"),
+        // The compound address reads as an object of its components.
+        "BillingAddress" => json!({
+            "city": null, "country": row.fields.get("BillingCountry").cloned().unwrap_or(Value::Null),
+            "geocodeAccuracy": null, "latitude": null, "longitude": null, "postalCode": null,
+            "state": null, "street": null,
+        }),
+        name => row.fields.get(name).cloned().unwrap_or(Value::Null),
+    }
 }
 
 pub(super) async fn query_more(
@@ -169,16 +218,7 @@ pub(super) fn render(
         json!({"type": object, "url": format!("/services/data/{API_VERSION}/sobjects/{object}/{id}")}),
     );
     for field in fields {
-        let value = match field.as_str() {
-            "Id" => json!(id),
-            "SystemModstamp" => json!(stamp_text(row.modstamp)),
-            "IsDeleted" => json!(row.deleted),
-            "Stage__c" if sim.faults.drift_renamed_field() => {
-                row.fields.get("StageName").cloned().unwrap_or(Value::Null)
-            }
-            "Region__c" => json!("EMEA"),
-            name => row.fields.get(name).cloned().unwrap_or(Value::Null),
-        };
+        let value = field_value(sim, id, row, field);
         record.insert(field.clone(), value);
     }
     if items {

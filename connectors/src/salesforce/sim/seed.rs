@@ -73,7 +73,10 @@ impl SalesforceSim {
             fields.insert("Name".into(), json!(opportunity.name));
             fields.insert("AccountId".into(), json!(account));
             fields.insert("Amount".into(), decimal_json(opportunity.amount));
-            fields.insert("CurrencyIsoCode".into(), json!(opportunity.currency));
+            // A single-currency org has no currency field: its amounts are in the corporate currency.
+            if self.multi_currency {
+                fields.insert("CurrencyIsoCode".into(), json!(opportunity.currency));
+            }
             fields.insert("Probability".into(), json!(stage_probability(&stage)));
             fields.insert("IsWon".into(), json!(stage == "Closed Won"));
             fields.insert("IsClosed".into(), json!(stage.starts_with("Closed")));
@@ -106,7 +109,9 @@ impl SalesforceSim {
             fields.insert("Status".into(), json!(status));
             fields.insert("EffectiveDate".into(), json!(order.order_date.to_string()));
             fields.insert("TotalAmount".into(), decimal_json(order.total()));
-            fields.insert("CurrencyIsoCode".into(), json!(order.currency));
+            if self.multi_currency {
+                fields.insert("CurrencyIsoCode".into(), json!(order.currency));
+            }
             fields.insert("LeadSource".into(), json!(order.source));
             let items = order
                 .lines
