@@ -11,3 +11,4 @@ mod e2e;
 mod reliability;
 mod store_crash;
 mod support;
+mod third_party;
