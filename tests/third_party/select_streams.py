@@ -18,6 +18,9 @@ if mode == "singer":
         for entry in stream["metadata"]:
             if entry["breadcrumb"] == []:
                 entry["metadata"]["selected"] = True
+                # Incremental on SystemModstamp, the key the tap offers (valid-replication-keys).
+                entry["metadata"]["replication-method"] = "INCREMENTAL"
+                entry["metadata"]["replication-key"] = "SystemModstamp"
     json.dump(catalog, open(path, "w"))
 elif mode == "airbyte":
     streams = []

@@ -68,6 +68,8 @@ pub struct SalesforceConfig {
     /// (`"Opportunity.StageName" = "Prospecting"`). Without one, such a record is rejected before
     /// any API call, naming the field.
     pub push_defaults: std::collections::BTreeMap<String, String>,
+    /// The price book order products are taken from (`01s…`); default: the org's standard one.
+    pub pricebook_id: Option<String>,
 }
 
 impl SalesforceConfig {
@@ -82,6 +84,7 @@ impl SalesforceConfig {
         "channel_field",
         "webhook",
         "push_defaults",
+        "pricebook_id",
     ];
 
     /// Reads the vendor keys of a connection table, recording every problem.
@@ -104,6 +107,13 @@ impl SalesforceConfig {
             table.problem("batch_size", format!("{batch_size} is outside 200..=2000"));
         }
         let channel_field = table.string_or("channel_field", "LeadSource");
+        let pricebook_id = table.opt_string("pricebook_id");
+        if let Some(id) = &pricebook_id
+            && (!(id.len() == 15 || id.len() == 18) || !id.starts_with("01s"))
+        {
+            table
+                .problem("pricebook_id", format!("{id:?} is not a price book id (expected 01s…, 15 or 18 characters)"));
+        }
         let mut push_defaults = std::collections::BTreeMap::new();
         if table.has("push_defaults")
             && let Some(mut defaults) = table.table("push_defaults")
@@ -195,6 +205,7 @@ impl SalesforceConfig {
             channel_field,
             webhook,
             push_defaults,
+            pricebook_id,
         })
     }
 }

@@ -529,9 +529,23 @@ pub fn representable_amounts(data: &EntityData, corporate: &Currency, fx: Option
                 ));
             }
         }
-        EntityData::Order(order)
-            if order.currency.as_ref().is_some_and(|currency| currency != corporate) && fx.is_some() =>
-        {
+        EntityData::Order(order) if order.currency.as_ref().is_some_and(|currency| currency != corporate) => {
+            let Some(fx) = fx else { return data };
+            let from = order.currency.clone().unwrap_or_else(|| corporate.clone());
+            let convert = |amount: Decimal| {
+                fx.convert(&Money::new(amount, from.clone()), corporate)
+                    .map(|money| {
+                        money.amount.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
+                    })
+                    .unwrap_or(amount)
+            };
+            for line in order.lines.iter_mut().flatten() {
+                line.unit_price = convert(line.unit_price);
+                line.line_total = line.quantity * line.unit_price;
+            }
+            if let Some(lines) = &order.lines {
+                order.total_amount = Some(lines.iter().map(|line| line.line_total).sum());
+            }
             order.currency = Some(corporate.clone());
         }
         _ => {}
@@ -668,6 +682,43 @@ pub fn to_record(
         fill_required(&mut record, entity, config, target)?;
     }
     Ok(record)
+}
+
+/// The OrderItem records of an order's lines (without `OrderId`, known once the order is written):
+/// each line priced from its price-book entry (OrderItem needs `PricebookEntryId`, `Quantity`,
+/// `UnitPrice`: OrderItem object reference), its unit price converted like any amount when the org
+/// keeps another currency. A line the price book has no entry for refuses the whole order.
+pub fn order_items<'a>(
+    lines: &[OrderLine],
+    currency: Option<&Currency>,
+    price_book: &str,
+    entry: impl Fn(&OrderLine) -> Option<&'a str>,
+    target: &WriteTarget<'_>,
+) -> Result<Vec<Map<String, Value>>, Rejection> {
+    let mut items = Vec::with_capacity(lines.len());
+    for line in lines {
+        let Some(entry) = entry(line) else {
+            return Err(Rejection {
+                code: "PRICEBOOK_ENTRY_MISSING".into(),
+                message: format!(
+                    "order line {} (SKU {}) has no active PricebookEntry in price book {price_book}: add the product to it, or set pricebook_id",
+                    line.product.as_deref().unwrap_or("(no product)"),
+                    line.sku.as_deref().unwrap_or("none")
+                ),
+            });
+        };
+        let unit_price = match currency {
+            Some(currency) => writable_amount(&Money::new(line.unit_price, currency.clone()), "UnitPrice", target)?.0,
+            None => line.unit_price,
+        };
+        let mut item = Map::new();
+        item.insert("attributes".into(), json!({"type": "OrderItem"}));
+        item.insert("PricebookEntryId".into(), json!(entry));
+        item.insert("Quantity".into(), decimal_json(line.quantity));
+        item.insert("UnitPrice".into(), decimal_json(unit_price));
+        items.push(item);
+    }
+    Ok(items)
 }
 
 /// Checks a create carries every field the org requires, filling gaps from `push_defaults`.

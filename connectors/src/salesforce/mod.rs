@@ -27,8 +27,10 @@
 //!
 //! Orders follow the Order object reference: an order is inserted with a Draft status and activated
 //! afterwards by an update that carries only `Status`; an existing order's other fields are updated
-//! in one call and its status in a second, Status-only call. Order lines are read but not written
-//! (OrderItems need price-book entries).
+//! in one call and its status in a second, Status-only call. An order's lines become OrderItems of
+//! the configured price book (default: the standard one), each priced from the active entry of its
+//! SKU or product name, added after the order is written and before it is activated; an order that
+//! already has products keeps them.
 
 mod config;
 pub mod jwt;
@@ -75,6 +77,34 @@ pub struct SalesforceConnector {
     described: DescribeCache<org::ObjectInfo>,
     /// The org's corporate currency, read once (`SELECT DefaultCurrencyIsoCode FROM Organization`).
     corporate_currency: tokio::sync::OnceCell<Currency>,
+    /// The price book order products come from, with its active entries, read once.
+    catalog: tokio::sync::OnceCell<Arc<PriceBook>>,
+}
+
+/// A price book's active entries, by product code and by product name.
+#[derive(Debug, Default)]
+struct PriceBook {
+    id: String,
+    by_code: HashMap<String, String>,
+    by_name: HashMap<String, String>,
+}
+
+impl PriceBook {
+    /// The entry of an order line: by SKU, else by product name.
+    fn entry(&self, line: &crate::canonical::OrderLine) -> Option<&str> {
+        line.sku
+            .as_ref()
+            .and_then(|sku| self.by_code.get(sku))
+            .or_else(|| line.product.as_ref().and_then(|product| self.by_name.get(product)))
+            .map(String::as_str)
+    }
+}
+
+/// What crmsync knows of an order in the org before writing it.
+#[derive(Debug, Clone)]
+struct OrgOrder {
+    id: String,
+    has_items: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -145,6 +175,7 @@ impl SalesforceConnector {
             http,
             described: DescribeCache::default(),
             corporate_currency: tokio::sync::OnceCell::new(),
+            catalog: tokio::sync::OnceCell::new(),
         })
     }
 
@@ -649,8 +680,17 @@ impl Connector for SalesforceConnector {
         // An order crmsync has no id for may still exist (a push whose answer was lost): look its
         // external id up first, so an existing order is updated (never re-inserted as Draft, which
         // would deactivate it) and a new one is inserted as Draft and activated once.
-        let existing_orders =
-            if entity == Entity::Order { self.orders_by_external_id(batch).await? } else { HashMap::new() };
+        let existing_orders = if entity == Entity::Order { self.orders_in_org(batch).await? } else { HashMap::new() };
+        let wants_items = |data: &crate::canonical::EntityData| matches!(data, crate::canonical::EntityData::Order(order) if order.lines.as_ref().is_some_and(|lines| !lines.is_empty()));
+        let price_book = if entity == Entity::Order
+            && batch.iter().any(|outgoing| matches!(&outgoing.op, OutgoingOp::Upsert { data } if wants_items(data)))
+        {
+            Some(self.price_book().await?)
+        } else {
+            None
+        };
+        // Order products to add once their order is written, by batch index.
+        let mut items: Vec<(usize, Map<String, Value>)> = Vec::new();
         // A record the target already has (its id is known) is updated by Id — it may predate crmsync
         // and lack the external-id field, so an upsert by external id would duplicate it; the update
         // stamps the field. Records the target does not have are upserted by external id, so a retried
@@ -662,10 +702,8 @@ impl Connector for SalesforceConnector {
         let draft = self.settings.vocabulary.order_statuses.reverse(OrderStatus::Draft).map(str::to_owned);
         for (index, outgoing) in batch.iter().enumerate() {
             let OutgoingOp::Upsert { data } = &outgoing.op else { continue };
-            let known = outgoing
-                .external_id
-                .clone()
-                .or_else(|| existing_orders.get(&outgoing.canonical_id.to_string()).cloned().map(ExternalId::new));
+            let in_org = existing_orders.get(&outgoing.canonical_id.to_string());
+            let known = outgoing.external_id.clone().or_else(|| in_org.map(|order| ExternalId::new(order.id.clone())));
             let kind = if known.is_some() { org::WriteKind::Update } else { org::WriteKind::Create };
             let target = mapping::WriteTarget {
                 info: &info,
@@ -711,6 +749,33 @@ impl Connector for SalesforceConnector {
                     record.remove("AccountId");
                     record.remove("Account");
                 }
+                // Products: added to an order that has none yet, from its price book; an order
+                // whose lines the price book cannot price is refused before any call.
+                let needs_items = in_org.is_none_or(|order| !order.has_items);
+                if let (Some(book), crate::canonical::EntityData::Order(order), true) = (&price_book, data, needs_items)
+                    && let Some(lines) = order.lines.as_ref().filter(|lines| !lines.is_empty())
+                {
+                    match mapping::order_items(
+                        lines,
+                        order.currency.as_ref(),
+                        &book.id,
+                        |line| book.entry(line),
+                        &target,
+                    ) {
+                        Ok(order_items) => {
+                            if info.is_writable("Pricebook2Id", kind) {
+                                record.insert("Pricebook2Id".into(), Value::String(book.id.clone()));
+                            }
+                            items.extend(order_items.into_iter().map(|item| (index, item)));
+                        }
+                        Err(rejection) => {
+                            statuses.remove(&index);
+                            outcomes[index] =
+                                Some(PushOutcome::Rejected { code: rejection.code, message: rejection.message });
+                            continue;
+                        }
+                    }
+                }
             }
             match known {
                 Some(id) => {
@@ -752,6 +817,9 @@ impl Connector for SalesforceConnector {
             for ((index, _), result) in upserts.iter().zip(results) {
                 outcomes[*index] = Some(collection_outcome(result, true));
             }
+        }
+        if !items.is_empty() {
+            self.add_order_items(&mut outcomes, items, &mut statuses).await?;
         }
         if !statuses.is_empty() {
             self.set_order_statuses(&mut outcomes, statuses).await?;
@@ -845,32 +913,155 @@ impl SalesforceConnector {
         Ok(results)
     }
 
-    /// The Salesforce ids of the orders of `batch` crmsync has no id for, found by external id.
-    async fn orders_by_external_id(&self, batch: &[Outgoing]) -> Result<HashMap<String, String>, ConnectorError> {
-        let wanted: Vec<String> = batch
-            .iter()
-            .filter(|outgoing| outgoing.external_id.is_none() && matches!(outgoing.op, OutgoingOp::Upsert { .. }))
-            .map(|outgoing| format!("'{}'", outgoing.canonical_id))
-            .collect();
-        if wanted.is_empty() || !self.describe(Entity::Order).await?.has(&self.config.external_id_field) {
+    /// The orders of `batch` as the org has them, by canonical id: found by external id (crmsync has
+    /// no id for them: a push whose answer was lost) or by id, with whether they have products.
+    async fn orders_in_org(&self, batch: &[Outgoing]) -> Result<HashMap<String, OrgOrder>, ConnectorError> {
+        let field = &self.config.external_id_field;
+        let mut by_external = Vec::new();
+        let mut by_id = Vec::new();
+        for outgoing in batch {
+            if !matches!(outgoing.op, OutgoingOp::Upsert { .. }) {
+                continue;
+            }
+            match &outgoing.external_id {
+                Some(id) => by_id.push(format!("'{}'", id.as_str().replace('\'', ""))),
+                None => by_external.push(format!("'{}'", outgoing.canonical_id)),
+            }
+        }
+        let info = self.describe(Entity::Order).await?;
+        let mut conditions = Vec::new();
+        if !by_external.is_empty() && info.has(field) {
+            conditions.push(format!("{field} IN ({})", by_external.join(",")));
+        }
+        if !by_id.is_empty() {
+            conditions.push(format!("Id IN ({})", by_id.join(",")));
+        }
+        if conditions.is_empty() {
             return Ok(HashMap::new());
         }
-        let field = &self.config.external_id_field;
-        let soql = format!("SELECT Id, {field} FROM Order WHERE {field} IN ({})", wanted.join(","));
+        let selected = if info.has(field) { format!("Id, {field}") } else { "Id".to_owned() };
+        let soql =
+            format!("SELECT {selected}, {} FROM Order WHERE {}", wire::ORDER_ITEMS_SUBQUERY, conditions.join(" OR "));
         let mut page = self.query(Entity::Order, &soql, false).await?;
         let mut rows = std::mem::take(&mut page.records);
         while let (false, Some(next)) = (page.done, page.next_records_url.clone()) {
             page = self.query_more(Entity::Order, &next).await?;
             rows.append(&mut page.records);
         }
+        let by_order_id: HashMap<String, String> = batch
+            .iter()
+            .filter_map(|outgoing| {
+                Some((outgoing.external_id.as_ref()?.to_string(), outgoing.canonical_id.to_string()))
+            })
+            .collect();
         Ok(rows
             .iter()
             .filter_map(|row| {
-                let id = row.get("Id")?.as_str()?;
-                let external = row.get(field.as_str())?.as_str()?;
-                Some((external.to_owned(), id.to_owned()))
+                let id = row.get("Id")?.as_str()?.to_owned();
+                let has_items = row
+                    .get(wire::ORDER_ITEMS_RELATIONSHIP)
+                    .and_then(|items| items.get("records"))
+                    .and_then(Value::as_array)
+                    .is_some_and(|records| !records.is_empty());
+                let canonical = match by_order_id.get(&id) {
+                    Some(canonical) => canonical.clone(),
+                    None => row.get(field.as_str())?.as_str()?.to_owned(),
+                };
+                Some((canonical, OrgOrder { id, has_items }))
             })
             .collect())
+    }
+
+    /// The price book order products come from (`pricebook_id`, else the standard one) with its
+    /// active entries, read once per connection.
+    async fn price_book(&self) -> Result<Arc<PriceBook>, ConnectorError> {
+        self.catalog
+            .get_or_try_init(|| async {
+                let id = match &self.config.pricebook_id {
+                    Some(id) => id.clone(),
+                    None => {
+                        let page = self
+                            .query(Entity::Order, "SELECT Id FROM Pricebook2 WHERE IsStandard = true", false)
+                            .await?;
+                        page.records
+                            .first()
+                            .and_then(|row| row.get("Id"))
+                            .and_then(Value::as_str)
+                            .map(str::to_owned)
+                            .ok_or_else(|| ConnectorError::Rejected {
+                                status: 200,
+                                code: "NO_STANDARD_PRICE_BOOK".into(),
+                                message: "the org has no standard price book; set pricebook_id".into(),
+                            })?
+                    }
+                };
+                let soql = format!(
+                    "SELECT Id, Name, ProductCode FROM PricebookEntry WHERE Pricebook2Id = '{}' AND IsActive = true",
+                    id.replace('\'', "")
+                );
+                let mut page = self.query(Entity::Order, &soql, false).await?;
+                let mut rows = std::mem::take(&mut page.records);
+                while let (false, Some(next)) = (page.done, page.next_records_url.clone()) {
+                    page = self.query_more(Entity::Order, &next).await?;
+                    rows.append(&mut page.records);
+                }
+                let mut book = PriceBook { id, ..PriceBook::default() };
+                for row in &rows {
+                    let Some(entry) = row.get("Id").and_then(Value::as_str) else { continue };
+                    if let Some(code) = row.get("ProductCode").and_then(Value::as_str) {
+                        book.by_code.entry(code.to_owned()).or_insert_with(|| entry.to_owned());
+                    }
+                    if let Some(name) = row.get("Name").and_then(Value::as_str) {
+                        book.by_name.entry(name.to_owned()).or_insert_with(|| entry.to_owned());
+                    }
+                }
+                Ok(Arc::new(book))
+            })
+            .await
+            .cloned()
+    }
+
+    /// Adds the products of orders written without any (sObject Collections create, ≤ 200 per
+    /// call): an order is activated only after its products exist, so an order whose products
+    /// fail is rejected and keeps its Draft status.
+    async fn add_order_items(
+        &self,
+        outcomes: &mut [Option<PushOutcome>],
+        items: Vec<(usize, Map<String, Value>)>,
+        statuses: &mut HashMap<usize, Value>,
+    ) -> Result<(), ConnectorError> {
+        let mut pending: Vec<(usize, Map<String, Value>)> = Vec::new();
+        for (index, mut item) in items {
+            let Some(Some(PushOutcome::Upserted { external_id, .. })) = outcomes.get(index) else { continue };
+            item.insert("OrderId".into(), Value::String(external_id.to_string()));
+            pending.push((index, item));
+        }
+        let path = self.data_path("/composite/sobjects");
+        for chunk in pending.chunks(COLLECTION_LIMIT) {
+            let body = wire::CollectionRequest {
+                all_or_none: false,
+                records: chunk.iter().map(|(_, item)| item.clone()).collect(),
+            };
+            let results: Vec<wire::CollectionResult> = self
+                .call_json("OrderItem create results", |client, base| client.post(format!("{base}{path}")).json(&body))
+                .await?;
+            if results.len() != chunk.len() {
+                return Err(ConnectorError::decode(
+                    "OrderItem create results",
+                    std::io::Error::other(format!("{} results for {} records", results.len(), chunk.len())),
+                ));
+            }
+            for ((index, _), result) in chunk.iter().zip(results) {
+                if let PushOutcome::Rejected { code, message } = collection_outcome(result, true) {
+                    statuses.remove(index);
+                    outcomes[*index] = Some(PushOutcome::Rejected {
+                        code,
+                        message: format!("order written, its products not: {message}"),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Sets the final `Status` of orders just written, in one Status-only update: the Order object

@@ -88,6 +88,7 @@ fn connector_with_threshold(
             secret: SecretString::from(sim::WEBHOOK_SECRET.to_owned()),
         }),
         push_defaults: Default::default(),
+        pricebook_id: None,
     };
     SalesforceConnector::new(settings, config, host).unwrap()
 }
@@ -381,6 +382,7 @@ fn every_default_stage_status_and_channel_value_maps() {
         channel_field: "LeadSource".into(),
         webhook: None,
         push_defaults: Default::default(),
+        pricebook_id: None,
     };
     let expected_stages = [
         ("Prospecting", Stage::Qualified),
@@ -505,6 +507,7 @@ async fn the_jwt_bearer_flow_signs_an_assertion_the_org_accepts_and_a_wrong_user
             channel_field: "LeadSource".into(),
             webhook: None,
             push_defaults: Default::default(),
+            pricebook_id: None,
         };
         SalesforceConnector::new(settings, config, Arc::new(MemoryHost::default())).unwrap()
     };
@@ -842,4 +845,108 @@ async fn orders_are_inserted_draft_then_activated_once_and_the_org_refuses_an_ac
         .unwrap();
     assert_eq!(results[0]["success"], false, "{results}");
     assert_eq!(results[0]["errors"][0]["fields"][0], "Description", "{results}");
+}
+
+#[tokio::test]
+async fn order_lines_become_order_items_before_activation_and_read_back_without_change() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = testkit::new_accounts(1, "Items Customer").remove(0);
+    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let mut orders = testkit::new_orders(&RecordRef::canonical(account.canonical_id), 2, "SO-ITEMS");
+    if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut orders[1].op {
+        order.lines.as_mut().unwrap()[0].product = Some("Flux capacitor".into());
+    }
+    let report = connector.push(Entity::Order, &orders).await.unwrap();
+    let PushOutcome::Upserted { external_id, created: true, .. } = &report.results[0].outcome else {
+        panic!("{report:?}")
+    };
+    match &report.results[1].outcome {
+        PushOutcome::Rejected { code, message } => {
+            assert_eq!(code, "PRICEBOOK_ENTRY_MISSING");
+            assert!(message.contains("Flux capacitor"), "{message}");
+        }
+        other => panic!("expected a rejection before the call, got {other:?}"),
+    }
+    assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 1, "the unpriceable order was never sent");
+    let row = state.row(Entity::Order, external_id.as_str()).unwrap();
+    assert_eq!(row.get("Status"), Some(&json!("Activated")), "activated after its products exist");
+    assert_eq!(row.get("TotalAmount"), Some(&json!(19)), "rolled up from 2 × 9.50");
+    // What reads back is what was pushed: lines, total, status.
+    let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
+    let EntityData::Order(read) = pulled.changes[0].data().unwrap() else { panic!("not an order") };
+    let OutgoingOp::Upsert { data: EntityData::Order(sent) } = &orders[0].op else { unreachable!() };
+    let line = &read.lines.as_ref().unwrap()[0];
+    assert_eq!((line.product.as_deref(), line.sku.as_deref()), (Some("Widget"), Some("W-100")));
+    assert_eq!(
+        (line.quantity, line.unit_price, line.line_total),
+        (sent.lines.as_ref().unwrap()[0].quantity, sent.lines.as_ref().unwrap()[0].unit_price, 19.into())
+    );
+    assert_eq!(read.total_amount, Some(19.into()));
+    assert_eq!(read.status, Some(OrderStatus::Confirmed));
+    // Pushing it again adds no second set of products.
+    let mut again = orders[0].clone();
+    again.external_id = Some(external_id.clone());
+    connector.push(Entity::Order, std::slice::from_ref(&again)).await.unwrap();
+    let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
+    let EntityData::Order(read) = pulled.changes[0].data().unwrap() else { panic!("not an order") };
+    assert_eq!(read.lines.as_ref().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn the_org_refuses_order_products_outside_the_order_price_book_or_without_an_entry() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = testkit::new_accounts(1, "Raw Customer").remove(0);
+    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    // An order without lines has no price book.
+    let report = connector.push(Entity::Order, &[order(account.canonical_id, 7)]).await.unwrap();
+    let PushOutcome::Upserted { external_id, .. } = &report.results[0].outcome else { panic!("{report:?}") };
+    let client = reqwest::Client::new();
+    let base = running.base_url();
+    let token: serde_json::Value = client
+        .post(format!("{base}/services/oauth2/token"))
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("client_id", sim::CLIENT_ID),
+            ("client_secret", sim::CLIENT_SECRET),
+            ("refresh_token", sim::REFRESH_TOKEN),
+        ])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entries: serde_json::Value = client
+        .get(format!("{base}/services/data/v62.0/query/"))
+        .query(&[("q", "SELECT Id FROM PricebookEntry WHERE ProductCode = 'W-100'")])
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = entries["records"][0]["Id"].as_str().unwrap().to_owned();
+    let body = json!({"allOrNone": false, "records": [
+        {"attributes": {"type": "OrderItem"}, "OrderId": external_id.as_str(), "PricebookEntryId": entry, "Quantity": 1, "UnitPrice": 5},
+        {"attributes": {"type": "OrderItem"}, "OrderId": external_id.as_str(), "Quantity": 1, "UnitPrice": 5}
+    ]});
+    let results: serde_json::Value = client
+        .post(format!("{base}/services/data/v62.0/composite/sobjects"))
+        .bearer_auth(token["access_token"].as_str().unwrap())
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(results[0]["errors"][0]["statusCode"], "FIELD_INTEGRITY_EXCEPTION", "{results}");
+    assert_eq!(results[1]["errors"][0]["statusCode"], "REQUIRED_FIELD_MISSING", "{results}");
+    assert_eq!(results[1]["errors"][0]["fields"][0], "PricebookEntryId", "{results}");
+    assert!(state.row(Entity::Order, external_id.as_str()).unwrap().get("TotalAmount") == Some(&json!(0)));
 }

@@ -185,6 +185,11 @@ pub const OBJECTS: &[(crate::canonical::Entity, &str, &str)] = &[
     (crate::canonical::Entity::Order, "Order", "801"),
 ];
 
+/// Returns the entity synced from an sObject, if it is one.
+pub fn object_entity(object: &str) -> Option<crate::canonical::Entity> {
+    OBJECTS.iter().find(|(_, name, _)| *name == object).map(|(entity, _, _)| *entity)
+}
+
 /// Returns the sObject name of an entity.
 pub fn object(entity: crate::canonical::Entity) -> &'static str {
     OBJECTS.iter().find(|(candidate, _, _)| *candidate == entity).map_or("Account", |(_, name, _)| name)

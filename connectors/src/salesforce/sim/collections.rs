@@ -8,6 +8,8 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
 
+use crate::canonical::decimal_json;
+
 use super::schema::{ACTIVATED_STATUSES, schema, stage_probability};
 use super::wire::{CollectionError, CollectionResult};
 use super::{Row, SalesforceSim, Shared, object_name, rest_error, stamp_text, wire};
@@ -366,6 +368,170 @@ impl SalesforceSim {
         }
         let result = self.write_one(object, Some(id), external, record);
         CollectionResult { created: None, ..result }
+    }
+}
+
+/// `POST /composite/sobjects`: sObject Collections create (≤ 200 records, each with
+/// `attributes.type`, no `id`), per-record results in order.
+pub(super) async fn create(State(sim): Shared, headers: HeaderMap, body: Bytes) -> Response {
+    if let Err(response) = sim.gate(&headers).await {
+        return sim.with_limit_info(response);
+    }
+    sim.counters.write.fetch_add(1, Ordering::SeqCst);
+    let response = match serde_json::from_slice::<wire::CollectionRequest>(&body) {
+        Err(error) => rest_error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &error.to_string()),
+        Ok(request) if request.records.len() > 200 => rest_error(
+            StatusCode::BAD_REQUEST,
+            "EXCEEDED_ID_LIMIT",
+            "record limit reached. cannot submit more than 200 records into this call",
+        ),
+        Ok(request) => {
+            let results: Vec<CollectionResult> =
+                request.records.into_iter().map(|record| sim.create_one(record)).collect();
+            axum::Json(results).into_response()
+        }
+    };
+    sim.with_limit_info(response)
+}
+
+impl SalesforceSim {
+    fn create_one(&self, mut record: Map<String, Value>) -> CollectionResult {
+        let object = record
+            .remove("attributes")
+            .and_then(|attributes| attributes.get("type").and_then(Value::as_str).map(str::to_owned))
+            .as_deref()
+            .and_then(object_name);
+        if record.contains_key("id") || record.contains_key("Id") {
+            return failure("INVALID_FIELD", "cannot specify Id in an insert call".into(), &["Id"]);
+        }
+        match object {
+            Some("OrderItem") => self.create_order_item(record),
+            Some(object) => {
+                let external = record.remove("Crmsync_Id__c").and_then(|value| value.as_str().map(str::to_owned));
+                let result = self.write_one(object, None, external, record);
+                CollectionResult { created: None, ..result }
+            }
+            None => failure("INVALID_TYPE", "attributes.type is missing or unknown".into(), &[]),
+        }
+    }
+
+    /// Adds an order product to its order (read back through the order's `OrderItems`), rolling
+    /// the order's `TotalAmount` up. The price book entry must belong to the order's price book.
+    fn create_order_item(&self, record: Map<String, Value>) -> CollectionResult {
+        let specs = schema("OrderItem", self.multi_currency);
+        for name in record.keys() {
+            let Some(spec) = specs.iter().find(|spec| spec.name == name) else {
+                return failure(
+                    "INVALID_FIELD",
+                    format!("No such column '{name}' on sobject of type OrderItem"),
+                    &[name],
+                );
+            };
+            if !spec.createable {
+                return failure(
+                    "INVALID_FIELD_FOR_INSERT_UPDATE",
+                    format!("Unable to create/update fields: {name}."),
+                    &[name],
+                );
+            }
+        }
+        let missing: Vec<&str> = specs
+            .iter()
+            .filter(|spec| spec.required_on_create() && record.get(spec.name).is_none_or(Value::is_null))
+            .map(|spec| spec.name)
+            .collect();
+        if !missing.is_empty() {
+            return failure(
+                "REQUIRED_FIELD_MISSING",
+                format!("Required fields are missing: [{}]", missing.join(", ")),
+                &missing,
+            );
+        }
+        let decimal = |name: &str| {
+            record
+                .get(name)
+                .filter(|value| value.is_number())
+                .and_then(|value| value.to_string().parse::<rust_decimal::Decimal>().ok())
+        };
+        let (Some(quantity), Some(unit_price)) = (decimal("Quantity"), decimal("UnitPrice")) else {
+            return failure(
+                "INVALID_TYPE_ON_FIELD_IN_RECORD",
+                "Quantity and UnitPrice must be numbers".into(),
+                &["Quantity"],
+            );
+        };
+        let text = |name: &str| record.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let (order_id, entry_id) = (text("OrderId"), text("PricebookEntryId"));
+        let mut inner = self.lock();
+        let entry = inner
+            .tables
+            .get("PricebookEntry")
+            .and_then(|table| table.rows.get(&entry_id))
+            .filter(|row| !row.deleted)
+            .map(|row| row.fields.clone());
+        let Some(entry) = entry else {
+            return failure(
+                "INVALID_CROSS_REFERENCE_KEY",
+                format!("invalid cross reference id: {entry_id}"),
+                &["PricebookEntryId"],
+            );
+        };
+        let order_book = inner
+            .tables
+            .get("Order")
+            .and_then(|table| table.rows.get(&order_id))
+            .filter(|row| !row.deleted)
+            .map(|row| row.fields.get("Pricebook2Id").cloned().unwrap_or(Value::Null));
+        let Some(order_book) = order_book else {
+            return failure(
+                "INVALID_CROSS_REFERENCE_KEY",
+                format!("invalid cross reference id: {order_id}"),
+                &["OrderId"],
+            );
+        };
+        if order_book.is_null() || entry.get("Pricebook2Id") != Some(&order_book) {
+            // The message Salesforce gives (FIELD_INTEGRITY_EXCEPTION on PricebookEntryId).
+            return failure(
+                "FIELD_INTEGRITY_EXCEPTION",
+                "Order Products must have a Price Book Entry that belongs to the Price Book related to the parent Order.: Price Book Entry ID".into(),
+                &["PricebookEntryId"],
+            );
+        }
+        let item_id = inner.new_id("802");
+        let stamp = inner.tick();
+        let mut item = Map::new();
+        item.insert(
+            "attributes".into(),
+            json!({"type": "OrderItem", "url": format!("/services/data/{}/sobjects/OrderItem/{item_id}", super::API_VERSION)}),
+        );
+        item.insert("Id".into(), json!(item_id));
+        item.insert("PricebookEntryId".into(), json!(entry_id));
+        item.insert("Quantity".into(), decimal_json(quantity));
+        item.insert("UnitPrice".into(), decimal_json(unit_price));
+        item.insert("TotalPrice".into(), decimal_json(quantity * unit_price));
+        item.insert(
+            "Product2".into(),
+            json!({"attributes": {"type": "Product2"}, "Name": entry.get("Name"), "ProductCode": entry.get("ProductCode")}),
+        );
+        let Some(order) = inner.tables.get_mut("Order").and_then(|table| table.rows.get_mut(&order_id)) else {
+            return failure(
+                "INVALID_CROSS_REFERENCE_KEY",
+                format!("invalid cross reference id: {order_id}"),
+                &["OrderId"],
+            );
+        };
+        order.items.push(item);
+        let total: rust_decimal::Decimal = order
+            .items
+            .iter()
+            .filter_map(|item| {
+                item.get("TotalPrice").and_then(|value| value.to_string().parse::<rust_decimal::Decimal>().ok())
+            })
+            .sum();
+        order.fields.insert("TotalAmount".into(), decimal_json(total));
+        // The roll-up changes the order: it is read again by incremental queries.
+        order.modstamp = stamp;
+        CollectionResult { id: Some(item_id), success: true, errors: Vec::new(), created: None }
     }
 }
 

@@ -211,7 +211,7 @@ impl SalesforceSim {
             inner: Mutex::new(Inner {
                 jobs: HashMap::new(),
                 jobs_created: 0,
-                tables: ["Account", "Lead", "Opportunity", "Order"]
+                tables: ["Account", "Lead", "Opportunity", "Order", "Pricebook2", "PricebookEntry"]
                     .into_iter()
                     .map(|name| (name, Table::default()))
                     .collect(),
@@ -337,7 +337,7 @@ impl Simulated for SalesforceSim {
     fn stats(&self) -> SimStats {
         let mut stats = self.counters.snapshot();
         let inner = self.lock();
-        for (name, table) in &inner.tables {
+        for (name, table) in inner.tables.iter().filter(|(name, _)| wire::object_entity(name).is_some()) {
             stats.records.insert((*name).to_owned(), table.rows.values().filter(|row| !row.deleted).count() as u64);
         }
         stats
@@ -417,7 +417,7 @@ pub fn router(state: Arc<SalesforceSim>) -> Router {
     api = both(
         api,
         &format!("{data}/composite/sobjects"),
-        axum::routing::delete(collections::delete_records).patch(collections::update),
+        axum::routing::delete(collections::delete_records).patch(collections::update).post(collections::create),
     );
     api.with_state(state.clone()).merge(crate::sim::admin_routes(state))
 }
@@ -482,5 +482,12 @@ impl SalesforceSim {
 }
 
 fn object_name(name: &str) -> Option<&'static str> {
-    wire::OBJECTS.iter().map(|(_, object, _)| *object).find(|object| *object == name)
+    wire::OBJECTS
+        .iter()
+        .map(|(_, object, _)| *object)
+        .chain(schema::CATALOG_OBJECTS.iter().copied())
+        .find(|object| *object == name)
 }
+
+/// The standard price book of the simulated org.
+pub(super) const STANDARD_PRICEBOOK_ID: &str = "01s000000000001AAA";

@@ -225,7 +225,18 @@ pub(super) fn render(
         let value = if row.items.is_empty() {
             Value::Null
         } else {
-            json!({"totalSize": row.items.len(), "done": true, "records": row.items})
+            // Only the subquery's fields (crmsync's: Id, Quantity, UnitPrice, TotalPrice, Product2).
+            let records: Vec<Map<String, Value>> = row
+                .items
+                .iter()
+                .map(|item| {
+                    item.iter()
+                        .filter(|(name, _)| name.as_str() != "PricebookEntryId")
+                        .map(|(name, value)| (name.clone(), value.clone()))
+                        .collect()
+                })
+                .collect();
+            json!({"totalSize": records.len(), "done": true, "records": records})
         };
         record.insert("OrderItems".into(), value);
     }

@@ -167,7 +167,7 @@ pub(super) fn schema(object: &str, multi_currency: bool) -> Vec<FieldSpec> {
                 fields.push(currency);
             }
         }
-        _ => {
+        "Order" => {
             fields.extend([
                 FieldSpec { kind: "string", length: 30, ..system("OrderNumber", "string") },
                 FieldSpec { custom: true, ..text("Crmsync_Order_Number__c", 80) },
@@ -176,6 +176,8 @@ pub(super) fn schema(object: &str, multi_currency: bool) -> Vec<FieldSpec> {
                 lookup("OpportunityId", "Opportunity", "Opportunity"),
                 FieldSpec { nillable: false, documented_required: true, ..picklist("Status", ORDER_STATUSES) },
                 FieldSpec { nillable: false, ..typed("EffectiveDate", "date") },
+                // Needed before order products can be added (Order object reference).
+                lookup("Pricebook2Id", "Pricebook2", "Pricebook2"),
                 FieldSpec {
                     createable: false,
                     updateable: false,
@@ -190,6 +192,56 @@ pub(super) fn schema(object: &str, multi_currency: bool) -> Vec<FieldSpec> {
                 fields.push(currency);
             }
         }
+        // The price book catalog: read-only here (an admin maintains it in the org).
+        "Pricebook2" => {
+            fields.extend([
+                FieldSpec { createable: false, updateable: false, ..required_text("Name", 255) },
+                system("IsStandard", "boolean"),
+                system("IsActive", "boolean"),
+                system("SystemModstamp", "datetime"),
+                system("IsDeleted", "boolean"),
+            ]);
+            return fields;
+        }
+        "PricebookEntry" => {
+            fields.extend([
+                FieldSpec { createable: false, updateable: false, ..text("Name", 255) },
+                FieldSpec { createable: false, updateable: false, ..text("ProductCode", 255) },
+                FieldSpec { createable: false, updateable: false, ..lookup("Product2Id", "Product2", "Product2") },
+                FieldSpec {
+                    createable: false,
+                    updateable: false,
+                    ..lookup("Pricebook2Id", "Pricebook2", "Pricebook2")
+                },
+                FieldSpec { createable: false, updateable: false, ..money("UnitPrice") },
+                system("IsActive", "boolean"),
+                system("SystemModstamp", "datetime"),
+                system("IsDeleted", "boolean"),
+            ]);
+            if multi_currency {
+                fields.push(FieldSpec { createable: false, updateable: false, ..currency });
+            }
+            return fields;
+        }
+        // Order products: OrderId, PricebookEntryId, Quantity and UnitPrice are required on create
+        // (OrderItem object reference).
+        "OrderItem" => {
+            fields.extend([
+                FieldSpec { nillable: false, updateable: false, ..lookup("OrderId", "Order", "Order") },
+                FieldSpec {
+                    nillable: false,
+                    updateable: false,
+                    ..lookup("PricebookEntryId", "PricebookEntry", "PricebookEntry")
+                },
+                FieldSpec { nillable: false, kind: "double", precision: 18, scale: 2, ..typed("Quantity", "double") },
+                FieldSpec { nillable: false, ..money("UnitPrice") },
+                FieldSpec { createable: false, updateable: false, ..money("TotalPrice") },
+                system("SystemModstamp", "datetime"),
+                system("IsDeleted", "boolean"),
+            ]);
+            return fields;
+        }
+        _ => return Vec::new(),
     }
     fields.extend([
         FieldSpec {
@@ -205,6 +257,9 @@ pub(super) fn schema(object: &str, multi_currency: bool) -> Vec<FieldSpec> {
     ]);
     fields
 }
+
+/// Objects the simulated org has besides the synced ones: the price book catalog and order products.
+pub(super) const CATALOG_OBJECTS: &[&str] = &["Pricebook2", "PricebookEntry", "OrderItem"];
 
 /// Order `Status` values whose status category (`StatusCode`) is Activated; the others are Draft.
 /// Orders are inserted with a Draft status and activated by an update that sets only `Status`

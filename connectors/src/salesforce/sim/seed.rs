@@ -5,9 +5,9 @@ use std::collections::HashMap;
 use serde_json::{Map, json};
 
 use super::schema::stage_probability;
-use super::{API_VERSION, SalesforceSim, stamp_text};
+use super::{API_VERSION, STANDARD_PRICEBOOK_ID, SalesforceSim, stamp_text};
 use crate::canonical::{OrderStatus, Timestamp, VendorKind, Vocabulary, decimal_json};
-use crate::sim::World;
+use crate::sim::{PRODUCTS, World};
 
 impl SalesforceSim {
     pub(super) fn seed(&self, world: &World, shared: usize, bit: u8) {
@@ -25,6 +25,29 @@ impl SalesforceSim {
             *seen += 1;
             if *seen <= shared { base } else { base + counter * 1000 }
         };
+        // The standard price book with one active entry per product (list price 10.00).
+        let mut catalog = Map::new();
+        catalog.insert("Name".into(), json!("Standard Price Book"));
+        catalog.insert("IsStandard".into(), json!(true));
+        catalog.insert("IsActive".into(), json!(true));
+        inner.put_seed("Pricebook2", STANDARD_PRICEBOOK_ID.to_owned(), catalog, base, Vec::new());
+        let mut entries = HashMap::new();
+        for (product, sku) in PRODUCTS {
+            let entry_id = inner.new_id("01u");
+            let product_id = inner.new_id("01t");
+            let mut entry = Map::new();
+            entry.insert("Name".into(), json!(product));
+            entry.insert("ProductCode".into(), json!(sku));
+            entry.insert("Product2Id".into(), json!(product_id));
+            entry.insert("Pricebook2Id".into(), json!(STANDARD_PRICEBOOK_ID));
+            entry.insert("UnitPrice".into(), json!(10));
+            entry.insert("IsActive".into(), json!(true));
+            if self.multi_currency {
+                entry.insert("CurrencyIsoCode".into(), json!(self.corporate_currency));
+            }
+            inner.put_seed("PricebookEntry", entry_id.clone(), entry, base, Vec::new());
+            entries.insert(*sku, entry_id);
+        }
         let mut account_ids = HashMap::new();
         for (index, account) in world.accounts.iter().enumerate() {
             if account.presence & bit == 0 {
@@ -113,6 +136,7 @@ impl SalesforceSim {
                 fields.insert("CurrencyIsoCode".into(), json!(order.currency));
             }
             fields.insert("LeadSource".into(), json!(order.source));
+            fields.insert("Pricebook2Id".into(), json!(STANDARD_PRICEBOOK_ID));
             let items = order
                 .lines
                 .iter()
@@ -121,6 +145,7 @@ impl SalesforceSim {
                     let mut item = Map::new();
                     item.insert("attributes".into(), json!({"type": "OrderItem", "url": format!("/services/data/{API_VERSION}/sobjects/OrderItem/{item_id}")}));
                     item.insert("Id".into(), json!(item_id));
+                    item.insert("PricebookEntryId".into(), json!(entries.get(line.sku)));
                     item.insert("Quantity".into(), decimal_json(line.quantity));
                     item.insert("UnitPrice".into(), decimal_json(line.unit_price));
                     item.insert("TotalPrice".into(), decimal_json(line.quantity * line.unit_price));
