@@ -239,7 +239,7 @@ mod tests {
         );
         let hundred_usd: Money = "100 USD".parse().unwrap();
         assert_eq!(table.convert(&hundred_usd, &eur).unwrap().to_string(), "50.0 EUR");
-        assert_eq!(table.convert(&hundred_usd, &gbp).unwrap().amount.round_dp(2).to_string(), "40.00");
+        assert_eq!(table.convert(&hundred_usd, &gbp).unwrap().amount.round_dp(2), Decimal::from(40));
         assert_eq!(table.convert(&"8 EUR".parse().unwrap(), &usd).unwrap().amount, Decimal::from(16));
         assert_eq!(table.convert(&hundred_usd, &usd).unwrap(), hundred_usd, "same currency: unchanged");
         let error = table.convert(&"1 JPY".parse().unwrap(), &eur).unwrap_err();
