@@ -2,7 +2,9 @@
 //! whatever the order pages arrive in. Helpers shared by its scenarios live here.
 
 mod arrival_order;
+mod faults;
 mod kill;
+mod parsers;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -27,9 +29,17 @@ pub(crate) struct Vendors {
 
 impl Vendors {
     pub(crate) async fn start(world: World) -> Self {
+        Self::start_with(world, 0).await
+    }
+
+    /// Starts the three with the first `zoho_shared_modstamp` records of each Zoho module sharing
+    /// one `Modified_Time` (more than a page of them: equal modstamps across a page boundary).
+    pub(crate) async fn start_with(world: World, zoho_shared_modstamp: usize) -> Self {
+        let zoho_options =
+            ZohoSimOptions { shared_modified_time: zoho_shared_modstamp, ..ZohoSimOptions::with_world(world.clone()) };
         Self {
             salesforce: salesforce(world.clone(), FaultSettings::default(), None).await,
-            zoho: zoho::start(ZohoSimOptions::with_world(world.clone())).await.unwrap(),
+            zoho: zoho::start(zoho_options).await.unwrap(),
             dynamics: d365::start(Dynamics365SimOptions::with_world(world)).await.unwrap(),
         }
     }
