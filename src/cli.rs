@@ -10,7 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 /// Configuration: the embedded defaults (`config/default.toml`, the reference for every key), then the
 /// file given with `--config` (else `CRMSYNC_CONFIG`, else /etc/crmsync/crmsync.toml; with none of them
 /// the command stops with an error), then `CRMSYNC__SECTION__KEY` environment variables
-/// (e.g. `CRMSYNC__DAEMON__DATA_DIR=/srv/crmsync`; they reach tables, not [[jobs]] or [[routes]]). Secrets are read from the environment or files,
+/// (e.g. `CRMSYNC__DAEMON__DATA_DIR=/srv/crmsync`; they reach tables, not `[[jobs]]` or `[[routes]]`). Secrets are read from the environment or files,
 /// never written in the config file. Logs go to stderr (JSON when not a terminal); filter with `RUST_LOG`.
 ///
 /// Start with `crmsync demo`: three simulated CRMs on loopback, synced, with the dashboard.

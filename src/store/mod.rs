@@ -1,6 +1,6 @@
 //! The canonical store: sled behind a typed API. The only module that touches sled.
 //!
-//! Trees and key layouts are documented in [`keys`]; every value encoding is in [`format`]: records
+//! Trees and key layouts are documented in [`keys`]; every value encoding is in [`format`](mod@format): records
 //! in a compact binary form with a version byte, the small values as JSON in a versioned envelope.
 //! Opening a store of format 1 (records as JSON, crmsync before the binary records) rewrites its
 //! records in place, resumably, before anything else reads them. [`Store::commit`] writes records (with
@@ -18,7 +18,7 @@
 //! [`Store::storage_error`] (`/readyz`, `status`) until a later commit and flush succeed.
 //!
 //! Next to each record, in the same transaction, the store keeps its summary for the sales metrics
-//! ([`crate::metrics::summary`], a few fields): a metrics pass scans the small `summaries` tree
+//! ([`crate::metrics::RecordView`], a few fields, encoded by [`format::encode_summary`]): a metrics pass scans the small `summaries` tree
 //! instead of decoding every record. Summaries are rebuilt on open when their version
 //! ([`crate::metrics::SUMMARY_VERSION`]) differs from the one the store recorded.
 
