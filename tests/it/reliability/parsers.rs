@@ -1,6 +1,6 @@
 //! Property tests for the parsers of outside data (issue 17, the suite): Salesforce outbound
 //! messages (SOAP) and Bulk CSV, Zoho and Dataverse webhook bodies, Dataverse `$batch` responses and
-//! WCF dates, configuration files. Each is fed a documented example (crm-apis.md) mutated at random
+//! WCF dates, Salesforce organization ids, configuration files. Each is fed a documented example (crm-apis.md) mutated at random
 //! (cut short, bytes overwritten, garbage spliced in, a span deleted) and arbitrary input: no input
 //! may panic, and a refused input gets an error that says something. Vendor pages, webhooks through
 //! the HTTP edge and the REST API's query strings are fuzzed against the running daemon in
@@ -137,6 +137,12 @@ proptest! {
         }
         let content_type = format!("multipart/mixed; boundary={}", text(&boundary));
         let _ = dynamics365::wire::boundary_of(&content_type);
+    }
+
+    /// Issue 17 §3: a non-ASCII organization id used to panic the handler (byte slicing).
+    #[test]
+    fn salesforce_organization_ids(left in ".{0,24}", right in ".{0,24}") {
+        let _ = salesforce::webhook::same_org(&left, &right);
     }
 
     #[test]
