@@ -14,7 +14,10 @@ use crmsync_connectors::sim::{FaultSettings, Simulated, World, WorldSize};
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{Vendors, assert_same_sets, canonical_set, vendor_counts_without_duplicates};
+use super::{
+    Dice, Vendors, assert_same_sets, canonical_set, listen_on_free_ports, outbound_message, soak, stored_industry,
+    vendor_counts_without_duplicates,
+};
 use crate::support::{Env, ok};
 
 /// Every entity from every CRM to every other, except orders, which go into Dataverse only. Orders
@@ -49,23 +52,6 @@ to = ["dynamics365"]
 [reconcile]
 source_priority = ["salesforce", "zoho", "dynamics365"]
 "#;
-
-/// Iterations multiplier: `CRMSYNC_SOAK=10` kills ten times as often.
-fn soak() -> u64 {
-    std::env::var("CRMSYNC_SOAK").ok().and_then(|value| value.parse().ok()).unwrap_or(1).max(1)
-}
-
-/// A small seeded generator (xorshift64), so a failing sequence of kill points can be replayed.
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, below: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % below.max(1)
-    }
-}
 
 /// Runs `sync` until a pass writes nothing anywhere: the fixed point.
 async fn converge(env: &Env, vendors: &Vendors) {
@@ -133,37 +119,6 @@ fn edit(vendors: &Vendors, records: &(Vec<String>, Vec<String>), round: u64) {
     assert!(vendors.zoho.state().edit(Entity::Opportunity, deal, &[("Amount", amount)]));
 }
 
-/// Points the config's public listener at a free port and returns it.
-fn listen_on_free_port(env: &Env) -> u16 {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let config = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{port}\""));
-    std::fs::write(&env.config, config).unwrap();
-    port
-}
-
-/// A Salesforce outbound message for one account's industry (crm-apis.md §1.10).
-fn outbound_message(account: &str, industry: &str, stamp: &str) -> String {
-    format!(
-        r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{}</OrganizationId><Notification><Id>04l{account}</Id><sObject xsi:type="sf:Account" xmlns:sf="urn:sobject.enterprise.soap.sforce.com" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><sf:Id>{account}</sf:Id><sf:Industry>{industry}</sf:Industry><sf:SystemModstamp>{stamp}</sf:SystemModstamp></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>"#,
-        crmsync_connectors::salesforce::sim::ORGANIZATION_ID
-    )
-}
-
-/// The industry of the account linked to a Salesforce id, as the store has it.
-async fn stored_industry(env: &Env, account: &str) -> Option<String> {
-    let accounts = crate::support::export(env, "account", true).await;
-    let record = accounts.iter().find(|record| {
-        record["links"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|link| link["connection"] == "salesforce" && link["external_id"] == account)
-    })?;
-    record["data"]["fields"]["industry"].as_str().map(str::to_owned)
-}
-
 /// Webhook bursts: each round, users edit `burst` Salesforce accounts and Salesforce delivers one
 /// outbound message per edit, all at once; the daemon is killed once a random number of them were
 /// acknowledged. Every acknowledged delivery must be in the store after the kill (it was flushed
@@ -176,7 +131,7 @@ async fn webhook_bursts(
     edits: &[(String, String)],
     burst: usize,
 ) -> (usize, usize) {
-    let port = listen_on_free_port(env);
+    let (port, _) = listen_on_free_ports(env);
     let url = format!(
         "http://127.0.0.1:{port}/webhooks/salesforce?secret={}",
         crmsync_connectors::salesforce::sim::WEBHOOK_SECRET

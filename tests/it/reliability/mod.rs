@@ -5,6 +5,7 @@ mod arrival_order;
 mod faults;
 mod kill;
 mod parsers;
+mod storage;
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -191,4 +192,56 @@ pub(crate) fn assert_same_sets(
             actual[entity].len(),
         );
     }
+}
+
+/// Iterations multiplier: `CRMSYNC_SOAK=10` runs the randomised parts ten times as often.
+pub(crate) fn soak() -> u64 {
+    std::env::var("CRMSYNC_SOAK").ok().and_then(|value| value.parse().ok()).unwrap_or(1).max(1)
+}
+
+/// A small seeded generator (xorshift64), so a failing sequence of kill points or damages can be
+/// replayed.
+pub(crate) struct Dice(pub(crate) u64);
+
+impl Dice {
+    pub(crate) fn roll(&mut self, below: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % below.max(1)
+    }
+}
+
+/// Points the config's public and admin listeners at free ports and returns them.
+pub(crate) fn listen_on_free_ports(env: &Env) -> (u16, u16) {
+    let (public, admin) =
+        (std::net::TcpListener::bind("127.0.0.1:0").unwrap(), std::net::TcpListener::bind("127.0.0.1:0").unwrap());
+    let ports = (public.local_addr().unwrap().port(), admin.local_addr().unwrap().port());
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{}\"", ports.0))
+        .replace("\nadmin_listen = \"127.0.0.1:0\"", &format!("\nadmin_listen = \"127.0.0.1:{}\"", ports.1));
+    std::fs::write(&env.config, config).unwrap();
+    ports
+}
+
+/// A Salesforce outbound message for one account's industry (crm-apis.md §1.10).
+pub(crate) fn outbound_message(account: &str, industry: &str, stamp: &str) -> String {
+    format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><soapenv:Envelope xmlns:soapenv="http://schemas.xmlsoap.org/soap/envelope/"><soapenv:Body><notifications xmlns="http://soap.sforce.com/2005/09/outbound"><OrganizationId>{}</OrganizationId><Notification><Id>04l{account}</Id><sObject xsi:type="sf:Account" xmlns:sf="urn:sobject.enterprise.soap.sforce.com" xmlns:xsi="http://www.w3.org/2001/XMLSchema-instance"><sf:Id>{account}</sf:Id><sf:Industry>{industry}</sf:Industry><sf:SystemModstamp>{stamp}</sf:SystemModstamp></sObject></Notification></notifications></soapenv:Body></soapenv:Envelope>"#,
+        crmsync_connectors::salesforce::sim::ORGANIZATION_ID
+    )
+}
+
+/// The industry of the account linked to a Salesforce id, as the store has it.
+pub(crate) async fn stored_industry(env: &Env, account: &str) -> Option<String> {
+    let accounts = crate::support::export(env, "account", true).await;
+    let record = accounts.iter().find(|record| {
+        record["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|link| link["connection"] == "salesforce" && link["external_id"] == account)
+    })?;
+    record["data"]["fields"]["industry"].as_str().map(str::to_owned)
 }
