@@ -2,9 +2,7 @@
 //! messages (SOAP) and Bulk CSV, Zoho and Dataverse webhook bodies, Dataverse `$batch` responses and
 //! WCF dates, Salesforce organization ids, configuration files. Each is fed a documented example (crm-apis.md) mutated at random
 //! (cut short, bytes overwritten, garbage spliced in, a span deleted) and arbitrary input: no input
-//! may panic, and a refused input gets an error that says something. Vendor pages, webhooks through
-//! the HTTP edge and the REST API's query strings are fuzzed against the running daemon in
-//! `edge.rs`.
+//! may panic, and a refused input gets an error that says something.
 
 use std::collections::{BTreeMap, HashMap};
 
