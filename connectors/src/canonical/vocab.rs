@@ -119,6 +119,24 @@ impl OrderStatus {
     pub fn is_sale(&self) -> bool {
         matches!(self, Self::Confirmed | Self::Shipped | Self::Delivered | Self::Invoiced)
     }
+
+    /// Returns the statuses an order in this status may move to: the canonical state machine
+    /// draft → confirmed → shipped → delivered → invoiced, with cancelled reachable from any status
+    /// before invoiced. Invoiced and cancelled are final.
+    pub fn successors(&self) -> &'static [Self] {
+        match self {
+            Self::Draft => &[Self::Confirmed, Self::Cancelled],
+            Self::Confirmed => &[Self::Shipped, Self::Cancelled],
+            Self::Shipped => &[Self::Delivered, Self::Cancelled],
+            Self::Delivered => &[Self::Invoiced, Self::Cancelled],
+            Self::Invoiced | Self::Cancelled => &[],
+        }
+    }
+
+    /// Returns whether an order in this status may move to `next` (see [`OrderStatus::successors`]).
+    pub fn can_become(&self, next: Self) -> bool {
+        self.successors().contains(&next)
+    }
 }
 
 vocabulary!(
@@ -371,6 +389,22 @@ mod tests {
         assert_eq!(zoho.order_statuses.get("Approved"), Some(OrderStatus::Confirmed));
         let dataverse = Vocabulary::defaults(VendorKind::Dynamics365);
         assert_eq!(dataverse.order_statuses.get("4"), Some(OrderStatus::Invoiced));
+    }
+
+    #[test]
+    fn an_order_moves_forward_one_status_at_a_time_and_is_cancelled_only_before_it_is_invoiced() {
+        use OrderStatus::{Cancelled, Confirmed, Delivered, Draft, Invoiced, Shipped};
+        let forward = [Draft, Confirmed, Shipped, Delivered, Invoiced];
+        for pair in forward.windows(2) {
+            assert!(pair[0].can_become(pair[1]), "{} -> {}", pair[0], pair[1]);
+            assert!(!pair[1].can_become(pair[0]), "{} -> {} goes back", pair[1], pair[0]);
+        }
+        assert!(!Draft.can_become(Shipped), "no status is skipped");
+        for status in [Draft, Confirmed, Shipped, Delivered] {
+            assert!(status.can_become(Cancelled), "{status} can be cancelled");
+        }
+        assert!(Invoiced.successors().is_empty() && Cancelled.successors().is_empty(), "final statuses");
+        assert!(!Draft.can_become(Draft), "staying put is not a transition");
     }
 
     #[test]
