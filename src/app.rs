@@ -212,6 +212,7 @@ impl App {
         let connectors = build_connectors(&config, host)?;
         let rules = IngestRules::from_config(&config);
         let (writer, ingest) = Ingestor::new(store.clone(), rules.clone(), config.daemon.ingest_queue);
+        release_held_pushes(&config, &store, &writer)?;
         let writer = tokio::spawn(writer.run());
         Ok(Self { config, store, connectors, ingest, rules, writer })
     }
@@ -225,6 +226,34 @@ impl App {
         store.flush().context("final flush failed")?;
         Ok(())
     }
+}
+
+/// Retries the dead-lettered pushes of every connection whose configuration changed since the last
+/// start (a vendor's rejection may not hold under the new settings; see [`crate::scheduler::push`]),
+/// and records each connection's configuration fingerprint.
+fn release_held_pushes(config: &Config, store: &Store, writer: &Ingestor) -> anyhow::Result<()> {
+    use sha2::{Digest, Sha256};
+    const KEY: &str = "config_fingerprint";
+    for (id, connection) in &config.connections {
+        // Debug output is deterministic here (no hash maps) and redacts every secret.
+        let digest = Sha256::digest(format!("{connection:?}").as_bytes());
+        let fingerprint: String = digest.iter().take(16).map(|byte| format!("{byte:02x}")).collect();
+        if store.load_state(id, KEY)?.as_deref() == Some(fingerprint.as_str()) {
+            continue;
+        }
+        if store
+            .dead_letters(usize::MAX)?
+            .iter()
+            .any(|letter| &letter.connection == id && letter.canonical_id.is_some())
+        {
+            let outcome = writer
+                .apply_at_start(crate::ingest::operator::OperatorAction::ReleaseHeldPushes { connection: id.clone() })
+                .with_context(|| format!("cannot retry the dead letters of {id}"))?;
+            tracing::info!(connection = %id, outcome = ?outcome, "configuration changed: dead-lettered pushes retried");
+        }
+        store.save_state(id, KEY, &fingerprint)?;
+    }
+    Ok(())
 }
 
 /// Runs the daemon until `shutdown` resolves: pull loops per job × connection × entity, a push loop

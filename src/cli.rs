@@ -43,6 +43,20 @@ pub struct ConfigArgs {
     pub config: Option<PathBuf>,
 }
 
+/// How an operator command reaches a running daemon. While a daemon holds the store, `orders`,
+/// `conflicts`, `dlq`, `identity`, `metrics`, `export` and `status` ask its REST API instead of
+/// opening the store; the output is the same.
+#[derive(Debug, Clone, Default, Args)]
+pub struct ClientArgs {
+    /// The daemon's API, e.g. http://127.0.0.1:8080 (default: `daemon.listen` of the configuration,
+    /// on loopback when it is a wildcard address). When given, the API is used even if the store is free.
+    #[arg(long, value_name = "URL", global = true)]
+    pub url: Option<String>,
+    /// The API token (default: `api.token` of the configuration).
+    #[arg(long, env = "CRMSYNC_API_TOKEN", value_name = "TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+}
+
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
@@ -64,14 +78,17 @@ pub enum Command {
     Export(ExportArgs),
     /// Print the unified sales KPIs (efficiency, coverage, satisfaction), funnel and channel mix.
     Metrics(MetricsArgs),
+    /// Sales orders: list, show, create, move through their statuses, delete. Every change goes to
+    /// the CRMs the order routes name (with the daemon running at once, otherwise with the next sync).
+    Orders(OrdersArgs),
     /// Inspect and operate on the dead-letter queue (records a vendor rejected or that could not be mapped).
     Dlq(DlqArgs),
     /// List and resolve merge conflicts (the same field changed in two CRMs).
     Conflicts(ConflictsArgs),
     /// Undo a wrong identity match (`split`) or join two records that are one customer (`merge`).
     ///
-    /// `crmsync export` shows every record's links and why each was joined. Run these with the daemon
-    /// stopped (they write the store directly).
+    /// `crmsync export` shows every record's links and why each was joined. While the daemon runs,
+    /// the change goes through its API; otherwise the store is changed directly.
     Identity(IdentityArgs),
     /// The embedded default: start the three CRM simulators on loopback with overlapping seeded data,
     /// sync them, and serve the dashboard; with `--once`, sync, print the summary and metrics, and exit.
@@ -153,6 +170,9 @@ pub struct StatusArgs {
     /// Configuration.
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// The running daemon's API (used while it holds the store).
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -173,6 +193,9 @@ pub struct ExportArgs {
     /// Configuration.
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// The running daemon's API (used while it holds the store).
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// Entity to export (account, lead, opportunity, order).
     #[arg(long)]
     pub entity: String,
@@ -193,6 +216,9 @@ pub struct MetricsArgs {
     /// Configuration.
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// The running daemon's API (used while it holds the store).
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// `unified` (deduplicated across every CRM) or a connection name.
     #[arg(long, default_value = "unified")]
     pub scope: String,
@@ -211,12 +237,140 @@ pub struct MetricsArgs {
     pub explain: bool,
 }
 
+/// `crmsync orders`.
+#[derive(Debug, Clone, Args)]
+pub struct OrdersArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The running daemon's API (used while it holds the store).
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// What to do.
+    #[command(subcommand)]
+    pub action: OrdersAction,
+}
+
+/// Order operations.
+#[derive(Debug, Clone, Subcommand)]
+pub enum OrdersAction {
+    /// List orders, oldest first (filters combine; `--cursor` continues where a page stopped).
+    List {
+        /// Only this status (draft, confirmed, shipped, delivered, invoiced, cancelled).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only this channel (direct, agent, ecommerce, other).
+        #[arg(long)]
+        channel: Option<String>,
+        /// Only this customer (canonical account id).
+        #[arg(long)]
+        account: Option<String>,
+        /// Only orders with a copy in this connection.
+        #[arg(long)]
+        connection: Option<String>,
+        /// Order date on or after this (YYYY-MM-DD or RFC 3339).
+        #[arg(long)]
+        since: Option<String>,
+        /// Order date before this (exclusive).
+        #[arg(long)]
+        until: Option<String>,
+        /// Orders per page (1 to 1000).
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Continue after this cursor (printed under a full page).
+        #[arg(long)]
+        cursor: Option<String>,
+        /// Newest first.
+        #[arg(long)]
+        newest_first: bool,
+        /// Include deleted orders.
+        #[arg(long)]
+        include_deleted: bool,
+        /// Print JSON (the body of `GET /api/v1/orders`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one order: status, customer, lines, total, its copy in each CRM and its version.
+    Get {
+        /// The order's canonical id.
+        id: String,
+        /// Print JSON (the body of `GET /api/v1/orders/{id}`).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create an order (draft unless `--status confirmed`); it is queued for every routed CRM.
+    Create {
+        /// The customer: a canonical account id, or a vendor id with `--account-connection`.
+        #[arg(long)]
+        account: String,
+        /// The connection whose id `--account` is.
+        #[arg(long)]
+        account_connection: Option<String>,
+        /// direct, agent, ecommerce or other.
+        #[arg(long)]
+        channel: String,
+        /// ISO 4217 currency code of every amount.
+        #[arg(long)]
+        currency: String,
+        /// A line, PRODUCT:QUANTITY:UNIT_PRICE or PRODUCT:QUANTITY:UNIT_PRICE:SKU (repeat for more).
+        #[arg(long = "line", value_name = "LINE", required = true)]
+        lines: Vec<String>,
+        /// Order number (default: generated, SO-YYYYMMDD-xxxxxxxx); unique among orders.
+        #[arg(long)]
+        number: Option<String>,
+        /// draft (default) or confirmed.
+        #[arg(long)]
+        status: Option<String>,
+        /// Order date, YYYY-MM-DD (default: today, UTC).
+        #[arg(long)]
+        order_date: Option<String>,
+        /// The opportunity it came from (canonical id).
+        #[arg(long)]
+        opportunity: Option<String>,
+        /// Free-text details.
+        #[arg(long)]
+        details: Option<String>,
+        /// Print JSON (the body `POST /api/v1/orders` answers).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Move an order to another status: draft → confirmed → shipped → delivered → invoiced, or
+    /// cancelled from any status before invoiced. The CRMs get it in their own form.
+    SetStatus {
+        /// The order's canonical id.
+        id: String,
+        /// The new status.
+        status: String,
+        /// Refuse the change if the order is no longer at this version (as `orders get` shows it).
+        #[arg(long)]
+        if_version: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Delete an order: each routed CRM follows its route's `on_delete` (delete its copy, cancel it
+    /// with `mark`, or leave it with `ignore`).
+    Delete {
+        /// The order's canonical id.
+        id: String,
+        /// Refuse if the order is no longer at this version.
+        #[arg(long)]
+        if_version: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 /// `crmsync dlq`.
 #[derive(Debug, Clone, Args)]
 pub struct DlqArgs {
     /// Configuration.
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// The running daemon's API (used while it holds the store).
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// What to do.
     #[command(subcommand)]
     pub action: DlqAction,
@@ -249,6 +403,9 @@ pub struct ConflictsArgs {
     /// Configuration.
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// The running daemon's API (used while it holds the store).
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// What to do.
     #[command(subcommand)]
     pub action: ConflictsAction,
@@ -260,6 +417,9 @@ pub struct IdentityArgs {
     /// Configuration.
     #[command(flatten)]
     pub config: ConfigArgs,
+    /// The running daemon's API (used while it holds the store).
+    #[command(flatten)]
+    pub client: ClientArgs,
     /// What to do.
     #[command(subcommand)]
     pub action: IdentityAction,

@@ -19,6 +19,8 @@ use crmsync_connectors::settings::FieldPolicy;
 use crmsync_connectors::{Change, ChangeKind, Cursor, PushOutcome};
 use tokio::sync::{mpsc, oneshot};
 
+pub mod operator;
+
 use crate::reconcile::{self, DeleteAction, Outcome, Rules};
 use crate::store::{
     Commit, ConflictEntry, ConflictValue, DeadLetter, OutboxEntry, OutboxOp, Store, StoreError, SyncStatusUpdate,
@@ -72,6 +74,14 @@ pub enum Batch {
         /// The outbox sequences of each record and the hash of what is sent for it.
         sent: Vec<(Vec<u64>, String)>,
     },
+    /// What a person does through the CLI or the API (orders, conflicts, dead letters, identity),
+    /// answered on `reply` once committed and flushed.
+    Operator {
+        /// The action.
+        action: operator::OperatorAction,
+        /// Where the outcome goes.
+        reply: oneshot::Sender<Result<operator::OperatorOutcome, operator::OperatorError>>,
+    },
     /// A sync error to record in the status of a connection × entity.
     Failed {
         /// Connection.
@@ -96,6 +106,9 @@ pub struct PushedRecord {
     pub outcome: PushOutcome,
     /// What was sent, for the dead-letter queue.
     pub payload: serde_json::Value,
+    /// Fingerprint of what was sent: a rejected record is not sent again while what would be sent
+    /// is the same (see [`crate::scheduler::push`]).
+    pub attempt: Option<String>,
 }
 
 /// Counts of one applied batch.
@@ -188,6 +201,20 @@ impl IngestHandle {
         answer.await.map_err(|_| IngestError::Stopped)?
     }
 
+    /// Applies an operator action through the writer and returns its outcome once it is committed
+    /// and flushed (waiting for queue space like a pull).
+    pub async fn operate(
+        &self,
+        action: operator::OperatorAction,
+    ) -> Result<operator::OperatorOutcome, operator::OperatorError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Batch::Operator { action, reply }).await.map_err(|error| match error {
+            IngestError::Store(error) => operator::OperatorError::Store(error),
+            IngestError::Saturated | IngestError::Stopped => operator::OperatorError::Stopped,
+        })?;
+        answer.await.map_err(|_| operator::OperatorError::Stopped)?
+    }
+
     /// Submits a batch only if the queue has room, and returns once it is committed and flushed.
     pub async fn try_submit(&self, batch: Batch) -> Result<IngestStats, IngestError> {
         let (reply, answer) = oneshot::channel();
@@ -230,6 +257,15 @@ impl Ingestor {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let committed = Arc::new(AtomicU64::new(0));
         (Self { store, rules, receiver, committed: committed.clone() }, IngestHandle { sender, committed })
+    }
+
+    /// Applies an operator action before the writer runs (start-up housekeeping: nothing else writes
+    /// yet, so this is still the one writer).
+    pub fn apply_at_start(
+        &self,
+        action: operator::OperatorAction,
+    ) -> Result<operator::OperatorOutcome, operator::OperatorError> {
+        operator::apply(&self.store, &self.rules, action, Timestamp::now())
     }
 
     /// Applies batches until every handle is dropped, then flushes.
@@ -298,13 +334,8 @@ fn apply_group(store: &Store, rules: &IngestRules, batches: Vec<Batch>) -> Vec<R
     results
 }
 
-/// Applies one batch to the store in one commit. Public for tests and for the synchronous CLI paths.
-pub fn apply_batch(
-    store: &Store,
-    rules: &IngestRules,
-    batch: Batch,
-    now: Timestamp,
-) -> Result<IngestStats, IngestError> {
+/// Applies one batch to the store in one commit (an operator batch flushes before it answers).
+fn apply_batch(store: &Store, rules: &IngestRules, batch: Batch, now: Timestamp) -> Result<IngestStats, IngestError> {
     match batch {
         Batch::Pulled { connection, entity, changes, cursor, caught_up } => {
             let mut writer = BatchWriter::new(store, rules, &connection, now);
@@ -341,6 +372,15 @@ pub fn apply_batch(
                     .extend(sequences.into_iter().map(|sequence| (connection.clone(), sequence, hash.clone())));
             }
             store.commit(commit)?;
+            Ok(IngestStats::default())
+        }
+        Batch::Operator { action, reply } => {
+            let result = operator::apply(store, rules, action, now);
+            if let Err(operator::OperatorError::Store(error)) = &result {
+                tracing::error!(error = %error, "operator action failed");
+            }
+            // The person is answered; the writer goes on whatever the outcome.
+            let _ = reply.send(result);
             Ok(IngestStats::default())
         }
         Batch::Failed { connection, entity, message } => {
@@ -1042,16 +1082,27 @@ fn apply_pushed(
                     updated.insert(record.id, record);
                 }
                 commit.outbox_done.extend(pushed.sequences.iter().map(|sequence| (connection.clone(), *sequence)));
+                // Accepted now: an earlier rejection of the record is moot.
+                if let Some(letter) = store.pushed_dead_letter(connection, pushed.canonical_id)? {
+                    commit.dead_letters_remove.push(letter.id);
+                }
             }
             PushOutcome::Deleted => {
                 stats.pushed += 1;
                 telemetry::record_pushed(connection, entity, "deleted", 1);
                 commit.outbox_done.extend(pushed.sequences.iter().map(|sequence| (connection.clone(), *sequence)));
+                if let Some(letter) = store.pushed_dead_letter(connection, pushed.canonical_id)? {
+                    commit.dead_letters_remove.push(letter.id);
+                }
             }
             PushOutcome::Rejected { code, message } => {
                 stats.rejected += 1;
                 telemetry::record_pushed(connection, entity, "rejected", 1);
-                commit.dead_letters.push(DeadLetter::new(
+                // One dead letter per record and connection: a new rejection replaces the last one.
+                if let Some(letter) = store.pushed_dead_letter(connection, pushed.canonical_id)? {
+                    commit.dead_letters_remove.push(letter.id);
+                }
+                let mut letter = DeadLetter::new(
                     connection.clone(),
                     entity,
                     Some(pushed.canonical_id),
@@ -1059,7 +1110,9 @@ fn apply_pushed(
                     pushed.payload.clone(),
                     format!("rejected by {connection}: {code}: {message}"),
                     now,
-                ));
+                );
+                letter.attempt.clone_from(&pushed.attempt);
+                commit.dead_letters.push(letter);
                 commit.outbox_done.extend(pushed.sequences.iter().map(|sequence| (connection.clone(), *sequence)));
             }
             PushOutcome::Retry { message } => {

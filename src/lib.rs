@@ -11,10 +11,13 @@
 //! - [`app`]: wiring and lifecycle (the one `match` over vendor configs, the daemon's loops).
 //! - [`store`]: the sled-backed canonical store (the only module that touches sled).
 //! - [`reconcile`]: pure identity, merge, conflict, echo and routing decisions.
-//! - [`ingest`]: the single writer (batch → reconcile → one store commit).
+//! - [`ingest`]: the single writer (batch → reconcile → one store commit) for pulls, webhooks,
+//!   push results and operator actions ([`ingest::operator`]: orders, conflicts, dead letters, identity).
 //! - [`scheduler`]: pull loops, push loops and the one-pass sync.
-//! - [`http`]: webhooks, REST API, probes and Prometheus.
+//! - [`http`]: webhooks, REST API, dashboard, probes and Prometheus, and the API client the CLI uses
+//!   while a daemon holds the store.
 //! - [`metrics`]: the unified sales KPIs.
+//! - [`queries`]: the reads the REST API and the CLI share (pages by key, order filters).
 //! - [`status`]: what `status` reports.
 //! - [`telemetry`]: logs and operational metrics.
 //!
@@ -35,6 +38,7 @@ pub mod config;
 pub mod http;
 pub mod ingest;
 pub mod metrics;
+pub mod queries;
 pub mod reconcile;
 pub mod scheduler;
 pub mod status;

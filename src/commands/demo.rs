@@ -15,7 +15,7 @@ use anyhow::Context;
 use crmsync_connectors::canonical::{Entity, Timestamp};
 use crmsync_connectors::dynamics365::sim::{self as d365_sim, Dynamics365SimOptions, RunningDynamics365Sim};
 use crmsync_connectors::salesforce::sim::{self, RunningSalesforceSim, SalesforceSimOptions};
-use crmsync_connectors::settings::MapSecrets;
+use crmsync_connectors::settings::{MapSecrets, SystemSecrets};
 use crmsync_connectors::sim::{World, WorldSize};
 use crmsync_connectors::zoho::sim::{self as zoho_sim, RunningZohoSim, ZohoSimOptions};
 use tokio_util::sync::CancellationToken;
@@ -105,9 +105,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
 async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<ExitCode> {
     let (simulators, toml, secrets) = start_demo(args.seed, &data_dir.join("store"), &args.listen).await?;
+    // The configuration is self-contained (secrets in files next to it, a generated API token, a fixed
+    // admin port), so `crmsync status --config <it>` and the other commands reach the running demo.
+    let token = api_token();
+    let admin = free_loopback_port().context("cannot find a free port for the admin listener")?;
+    let toml = self_contained(&toml, &secrets, &data_dir.join("secrets"), &token)?
+        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""));
     let config_path: PathBuf = data_dir.join("demo.toml");
     std::fs::write(&config_path, &toml).with_context(|| format!("cannot write {}", config_path.display()))?;
-    let config = Config::load(Some(&config_path), Some(HashMap::new()), &secrets)?;
+    let config = Config::load(Some(&config_path), Some(HashMap::new()), &SystemSecrets)?;
     let urls = [
         format!("salesforce (Salesforce) at {}", simulators.salesforce.base_url()),
         format!("zoho (Zoho CRM) at {}", simulators.zoho.base_url()),
@@ -126,15 +132,57 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<Exi
     print(&format!("\nsecond sync pass\n{}", second.table()));
     print(&format!("second sync pass: {pushed_again} records pushed (0 = the CRMs agree: no ping-pong)\n"));
     print(&identity_summary(&app)?);
-    print(&super::operate::metrics_text(&app.store, &app.config, "unified", None, None)?);
+    print(&super::operate::metrics_text(&app.store, &app.config)?);
     if args.once {
         app.shutdown().await?;
         return Ok(if first.failed() || second.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
     }
-    print(&format!("\nREST API: http://{}/api/v1 (set api.token to enable)  (Ctrl-C to stop)\n", args.listen));
+    let listen = app.config.daemon.listen;
+    print(&format!(
+        "\nthe demo keeps running (Ctrl-C to stop):\n  dashboard: http://{listen}/\n  API:       http://{listen}/api/v1\n  \
+         API token: {token}\n  admin:     http://127.0.0.1:{admin}/metrics (also /healthz, /readyz, /status)\n  \
+         commands:  crmsync status --config {config} (also orders, metrics, conflicts, dlq, export)\n",
+        config = config_path.display()
+    ));
     run_daemon(app, prometheus, super::run::shutdown_signal()).await?;
     drop(simulators);
     Ok(ExitCode::SUCCESS)
+}
+
+/// A fresh API token: 32 random bytes, hex.
+fn api_token() -> String {
+    use rand::Rng;
+    let mut rng = rand::rng();
+    (0..32).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
+}
+
+fn free_loopback_port() -> std::io::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// Rewrites the demo configuration's `{ env = "NAME" }` secrets as files in `dir` (owner-only) and
+/// adds the API token the same way, so the file works for any command without the environment.
+fn self_contained(toml: &str, secrets: &MapSecrets, dir: &std::path::Path, token: &str) -> anyhow::Result<String> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let write = |name: &str, value: &str| -> anyhow::Result<PathBuf> {
+        let path = dir.join(name);
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create(true).truncate(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        let mut file = options.open(&path).with_context(|| format!("cannot write {}", path.display()))?;
+        std::io::Write::write_all(&mut file, value.as_bytes())?;
+        Ok(path)
+    };
+    let mut out = toml.to_owned();
+    for (name, value) in &secrets.0 {
+        let path = write(name, value)?;
+        out =
+            out.replace(&format!("{{ env = \"{name}\" }}"), &format!("{{ file = {:?} }}", path.display().to_string()));
+    }
+    let token_path = write("api-token", token)?;
+    out.push_str(&format!("\n[api]\ntoken = {{ file = {:?} }}\n", token_path.display().to_string()));
+    Ok(out)
 }
 
 fn identity_summary(app: &App) -> anyhow::Result<String> {

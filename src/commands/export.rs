@@ -1,4 +1,5 @@
-//! `crmsync export --entity E --format jsonl|csv [--out F]`.
+//! `crmsync export --entity E --format jsonl|csv [--out F]`: from the store, or, while a daemon holds
+//! it, page by page from the daemon's API (the same records either way).
 
 use std::io::Write;
 use std::process::ExitCode;
@@ -7,52 +8,85 @@ use anyhow::Context;
 use crmsync_connectors::canonical::{Entity, Record};
 
 use super::load_config;
+use super::operate::Backend;
 use crate::cli::{ExportArgs, ExportFormat};
-use crate::store::Store;
+use crate::queries::{ListQuery, MAX_LIMIT};
 
 /// Dumps the records of one entity.
-pub fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
+pub async fn run(args: ExportArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
     let entity: Entity = args.entity.parse()?;
-    let store = Store::open(&config.daemon.data_dir)?;
-    let mut out: Box<dyn Write> = match &args.out {
+    let backend = Backend::open(&config, &args.client)?;
+    let result = export(&backend, &args, entity).await;
+    backend.close().await?;
+    let count = result?;
+    if let Some(path) = &args.out {
+        eprintln!("exported {count} {entity} records to {}", path.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn export(backend: &Backend, args: &ExportArgs, entity: Entity) -> anyhow::Result<u64> {
+    let out: Box<dyn Write> = match &args.out {
         Some(path) => Box::new(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
         )),
-        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout())),
     };
     let mut count = 0u64;
-    let wanted = |record: &Record| (!record.is_deleted() || args.include_deleted) && record.merged_into.is_none();
-    match args.format {
+    let mut sink = match args.format {
         ExportFormat::Csv => {
             // RFC 4180 quoting by the csv crate; `\n` line ends like the JSON lines. Its errors become
             // io errors so a closed pipe (`| head`) is recognised as one.
             let mut csv = csv::WriterBuilder::new().terminator(csv::Terminator::Any(b'\n')).from_writer(out);
             csv.write_record(csv_header(entity)).map_err(std::io::Error::from)?;
+            Sink::Csv(Box::new(csv))
+        }
+        ExportFormat::Jsonl => Sink::Jsonl(out),
+    };
+    let mut write = |record: &Record| -> anyhow::Result<()> {
+        if record.is_deleted() && !args.include_deleted || record.merged_into.is_some() {
+            return Ok(());
+        }
+        match &mut sink {
+            Sink::Csv(csv) => csv.write_record(csv_row(record)).map_err(std::io::Error::from)?,
+            Sink::Jsonl(out) => writeln!(out, "{}", serde_json::to_string(record)?)?,
+        }
+        count += 1;
+        Ok(())
+    };
+    match backend {
+        Backend::Local { store, .. } => {
             for record in store.scan(entity) {
-                let record = record?;
-                if wanted(&record) {
-                    csv.write_record(csv_row(&record)).map_err(std::io::Error::from)?;
-                    count += 1;
+                write(&record?)?;
+            }
+        }
+        Backend::Remote(client) => {
+            let mut query =
+                ListQuery { limit: Some(MAX_LIMIT), include_deleted: args.include_deleted, ..ListQuery::default() };
+            loop {
+                let page = client.record_page(entity, &query).await?;
+                for versioned in &page.records {
+                    write(&versioned.record)?;
+                }
+                match page.next {
+                    Some(next) => query.cursor = Some(next),
+                    None => break,
                 }
             }
-            csv.flush()?;
-        }
-        ExportFormat::Jsonl => {
-            for record in store.scan(entity) {
-                let record = record?;
-                if wanted(&record) {
-                    writeln!(out, "{}", serde_json::to_string(&record)?)?;
-                    count += 1;
-                }
-            }
-            out.flush()?;
         }
     }
-    if let Some(path) = &args.out {
-        eprintln!("exported {count} {entity} records to {}", path.display());
+    match sink {
+        Sink::Csv(mut csv) => csv.flush()?,
+        Sink::Jsonl(mut out) => out.flush()?,
     }
-    Ok(ExitCode::SUCCESS)
+    Ok(count)
+}
+
+/// Where exported records go.
+enum Sink {
+    Csv(Box<csv::Writer<Box<dyn Write>>>),
+    Jsonl(Box<dyn Write>),
 }
 
 /// The CSV columns: id, the entity's fields, links (how the record is known in each CRM and why it was

@@ -25,16 +25,17 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Check(args) => check::run(args).await,
         Command::Status(args) => status::run(args).await,
-        Command::Export(args) => export::run(args),
+        Command::Export(args) => export::run(args).await,
         Command::Sync(args) => sync::run(args).await,
         Command::Run(args) => run::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::Bench(args) => bench::run(args).await,
-        Command::Metrics(args) => operate::metrics(args),
-        Command::Dlq(args) => operate::dlq(args),
-        Command::Conflicts(args) => operate::conflicts(args),
-        Command::Identity(args) => operate::identity(args),
+        Command::Metrics(args) => operate::metrics(args).await,
+        Command::Orders(args) => operate::orders(args).await,
+        Command::Dlq(args) => operate::dlq(args).await,
+        Command::Conflicts(args) => operate::conflicts(args).await,
+        Command::Identity(args) => operate::identity(args).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

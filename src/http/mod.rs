@@ -1,12 +1,22 @@
 //! The HTTP edge. [`public_router`]: webhooks, `/api/v1` and the dashboard; [`admin_router`]:
 //! `/healthz`, `/readyz` and Prometheus `/metrics` (loopback by default, never public).
 //!
+//! Every error of the public listener is `{"error":{"code","message"}}` JSON, axum's own included
+//! (`error::json_errors`); a handler that panics answers a JSON 500 and logs it
+//! (`error::catch_panic`).
+//!
 //! Deviation from STYLE.md §2 (http must not use the store): the read-only API endpoints read the
-//! store directly; every write still goes through the ingest writer.
+//! store directly (through [`crate::queries`], off the async workers); every write goes through the
+//! ingest writer as an operator batch.
 
-mod api;
+pub mod api;
+pub mod client;
+mod dashboard;
 mod error;
 mod health;
+mod params;
+#[cfg(test)]
+mod tests;
 mod webhooks;
 
 use std::collections::BTreeMap;
@@ -16,6 +26,7 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
+use axum::middleware::{from_fn, from_fn_with_state};
 use axum::routing::{get, post};
 use crmsync_connectors::WebhookParser;
 use crmsync_connectors::canonical::{ConnectionId, Entity};
@@ -73,17 +84,23 @@ pub fn public_router(state: HttpState) -> Router {
         .route("/status", get(api::status))
         .route("/metrics", get(api::metrics))
         .route("/accounts", get(api::accounts))
+        .route("/leads", get(api::leads))
         .route("/opportunities", get(api::opportunities))
-        .route("/orders", get(api::orders))
-        .route("/orders/{id}", get(api::order))
-        .route("/conflicts", get(api::conflicts))
-        .route("/dlq", get(api::dead_letters))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), api::require_token));
+        .route("/orders", get(api::orders).post(api::create_order))
+        .route("/orders/{id}", get(api::order).patch(api::update_order).delete(api::delete_order))
+        .route("/conflicts", get(api::conflicts).post(api::resolve_conflict))
+        .route("/dlq", get(api::dead_letters).post(api::operate_dead_letters))
+        .route("/identity/merge", post(api::merge))
+        .route("/identity/split", post(api::split))
+        .route_layer(from_fn_with_state(state.clone(), api::require_token));
     Router::new()
+        .route("/", get(dashboard::page))
         .route("/webhooks/{connection}", post(webhooks::receive))
         .nest("/api/v1", api)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
+        .layer(from_fn(error::catch_panic))
+        .layer(from_fn(error::json_errors))
         .with_state(state)
 }
 

@@ -21,7 +21,7 @@ use crmsync_connectors::canonical::{
     CanonicalId, Channel, ConnectionId, Currency, Entity, OrderStatus, Record, Stage, Timestamp,
 };
 use rust_decimal::Decimal;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Efficiency gauge name.
 pub const KPI_EFFICIENCY: &str = "crmsync_kpi_efficiency";
@@ -98,7 +98,7 @@ pub struct MetricsSettings {
 }
 
 /// The three KPIs and the sales cycle.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Kpis {
     /// Sales amount per day of the window (reporting currency).
     pub efficiency: Option<Decimal>,
@@ -111,7 +111,7 @@ pub struct Kpis {
 }
 
 /// Totals behind the KPIs.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
     /// Sales amount (orders confirmed…invoiced), reporting currency.
     pub sales_amount: Decimal,
@@ -126,7 +126,7 @@ pub struct Totals {
 }
 
 /// One funnel stage.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FunnelStage {
     /// Stage.
     pub stage: Stage,
@@ -137,7 +137,7 @@ pub struct FunnelStage {
 }
 
 /// One channel's share.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChannelShare {
     /// Channel.
     pub channel: Channel,
@@ -152,7 +152,7 @@ pub struct ChannelShare {
 }
 
 /// The report (`crmsync metrics --json`, `GET /api/v1/metrics`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MetricsReport {
     /// `unified` or a connection.
     pub scope: String,
@@ -176,6 +176,18 @@ pub struct MetricsReport {
     pub pipeline_value: BTreeMap<Stage, Decimal>,
     /// Orders per channel.
     pub channel_mix: Vec<ChannelShare>,
+    /// Orders per order date in the window (days without orders are left out), oldest first.
+    #[serde(default)]
+    pub orders_by_day: Vec<DayOrders>,
+}
+
+/// The orders of one day.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DayOrders {
+    /// The order date.
+    pub date: jiff::civil::Date,
+    /// Orders with that date (any status but cancelled, as [`Totals::orders`]).
+    pub orders: u64,
 }
 
 /// Streaming accumulator.
@@ -193,6 +205,7 @@ pub struct Accumulator<'a> {
     cycle_days_sum: Decimal,
     cycle_count: u64,
     pipeline: BTreeMap<Stage, Decimal>,
+    by_day: BTreeMap<jiff::civil::Date, u64>,
 }
 
 /// A ratio at full precision (28 significant digits): reports carry exact values, and only the
@@ -222,6 +235,7 @@ impl<'a> Accumulator<'a> {
             cycle_days_sum: Decimal::ZERO,
             cycle_count: 0,
             pipeline: BTreeMap::new(),
+            by_day: BTreeMap::new(),
         }
     }
 
@@ -300,6 +314,7 @@ impl<'a> Accumulator<'a> {
                     return;
                 }
                 self.orders += 1;
+                *self.by_day.entry(date).or_default() += 1;
                 if let Some(customer) = order.account.as_ref().and_then(|reference| reference.canonical) {
                     self.customers.insert(customer);
                 }
@@ -372,6 +387,7 @@ impl<'a> Accumulator<'a> {
             win_rate: ratio(Decimal::from(self.won), Decimal::from(self.won + self.lost)),
             pipeline_value: self.pipeline,
             channel_mix,
+            orders_by_day: self.by_day.into_iter().map(|(date, orders)| DayOrders { date, orders }).collect(),
         }
     }
 }

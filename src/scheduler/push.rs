@@ -1,5 +1,15 @@
 //! Push: drain a connection's outbox in the vendor's batch size, in dependency order (accounts before
 //! the opportunities and orders that reference them), and report each record's outcome to ingest.
+//!
+//! # Dead letters wait
+//!
+//! A record the vendor rejects (or its connector refuses before the call) is dead-lettered **once**,
+//! with a fingerprint of what was sent ([`fingerprint`]). While that dead letter waits, the record is not
+//! sent to that connection again as long as what would be sent is the same: re-queuing it (another
+//! pass, a dependent record, a re-read) costs no API call and adds no dead letter. It is sent again
+//! when it changes (or a record it references gets the connection's id), when an operator retries
+//! it (`crmsync dlq retry`, `POST /api/v1/dlq`), or when the connection's configuration changed
+//! (the daemon retries that connection's dead letters at start). A later success removes the letter.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -8,6 +18,7 @@ use std::time::Duration;
 use crmsync_connectors::canonical::{CanonicalId, Entity, EntityData};
 use crmsync_connectors::settings::FieldPolicy;
 use crmsync_connectors::{Connector, ConnectorError, Outgoing, OutgoingOp, PushOutcome, RetryAdvice};
+use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use super::{Backoff, advice_label, error_chain, jittered};
@@ -87,19 +98,34 @@ pub async fn drain<C: Connector>(
             let Some(queue) = grouped.remove(entity) else { continue };
             let mut batch: Vec<(Outgoing, PushedRecord)> = Vec::new();
             for (id, op, sequences) in queue {
-                match prepare(store, &connection, id, op, policy, &|data| connector.representable(data))? {
-                    Some((outgoing, hash)) => batch.push((
-                        outgoing.clone(),
-                        PushedRecord {
-                            sequences,
-                            canonical_id: id,
-                            pushed_hash: hash,
-                            outcome: PushOutcome::Deleted,
-                            payload: serde_json::to_value(&outgoing).unwrap_or(serde_json::Value::Null),
-                        },
-                    )),
-                    None => skipped.extend(sequences),
+                let Some((outgoing, hash)) =
+                    prepare(store, &connection, id, op, policy, &|data| connector.representable(data))?
+                else {
+                    skipped.extend(sequences);
+                    continue;
+                };
+                let would_send = fingerprint(&outgoing);
+                let held = store
+                    .pushed_dead_letter(&connection, id)
+                    .map_err(IngestError::from)?
+                    .is_some_and(|letter| letter.attempt.as_deref() == Some(would_send.as_str()));
+                if held {
+                    // Rejected before exactly as it would be sent now: it waits in the dead-letter queue.
+                    tracing::debug!(connection = %connection, entity = %entity, record = %id, "held: dead-lettered with the same values");
+                    skipped.extend(sequences);
+                    continue;
                 }
+                batch.push((
+                    outgoing.clone(),
+                    PushedRecord {
+                        sequences,
+                        canonical_id: id,
+                        pushed_hash: hash,
+                        outcome: PushOutcome::Deleted,
+                        payload: serde_json::to_value(&outgoing).unwrap_or(serde_json::Value::Null),
+                        attempt: Some(would_send),
+                    },
+                ));
             }
             for chunk in batch.chunks(connector.push_batch_size().max(1)) {
                 // What is about to be sent is recorded (durably) first: if the daemon dies after the
@@ -169,6 +195,8 @@ fn prepare(
             }
             (OutgoingOp::Delete, None)
         }
+        // Cancelling a copy the connection never had would create it just to cancel it.
+        OutboxOp::Mark if external_id.is_none() => return Ok(None),
         OutboxOp::Mark => match ingest::marked_data(&record) {
             Some(data) => {
                 let (data, hash) = ingest::outgoing_data(
@@ -191,6 +219,16 @@ fn prepare(
         }
     };
     Ok(Some((Outgoing { canonical_id: id, external_id, expected_version, op }, hash)))
+}
+
+/// The fingerprint of a push: what would be written (the target's id and the operation with its
+/// values), not the vendor version it is conditioned on (which the vendor moves).
+pub fn fingerprint(outgoing: &Outgoing) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(serde_json::to_vec(&outgoing.external_id).unwrap_or_default());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(&outgoing.op).unwrap_or_default());
+    hasher.finalize().iter().take(16).map(|byte| format!("{byte:02x}")).collect()
 }
 
 /// The daemon's push loop for one connection: drain, wait, repeat; transient errors back off.
@@ -228,5 +266,183 @@ pub async fn run<C: Connector>(
             () = cancel.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, HashMap};
+    use std::sync::Mutex;
+
+    use crmsync_connectors::canonical::{Account, CanonicalId, ConnectionId, ExternalId, Order, RecordRef, VendorKind};
+    use crmsync_connectors::{
+        ApiUsage, Change, ChangeKind, CheckReport, Completeness, Cursor, IdPage, Page, PushReport, PushResult,
+        WebhookDelivery, WebhookError, WebhookParser, WebhookReply,
+    };
+
+    use super::*;
+    use crate::ingest::operator::{DeadLetterSelection, OperatorAction};
+    use crate::ingest::{IngestRules, Ingestor};
+    use crate::reconcile::{DeleteAction, Route, Rules};
+
+    /// A target CRM that refuses accounts named "Bad…" (while `strict`) and counts what it is sent.
+    struct Target {
+        id: ConnectionId,
+        strict: std::sync::atomic::AtomicBool,
+        sent: Mutex<HashMap<CanonicalId, usize>>,
+        calls: std::sync::atomic::AtomicU64,
+    }
+
+    impl WebhookParser for Target {
+        fn parse_webhook(&self, _: &WebhookDelivery<'_>) -> Result<WebhookReply, WebhookError> {
+            Err(WebhookError::NotConfigured)
+        }
+    }
+
+    impl Connector for Target {
+        fn id(&self) -> &ConnectionId {
+            &self.id
+        }
+        fn kind(&self) -> VendorKind {
+            VendorKind::Salesforce
+        }
+        fn entities(&self) -> &[Entity] {
+            Entity::ALL
+        }
+        fn push_batch_size(&self) -> usize {
+            200
+        }
+        async fn check(&self) -> Result<CheckReport, ConnectorError> {
+            Ok(CheckReport::default())
+        }
+        async fn pull(&self, _: Entity, _: Option<&Cursor>) -> Result<Page, ConnectorError> {
+            Ok(Page { changes: Vec::new(), cursor: Cursor::new(""), has_more: false })
+        }
+        async fn fetch(&self, _: Entity, _: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
+            Ok(Vec::new())
+        }
+        async fn list_ids(&self, _: Entity, _: Option<&Cursor>) -> Result<IdPage, ConnectorError> {
+            Ok(IdPage { ids: Vec::new(), next: None })
+        }
+        async fn push(&self, _: Entity, batch: &[Outgoing]) -> Result<PushReport, ConnectorError> {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let strict = self.strict.load(std::sync::atomic::Ordering::SeqCst);
+            let mut results = Vec::new();
+            for outgoing in batch {
+                *self.sent.lock().unwrap().entry(outgoing.canonical_id).or_default() += 1;
+                let bad = matches!(&outgoing.op, OutgoingOp::Upsert { data: EntityData::Account(account) }
+                    if account.name.as_deref().is_some_and(|name| name.starts_with("Bad")));
+                let outcome = if bad && strict {
+                    PushOutcome::Rejected {
+                        code: "FIELD_CUSTOM_VALIDATION_EXCEPTION".into(),
+                        message: "bad name".into(),
+                    }
+                } else {
+                    PushOutcome::Upserted {
+                        external_id: ExternalId::new(format!("T-{}", outgoing.canonical_id)),
+                        created: true,
+                        version: None,
+                    }
+                };
+                results.push(PushResult { canonical_id: outgoing.canonical_id, outcome });
+            }
+            Ok(PushReport { results })
+        }
+        fn usage(&self) -> ApiUsage {
+            ApiUsage::default()
+        }
+    }
+
+    fn change(entity: Entity, external: &str, data: EntityData, at: &str) -> Change {
+        Change {
+            entity,
+            object: String::new(),
+            external_id: ExternalId::new(external),
+            modified_at: at.parse().unwrap(),
+            version: None,
+            canonical_hint: None,
+            kind: ChangeKind::Upsert { data, completeness: Completeness::Full },
+            extra: serde_json::Map::new(),
+        }
+    }
+
+    fn account(name: &str) -> EntityData {
+        EntityData::Account(Account { name: Some(name.into()), ..Account::default() })
+    }
+
+    fn order(number: &str) -> EntityData {
+        EntityData::Order(Order {
+            number: Some(number.into()),
+            account: Some(RecordRef::external("001A")),
+            ..Order::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_rejected_record_is_dead_lettered_once_and_waits_until_it_changes_or_is_retried() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (source, target) = (ConnectionId::new("src"), ConnectionId::new("dst"));
+        let rules = Rules {
+            routes: vec![Route {
+                entity: None,
+                from: vec![source.clone()],
+                to: vec![target.clone()],
+                on_delete: DeleteAction::Ignore,
+            }],
+            ..Rules::default()
+        };
+        let rules = IngestRules { rules: Arc::new(rules), fields: Arc::new(BTreeMap::new()) };
+        let (writer, ingest) = Ingestor::new(store.clone(), rules, 8);
+        let writer = tokio::spawn(writer.run());
+        let connector = Target { id: target.clone(), strict: true.into(), sent: Mutex::default(), calls: 0.into() };
+        let cancel = CancellationToken::new();
+        let deliver = |changes: Vec<Change>| ingest.submit(Batch::Delivered { connection: source.clone(), changes });
+        let drain = || drain(&connector, &store, &ingest, None, None, &cancel);
+        let account_id =
+            || store.record_by_link(&source, Entity::Account, &ExternalId::new("001A")).unwrap().unwrap().id;
+        let sent = |id: CanonicalId| connector.sent.lock().unwrap().get(&id).copied().unwrap_or(0);
+
+        deliver(vec![change(Entity::Account, "001A", account("Bad Co"), "2026-11-01T00:00:00Z")]).await.unwrap();
+        let first = drain().await.unwrap();
+        assert_eq!(first.per_entity[&Entity::Account].rejected, 1);
+        let id = account_id();
+        assert_eq!((sent(id), store.dead_letter_count().unwrap()), (1, 1));
+        let letter = store.pushed_dead_letter(&target, id).unwrap().expect("the rejection waits in the queue");
+        assert!(letter.attempt.is_some());
+
+        // Orders that reference the account queue it again (dependencies first); while it is the same,
+        // it is not sent again and no second dead letter appears, pass after pass.
+        for (external, number) in [("801A", "O-1"), ("801B", "O-2"), ("801C", "O-3")] {
+            deliver(vec![change(Entity::Order, external, order(number), "2026-11-01T00:00:01Z")]).await.unwrap();
+            drain().await.unwrap();
+        }
+        assert_eq!(sent(id), 1, "a dead-lettered record with the same values is not sent again");
+        assert_eq!(store.dead_letter_count().unwrap(), 1);
+        assert_eq!(store.outbox_depth(&target).unwrap(), 0, "held entries leave the outbox");
+
+        // Changed, it is sent again; refused again, it still has one dead letter (the new one).
+        deliver(vec![change(Entity::Account, "001A", account("Bad Company"), "2026-11-02T00:00:00Z")]).await.unwrap();
+        drain().await.unwrap();
+        assert_eq!(sent(id), 2);
+        assert_eq!(store.dead_letter_count().unwrap(), 1);
+        let replaced = store.pushed_dead_letter(&target, id).unwrap().unwrap();
+        assert_ne!(replaced.id, letter.id);
+
+        // An operator's retry sends it once more.
+        ingest.operate(OperatorAction::RetryDeadLetters(DeadLetterSelection::All)).await.unwrap();
+        drain().await.unwrap();
+        assert_eq!((sent(id), store.dead_letter_count().unwrap()), (3, 1));
+
+        // Accepted at last (the vendor's rule changed): the dead letter goes.
+        connector.strict.store(false, std::sync::atomic::Ordering::SeqCst);
+        ingest.operate(OperatorAction::RetryDeadLetters(DeadLetterSelection::All)).await.unwrap();
+        drain().await.unwrap();
+        assert_eq!((sent(id), store.dead_letter_count().unwrap()), (4, 0));
+        assert!(store.pushed_dead_letter(&target, id).unwrap().is_none());
+        assert!(store.record(id).unwrap().unwrap().link(&target).is_some());
+
+        drop(ingest);
+        writer.await.unwrap();
     }
 }

@@ -12,10 +12,12 @@
 //! | `outbox`      | str(connection) · sequence (u64)                            | envelope(OutboxEntry)     |
 //! | `conflicts`   | conflict id (UUIDv7 text: sorts by time)                    | envelope(ConflictEntry)   |
 //! | `dead_letters`| dead-letter id (UUIDv7 text: sorts by time)                 | envelope(DeadLetter)      |
+//! | `pushed_dead_letters` | str(connection) · canonical id (16)                 | dead-letter id (UTF-8)    |
 //! | `status`      | str(connection) · entity tag                                | envelope(SyncStatus)      |
 //! | `state`       | str(connection) · str(key)                                  | UTF-8 text                |
 //! | `meta`        | ASCII name (`format_version`, `outbox_sequence`,            | u32 / u64 big-endian,     |
-//! |               | `summary_version`)                                          | `view version/encoding`   |
+//! |               | `summary_version`, `pushed_dead_letters_version`)           | `view version/encoding`,  |
+//! |               |                                                             | `1` (index built)         |
 //!
 //! `str(x)` is the UTF-8 length as u16 big-endian followed by the bytes. `match_keys` also lists each
 //! record under key `@ref` with the canonical id of every record it references
@@ -169,12 +171,23 @@ pub fn state(connection: &ConnectionId, name: &str) -> Vec<u8> {
     key
 }
 
+/// `pushed_dead_letters` key: the dead letter of a push of one record to one connection.
+pub fn pushed_dead_letter(connection: &ConnectionId, id: CanonicalId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(connection.as_str().len() + 18);
+    push_str(&mut key, connection.as_str());
+    key.extend_from_slice(&id.to_bytes());
+    key
+}
+
 /// `meta` key of the store format version.
 pub const FORMAT_VERSION: &[u8] = b"format_version";
 /// `meta` key of the version of the record summaries (`summaries` tree, same keys as `records`).
 pub const SUMMARY_VERSION: &[u8] = b"summary_version";
 /// `meta` key of the last outbox sequence number.
 pub const OUTBOX_SEQUENCE: &[u8] = b"outbox_sequence";
+/// `meta` key recording that `pushed_dead_letters` indexes every dead letter (built on open for a
+/// store written before the index existed).
+pub const PUSHED_DEAD_LETTERS_VERSION: &[u8] = b"pushed_dead_letters_version";
 
 #[cfg(test)]
 mod tests {

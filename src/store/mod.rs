@@ -94,6 +94,8 @@ pub struct Store {
     outbox: sled::Tree,
     conflicts: sled::Tree,
     dead_letters: sled::Tree,
+    /// Index of the dead letters of pushes by connection and record (see [`Store::pushed_dead_letter`]).
+    pushed_dead_letters: sled::Tree,
     status: sled::Tree,
     state: sled::Tree,
     meta: sled::Tree,
@@ -178,6 +180,7 @@ impl Store {
             outbox: tree("outbox")?,
             conflicts: tree("conflicts")?,
             dead_letters: tree("dead_letters")?,
+            pushed_dead_letters: tree("pushed_dead_letters")?,
             status: tree("status")?,
             state: tree("state")?,
             meta: tree("meta")?,
@@ -205,6 +208,7 @@ impl Store {
             }
         }
         store.ensure_summaries()?;
+        store.ensure_pushed_dead_letter_index()?;
         Ok(store)
     }
 
@@ -232,6 +236,26 @@ impl Store {
         self.meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
         self.db.flush()?;
         tracing::info!(from, to = FORMAT_VERSION, records = rewritten, "store migrated to the current format");
+        Ok(())
+    }
+
+    /// Builds the index of pushed dead letters for a store written before it existed. Idempotent.
+    fn ensure_pushed_dead_letter_index(&self) -> Result<(), StoreError> {
+        if self.meta.get(keys::PUSHED_DEAD_LETTERS_VERSION)?.is_some() {
+            return Ok(());
+        }
+        self.pushed_dead_letters.clear()?;
+        let mut batch = sled::Batch::default();
+        for entry in self.dead_letters.iter() {
+            let (key, bytes) = entry?;
+            let letter: DeadLetter = decode(&bytes, "dead letter")?;
+            if let Some(id) = letter.canonical_id {
+                batch.insert(keys::pushed_dead_letter(&letter.connection, id), key);
+            }
+        }
+        self.pushed_dead_letters.apply_batch(batch)?;
+        self.meta.insert(keys::PUSHED_DEAD_LETTERS_VERSION, b"1".as_slice())?;
+        self.db.flush()?;
         Ok(())
     }
 
@@ -314,11 +338,25 @@ impl Store {
             &self.outbox,
             &self.conflicts,
             &self.dead_letters,
+            &self.pushed_dead_letters,
             &self.status,
             &self.meta,
         );
         let result = trees.transaction(
-            |(records, summaries, ids, links, match_keys, cursors, outbox, conflicts, dead_letters, status, meta)| {
+            |(
+                records,
+                summaries,
+                ids,
+                links,
+                match_keys,
+                cursors,
+                outbox,
+                conflicts,
+                dead_letters,
+                pushed_dead_letters,
+                status,
+                meta,
+            )| {
                 for (record, record_keys) in &commit.records {
                     let is_new = commit.created.contains(&record.id);
                     write_record(records, summaries, ids, links, match_keys, record, record_keys, is_new)?;
@@ -373,9 +411,22 @@ impl Store {
                 }
                 for letter in &commit.dead_letters {
                     dead_letters.insert(letter.id.as_bytes(), encode(letter).map_err(abort)?)?;
+                    if let Some(id) = letter.canonical_id {
+                        pushed_dead_letters
+                            .insert(keys::pushed_dead_letter(&letter.connection, id), letter.id.as_bytes())?;
+                    }
                 }
                 for id in &commit.dead_letters_remove {
-                    dead_letters.remove(id.as_bytes())?;
+                    if let Some(bytes) = dead_letters.remove(id.as_bytes())? {
+                        let letter: DeadLetter = decode(&bytes, "dead letter").map_err(abort)?;
+                        if let Some(record) = letter.canonical_id {
+                            // Only if the index still names this letter (a newer one may have replaced it).
+                            let key = keys::pushed_dead_letter(&letter.connection, record);
+                            if pushed_dead_letters.get(&key)?.is_some_and(|indexed| indexed.as_ref() == id.as_bytes()) {
+                                pushed_dead_letters.remove(key)?;
+                            }
+                        }
+                    }
                 }
                 for update in &commit.status {
                     let (connection, entity) = match update {
@@ -484,6 +535,37 @@ impl Store {
             let (key, bytes) = entry?;
             decode_record_entry(&key, &bytes)
         }))
+    }
+
+    /// Iterates over an entity's records (tombstones included) after the one with id `after`, in id
+    /// (creation) order, or, `descending`, before it from the newest: a page continues by key
+    /// instead of rescanning from the start.
+    pub fn scan_from(
+        &self,
+        entity: Entity,
+        after: Option<CanonicalId>,
+        descending: bool,
+    ) -> Box<dyn Iterator<Item = Result<Record, StoreError>> + Send> {
+        use std::ops::Bound;
+        let first = Bound::Included(keys::record_prefix(entity));
+        let past_last = match entity.tag().checked_add(1) {
+            Some(next) => Bound::Excluded(vec![next]),
+            None => Bound::Unbounded,
+        };
+        let decode_record = |entry: sled::Result<(sled::IVec, sled::IVec)>| {
+            let (key, bytes) = entry?;
+            decode_record_entry(&key, &bytes)
+        };
+        match (after.map(|id| keys::record(entity, id)), descending) {
+            (Some(key), false) => {
+                Box::new(until_error(self.records.range((Bound::Excluded(key), past_last)).map(decode_record)))
+            }
+            (None, false) => Box::new(until_error(self.records.range((first, past_last)).map(decode_record))),
+            (Some(key), true) => {
+                Box::new(until_error(self.records.range((first, Bound::Excluded(key))).rev().map(decode_record)))
+            }
+            (None, true) => Box::new(until_error(self.records.range((first, past_last)).rev().map(decode_record))),
+        }
     }
 
     /// Iterates over the metrics summaries of every record of an entity (tombstones included), in id
@@ -614,6 +696,49 @@ impl Store {
     /// Returns up to `limit` dead letters, oldest first.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
         self.dead_letters.iter().take(limit).map(|entry| decode(&entry?.1, "dead letter")).collect()
+    }
+
+    /// Returns the dead letter of the last rejected push of a record to a connection, if it waits.
+    pub fn pushed_dead_letter(
+        &self,
+        connection: &ConnectionId,
+        id: CanonicalId,
+    ) -> Result<Option<DeadLetter>, StoreError> {
+        let Some(letter_id) = self.pushed_dead_letters.get(keys::pushed_dead_letter(connection, id))? else {
+            return Ok(None);
+        };
+        self.dead_letters.get(letter_id)?.map(|bytes| decode(&bytes, "dead letter")).transpose()
+    }
+
+    /// Iterates over the dead letters after the one with id `after` (all when `None`), oldest first:
+    /// a page continues by key.
+    pub fn dead_letters_after(
+        &self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<DeadLetter, StoreError>> + use<> {
+        let start = match after {
+            Some(id) => std::ops::Bound::Excluded(id.as_bytes().to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        until_error(
+            self.dead_letters
+                .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+                .map(|entry| decode(&entry?.1, "dead letter")),
+        )
+    }
+
+    /// Iterates over the conflicts after the one with id `after` (all when `None`), oldest first.
+    pub fn conflicts_after(
+        &self,
+        after: Option<&str>,
+    ) -> impl Iterator<Item = Result<ConflictEntry, StoreError>> + use<> {
+        let start = match after {
+            Some(id) => std::ops::Bound::Excluded(id.as_bytes().to_vec()),
+            None => std::ops::Bound::Unbounded,
+        };
+        self.conflicts
+            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+            .map(|entry| decode(&entry?.1, "conflict"))
     }
 
     /// Returns the number of dead letters.

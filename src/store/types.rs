@@ -74,6 +74,10 @@ pub struct DeadLetter {
     pub reason: String,
     /// When.
     pub at: Timestamp,
+    /// Pushes: fingerprint of what was sent. The record is not sent to the connection again while
+    /// what would be sent is the same (it waits for a change of the record or an operator's retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<String>,
 }
 
 impl DeadLetter {
@@ -87,7 +91,17 @@ impl DeadLetter {
         reason: String,
         at: Timestamp,
     ) -> Self {
-        Self { id: CanonicalId::new().to_string(), connection, entity, canonical_id, external_id, payload, reason, at }
+        Self {
+            id: CanonicalId::new().to_string(),
+            connection,
+            entity,
+            canonical_id,
+            external_id,
+            payload,
+            reason,
+            at,
+            attempt: None,
+        }
     }
 }
 

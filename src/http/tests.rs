@@ -1,0 +1,501 @@
+//! Router tests: every route of the public listener and every kind of error, through the real router
+//! (`oneshot`), a temporary store and a running ingest writer.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use crmsync_connectors::canonical::{Account, ConnectionId, Entity, EntityData, ExternalId};
+use crmsync_connectors::{Change, ChangeKind, Completeness};
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+use super::*;
+use crate::ingest::{Batch, IngestRules, Ingestor};
+use crate::reconcile::{DeleteAction, Route, Rules};
+
+const TOKEN: &str = "router-test-token";
+
+struct Harness {
+    router: Router,
+    store: Store,
+    account: String,
+    _dir: tempfile::TempDir,
+}
+
+async fn harness_with(token: Option<&str>) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (sf, zoho) = (ConnectionId::new("sf"), ConnectionId::new("zoho"));
+    let rules = Rules {
+        routes: vec![Route {
+            entity: None,
+            from: vec![sf.clone(), zoho.clone()],
+            to: vec![sf.clone(), zoho.clone()],
+            on_delete: DeleteAction::Mark,
+        }],
+        ..Rules::default()
+    };
+    let (writer, ingest) =
+        Ingestor::new(store.clone(), IngestRules { rules: Arc::new(rules), fields: Arc::new(BTreeMap::new()) }, 8);
+    tokio::spawn(writer.run());
+    // A customer known in sf.
+    let account = Change {
+        entity: Entity::Account,
+        object: "Account".into(),
+        external_id: ExternalId::new("001A"),
+        modified_at: "2026-11-01T00:00:00Z".parse().unwrap(),
+        version: None,
+        canonical_hint: None,
+        kind: ChangeKind::Upsert {
+            data: EntityData::Account(Account { name: Some("Acme".into()), ..Account::default() }),
+            completeness: Completeness::Full,
+        },
+        extra: serde_json::Map::new(),
+    };
+    ingest.submit(Batch::Delivered { connection: sf.clone(), changes: vec![account] }).await.unwrap();
+    let account = store.record_by_link(&sf, Entity::Account, &ExternalId::new("001A")).unwrap().unwrap().id.to_string();
+    let status_config = crate::status::StatusConfig {
+        connections: BTreeMap::from([
+            (sf.clone(), ("salesforce".to_owned(), vec![Entity::Account, Entity::Order], None)),
+            (zoho.clone(), ("zoho".to_owned(), vec![Entity::Account, Entity::Order], None)),
+        ]),
+        jobs: Vec::new(),
+    };
+    let state = HttpState {
+        webhooks: Arc::new(BTreeMap::new()),
+        ingest,
+        store: store.clone(),
+        status_config: Arc::new(status_config),
+        metrics_config: Arc::new(crate::config::MetricsConfig {
+            reporting_currency: crmsync_connectors::canonical::Currency::new("EUR").unwrap(),
+            fx: BTreeMap::new(),
+            window: std::time::Duration::from_secs(30 * 86_400),
+        }),
+        api_token: token.map(|token| secrecy::SecretString::from(token.to_owned())),
+        prometheus: None,
+        refresh_gauges: None,
+        ready: Arc::new(AtomicBool::new(true)),
+    };
+    Harness { router: public_router(state), store, account, _dir: dir }
+}
+
+async fn harness() -> Harness {
+    harness_with(Some(TOKEN)).await
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: axum::http::HeaderMap,
+    body: Value,
+    text: String,
+}
+
+impl Harness {
+    async fn send(&self, method: Method, uri: &str, body: Option<&str>, headers: &[(&str, &str)]) -> Answer {
+        let mut request = Request::builder().method(method).uri(uri);
+        request = request.header(header::AUTHORIZATION, format!("Bearer {TOKEN}"));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let request = request.body(body.map_or_else(Body::empty, |body| Body::from(body.to_owned()))).unwrap();
+        let response = self.router.clone().oneshot(request).await.unwrap();
+        let status = response.status();
+        let headers = response.headers().clone();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Answer { status, headers, body: serde_json::from_str(&text).unwrap_or(Value::Null), text }
+    }
+
+    async fn get(&self, uri: &str) -> Answer {
+        self.send(Method::GET, uri, None, &[]).await
+    }
+
+    async fn post(&self, uri: &str, body: &Value) -> Answer {
+        self.send(Method::POST, uri, Some(&body.to_string()), &[]).await
+    }
+
+    fn order_body(&self) -> Value {
+        json!({
+            "account": self.account,
+            "channel": "direct",
+            "currency": "eur",
+            "lines": [{"product": "Widget", "sku": "W-1", "quantity": 2, "unit_price": "10.50"},
+                      {"product": "Bolt", "quantity": "3", "unit_price": 1}],
+        })
+    }
+}
+
+fn assert_error(answer: &Answer, status: StatusCode, code: &str) {
+    assert_eq!(answer.status, status, "{}", answer.text);
+    assert_eq!(answer.body["error"]["code"], code, "{}", answer.text);
+    assert!(answer.body["error"]["message"].as_str().is_some_and(|message| !message.is_empty()), "{}", answer.text);
+}
+
+#[tokio::test]
+async fn the_api_needs_the_bearer_token_and_is_off_without_one() {
+    let harness = harness().await;
+    for (value, what) in [(None, "no header"), (Some("Bearer wrong"), "a wrong token"), (Some(TOKEN), "no scheme")] {
+        let mut request = Request::builder().uri("/api/v1/orders");
+        if let Some(value) = value {
+            request = request.header(header::AUTHORIZATION, value);
+        }
+        let response = harness.router.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
+    }
+    let off = harness_with(None).await;
+    assert_error(&off.get("/api/v1/orders").await, StatusCode::NOT_FOUND, "not_found");
+}
+
+#[tokio::test]
+async fn an_order_is_created_read_moved_through_its_statuses_and_deleted() {
+    let harness = harness().await;
+    let created = harness.post("/api/v1/orders", &harness.order_body()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    assert_eq!(created.headers[header::LOCATION], format!("/api/v1/orders/{id}").as_str());
+    let version = created.body["version"].as_str().unwrap().to_owned();
+    assert_eq!(created.headers[header::ETAG], format!("\"{version}\"").as_str());
+    assert_eq!(created.body["data"]["fields"]["status"], "draft");
+    assert_eq!(created.body["data"]["fields"]["currency"], "EUR");
+    assert_eq!(created.body["data"]["fields"]["total_amount"], "24");
+    assert!(created.body["data"]["fields"]["number"].as_str().unwrap().starts_with("SO-"));
+    assert_eq!(created.body["queued"], json!(["sf", "zoho"]), "queued for every routed connection");
+    // zoho: the customer when sf delivered it, then the order with its (still unpushed) customer first.
+    assert_eq!(harness.store.outbox_depth(&ConnectionId::new("zoho")).unwrap(), 3);
+
+    let read = harness.get(&format!("/api/v1/orders/{id}")).await;
+    assert_eq!(read.status, StatusCode::OK);
+    assert_eq!(read.body["version"], version.as_str());
+    assert_eq!(read.headers[header::ETAG], format!("\"{version}\"").as_str());
+
+    let patch = |status: &str, if_match: Option<&str>| {
+        let body = json!({"status": status}).to_string();
+        let uri = format!("/api/v1/orders/{id}");
+        let headers: Vec<(&str, String)> =
+            if_match.map(|version| ("if-match", format!("\"{version}\""))).into_iter().collect();
+        let harness = &harness;
+        async move {
+            let headers: Vec<(&str, &str)> = headers.iter().map(|(name, value)| (*name, value.as_str())).collect();
+            harness.send(Method::PATCH, &uri, Some(&body), &headers).await
+        }
+    };
+    let confirmed = patch("confirmed", Some(&version)).await;
+    assert_eq!(confirmed.status, StatusCode::OK, "{}", confirmed.text);
+    assert_eq!(confirmed.body["data"]["fields"]["status"], "confirmed");
+    assert_ne!(confirmed.body["version"], version.as_str());
+
+    // A change made with a stale version is refused with the current record.
+    let stale = patch("shipped", Some(&version)).await;
+    assert_error(&stale, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    assert_eq!(stale.body["error"]["current"]["data"]["fields"]["status"], "confirmed");
+    assert_eq!(stale.body["error"]["current"]["version"], confirmed.body["version"]);
+
+    // The state machine: no skipping, the allowed statuses named.
+    let skipped = patch("invoiced", None).await;
+    assert_error(&skipped, StatusCode::CONFLICT, "invalid_transition");
+    assert_eq!(skipped.body["error"]["allowed"], json!(["shipped", "cancelled"]));
+    assert!(skipped.body["error"]["message"].as_str().unwrap().contains("allowed from confirmed: shipped, cancelled"));
+    for status in ["shipped", "delivered", "invoiced"] {
+        assert_eq!(patch(status, None).await.status, StatusCode::OK, "{status}");
+    }
+    let late = patch("cancelled", None).await;
+    assert_error(&late, StatusCode::CONFLICT, "invalid_transition");
+    assert!(late.body["error"]["message"].as_str().unwrap().contains("none (it is final)"));
+    // Asking for the status it has changes nothing and queues nothing.
+    let same = patch("invoiced", None).await;
+    assert_eq!((same.status, same.body["queued"].clone()), (StatusCode::OK, json!([])));
+
+    // Other fields, and a body that names nothing to change.
+    let lines = harness
+        .send(
+            Method::PATCH,
+            &format!("/api/v1/orders/{id}"),
+            Some(r#"{"lines":[{"product":"Gear","quantity":"1.5","unit_price":"4"}],"details":"rush"}"#),
+            &[],
+        )
+        .await;
+    assert_eq!(lines.body["data"]["fields"]["total_amount"], "6", "{}", lines.text);
+    assert_eq!(lines.body["data"]["fields"]["details"], "rush");
+    let empty = harness.send(Method::PATCH, &format!("/api/v1/orders/{id}"), Some("{}"), &[]).await;
+    assert_error(&empty, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+
+    let deleted = harness.send(Method::DELETE, &format!("/api/v1/orders/{id}"), None, &[]).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
+    assert!(deleted.body["deleted_at"].is_string());
+    assert_error(&harness.get(&format!("/api/v1/orders/{id}")).await, StatusCode::NOT_FOUND, "not_found");
+    let again = harness.send(Method::DELETE, &format!("/api/v1/orders/{id}"), None, &[]).await;
+    assert_error(&again, StatusCode::NOT_FOUND, "not_found");
+    assert_error(&harness.get("/api/v1/orders/not-a-uuid").await, StatusCode::BAD_REQUEST, "bad_request");
+    let bad_id = harness.send(Method::PATCH, "/api/v1/orders/not-a-uuid", Some(r#"{"status":"confirmed"}"#), &[]).await;
+    assert_error(&bad_id, StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(bad_id.body["error"]["field"], "id");
+}
+
+#[tokio::test]
+async fn validation_errors_name_the_field() {
+    let harness = harness().await;
+    let cases: Vec<(Value, &str)> = vec![
+        (
+            json!({"channel": "direct", "currency": "EUR", "lines": [{"product": "A", "quantity": 1, "unit_price": 1}]}),
+            "account",
+        ),
+        (json!({"account": "not-a-uuid", "channel": "direct", "currency": "EUR", "lines": []}), "account"),
+        (json!({"account": harness.account, "channel": "telepathy", "currency": "EUR", "lines": []}), "channel"),
+        (json!({"account": harness.account, "channel": "direct", "currency": "EURO", "lines": []}), "currency"),
+        (json!({"account": harness.account, "channel": "direct", "currency": "EUR", "lines": []}), "lines"),
+        (
+            json!({"account": harness.account, "channel": "direct", "currency": "EUR",
+                   "lines": [{"product": "A", "quantity": "0", "unit_price": 1}]}),
+            "lines[0].quantity",
+        ),
+        (
+            json!({"account": harness.account, "channel": "direct", "currency": "EUR",
+                   "lines": [{"product": "A", "quantity": 1, "unit_price": "ten"}]}),
+            "lines[0].unit_price",
+        ),
+        (
+            json!({"account": harness.account, "channel": "direct", "currency": "EUR",
+                   "lines": [{"product": "A", "quantity": 1, "unit_price": 1, "colour": "red"}]}),
+            "lines[0].colour",
+        ),
+        (
+            json!({"account": harness.account, "channel": "direct", "currency": "EUR", "status": "shipped",
+                   "lines": [{"product": "A", "quantity": 1, "unit_price": 1}]}),
+            "status",
+        ),
+        (
+            json!({"account": harness.account, "channel": "direct", "currency": "EUR", "order_date": "31/12/2026",
+                   "lines": [{"product": "A", "quantity": 1, "unit_price": 1}]}),
+            "order_date",
+        ),
+        (json!({"account": harness.account, "surprise": true}), "surprise"),
+        (json!({"account": 42}), "account"),
+        (json!([1, 2]), "body"),
+    ];
+    for (body, field) in cases {
+        let answer = harness.post("/api/v1/orders", &body).await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+        assert_eq!(answer.body["error"]["field"], field, "{body}: {}", answer.text);
+    }
+    // A vendor id with its connection names the customer too; a number is unique among orders.
+    let mut by_vendor_id = harness.order_body();
+    by_vendor_id["account"] = json!("001A");
+    by_vendor_id["account_connection"] = json!("sf");
+    by_vendor_id["number"] = json!("SO-1");
+    assert_eq!(harness.post("/api/v1/orders", &by_vendor_id).await.status, StatusCode::CREATED);
+    let duplicate = harness.post("/api/v1/orders", &by_vendor_id).await;
+    assert_error(&duplicate, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    assert_eq!(duplicate.body["error"]["field"], "number");
+    by_vendor_id["account_connection"] = json!("zoho");
+    by_vendor_id["number"] = json!("SO-2");
+    let unknown = harness.post("/api/v1/orders", &by_vendor_id).await;
+    assert_eq!(unknown.body["error"]["field"], "account", "{}", unknown.text);
+    // Not JSON at all, or nothing.
+    assert_error(
+        &harness.send(Method::POST, "/api/v1/orders", Some("{not json"), &[]).await,
+        StatusCode::BAD_REQUEST,
+        "bad_request",
+    );
+    let nothing = harness.send(Method::POST, "/api/v1/orders", None, &[]).await;
+    assert_error(&nothing, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+}
+
+#[tokio::test]
+async fn order_lists_filter_and_page_by_key_with_a_bounded_limit() {
+    let harness = harness().await;
+    let mut ids = Vec::new();
+    for (index, channel) in ["direct", "agent", "direct", "ecommerce", "direct"].iter().enumerate() {
+        let mut body = harness.order_body();
+        body["channel"] = json!(channel);
+        body["order_date"] = json!(format!("2026-10-0{}", index + 1));
+        if index == 1 {
+            body["status"] = json!("confirmed");
+        }
+        ids.push(harness.post("/api/v1/orders", &body).await.body["id"].as_str().unwrap().to_owned());
+    }
+    let listed = |answer: &Answer| -> Vec<String> {
+        answer.body["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|order| order["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(listed(&harness.get("/api/v1/orders").await), ids);
+    assert_eq!(
+        listed(&harness.get("/api/v1/orders?channel=direct").await),
+        vec![ids[0].clone(), ids[2].clone(), ids[4].clone()]
+    );
+    assert_eq!(listed(&harness.get("/api/v1/orders?status=confirmed").await), vec![ids[1].clone()]);
+    assert_eq!(listed(&harness.get("/api/v1/orders?since=2026-10-02&until=2026-10-04").await), ids[1..3].to_vec());
+    assert_eq!(listed(&harness.get(&format!("/api/v1/orders?account={}", harness.account)).await).len(), 5);
+    assert!(listed(&harness.get("/api/v1/orders?connection=sf").await).is_empty(), "not pushed anywhere yet");
+    let newest: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(listed(&harness.get("/api/v1/orders?newest_first=true").await), newest);
+
+    // Pages of two, by cursor: every order once, in order; the last page says so.
+    let mut seen = Vec::new();
+    let mut uri = "/api/v1/orders?limit=2".to_owned();
+    loop {
+        let page = harness.get(&uri).await;
+        seen.extend(listed(&page));
+        match page.body["next"].as_str() {
+            Some(next) => uri = format!("/api/v1/orders?limit=2&cursor={next}"),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids);
+    let newest_pages = harness.get(&format!("/api/v1/orders?newest_first=true&limit=2&after={}", ids[3])).await;
+    assert_eq!(listed(&newest_pages), vec![ids[2].clone(), ids[1].clone()]);
+
+    for (uri, field) in [
+        ("/api/v1/orders?limit=0", "limit"),
+        ("/api/v1/orders?limit=1001", "limit"),
+        ("/api/v1/orders?limit=-1", "limit"),
+        ("/api/v1/orders?cursor=nope", "cursor"),
+        ("/api/v1/orders?status=lost", "status"),
+        ("/api/v1/orders?since=2026-10-04&until=2026-10-02", "since"),
+        ("/api/v1/orders?sort=name", "sort"),
+        ("/api/v1/orders?limit=1&limit=2", "limit"),
+        ("/api/v1/accounts?status=draft", "status"),
+    ] {
+        let answer = harness.get(uri).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
+        assert_eq!(answer.body["error"]["field"], field, "{uri}: {}", answer.text);
+    }
+    let accounts = harness.get("/api/v1/accounts").await;
+    assert_eq!(accounts.body["records"].as_array().unwrap().len(), 1);
+    for uri in ["/api/v1/leads", "/api/v1/opportunities"] {
+        let answer = harness.get(uri).await;
+        assert_eq!((answer.status, answer.body["records"].clone()), (StatusCode::OK, json!([])), "{uri}");
+    }
+}
+
+#[tokio::test]
+async fn every_error_is_the_documented_json_including_axums_own() {
+    let harness = harness().await;
+    assert_error(&harness.get("/nowhere").await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(&harness.get("/api/v1/nowhere").await, StatusCode::NOT_FOUND, "not_found");
+    let method = harness.send(Method::PUT, "/api/v1/orders", Some("{}"), &[]).await;
+    assert_error(&method, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
+    assert!(method.headers.contains_key(header::ALLOW));
+    let huge = "x".repeat(BODY_LIMIT + 1);
+    assert_error(
+        &harness.send(Method::POST, "/api/v1/orders", Some(&huge), &[]).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "payload_too_large",
+    );
+    let long = format!("/api/v1/orders?cursor={}", "a".repeat(error::MAX_URI_LENGTH));
+    assert_error(&harness.get(&long).await, StatusCode::URI_TOO_LONG, "uri_too_long");
+    assert_error(&harness.get("/api/v1/orders?limit=%zz").await, StatusCode::BAD_REQUEST, "bad_request");
+    assert_error(
+        &harness.send(Method::POST, "/webhooks/nope", Some("x"), &[]).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+}
+
+#[tokio::test]
+async fn a_panicking_handler_answers_a_json_500() {
+    async fn boom() -> &'static str {
+        panic!("boom")
+    }
+    let router = Router::new()
+        .route("/boom", axum::routing::get(boom))
+        .layer(from_fn(error::catch_panic))
+        .layer(from_fn(error::json_errors));
+    let response = router.oneshot(Request::builder().uri("/boom").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let body: Value =
+        serde_json::from_slice(&axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap()).unwrap();
+    assert_eq!(body, json!({"error": {"code": "internal", "message": "internal error"}}));
+}
+
+#[tokio::test]
+async fn status_metrics_and_the_operator_queues_answer() {
+    let harness = harness().await;
+    harness.post("/api/v1/orders", &harness.order_body()).await;
+    let status = harness.get("/api/v1/status").await;
+    assert_eq!(status.status, StatusCode::OK);
+    assert_eq!(status.body["connections"].as_array().unwrap().len(), 2);
+    let metrics = harness.get("/api/v1/metrics").await;
+    assert_eq!(metrics.status, StatusCode::OK, "{}", metrics.text);
+    assert_eq!(metrics.body["totals"]["orders"], 1);
+    assert_eq!(metrics.body["orders_by_day"].as_array().unwrap().len(), 1);
+    let far = harness.get("/api/v1/metrics?since=2026-01-01T00:00:00Z&until=9999-12-31T23:59:59Z").await;
+    assert_eq!(far.status, StatusCode::OK, "{}", far.text);
+    for (uri, field) in [
+        ("/api/v1/metrics?since=2026-12-01T00:00:00Z&until=2026-11-01T00:00:00Z", "since"),
+        ("/api/v1/metrics?since=yesterday", "since"),
+        ("/api/v1/metrics?scope=nowhere", "scope"),
+        ("/api/v1/metrics?window=1d", "window"),
+        ("/api/v1/status?verbose=1", "verbose"),
+    ] {
+        let answer = harness.get(uri).await;
+        assert_error(&answer, StatusCode::BAD_REQUEST, "bad_request");
+        assert_eq!(answer.body["error"]["field"], field, "{uri}");
+    }
+
+    let conflicts = harness.get("/api/v1/conflicts").await;
+    assert_eq!((conflicts.status, conflicts.body["entries"].clone()), (StatusCode::OK, json!([])));
+    assert_eq!(harness.get("/api/v1/conflicts?all=true&limit=5").await.status, StatusCode::OK);
+    assert_error(
+        &harness.post("/api/v1/conflicts", &json!({"id": "nope", "take": "current"})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &harness.post("/api/v1/conflicts", &json!({"id": "nope", "take": "both"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    );
+    let letters = harness.get("/api/v1/dlq").await;
+    assert_eq!((letters.status, letters.body["entries"].clone()), (StatusCode::OK, json!([])));
+    let retried = harness.post("/api/v1/dlq", &json!({"action": "retry", "ids": "all"})).await;
+    assert_eq!(retried.body, json!({"result": "dead_letters_retried", "requeued": 0, "reapplied": 0}));
+    assert_error(
+        &harness.post("/api/v1/dlq", &json!({"action": "drop", "ids": ["nope"]})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    assert_error(
+        &harness.post("/api/v1/dlq", &json!({"action": "drop", "ids": "some"})).await,
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "invalid",
+    );
+    let merge =
+        harness.post("/api/v1/identity/merge", &json!({"keep": harness.account, "other": harness.account})).await;
+    assert_error(&merge, StatusCode::CONFLICT, "conflict");
+    let missing = crmsync_connectors::canonical::CanonicalId::new().to_string();
+    assert_error(
+        &harness.post("/api/v1/identity/merge", &json!({"keep": harness.account, "other": missing})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let split = harness.post("/api/v1/identity/split", &json!({"id": harness.account, "connection": "sf"})).await;
+    assert_error(&split, StatusCode::CONFLICT, "conflict");
+    assert!(split.body["error"]["message"].as_str().unwrap().contains("nothing to split"));
+}
+
+#[tokio::test]
+async fn the_dashboard_is_one_self_contained_page_served_without_the_token() {
+    let harness = harness().await;
+    let response =
+        harness.router.clone().oneshot(Request::builder().uri("/").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(response.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+    let policy = response.headers()[header::CONTENT_SECURITY_POLICY].to_str().unwrap().to_owned();
+    assert!(policy.contains("default-src 'none'") && policy.contains("connect-src 'self'"));
+    let page =
+        String::from_utf8(axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap().to_vec()).unwrap();
+    assert!(!page.contains("__TRANSITIONS__"));
+    assert!(page.contains(r#""confirmed":["shipped","cancelled"]"#), "the state machine is written in");
+    for external in ["src=\"http", "href=\"http", "@import", "<link"] {
+        assert!(!page.contains(external), "no external asset ({external})");
+    }
+    assert!(page.contains("sessionStorage") && page.contains("Authorization"));
+}
