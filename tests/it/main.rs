@@ -7,7 +7,9 @@
 mod cli;
 mod config;
 mod daemon;
+mod dashboard;
 mod e2e;
+mod orders;
 mod reliability;
 mod store_crash;
 mod support;

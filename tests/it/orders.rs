@@ -1,0 +1,309 @@
+//! Sales orders end to end: the real `crmsync run` against the three simulated CRMs, orders made and
+//! moved through their statuses with the `crmsync orders` CLI while the daemon runs (so the CLI goes
+//! through the daemon's API), each change seen in every CRM once, in that vendor's own form.
+//! Waits are on conditions (the simulators' rows, the API's answers), never on the clock alone.
+
+use std::time::Duration;
+
+use crmsync_connectors::canonical::{Entity, Timestamp};
+use crmsync_connectors::dynamics365::sim::{self as d365_sim, Dynamics365SimOptions};
+use crmsync_connectors::salesforce::sim::{self as sf_sim, SalesforceSimOptions};
+use crmsync_connectors::sim::{World, WorldSize};
+use crmsync_connectors::testkit::SimControl;
+use crmsync_connectors::zoho::sim::{self as zoho_sim, ZohoSimOptions};
+use serde_json::{Map, Value};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+use crate::support::{Env, ok};
+
+const TOKEN: &str = "orders-e2e-token";
+
+/// A free port on loopback (released before use; the daemon binds it right after).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Polls `check` until it returns `Some`, at most `attempts` times, `pause` apart; panics naming
+/// `what` when the condition never holds.
+pub(crate) async fn eventually<T, F, Fut>(what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    for _ in 0..600 {
+        if let Some(value) = check().await {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn link<'a>(order: &'a Value, connection: &str) -> Option<&'a str> {
+    order["links"].as_array()?.iter().find(|link| link["connection"] == connection)?["external_id"].as_str()
+}
+
+struct Crms {
+    salesforce: crmsync_connectors::salesforce::sim::RunningSalesforceSim,
+    zoho: crmsync_connectors::zoho::sim::RunningZohoSim,
+    dynamics365: crmsync_connectors::dynamics365::sim::RunningDynamics365Sim,
+}
+
+impl Crms {
+    fn row(&self, connection: &str, id: &str) -> Option<Map<String, Value>> {
+        match connection {
+            "salesforce" => self.salesforce.state().row(Entity::Order, id),
+            "zoho" => self.zoho.state().row(Entity::Order, id),
+            _ => self.dynamics365.state().row(Entity::Order, id),
+        }
+    }
+
+    fn orders(&self) -> [usize; 3] {
+        [
+            SimControl::count(self.salesforce.state().as_ref(), Entity::Order),
+            SimControl::count(self.zoho.state().as_ref(), Entity::Order),
+            SimControl::count(self.dynamics365.state().as_ref(), Entity::Order),
+        ]
+    }
+}
+
+/// The status as each vendor writes it (SPEC §2; Salesforce's shipped and cancelled values are the
+/// custom ones the simulator connection maps).
+fn vendor_status(connection: &str, row: &Map<String, Value>) -> String {
+    match connection {
+        "dynamics365" => format!("statecode {}", row.get("statecode").map_or("?".to_owned(), Value::to_string)),
+        _ => row.get("Status").and_then(Value::as_str).unwrap_or("?").to_owned(),
+    }
+}
+
+const CONNECTIONS: [&str; 3] = ["salesforce", "zoho", "dynamics365"];
+
+struct Daemon {
+    env: Env,
+    api: String,
+    http: reqwest::Client,
+    _child: tokio::process::Child,
+}
+
+impl Daemon {
+    async fn api_get(&self, path: &str) -> Value {
+        let response = self.http.get(format!("{}{path}", self.api)).bearer_auth(TOKEN).send().await.unwrap();
+        assert!(response.status().is_success(), "GET {path}: {}", response.status());
+        response.json().await.unwrap()
+    }
+
+    /// Runs the CLI with the same config (and the token variable it names).
+    async fn run(&self, args: &[&str]) -> std::process::Output {
+        self.env.command(args).env("CRMSYNC_TEST_API_TOKEN", TOKEN).output().await.unwrap()
+    }
+
+    async fn cli(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        serde_json::from_str(&ok(self.run(&all).await)).unwrap()
+    }
+
+    /// Waits until the order has a copy in every CRM, and returns it.
+    async fn pushed_everywhere(&self, id: &str) -> Value {
+        eventually("the order to reach every CRM", || async {
+            let order = self.api_get(&format!("/orders/{id}")).await;
+            CONNECTIONS.iter().all(|connection| link(&order, connection).is_some()).then_some(order)
+        })
+        .await
+    }
+}
+
+async fn start() -> (Crms, Daemon) {
+    let anchor: Timestamp = "2026-11-01T00:00:00Z".parse().unwrap();
+    let world = World::generate(9, WorldSize { accounts: 12, leads: 4, opportunities: 4, orders: 8 }, anchor, true);
+    let crms = Crms {
+        salesforce: sf_sim::start(SalesforceSimOptions::with_world(world.clone())).await.unwrap(),
+        zoho: zoho_sim::start(ZohoSimOptions::with_world(world.clone())).await.unwrap(),
+        dynamics365: d365_sim::start(Dynamics365SimOptions::with_world(world)).await.unwrap(),
+    };
+    let env = Env::with_connections(
+        &[
+            sf_sim::connection_toml("salesforce", &crms.salesforce.base_url()),
+            zoho_sim::connection_toml("zoho", &crms.zoho.base_url()),
+            d365_sim::connection_toml("dynamics365", &crms.dynamics365.base_url()),
+        ],
+        "[api]\ntoken = { env = \"CRMSYNC_TEST_API_TOKEN\" }\n\n[[routes]]\nentity = \"*\"\nfrom = [\"*\"]\nto = [\"*\"]\n\
+         on_delete = \"delete\"\n",
+    );
+    let listen = free_port();
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{listen}\""));
+    // Short poll and push cadence: the test waits on the daemon's loops.
+    let config = config.replace("retry = {", "poll_interval = \"1s\"\nretry = {");
+    std::fs::write(&env.config, config).unwrap();
+    let mut command = env.command(&["run"]);
+    command.env("CRMSYNC_TEST_API_TOKEN", TOKEN).env("RUST_LOG", "info").stderr(std::process::Stdio::piped());
+    let mut child = command.kill_on_drop(true).spawn().unwrap();
+    let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+    while let Some(line) = logs.next_line().await.unwrap() {
+        if line.contains("crmsync running") {
+            break;
+        }
+    }
+    // Keep draining the log so the daemon never blocks on a full pipe.
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    let daemon =
+        Daemon { env, api: format!("http://127.0.0.1:{listen}/api/v1"), http: reqwest::Client::new(), _child: child };
+    // The CLI needs the token too: it reads api.token from the same config (the env variable).
+    (crms, daemon)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_made_with_the_cli_while_the_daemon_runs_reach_each_crm_once_in_its_own_form() {
+    let (crms, daemon) = start().await;
+    // A customer every CRM knows (one canonical account with three copies).
+    let account = eventually("an account known in all three CRMs", || async {
+        let page = daemon.api_get("/accounts?limit=1000").await;
+        page["records"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|record| CONNECTIONS.iter().all(|connection| link(record, connection).is_some()))
+            .map(|record| record["id"].as_str().unwrap().to_owned())
+    })
+    .await;
+    // The three CRMs at their fixed point (every world order in each, nothing left to push).
+    let before = eventually("the CRMs to agree on the world's orders", || async {
+        let status = daemon.api_get("/status").await;
+        let settled = status["connections"].as_array().unwrap().iter().all(|connection| {
+            connection["outbox_depth"] == 0
+                && connection["entities"].as_array().unwrap().iter().all(|entity| entity["last_success"].is_string())
+        });
+        let counts = crms.orders();
+        (settled && counts.iter().all(|count| *count == counts[0])).then_some(counts)
+    })
+    .await;
+    let create = |number: &'static str| {
+        let account = account.clone();
+        let daemon = &daemon;
+        async move {
+            daemon
+                .cli(&[
+                    "orders",
+                    "create",
+                    "--account",
+                    &account,
+                    "--channel",
+                    "direct",
+                    "--currency",
+                    "EUR",
+                    "--line",
+                    "Widget:2:10.50:W-100",
+                    "--number",
+                    number,
+                ])
+                .await
+        }
+    };
+
+    // 1. Created as a draft through the CLI (the daemon holds the store: the CLI used its API).
+    let shipped = create("E2E-SHIP-1").await;
+    assert_eq!(shipped["data"]["fields"]["status"], "draft");
+    assert_eq!(shipped["data"]["fields"]["total_amount"], "21");
+    let shipped_id = shipped["id"].as_str().unwrap().to_owned();
+    let order = daemon.pushed_everywhere(&shipped_id).await;
+    for connection in CONNECTIONS {
+        let row = crms.row(connection, link(&order, connection).unwrap()).expect("the copy exists");
+        let expected = match connection {
+            "salesforce" => "Draft",
+            "zoho" => "Created",
+            _ => "statecode 0",
+        };
+        assert_eq!(vendor_status(connection, &row), expected, "{connection}: a new draft order");
+    }
+    let after_create = crms.orders();
+    assert_eq!(after_create, before.map(|count| count + 1), "the order arrived once in each CRM");
+
+    // 2. Confirmed, then shipped: each CRM shows it in its own form.
+    let stale = shipped["version"].as_str().unwrap().to_owned();
+    daemon.cli(&["orders", "set-status", &shipped_id, "confirmed", "--if-version", &stale]).await;
+    for connection in CONNECTIONS {
+        let expected = match connection {
+            "salesforce" => "Activated",
+            "zoho" => "Approved",
+            _ => "statecode 1",
+        };
+        let id = link(&order, connection).unwrap().to_owned();
+        eventually(&format!("{connection} to show the order confirmed ({expected})"), || async {
+            crms.row(connection, &id).filter(|row| vendor_status(connection, row) == expected)
+        })
+        .await;
+    }
+    let refused = daemon.run(&["orders", "set-status", &shipped_id, "shipped", "--if-version", &stale]).await;
+    assert!(!refused.status.success(), "a stale version is refused");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("changed since version"));
+    let invalid = daemon.run(&["orders", "set-status", &shipped_id, "invoiced"]).await;
+    assert!(String::from_utf8_lossy(&invalid.stderr).contains("allowed from confirmed: shipped, cancelled"));
+    daemon.cli(&["orders", "set-status", &shipped_id, "shipped"]).await;
+    // Salesforce has its shipped value through the connection's status mapping. Zoho's and
+    // Dataverse's default vocabularies have no vendor value for `shipped` yet (SPEC §2 gives
+    // "Delivered" and statecode 3 for shipped *and* delivered, a many-to-one the vocabulary's
+    // vendor → canonical table cannot write back), so those two show the order once it is delivered.
+    let salesforce_id = link(&order, "salesforce").unwrap().to_owned();
+    eventually("salesforce to show the order shipped", || async {
+        crms.row("salesforce", &salesforce_id).filter(|row| vendor_status("salesforce", row) == "Shipped")
+    })
+    .await;
+    daemon.cli(&["orders", "set-status", &shipped_id, "delivered"]).await;
+    for connection in CONNECTIONS {
+        let expected = match connection {
+            "salesforce" => "Delivered",
+            "zoho" => "Delivered",
+            _ => "statecode 3",
+        };
+        let id = link(&order, connection).unwrap().to_owned();
+        eventually(&format!("{connection} to show the order delivered ({expected})"), || async {
+            crms.row(connection, &id).filter(|row| vendor_status(connection, row) == expected)
+        })
+        .await;
+    }
+
+    // 3. Another order cancelled.
+    let cancelled = create("E2E-CANCEL-1").await;
+    let cancelled_id = cancelled["id"].as_str().unwrap().to_owned();
+    let cancelled_order = daemon.pushed_everywhere(&cancelled_id).await;
+    daemon.cli(&["orders", "set-status", &cancelled_id, "cancelled"]).await;
+    for connection in CONNECTIONS {
+        let expected = match connection {
+            "salesforce" => "Cancelled",
+            "zoho" => "Cancelled",
+            _ => "statecode 2",
+        };
+        let id = link(&cancelled_order, connection).unwrap().to_owned();
+        eventually(&format!("{connection} to show the order cancelled ({expected})"), || async {
+            crms.row(connection, &id).filter(|row| vendor_status(connection, row) == expected)
+        })
+        .await;
+    }
+
+    // 4. A third deleted: the routes say on_delete = "delete", so every copy goes.
+    let deleted = create("E2E-DELETE-1").await;
+    let deleted_id = deleted["id"].as_str().unwrap().to_owned();
+    let deleted_order = daemon.pushed_everywhere(&deleted_id).await;
+    daemon.cli(&["orders", "delete", &deleted_id]).await;
+    for connection in CONNECTIONS {
+        let id = link(&deleted_order, connection).unwrap().to_owned();
+        eventually(&format!("{connection} to delete its copy"), || async {
+            crms.row(connection, &id).is_none().then_some(())
+        })
+        .await;
+    }
+    let gone = daemon.run(&["orders", "get", &deleted_id]).await;
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("was deleted"));
+
+    // Two orders more in each CRM, each once; the canonical statuses did not move when the pulls read
+    // the pushed copies back (no echo applied as a change).
+    assert_eq!(crms.orders(), before.map(|count| count + 2));
+    let listed = daemon.cli(&["orders", "list", "--status", "delivered"]).await;
+    let ids: Vec<&str> =
+        listed["records"].as_array().unwrap().iter().map(|order| order["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&shipped_id.as_str()), "{listed}");
+    let cancelled_now = daemon.api_get(&format!("/orders/{cancelled_id}")).await;
+    assert_eq!(cancelled_now["data"]["fields"]["status"], "cancelled");
+}
