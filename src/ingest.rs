@@ -74,6 +74,14 @@ pub enum Batch {
         /// The outbox sequences of each record and the hash of what is sent for it.
         sent: Vec<(Vec<u64>, String)>,
     },
+    /// Outbox entries with nothing to send (the record is gone, a delete of a copy the connection never
+    /// had, or a dead-lettered record that would be sent the same): done without a vendor call.
+    Skipped {
+        /// Target connection.
+        connection: ConnectionId,
+        /// Their sequence numbers.
+        sequences: Vec<u64>,
+    },
     /// What a person does through the CLI or the API (orders, conflicts, dead letters, identity),
     /// answered on `reply` once committed and flushed.
     Operator {
@@ -371,6 +379,12 @@ fn apply_batch(store: &Store, rules: &IngestRules, batch: Batch, now: Timestamp)
                     .outbox_sent
                     .extend(sequences.into_iter().map(|sequence| (connection.clone(), sequence, hash.clone())));
             }
+            store.commit(commit)?;
+            Ok(IngestStats::default())
+        }
+        Batch::Skipped { connection, sequences } => {
+            let mut commit = Commit::default();
+            commit.outbox_done.extend(sequences.into_iter().map(|sequence| (connection.clone(), sequence)));
             store.commit(commit)?;
             Ok(IngestStats::default())
         }

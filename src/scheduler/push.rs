@@ -169,7 +169,7 @@ pub async fn drain<C: Connector>(
             }
         }
         if !skipped.is_empty() {
-            store.outbox_remove(&connection, &skipped).map_err(IngestError::from)?;
+            ingest.submit(Batch::Skipped { connection: connection.clone(), sequences: skipped }).await?;
         }
     }
 }
