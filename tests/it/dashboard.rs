@@ -201,7 +201,7 @@ async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_c
         .unwrap();
     // The demo prints the dashboard URL, the API URL, a generated token and the admin URL.
     let mut lines = tokio::io::BufReader::new(demo.stdout.take().unwrap()).lines();
-    let (mut dashboard, mut token) = (None, None);
+    let (mut dashboard, mut token, mut admin) = (None, None, None);
     while let Some(line) = lines.next_line().await.unwrap() {
         if let Some(url) = line.trim().strip_prefix("dashboard:") {
             dashboard = Some(url.trim().to_owned());
@@ -209,12 +209,14 @@ async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_c
         if let Some(value) = line.trim().strip_prefix("API token:") {
             token = Some(value.trim().to_owned());
         }
-        if line.trim().starts_with("admin:") {
+        if let Some(url) = line.trim().strip_prefix("admin:") {
+            admin = url.split_whitespace().next().map(str::to_owned);
             break;
         }
     }
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let (dashboard, token) = (dashboard.expect("demo printed the dashboard URL"), token.expect("demo printed a token"));
+    let admin = admin.expect("demo printed the admin URL");
     assert_eq!(dashboard, format!("http://{listen}/"));
     let http = reqwest::Client::new();
     let api = format!("http://{listen}/api/v1");
@@ -223,6 +225,21 @@ async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_c
         response.status().is_success().then_some(())
     })
     .await;
+
+    // The admin URL answers, and `crmsync status --config <the demo's config>` reaches the running demo
+    // (its store is the demo's, so status asks the API with the token the config names).
+    let metrics_text = http.get(&admin).send().await.unwrap().text().await.unwrap();
+    assert!(metrics_text.contains("crmsync_"), "the admin URL serves Prometheus metrics");
+    let status = tokio::process::Command::new(binary())
+        .args(["status", "--json", "--config"])
+        .arg(dir.path().join("demo").join("demo.toml"))
+        .env("RUST_LOG", "warn")
+        .output()
+        .await
+        .unwrap();
+    assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["connections"].as_array().unwrap().len(), 3, "{status}");
 
     let mut browser = Browser::launch(&executable, dir.path());
     let target = browser.call("Target.createTarget", json!({"url": dashboard})).await;
