@@ -25,6 +25,7 @@ use crate::app::{App, run_daemon};
 use crate::cli::DemoArgs;
 use crate::config::Config;
 use crate::scheduler::pass::run_pass;
+use crate::store::Store;
 use crate::telemetry::{self, LogStyle};
 
 /// The running simulators.
@@ -131,8 +132,14 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<Exi
     let pushed_again: u64 = second.rows.iter().map(|row| row.records_out).sum();
     print(&format!("\nsecond sync pass\n{}", second.table()));
     print(&format!("second sync pass: {pushed_again} records pushed (0 = the CRMs agree: no ping-pong)\n"));
-    print(&identity_summary(&app)?);
-    print(&super::operate::metrics_text(&app.store, &app.config)?);
+    // Full scans of the store: off the async workers, which keep serving the simulators meanwhile.
+    let (store, config) = (app.store.clone(), app.config.clone());
+    let summary = tokio::task::spawn_blocking(move || -> anyhow::Result<String> {
+        Ok(identity_summary(&store)? + &super::operate::metrics_text(&store, &config)?)
+    })
+    .await
+    .context("the demo's summary failed")??;
+    print(&summary);
     if args.once {
         app.shutdown().await?;
         return Ok(if first.failed() || second.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
@@ -185,11 +192,11 @@ fn self_contained(toml: &str, secrets: &MapSecrets, dir: &std::path::Path, token
     Ok(out)
 }
 
-fn identity_summary(app: &App) -> anyhow::Result<String> {
+fn identity_summary(store: &Store) -> anyhow::Result<String> {
     let mut out = String::from("\nidentity: canonical records (vendor copies joined into them)\n");
     for entity in Entity::ALL {
         let (mut records, mut copies, mut shared) = (0u64, 0u64, 0u64);
-        for record in app.store.scan(*entity) {
+        for record in store.scan(*entity) {
             let record = record?;
             if record.is_deleted() || record.merged_into.is_some() {
                 continue;

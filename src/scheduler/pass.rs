@@ -220,8 +220,7 @@ pub async fn run_pass<C: Connector>(
             let Some(connector) = connectors.get(connection) else { continue };
             let before = connector.usage();
             let started = tokio::time::Instant::now();
-            let result =
-                push::drain(connector.as_ref(), store, ingest, policies.get(connection), Some(entities), cancel).await;
+            let result = push::drain(connector, store, ingest, policies.get(connection), Some(entities), cancel).await;
             let cost = Cost::since(&before, &connector.usage());
             let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             match result {

@@ -41,6 +41,9 @@ pub enum PushError {
     /// The store or the writer failed.
     #[error("push bookkeeping failed")]
     Ingest(#[from] IngestError),
+    /// The store read of a page did not finish (it panicked, or the runtime is shutting down).
+    #[error("reading the outbox failed")]
+    Read(#[source] tokio::task::JoinError),
 }
 
 /// Counts of one drain, per entity.
@@ -52,10 +55,108 @@ pub struct PushSummary {
 
 const FETCH: usize = 2000;
 
+/// Records of one entity queued in one outbox page, each once with every sequence that queued it.
+type Queue = Vec<(CanonicalId, OutboxOp, Vec<u64>)>;
+
+/// One page of the outbox, grouped by entity.
+struct OutboxPage {
+    /// The last sequence read.
+    last: u64,
+    /// The queued records by entity.
+    grouped: BTreeMap<Entity, Queue>,
+}
+
+/// What to send for one entity of a page, and the sequences that need no call.
+#[derive(Default)]
+struct Plan {
+    batch: Vec<(Outgoing, PushedRecord)>,
+    skipped: Vec<u64>,
+}
+
+/// Runs store reads off the async workers (sled reads block on I/O, and a page of the outbox reads
+/// thousands of records).
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, IngestError> + Send + 'static,
+) -> Result<T, PushError> {
+    Ok(tokio::task::spawn_blocking(work).await.map_err(PushError::Read)??)
+}
+
+/// Reads the next page of the outbox after `after` and groups it by entity (`None`: it is empty).
+fn read_page(
+    store: &Store,
+    connection: &crmsync_connectors::canonical::ConnectionId,
+    after: Option<u64>,
+    entities: Option<&[Entity]>,
+) -> Result<Option<OutboxPage>, IngestError> {
+    let entries = store.outbox_after(connection, after, FETCH)?;
+    let Some(last) = entries.last().map(|(sequence, _)| *sequence) else { return Ok(None) };
+    let mut grouped: BTreeMap<Entity, Queue> = BTreeMap::new();
+    for (sequence, entry) in entries {
+        if entities.is_some_and(|wanted| !wanted.contains(&entry.entity)) {
+            continue;
+        }
+        let queue = grouped.entry(entry.entity).or_default();
+        match queue.iter_mut().find(|(id, _, _)| *id == entry.canonical_id) {
+            // A later delete or mark supersedes an earlier upsert of the same record.
+            Some(existing) => {
+                existing.2.push(sequence);
+                if entry.op != OutboxOp::Upsert {
+                    existing.1 = entry.op;
+                }
+            }
+            None => queue.push((entry.canonical_id, entry.op, vec![sequence])),
+        }
+    }
+    Ok(Some(OutboxPage { last, grouped }))
+}
+
+/// Builds what to send for one entity's queue. Run after the entities it depends on were pushed and
+/// recorded, so references carry the ids those pushes produced.
+fn plan<C: Connector>(
+    store: &Store,
+    connector: &C,
+    policy: Option<&FieldPolicy>,
+    entity: Entity,
+    queue: Queue,
+) -> Result<Plan, IngestError> {
+    let connection = connector.id();
+    let mut plan = Plan::default();
+    for (id, op, sequences) in queue {
+        let Some((outgoing, hash)) = prepare(store, connection, id, op, policy, &|data| connector.representable(data))?
+        else {
+            plan.skipped.extend(sequences);
+            continue;
+        };
+        let would_send = fingerprint(&outgoing);
+        let held = store
+            .pushed_dead_letter(connection, id)?
+            .is_some_and(|letter| letter.attempt.as_deref() == Some(would_send.as_str()));
+        if held {
+            // Rejected before exactly as it would be sent now: it waits in the dead-letter queue.
+            tracing::debug!(connection = %connection, entity = %entity, record = %id, "held: dead-lettered with the same values");
+            plan.skipped.extend(sequences);
+            continue;
+        }
+        plan.batch.push((
+            outgoing.clone(),
+            PushedRecord {
+                sequences,
+                canonical_id: id,
+                pushed_hash: hash,
+                outcome: PushOutcome::Deleted,
+                payload: serde_json::to_value(&outgoing).unwrap_or(serde_json::Value::Null),
+                attempt: Some(would_send),
+            },
+        ));
+    }
+    Ok(plan)
+}
+
 /// Pushes everything queued for the connector's connection (entries queued while draining included),
 /// restricted to `entities` when given. Transient per-record failures stay queued for the next drain.
+/// Store reads run on the blocking pool; the vendor calls and the writer's answers are awaited here.
 pub async fn drain<C: Connector>(
-    connector: &C,
+    connector: &Arc<C>,
     store: &Store,
     ingest: &IngestHandle,
     policy: Option<&FieldPolicy>,
@@ -63,71 +164,32 @@ pub async fn drain<C: Connector>(
     cancel: &CancellationToken,
 ) -> Result<PushSummary, PushError> {
     let connection = connector.id().clone();
+    let policy = policy.cloned().map(Arc::new);
+    let entities: Option<Arc<[Entity]>> = entities.map(Arc::from);
     let mut summary = PushSummary::default();
     let mut after: Option<u64> = None;
     loop {
         if cancel.is_cancelled() {
             return Ok(summary);
         }
-        let entries = store.outbox_after(&connection, after, FETCH).map_err(IngestError::from)?;
-        let Some(last) = entries.last().map(|(sequence, _)| *sequence) else {
+        let page = {
+            let (store, connection, entities) = (store.clone(), connection.clone(), entities.clone());
+            blocking(move || read_page(&store, &connection, after, entities.as_deref())).await?
+        };
+        let Some(OutboxPage { last, mut grouped }) = page else {
             telemetry::record_outbox_depth(&connection, 0);
             return Ok(summary);
         };
         after = Some(last);
-        // Group by entity, keeping each record once with every sequence that queued it.
-        let mut grouped: BTreeMap<Entity, Vec<(CanonicalId, OutboxOp, Vec<u64>)>> = BTreeMap::new();
         let mut skipped = Vec::new();
-        for (sequence, entry) in entries {
-            if entities.is_some_and(|wanted| !wanted.contains(&entry.entity)) {
-                continue;
-            }
-            let queue = grouped.entry(entry.entity).or_default();
-            match queue.iter_mut().find(|(id, _, _)| *id == entry.canonical_id) {
-                // A later delete or mark supersedes an earlier upsert of the same record.
-                Some(existing) => {
-                    existing.2.push(sequence);
-                    if entry.op != OutboxOp::Upsert {
-                        existing.1 = entry.op;
-                    }
-                }
-                None => queue.push((entry.canonical_id, entry.op, vec![sequence])),
-            }
-        }
         for entity in Entity::ALL {
             let Some(queue) = grouped.remove(entity) else { continue };
-            let mut batch: Vec<(Outgoing, PushedRecord)> = Vec::new();
-            for (id, op, sequences) in queue {
-                let Some((outgoing, hash)) =
-                    prepare(store, &connection, id, op, policy, &|data| connector.representable(data))?
-                else {
-                    skipped.extend(sequences);
-                    continue;
-                };
-                let would_send = fingerprint(&outgoing);
-                let held = store
-                    .pushed_dead_letter(&connection, id)
-                    .map_err(IngestError::from)?
-                    .is_some_and(|letter| letter.attempt.as_deref() == Some(would_send.as_str()));
-                if held {
-                    // Rejected before exactly as it would be sent now: it waits in the dead-letter queue.
-                    tracing::debug!(connection = %connection, entity = %entity, record = %id, "held: dead-lettered with the same values");
-                    skipped.extend(sequences);
-                    continue;
-                }
-                batch.push((
-                    outgoing.clone(),
-                    PushedRecord {
-                        sequences,
-                        canonical_id: id,
-                        pushed_hash: hash,
-                        outcome: PushOutcome::Deleted,
-                        payload: serde_json::to_value(&outgoing).unwrap_or(serde_json::Value::Null),
-                        attempt: Some(would_send),
-                    },
-                ));
-            }
-            for chunk in batch.chunks(connector.push_batch_size().max(1)) {
+            let plan = {
+                let (store, connector, policy, entity) = (store.clone(), connector.clone(), policy.clone(), *entity);
+                blocking(move || plan(&store, connector.as_ref(), policy.as_deref(), entity, queue)).await?
+            };
+            skipped.extend(plan.skipped);
+            for chunk in plan.batch.chunks(connector.push_batch_size().max(1)) {
                 // What is about to be sent is recorded (durably) first: if the daemon dies after the
                 // vendor applied it but before its answer is committed, the read-back is still known
                 // for our own echo.
@@ -244,7 +306,7 @@ pub async fn run<C: Connector>(
     let connection = connector.id().clone();
     let mut attempt = 0u32;
     loop {
-        let wait = match drain(connector.as_ref(), &store, &ingest, policy.as_ref(), None, &cancel).await {
+        let wait = match drain(&connector, &store, &ingest, policy.as_ref(), None, &cancel).await {
             Ok(summary) => {
                 attempt = 0;
                 for (entity, stats) in &summary.per_entity {
@@ -258,7 +320,7 @@ pub async fn run<C: Connector>(
                 tracing::warn!(connection = %connection, error = %error_chain(&error), "push failed");
                 match &error {
                     PushError::Connector { source, .. } => backoff.delay(attempt, source),
-                    PushError::Ingest(_) => backoff.jitter(attempt),
+                    PushError::Ingest(_) | PushError::Read(_) => backoff.jitter(attempt),
                 }
             }
         };
@@ -395,7 +457,8 @@ mod tests {
         let rules = IngestRules { rules: Arc::new(rules), fields: Arc::new(BTreeMap::new()) };
         let (writer, ingest) = Ingestor::new(store.clone(), rules, 8);
         let writer = tokio::spawn(writer.run());
-        let connector = Target { id: target.clone(), strict: true.into(), sent: Mutex::default(), calls: 0.into() };
+        let connector =
+            Arc::new(Target { id: target.clone(), strict: true.into(), sent: Mutex::default(), calls: 0.into() });
         let cancel = CancellationToken::new();
         let deliver = |changes: Vec<Change>| ingest.submit(Batch::Delivered { connection: source.clone(), changes });
         let drain = || drain(&connector, &store, &ingest, None, None, &cancel);
