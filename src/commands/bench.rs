@@ -2,7 +2,13 @@
 //!
 //! 1. Starts the three simulators as child processes (`crmsync simulate <vendor> --shared-world`), so
 //!    their memory is not counted as the daemon's, over one generated world of N records.
-//! 2. In this process, with the daemon's own parts (config, connectors, ingest writer, sled store on
+//! 2. A warm-up: connectors of their own (over a throwaway store) read every connection × entity to
+//!    the end while the simulators record their answers (the bench serving mode,
+//!    [`crmsync_connectors::sim::replay`]). The measured pass then gets the same answers from the
+//!    simulators' memory, so the simulators cost next to nothing and the figures are crmsync's;
+//!    the answers the simulators had to render anyway (a request the warm-up did not make) are
+//!    reported as misses.
+//! 3. In this process, with the daemon's own parts (config, connectors, ingest writer, sled store on
 //!    disk): a full pull of every connection × entity into a fresh store, the same pass `crmsync sync`
 //!    runs, without pushes (no routes), sampling the resident set size every 100 ms. Reported:
 //!    records/s for pull + reconcile + commit, the CPU time of this process per record and of the
@@ -10,10 +16,10 @@
 //!    minimum ⌈records / page maximum⌉, the resident set before, at its peak, after, and as a curve
 //!    against the records committed (every tenth of the world), and the store's size on disk next to
 //!    the JSON the simulators served (the vendor data it holds).
-//! 3. An incremental pass with nothing changed: its API calls (the bar is ≤ 1 per entity).
-//! 4. The sales metrics over the resulting store: the unified report alone, and every scope (unified
+//! 4. An incremental pass with nothing changed, served live: its API calls (the bar is ≤ 1 per entity).
+//! 5. The sales metrics over the resulting store: the unified report alone, and every scope (unified
 //!    plus each connection) in one scan, as the daemon publishes them to Prometheus every minute.
-//! 5. Webhooks: the daemon's HTTP edge (the real router and ingest writer) on loopback receives
+//! 6. Webhooks: the daemon's HTTP edge (the real router and ingest writer) on loopback receives
 //!    authenticated Dataverse deliveries at 1,000 per second (deletes of stored records: a delete
 //!    carries its change, updates only ask for a fetch). A 2xx is sent only once the change is
 //!    flushed to disk, so each delivery's response time is its webhook → durable store latency;
@@ -27,8 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use crmsync_connectors::Connector;
 use crmsync_connectors::canonical::{Timestamp, VendorKind};
-use crmsync_connectors::sim::WorldSize;
+use crmsync_connectors::sim::{ReplayMode, ReplayStats, ReplaySwitch, WorldSize};
 use serde::Serialize;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::time::Instant;
@@ -123,6 +130,9 @@ pub struct BenchReport {
     pub daemon_cpu_seconds: f64,
     /// CPU seconds the three simulator processes spent in the full pass.
     pub simulators_cpu_seconds: f64,
+    /// The simulators' serving mode in the full pass: answers recorded in the warm-up, replayed
+    /// from memory, and missed (rendered live), summed over the three.
+    pub simulators_replay: ReplayStats,
     /// The full pass, per connection × entity.
     pub full_pass: Vec<BenchRow>,
     /// Memory through the full pass.
@@ -179,6 +189,12 @@ impl Simulator {
     /// CPU seconds the simulator process has used.
     fn cpu_seconds(&self) -> f64 {
         self.child.id().and_then(|pid| cpu_seconds_of(&format!("/proc/{pid}/stat"))).unwrap_or(0.0)
+    }
+
+    /// Switches the simulator's bench serving mode; returns its counts before the switch.
+    async fn replay(&self, http: &reqwest::Client, mode: ReplayMode) -> anyhow::Result<ReplayStats> {
+        let url = format!("{}/__sim/replay", self.base_url);
+        Ok(http.post(url).json(&ReplaySwitch { mode }).send().await?.error_for_status()?.json().await?)
     }
 
     /// Bytes of vendor API responses the simulator has served.
@@ -342,9 +358,21 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     let config = Config::load(Some(&config_path), Some(Default::default()), &secrets)?;
     let kinds: BTreeMap<String, VendorKind> =
         config.connections.iter().map(|(id, connection)| (id.to_string(), connection.vendor.kind())).collect();
-    let app = App::build(config)?;
-    let mut selection = super::sync::selection(&app.config, None, None, None, false)?;
+    let simulators = [&salesforce, &zoho, &dynamics365];
+    let http = reqwest::Client::new();
+    let mut selection = super::sync::selection(&config, None, None, None, false)?;
     selection.push = false;
+
+    tracing::info!("bench: warm-up (the simulators record their answers)");
+    for simulator in simulators {
+        simulator.replay(&http, ReplayMode::Record).await.context("cannot switch a simulator to record")?;
+    }
+    warm_up(&config, &selection, &data_dir.join("warm-up")).await?;
+    for simulator in simulators {
+        simulator.replay(&http, ReplayMode::Replay).await.context("cannot switch a simulator to replay")?;
+    }
+
+    let app = App::build(config)?;
     let policies = app.rules.fields.clone();
     let cancel = CancellationToken::new();
 
@@ -354,7 +382,6 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     let ingest = app.ingest.clone();
     let step = (size.total() as u64 / 10).max(1);
     let (peak, sampler) = sample_rss(stop_sampling.clone(), move || ingest.records_committed(), step);
-    let simulators = [&salesforce, &zoho, &dynamics365];
     let simulators_cpu_before: f64 = simulators.iter().map(|simulator| simulator.cpu_seconds()).sum();
     let (started, cpu_before) = (Instant::now(), cpu_seconds().unwrap_or(0.0));
     let full = run_pass(&app.connectors, &app.store, &app.ingest, &policies, &selection, &cancel).await;
@@ -364,11 +391,20 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
         simulators.iter().map(|simulator| simulator.cpu_seconds()).sum::<f64>() - simulators_cpu_before;
     stop_sampling.cancel();
     let curve = sampler.await.unwrap_or_default();
-    let http = reqwest::Client::new();
+    let mut replay = ReplayStats::default();
+    for simulator in simulators {
+        let stats = simulator.replay(&http, ReplayMode::Off).await.context("cannot switch a simulator to live")?;
+        replay.recorded += stats.recorded;
+        replay.recorded_bytes += stats.recorded_bytes;
+        replay.replayed += stats.replayed;
+        replay.missed += stats.missed;
+    }
     let mut vendor_json_bytes = 0;
     for simulator in simulators {
+        // The warm-up's answers were served too: the vendor JSON of one pass is half of what was served.
         vendor_json_bytes += simulator.served_bytes(&http).await.context("cannot read a simulator's served bytes")?;
     }
+    vendor_json_bytes = vendor_json_bytes.saturating_sub(replay.recorded_bytes);
     let after = resident_bytes().unwrap_or(0);
     if let Some(failed) = failures(&full) {
         bail!("the full pass failed: {failed}");
@@ -410,6 +446,7 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
         records_per_second: (records_pulled as f64 / full_seconds.max(f64::EPSILON)).round(),
         daemon_cpu_seconds: (daemon_cpu * 100.0).round() / 100.0,
         simulators_cpu_seconds: (simulators_cpu * 100.0).round() / 100.0,
+        simulators_replay: replay,
         full_pass: rows(&full, &kinds),
         memory: Memory {
             before_mib: mib(before),
@@ -425,6 +462,42 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
         store_mib: mib(store_bytes),
         vendor_json_mib: mib(vendor_json_bytes),
     })
+}
+
+/// Reads every selected connection × entity to the end with connectors of its own (over a throwaway
+/// store in `dir`, removed afterwards), discarding the pages: the requests the measured pass will
+/// make, in the same order per connection, so the simulators can record their answers.
+async fn warm_up(
+    config: &Config,
+    selection: &crate::scheduler::pass::Selection,
+    dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let mut config = config.clone();
+    config.daemon.data_dir = dir.to_path_buf();
+    let app = App::build(config)?;
+    let reads = selection.targets.iter().filter_map(|(connection, entities)| {
+        let connector = app.connectors.get(connection)?.clone();
+        Some(async move {
+            for entity in crmsync_connectors::canonical::Entity::ALL.iter().filter(|entity| entities.contains(entity)) {
+                let mut cursor = None;
+                loop {
+                    let page = connector
+                        .pull(*entity, cursor.as_ref())
+                        .await
+                        .with_context(|| format!("warm-up read of {connection} {entity} failed"))?;
+                    if !page.has_more {
+                        break;
+                    }
+                    cursor = Some(page.cursor);
+                }
+            }
+            anyhow::Ok(())
+        })
+    });
+    let results = futures::future::join_all(reads).await;
+    app.shutdown().await?;
+    let _ = std::fs::remove_dir_all(dir);
+    results.into_iter().collect()
 }
 
 /// Deliveries of the webhook phase (5 s at the target rate), fewer when the world is smaller.
@@ -549,6 +622,14 @@ fn render(report: &BenchReport) -> String {
         report.daemon_cpu_seconds * 1e6 / (report.records_pulled.max(1) as f64),
         report.simulators_cpu_seconds,
         report.simulators_cpu_seconds * 100.0 / total_cpu
+    );
+    let replay = &report.simulators_replay;
+    let _ = writeln!(
+        out,
+        "  the simulators answered {} of {} calls from memory (recorded in a warm-up read; {} rendered live)",
+        replay.replayed,
+        replay.replayed + replay.missed,
+        replay.missed
     );
     let _ = writeln!(
         out,

@@ -5,8 +5,11 @@
 //! - `GET /__sim/stats` → [`SimStats`] (calls by kind, so tests and `bench` can count API calls);
 //! - `POST /__sim/faults` with a [`FaultSettings`] JSON body → switches faults at runtime;
 //! - `GET /__sim/served` → [`Served`]: the bytes of every vendor API response body so far (what
-//!   `bench` compares the store's size with: the JSON size of the vendor data).
+//!   `bench` compares the store's size with: the JSON size of the vendor data);
+//! - `POST /__sim/replay` with a [`ReplaySwitch`] → the bench serving mode ([`replay`](mod@replay)):
+//!   answers rendered once are served again from memory.
 
+pub mod replay;
 mod world;
 
 use std::net::SocketAddr;
@@ -23,6 +26,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
+pub use replay::{ReplayMode, ReplayStats, ReplaySwitch};
 pub use world::{PRODUCTS, World, WorldAccount, WorldLead, WorldOpportunity, WorldOrder, WorldOrderLine, WorldSize};
 
 /// Fault switches, settable at start and at runtime. Zero means "off" for every counter and rate.
@@ -410,11 +414,15 @@ impl SimServer {
         let addr = listener.local_addr()?;
         let served = Arc::new(AtomicU64::new(0));
         let reported = served.clone();
+        let replay = replay::Replay::default();
+        // Replayed answers are counted as served: they are the same vendor JSON.
         let router = router
             .route(
                 "/__sim/served",
                 get(move || async move { Json(Served { response_bytes: reported.load(Ordering::Relaxed) }) }),
             )
+            .route("/__sim/replay", post(replay::switch).with_state(replay.clone()))
+            .layer(axum::middleware::from_fn_with_state(replay, replay::serve))
             .layer(axum::middleware::from_fn_with_state(served, count_served));
         let shutdown = tokio_util_like::Shutdown::default();
         let signal = shutdown.clone();
