@@ -226,6 +226,30 @@ impl App {
         store.flush().context("final flush failed")?;
         Ok(())
     }
+
+    /// [`App::shutdown`] within one deadline: the writer may finish its queue until `drain_by`
+    /// (tasks abandoned at the deadline may still hold a handle to it, so it is not awaited past
+    /// that), and the store is flushed by `flush_by` whatever the writer did: every page the writer
+    /// committed is durable, and an uncommitted one is pulled again from its cursor on the next start.
+    pub async fn shutdown_by(
+        self,
+        drain_by: tokio::time::Instant,
+        flush_by: tokio::time::Instant,
+    ) -> anyhow::Result<()> {
+        let Self { ingest, writer, store, connectors, .. } = self;
+        drop(ingest);
+        drop(connectors);
+        match tokio::time::timeout_at(drain_by, writer).await {
+            Ok(joined) => joined.context("ingest writer panicked")?,
+            Err(_) => tracing::warn!("the ingest writer did not finish its queue before the shutdown deadline"),
+        }
+        let flush = tokio::task::spawn_blocking(move || store.flush());
+        match tokio::time::timeout_at(flush_by, flush).await {
+            Ok(flushed) => flushed.context("final flush panicked")?.context("final flush failed")?,
+            Err(_) => anyhow::bail!("the store did not finish flushing before the shutdown deadline"),
+        }
+        Ok(())
+    }
 }
 
 /// Retries the dead-lettered pushes of every connection whose configuration changed since the last
@@ -396,6 +420,11 @@ pub async fn run_daemon(
         telemetry::register_connection(id, connector.entities());
     }
     let (gauge_store, gauge_connectors, started) = (app.store.clone(), app.connectors.clone(), Timestamp::now());
+    let readiness = Arc::new(crate::http::Readiness {
+        unready_after: app.config.daemon.unready_after,
+        pulled: pulled.clone(),
+        started,
+    });
     let refresh: Arc<dyn Fn() + Send + Sync> =
         Arc::new(move || refresh_store_gauges(&gauge_store, &gauge_connectors, &pulled, started));
     let state = HttpState {
@@ -408,6 +437,7 @@ pub async fn run_daemon(
         prometheus,
         refresh_gauges: Some(refresh),
         ready: ready.clone(),
+        readiness: Some(readiness),
     };
     tracing::info!(listen = %public.local_addr()?, admin = %admin.local_addr()?, connections = app.connectors.len(), "crmsync running");
     for (listener, router) in [(public, public_router(state.clone())), (admin, admin_router(state))] {
@@ -441,14 +471,15 @@ pub async fn run_daemon(
     ready.store(false, Ordering::SeqCst);
     cancel.cancel();
     tracker.close();
+    // One deadline for everything: tasks and the writer's queue get the grace minus a reserve for
+    // the final flush (a quarter, at most 5 s), and the flush ends by the deadline.
     let grace = app.config.daemon.shutdown_grace;
-    if tokio::time::timeout(grace, tracker.wait()).await.is_err() {
+    let flush_by = tokio::time::Instant::now() + grace;
+    let drain_by = flush_by - (grace / 4).min(std::time::Duration::from_secs(5));
+    if tokio::time::timeout_at(drain_by, tracker.wait()).await.is_err() {
         tracing::warn!(grace_ms = grace.as_millis() as u64, "shutdown grace expired; abandoning remaining tasks");
     }
-    match tokio::time::timeout(grace, app.shutdown()).await {
-        Ok(result) => result?,
-        Err(_) => anyhow::bail!("the store did not finish flushing within {grace:?}"),
-    }
+    app.shutdown_by(drain_by, flush_by).await.with_context(|| format!("within shutdown_grace ({grace:?})"))?;
     tracing::info!("stopped cleanly");
     Ok(())
 }

@@ -201,6 +201,11 @@ impl IngestHandle {
         self.committed.load(Ordering::Relaxed)
     }
 
+    /// Whether the writer's queue is full (`/readyz`; webhooks get 503 then).
+    pub fn is_saturated(&self) -> bool {
+        self.sender.capacity() == 0
+    }
+
     /// Submits a batch, waiting for queue space, and returns once it is committed.
     pub async fn submit(&self, batch: Batch) -> Result<IngestStats, IngestError> {
         let (reply, answer) = oneshot::channel();

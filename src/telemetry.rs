@@ -180,7 +180,11 @@ pub fn init_logging(style: LogStyle) {
     let registry = tracing_subscriber::registry().with(filter);
     // `try_init` fails only when a subscriber is already installed (tests, embedded use): keep it.
     let _ = if json {
-        registry.with(tracing_subscriber::fmt::layer().json().with_writer(std::io::stderr)).try_init()
+        // Event fields at the top level of each line (`"connection":"sf"`, not under `"fields"`);
+        // the current span (a pass, an HTTP request) under `"span"`, all of them under `"spans"`.
+        registry
+            .with(tracing_subscriber::fmt::layer().json().flatten_event(true).with_writer(std::io::stderr))
+            .try_init()
     } else {
         registry.with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).try_init()
     };
@@ -249,6 +253,39 @@ fn describe_metrics() {
     metrics::describe_counter!(UNMAPPED_VALUES, "Vendor values no mapping table covers");
     metrics::describe_counter!(SYNC_ERRORS, "Sync errors by retry advice");
     metrics::describe_counter!(CLAMPED_TIMES, "Vendor modification times in the future, clamped to now + skew");
+    describe_kpis();
+}
+
+/// The sales-KPI gauges (`crmsync metrics --explain` has the full definitions).
+fn describe_kpis() {
+    use crate::metrics::{
+        KPI_CHANNEL_ORDERS, KPI_COVERAGE, KPI_EFFICIENCY, KPI_FUNNEL, KPI_PIPELINE_VALUE, KPI_SALES_AMOUNT,
+        KPI_SALES_CYCLE, KPI_SATISFACTION, KPI_WIN_RATE,
+    };
+    metrics::describe_gauge!(
+        KPI_EFFICIENCY,
+        "Sales amount per day of the window, in the reporting currency (NaN: n/a)"
+    );
+    metrics::describe_gauge!(
+        KPI_COVERAGE,
+        "Customers with an order in the window per channel with an order (NaN: n/a)"
+    );
+    metrics::describe_gauge!(KPI_SATISFACTION, "Orders in the window per customer with an order (NaN: n/a)");
+    metrics::describe_gauge!(
+        KPI_SALES_CYCLE,
+        "Average days from creation to close of the opportunities won in the window (NaN: n/a)"
+    );
+    metrics::describe_gauge!(KPI_WIN_RATE, "Won / (won + lost) among opportunities closed in the window (NaN: n/a)");
+    metrics::describe_gauge!(KPI_FUNNEL, "Records created in the window that reached each stage");
+    metrics::describe_gauge!(KPI_CHANNEL_ORDERS, "Orders in the window per sales channel");
+    metrics::describe_gauge!(
+        KPI_SALES_AMOUNT,
+        "Confirmed-or-later orders dated in the window, in the reporting currency"
+    );
+    metrics::describe_gauge!(
+        KPI_PIPELINE_VALUE,
+        "Amount of open opportunities by current stage, in the reporting currency"
+    );
 }
 
 /// Counts records read, by outcome.
@@ -435,5 +472,49 @@ mod tests {
                 .contains(r#"crmsync_pull_records_total{connection="sf",entity="order",outcome="dead_letter"} 0"#)
         );
         assert!(exposition.contains(r#"crmsync_conflicts_total{entity="lead"} 0"#));
+    }
+
+    #[test]
+    fn every_metric_has_a_help_line_in_the_exposition() {
+        let recorder = prometheus_builder().unwrap().build_recorder();
+        let handle = recorder.handle();
+        let connection = ConnectionId::new("sf");
+        metrics::with_local_recorder(&recorder, || {
+            describe_metrics();
+            register_daemon();
+            register_connection(&connection, &[Entity::Account]);
+            // What is set only when measured or scraped.
+            record_lag(&connection, Entity::Account, 1.0);
+            record_budget(&connection, 1, Some(10));
+            record_request_rate(&connection, 5.0);
+            record_store_size(1);
+            observe_api_event(ApiEvent::VendorUsage { connection: &connection, used: 1, limit: 10 });
+            let query = crate::metrics::MetricsQuery {
+                scope: crate::metrics::Scope::Unified,
+                since: "2026-10-01T00:00:00Z".parse().unwrap(),
+                until: "2026-10-31T00:00:00Z".parse().unwrap(),
+            };
+            let settings = crate::metrics::MetricsSettings {
+                reporting_currency: crmsync_connectors::canonical::Currency::new("EUR").unwrap(),
+                fx: std::collections::BTreeMap::new(),
+            };
+            let report = crate::metrics::compute(std::iter::empty(), &query, &settings);
+            for (name, labels, value) in crate::metrics::gauges(&report) {
+                record_kpi(name, labels, value);
+            }
+        });
+        let exposition = handle.render();
+        let all = OPERATIONAL_METRICS.iter().chain(crate::metrics::KPI_METRICS);
+        for name in all {
+            let series = exposition.lines().any(|line| line.starts_with(name));
+            assert!(series, "{name} has no series in the test exposition:\n{exposition}");
+            let help = format!("# HELP {name} ");
+            let described = exposition.lines().any(|line| line.starts_with(&help) && line.len() > help.len() + 10);
+            assert!(described, "{name} has no # HELP line:\n{exposition}");
+        }
+        for line in exposition.lines().filter(|line| line.starts_with("# TYPE ")) {
+            let name = line.split(' ').nth(2).unwrap_or_default();
+            assert!(exposition.contains(&format!("# HELP {name} ")), "{name} is exposed without # HELP");
+        }
     }
 }

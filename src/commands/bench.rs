@@ -544,6 +544,7 @@ async fn webhook_phase(app: &App, wanted: usize) -> anyhow::Result<WebhookReport
         prometheus: None,
         refresh_gauges: None,
         ready: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        readiness: None,
     };
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", 0)).await?;
     let url = format!("http://{}/webhooks/{connection}", listener.local_addr()?);

@@ -1,6 +1,9 @@
 //! The HTTP edge. [`public_router`]: webhooks, `/api/v1` and the dashboard; [`admin_router`]:
 //! `/healthz`, `/readyz` and Prometheus `/metrics` (loopback by default, never public).
 //!
+//! Every request gets an `x-request-id` (the caller's, or a new UUID) and a line in the access log
+//! ([`REQUEST_ID`]; INFO on the public listener, DEBUG on the admin one).
+//!
 //! Every error of the public listener is `{"error":{"code","message"}}` JSON, axum's own included
 //! (`error::json_errors`); a handler that panics answers a JSON 500 and logs it
 //! (`error::catch_panic`).
@@ -14,6 +17,7 @@ pub mod client;
 mod dashboard;
 mod error;
 mod health;
+pub use health::{Readiness, UnreadyReason};
 mod params;
 #[cfg(test)]
 mod tests;
@@ -76,6 +80,8 @@ pub struct HttpState {
     pub refresh_gauges: Option<Arc<dyn Fn() + Send + Sync>>,
     /// Set once the daemon is running, cleared on shutdown.
     pub ready: Arc<AtomicBool>,
+    /// What `/readyz` checks about the connections (`None`: only the store, ingest and `ready`).
+    pub readiness: Option<Arc<Readiness>>,
 }
 
 /// Webhooks, API and dashboard.
@@ -93,7 +99,7 @@ pub fn public_router(state: HttpState) -> Router {
         .route("/identity/merge", post(api::merge))
         .route("/identity/split", post(api::split))
         .route_layer(from_fn_with_state(state.clone(), api::require_token));
-    Router::new()
+    let router = Router::new()
         .route("/", get(dashboard::page))
         .route("/webhooks/{connection}", post(webhooks::receive))
         .nest("/api/v1", api)
@@ -101,15 +107,63 @@ pub fn public_router(state: HttpState) -> Router {
         .layer(TimeoutLayer::with_status_code(axum::http::StatusCode::REQUEST_TIMEOUT, Duration::from_secs(30)))
         .layer(from_fn(error::catch_panic))
         .layer(from_fn(error::json_errors))
-        .with_state(state)
+        .with_state(state);
+    edge(router, AccessLog::Info)
 }
 
 /// Probes and Prometheus.
 pub fn admin_router(state: HttpState) -> Router {
-    Router::new()
+    let router = Router::new()
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/status", get(api::status))
-        .with_state(state)
+        .with_state(state);
+    // Probes and scrapes come every few seconds: their access log is DEBUG.
+    edge(router, AccessLog::Debug)
+}
+
+/// The level of a listener's access log.
+#[derive(Debug, Clone, Copy)]
+enum AccessLog {
+    Info,
+    Debug,
+}
+
+/// The request id header: kept when the caller sends one, otherwise a new UUID; echoed in the answer.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// Request ids and the access log (tower-http): every request runs in an `http` span with its
+/// method, path and request id (so every log line of a handler carries them), and one line per
+/// answer gives the status and latency. The query string is never logged: Salesforce webhook URLs
+/// carry their shared secret there.
+fn edge(router: Router, level: AccessLog) -> Router {
+    use axum::http::{HeaderName, Request, Response};
+    use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+    use tower_http::trace::TraceLayer;
+
+    let header = HeaderName::from_static(REQUEST_ID);
+    let trace = TraceLayer::new_for_http()
+        .make_span_with(move |request: &Request<axum::body::Body>| {
+            let id = request.headers().get(REQUEST_ID).and_then(|value| value.to_str().ok()).unwrap_or_default();
+            let (method, path) = (request.method().as_str(), request.uri().path());
+            match level {
+                AccessLog::Info => tracing::info_span!("http", method, path, request_id = id),
+                AccessLog::Debug => tracing::debug_span!("http", method, path, request_id = id),
+            }
+        })
+        .on_request(())
+        .on_response(move |response: &Response<axum::body::Body>, latency: Duration, _: &tracing::Span| {
+            let (status, latency_ms) = (response.status().as_u16(), latency.as_secs_f64() * 1000.0);
+            match level {
+                AccessLog::Info if status >= 500 => tracing::warn!(status, latency_ms, "request"),
+                AccessLog::Info => tracing::info!(status, latency_ms, "request"),
+                AccessLog::Debug => tracing::debug!(status, latency_ms, "request"),
+            }
+        })
+        .on_failure(());
+    router
+        .layer(PropagateRequestIdLayer::new(header.clone()))
+        .layer(trace)
+        .layer(SetRequestIdLayer::new(header, MakeRequestUuid))
 }

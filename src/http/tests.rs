@@ -21,6 +21,8 @@ const TOKEN: &str = "router-test-token";
 
 struct Harness {
     router: Router,
+    admin: Router,
+    ready: Arc<AtomicBool>,
     store: Store,
     account: String,
     _dir: tempfile::TempDir,
@@ -79,8 +81,10 @@ async fn harness_with(token: Option<&str>) -> Harness {
         prometheus: None,
         refresh_gauges: None,
         ready: Arc::new(AtomicBool::new(true)),
+        readiness: None,
     };
-    Harness { router: public_router(state), store, account, _dir: dir }
+    let ready = state.ready.clone();
+    Harness { router: public_router(state.clone()), admin: admin_router(state), ready, store, account, _dir: dir }
 }
 
 async fn harness() -> Harness {
@@ -133,6 +137,42 @@ fn assert_error(answer: &Answer, status: StatusCode, code: &str) {
     assert_eq!(answer.status, status, "{}", answer.text);
     assert_eq!(answer.body["error"]["code"], code, "{}", answer.text);
     assert!(answer.body["error"]["message"].as_str().is_some_and(|message| !message.is_empty()), "{}", answer.text);
+}
+
+#[tokio::test]
+async fn every_answer_carries_a_request_id_and_a_callers_id_is_kept() {
+    let harness = harness().await;
+    let minted = harness.get("/api/v1/orders").await;
+    let id = minted.headers[super::REQUEST_ID].to_str().unwrap().to_owned();
+    assert!(uuid::Uuid::parse_str(&id).is_ok(), "a new request id is a UUID: {id}");
+    let other = harness.get("/api/v1/orders").await;
+    assert_ne!(other.headers[super::REQUEST_ID], id.as_str(), "each request gets its own id");
+    let kept = harness.send(Method::GET, "/nope", None, &[(super::REQUEST_ID, "lb-1234")]).await;
+    assert_eq!(kept.status, StatusCode::NOT_FOUND);
+    assert_eq!(kept.headers[super::REQUEST_ID], "lb-1234", "an id set by a proxy in front is kept");
+    let probe = harness.admin.clone().oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+    assert!(probe.headers().contains_key(super::REQUEST_ID), "the admin listener has request ids too");
+}
+
+#[tokio::test]
+async fn readyz_is_json_and_503_with_the_reason_while_starting_or_stopping() {
+    let harness = harness().await;
+    let readyz = |admin: Router| async move {
+        let response = admin.oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+    };
+    let (status, body) = readyz(harness.admin.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body, json!({"ready": true, "reasons": []}));
+    harness.ready.store(false, std::sync::atomic::Ordering::SeqCst);
+    let (status, body) = readyz(harness.admin.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(body["ready"], false);
+    assert_eq!(body["reasons"][0]["check"], "lifecycle", "{body}");
+    let health = harness.admin.clone().oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(health.status(), StatusCode::OK, "liveness is not readiness");
 }
 
 #[tokio::test]

@@ -126,7 +126,10 @@ pub async fn run<C: Connector>(
     let connection = connector.id().clone();
     let mut attempt = 0u32;
     loop {
-        let wait = match catch_up(connector.as_ref(), &store, &ingest, entity, false, &cancel, |_| {}).await {
+        // One span per pass: every log line of the pass (pages, retries, throttling) carries it.
+        let pass = tracing::info_span!("pull_pass", connection = %connection, entity = %entity);
+        let caught_up = catch_up(connector.as_ref(), &store, &ingest, entity, false, &cancel, |_| {});
+        let wait = match caught_up.instrument(pass).await {
             Ok(summary) => {
                 attempt = 0;
                 if summary.stats.records_in() > 0 {

@@ -199,7 +199,9 @@ pub async fn drain<C: Connector>(
                     .collect();
                 ingest.submit(Batch::Sending { connection: connection.clone(), sent }).await?;
                 let outgoing: Vec<Outgoing> = chunk.iter().map(|(outgoing, _)| outgoing.clone()).collect();
-                let results = match connector.push(*entity, &outgoing).await {
+                // The connector's retry and throttling logs carry the connection and entity from this span.
+                let span = tracing::info_span!("push", connection = %connection, entity = %entity);
+                let results = match tracing::Instrument::instrument(connector.push(*entity, &outgoing), span).await {
                     Ok(report) => chunk
                         .iter()
                         .zip(report.results)
@@ -306,7 +308,9 @@ pub async fn run<C: Connector>(
     let connection = connector.id().clone();
     let mut attempt = 0u32;
     loop {
-        let wait = match drain(&connector, &store, &ingest, policy.as_ref(), None, &cancel).await {
+        let pass = tracing::info_span!("push_pass", connection = %connection);
+        let drained = drain(&connector, &store, &ingest, policy.as_ref(), None, &cancel);
+        let wait = match tracing::Instrument::instrument(drained, pass).await {
             Ok(summary) => {
                 attempt = 0;
                 for (entity, stats) in &summary.per_entity {

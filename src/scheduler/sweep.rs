@@ -131,7 +131,10 @@ pub async fn run<C: Connector>(
             () = tokio::time::sleep(super::jittered(interval)) => {}
         }
         for entity in connector.entities().to_vec() {
-            if let Err(error) = sweep(connector.as_ref(), &store, &ingest, entity).await {
+            let span = tracing::info_span!("sweep", connection = %connector.id(), entity = %entity);
+            if let Err(error) =
+                tracing::Instrument::instrument(sweep(connector.as_ref(), &store, &ingest, entity), span).await
+            {
                 tracing::warn!(connection = %connector.id(), entity = %entity, error = %super::error_chain(&error), "drift sweep failed");
             }
         }

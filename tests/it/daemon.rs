@@ -47,16 +47,24 @@ async fn the_daemon_serves_webhooks_the_api_prometheus_and_status_then_stops_cle
     let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
     // Ready once it listens and the first account pull pass is logged (the accounts are stored).
     let (mut listening, mut pulled) = (false, false);
+    let mut early = Vec::new();
     while let Some(line) = logs.next_line().await.unwrap() {
         assert!(!line.contains("t0ken-for-tests") && !line.contains(sim::CLIENT_SECRET), "a secret was logged: {line}");
         listening |= line.contains("crmsync running");
         pulled |= line.contains("pull pass") && line.contains("account");
+        early.push(line);
         if listening && pulled {
             break;
         }
     }
-    // Keep draining the log so the daemon never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    // Keep draining the log so the daemon never blocks on a full pipe (kept for the access log).
+    let drained = tokio::spawn(async move {
+        let mut lines = Vec::new();
+        while let Ok(Some(line)) = logs.next_line().await {
+            lines.push(line);
+        }
+        lines
+    });
     let http = reqwest::Client::new();
     let public = format!("http://127.0.0.1:{listen}");
     let admin_url = format!("http://127.0.0.1:{admin}");
@@ -67,6 +75,7 @@ async fn the_daemon_serves_webhooks_the_api_prometheus_and_status_then_stops_cle
     let body = outbound_message(sim::ORGANIZATION_ID, "2026-11-20T10:00:00.000+0000");
     let forged = http.post(format!("{public}/webhooks/sf?secret=guess")).body(body.clone()).send().await.unwrap();
     assert_eq!(forged.status(), 401);
+    let forged_id = forged.headers()["x-request-id"].to_str().unwrap().to_owned();
     let error: Value = forged.json().await.unwrap();
     assert_eq!(error["error"]["code"], "unauthenticated");
     assert_eq!(http.post(format!("{public}/webhooks/nope")).body("x").send().await.unwrap().status(), 404);
@@ -152,6 +161,28 @@ async fn the_daemon_serves_webhooks_the_api_prometheus_and_status_then_stops_cle
     signal(&daemon, "TERM").await;
     let exit = daemon.wait().await.unwrap();
     assert!(exit.success(), "SIGTERM must exit 0, got {exit}");
+
+    // The access log: one JSON line per answer, fields at the top level, the request's span (method,
+    // path, request id) attached, and never the query string (the webhook secret is there).
+    let mut lines = early;
+    lines.extend(drained.await.unwrap());
+    for line in &lines {
+        assert!(!line.contains("secret=") && !line.contains(sim::WEBHOOK_SECRET), "a secret was logged: {line}");
+    }
+    let events: Vec<Value> = lines.iter().filter_map(|line| serde_json::from_str(line).ok()).collect();
+    let forged_line = events
+        .iter()
+        .find(|event| event["message"] == "request" && event["span"]["request_id"] == forged_id.as_str())
+        .unwrap_or_else(|| panic!("no access-log line for request {forged_id}:\n{}", lines.join("\n")));
+    assert_eq!(forged_line["status"], 401, "{forged_line}");
+    assert_eq!(forged_line["span"]["path"], "/webhooks/sf", "{forged_line}");
+    assert_eq!(forged_line["span"]["method"], "POST", "{forged_line}");
+    assert!(forged_line["latency_ms"].is_number(), "{forged_line}");
+    // Pull passes log with their connection and entity at the top level.
+    assert!(
+        events.iter().any(|event| event["message"] == "pull pass" && event["connection"] == "sf"),
+        "no pull pass line with top-level fields"
+    );
 }
 
 #[test]
@@ -333,6 +364,60 @@ async fn after_a_sync_of_three_crms_the_cli_the_api_and_prometheus_show_the_same
             assert!(gauge(&exposition, &series).is_some(), "{series} missing:\n{exposition}");
         }
     }
+
+    signal(&daemon, "TERM").await;
+    assert!(daemon.wait().await.unwrap().success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_answers_503_with_the_reason_while_a_connection_fails_and_healthz_stays_ok() {
+    // A loopback port nothing listens on: every call to this "CRM" is refused.
+    let unreachable = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        format!("http://{}", listener.local_addr().expect("addr"))
+    };
+    let (listen, admin) = free_ports();
+    let env = Env::new(&[("sf", &unreachable)], "");
+    listen_on(&env, listen, admin);
+    // Unready as soon as a pull has failed (a failure older than 0 s), and give up on a call quickly.
+    let config = std::fs::read_to_string(&env.config)
+        .unwrap()
+        .replace("log_format = \"json\"\n", "log_format = \"json\"\nunready_after = \"0s\"\n")
+        .replace("give_up_after = \"60s\"", "give_up_after = \"100ms\"");
+    std::fs::write(&env.config, config).unwrap();
+    let mut command = env.command(&["run"]);
+    command.env("RUST_LOG", "info").stderr(std::process::Stdio::piped());
+    let mut daemon = command.kill_on_drop(true).spawn().unwrap();
+    let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    // The writer commits a failure before the loop retries, so the second failure logged for the
+    // accounts means the first one is in the store.
+    let mut failures = 0;
+    while let Some(line) = logs.next_line().await.unwrap() {
+        if line.contains("pull failed") && line.contains("\"entity\":\"account\"") {
+            failures += 1;
+            if failures == 2 {
+                break;
+            }
+        }
+    }
+    assert_eq!(failures, 2, "the daemon stopped before its pulls failed twice");
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
+    let http = reqwest::Client::new();
+    let admin_url = format!("http://127.0.0.1:{admin}");
+    let health = http.get(format!("{admin_url}/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200, "liveness does not depend on the CRMs");
+    let ready = http.get(format!("{admin_url}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["ready"], false, "{body}");
+    let reasons = body["reasons"].as_array().unwrap();
+    let account = reasons
+        .iter()
+        .find(|reason| reason["check"] == "connection" && reason["connection"] == "sf" && reason["entity"] == "account")
+        .unwrap_or_else(|| panic!("no reason names sf × account: {body}"));
+    assert!(!account["message"].as_str().unwrap().is_empty(), "{body}");
+    assert!(account["failing_seconds"].is_u64(), "{body}");
+    assert!(!body.to_string().contains(sim::REFRESH_TOKEN), "a secret in /readyz: {body}");
 
     signal(&daemon, "TERM").await;
     assert!(daemon.wait().await.unwrap().success());

@@ -22,8 +22,8 @@ async fn run_until_caught_up(env: &Env, pairs: usize) {
         let line = logs.next_line().await.unwrap().expect("the daemon exited before catching up");
         let Ok(event) = serde_json::from_str::<Value>(&line) else { continue };
         assert_ne!(event["level"], "ERROR", "{line}");
-        if event["fields"]["message"] == "pull pass" {
-            passed.insert((event["fields"]["connection"].to_string(), event["fields"]["entity"].to_string()));
+        if event["message"] == "pull pass" {
+            passed.insert((event["connection"].to_string(), event["entity"].to_string()));
         }
     }
     tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
