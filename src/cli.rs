@@ -385,7 +385,8 @@ pub enum DlqAction {
         #[arg(long)]
         json: bool,
     },
-    /// Queue dead-lettered pushes again (after fixing the cause).
+    /// Queue dead-lettered pushes again and apply set-aside pulled changes again (after fixing the
+    /// cause). Records a pull could not decode stay: they wait until they change in the vendor.
     Retry {
         /// Dead-letter ids, or `all`.
         ids: Vec<String>,

@@ -16,7 +16,7 @@ use crmsync_connectors::canonical::{
     Timestamp,
 };
 use crmsync_connectors::settings::FieldPolicy;
-use crmsync_connectors::{Change, ChangeKind, Cursor, PushOutcome};
+use crmsync_connectors::{Change, ChangeKind, Cursor, PushOutcome, Undecodable};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod operator;
@@ -34,6 +34,9 @@ use crate::telemetry;
 /// little ahead keep their exact times.
 pub const MAX_FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// The payload key of the dead letter of a record a pull could not decode (`{"undecodable": …}`).
+pub const UNDECODABLE: &str = "undecodable";
+
 /// One unit of work for the writer.
 #[derive(Debug)]
 pub enum Batch {
@@ -49,6 +52,8 @@ pub enum Batch {
         cursor: Option<Cursor>,
         /// Whether the source is caught up after this page.
         caught_up: bool,
+        /// Records of the page that could not be decoded: dead-lettered with it.
+        undecodable: Vec<Undecodable>,
     },
     /// Changes delivered by a webhook (or fetched because of one). Flushed before the reply.
     Delivered {
@@ -350,10 +355,13 @@ fn apply_group(store: &Store, rules: &IngestRules, batches: Vec<Batch>) -> Vec<R
 /// Applies one batch to the store in one commit (an operator batch flushes before it answers).
 fn apply_batch(store: &Store, rules: &IngestRules, batch: Batch, now: Timestamp) -> Result<IngestStats, IngestError> {
     match batch {
-        Batch::Pulled { connection, entity, changes, cursor, caught_up } => {
+        Batch::Pulled { connection, entity, changes, cursor, caught_up, undecodable } => {
             let mut writer = BatchWriter::new(store, rules, &connection, now);
             for change in changes {
                 writer.apply_change(change)?;
+            }
+            for record in undecodable {
+                writer.set_aside(record);
             }
             let (mut commit, stats) = writer.into_commit();
             commit.cursor = Some((connection.clone(), entity, cursor));
@@ -583,6 +591,24 @@ impl<'a> BatchWriter<'a> {
             None,
             Some(change.external_id.clone()),
             serde_json::to_value(change).unwrap_or(serde_json::Value::Null),
+            reason,
+            self.now,
+        ));
+    }
+
+    /// Dead-letters a record the connector could not decode, with its vendor id and the reason; the
+    /// payload names it as undecodable (an operator's retry has no change to apply: the record waits
+    /// until it changes in the vendor, and the next pull reads it again).
+    fn set_aside(&mut self, record: Undecodable) {
+        self.stats.dead_lettered += 1;
+        self.count_pulled(record.entity, "dead_letter");
+        let reason = format!("undecodable {} {}: {}", record.object, record.external_id, record.reason);
+        self.commit.dead_letters.push(DeadLetter::new(
+            self.connection.clone(),
+            record.entity,
+            None,
+            Some(record.external_id.clone()),
+            serde_json::json!({ UNDECODABLE: record }),
             reason,
             self.now,
         ));
@@ -1267,6 +1293,7 @@ mod tests {
                 changes: vec![change(Entity::Account, external, account(name))],
                 cursor: None,
                 caught_up: true,
+                undecodable: Vec::new(),
             };
             apply_batch(&store, &rules, batch, Timestamp::now()).unwrap();
         }
@@ -1399,6 +1426,7 @@ mod tests {
                 changes: vec![change],
                 cursor: None,
                 caught_up: false,
+                undecodable: Vec::new(),
             };
             apply_batch(&store, &rules, batch, Timestamp::now()).unwrap();
         }
@@ -1421,6 +1449,7 @@ mod tests {
                 .collect(),
             cursor: None,
             caught_up: false,
+            undecodable: Vec::new(),
         };
         // Salesforce's account first, then Zoho's order and deal (placeholders for Z1 and ZD1), then
         // Zoho's account: its data matches Salesforce's account.
@@ -1522,6 +1551,7 @@ mod tests {
                 changes: vec![change(Entity::Account, "001A", account)],
                 cursor: None,
                 caught_up: true,
+                undecodable: Vec::new(),
             };
             apply_batch(&store, &rules, pulled, Timestamp::now()).unwrap();
             let record = store.scan(Entity::Account).next().unwrap().unwrap();

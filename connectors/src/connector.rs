@@ -156,6 +156,73 @@ pub struct Page {
     pub cursor: Cursor,
     /// `false`: caught up, wait for the next tick.
     pub has_more: bool,
+    /// Records of this page that could not be decoded (a value no reader accepts): they go to the
+    /// dead-letter queue with the page, and the pull goes on past them.
+    pub undecodable: Vec<Undecodable>,
+}
+
+/// A page's rows mapped: the changes, and the records set aside as undecodable.
+pub(crate) type Mapped = (Vec<Change>, Vec<Undecodable>);
+
+impl Page {
+    /// A page of decoded changes only.
+    pub fn new(changes: Vec<Change>, cursor: Cursor, has_more: bool) -> Self {
+        Self { changes, cursor, has_more, undecodable: Vec::new() }
+    }
+}
+
+/// A vendor record read in a pull that could not be decoded: one bad record does not stop its
+/// entity. Only what identifies it and why is kept (the record itself may hold fields the
+/// connection's field policy denies).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Undecodable {
+    /// The entity.
+    pub entity: Entity,
+    /// The vendor object (`opportunity`).
+    pub object: String,
+    /// The vendor's id.
+    pub external_id: ExternalId,
+    /// The vendor's modification time.
+    pub modified_at: Timestamp,
+    /// Why it could not be decoded (the field and what it held).
+    pub reason: String,
+}
+
+impl Undecodable {
+    /// Builds the entry for a row whose mapping failed with a [`ConnectorError::Decode`], reading its id
+    /// and modification time from `id_field` and `stamp_field`. Any other failure, or a row without
+    /// a readable id and stamp (it cannot be named or ordered), stays an error that stops the page.
+    pub fn of_row(
+        entity: Entity,
+        object: &str,
+        row: &serde_json::Map<String, serde_json::Value>,
+        (id_field, stamp_field): (&str, &str),
+        error: ConnectorError,
+    ) -> Result<Self, ConnectorError> {
+        if !matches!(error, ConnectorError::Decode { .. }) {
+            return Err(error);
+        }
+        let id = row.get(id_field).and_then(serde_json::Value::as_str).filter(|id| !id.is_empty());
+        let stamp = row.get(stamp_field).and_then(serde_json::Value::as_str).and_then(|text| text.parse().ok());
+        match (id, stamp) {
+            (Some(id), Some(modified_at)) => Ok(Self {
+                entity,
+                object: object.to_owned(),
+                external_id: ExternalId::new(id),
+                modified_at,
+                reason: crate::error::chain(&error),
+            }),
+            _ => Err(error),
+        }
+    }
+
+    /// The error of a record a caller cannot set aside (a fetch by id answers for every id it asked).
+    pub fn into_error(self) -> ConnectorError {
+        #[derive(Debug, thiserror::Error)]
+        #[error("{0}")]
+        struct Reason(String);
+        ConnectorError::decode(format!("{} {}", self.object, self.external_id), Reason(self.reason))
+    }
 }
 
 /// A resume point, opaque to all but its connector.
@@ -567,6 +634,18 @@ pub fn deliver_once(
     other_window: Option<Timestamp>,
     overlap: std::time::Duration,
 ) -> Vec<Change> {
+    deliver_page_once((changes, Vec::new()), seen, max, other_window, overlap).0
+}
+
+/// [`deliver_once`] for a page with [`Undecodable`] records: they are delivered once too (a re-read
+/// of the window does not dead-letter them again) and their stamps move the window like upserts.
+pub fn deliver_page_once(
+    (changes, undecodable): (Vec<Change>, Vec<Undecodable>),
+    seen: &mut Vec<(String, i64)>,
+    max: &mut Option<Timestamp>,
+    other_window: Option<Timestamp>,
+    overlap: std::time::Duration,
+) -> (Vec<Change>, Vec<Undecodable>) {
     let mut delivered: std::collections::HashSet<(String, i64)> = seen.drain(..).collect();
     let mut fresh = Vec::with_capacity(changes.len());
     for change in changes {
@@ -578,11 +657,21 @@ pub fn deliver_once(
         }
         fresh.push(change);
     }
+    let mut set_aside = Vec::with_capacity(undecodable.len());
+    for record in undecodable {
+        if !delivered.insert((record.external_id.to_string(), record.modified_at.unix_millis())) {
+            continue;
+        }
+        if max.is_none_or(|newest| record.modified_at > newest) {
+            *max = Some(record.modified_at);
+        }
+        set_aside.push(record);
+    }
     if let Some(oldest_bound) = max.iter().copied().chain(other_window).min() {
         let floor = oldest_bound.saturating_add(overlap, false).unix_millis().div_euclid(1000) * 1000 - 1000;
         delivered.retain(|(_, stamp)| *stamp >= floor);
     }
     *seen = delivered.into_iter().collect();
     seen.sort();
-    fresh
+    (fresh, set_aside)
 }

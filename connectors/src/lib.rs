@@ -31,7 +31,7 @@ pub mod zoho;
 
 pub use connector::{
     ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Completeness, Connector, ConnectorHost, Cursor, IdPage,
-    MemoryHost, Outgoing, OutgoingOp, Page, PushOutcome, PushReport, PushResult, SharedHost, Throttling,
+    MemoryHost, Outgoing, OutgoingOp, Page, PushOutcome, PushReport, PushResult, SharedHost, Throttling, Undecodable,
     WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
 };
 pub use error::{ConnectorError, RetryAdvice, WebhookError};

@@ -13,7 +13,9 @@ use rust_decimal::Decimal;
 use crate::canonical::{
     Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Order, OrderLine, OrderStatus, RecordRef,
 };
-use crate::connector::{Change, ChangeKind, Connector, Cursor, Outgoing, OutgoingOp, PushOutcome, WebhookDelivery};
+use crate::connector::{
+    Change, ChangeKind, Connector, Cursor, Outgoing, OutgoingOp, PushOutcome, Undecodable, WebhookDelivery,
+};
 use crate::error::{ConnectorError, WebhookError};
 use crate::sim::{FaultSettings, Faults, SimStats};
 
@@ -40,6 +42,8 @@ pub struct PullRun {
     pub cursor: Cursor,
     /// Pages read.
     pub pages: usize,
+    /// Records set aside as undecodable, in order.
+    pub undecodable: Vec<Undecodable>,
 }
 
 /// Pulls pages from `cursor` until `has_more` is false (at most `max_pages`, so a broken connector
@@ -52,11 +56,13 @@ pub async fn pull_to_end<C: Connector>(
 ) -> Result<PullRun, ConnectorError> {
     let mut cursor = cursor;
     let mut changes = Vec::new();
+    let mut undecodable = Vec::new();
     let mut pages = 0;
     loop {
         let page = connector.pull(entity, cursor.as_ref()).await?;
         pages += 1;
         changes.extend(page.changes);
+        undecodable.extend(page.undecodable);
         cursor = Some(page.cursor);
         assert!(pages <= max_pages, "paging did not terminate after {max_pages} pages");
         if !page.has_more {
@@ -64,7 +70,7 @@ pub async fn pull_to_end<C: Connector>(
         }
     }
     let cursor = cursor.expect("at least one page was read");
-    Ok(PullRun { changes, cursor, pages })
+    Ok(PullRun { changes, cursor, pages, undecodable })
 }
 
 fn distinct_ids(changes: &[Change]) -> BTreeSet<ExternalId> {
@@ -220,17 +226,68 @@ pub fn fault_scenarios() -> Vec<(&'static str, FaultSettings)> {
 /// (vendor extras aside: a drifted record's extras are what the vendor sent).
 pub type PulledState = std::collections::BTreeMap<(Entity, ExternalId), (crate::canonical::Timestamp, ChangeKind)>;
 
-/// Pulls `entities` in full with `connector` and returns what it read.
+/// Pulls `entities` in full with `connector` and returns what it read; every record must decode.
 pub async fn pull_everything<C: Connector>(connector: &C, entities: &[Entity]) -> Result<PulledState, ConnectorError> {
+    let (state, set_aside) = pull_everything_setting_aside(connector, entities).await?;
+    assert!(set_aside.is_empty(), "records were set aside as undecodable: {set_aside:?}");
+    Ok(state)
+}
+
+/// Pulls `entities` in full with `connector` and returns what it read and the records it set aside
+/// as undecodable (each record once, in one of the two).
+pub async fn pull_everything_setting_aside<C: Connector>(
+    connector: &C,
+    entities: &[Entity],
+) -> Result<(PulledState, std::collections::BTreeMap<(Entity, ExternalId), Undecodable>), ConnectorError> {
     let mut state = PulledState::new();
+    let mut set_aside = std::collections::BTreeMap::new();
     for entity in entities {
         let run = pull_to_end(connector, *entity, None, 10_000).await?;
         for change in run.changes {
             let previous = state.insert((*entity, change.external_id.clone()), (change.modified_at, change.kind));
             assert!(previous.is_none(), "{entity} {} read twice", change.external_id);
         }
+        for record in run.undecodable {
+            let key = (*entity, record.external_id.clone());
+            assert!(!state.contains_key(&key), "{entity} {} both read and set aside", record.external_id);
+            let previous = set_aside.insert(key, record);
+            assert!(previous.is_none(), "{entity} set aside twice");
+        }
     }
-    Ok(state)
+    Ok((state, set_aside))
+}
+
+/// With 30 % of the records garbled (numbers as text that is not a number), a full pull with a
+/// fresh connector from `make` reads every other record exactly as the fault-free pull did, and sets
+/// the garbled ones aside with their vendor id, modification time and a reason naming the field:
+/// none is lost, none is read with an altered value. Returns the connector's figures.
+pub async fn garbled_records_are_set_aside<C: Connector>(
+    make: impl Fn() -> C,
+    sim: &dyn SimControl,
+    entities: &[Entity],
+) -> crate::connector::ApiUsage {
+    sim.faults().apply(&FaultSettings::default());
+    let baseline = pull_everything(&make(), entities).await.expect("fault-free pull");
+    sim.faults().apply(&FaultSettings { garble_percent: 30, seed: 4, ..FaultSettings::default() });
+    let connector = make();
+    let pulled = pull_everything_setting_aside(&connector, entities).await;
+    let garbled: BTreeSet<String> = sim.faults().garbled_records().into_iter().collect();
+    sim.faults().apply(&FaultSettings::default());
+    let (pulled, set_aside) = pulled.unwrap_or_else(|error| panic!("garbled records: the pull failed: {error}"));
+    assert!(!set_aside.is_empty(), "no record was set aside ({} garbled)", garbled.len());
+    for ((entity, id), record) in &set_aside {
+        assert!(garbled.contains(id.as_str()), "{entity} {id} was set aside but not garbled: {}", record.reason);
+        let (stamp, _) =
+            baseline.get(&(*entity, id.clone())).unwrap_or_else(|| panic!("{entity} {id} is not a record"));
+        assert_eq!(&record.modified_at, stamp, "{entity} {id}: the set-aside record's time");
+        assert!(record.reason.contains("field"), "the reason names the field: {}", record.reason);
+    }
+    for (key, read) in &pulled {
+        assert_eq!(baseline.get(key), Some(read), "{} {}: read with other values than without faults", key.0, key.1);
+    }
+    let accounted: BTreeSet<&(Entity, ExternalId)> = pulled.keys().chain(set_aside.keys()).collect();
+    assert_eq!(accounted, baseline.keys().collect(), "every record is either read or set aside");
+    connector.usage()
 }
 
 /// Under each of [`fault_scenarios`], a full pull with a fresh connector from `make` reads exactly

@@ -925,6 +925,9 @@ fn retry_dead_letters(
                 }
                 commit.dead_letters_remove.push(letter.id);
             }
+            // A record a pull could not decode holds no change to apply: it waits until the record
+            // changes in the vendor (the next pull reads it again) or an operator drops it.
+            None if letter.payload.get(super::UNDECODABLE).is_some() => {}
             // A change that could not be applied: apply it again (after a fix in config or code).
             None => {
                 let change: Change = serde_json::from_value(letter.payload.clone()).map_err(|_| {

@@ -90,6 +90,9 @@ pub async fn catch_up<C: Connector>(
         };
         let caught_up = !page.has_more;
         let next = page.cursor.clone();
+        for record in &page.undecodable {
+            tracing::warn!(connection = %connection, entity = %entity, id = %record.external_id, reason = %record.reason, "record could not be decoded: dead-lettered, the pull goes on");
+        }
         let stats = ingest
             .submit(Batch::Pulled {
                 connection: connection.clone(),
@@ -97,6 +100,7 @@ pub async fn catch_up<C: Connector>(
                 changes: page.changes,
                 cursor: Some(next.clone()),
                 caught_up,
+                undecodable: page.undecodable,
             })
             .await
             .map_err(|source| PullError::Ingest { entity, source })?;

@@ -382,7 +382,7 @@ mod tests {
             Ok(CheckReport::default())
         }
         async fn pull(&self, _: Entity, _: Option<&Cursor>) -> Result<Page, ConnectorError> {
-            Ok(Page { changes: Vec::new(), cursor: Cursor::new(""), has_more: false })
+            Ok(Page::new(Vec::new(), Cursor::new(""), false))
         }
         async fn fetch(&self, _: Entity, _: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
             Ok(Vec::new())

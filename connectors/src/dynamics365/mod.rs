@@ -59,8 +59,8 @@ use wire::{BatchRequest, BatchResponse, EntityCollection};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page, PushOutcome,
-    PushReport, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deliver_once,
+    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, IdPage, Mapped, Outgoing, OutgoingOp, Page,
+    PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookParser, WebhookReply, deliver_page_once,
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
@@ -386,8 +386,9 @@ impl Dynamics365Connector {
         Ok(lines)
     }
 
-    /// Maps a page's rows; deletions (`$deletedEntity`) become delete changes.
-    async fn map_rows(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Vec<Change>, ConnectorError> {
+    /// Maps a page's rows; deletions (`$deletedEntity`) become delete changes, and rows that cannot
+    /// be decoded are set aside (see [`Undecodable`]).
+    async fn map_rows(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Mapped, ConnectorError> {
         self.map_rows_with(entity, rows, None).await
     }
 
@@ -398,7 +399,7 @@ impl Dynamics365Connector {
         entity: Entity,
         rows: &[Map<String, Value>],
         known_lines: Option<HashMap<String, Vec<Map<String, Value>>>>,
-    ) -> Result<Vec<Change>, ConnectorError> {
+    ) -> Result<Mapped, ConnectorError> {
         let table = wire::table(entity);
         let live: Vec<&Map<String, Value>> = rows.iter().filter(|row| !wire::is_deleted_entity(row)).collect();
         let lines = if known_lines.is_some() {
@@ -416,6 +417,7 @@ impl Dynamics365Connector {
         let mut unmapped = Vec::new();
         let now = Timestamp::now();
         let mut changes = Vec::with_capacity(rows.len());
+        let mut undecodable = Vec::new();
         for row in rows {
             if wire::is_deleted_entity(row) {
                 let id = row.get("id").and_then(Value::as_str).ok_or_else(|| {
@@ -427,13 +429,18 @@ impl Dynamics365Connector {
             let order_lines = lines.as_ref().and_then(|lines| {
                 row.get(table.key).and_then(Value::as_str).and_then(|id| lines.get(id)).map(Vec::as_slice)
             });
-            changes.push(mapping::to_change(entity, row, order_lines, &context, &mut unmapped)?);
+            match mapping::to_change(entity, row, order_lines, &context, &mut unmapped) {
+                Ok(change) => changes.push(change),
+                Err(error) => {
+                    undecodable.push(Undecodable::of_row(entity, table.logical, row, (table.key, "modifiedon"), error)?)
+                }
+            }
         }
         for value in &unmapped {
             tracing::debug!(connection = %self.settings.id, value = %value, "unmapped vendor value");
             self.http.host().observe(ApiEvent::UnmappedValue { connection: &self.settings.id, entity });
         }
-        Ok(changes)
+        Ok((changes, undecodable))
     }
 
     fn initial_url(
@@ -458,8 +465,8 @@ impl Dynamics365Connector {
         Ok(url.to_string())
     }
 
-    fn deliver(&self, changes: Vec<Change>, position: &mut Position) -> Vec<Change> {
-        deliver_once(changes, &mut position.seen, &mut position.max, None, self.settings.overlap)
+    fn deliver(&self, mapped: Mapped, position: &mut Position) -> Mapped {
+        deliver_page_once(mapped, &mut position.seen, &mut position.max, None, self.settings.overlap)
     }
 
     async fn pull_tracked(&self, entity: Entity, mut position: Position, select: &str) -> Result<Page, ConnectorError> {
@@ -486,10 +493,10 @@ impl Dynamics365Connector {
             }
             other => other?,
         };
-        let changes = self.map_rows(entity, &page.value).await?;
+        let (changes, undecodable) = self.map_rows(entity, &page.value).await?;
         if let Some(next) = page.next_link {
             position.next = Some(next);
-            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true });
+            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable });
         }
         position.next = None;
         match page.delta_link {
@@ -502,7 +509,7 @@ impl Dynamics365Connector {
             }
             None => {}
         }
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable })
     }
 
     /// One step of a full read of orders with their lines ([`OrderRead`]).
@@ -533,23 +540,23 @@ impl Dynamics365Connector {
                         ));
                     }
                 });
-                Ok(Page { changes: Vec::new(), cursor: Cursor::encode(&position), has_more: true })
+                Ok(Page::new(Vec::new(), Cursor::encode(&position), true))
             }
             OrderRead::Rows { next, delta } => {
                 let page = self.get_page("salesorders by id", &next, false).await?;
                 let ids: Vec<&str> =
                     page.value.iter().filter_map(|row| row.get(table.key).and_then(Value::as_str)).collect();
                 let lines = self.lines_of_sorted_page(&ids).await?;
-                let changes = self.map_rows_with(Entity::Order, &page.value, Some(lines)).await?;
+                let (changes, undecodable) = self.map_rows_with(Entity::Order, &page.value, Some(lines)).await?;
                 match page.next_link {
                     Some(next) => {
                         position.orders = Some(OrderRead::Rows { next, delta });
-                        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true })
+                        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable })
                     }
                     None => {
                         position.next = None;
                         position.delta = Some(delta);
-                        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
+                        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable })
                     }
                 }
             }
@@ -598,15 +605,15 @@ impl Dynamics365Connector {
             None => self.initial_url(entity, select, position.since, false)?,
         };
         let page = self.get_page(&format!("{} rows", table.set), &url, false).await?;
-        let changes = self.map_rows(entity, &page.value).await?;
-        let changes = self.deliver(changes, &mut position);
+        let mapped = self.map_rows(entity, &page.value).await?;
+        let (changes, undecodable) = self.deliver(mapped, &mut position);
         if let Some(next) = page.next_link {
             position.next = Some(next);
-            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true });
+            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable });
         }
         position.next = None;
         position.since = position.max.or(position.since);
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable })
     }
 
     async fn send_batch(&self, requests: &[BatchRequest]) -> Result<Vec<BatchResponse>, ConnectorError> {
@@ -817,7 +824,10 @@ impl Connector for Dynamics365Connector {
                 ),
             );
             let page = self.get_page(&format!("{} by id", table.set), url.as_str(), false).await?;
-            let found = self.map_rows(entity, &page.value).await?;
+            let (found, undecodable) = self.map_rows(entity, &page.value).await?;
+            if let Some(record) = undecodable.into_iter().next() {
+                return Err(record.into_error());
+            }
             let present: HashSet<&str> = found.iter().map(|change| change.external_id.as_str()).collect();
             let now = Timestamp::now();
             let gone: Vec<Change> = chunk

@@ -1077,5 +1077,6 @@ async fn throttling_5xx_truncated_pages_and_drifted_records_change_no_record() {
     let running = simulator(Dynamics365SimOptions::with_world(world(size))).await;
     let state = running.state();
     let make = || connector_with(&running, |_, config| config.max_page_size = 25);
-    testkit::faults_change_nothing(make, state.as_ref(), Entity::ALL).await;
+    testkit::faults_change_nothing(&make, state.as_ref(), Entity::ALL).await;
+    testkit::garbled_records_are_set_aside(make, state.as_ref(), Entity::ALL).await;
 }

@@ -55,8 +55,9 @@ pub use config::{SalesforceAuth, SalesforceConfig, SalesforceWebhook};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, OrderStatus, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page,
-    PushOutcome, PushReport, SharedHost, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply, deletes_to_send,
+    ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Mapped, Outgoing, OutgoingOp, Page,
+    PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
+    deletes_to_send,
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
@@ -352,24 +353,32 @@ impl SalesforceConnector {
         .await
     }
 
+    /// Maps a page's records; records that cannot be decoded are set aside (see [`Undecodable`]).
     fn map_rows(
         &self,
         entity: Entity,
         rows: &[Map<String, Value>],
         currency: Option<&Currency>,
-    ) -> Result<Vec<Change>, ConnectorError> {
+    ) -> Result<Mapped, ConnectorError> {
         let mut unmapped = mapping::Unmapped::default();
-        let changes = rows
-            .iter()
-            .map(|row| {
-                mapping::to_change(entity, row, &self.settings.vocabulary, &self.config, currency, &mut unmapped)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+        let (mut changes, mut undecodable) = (Vec::with_capacity(rows.len()), Vec::new());
+        for row in rows {
+            match mapping::to_change(entity, row, &self.settings.vocabulary, &self.config, currency, &mut unmapped) {
+                Ok(change) => changes.push(change),
+                Err(error) => undecodable.push(Undecodable::of_row(
+                    entity,
+                    wire::object(entity),
+                    row,
+                    ("Id", "SystemModstamp"),
+                    error,
+                )?),
+            }
+        }
         for value in &unmapped.0 {
             tracing::debug!(connection = %self.settings.id, value = %value, "unmapped vendor value");
             self.http.host().observe(ApiEvent::UnmappedValue { connection: &self.settings.id, entity });
         }
-        Ok(changes)
+        Ok((changes, undecodable))
     }
 
     /// Parses an Outbound Message into events (authentication included).
@@ -594,10 +603,10 @@ impl Connector for SalesforceConnector {
             // API 2.0 job instead (this page's rows come again from the job, so nothing is delivered
             // now and a job resumed after a crash still covers everything).
             position.bulk = Some(self.bulk_start(entity, position.since, page.total_size).await?);
-            return Ok(Page { changes: Vec::new(), cursor: Cursor::encode(&position), has_more: true });
+            return Ok(Page::new(Vec::new(), Cursor::encode(&position), true));
         }
         let currency = self.row_currency(entity).await?;
-        let changes = self.deliver(entity, &page.records, currency.as_ref(), &mut position)?;
+        let (changes, undecodable) = self.deliver(entity, &page.records, currency.as_ref(), &mut position)?;
         if page.done {
             position.next = None;
             position.since = position.max.or(position.since);
@@ -605,7 +614,7 @@ impl Connector for SalesforceConnector {
         } else {
             position.next = page.next_records_url.clone();
         }
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !page.done })
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !page.done, undecodable })
     }
 
     async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
@@ -620,7 +629,10 @@ impl Connector for SalesforceConnector {
                 rows.append(&mut page.records);
             }
             let currency = self.row_currency(entity).await?;
-            let found = self.map_rows(entity, &rows, currency.as_ref())?;
+            let (found, undecodable) = self.map_rows(entity, &rows, currency.as_ref())?;
+            if let Some(record) = undecodable.into_iter().next() {
+                return Err(record.into_error());
+            }
             let present: HashSet<&str> = found.iter().map(|change| change.external_id.as_str()).collect();
             let now = Timestamp::now();
             let gone: Vec<Change> = chunk
@@ -867,8 +879,8 @@ impl SalesforceConnector {
         rows: &[Map<String, Value>],
         currency: Option<&Currency>,
         position: &mut Position,
-    ) -> Result<Vec<Change>, ConnectorError> {
-        let mapped = self.map_rows(entity, rows, currency)?;
+    ) -> Result<Mapped, ConnectorError> {
+        let (mapped, set_aside) = self.map_rows(entity, rows, currency)?;
         let mut seen: HashSet<(String, i64)> = position.seen.drain(..).collect();
         let mut changes = Vec::with_capacity(mapped.len());
         for change in mapped {
@@ -881,13 +893,24 @@ impl SalesforceConnector {
             }
             changes.push(change);
         }
+        // Undecodable records are delivered once too, and move the window like the others.
+        let mut undecodable = Vec::with_capacity(set_aside.len());
+        for record in set_aside {
+            if !seen.insert((record.external_id.to_string(), record.modified_at.unix_millis())) {
+                continue;
+            }
+            if position.max.is_none_or(|max| record.modified_at > max) {
+                position.max = Some(record.modified_at);
+            }
+            undecodable.push(record);
+        }
         if let Some(max) = position.max {
             let floor = lower_bound(max, self.settings.overlap).unix_millis();
             seen.retain(|(_, stamp)| *stamp >= floor);
         }
         position.seen = seen.into_iter().collect();
         position.seen.sort();
-        Ok(changes)
+        Ok((changes, undecodable))
     }
 
     /// sObject Collections update (`PATCH /composite/sobjects`), one result per record in order.
@@ -1212,7 +1235,7 @@ impl SalesforceConnector {
             })
             .collect();
         let currency = self.row_currency(entity).await?;
-        let changes = self.deliver(entity, &records, currency.as_ref(), &mut position)?;
+        let (changes, undecodable) = self.deliver(entity, &records, currency.as_ref(), &mut position)?;
         let done = locator.is_none();
         if done {
             position.bulk = None;
@@ -1225,7 +1248,7 @@ impl SalesforceConnector {
         } else {
             position.bulk = Some(BulkPosition { job: bulk.job, locator });
         }
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !done })
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !done, undecodable })
     }
 
     /// Polls a job until it completes (a failed or aborted job is an error and is forgotten).

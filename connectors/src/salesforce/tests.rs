@@ -540,6 +540,7 @@ async fn throttling_5xx_truncated_pages_and_drifted_records_change_no_record() {
     let running = simulator(SalesforceSimOptions::with_world(world(size))).await;
     let state = running.state();
     testkit::faults_change_nothing(|| connector(&running), state.as_ref(), Entity::ALL).await;
+    testkit::garbled_records_are_set_aside(|| connector(&running), state.as_ref(), Entity::ALL).await;
 }
 
 #[tokio::test]

@@ -48,6 +48,9 @@ pub struct FaultSettings {
     pub daily_limit_exhausted: bool,
     /// Every Nth API call fails with a 5xx.
     pub server_error_every: u64,
+    /// After this many API calls, every call fails with a 5xx until the switches change (an outage
+    /// longer than any retry budget).
+    pub outage_after_calls: u64,
     /// This percentage of API calls, drawn at random, fail with a 5xx.
     pub server_error_percent: u64,
     /// Added latency per call, in milliseconds.
@@ -60,6 +63,9 @@ pub struct FaultSettings {
     /// This percentage of records read, drawn at random, carry their numbers as strings (`"1112.5"`),
     /// as after a column's type was changed in the vendor.
     pub drift_percent: u64,
+    /// This percentage of records read, drawn at random, carry their numbers as text no reader can
+    /// take for a number (`"about 1112.5"`): the connector must set them aside, not guess.
+    pub garble_percent: u64,
     /// Seed of the random draws, so a run with faults can be repeated exactly.
     pub seed: u64,
     /// Responses carry a field the connector has never seen.
@@ -77,6 +83,7 @@ pub struct Faults {
     truncated: AtomicU64,
     cut: AtomicU64,
     drifted: AtomicU64,
+    garbled: Mutex<Vec<String>>,
     window: Mutex<Window>,
     rng: Mutex<StdRng>,
 }
@@ -125,6 +132,7 @@ impl Faults {
             truncated: AtomicU64::new(0),
             cut: AtomicU64::new(0),
             drifted: AtomicU64::new(0),
+            garbled: Mutex::new(Vec::new()),
             window: Mutex::new(Window { started: None, admitted: 0 }),
             rng: Mutex::new(StdRng::seed_from_u64(0)),
         };
@@ -146,6 +154,9 @@ impl Faults {
         self.truncated.store(0, Ordering::SeqCst);
         self.cut.store(0, Ordering::SeqCst);
         self.drifted.store(0, Ordering::SeqCst);
+        if let Ok(mut garbled) = self.garbled.lock() {
+            garbled.clear();
+        }
         self.calls.store(0, Ordering::SeqCst);
         self.rate_limited_calls.store(0, Ordering::SeqCst);
     }
@@ -189,6 +200,9 @@ impl Faults {
             if limited < settings.rate_limit_for_calls {
                 return Injected::RateLimited;
             }
+        }
+        if settings.outage_after_calls > 0 && call > settings.outage_after_calls {
+            return Injected::ServerError;
         }
         if settings.server_error_every > 0 && call.is_multiple_of(settings.server_error_every) {
             return Injected::ServerError;
@@ -249,6 +263,30 @@ impl Faults {
         drift_numbers(record);
         self.drifted.fetch_add(1, Ordering::SeqCst);
         true
+    }
+
+    /// Garbles a record read (a draw of `garble_percent`): its numbers become text that is not a
+    /// number (`"about 1112.5"`). `id` names the record in [`Faults::garbled_records`]. Returns whether
+    /// it did (a record without numbers is left alone).
+    pub fn garble(&self, id: &str, record: &mut serde_json::Map<String, serde_json::Value>) -> bool {
+        let percent = self.settings().garble_percent;
+        if percent == 0 || !record.values().any(serde_json::Value::is_number) || !self.draw(percent) {
+            return false;
+        }
+        for value in record.values_mut() {
+            if let serde_json::Value::Number(number) = value {
+                *value = serde_json::Value::String(format!("about {number}"));
+            }
+        }
+        if let Ok(mut garbled) = self.garbled.lock() {
+            garbled.push(id.to_owned());
+        }
+        true
+    }
+
+    /// Returns the ids of the records garbled since the switches were last set, in order.
+    pub fn garbled_records(&self) -> Vec<String> {
+        self.garbled.lock().map(|garbled| garbled.clone()).unwrap_or_default()
     }
 
     /// Returns whether responses carry an unknown extra field.
@@ -500,6 +538,9 @@ mod tests {
         }
         use Injected::*;
         assert_eq!(seen, [None, None, RateLimited, None, ServerError, None]);
+        let outage = Faults::new(&FaultSettings { outage_after_calls: 1, ..FaultSettings::default() });
+        assert_eq!(outage.on_api_call().await, None);
+        assert_eq!([outage.on_api_call().await, outage.on_api_call().await], [ServerError, ServerError]);
         let expiring = Faults::new(&FaultSettings { token_expiry_after_calls: 1, ..FaultSettings::default() });
         assert_eq!(expiring.on_api_call().await, None);
         assert_eq!(expiring.on_api_call().await, TokenExpired);

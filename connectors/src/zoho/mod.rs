@@ -32,8 +32,9 @@ pub use config::{DATA_CENTRES, ZohoConfig, ZohoWebhook};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, IdPage, Outgoing, OutgoingOp, Page, PushOutcome,
-    PushReport, SharedHost, WebhookDelivery, WebhookParser, WebhookReply, deletes_to_send, deliver_once,
+    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, IdPage, Mapped, Outgoing, OutgoingOp, Page,
+    PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookParser, WebhookReply, deletes_to_send,
+    deliver_page_once,
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
@@ -266,34 +267,43 @@ impl ZohoConnector {
         Ok(response.unwrap_or_default())
     }
 
-    async fn map(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Vec<Change>, ConnectorError> {
+    /// Maps a page's records; records that cannot be decoded are set aside (see [`Undecodable`]).
+    async fn map(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Mapped, ConnectorError> {
         let default_currency = match entity {
             Entity::Opportunity | Entity::Order => self.default_currency(rows).await?,
             Entity::Account | Entity::Lead => None,
         };
         let mut unmapped = Vec::new();
-        let changes = rows
-            .iter()
-            .map(|row| {
-                mapping::to_change(
+        let (mut changes, mut undecodable) = (Vec::with_capacity(rows.len()), Vec::new());
+        for row in rows {
+            let mapped = mapping::to_change(
+                entity,
+                row,
+                &self.settings.vocabulary,
+                &self.config,
+                default_currency.as_ref(),
+                &mut unmapped,
+            );
+            match mapped {
+                Ok(change) => changes.push(change),
+                Err(error) => undecodable.push(Undecodable::of_row(
                     entity,
+                    wire::module(entity),
                     row,
-                    &self.settings.vocabulary,
-                    &self.config,
-                    default_currency.as_ref(),
-                    &mut unmapped,
-                )
-            })
-            .collect::<Result<Vec<_>, _>>()?;
+                    ("id", "Modified_Time"),
+                    error,
+                )?),
+            }
+        }
         for value in &unmapped {
             tracing::debug!(connection = %self.settings.id, value = %value, "unmapped vendor value");
             self.http.host().observe(ApiEvent::UnmappedValue { connection: &self.settings.id, entity });
         }
-        Ok(changes)
+        Ok((changes, undecodable))
     }
 
-    fn deliver(&self, changes: Vec<Change>, position: &mut Position) -> Vec<Change> {
-        deliver_once(changes, &mut position.seen, &mut position.max, position.deletes_since, self.settings.overlap)
+    fn deliver(&self, mapped: Mapped, position: &mut Position) -> Mapped {
+        deliver_page_once(mapped, &mut position.seen, &mut position.max, position.deletes_since, self.settings.overlap)
     }
 
     async fn products(&self) -> Result<Arc<HashMap<String, String>>, ConnectorError> {
@@ -457,8 +467,8 @@ impl Connector for ZohoConnector {
         };
         let page = self.list(entity, position.page_token.as_deref(), since, None).await?;
         position.fetched += page.data.len() as u64;
-        let changes = self.map(entity, &page.data).await?;
-        let changes = self.deliver(changes, &mut position);
+        let mapped = self.map(entity, &page.data).await?;
+        let (changes, undecodable) = self.deliver(mapped, &mut position);
         let next = page.info.next_page_token.clone().filter(|_| page.info.more_records);
         match next {
             Some(_) if position.fetched + wire::PER_PAGE as u64 > wire::PAGE_TOKEN_CAP => {
@@ -466,11 +476,11 @@ impl Connector for ZohoConnector {
                 position.page_token = None;
                 position.fetched = 0;
                 position.since = position.max.or(position.since);
-                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true })
+                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable })
             }
             Some(token) => {
                 position.page_token = Some(token);
-                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true })
+                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable })
             }
             None => {
                 position.page_token = None;
@@ -479,11 +489,11 @@ impl Connector for ZohoConnector {
                 if position.incremental {
                     position.phase = Phase::Deleted;
                     position.deleted_page = 1;
-                    return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true });
+                    return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable });
                 }
                 position.incremental = true;
                 position.deletes_since = position.load_started.take();
-                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
+                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable })
             }
         }
     }
@@ -492,7 +502,10 @@ impl Connector for ZohoConnector {
         let mut changes = Vec::new();
         for chunk in ids.chunks(wire::WRITE_LIMIT) {
             let page = self.list(entity, None, None, Some(chunk)).await?;
-            let found = self.map(entity, &page.data).await?;
+            let (found, undecodable) = self.map(entity, &page.data).await?;
+            if let Some(record) = undecodable.into_iter().next() {
+                return Err(record.into_error());
+            }
             let present: HashSet<&str> = found.iter().map(|change| change.external_id.as_str()).collect();
             let now = Timestamp::now();
             let gone: Vec<Change> = chunk
@@ -684,15 +697,15 @@ impl ZohoConnector {
             newest = newest.max(Some(at));
             changes.push(Change::deleted(entity, module, ExternalId::new(item.id.clone()), at));
         }
-        let changes = self.deliver(changes, &mut position);
+        let (changes, _) = self.deliver((changes, Vec::new()), &mut position);
         if response.info.more_records {
             position.deleted_page += 1;
-            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true });
+            return Ok(Page::new(changes, Cursor::encode(&position), true));
         }
         position.deletes_since = newest.or(Some(Timestamp::now()));
         position.phase = Phase::Records;
         position.deleted_page = 0;
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false })
+        Ok(Page::new(changes, Cursor::encode(&position), false))
     }
 }
 

@@ -204,6 +204,9 @@ impl Dynamics365Sim {
             if position < total_rows {
                 if let Some(mut row) = inner.render(&set, &snapshot.rows[position], &select, annotate) {
                     self.faults.drift(&mut row);
+                    if matches!(set.as_str(), "accounts" | "leads" | "opportunities" | "salesorders") {
+                        self.faults.garble(&snapshot.rows[position], &mut row);
+                    }
                     value.push(Value::Object(row));
                 }
             } else {

@@ -188,6 +188,9 @@ fn page(sim: &SalesforceSim, inner: &mut Inner, locator_id: String, locator: Loc
         let Some(row) = table.rows.get(id) else { continue };
         let mut record = render(sim, locator.object, id, row, &locator.fields, locator.items);
         sim.faults.drift(&mut record);
+        if matches!(locator.object, "Account" | "Lead" | "Opportunity" | "Order") {
+            sim.faults.garble(id, &mut record);
+        }
         records.push(record);
     }
     let done = end >= locator.ids.len();

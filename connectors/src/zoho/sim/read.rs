@@ -221,6 +221,9 @@ impl ZohoSim {
                     record.insert(field.clone(), value);
                 }
                 self.faults.drift(&mut record);
+                if snapshot.module != "Products" {
+                    self.faults.garble(id, &mut record);
+                }
                 Some(Value::Object(record))
             })
             .collect();
