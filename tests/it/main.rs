@@ -9,6 +9,7 @@ mod config;
 mod daemon;
 mod dashboard;
 mod e2e;
+mod faults;
 mod orders;
 mod reliability;
 mod store_crash;
