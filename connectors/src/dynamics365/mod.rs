@@ -49,7 +49,6 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
 
-use secrecy::ExposeSecret;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
@@ -64,7 +63,9 @@ use crate::connector::{
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
-use crate::http::{AccessToken, Dialect, RawResponse, TokenResponse, VendorHttp, error_for_status, request_token};
+use crate::http::{
+    AccessToken, Dialect, Grant, RawResponse, TokenResponse, VendorHttp, error_for_status, request_token,
+};
 use crate::settings::ConnectionSettings;
 
 /// Requests in flight per connection (Dataverse allows 52 per user and web server).
@@ -201,13 +202,12 @@ impl Dynamics365Connector {
             self.config.tenant_id
         );
         let scope = format!("{}/.default", self.org());
-        let form = [
-            ("grant_type", "client_credentials"),
-            ("client_id", self.config.client_id.as_str()),
-            ("client_secret", self.config.client_secret.expose_secret()),
-            ("scope", scope.as_str()),
-        ];
-        request_token(&self.http, &endpoint, &form).await
+        let grant = Grant::ClientCredentials {
+            client_id: self.config.client_id.as_str(),
+            client_secret: &self.config.client_secret,
+            scope: Some(scope.as_str()),
+        };
+        request_token(&self.http, &endpoint, grant).await
     }
 
     /// One authenticated request, no retries.

@@ -16,6 +16,9 @@ mod retry;
 
 pub use call::{Dialect, error_for_status};
 pub use client::{HttpSettings, QUOTA_PROBE_INTERVAL, RawResponse, VendorHttp, build_client, url_for_log};
-pub use oauth::{AccessToken, TokenCache, TokenResponse, request_token};
+pub use oauth::{
+    AccessToken, Grant, JWT_BEARER_GRANT, OAuthHttp, TokenCache, TokenResponse, VendorTokenFields, VendorTokenResponse,
+    request_token,
+};
 pub use rate_limit::{DailyBudget, RateLimit, Waited};
 pub use retry::{RetryNotice, RetryPolicy};

@@ -1,24 +1,20 @@
 //! The OAuth 2.0 JWT bearer assertion (RFC 7523) Salesforce's `jwt_bearer` flow posts:
 //! `{"alg":"RS256"}` · `{"iss": consumer key, "sub": username, "aud": login URL, "exp": now + 3 min}`,
-//! signed with the connected app's RSA key.
+//! signed with the connected app's RSA key (by `jsonwebtoken`).
 //! Reference: help.salesforce.com remoteaccess_oauth_jwt_flow.htm
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{RSA_PKCS1_SHA256, RsaKeyPair};
 use base64::Engine;
-use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::engine::general_purpose::STANDARD;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
 
 use crate::canonical::Timestamp;
 use crate::error::ConnectorError;
 
 /// Parses a PEM RSA private key (PKCS#8 `PRIVATE KEY` or PKCS#1 `RSA PRIVATE KEY`).
-pub fn parse_private_key(pem: &str) -> Result<RsaKeyPair, ConnectorError> {
-    let invalid = |reason: &str| ConnectorError::Config(format!("invalid JWT private key: {reason}"));
-    let pkcs8 = pem.contains("BEGIN PRIVATE KEY");
-    let body: String = pem.lines().filter(|line| !line.starts_with("-----")).map(str::trim).collect();
-    let der = STANDARD.decode(body).map_err(|_| invalid("not PEM (base64 between BEGIN/END lines)"))?;
-    let key = if pkcs8 { RsaKeyPair::from_pkcs8(&der) } else { RsaKeyPair::from_der(&der) };
-    key.map_err(|error| invalid(&error.to_string()))
+pub fn parse_private_key(pem: &str) -> Result<EncodingKey, ConnectorError> {
+    EncodingKey::from_rsa_pem(pem.as_bytes())
+        .map_err(|error| ConnectorError::Config(format!("invalid JWT private key: {error}")))
 }
 
 /// Encodes a key as PKCS#8 PEM (the simulator hands its demo key out this way).
@@ -29,21 +25,24 @@ pub fn to_pem(der: &[u8]) -> String {
     format!("-----BEGIN PRIVATE KEY-----\n{}\n-----END PRIVATE KEY-----\n", lines.join("\n"))
 }
 
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    sub: &'a str,
+    aud: &'a str,
+    exp: i64,
+}
+
 /// Builds a signed assertion valid for three minutes.
 pub fn assertion(
-    key: &RsaKeyPair,
+    key: &EncodingKey,
     client_id: &str,
     username: &str,
     audience: &str,
     now: Timestamp,
 ) -> Result<String, ConnectorError> {
-    let header = URL_SAFE_NO_PAD.encode(br#"{"alg":"RS256"}"#);
-    let claims =
-        serde_json::json!({"iss": client_id, "sub": username, "aud": audience, "exp": now.unix_millis() / 1000 + 180});
-    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
-    let input = format!("{header}.{claims}");
-    let mut signature = vec![0; key.public_modulus_len()];
-    key.sign(&RSA_PKCS1_SHA256, &SystemRandom::new(), input.as_bytes(), &mut signature)
-        .map_err(|_| ConnectorError::Config("cannot sign the JWT assertion with the configured key".into()))?;
-    Ok(format!("{input}.{}", URL_SAFE_NO_PAD.encode(signature)))
+    let claims = Claims { iss: client_id, sub: username, aud: audience, exp: now.unix_millis() / 1000 + 180 };
+    jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, key).map_err(|error| {
+        ConnectorError::Config(format!("cannot sign the JWT assertion with the configured key: {error}"))
+    })
 }

@@ -62,7 +62,8 @@ use crate::connector::{
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
 use crate::http::{
-    AccessToken, Dialect, QUOTA_PROBE_INTERVAL, RawResponse, TokenResponse, VendorHttp, error_for_status, request_token,
+    AccessToken, Dialect, Grant, QUOTA_PROBE_INTERVAL, RawResponse, TokenResponse, VendorHttp, error_for_status,
+    request_token,
 };
 use crate::settings::ConnectionSettings;
 
@@ -192,16 +193,13 @@ impl SalesforceConnector {
                 let saved = host
                     .load_state(&self.settings.id, REFRESH_TOKEN_STATE)
                     .map_err(|message| ConnectorError::State { key: REFRESH_TOKEN_STATE.into(), message })?;
-                let refresh = saved.unwrap_or_else(|| refresh_token.expose_secret().to_owned());
-                let mut form = vec![
-                    ("grant_type", "refresh_token"),
-                    ("client_id", client_id.as_str()),
-                    ("refresh_token", refresh.as_str()),
-                ];
-                if let Some(secret) = client_secret {
-                    form.push(("client_secret", secret.expose_secret()));
-                }
-                let response = request_token(&self.http, &endpoint, &form).await?;
+                let refresh = saved.map_or_else(|| refresh_token.clone(), secrecy::SecretString::from);
+                let grant = Grant::RefreshToken {
+                    client_id: client_id.as_str(),
+                    client_secret: client_secret.as_ref(),
+                    refresh_token: &refresh,
+                };
+                let response = request_token(&self.http, &endpoint, grant).await?;
                 if let Some(rotated) = &response.refresh_token {
                     // Rotation: the old refresh token is dead now; the new one must survive a crash
                     // before anything relies on the new session.
@@ -211,20 +209,14 @@ impl SalesforceConnector {
                 Ok(response)
             }
             SalesforceAuth::ClientCredentials { client_id, client_secret } => {
-                let form = [
-                    ("grant_type", "client_credentials"),
-                    ("client_id", client_id.as_str()),
-                    ("client_secret", client_secret.expose_secret()),
-                ];
-                request_token(&self.http, &endpoint, &form).await
+                let grant = Grant::ClientCredentials { client_id: client_id.as_str(), client_secret, scope: None };
+                request_token(&self.http, &endpoint, grant).await
             }
             SalesforceAuth::JwtBearer { client_id, username, private_key, audience } => {
                 let key = jwt::parse_private_key(private_key.expose_secret())?;
                 let audience = audience.clone().unwrap_or_else(|| self.login_base());
                 let assertion = jwt::assertion(&key, client_id, username, &audience, Timestamp::now())?;
-                let form =
-                    [("grant_type", "urn:ietf:params:oauth:grant-type:jwt-bearer"), ("assertion", assertion.as_str())];
-                request_token(&self.http, &endpoint, &form).await
+                request_token(&self.http, &endpoint, Grant::JwtBearer { assertion: &assertion }).await
             }
         }
     }

@@ -38,7 +38,9 @@ use crate::connector::{
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
-use crate::http::{AccessToken, Dialect, RawResponse, TokenResponse, VendorHttp, error_for_status, request_token};
+use crate::http::{
+    AccessToken, Dialect, Grant, RawResponse, TokenResponse, VendorHttp, error_for_status, request_token,
+};
 use crate::settings::ConnectionSettings;
 
 const WATCH_STATE: &str = "watch_channel_expiry";
@@ -115,13 +117,12 @@ impl ZohoConnector {
 
     async fn fetch_token(&self) -> Result<TokenResponse, ConnectorError> {
         let endpoint = format!("{}/oauth/v2/token", self.config.accounts_url.as_str().trim_end_matches('/'));
-        let form = [
-            ("grant_type", "refresh_token"),
-            ("client_id", self.config.client_id.as_str()),
-            ("client_secret", self.config.client_secret.expose_secret()),
-            ("refresh_token", self.config.refresh_token.expose_secret()),
-        ];
-        request_token(&self.http, &endpoint, &form).await
+        let grant = Grant::RefreshToken {
+            client_id: self.config.client_id.as_str(),
+            client_secret: Some(&self.config.client_secret),
+            refresh_token: &self.config.refresh_token,
+        };
+        request_token(&self.http, &endpoint, grant).await
     }
 
     fn api_base(&self, token_base: Option<&str>) -> String {
