@@ -447,6 +447,8 @@ struct BatchWriter<'a> {
     /// Records per (entity, outcome), counted into the metrics once per batch: a labelled counter
     /// per record cost a registry lookup and a label allocation each.
     pulled: Vec<((Entity, &'static str), u64)>,
+    /// Whether the connection has undecodable records waiting in the dead-letter queue.
+    undecodable_waiting: bool,
     commit: Commit,
     stats: IngestStats,
 }
@@ -536,6 +538,8 @@ impl<'a> BatchWriter<'a> {
             unknown_deletes: (0, None),
             clamped: (0, None),
             pulled: Vec::new(),
+            // A failed look-up only costs a removal attempt per change.
+            undecodable_waiting: store.undecodable_letters_wait(connection).unwrap_or(true),
             commit: Commit::default(),
             stats: IngestStats::default(),
         }
@@ -598,12 +602,13 @@ impl<'a> BatchWriter<'a> {
 
     /// Dead-letters a record the connector could not decode, with its vendor id and the reason; the
     /// payload names it as undecodable (an operator's retry has no change to apply: the record waits
-    /// until it changes in the vendor, and the next pull reads it again).
+    /// until it changes in the vendor, and the next pull reads it again). A record keeps one such
+    /// letter: a later undecodable read replaces it, a decoded one removes it.
     fn set_aside(&mut self, record: Undecodable) {
         self.stats.dead_lettered += 1;
         self.count_pulled(record.entity, "dead_letter");
         let reason = format!("undecodable {} {}: {}", record.object, record.external_id, record.reason);
-        self.commit.dead_letters.push(DeadLetter::new(
+        self.commit.undecodable_letters.push(DeadLetter::new(
             self.connection.clone(),
             record.entity,
             None,
@@ -615,6 +620,10 @@ impl<'a> BatchWriter<'a> {
     }
 
     fn apply_change(&mut self, mut change: Change) -> Result<(), StoreError> {
+        if self.undecodable_waiting {
+            // Read and decoded now: an earlier undecodable read of it no longer waits.
+            self.commit.undecodable_resolved.push((self.connection.clone(), change.entity, change.external_id.clone()));
+        }
         let latest = self.now.saturating_add(MAX_FUTURE_SKEW, true);
         if change.modified_at > latest {
             telemetry::record_clamped_times(self.connection, change.entity, 1);
@@ -1191,6 +1200,7 @@ mod tests {
     use proptest::prelude::{Just, Strategy};
 
     use super::*;
+    use crate::ingest::operator::{DeadLetterSelection, OperatorAction};
     use crate::reconcile::Route;
 
     fn rules(fields: BTreeMap<ConnectionId, FieldPolicy>) -> IngestRules {
@@ -1218,6 +1228,59 @@ mod tests {
             kind: ChangeKind::Upsert { data, completeness: Completeness::Full },
             extra: serde_json::Map::from_iter([("Email__c".to_owned(), serde_json::json!("x@y.example"))]),
         }
+    }
+
+    #[test]
+    fn an_undecodable_record_keeps_one_letter_until_it_is_read_again_or_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = rules(BTreeMap::new());
+        let sf = ConnectionId::new("sf");
+        let undecodable = |id: &str| Undecodable {
+            entity: Entity::Lead,
+            object: "Lead".into(),
+            external_id: ExternalId::new(id),
+            modified_at: Timestamp::now(),
+            reason: "could not decode field AnnualRevenue: expected a number, found \"about 5\"".into(),
+        };
+        let page = |changes: Vec<Change>, undecodable: Vec<Undecodable>| Batch::Pulled {
+            connection: sf.clone(),
+            entity: Entity::Lead,
+            changes,
+            cursor: None,
+            caught_up: false,
+            undecodable,
+        };
+        let lead = EntityData::Lead(Lead { name: Some("Ada".into()), ..Lead::default() });
+        let stats =
+            apply_batch(&store, &rules, page(vec![], vec![undecodable("00Q1"), undecodable("00Q2")]), Timestamp::now())
+                .unwrap();
+        assert_eq!(stats.dead_lettered, 2);
+        let letters = store.dead_letters(10).unwrap();
+        assert_eq!(letters.len(), 2);
+        assert_eq!(letters[0].external_id, Some(ExternalId::new("00Q1")));
+        assert!(letters[0].reason.starts_with("undecodable Lead 00Q1: could not decode field AnnualRevenue"));
+        assert!(letters[0].payload.get(UNDECODABLE).is_some());
+        // Read undecodable again (a re-read window, a full sync): still one letter for it.
+        apply_batch(&store, &rules, page(vec![], vec![undecodable("00Q1")]), Timestamp::now()).unwrap();
+        assert_eq!(store.dead_letter_count().unwrap(), 2);
+        // A retry has nothing to apply: the letters stay.
+        operator::apply(&store, &rules, OperatorAction::RetryDeadLetters(DeadLetterSelection::All), Timestamp::now())
+            .unwrap();
+        assert_eq!(store.dead_letter_count().unwrap(), 2);
+        // Fixed in the vendor and read again: its letter goes, the record is stored.
+        apply_batch(&store, &rules, page(vec![change(Entity::Lead, "00Q1", lead)], vec![]), Timestamp::now()).unwrap();
+        let letters = store.dead_letters(10).unwrap();
+        assert_eq!(
+            letters.iter().map(|letter| letter.external_id.clone()).collect::<Vec<_>>(),
+            [Some(ExternalId::new("00Q2"))]
+        );
+        assert_eq!(store.scan(Entity::Lead).count(), 1);
+        // Dropped by an operator: gone, index and all.
+        let drop = OperatorAction::DropDeadLetters(DeadLetterSelection::Ids(vec![letters[0].id.clone()]));
+        operator::apply(&store, &rules, drop, Timestamp::now()).unwrap();
+        assert_eq!(store.dead_letter_count().unwrap(), 0);
+        assert!(!store.undecodable_letters_wait(&sf).unwrap());
     }
 
     #[test]

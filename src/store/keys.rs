@@ -13,6 +13,7 @@
 //! | `conflicts`   | conflict id (UUIDv7 text: sorts by time)                    | envelope(ConflictEntry)   |
 //! | `dead_letters`| dead-letter id (UUIDv7 text: sorts by time)                 | envelope(DeadLetter)      |
 //! | `pushed_dead_letters` | str(connection) · canonical id (16)                 | dead-letter id (UTF-8)    |
+//! |               | or str(connection) · 0xFF · entity tag · str(external id)   | (a record a pull could not decode) |
 //! | `status`      | str(connection) · entity tag                                | envelope(SyncStatus)      |
 //! | `state`       | str(connection) · str(key)                                  | UTF-8 text                |
 //! | `meta`        | ASCII name (`format_version`, `outbox_sequence`,            | u32 / u64 big-endian,     |
@@ -176,6 +177,24 @@ pub fn pushed_dead_letter(connection: &ConnectionId, id: CanonicalId) -> Vec<u8>
     let mut key = Vec::with_capacity(connection.as_str().len() + 18);
     push_str(&mut key, connection.as_str());
     key.extend_from_slice(&id.to_bytes());
+    key
+}
+
+/// Prefix of the `pushed_dead_letters` keys of one connection's undecodable records. A canonical id's
+/// first byte is the top of a UUIDv7 millisecond time, never 0xFF before the year 10889, so the two
+/// kinds of keys do not meet.
+pub fn undecodable_dead_letter_prefix(connection: &ConnectionId) -> Vec<u8> {
+    let mut key = Vec::with_capacity(connection.as_str().len() + 3);
+    push_str(&mut key, connection.as_str());
+    key.push(0xFF);
+    key
+}
+
+/// `pushed_dead_letters` key of the dead letter of a record a pull could not decode.
+pub fn undecodable_dead_letter(connection: &ConnectionId, entity: Entity, external_id: &ExternalId) -> Vec<u8> {
+    let mut key = undecodable_dead_letter_prefix(connection);
+    key.push(entity.tag());
+    push_str(&mut key, external_id.as_str());
     key
 }
 

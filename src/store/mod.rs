@@ -425,7 +425,30 @@ impl Store {
                             if pushed_dead_letters.get(&key)?.is_some_and(|indexed| indexed.as_ref() == id.as_bytes()) {
                                 pushed_dead_letters.remove(key)?;
                             }
+                        } else if let Some(external) = &letter.external_id {
+                            let key = keys::undecodable_dead_letter(&letter.connection, letter.entity, external);
+                            if pushed_dead_letters.get(&key)?.is_some_and(|indexed| indexed.as_ref() == id.as_bytes()) {
+                                pushed_dead_letters.remove(key)?;
+                            }
                         }
+                    }
+                }
+                for letter in &commit.undecodable_letters {
+                    dead_letters.insert(letter.id.as_bytes(), encode(letter).map_err(abort)?)?;
+                    if let Some(external) = &letter.external_id {
+                        let key = keys::undecodable_dead_letter(&letter.connection, letter.entity, external);
+                        if let Some(old) = pushed_dead_letters.insert(key, letter.id.as_bytes())?
+                            && old.as_ref() != letter.id.as_bytes()
+                        {
+                            dead_letters.remove(old)?;
+                        }
+                    }
+                }
+                for (connection, entity, external) in &commit.undecodable_resolved {
+                    if let Some(old) =
+                        pushed_dead_letters.remove(keys::undecodable_dead_letter(connection, *entity, external))?
+                    {
+                        dead_letters.remove(old)?;
                     }
                 }
                 for update in &commit.status {
@@ -708,6 +731,17 @@ impl Store {
             return Ok(None);
         };
         self.dead_letters.get(letter_id)?.map(|bytes| decode(&bytes, "dead letter")).transpose()
+    }
+
+    /// Returns whether a record of `connection` that a pull could not decode waits in the dead-letter
+    /// queue (a batch from it then removes the letters of the records it reads again).
+    pub fn undecodable_letters_wait(&self, connection: &ConnectionId) -> Result<bool, StoreError> {
+        Ok(self
+            .pushed_dead_letters
+            .scan_prefix(keys::undecodable_dead_letter_prefix(connection))
+            .next()
+            .transpose()?
+            .is_some())
     }
 
     /// Iterates over the dead letters after the one with id `after` (all when `None`), oldest first:

@@ -238,6 +238,11 @@ pub struct Commit {
     pub dead_letters: Vec<DeadLetter>,
     /// Dead letters to remove (retried or dropped).
     pub dead_letters_remove: Vec<String>,
+    /// Dead letters of records a pull could not decode (each names its vendor id): one replaces the
+    /// letter the same record already has.
+    pub undecodable_letters: Vec<DeadLetter>,
+    /// Records read and decoded again: the letter of their earlier undecodable read goes.
+    pub undecodable_resolved: Vec<(ConnectionId, Entity, ExternalId)>,
     /// Sync status updates.
     pub status: Vec<SyncStatusUpdate>,
 }
