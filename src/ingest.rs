@@ -1058,7 +1058,8 @@ pub fn outgoing_data(
         .filter(|(field, _)| policy.is_none_or(|policy| policy.allows(entity, field)))
         .collect();
     let mut data = EntityData::from_fields(entity, fields).unwrap_or_else(|_| EntityData::empty(entity));
-    let hash = reconcile::pushed_hash(&representable(&data));
+    let previous = record.link(target).and_then(|link| link.pushed_hash.as_deref());
+    let hash = reconcile::pushed_hash_over(previous, &representable(&data));
     for (_, reference) in data.references_mut() {
         if let Some(id) = reference.canonical
             && let Some(referenced) = live_record(store, id)?

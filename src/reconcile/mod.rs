@@ -17,7 +17,10 @@
 //!
 //! When crmsync pushes a record to a connection it remembers a hash of the pushed values on the link
 //! ([`pushed_hash`]). Reading those values back is an echo: the link advances, nothing is applied or
-//! propagated. Only *propagating* fields fan out ([`propagates`]): vendor-local fields (creation times,
+//! propagated. Field by field too: a value read back exactly as crmsync last pushed it is not a
+//! change even when other fields of the read are (a CRM that holds an order shipped as "Delivered"
+//! keeps the canonical `shipped` when someone edits the order's description there); after a read
+//! that is not an echo the link's hash says what the connection holds now. Only *propagating* fields fan out ([`propagates`]): vendor-local fields (creation times,
 //! raw vendor values, derived flags) are stored but never cause a push, so two connections routed both
 //! ways reach a fixed point.
 
@@ -256,6 +259,60 @@ pub fn pushed_hash(data: &EntityData) -> String {
     format!("v2:{}", pairs.join(","))
 }
 
+/// The hash of what crmsync pushes to a connection now, given what it pushed there before
+/// (`previous`, the link's [`pushed_hash`]): a field the vendor is not sent (the connector cannot
+/// represent it, or it has no value) keeps its value there, so it keeps its earlier hash.
+pub fn pushed_hash_over(previous: Option<&str>, data: &EntityData) -> String {
+    let fresh = pushed_hash(data);
+    let earlier = pushed_pairs(previous);
+    if earlier.is_empty() {
+        return fresh;
+    }
+    let mut pairs = pushed_pairs(Some(&fresh));
+    for (name, hash) in earlier {
+        pairs.entry(name).or_insert(hash);
+    }
+    format_pairs(&pairs)
+}
+
+/// The per-field hashes of a `v2:` pushed hash (empty for none or the legacy format).
+fn pushed_pairs(hash: Option<&str>) -> BTreeMap<String, String> {
+    let Some(pairs) = hash.and_then(|hash| hash.strip_prefix("v2:")) else { return BTreeMap::new() };
+    pairs
+        .split(',')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (name, hash) = pair.split_once('=').unwrap_or((pair, ""));
+            (name.to_owned(), hash.to_owned())
+        })
+        .collect()
+}
+
+fn format_pairs(pairs: &BTreeMap<String, String>) -> String {
+    let joined: Vec<String> = pairs.iter().map(|(name, hash)| format!("{name}={hash}")).collect();
+    format!("v2:{}", joined.join(","))
+}
+
+/// After a read that was not an echo, the link's pushed hash says what the connection holds now:
+/// each field crmsync had pushed takes the hash of the value read (fields the read does not carry
+/// keep theirs). So a later read of a value crmsync pushed long ago, after the vendor had moved away
+/// from it, is a change again, not an echo.
+fn refresh_pushed(link: &mut Link, data: &EntityData, completeness: Completeness) {
+    let mut pairs = pushed_pairs(link.pushed_hash.as_deref());
+    if pairs.is_empty() {
+        return;
+    }
+    let fields = data.to_fields();
+    for (name, hash) in &mut pairs {
+        match fields.get(name.as_str()) {
+            Some(value) => *hash = field_hash(name, value),
+            None if completeness == Completeness::Full => *hash = field_hash(name, &Value::Null),
+            None => {}
+        }
+    }
+    link.pushed_hash = Some(format_pairs(&pairs));
+}
+
 fn field_hash(name: &str, value: &Value) -> String {
     let mut hasher = Sha256::new();
     hasher.update(name.as_bytes());
@@ -335,6 +392,8 @@ pub fn reconcile(
     if last_seen.is_some_and(|seen| change.modified_at < seen) {
         return Ok(Decision::ignored(Outcome::Stale));
     }
+    // What crmsync last pushed to the source, per field, before this read says what the source holds.
+    let pushed = pushed_pairs(previous_link.as_ref().and_then(|link| link.pushed_hash.as_deref()));
     let link_changed = update_link(&mut record, change, source, matched_by, previous_link.as_ref());
 
     let mut provenance_touched = false;
@@ -355,7 +414,7 @@ pub fn reconcile(
         }
         ChangeKind::Upsert { data, completeness } => {
             let (changed, conflicts, touched) =
-                merge_fields(&mut record, data, *completeness, change, source, last_seen, rules)?;
+                merge_fields(&mut record, data, *completeness, change, source, last_seen, rules, &pushed)?;
             provenance_touched = touched;
             let outcome = if current.is_none() {
                 Outcome::Created
@@ -410,6 +469,9 @@ fn update_link(
     link.last_modified = Some(change.modified_at);
     if change.version.is_some() {
         link.last_version = change.version.clone();
+    }
+    if let ChangeKind::Upsert { data, completeness } = &change.kind {
+        refresh_pushed(&mut link, data, *completeness);
     }
     let full = matches!(change.kind, ChangeKind::Upsert { completeness: Completeness::Full, .. });
     if full {
@@ -479,6 +541,7 @@ fn merge_fields(
     source: &ConnectionId,
     last_seen: Option<Timestamp>,
     rules: &Rules,
+    pushed: &BTreeMap<String, String>,
 ) -> Result<(Vec<String>, Vec<Conflict>, bool), ReconcileError> {
     let entity = change.entity;
     let mut incoming = data.to_fields();
@@ -498,6 +561,12 @@ fn merge_fields(
     let mut provenance_touched = false;
     for (field, value) in incoming {
         let current_value = merged.get(&field).cloned().unwrap_or(Value::Null);
+        if current_value != value && pushed.get(&field).is_some_and(|hash| *hash == field_hash(&field, &value)) {
+            // The value crmsync itself last wrote there, read back after the canonical value moved on:
+            // a push still on its way, or a vendor that holds the canonical value as a coarser one
+            // (an order shipped, in a CRM with one value for shipped and delivered). Not a change.
+            continue;
+        }
         let provenance = record.provenance.get(&field);
         let verdict = judge(rules, entity, &field, provenance, &current_value, source, change.modified_at, last_seen);
         if current_value == value {

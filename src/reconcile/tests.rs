@@ -202,6 +202,70 @@ fn our_own_push_read_back_is_an_echo() {
 }
 
 #[test]
+fn a_field_read_back_as_crmsync_last_pushed_it_keeps_the_canonical_value_until_the_vendor_moves_it() {
+    let rules = Rules::default();
+    let mut record = apply(None, &account_change("001", 10, "Acme", Some("Retail")), "sf", &rules).record.unwrap();
+    // zoho was sent industry "Retail"; since then the canonical value moved on (its push is queued).
+    record.links.push(Link {
+        connection: connection("zoho"),
+        object: "Accounts".into(),
+        external_id: ExternalId::new("z1"),
+        last_modified: Some(ts(10)),
+        last_version: None,
+        pushed_hash: Some(pushed_hash(&record.data)),
+        matched_by: MatchReason::Pushed,
+        extra: serde_json::Map::new(),
+    });
+    let moved = apply(Some(&record), &account_change("001", 20, "Acme", Some("Energy")), "sf", &rules).record.unwrap();
+    // A later edit of the name in zoho carries the industry zoho still holds: what crmsync wrote.
+    let edit = apply(Some(&moved), &account_change("z1", 30, "Acme GmbH", Some("Retail")), "zoho", &rules);
+    assert_eq!(edit.outcome, Outcome::Updated);
+    assert_eq!(edit.changed_fields, vec!["name".to_owned()], "the industry read back is not a change");
+    assert!(edit.conflicts.iter().all(|conflict| conflict.field != "industry"), "{:?}", edit.conflicts);
+    let record = edit.record.unwrap();
+    let EntityData::Account(account) = &record.data else { panic!() };
+    assert_eq!(account.industry.as_deref(), Some("Energy"));
+    // The link now says what zoho holds: a user there moving the industry away and back is a change.
+    let away = apply(Some(&record), &account_change("z1", 40, "Acme GmbH", Some("Mining")), "zoho", &rules);
+    let away = away.record.unwrap();
+    let back = apply(Some(&away), &account_change("z1", 50, "Acme GmbH", Some("Retail")), "zoho", &rules);
+    assert_eq!(back.changed_fields, vec!["industry".to_owned()]);
+}
+
+#[test]
+fn a_field_a_push_leaves_out_keeps_the_hash_of_what_the_vendor_holds() {
+    let before = EntityData::Account(Account {
+        name: Some("Acme".into()),
+        industry: Some("Retail".into()),
+        ..Account::default()
+    });
+    let now = EntityData::Account(Account { name: Some("Acme AG".into()), ..Account::default() });
+    let hash = pushed_hash_over(Some(&pushed_hash(&before)), &now);
+    let link = Link {
+        connection: connection("zoho"),
+        object: "Accounts".into(),
+        external_id: ExternalId::new("z1"),
+        last_modified: None,
+        last_version: None,
+        pushed_hash: Some(hash),
+        matched_by: MatchReason::Pushed,
+        extra: serde_json::Map::new(),
+    };
+    let read_back = EntityData::Account(Account {
+        name: Some("Acme AG".into()),
+        industry: Some("Retail".into()),
+        ..Account::default()
+    });
+    assert!(is_echo(&link, &read_back, Completeness::Full), "the industry was not sent: zoho still has Retail");
+    let changed = EntityData::Account(Account {
+        name: Some("Acme AG".into()),
+        industry: Some("Mining".into()),
+        ..Account::default()
+    });
+    assert!(!is_echo(&link, &changed, Completeness::Full));
+}
+
+#[test]
 fn vendor_local_fields_do_not_fan_out() {
     let rules = Rules::default();
     let mut change = account_change("001", 10, "Acme", None);

@@ -260,10 +260,9 @@ async fn orders_made_with_the_cli_while_the_daemon_runs_reach_each_crm_once_in_i
     let invalid = daemon.run(&["orders", "set-status", &shipped_id, "invoiced"]).await;
     assert!(String::from_utf8_lossy(&invalid.stderr).contains("allowed from confirmed: shipped, cancelled"));
     daemon.cli(&["orders", "set-status", &shipped_id, "shipped"]).await;
-    // Salesforce has its shipped value through the connection's status mapping. Zoho's and
-    // Dataverse's default vocabularies have no vendor value for `shipped` yet (SPEC §2 gives
-    // "Delivered" and statecode 3 for shipped *and* delivered, a many-to-one the vocabulary's
-    // vendor → canonical table cannot write back), so those two show the order once it is delivered.
+    // Salesforce has its shipped value through the connection's status mapping. Zoho and Dataverse
+    // have one value for shipped *and* delivered (SPEC §2: "Delivered", statecode 3 Fulfilled), so
+    // they show a shipped order as delivered; reading that back keeps it shipped (the test below).
     let salesforce_id = link(&order, "salesforce").unwrap().to_owned();
     eventually("salesforce to show the order shipped", || async {
         crms.row("salesforce", &salesforce_id).filter(|row| vendor_status("salesforce", row) == "Shipped")
@@ -337,4 +336,222 @@ async fn orders_made_with_the_cli_while_the_daemon_runs_reach_each_crm_once_in_i
     for (command, expected) in commands.iter().zip(through_the_api) {
         assert_eq!(ok(daemon.run(command).await), expected, "crmsync {}", command.join(" "));
     }
+}
+
+/// The three CRMs and a store driven by `crmsync sync` passes (no daemon): every pass pulls, then
+/// pushes what changed, so "the pass after" shows whether a read-back came back as a change.
+struct Passes {
+    crms: Crms,
+    env: Env,
+}
+
+impl Passes {
+    async fn start(size: WorldSize) -> Self {
+        let anchor: Timestamp = "2026-11-01T00:00:00Z".parse().unwrap();
+        let world = World::generate(21, size, anchor, true);
+        let crms = Crms {
+            salesforce: sf_sim::start(SalesforceSimOptions::with_world(world.clone())).await.unwrap(),
+            zoho: zoho_sim::start(ZohoSimOptions::with_world(world.clone())).await.unwrap(),
+            dynamics365: d365_sim::start(Dynamics365SimOptions::with_world(world)).await.unwrap(),
+        };
+        let env = Env::with_connections(
+            &[
+                sf_sim::connection_toml("salesforce", &crms.salesforce.base_url()),
+                zoho_sim::connection_toml("zoho", &crms.zoho.base_url()),
+                d365_sim::connection_toml("dynamics365", &crms.dynamics365.base_url()),
+            ],
+            "[[routes]]\nentity = \"*\"\nfrom = [\"*\"]\nto = [\"*\"]\n",
+        );
+        Self { crms, env }
+    }
+
+    fn writes(&self) -> [u64; 3] {
+        [
+            crmsync_connectors::sim::Simulated::stats(self.crms.salesforce.state().as_ref()).write_calls,
+            crmsync_connectors::sim::Simulated::stats(self.crms.zoho.state().as_ref()).write_calls,
+            crmsync_connectors::sim::Simulated::stats(self.crms.dynamics365.state().as_ref()).write_calls,
+        ]
+    }
+
+    /// Two passes: the first carries the change out (and reads back what earlier pushes wrote), the
+    /// second must find nothing to do: no write in any CRM, no dead letter, no conflict on a status
+    /// or a stage. (Edits stamped in a later second, as the tests below make them, can make
+    /// auto-resolved conflicts on other fields: a CRM whose last read predates another's edit.)
+    async fn settle(&self, what: &str) {
+        ok(self.env.run(&["sync"]).await);
+        let writes = self.writes();
+        ok(self.env.run(&["sync"]).await);
+        assert_eq!(self.writes(), writes, "{what}: the pass after the change wrote to a CRM again (an echo)");
+        assert_eq!(ok(self.env.run(&["dlq", "list"]).await), "the dead-letter queue is empty\n", "{what}");
+        let conflicts: Value =
+            serde_json::from_str(&ok(self.env.run(&["conflicts", "list", "--all", "--json"]).await)).unwrap();
+        let on_status: Vec<&Value> = conflicts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|conflict| matches!(conflict["field"].as_str(), Some("status" | "stage")))
+            .collect();
+        assert!(on_status.is_empty(), "{what}: a read-back became a conflict: {on_status:#?}");
+    }
+
+    async fn record(&self, entity: &str, id: &str) -> Value {
+        crate::support::export(&self.env, entity, false)
+            .await
+            .into_iter()
+            .find(|record| record["id"] == id)
+            .unwrap_or_else(|| panic!("{entity} {id} is in the store"))
+    }
+
+    async fn status(&self, id: &str) -> String {
+        self.record("order", id).await["data"]["fields"]["status"].as_str().unwrap().to_owned()
+    }
+
+    async fn set_status(&self, id: &str, status: &str) {
+        ok(self.env.run(&["orders", "set-status", id, status]).await);
+    }
+
+    /// Creates an order for an account every CRM holds and carries it out; returns its canonical id
+    /// and its copies' ids.
+    async fn order(&self, account: &str, number: &str) -> (String, [String; 3]) {
+        let created = ok(self
+            .env
+            .run(&[
+                "orders",
+                "create",
+                "--account",
+                account,
+                "--channel",
+                "direct",
+                "--currency",
+                "USD",
+                "--line",
+                "Widget:2:10.50:W-100",
+                "--number",
+                number,
+                "--details",
+                "first",
+                "--json",
+            ])
+            .await);
+        let id = serde_json::from_str::<Value>(&created).unwrap()["id"].as_str().unwrap().to_owned();
+        self.settle(&format!("{number} created")).await;
+        let record = self.record("order", &id).await;
+        let copies = CONNECTIONS.map(|connection| link(&record, connection).expect("a copy in each CRM").to_owned());
+        (id, copies)
+    }
+
+    fn vendor_statuses(&self, copies: &[String; 3]) -> [String; 3] {
+        let mut statuses = CONNECTIONS.map(str::to_owned);
+        for (index, connection) in CONNECTIONS.iter().enumerate() {
+            let row = self.crms.row(connection, &copies[index]).expect("the copy exists");
+            statuses[index] = vendor_status(connection, &row);
+        }
+        statuses
+    }
+
+    /// Someone edits the order's description in Zoho and in Dataverse, a few seconds after
+    /// everything so far (both keep seconds only): a real change from each, carrying whatever status
+    /// that CRM holds.
+    async fn edit_details_in_zoho_and_dataverse(&self, copies: &[String; 3], text: &str, later_by: u64) {
+        let at = Timestamp::now().saturating_add(Duration::from_secs(later_by), true);
+        let zoho_text = format!("{text} (zoho)");
+        assert!(self.crms.zoho.state().edit_at(Entity::Order, &copies[1], &[("Description", zoho_text.into())], at));
+        ok(self.env.run(&["sync"]).await);
+        let at = at.saturating_add(Duration::from_secs(1), true);
+        let d365_text = format!("{text} (dataverse)");
+        assert!(self.crms.dynamics365.state().edit_at(
+            Entity::Order,
+            &copies[2],
+            &[("description", d365_text.clone().into())],
+            at
+        ));
+        self.settle(&format!("{text}: edited in Zoho and Dataverse")).await;
+        let salesforce = self.crms.row("salesforce", &copies[0]).unwrap();
+        assert_eq!(salesforce["Description"], d365_text.as_str(), "the edit itself reached Salesforce");
+    }
+}
+
+/// Issue 13 follow-up and issue 15's "no echo": an order moved through every status and an
+/// opportunity through every stage, pushed to three CRMs whose vocabularies are coarser than the
+/// canonical one (Zoho has no shipped or invoiced, Dataverse writes shipped and delivered both as
+/// Fulfilled), never read back as a change: the pass after each change writes nothing, the canonical
+/// status stays, and a real edit of another field in a coarser CRM does not revert (or advance) it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn statuses_and_stages_read_back_from_coarser_vocabularies_are_never_changes() {
+    let passes = Passes::start(WorldSize { accounts: 6, leads: 0, opportunities: 2, orders: 2 }).await;
+    passes.settle("the first sync").await;
+    let account = crate::support::export(&passes.env, "account", false)
+        .await
+        .into_iter()
+        .find(|record| CONNECTIONS.iter().all(|connection| link(record, connection).is_some()))
+        .map(|record| record["id"].as_str().unwrap().to_owned())
+        .expect("an account every CRM holds");
+
+    // One order through every status; after each, the next passes write nothing and keep it.
+    let (walked, copies) = passes.order(&account, "NO-ECHO-WALK").await;
+    let mut seen = Vec::new();
+    for status in ["confirmed", "shipped", "delivered", "invoiced"] {
+        passes.set_status(&walked, status).await;
+        passes.settle(&format!("walked order {status}")).await;
+        assert_eq!(passes.status(&walked).await, status, "the read-backs kept the canonical status");
+        seen.push((status, passes.vendor_statuses(&copies)));
+    }
+    assert_eq!(passes.vendor_statuses(&copies)[0], "Invoiced", "Salesforce has every status (its mapping)");
+    // A real edit in the two coarser CRMs, which hold invoiced as something coarser.
+    passes.edit_details_in_zoho_and_dataverse(&copies, "after invoicing", 2).await;
+    assert_eq!(passes.status(&walked).await, "invoiced", "vendor statuses seen: {seen:?}");
+
+    // Another order left shipped: the status Zoho and Dataverse cannot tell from others.
+    let (shipped, copies) = passes.order(&account, "NO-ECHO-SHIP").await;
+    passes.set_status(&shipped, "confirmed").await;
+    passes.settle("shipped order confirmed").await;
+    passes.set_status(&shipped, "shipped").await;
+    passes.settle("shipped order shipped").await;
+    let held = passes.vendor_statuses(&copies);
+    passes.edit_details_in_zoho_and_dataverse(&copies, "while shipped", 5).await;
+    assert_eq!(passes.status(&shipped).await, "shipped", "vendor statuses: {held:?}");
+    assert_eq!(passes.vendor_statuses(&copies)[0], "Shipped");
+
+    // A third cancelled from draft.
+    let (cancelled, copies) = passes.order(&account, "NO-ECHO-CANCEL").await;
+    passes.set_status(&cancelled, "cancelled").await;
+    passes.settle("cancelled order").await;
+    assert_eq!(passes.status(&cancelled).await, "cancelled");
+    assert_eq!(passes.vendor_statuses(&copies), ["Cancelled", "Cancelled", "statecode 2"].map(str::to_owned));
+
+    // An opportunity through every stage, moved in Salesforce: each CRM gets it in its own form and
+    // the pass after writes nothing.
+    let opportunity = crate::support::export(&passes.env, "opportunity", false)
+        .await
+        .into_iter()
+        .find(|record| {
+            CONNECTIONS.iter().all(|connection| link(record, connection).is_some())
+                && !matches!(record["data"]["fields"]["stage"].as_str(), Some("won" | "lost"))
+        })
+        .expect("an open opportunity every CRM holds");
+    let id = opportunity["id"].as_str().unwrap().to_owned();
+    let in_salesforce = link(&opportunity, "salesforce").unwrap().to_owned();
+    for (stage_name, stage, zoho_stage) in [
+        ("Prospecting", "qualified", "Qualification"),
+        ("Needs Analysis", "budget", "Needs Analysis"),
+        ("Value Proposition", "plan", "Identify Decision Makers"),
+        ("Proposal/Price Quote", "execute", "Proposal/Price Quote"),
+        ("Negotiation/Review", "follow_up", "Negotiation/Review"),
+        ("Closed Won", "won", "Closed Won"),
+    ] {
+        assert!(passes.crms.salesforce.state().edit(
+            Entity::Opportunity,
+            &in_salesforce,
+            &[("StageName", stage_name.into())]
+        ));
+        passes.settle(&format!("opportunity at {stage_name}")).await;
+        let record = passes.record("opportunity", &id).await;
+        assert_eq!(record["data"]["fields"]["stage"], stage, "{stage_name}");
+        let in_zoho = passes.crms.zoho.state().row(Entity::Opportunity, link(&record, "zoho").unwrap()).unwrap();
+        assert_eq!(in_zoho["Stage"], zoho_stage, "{stage_name}");
+    }
+    let record = passes.record("opportunity", &id).await;
+    let in_dataverse =
+        passes.crms.dynamics365.state().row(Entity::Opportunity, link(&record, "dynamics365").unwrap()).unwrap();
+    assert_eq!(in_dataverse["statecode"], 1, "won in Dataverse: {in_dataverse:?}");
 }

@@ -137,6 +137,19 @@ impl OrderStatus {
     pub fn can_become(&self, next: Self) -> bool {
         self.successors().contains(&next)
     }
+
+    /// Returns the statuses a vendor without a value for this one holds it as, nearest first: shipped
+    /// and delivered stand for each other (SPEC §2 gives Zoho one `Delivered` and Dataverse one
+    /// Fulfilled state for both), invoiced is held as the last status before it the vendor has, and
+    /// every sale status is at least confirmed. Draft, confirmed and cancelled have no stand-in.
+    pub fn coarser(&self) -> &'static [Self] {
+        match self {
+            Self::Shipped => &[Self::Delivered, Self::Confirmed],
+            Self::Delivered => &[Self::Shipped, Self::Confirmed],
+            Self::Invoiced => &[Self::Delivered, Self::Shipped, Self::Confirmed],
+            Self::Draft | Self::Confirmed | Self::Cancelled => &[],
+        }
+    }
 }
 
 vocabulary!(
@@ -326,8 +339,25 @@ impl Vocabulary {
         merged
     }
 
-    /// Returns `data` without the stage or order status this vocabulary has no vendor value for:
-    /// a connector does not write those, so they read back as whatever the vendor had.
+    /// The vendor value to write for an order status: its own, else that of the nearest status the
+    /// vendor holds it as ([`OrderStatus::coarser`]); `None`: the status is not written (the vendor
+    /// keeps what it had).
+    pub fn order_status_value(&self, status: OrderStatus) -> Option<&str> {
+        std::iter::once(status)
+            .chain(status.coarser().iter().copied())
+            .find_map(|candidate| self.order_statuses.reverse(candidate))
+    }
+
+    /// The canonical status a vendor's copy of an order in `status` reads back as (see
+    /// [`Vocabulary::order_status_value`]): `shipped` in a vendor that has only a delivered value
+    /// reads back `delivered`.
+    pub fn order_status_read_back(&self, status: OrderStatus) -> Option<OrderStatus> {
+        self.order_status_value(status).and_then(|value| self.order_statuses.get(value))
+    }
+
+    /// Returns `data` as the vendor reads it back: without the stage this vocabulary has no vendor
+    /// value for (a connector does not write it, so it reads back as whatever the vendor had), and
+    /// with the order status the vendor holds it as ([`Vocabulary::order_status_read_back`]).
     pub fn representable(&self, data: &super::EntityData) -> super::EntityData {
         let mut data = data.clone();
         match &mut data {
@@ -337,9 +367,7 @@ impl Vocabulary {
                 }
             }
             super::EntityData::Order(order) => {
-                if order.status.is_some_and(|status| self.order_statuses.reverse(status).is_none()) {
-                    order.status = None;
-                }
+                order.status = order.status.and_then(|status| self.order_status_read_back(status));
             }
             super::EntityData::Account(_) | super::EntityData::Lead(_) => {}
         }
@@ -405,6 +433,24 @@ mod tests {
         }
         assert!(Invoiced.successors().is_empty() && Cancelled.successors().is_empty(), "final statuses");
         assert!(!Draft.can_become(Draft), "staying put is not a transition");
+    }
+
+    #[test]
+    fn a_status_the_vendor_lacks_is_written_as_the_nearest_one_it_has() {
+        use OrderStatus::{Cancelled, Confirmed, Delivered, Draft, Invoiced, Shipped};
+        let zoho = Vocabulary::defaults(VendorKind::Zoho);
+        assert_eq!(zoho.order_status_value(Shipped), Some("Delivered"), "SPEC §2: shipped / delivered");
+        assert_eq!(zoho.order_status_value(Invoiced), Some("Delivered"));
+        assert_eq!(zoho.order_status_read_back(Shipped), Some(Delivered));
+        let dataverse = Vocabulary::defaults(VendorKind::Dynamics365);
+        assert_eq!(dataverse.order_status_value(Shipped), Some("3"), "Fulfilled");
+        assert_eq!(dataverse.order_status_value(Invoiced), Some("4"));
+        let salesforce = Vocabulary::defaults(VendorKind::Salesforce);
+        for status in [Shipped, Delivered, Invoiced] {
+            assert_eq!(salesforce.order_status_read_back(status), Some(Confirmed), "{status} is still Activated");
+        }
+        assert_eq!(salesforce.order_status_value(Draft), Some("Draft"));
+        assert_eq!(salesforce.order_status_value(Cancelled), None, "no stand-in for cancelled: not written");
     }
 
     #[test]

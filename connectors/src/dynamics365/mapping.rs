@@ -24,8 +24,7 @@ use super::config::Dynamics365Config;
 use super::wire::{self, LOOKUP_LOGICAL_NAME};
 use crate::canonical::{
     Account, CanonicalId, Channel, Currency, Entity, EntityData, ExternalId, Lead, Money, Opportunity, Order,
-    OrderLine, OrderStatus, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, join_name, normalise_domain,
-    split_name,
+    OrderLine, RecordRef, Stage, Timestamp, Vocabulary, decimal_json, join_name, normalise_domain, split_name,
 };
 use crate::connector::{Change, ChangeKind, Completeness};
 use crate::error::ConnectorError;
@@ -476,8 +475,9 @@ fn channel_value(channel: Channel, vocabulary: &Vocabulary) -> Option<String> {
 }
 
 /// What a pushed record reads back as: won, lost and budget are representable (close actions, budget
-/// status), other stages and statuses through the vocabulary; `shipped` is written (and read) as
-/// fulfilled = `delivered`.
+/// status), other stages and statuses through the vocabulary; a status without a state of its own is
+/// written as the nearest one there is ([`Vocabulary::order_status_value`]: `shipped` as Fulfilled,
+/// read back as `delivered`).
 pub fn representable(data: &EntityData, vocabulary: &Vocabulary) -> EntityData {
     let mut data = data.clone();
     match &mut data {
@@ -488,12 +488,7 @@ pub fn representable(data: &EntityData, vocabulary: &Vocabulary) -> EntityData {
             }
         }
         EntityData::Order(order) => {
-            if order.status == Some(OrderStatus::Shipped) {
-                order.status = Some(OrderStatus::Delivered);
-            }
-            if order.status.is_some_and(|status| vocabulary.order_statuses.reverse(status).is_none()) {
-                order.status = None;
-            }
+            order.status = order.status.and_then(|status| vocabulary.order_status_read_back(status));
         }
         EntityData::Account(_) | EntityData::Lead(_) => {}
     }
@@ -642,8 +637,7 @@ pub fn to_row(
         EntityData::Order(order) => {
             put("name", json!(order.number));
             order_state = order.status.and_then(|status| {
-                let status = if status == OrderStatus::Shipped { OrderStatus::Delivered } else { status };
-                vocabulary.order_statuses.reverse(status).and_then(|value| value.parse::<i64>().ok()).map(OrderState)
+                vocabulary.order_status_value(status).and_then(|value| value.parse::<i64>().ok()).map(OrderState)
             });
             put("submitdate", json!(order.order_date.map(|day| format!("{day}T00:00:00Z"))));
             put("description", json!(order.details));

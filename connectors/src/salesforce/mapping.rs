@@ -631,11 +631,7 @@ pub fn to_record(
         }
         EntityData::Order(order) => {
             put(&mut record, "Crmsync_Order_Number__c", json!(order.number));
-            put(
-                &mut record,
-                "Status",
-                json!(order.status.and_then(|status| vocabulary.order_statuses.reverse(status))),
-            );
+            put(&mut record, "Status", json!(order.status.and_then(|status| vocabulary.order_status_value(status))));
             put(&mut record, "EffectiveDate", json!(order.order_date.map(|day| day.to_string())));
             if let Some(currency) = &order.currency {
                 if info.is_multi_currency() {

@@ -489,7 +489,7 @@ pub fn to_record(
         }
         EntityData::Order(order) => {
             put("Subject", json!(order.number));
-            put("Status", json!(order.status.and_then(|status| vocabulary.order_statuses.reverse(status))));
+            put("Status", json!(order.status.and_then(|status| vocabulary.order_status_value(status))));
             put("Due_Date", json!(order.order_date.map(|day| day.to_string())));
             if let Some(currency) = &order.currency {
                 put("Currency", json!(currency_field(currency, currencies()?)?));

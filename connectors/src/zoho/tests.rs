@@ -487,8 +487,9 @@ async fn a_multi_currency_org_takes_its_active_currencies_and_refuses_others() {
 
 /// Issue 15 (Zoho side): an order in each canonical status is written as a Sales_Order with its
 /// Ordered_Items and the mapped Status (SPEC §2: draft → Created, confirmed → Approved, delivered →
-/// Delivered, cancelled → Cancelled; shipped and invoiced have no default Zoho value and are not
-/// written), and reads back as what was pushed: nothing for reconcile to take as a change (no echo).
+/// Delivered, cancelled → Cancelled; shipped and invoiced have no Zoho value of their own and are
+/// written as `Delivered`, the value SPEC §2 gives shipped and delivered), and reads back as what
+/// was pushed: nothing for reconcile to take as a change (no echo).
 #[tokio::test]
 async fn an_order_in_each_status_is_written_with_its_items_and_status_and_reads_back_unchanged() {
     let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
@@ -497,9 +498,9 @@ async fn an_order_in_each_status_is_written_with_its_items_and_status_and_reads_
     let statuses = [
         (OrderStatus::Draft, Some("Created")),
         (OrderStatus::Confirmed, Some("Approved")),
-        (OrderStatus::Shipped, None),
+        (OrderStatus::Shipped, Some("Delivered")),
         (OrderStatus::Delivered, Some("Delivered")),
-        (OrderStatus::Invoiced, None),
+        (OrderStatus::Invoiced, Some("Delivered")),
         (OrderStatus::Cancelled, Some("Cancelled")),
     ];
     let batch: Vec<Outgoing> =
@@ -511,17 +512,12 @@ async fn an_order_in_each_status_is_written_with_its_items_and_status_and_reads_
         let row = running.state().row(Entity::Order, external_id.as_str()).unwrap();
         assert_eq!(row["Ordered_Items"][0]["Product_Name"]["name"], "Widget", "{status:?}");
         let written = row.get("Status").and_then(serde_json::Value::as_str);
-        // A status with no Zoho value is left to Zoho's default on create.
-        assert_eq!(written, vendor.or(Some("Created")), "{status:?}");
+        assert_eq!(written, *vendor, "{status:?}");
         let OutgoingOp::Upsert { data } = &outgoing.op else { panic!() };
         let change = pulled.changes.iter().find(|change| &change.external_id == external_id).unwrap();
         let EntityData::Order(read) = change.data().unwrap() else { panic!() };
         let EntityData::Order(sent) = connector.representable(data) else { panic!() };
-        if vendor.is_some() {
-            assert_eq!(read.status, sent.status, "{status:?} reads back as pushed");
-        } else {
-            assert_eq!(sent.status, None, "{status:?} is not written, so not compared");
-        }
+        assert_eq!(read.status, sent.status, "{status:?} reads back as pushed");
         assert_eq!((&read.number, &read.currency, read.order_date), (&sent.number, &sent.currency, sent.order_date));
         let line = &read.lines.as_ref().unwrap()[0];
         let sent_line = &sent.lines.as_ref().unwrap()[0];

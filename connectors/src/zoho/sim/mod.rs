@@ -222,8 +222,20 @@ impl ZohoSim {
 
     /// Edits a record as a user would (new `Modified_Time`).
     pub fn edit(&self, entity: Entity, id: &str, changes: &[(&str, Value)]) -> bool {
+        let stamp = self.lock().tick();
+        self.edit_at_second(entity, id, changes, stamp)
+    }
+
+    /// Edits a record as a user would at `at` (`Modified_Time` has second precision, so tests that
+    /// need an edit in a later second say when, instead of waiting). Later writes are not stamped
+    /// before it.
+    pub fn edit_at(&self, entity: Entity, id: &str, changes: &[(&str, Value)], at: Timestamp) -> bool {
+        self.edit_at_second(entity, id, changes, at.unix_millis().div_euclid(1000))
+    }
+
+    fn edit_at_second(&self, entity: Entity, id: &str, changes: &[(&str, Value)], stamp: i64) -> bool {
         let mut inner = self.lock();
-        let stamp = inner.tick();
+        inner.clock = inner.clock.max(stamp);
         let Some(row) = inner.modules.get_mut(wire::module(entity)).and_then(|rows| rows.get_mut(id)) else {
             return false;
         };
