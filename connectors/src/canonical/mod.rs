@@ -28,7 +28,9 @@ use serde::{Deserialize, Serialize};
 pub use account::{Account, normalise_domain};
 pub use ids::{CanonicalId, ConnectionId, ExternalId};
 pub use lead::{Lead, join_name, split_name};
-pub use money::{Currency, CurrencyError, FxError, FxTable, Money, MoneyError, decimal_json};
+pub use money::{
+    Currency, CurrencyError, FxError, FxTable, Money, MoneyError, NotConvertible, decimal_json, in_single_currency,
+};
 pub use opportunity::{Opportunity, StageEntry};
 pub use order::{Order, OrderLine};
 pub use record::{Link, MatchReason, Provenance, Record};

@@ -181,6 +181,66 @@ impl FxTable {
     }
 }
 
+/// Why a record cannot be held by a CRM that keeps every amount in one currency.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("an amount in {from} cannot be converted to {to}: {}", match rate {
+    Some(error) => error.to_string(),
+    None => "no [metrics.fx] rates are configured".to_owned(),
+})]
+pub struct NotConvertible {
+    /// The record's currency.
+    pub from: Currency,
+    /// The currency the CRM keeps.
+    pub to: Currency,
+    /// The missing rate (`None`: no `metrics.fx` at all).
+    pub rate: Option<Box<FxError>>,
+}
+
+/// Returns `data` as a CRM that keeps every amount in `currency` holds it (a Salesforce org
+/// without multi-currency, a Zoho org without multi-currency): an opportunity's amount, an order's
+/// line prices, line totals and total converted with `fx` and rounded to two places, the order's
+/// currency `currency`. A record already in `currency`, or without amounts, is returned as it is.
+pub fn in_single_currency(
+    data: &super::EntityData,
+    currency: &Currency,
+    fx: Option<&FxTable>,
+) -> Result<super::EntityData, NotConvertible> {
+    let round =
+        |amount: Decimal| amount.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero);
+    let convert = |money: &Money| {
+        let refuse = |rate| NotConvertible { from: money.currency.clone(), to: currency.clone(), rate };
+        let fx = fx.ok_or_else(|| refuse(None))?;
+        fx.convert(money, currency)
+            .map(|converted| round(converted.amount))
+            .map_err(|error| refuse(Some(Box::new(error))))
+    };
+    let mut data = data.clone();
+    match &mut data {
+        super::EntityData::Opportunity(opportunity) => {
+            if let Some(amount) = &opportunity.amount
+                && &amount.currency != currency
+            {
+                opportunity.amount = Some(Money::new(convert(amount)?, currency.clone()));
+            }
+        }
+        super::EntityData::Order(order) => {
+            if let Some(from) = order.currency.clone().filter(|from| from != currency) {
+                for line in order.lines.iter_mut().flatten() {
+                    line.unit_price = convert(&Money::new(line.unit_price, from.clone()))?;
+                    line.line_total = line.quantity * line.unit_price;
+                }
+                order.total_amount = match &order.lines {
+                    Some(lines) => Some(lines.iter().map(|line| line.line_total).sum()),
+                    None => order.total_amount.map(|total| convert(&Money::new(total, from.clone()))).transpose()?,
+                };
+                order.currency = Some(currency.clone());
+            }
+        }
+        super::EntityData::Account(_) | super::EntityData::Lead(_) => {}
+    }
+    Ok(data)
+}
+
 /// A decimal as a JSON number, without trailing zeros (`19.50` → `19.5`), as vendors send and take
 /// amounts and quantities.
 pub fn decimal_json(value: Decimal) -> serde_json::Value {

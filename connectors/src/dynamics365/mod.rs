@@ -672,7 +672,7 @@ fn part_failure(status: u16, response: &BatchResponse) -> PushOutcome {
                 "changed in Dataverse since crmsync last read it ({message}); retried after the next pull"
             ),
         },
-        429 | 500..=599 => PushOutcome::Retry { message: format!("{code}: {message}") },
+        408 | 429 | 500..=599 => PushOutcome::Retry { message: format!("{code}: {message}") },
         _ => PushOutcome::Rejected { code, message },
     }
 }

@@ -427,6 +427,25 @@ fn currency_field(currency: &Currency, currencies: &OrgCurrencies) -> Result<Opt
     ))
 }
 
+/// Returns a record as the org holds it: in a single-currency org, amounts in another currency
+/// converted into the org currency with `metrics.fx` (`fx`), or refused with the reason (no rates,
+/// or no rate for the currency); a multi-currency org takes the record as it is.
+pub fn in_org_currency(
+    data: &EntityData,
+    currencies: &OrgCurrencies,
+    fx: Option<&crate::canonical::FxTable>,
+) -> Result<EntityData, Refusal> {
+    if currencies.multi_currency {
+        return Ok(data.clone());
+    }
+    crate::canonical::in_single_currency(data, &currencies.currency, fx).map_err(|error| {
+        Refusal::new(
+            "CURRENCIES_NOT_ENABLED",
+            format!("the Zoho org has no multi-currency and keeps amounts in {}; {error}", currencies.currency),
+        )
+    })
+}
+
 /// Builds one write record, or refuses it before the call when Zoho would: a create missing a
 /// `system_mandatory` field (`MANDATORY_NOT_FOUND`), a picklist value the field does not list, a
 /// currency the org does not take, a sales order without line items or with a product Zoho lacks.

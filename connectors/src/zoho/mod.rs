@@ -53,6 +53,8 @@ pub struct ZohoConnector {
     described: DescribeCache<mapping::ModuleInfo>,
     products: tokio::sync::Mutex<Option<Arc<HashMap<String, String>>>>,
     org: tokio::sync::Mutex<Option<Arc<mapping::OrgCurrencies>>>,
+    /// The same, once read: `representable` (not async) needs it.
+    org_known: std::sync::OnceLock<Arc<mapping::OrgCurrencies>>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,7 @@ impl ZohoConnector {
             described: DescribeCache::default(),
             products: tokio::sync::Mutex::new(None),
             org: tokio::sync::Mutex::new(None),
+            org_known: std::sync::OnceLock::new(),
         })
     }
 
@@ -221,6 +224,7 @@ impl ZohoConnector {
         };
         let found = Arc::new(mapping::OrgCurrencies { currency, multi_currency: org.mc_status, active });
         *cached = Some(found.clone());
+        let _ = self.org_known.set(found.clone());
         Ok(found)
     }
 
@@ -568,9 +572,21 @@ impl Connector for ZohoConnector {
         let mut upserts: Vec<(usize, Map<String, Value>)> = Vec::new();
         for (index, outgoing) in batch.iter().enumerate() {
             let OutgoingOp::Upsert { data } = &outgoing.op else { continue };
+            // A single-currency org keeps every amount in the org currency: converted with
+            // metrics.fx, or refused naming why.
+            let data = match currencies.as_deref() {
+                Some(org) => match mapping::in_org_currency(data, org, self.settings.fx.as_ref()) {
+                    Ok(data) => data,
+                    Err(refusal) => {
+                        outcomes[index] = Some(PushOutcome::Rejected { code: refusal.code, message: refusal.message });
+                        continue;
+                    }
+                },
+                None => data.clone(),
+            };
             // A record without a Zoho id is created (the upsert matches it only if Zoho already
             // carries its canonical id): it must pass the create rules.
-            match mapping::to_record(outgoing.canonical_id, data, &context, outgoing.external_id.is_none()) {
+            match mapping::to_record(outgoing.canonical_id, &data, &context, outgoing.external_id.is_none()) {
                 Ok(record) => upserts.push((index, record)),
                 Err(refusal) => {
                     outcomes[index] = Some(PushOutcome::Rejected { code: refusal.code, message: refusal.message });
@@ -664,7 +680,12 @@ impl Connector for ZohoConnector {
     }
 
     fn representable(&self, data: &crate::canonical::EntityData) -> crate::canonical::EntityData {
-        self.settings.vocabulary.representable(data)
+        let data = self.settings.vocabulary.representable(data);
+        // A single-currency org reads amounts back in the org currency.
+        match self.org_known.get() {
+            Some(org) => mapping::in_org_currency(&data, org, self.settings.fx.as_ref()).unwrap_or(data),
+            None => data,
+        }
     }
 }
 

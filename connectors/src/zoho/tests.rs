@@ -633,3 +633,47 @@ async fn throttling_5xx_truncated_pages_and_drifted_records_change_no_record() {
     testkit::faults_change_nothing(|| connector(&running), state.as_ref(), Entity::ALL).await;
     testkit::garbled_records_are_set_aside(|| connector(&running), state.as_ref(), Entity::ALL).await;
 }
+
+/// Issue 13 §1b for Zoho: an order in another currency routed to a single-currency org is written
+/// with its prices converted into the org currency with `metrics.fx`, and reads back as the
+/// connector's `representable` says (no echo); without a rate it is refused before the call,
+/// naming why.
+#[tokio::test]
+async fn a_single_currency_org_gets_other_currencies_converted_with_metrics_fx_or_refused_naming_why() {
+    let mut options = ZohoSimOptions::with_world(world(only(0, 0, 0)));
+    options.multi_currency = false;
+    let running = simulator(options).await;
+    let connector = connector_with(&running, Arc::new(MemoryHost::default()), |settings| {
+        settings.fx = Some(crate::canonical::FxTable::new(
+            Currency::new("EUR").unwrap(),
+            std::collections::BTreeMap::from([(Currency::new("USD").unwrap(), "0.5".parse().unwrap())]),
+        ));
+    });
+    let account = pushed_account(&connector).await;
+    let batch = vec![
+        order_with(&account, |order| order.currency = Currency::new("USD").ok()),
+        order_with(&account, |order| order.currency = Currency::new("JPY").ok()),
+    ];
+    let report = connector.push(Entity::Order, &batch).await.unwrap();
+    let PushOutcome::Upserted { external_id, .. } = &report.results[0].outcome else { panic!("{report:?}") };
+    let row = running.state().row(Entity::Order, external_id.as_str()).unwrap();
+    assert!(!row.contains_key("Currency"), "a single-currency org has no Currency field");
+    let OutgoingOp::Upsert { data: EntityData::Order(sent) } = &batch[0].op else { panic!() };
+    let price = sent.lines.as_ref().unwrap()[0].unit_price;
+    let written: rust_decimal::Decimal = row["Ordered_Items"][0]["List_Price"].to_string().parse().unwrap();
+    assert_eq!(written, (price * rust_decimal::Decimal::new(5, 1)).round_dp(2), "USD at 0.5 EUR");
+    let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
+    let change = pulled.changes.iter().find(|change| &change.external_id == external_id).unwrap();
+    let EntityData::Order(read) = change.data().unwrap() else { panic!() };
+    let OutgoingOp::Upsert { data } = &batch[0].op else { panic!() };
+    let EntityData::Order(expected) = connector.representable(data) else { panic!() };
+    assert_eq!(read.currency, expected.currency);
+    assert_eq!(read.currency.as_ref().map(Currency::as_str), Some("EUR"));
+    let amounts = |order: &crate::canonical::Order| {
+        order.lines.iter().flatten().map(|line| (line.quantity, line.unit_price)).collect::<Vec<_>>()
+    };
+    assert_eq!(amounts(read), amounts(&expected), "reads back as representable says");
+    let (code, message) = rejection(&report, 1);
+    assert_eq!(code, "CURRENCIES_NOT_ENABLED");
+    assert!(message.contains("JPY") && message.contains("metrics.fx has no rate for JPY"), "{message}");
+}
