@@ -325,23 +325,14 @@ pub fn to_change(
             });
             let items = row.get("OrderItems").and_then(|items| items.get("records")).and_then(Value::as_array);
             // Lines (and the roll-up total that depends on them) are only known when the order has
-            // items in Salesforce; crmsync cannot write OrderItems (they need price-book entries), so an
-            // order pushed here has none and must not clear the lines other CRMs hold.
+            // items in Salesforce; an order without any (its lines had no price-book entry) must not
+            // clear the lines other CRMs hold.
             let lines = match items {
                 Some(items) if !items.is_empty() => Some(
                     items
                         .iter()
                         .filter_map(Value::as_object)
-                        .map(|item| {
-                            let product = item.get("Product2").and_then(Value::as_object);
-                            Ok(OrderLine {
-                                product: product.and_then(|product| text(product, "Name")),
-                                sku: product.and_then(|product| text(product, "ProductCode")),
-                                quantity: decimal(item, "Quantity")?.unwrap_or_default(),
-                                unit_price: decimal(item, "UnitPrice")?.unwrap_or_default(),
-                                line_total: decimal(item, "TotalPrice")?.unwrap_or_default(),
-                            })
-                        })
+                        .map(order_item_line)
                         .collect::<Result<Vec<_>, ConnectorError>>()?,
                 ),
                 _ => {
@@ -513,46 +504,6 @@ fn fx_rejection(object: &str, field: &str, money: &Money, corporate: &Currency, 
     }
 }
 
-/// Converts a canonical record to what a single-currency org stores (amounts in its corporate
-/// currency, rounded to two places), so reading it back is recognised as crmsync's own write.
-pub fn representable_amounts(data: &EntityData, corporate: &Currency, fx: Option<&FxTable>) -> EntityData {
-    let mut data = data.clone();
-    match &mut data {
-        EntityData::Opportunity(opportunity) => {
-            if let Some(amount) = &opportunity.amount
-                && &amount.currency != corporate
-                && let Some(Ok(converted)) = fx.map(|fx| fx.convert(amount, corporate))
-            {
-                opportunity.amount = Some(Money::new(
-                    converted.amount.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero),
-                    corporate.clone(),
-                ));
-            }
-        }
-        EntityData::Order(order) if order.currency.as_ref().is_some_and(|currency| currency != corporate) => {
-            let Some(fx) = fx else { return data };
-            let from = order.currency.clone().unwrap_or_else(|| corporate.clone());
-            let convert = |amount: Decimal| {
-                fx.convert(&Money::new(amount, from.clone()), corporate)
-                    .map(|money| {
-                        money.amount.round_dp_with_strategy(2, rust_decimal::RoundingStrategy::MidpointAwayFromZero)
-                    })
-                    .unwrap_or(amount)
-            };
-            for line in order.lines.iter_mut().flatten() {
-                line.unit_price = convert(line.unit_price);
-                line.line_total = line.quantity * line.unit_price;
-            }
-            if let Some(lines) = &order.lines {
-                order.total_amount = Some(lines.iter().map(|line| line.line_total).sum());
-            }
-            order.currency = Some(corporate.clone());
-        }
-        _ => {}
-    }
-    data
-}
-
 /// Builds the collection record for one upsert or update. Only fields the record has are sent
 /// (nothing is cleared), only fields the org's describe lists as settable for this kind of write
 /// (a single-currency org has no `CurrencyIsoCode`), and privacy-denied fields never are. A create
@@ -597,11 +548,7 @@ pub fn to_record(
                 }
                 put(&mut record, "LastName", json!(last));
             }
-            put(
-                &mut record,
-                "Company",
-                json!(lead.company.clone().or_else(|| lead.name.as_ref().map(|_| "[not provided]".to_owned()))),
-            );
+            put(&mut record, "Company", json!(lead.company));
             put(&mut record, "Email", json!(lead.email));
             put(
                 &mut record,
@@ -678,6 +625,18 @@ pub fn to_record(
         fill_required(&mut record, entity, config, target)?;
     }
     Ok(record)
+}
+
+/// An order line from one row of the order's `OrderItems` subquery.
+pub fn order_item_line(item: &Map<String, Value>) -> Result<OrderLine, ConnectorError> {
+    let product = item.get("Product2").and_then(Value::as_object);
+    Ok(OrderLine {
+        product: product.and_then(|product| text(product, "Name")),
+        sku: product.and_then(|product| text(product, "ProductCode")),
+        quantity: decimal(item, "Quantity")?.unwrap_or_default(),
+        unit_price: decimal(item, "UnitPrice")?.unwrap_or_default(),
+        line_total: decimal(item, "TotalPrice")?.unwrap_or_default(),
+    })
 }
 
 /// The OrderItem records of an order's lines (without `OrderId`, known once the order is written):

@@ -29,8 +29,11 @@
 //! afterwards by an update that carries only `Status`; an existing order's other fields are updated
 //! in one call and its status in a second, Status-only call. An order's lines become OrderItems of
 //! the configured price book (default: the standard one), each priced from the active entry of its
-//! SKU or product name, added after the order is written and before it is activated; an order that
-//! already has products keeps them.
+//! SKU or product name, added after the order is written and before it is activated. An order whose
+//! lines changed gets its products replaced: an activated order's products cannot be deleted
+//! (Salesforce Help, "Editing and Deletion Considerations for Order Products"), so it is moved back
+//! to its Draft status first, its products deleted and the new ones added, then its status set
+//! again; an order whose products are the lines already costs no item call.
 
 mod config;
 pub mod jwt;
@@ -106,7 +109,68 @@ impl PriceBook {
 #[derive(Debug, Clone)]
 struct OrgOrder {
     id: String,
-    has_items: bool,
+    /// Its `Status` value.
+    status: Option<String>,
+    /// Its products.
+    items: Vec<OrgItem>,
+}
+
+/// One product of an order in the org, as the items subquery reads it.
+#[derive(Debug, Clone)]
+struct OrgItem {
+    id: String,
+    line: crate::canonical::OrderLine,
+}
+
+impl OrgOrder {
+    fn has_items(&self) -> bool {
+        !self.items.is_empty()
+    }
+
+    /// Whether the org's products are the ones `wanted` (OrderItem records as
+    /// [`mapping::order_items`] builds them): the same price-book entries, quantities and prices.
+    fn has_the_items(&self, wanted: &[Map<String, Value>], book: &PriceBook) -> bool {
+        let number = |value: Option<&Value>| {
+            value
+                .and_then(|value| value.to_string().trim_matches('"').parse::<rust_decimal::Decimal>().ok())
+                .map(|number| number.normalize())
+        };
+        let mut have: Vec<(Option<String>, Option<rust_decimal::Decimal>, Option<rust_decimal::Decimal>)> = self
+            .items
+            .iter()
+            .map(|item| {
+                (
+                    book.entry(&item.line).map(str::to_owned),
+                    Some(item.line.quantity.normalize()),
+                    Some(item.line.unit_price.normalize()),
+                )
+            })
+            .collect();
+        let mut want: Vec<(Option<String>, Option<rust_decimal::Decimal>, Option<rust_decimal::Decimal>)> = wanted
+            .iter()
+            .map(|item| {
+                (
+                    item.get("PricebookEntryId").and_then(Value::as_str).map(str::to_owned),
+                    number(item.get("Quantity")),
+                    number(item.get("UnitPrice")),
+                )
+            })
+            .collect();
+        have.sort();
+        want.sort();
+        have == want
+    }
+}
+
+/// An order whose products change: its current products are deleted (after moving the order back
+/// to a Draft status when it is activated: an activated order's products cannot be deleted) and
+/// the new ones added; the order's status is set again afterwards.
+#[derive(Debug, Clone)]
+struct ItemReplacement {
+    index: usize,
+    order_id: String,
+    item_ids: Vec<String>,
+    deactivate: bool,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -703,6 +767,8 @@ impl Connector for SalesforceConnector {
         let mut upserts: Vec<(usize, Map<String, Value>)> = Vec::new();
         // Orders: the Status each one must end in, set by a Status-only update after the write.
         let mut statuses: HashMap<usize, Value> = HashMap::new();
+        // Orders whose products change.
+        let mut replacements: Vec<ItemReplacement> = Vec::new();
         let draft = self.settings.vocabulary.order_statuses.reverse(OrderStatus::Draft).map(str::to_owned);
         for (index, outgoing) in batch.iter().enumerate() {
             let OutgoingOp::Upsert { data } = &outgoing.op else { continue };
@@ -753,10 +819,10 @@ impl Connector for SalesforceConnector {
                     record.remove("AccountId");
                     record.remove("Account");
                 }
-                // Products: added to an order that has none yet, from its price book; an order
-                // whose lines the price book cannot price is refused before any call.
-                let needs_items = in_org.is_none_or(|order| !order.has_items);
-                if let (Some(book), crate::canonical::EntityData::Order(order), true) = (&price_book, data, needs_items)
+                // Products: added to an order that has none yet, from its price book, or replacing
+                // the ones it has when the lines changed; an order whose lines the price book cannot
+                // price is refused before any call.
+                if let (Some(book), crate::canonical::EntityData::Order(order)) = (&price_book, data)
                     && let Some(lines) = order.lines.as_ref().filter(|lines| !lines.is_empty())
                 {
                     match mapping::order_items(
@@ -766,12 +832,33 @@ impl Connector for SalesforceConnector {
                         |line| book.entry(line),
                         &target,
                     ) {
-                        Ok(order_items) => {
-                            if info.is_writable("Pricebook2Id", kind) {
-                                record.insert("Pricebook2Id".into(), Value::String(book.id.clone()));
+                        Ok(order_items) => match in_org.filter(|order| order.has_items()) {
+                            Some(current) if current.has_the_items(&order_items, book) => {}
+                            Some(current) => {
+                                let deactivate = draft.as_ref().is_some_and(|draft| {
+                                    current.status.as_deref().is_some_and(|status| status != draft)
+                                });
+                                if deactivate && !statuses.contains_key(&index) {
+                                    // Activated again with the status it has once its products are in.
+                                    if let Some(status) = &current.status {
+                                        statuses.insert(index, Value::String(status.clone()));
+                                    }
+                                }
+                                replacements.push(ItemReplacement {
+                                    index,
+                                    order_id: current.id.clone(),
+                                    item_ids: current.items.iter().map(|item| item.id.clone()).collect(),
+                                    deactivate,
+                                });
+                                items.extend(order_items.into_iter().map(|item| (index, item)));
                             }
-                            items.extend(order_items.into_iter().map(|item| (index, item)));
-                        }
+                            None => {
+                                if info.is_writable("Pricebook2Id", kind) {
+                                    record.insert("Pricebook2Id".into(), Value::String(book.id.clone()));
+                                }
+                                items.extend(order_items.into_iter().map(|item| (index, item)));
+                            }
+                        },
                         Err(rejection) => {
                             statuses.remove(&index);
                             outcomes[index] =
@@ -822,6 +909,10 @@ impl Connector for SalesforceConnector {
                 outcomes[*index] = Some(collection_outcome(result, true));
             }
         }
+        if !replacements.is_empty() {
+            let failed = self.clear_order_items(&mut outcomes, replacements, draft.as_deref()).await?;
+            items.retain(|(index, _)| !failed.contains(index));
+        }
         if !items.is_empty() {
             self.add_order_items(&mut outcomes, items, &mut statuses).await?;
         }
@@ -855,7 +946,7 @@ impl Connector for SalesforceConnector {
         let single_currency = self.described.get(data.entity()).is_some_and(|info| !info.is_multi_currency());
         match self.corporate_currency.get() {
             Some(corporate) if single_currency => {
-                mapping::representable_amounts(&data, corporate, self.settings.fx.as_ref())
+                crate::canonical::in_single_currency(&data, corporate, self.settings.fx.as_ref()).unwrap_or(data)
             }
             _ => data,
         }
@@ -954,7 +1045,7 @@ impl SalesforceConnector {
         if conditions.is_empty() {
             return Ok(HashMap::new());
         }
-        let selected = if info.has(field) { format!("Id, {field}") } else { "Id".to_owned() };
+        let selected = if info.has(field) { format!("Id, Status, {field}") } else { "Id, Status".to_owned() };
         let soql =
             format!("SELECT {selected}, {} FROM Order WHERE {}", wire::ORDER_ITEMS_SUBQUERY, conditions.join(" OR "));
         let mut page = self.query(Entity::Order, &soql, false).await?;
@@ -973,16 +1064,29 @@ impl SalesforceConnector {
             .iter()
             .filter_map(|row| {
                 let id = row.get("Id")?.as_str()?.to_owned();
-                let has_items = row
+                let items = row
                     .get(wire::ORDER_ITEMS_RELATIONSHIP)
                     .and_then(|items| items.get("records"))
                     .and_then(Value::as_array)
-                    .is_some_and(|records| !records.is_empty());
+                    .map(|records| {
+                        records
+                            .iter()
+                            .filter_map(|item| {
+                                let item = item.as_object()?;
+                                Some(OrgItem {
+                                    id: item.get("Id")?.as_str()?.to_owned(),
+                                    line: mapping::order_item_line(item).ok()?,
+                                })
+                            })
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                let status = row.get("Status").and_then(Value::as_str).map(str::to_owned);
                 let canonical = match by_order_id.get(&id) {
                     Some(canonical) => canonical.clone(),
                     None => row.get(field.as_str())?.as_str()?.to_owned(),
                 };
-                Some((canonical, OrgOrder { id, has_items }))
+                Some((canonical, OrgOrder { id, status, items }))
             })
             .collect())
     }
@@ -1034,6 +1138,76 @@ impl SalesforceConnector {
             })
             .await
             .cloned()
+    }
+
+    /// Deletes the products of orders whose lines changed, moving an activated order back to its
+    /// Draft status first (Salesforce Help, "Editing and Deletion Considerations for Order Products":
+    /// after an order is activated its order products cannot be deleted; a Draft order's can). The
+    /// new products are added next and the status set again after them. Returns the batch indices
+    /// that failed (rejected, naming the step).
+    async fn clear_order_items(
+        &self,
+        outcomes: &mut [Option<PushOutcome>],
+        replacements: Vec<ItemReplacement>,
+        draft: Option<&str>,
+    ) -> Result<std::collections::HashSet<usize>, ConnectorError> {
+        let mut failed = std::collections::HashSet::new();
+        let written = |outcomes: &[Option<PushOutcome>], index: usize| {
+            matches!(outcomes.get(index), Some(Some(PushOutcome::Upserted { .. })))
+        };
+        let deactivations: Vec<&ItemReplacement> = replacements
+            .iter()
+            .filter(|replacement| replacement.deactivate && written(outcomes, replacement.index))
+            .collect();
+        if let (Some(draft), false) = (draft, deactivations.is_empty()) {
+            let records = deactivations
+                .iter()
+                .map(|replacement| {
+                    let mut record = Map::new();
+                    record.insert("attributes".into(), serde_json::json!({"type": "Order"}));
+                    record.insert("id".into(), Value::String(replacement.order_id.clone()));
+                    record.insert("Status".into(), Value::String(draft.to_owned()));
+                    record
+                })
+                .collect();
+            let results = self.collection_update("Order", records).await?;
+            for (replacement, result) in deactivations.iter().zip(results) {
+                if let PushOutcome::Rejected { code, message } = collection_outcome(result, true) {
+                    failed.insert(replacement.index);
+                    outcomes[replacement.index] = Some(PushOutcome::Rejected {
+                        code,
+                        message: format!(
+                            "order written, its products not replaced (back to {draft} refused): {message}"
+                        ),
+                    });
+                }
+            }
+        }
+        let deletes: Vec<(usize, String)> = replacements
+            .iter()
+            .filter(|replacement| !failed.contains(&replacement.index) && written(outcomes, replacement.index))
+            .flat_map(|replacement| replacement.item_ids.iter().map(|id| (replacement.index, id.clone())))
+            .collect();
+        let path = self.data_path("/composite/sobjects");
+        for chunk in deletes.chunks(COLLECTION_LIMIT) {
+            let joined = chunk.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>().join(",");
+            let results: Vec<wire::CollectionResult> = self
+                .call_json("OrderItem delete results", |client, base| {
+                    client.delete(format!("{base}{path}")).query(&[("ids", joined.as_str()), ("allOrNone", "false")])
+                })
+                .await?;
+            for ((index, _), result) in chunk.iter().zip(results) {
+                if let PushOutcome::Rejected { code, message } = collection_outcome(result, false)
+                    && failed.insert(*index)
+                {
+                    outcomes[*index] = Some(PushOutcome::Rejected {
+                        code,
+                        message: format!("order written, its old products not deleted: {message}"),
+                    });
+                }
+            }
+        }
+        Ok(failed)
     }
 
     /// Adds the products of orders written without any (sObject Collections create, ≤ 200 per

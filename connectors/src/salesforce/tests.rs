@@ -951,3 +951,54 @@ async fn the_org_refuses_order_products_outside_the_order_price_book_or_without_
     assert_eq!(results[1]["errors"][0]["fields"][0], "PricebookEntryId", "{results}");
     assert!(state.row(Entity::Order, external_id.as_str()).unwrap().get("TotalAmount") == Some(&json!(0)));
 }
+
+/// Issue 13 follow-up: new lines on an order that already has products. An activated order's
+/// products cannot be deleted (Salesforce Help, "Editing and Deletion Considerations for Order
+/// Products"), so the order goes back to Draft, its products are replaced, and it is activated
+/// again; the read-back carries the new lines (no echo). The same lines again cost no item call.
+#[tokio::test]
+async fn changed_lines_replace_the_products_of_an_activated_order_through_draft() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = testkit::new_accounts(1, "Lines Customer").remove(0);
+    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let mut order = testkit::new_orders(&RecordRef::canonical(account.canonical_id), 1, "SO-LINES").remove(0);
+    let report = connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    let PushOutcome::Upserted { external_id, .. } = report.results[0].outcome.clone() else { panic!("{report:?}") };
+    assert_eq!(state.row(Entity::Order, external_id.as_str()).unwrap()["Status"], "Activated");
+    order.external_id = Some(external_id.clone());
+    if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut order.op {
+        let lines = order.lines.as_mut().unwrap();
+        lines[0].quantity = 3.into();
+        lines.push(crate::canonical::OrderLine {
+            product: Some("Widget".into()),
+            sku: Some("W-100".into()),
+            quantity: 1.into(),
+            unit_price: "9.50".parse().unwrap(),
+            line_total: "9.50".parse().unwrap(),
+        });
+    }
+    let report = connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { .. }), "{report:?}");
+    let row = state.row(Entity::Order, external_id.as_str()).unwrap();
+    assert_eq!(row["Status"], "Activated", "activated again");
+    assert_eq!(row["TotalAmount"], json!(38), "3 × 9.50 + 1 × 9.50");
+    let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
+    let EntityData::Order(read) = pulled.changes[0].data().unwrap() else { panic!("not an order") };
+    let OutgoingOp::Upsert { data } = &order.op else { unreachable!() };
+    let EntityData::Order(sent) = connector.representable(data) else { panic!() };
+    let quantities = |order: &Order| {
+        let mut lines: Vec<_> =
+            order.lines.iter().flatten().map(|line| (line.quantity.normalize(), line.unit_price.normalize())).collect();
+        lines.sort();
+        lines
+    };
+    assert_eq!(quantities(read), quantities(&sent), "reads back as pushed");
+    assert_eq!(read.status, Some(OrderStatus::Confirmed));
+    // The same lines again: no product is deleted or added.
+    let writes = Simulated::stats(state.as_ref()).write_calls;
+    connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    let calls = Simulated::stats(state.as_ref()).write_calls - writes;
+    assert_eq!(calls, 2, "the order update and its status, nothing for its products");
+}

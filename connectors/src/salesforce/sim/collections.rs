@@ -535,6 +535,37 @@ impl SalesforceSim {
     }
 }
 
+/// Deletes an order product (`802…`), which lives in its order's row: refused while the order is
+/// activated (Salesforce Help, "Editing and Deletion Considerations for Order Products": after an
+/// order is activated its order products cannot be deleted). `None`: not an order product.
+fn delete_order_item(inner: &mut super::Inner, id: &str, stamp: i64) -> Option<CollectionResult> {
+    let order =
+        inner.tables.get_mut("Order")?.rows.values_mut().find(|row| {
+            !row.deleted && row.items.iter().any(|item| item.get("Id").and_then(Value::as_str) == Some(id))
+        })?;
+    let activated =
+        order.fields.get("Status").and_then(Value::as_str).is_some_and(|status| ACTIVATED_STATUSES.contains(&status));
+    if activated {
+        // The error code is not documented; the message is the Help article's rule.
+        return Some(failure(
+            "FIELD_INTEGRITY_EXCEPTION",
+            "You can't delete order products of an activated order: move the order back to Draft first".into(),
+            &[],
+        ));
+    }
+    order.items.retain(|item| item.get("Id").and_then(Value::as_str) != Some(id));
+    let total: rust_decimal::Decimal = order
+        .items
+        .iter()
+        .filter_map(|item| {
+            item.get("TotalPrice").and_then(|value| value.to_string().parse::<rust_decimal::Decimal>().ok())
+        })
+        .sum();
+    order.fields.insert("TotalAmount".into(), decimal_json(total));
+    order.modstamp = stamp;
+    Some(CollectionResult { id: Some(id.to_owned()), success: true, errors: Vec::new(), created: None })
+}
+
 #[derive(serde::Deserialize)]
 pub(super) struct DeleteParams {
     ids: Option<String>,
@@ -564,6 +595,10 @@ pub(super) async fn delete_records(
     let mut results = Vec::with_capacity(ids.len());
     for id in ids {
         let stamp = inner.tick();
+        if let Some(result) = delete_order_item(&mut inner, &id, stamp) {
+            results.push(result);
+            continue;
+        }
         let row = inner.tables.values_mut().find_map(|table| table.rows.get_mut(&id));
         match row {
             Some(row) if !row.deleted => {

@@ -9,7 +9,8 @@
 //! sObject Collections upsert by external id, update and delete (≤ 200 records, per-record results and
 //! validation errors), and `Sforce-Limit-Info` on every response. It parses a SOQL subset strictly
 //! (`MALFORMED_QUERY`, `INVALID_FIELD`) and refuses writes as the org would: unknown or read-only
-//! fields, restricted picklists, missing required fields, orders inserted in an Activated status.
+//! fields, restricted picklists, missing required fields, orders inserted in an Activated status,
+//! order products deleted from an activated order.
 //! An org is multi-currency (`CurrencyIsoCode` on Opportunity and Order) or single-currency (the
 //! default in Salesforce and for `crmsync simulate`: no such field, amounts in the corporate currency).
 //!
@@ -191,7 +192,8 @@ pub fn connection_toml(name: &str, base_url: &str) -> String {
         "[connections.{name}]\nkind = \"salesforce\"\nlogin_url = \"{base_url}\"\n\
          auth = {{ flow = \"refresh_token\", client_id = \"{CLIENT_ID}\", client_secret = {{ env = \"{ENV_CLIENT_SECRET}\" }}, refresh_token = {{ env = \"{ENV_REFRESH_TOKEN}\" }} }}\n\
          webhook = {{ organization_id = \"{ORGANIZATION_ID}\", secret = {{ env = \"{ENV_WEBHOOK_SECRET}\" }} }}\n\
-         mapping = {{ order_statuses = {{ \"Shipped\" = \"shipped\", \"Delivered\" = \"delivered\", \"Invoiced\" = \"invoiced\", \"Cancelled\" = \"cancelled\" }} }}\n"
+         mapping = {{ order_statuses = {{ \"Shipped\" = \"shipped\", \"Delivered\" = \"delivered\", \"Invoiced\" = \"invoiced\", \"Cancelled\" = \"cancelled\" }} }}\n\
+         push_defaults = {{ \"Lead.Company\" = \"[not provided]\" }}\n"
     )
 }
 
