@@ -6,7 +6,9 @@ simulator seeded (ids per module, from the simulator's /__sim/stats counters and
 changes a few records through the Zoho API as a user would, reads incrementally from the state the
 full read left, and checks that exactly the changed records come back.
 
-    python3 tests/clients/zoho_airbyte.py --crmsync target/debug/crmsync [--records 300]
+    python3 tests/third_party/zoho_airbyte.py --crmsync target/debug/crmsync [--records 300]
+
+(or `tests/third_party/run.sh zoho`, see tests/third_party/README.md)
 
 It installs the source into a virtualenv of its own (`--venv`, default $TMPDIR/crmsync-airbyte-zoho)
 the first time. The source hard-codes Zoho's hosts (accounts.zoho.com, zohoapis.com) in two URL
