@@ -4,8 +4,11 @@
 # (`docker buildx imagetools inspect rust:1.95-bookworm` prints it); the build machines of this
 # project have no registry access to resolve digests, so the tags are pinned to a release line here.
 FROM rust:1.95-bookworm AS build
+# `crmsync --version` names the commit: the build context has no .git (see .dockerignore), so pass
+# it: docker build --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t crmsync .
+ARG GIT_COMMIT=""
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY connectors/Cargo.toml connectors/Cargo.toml
 COPY src src
 COPY connectors/src connectors/src

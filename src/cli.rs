@@ -104,6 +104,12 @@ pub enum Command {
     /// sled store in a temporary directory, removed afterwards. Build with `--release` for figures
     /// that mean anything.
     Bench(BenchArgs),
+    /// Write a consistent backup of the store to a file (through the running daemon's API while it
+    /// holds the store, else from the store directly). The file is checked before it is kept.
+    Backup(BackupArgs),
+    /// Restore a backup into `daemon.data_dir`, which must hold no store (stop crmsync and move the
+    /// old store aside first). The next start resumes from the backup's cursors.
+    Restore(RestoreArgs),
     /// Print a shell completion script: `crmsync completions bash > /usr/share/bash-completion/completions/crmsync`
     /// (zsh: a `_crmsync` file in `$fpath`; fish: `~/.config/fish/completions/crmsync.fish`).
     Completions {
@@ -162,6 +168,34 @@ pub struct CheckArgs {
     /// Also log in to each CRM and check objects, fields and permissions.
     #[arg(long)]
     pub connectivity: bool,
+}
+
+/// `crmsync backup`.
+#[derive(Debug, Clone, Args)]
+pub struct BackupArgs {
+    /// Configuration.
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The running daemon's API (used while it holds the store).
+    #[command(flatten)]
+    pub client: ClientArgs,
+    /// The backup file to write (created 0600; it holds customer data).
+    #[arg(long, value_name = "FILE")]
+    pub out: PathBuf,
+    /// Print what was written as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `crmsync restore`.
+#[derive(Debug, Clone, Args)]
+pub struct RestoreArgs {
+    /// Configuration (its `daemon.data_dir` receives the store).
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The backup file to restore.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
 }
 
 /// Output format of `status` and friends.

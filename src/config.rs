@@ -464,7 +464,13 @@ fn secret_file_warnings(value: &toml::Value, path: &str, warnings: &mut Vec<Conf
     match value {
         toml::Value::Table(table) => {
             if let (Some(toml::Value::String(file)), 1) = (table.get("file"), table.len()) {
-                if let Some(mode) = crmsync_connectors::settings::loose_secret_file_mode(std::path::Path::new(file)) {
+                let expanded = crmsync_connectors::settings::expand_secret_path(
+                    file,
+                    &crmsync_connectors::settings::SystemSecrets,
+                );
+                if let Some(mode) =
+                    expanded.ok().and_then(|expanded| crmsync_connectors::settings::loose_secret_file_mode(&expanded))
+                {
                     warnings.push(ConfigProblem {
                         path: path.to_owned(),
                         message: format!(

@@ -51,6 +51,33 @@ impl SecretSource for SystemSecrets {
     }
 }
 
+/// Expands `${NAME}` in the path of a `{ file = "…" }` secret from the environment: systemd's
+/// `LoadCredential=name:/path` hands the service its credentials as files in
+/// `$CREDENTIALS_DIRECTORY`, so `{ file = "${CREDENTIALS_DIRECTORY}/name" }` reads them there.
+pub fn expand_secret_path(path: &str, secrets: &dyn SecretSource) -> Result<PathBuf, String> {
+    let mut expanded = String::with_capacity(path.len());
+    let mut rest = path;
+    while let Some(start) = rest.find("${") {
+        expanded.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after.find('}').ok_or_else(|| format!("secret file path {path:?} has an unclosed ${{"))?;
+        let name = &after[..end];
+        match secrets.env(name) {
+            Some(value) if !value.is_empty() => expanded.push_str(&value),
+            _ if name == "CREDENTIALS_DIRECTORY" => {
+                return Err(format!(
+                    "secret file path {path:?} needs $CREDENTIALS_DIRECTORY, which is not set (systemd sets it \
+                     for a unit with LoadCredential=)"
+                ));
+            }
+            _ => return Err(format!("secret file path {path:?} needs ${name}, which is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    expanded.push_str(rest);
+    Ok(PathBuf::from(expanded))
+}
+
 /// Largest secret file accepted: a 8192-bit RSA key in PEM is about 6.5 KB; anything far larger is a
 /// mistake (`{ file = "/dev/zero" }`, a log file) that must not be read whole into memory.
 pub const MAX_SECRET_FILE_BYTES: u64 = 16 * 1024;
@@ -111,6 +138,10 @@ fn redact_url_text(text: &str) -> String {
             None => text.to_owned(),
         },
     }
+}
+
+fn quoted(path: &std::path::Path) -> String {
+    format!("{:?}", path.display().to_string())
 }
 
 /// A fixed map of variables and no files (tests).
@@ -282,11 +313,16 @@ impl<'a> TableReader<'a> {
                     Some(secret) if !secret.is_empty() => Ok(secret),
                     _ => Err(format!("secret from environment variable {name} is not set")),
                 },
-                (None, Some(toml::Value::String(path)), 1) => match self.secrets.file(&PathBuf::from(path)) {
-                    Ok(secret) if !secret.trim().is_empty() => Ok(secret.trim_end_matches(['\n', '\r']).to_owned()),
-                    Ok(_) => Err(format!("secret file {path:?} is empty")),
-                    Err(error) => Err(format!("cannot read secret file {path:?}: {error}")),
-                },
+                (None, Some(toml::Value::String(path)), 1) => {
+                    match expand_secret_path(path, self.secrets).map(|file| (self.secrets.file(&file), file)) {
+                        Ok((Ok(secret), _)) if !secret.trim().is_empty() => {
+                            Ok(secret.trim_end_matches(['\n', '\r']).to_owned())
+                        }
+                        Ok((Ok(_), file)) => Err(format!("secret file {} is empty", quoted(&file))),
+                        Ok((Err(error), file)) => Err(format!("cannot read secret file {}: {error}", quoted(&file))),
+                        Err(message) => Err(message),
+                    }
+                }
                 _ => Err("expected { env = \"NAME\" } or { file = \"/path\" }".to_owned()),
             },
             toml::Value::String(_) => {
@@ -514,7 +550,42 @@ impl ConnectionSettings {
 
 #[cfg(test)]
 mod tests {
+    use secrecy::ExposeSecret;
+
     use super::*;
+
+    #[test]
+    fn a_secret_file_path_may_name_the_systemd_credentials_directory() {
+        let dir = tempfile_dir();
+        std::fs::write(dir.join("sf_client_secret"), "from-a-credential\n").unwrap();
+        let table: toml::Table =
+            toml::from_str(r#"client_secret = { file = "${CREDENTIALS_DIRECTORY}/sf_client_secret" }"#).unwrap();
+        let with_dir = MapSecrets(BTreeMap::from([("CREDENTIALS_DIRECTORY".to_owned(), dir.display().to_string())]));
+        let mut problems = Vec::new();
+        let mut reader = TableReader::new("connections.sf", &table, &mut problems, &with_dir);
+        let secret = reader.secret("client_secret").unwrap();
+        assert_eq!(secret.expose_secret(), "from-a-credential");
+        reader.finish(&[]);
+        assert!(problems.is_empty(), "{problems:?}");
+        // Outside systemd the variable is unset: the problem says where it comes from.
+        let without = MapSecrets(BTreeMap::new());
+        let mut problems = Vec::new();
+        let mut reader = TableReader::new("connections.sf", &table, &mut problems, &without);
+        assert!(reader.secret("client_secret").is_none());
+        reader.finish(&[]);
+        let problem = problems[0].to_string();
+        assert!(problem.contains("CREDENTIALS_DIRECTORY") && problem.contains("LoadCredential="), "{problem}");
+        assert!(expand_secret_path("/run/${UNCLOSED", &without).is_err());
+        assert_eq!(expand_secret_path("/plain/path", &without).unwrap(), PathBuf::from("/plain/path"));
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    /// A fresh directory for one test (the connectors crate has no tempfile dependency).
+    fn tempfile_dir() -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("crmsync-settings-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 
     fn read(text: &str, body: impl FnOnce(&mut TableReader<'_>)) -> Vec<String> {
         let table: toml::Table = toml::from_str(text).unwrap();

@@ -1,6 +1,7 @@
 //! One handler per subcommand. Handlers load configuration, call into the library, and print; the
 //! binary turns their result into an exit code.
 
+pub mod backup;
 pub mod bench;
 pub mod check;
 pub mod demo;
@@ -36,6 +37,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dlq(args) => operate::dlq(args).await,
         Command::Conflicts(args) => operate::conflicts(args).await,
         Command::Identity(args) => operate::identity(args).await,
+        Command::Backup(args) => backup::backup(args).await,
+        Command::Restore(args) => backup::restore(args).await,
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             let mut script = Vec::new();

@@ -13,6 +13,7 @@
 //! ingest writer as an operator batch.
 
 pub mod api;
+mod backup;
 pub mod client;
 mod dashboard;
 mod error;
@@ -98,6 +99,7 @@ pub fn public_router(state: HttpState) -> Router {
         .route("/dlq", get(api::dead_letters).post(api::operate_dead_letters))
         .route("/identity/merge", post(api::merge))
         .route("/identity/split", post(api::split))
+        .route("/backup", get(backup::backup))
         .route_layer(from_fn_with_state(state.clone(), api::require_token));
     let router = Router::new()
         .route("/", get(dashboard::page))

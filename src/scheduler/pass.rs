@@ -178,10 +178,12 @@ pub async fn run_pass<C: Connector>(
                     let result =
                         pull::catch_up(connector.as_ref(), store, ingest, *entity, selection.full, cancel, |summary| {
                             if let Some(bar) = &bar {
+                                let records = summary.stats.records_in();
+                                let seconds = started.elapsed().as_secs_f64().max(f64::EPSILON);
                                 bar.set_message(format!(
-                                    "{} records, {} pages",
-                                    summary.stats.records_in(),
-                                    summary.pages
+                                    "{records} records, {} pages, {:.0} records/s",
+                                    summary.pages,
+                                    records as f64 / seconds
                                 ));
                             }
                         })
@@ -220,7 +222,23 @@ pub async fn run_pass<C: Connector>(
             let Some(connector) = connectors.get(connection) else { continue };
             let before = connector.usage();
             let started = tokio::time::Instant::now();
+            // The push phase: how much is queued for this connection, and how long it has taken.
+            let bar = progress.as_ref().map(|multi| {
+                let queued = store.outbox_depth(connection).unwrap_or_default();
+                let bar = multi.add(ProgressBar::new_spinner());
+                bar.set_style(
+                    ProgressStyle::with_template("{spinner} {prefix:<28} {msg} {elapsed}")
+                        .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                );
+                bar.set_prefix(format!("push {connection}"));
+                bar.set_message(format!("{queued} changes queued"));
+                bar.enable_steady_tick(Duration::from_millis(120));
+                bar
+            });
             let result = push::drain(connector, store, ingest, policies.get(connection), Some(entities), cancel).await;
+            if let Some(bar) = bar {
+                bar.finish_and_clear();
+            }
             let cost = Cost::since(&before, &connector.usage());
             let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
             match result {

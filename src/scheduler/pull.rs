@@ -114,6 +114,44 @@ pub async fn catch_up<C: Connector>(
     }
 }
 
+/// How often a long catch-up logs its progress at INFO.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+
+/// The daemon's log of a catch-up in progress: a DEBUG line per page, and an INFO line every
+/// [`PROGRESS_EVERY`] while the pass goes on (records so far and the rate), inside the pass's span.
+struct CatchUpProgress {
+    started: tokio::time::Instant,
+    last_report: tokio::time::Instant,
+    every: Duration,
+}
+
+impl CatchUpProgress {
+    fn new(every: Duration) -> Self {
+        let now = tokio::time::Instant::now();
+        Self { started: now, last_report: now, every }
+    }
+
+    /// Logs one committed page; returns whether it also logged the INFO progress line.
+    fn page(&mut self, summary: &PullSummary) -> bool {
+        let records = summary.stats.records_in();
+        tracing::debug!(pages = summary.pages, records, "page committed");
+        let now = tokio::time::Instant::now();
+        if now.duration_since(self.last_report) < self.every {
+            return false;
+        }
+        self.last_report = now;
+        let seconds = now.duration_since(self.started).as_secs_f64().max(f64::EPSILON);
+        tracing::info!(
+            pages = summary.pages,
+            records,
+            records_per_second = (records as f64 / seconds).round(),
+            elapsed_seconds = seconds.round(),
+            "catching up"
+        );
+        true
+    }
+}
+
 /// The daemon's pull loop for one connection × entity: catch up, wait for the next tick (or a
 /// webhook's nudge), repeat; errors back off per the connector's advice and keep the cursor.
 #[allow(clippy::too_many_arguments)]
@@ -132,7 +170,10 @@ pub async fn run<C: Connector>(
     loop {
         // One span per pass: every log line of the pass (pages, retries, throttling) carries it.
         let pass = tracing::info_span!("pull_pass", connection = %connection, entity = %entity);
-        let caught_up = catch_up(connector.as_ref(), &store, &ingest, entity, false, &cancel, |_| {});
+        let mut progress = CatchUpProgress::new(PROGRESS_EVERY);
+        let caught_up = catch_up(connector.as_ref(), &store, &ingest, entity, false, &cancel, |summary| {
+            progress.page(summary);
+        });
         let wait = match caught_up.instrument(pass).await {
             Ok(summary) => {
                 attempt = 0;
@@ -172,5 +213,26 @@ pub async fn run<C: Connector>(
             () = tokio::time::sleep(wait) => {}
             () = nudge.notified() => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod progress_tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_catch_up_reports_progress_every_few_seconds_not_every_page() {
+        let mut progress = CatchUpProgress::new(PROGRESS_EVERY);
+        let mut summary = PullSummary::default();
+        let mut reported = Vec::new();
+        // A page every second for 25 seconds.
+        for _ in 0..25 {
+            tokio::time::advance(Duration::from_secs(1)).await;
+            summary.pages += 1;
+            summary.stats.created += 200;
+            reported.push(progress.page(&summary));
+        }
+        let at: Vec<usize> = reported.iter().enumerate().filter(|(_, done)| **done).map(|(page, _)| page + 1).collect();
+        assert_eq!(at, [10, 20], "one INFO line per {PROGRESS_EVERY:?} of catch-up");
     }
 }

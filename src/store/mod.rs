@@ -22,6 +22,7 @@
 //! instead of decoding every record. Summaries are rebuilt on open when their version
 //! ([`crate::metrics::SUMMARY_VERSION`]) differs from the one the store recorded.
 
+pub mod backup;
 mod error;
 pub mod format;
 pub mod keys;
@@ -101,6 +102,8 @@ pub struct Store {
     meta: sled::Tree,
     /// The last storage failure, shared by every handle; cleared by a successful commit or flush.
     fault: std::sync::Arc<std::sync::Mutex<Option<String>>>,
+    /// Commits hold it shared; a backup holds it exclusively, so it copies one point in time.
+    gate: std::sync::Arc<std::sync::RwLock<()>>,
 }
 
 type Abort = ConflictableTransactionError<StoreError>;
@@ -188,6 +191,7 @@ impl Store {
             path,
             _lock: std::sync::Arc::new(lock),
             fault: std::sync::Arc::default(),
+            gate: std::sync::Arc::default(),
         };
         match store.meta.get(keys::FORMAT_VERSION)? {
             Some(bytes) => {
@@ -323,6 +327,7 @@ impl Store {
 
     /// Applies a [`Commit`] in one transaction.
     pub fn commit(&self, commit: Commit) -> Result<(), StoreError> {
+        let _gate = self.gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let committed = self.commit_inner(commit);
         self.observe(committed, true)
     }

@@ -4,6 +4,7 @@
 // child reports its progress on stdout for the parent to read.
 #![allow(clippy::unwrap_used, clippy::print_stdout)]
 
+mod backup;
 mod cli;
 mod config;
 mod daemon;
