@@ -14,7 +14,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::{error_chain, pull, push};
-use crate::ingest::IngestHandle;
+use crate::ingest::{Batch, IngestHandle};
 use crate::store::Store;
 
 /// What a pass covers.
@@ -211,6 +211,12 @@ pub async fn run_pass<C: Connector>(
                     Err(error) => {
                         let message = error_chain(&error);
                         tracing::warn!(connection = %connection, entity = %entity, error = %message, "pull failed");
+                        if !matches!(error, pull::PullError::Cancelled) {
+                            // `status` shows it as the entity's last error, as for the daemon's pulls.
+                            let failed =
+                                Batch::Failed { connection: connection.clone(), entity, message: message.clone() };
+                            let _ = ingest.submit(failed).await;
+                        }
                         row.error = Some(message);
                     }
                 }

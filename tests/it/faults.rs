@@ -203,11 +203,15 @@ async fn an_outage_longer_than_the_retry_budget_fails_the_pass_clearly_and_the_n
     let said = said(&down);
     assert!(said.contains("gave up after"), "the error says the retries ran out:\n{said}");
     assert!(said.contains("vendor error 5"), "the error names what the vendor answered:\n{said}");
+    let status = ok(env.run(&["status"]).await);
+    assert!(status.contains("gave up after"), "status shows the pass's error as the last error:\n{status}");
 
     let before = reads(&vendors);
     ok(env.run(&["sync"]).await);
     let resumed: Vec<u64> = reads(&vendors).iter().zip(before).map(|(after, before)| after - before).collect();
     assert_same_sets("after the outage", &expected, &canonical_set(&env, None).await);
+    let status = ok(env.run(&["status"]).await);
+    assert!(!status.contains("gave up after"), "a successful pass clears the last error:\n{status}");
     for (vendor, (resumed, full)) in ["salesforce", "zoho", "dynamics365"].into_iter().zip(resumed.iter().zip(&full)) {
         assert!(
             resumed < full,
