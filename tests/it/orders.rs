@@ -347,6 +347,13 @@ struct Passes {
 
 impl Passes {
     async fn start(size: WorldSize) -> Self {
+        Self::start_with(size, true).await
+    }
+
+    /// `salesforce_statuses`: whether the Salesforce connection maps the simulated org's custom
+    /// Shipped, Delivered, Invoiced and Cancelled values (without them it has only Draft and
+    /// Activated, as a Salesforce org out of the box).
+    async fn start_with(size: WorldSize, salesforce_statuses: bool) -> Self {
         let anchor: Timestamp = "2026-11-01T00:00:00Z".parse().unwrap();
         let world = World::generate(21, size, anchor, true);
         let crms = Crms {
@@ -354,9 +361,17 @@ impl Passes {
             zoho: zoho_sim::start(ZohoSimOptions::with_world(world.clone())).await.unwrap(),
             dynamics365: d365_sim::start(Dynamics365SimOptions::with_world(world)).await.unwrap(),
         };
+        let mut salesforce = sf_sim::connection_toml("salesforce", &crms.salesforce.base_url());
+        if !salesforce_statuses {
+            salesforce = salesforce
+                .lines()
+                .filter(|line| !line.starts_with("mapping = "))
+                .map(|line| format!("{line}\n"))
+                .collect();
+        }
         let env = Env::with_connections(
             &[
-                sf_sim::connection_toml("salesforce", &crms.salesforce.base_url()),
+                salesforce,
                 zoho_sim::connection_toml("zoho", &crms.zoho.base_url()),
                 d365_sim::connection_toml("dynamics365", &crms.dynamics365.base_url()),
             ],
@@ -554,4 +569,37 @@ async fn statuses_and_stages_read_back_from_coarser_vocabularies_are_never_chang
     let in_dataverse =
         passes.crms.dynamics365.state().row(Entity::Opportunity, link(&record, "dynamics365").unwrap()).unwrap();
     assert_eq!(in_dataverse["statecode"], 1, "won in Dataverse: {in_dataverse:?}");
+}
+
+/// A status a CRM has no value for at all (a Salesforce org with only Draft and Activated has no
+/// cancelled, and nothing stands in for it) is not written there: the copy keeps the status it had,
+/// and a later edit of that copy, which carries it, does not revert the canonical status.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_status_a_crm_cannot_hold_is_not_reverted_by_a_later_edit_of_its_copy() {
+    let passes = Passes::start_with(WorldSize { accounts: 4, leads: 0, opportunities: 0, orders: 0 }, false).await;
+    passes.settle("the first sync").await;
+    let account = crate::support::export(&passes.env, "account", false)
+        .await
+        .into_iter()
+        .find(|record| CONNECTIONS.iter().all(|connection| link(record, connection).is_some()))
+        .map(|record| record["id"].as_str().unwrap().to_owned())
+        .expect("an account every CRM holds");
+    let (order, copies) = passes.order(&account, "NO-ECHO-PLAIN-SF").await;
+    passes.set_status(&order, "confirmed").await;
+    passes.settle("confirmed").await;
+    // (Cancelled from confirmed: Dataverse holds a shipped order as Fulfilled, which no documented
+    // message cancels.)
+    passes.set_status(&order, "cancelled").await;
+    passes.settle("cancelled").await;
+    assert_eq!(passes.vendor_statuses(&copies), ["Activated", "Cancelled", "statecode 2"].map(str::to_owned));
+    // Someone edits the Salesforce copy (still Activated) after the cancel.
+    assert!(passes.crms.salesforce.state().edit(
+        Entity::Order,
+        &copies[0],
+        &[("Description", "edited in Salesforce".into())]
+    ));
+    passes.settle("edited in Salesforce").await;
+    assert_eq!(passes.status(&order).await, "cancelled", "the Salesforce copy's Activated is not a change");
+    let zoho = passes.crms.zoho.state().row(Entity::Order, &copies[1]).unwrap();
+    assert_eq!(zoho["Description"], "edited in Salesforce", "the edit itself went on");
 }
