@@ -270,3 +270,47 @@ fn read_backup(staging: Option<&Path>, input: &mut impl Read) -> Result<BackupSu
     }
     Ok(BackupSummary { trees, entries, bytes: bytes + 8 + 32, format_version: format })
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use crmsync_connectors::canonical::ConnectionId;
+
+    use super::*;
+
+    #[test]
+    fn a_backup_restores_to_the_same_store_and_a_damaged_or_newer_one_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let sf = ConnectionId::new("sf");
+        store.save_state(&sf, "note", "kept").unwrap();
+        let mut bytes = Vec::new();
+        let written = store.write_backup(&mut bytes).unwrap();
+        assert_eq!(written.bytes, bytes.len() as u64);
+        assert_eq!(verify_backup(&mut bytes.as_slice()).unwrap(), written);
+
+        let target = dir.path().join("restored");
+        assert_eq!(restore_backup(&target, &mut bytes.as_slice()).unwrap(), written);
+        let reopened = Store::open(&target).unwrap();
+        assert_eq!(reopened.load_state(&sf, "note").unwrap().as_deref(), Some("kept"));
+        drop(reopened);
+        // Never over a store.
+        assert!(matches!(restore_backup(&target, &mut bytes.as_slice()), Err(BackupError::NotEmpty(_))));
+
+        // One byte changed anywhere in the body: refused, and nothing is put in place.
+        let mut damaged = bytes.clone();
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 0x40;
+        let elsewhere = dir.path().join("damaged");
+        assert!(matches!(restore_backup(&elsewhere, &mut damaged.as_slice()), Err(BackupError::Damaged(_))));
+        assert!(!elsewhere.join("db").exists() && !elsewhere.join(".restoring").exists());
+        // Cut short: refused too.
+        let cut = &bytes[..bytes.len() - 10];
+        assert!(matches!(verify_backup(&mut &cut[..]), Err(BackupError::Damaged(_))));
+        // A newer store format than this binary reads, and a file that is no backup at all.
+        let mut newer = bytes.clone();
+        newer[20..24].copy_from_slice(&(FORMAT_VERSION + 1).to_be_bytes());
+        assert!(matches!(verify_backup(&mut newer.as_slice()), Err(BackupError::TooNew { .. })));
+        assert!(matches!(verify_backup(&mut &b"not a backup at all"[..]), Err(BackupError::NotABackup)));
+    }
+}
