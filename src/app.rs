@@ -18,8 +18,8 @@ use tokio::task::JoinHandle;
 
 use crate::config::{Config, VendorConfig};
 use crate::ingest::{IngestHandle, IngestRules, Ingestor};
-use crate::store::Store;
 use crate::store::sealed::StateKey;
+use crate::store::{Store, StoreOptions};
 use crate::telemetry;
 
 /// One configured connection, whatever its vendor.
@@ -206,7 +206,8 @@ pub struct App {
 impl App {
     /// Opens the store, builds the connectors and starts the ingest writer.
     pub fn build(config: Config) -> anyhow::Result<Self> {
-        let store = Store::open(&config.daemon.data_dir)
+        let options = StoreOptions::with_cache_mib(config.daemon.store_cache_mib);
+        let store = Store::open_with(&config.daemon.data_dir, &options)
             .with_context(|| format!("cannot open the store in {}", config.daemon.data_dir.display()))?;
         let host: SharedHost = Arc::new(StoreHost::new(store.clone(), &config));
         let connectors = build_connectors(&config, host)?;

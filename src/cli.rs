@@ -134,6 +134,10 @@ pub struct BenchArgs {
     /// Where to put the store (default: a temporary directory, removed on exit).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
+    /// The store's page cache in MiB for the measured pass (default: `daemon.store_cache_mib`'s
+    /// default, 64).
+    #[arg(long)]
+    pub store_cache_mib: Option<u64>,
     /// Print the measurements as JSON.
     #[arg(long)]
     pub json: bool,

@@ -77,6 +77,8 @@ pub struct DaemonConfig {
     pub log_format: LogFormat,
     /// Capacity of the ingest queue (batches); webhooks get 503 when it is full.
     pub ingest_queue: usize,
+    /// The store's page cache in MiB (sled's `cache_capacity`).
+    pub store_cache_mib: u64,
     /// How often the drift sweep compares id sets (`None`: never).
     pub drift_sweep_interval: Option<Duration>,
     /// `/readyz` fails once a connection × entity has been failing (no successful pull) this long.
@@ -516,6 +518,10 @@ fn read_daemon(table: &mut TableReader<'_>) -> DaemonConfig {
         }
     };
     let ingest_queue = usize::try_from(table.opt_u64("ingest_queue").unwrap_or(64)).unwrap_or(64).max(1);
+    let store_cache_mib = table.opt_u64("store_cache_mib").unwrap_or(crate::store::DEFAULT_CACHE_MIB);
+    if store_cache_mib == 0 || store_cache_mib > 1024 * 1024 {
+        table.problem("store_cache_mib", format!("{store_cache_mib} is out of range (expected 1 to 1048576 MiB)"));
+    }
     let drift_sweep_interval = match table.raw("drift_sweep_interval") {
         Some(toml::Value::String(text)) if text == "off" => None,
         Some(toml::Value::String(text)) => match crmsync_connectors::settings::parse_duration(text) {
@@ -555,6 +561,7 @@ fn read_daemon(table: &mut TableReader<'_>) -> DaemonConfig {
         shutdown_grace,
         log_format,
         ingest_queue,
+        store_cache_mib: store_cache_mib.clamp(1, 1024 * 1024),
         drift_sweep_interval,
         unready_after,
     }

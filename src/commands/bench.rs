@@ -147,6 +147,8 @@ pub struct BenchReport {
     pub webhooks: WebhookReport,
     /// Store size on disk after the pass, MiB.
     pub store_mib: f64,
+    /// The store's page cache setting in the measured pass (`daemon.store_cache_mib`), MiB.
+    pub store_cache_mib: u64,
     /// Bytes of JSON the simulators served in the full pass (the vendor data the store holds, with
     /// the vendors' envelopes), MiB.
     pub vendor_json_mib: f64,
@@ -344,7 +346,11 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
         start_simulator("dynamics365", args, anchor),
     )?;
     let mut toml = String::new();
-    writeln!(toml, "[daemon]\ndata_dir = {:?}\n", data_dir.join("store").display().to_string())?;
+    writeln!(toml, "[daemon]\ndata_dir = {:?}", data_dir.join("store").display().to_string())?;
+    if let Some(mib) = args.store_cache_mib {
+        writeln!(toml, "store_cache_mib = {mib}")?;
+    }
+    writeln!(toml)?;
     let (connections, secrets) =
         super::demo::simulator_connections(&salesforce.base_url, &zoho.base_url, &dynamics365.base_url);
     toml.push_str(&connections);
@@ -372,6 +378,7 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
         simulator.replay(&http, ReplayMode::Replay).await.context("cannot switch a simulator to replay")?;
     }
 
+    let store_cache_mib = config.daemon.store_cache_mib;
     let app = App::build(config)?;
     let policies = app.rules.fields.clone();
     let cancel = CancellationToken::new();
@@ -460,6 +467,7 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
         metrics_all_scopes_seconds: (all_seconds * 1000.0).round() / 1000.0,
         webhooks,
         store_mib: mib(store_bytes),
+        store_cache_mib,
         vendor_json_mib: mib(vendor_json_bytes),
     })
 }
@@ -634,8 +642,12 @@ fn render(report: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "resident memory: {} MiB before, {} MiB peak, {} MiB after (high-water mark {} MiB; bar: < 150 MiB)",
-        report.memory.before_mib, report.memory.peak_mib, report.memory.after_mib, report.memory.high_water_mib
+        "resident memory: {} MiB before, {} MiB peak, {} MiB after (high-water mark {} MiB; store page cache {} MiB; bar: < 150 MiB)",
+        report.memory.before_mib,
+        report.memory.peak_mib,
+        report.memory.after_mib,
+        report.memory.high_water_mib,
+        report.store_cache_mib
     );
     let curve: Vec<String> =
         report.memory.curve.iter().map(|(records, resident)| format!("{records}: {resident}")).collect();

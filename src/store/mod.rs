@@ -65,16 +65,27 @@ fn decode_record_entry(key: &[u8], bytes: &[u8]) -> Result<Record, StoreError> {
     Ok(format::decode_record(id, bytes)?.0)
 }
 
+/// The default size of the store's page cache, MiB (`daemon.store_cache_mib`).
+pub const DEFAULT_CACHE_MIB: u64 = 64;
+
 /// Store tuning.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
-    /// sled page cache in bytes (sled's RSS runs well above it; keep it modest).
+    /// sled page cache in bytes. sled counts a page at its size on disk; its resident memory runs
+    /// above this (README, Performance).
     pub cache_bytes: u64,
+}
+
+impl StoreOptions {
+    /// Options with a page cache of `mib` MiB.
+    pub fn with_cache_mib(mib: u64) -> Self {
+        Self { cache_bytes: mib.saturating_mul(1024 * 1024) }
+    }
 }
 
 impl Default for StoreOptions {
     fn default() -> Self {
-        Self { cache_bytes: 64 * 1024 * 1024 }
+        Self::with_cache_mib(DEFAULT_CACHE_MIB)
     }
 }
 

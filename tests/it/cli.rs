@@ -223,7 +223,7 @@ async fn the_demo_syncs_three_crms_to_a_fixed_point_and_prints_the_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_syncs_a_shared_world_into_one_record_per_customer_and_counts_the_calls() {
     let dir = tempfile::tempdir().unwrap();
-    let mut bench = command(&["bench", "--records", "400", "--json", "--data-dir"]);
+    let mut bench = command(&["bench", "--records", "400", "--store-cache-mib", "8", "--json", "--data-dir"]);
     bench.arg(dir.path().join("bench")).kill_on_drop(true);
     let output = bench.output().await.unwrap();
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -246,6 +246,7 @@ async fn bench_syncs_a_shared_world_into_one_record_per_customer_and_counts_the_
         assert_eq!(row["records"].as_u64(), Some(0), "nothing changed, nothing delivered: {row}");
     }
     assert!(report["memory"]["peak_mib"].as_f64().unwrap() > 0.0);
+    assert_eq!(report["store_cache_mib"].as_u64(), Some(8), "the measured pass used the cache asked for");
     assert!(report["metrics_all_scopes_seconds"].is_number(), "{report:#}");
     // The store-size bar needs the vendor JSON served, and the CPU split the simulators' time.
     assert!(report["vendor_json_mib"].as_f64().unwrap() > 0.0, "{report:#}");

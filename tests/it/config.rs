@@ -133,6 +133,20 @@ fn secrets_never_appear_in_debug_or_summary() {
 }
 
 #[test]
+fn the_store_page_cache_defaults_to_64_mib_and_is_set_in_mib() {
+    assert_eq!(load("valid.toml", &[]).unwrap().daemon.store_cache_mib, 64);
+    let set = load("valid.toml", &[("CRMSYNC__DAEMON__STORE_CACHE_MIB", "16")]).unwrap();
+    assert_eq!(set.daemon.store_cache_mib, 16);
+    match load("valid.toml", &[("CRMSYNC__DAEMON__STORE_CACHE_MIB", "0")]) {
+        Err(ConfigError::Invalid(problems)) => {
+            let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
+            assert_eq!(problems, ["daemon.store_cache_mib: 0 is out of range (expected 1 to 1048576 MiB)"]);
+        }
+        other => panic!("expected the zero cache refused, got {other:?}"),
+    }
+}
+
+#[test]
 fn zero_and_absurd_intervals_are_refused_with_their_bound_and_why() {
     let problems = problems("bad_intervals.toml");
     assert_eq!(
