@@ -270,7 +270,8 @@ async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_c
                 return {
                     since: document.getElementById('window').dataset.since,
                     until: document.getElementById('window').dataset.until,
-                    kpis: Object.fromEntries([...document.querySelectorAll('[data-kpi]')].map((node) => [node.dataset.kpi, node.textContent])),
+                    kpis: Object.fromEntries([...document.querySelectorAll('[data-kpi]')].map((node) => [node.dataset.kpi, node.dataset.value])),
+                    kpi_texts: Object.fromEntries([...document.querySelectorAll('[data-kpi]')].map((node) => [node.dataset.kpi, node.textContent])),
                     funnel: [...document.querySelectorAll('#funnel tbody tr')].map((row) => ({
                         stage: row.dataset.stage, reached: cells(row, 'reached').textContent, conversion: cells(row, 'conversion').dataset.value })),
                     channels: [...document.querySelectorAll('#channels tbody tr')].map((row) => ({
@@ -298,6 +299,19 @@ async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_c
         ("win_rate", &metrics["win_rate"]),
     ] {
         assert_eq!(page["kpis"][name], json!(shown(value)), "KPI {name}");
+        // What a person reads is the same figure, grouped and rounded to two decimals (a percentage for
+        // the win rate), not the API's 28 significant digits.
+        let text = page["kpi_texts"][name].as_str().unwrap();
+        let readable = text == "n/a"
+            || text
+                .trim_end_matches('%')
+                .trim_start_matches('-')
+                .split_once('.')
+                .is_none_or(|(_, decimals)| decimals.len() <= 2);
+        assert!(
+            readable && text.chars().all(|c| c.is_ascii_digit() || ",.-%n/a".contains(c)),
+            "KPI {name} shown as {text:?}"
+        );
     }
     assert!(metrics["totals"]["orders"].as_u64().unwrap() > 0, "the demo has orders in the window: {metrics}");
     let funnel = metrics["funnel"].as_array().unwrap();
