@@ -24,40 +24,59 @@ struct Harness {
     admin: Router,
     ready: Arc<AtomicBool>,
     store: Store,
+    ingest: crate::ingest::IngestHandle,
     account: String,
     _dir: tempfile::TempDir,
 }
 
-async fn harness_with(token: Option<&str>) -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path()).unwrap();
-    let (sf, zoho) = (ConnectionId::new("sf"), ConnectionId::new("zoho"));
-    let rules = Rules {
+/// The connections of the router tests.
+fn connection(name: &str) -> ConnectionId {
+    ConnectionId::new(name)
+}
+
+/// `sf` and `zoho` routed both ways, deletes marked (orders cancelled).
+fn both_ways() -> Rules {
+    Rules {
         routes: vec![Route {
             entity: None,
-            from: vec![sf.clone(), zoho.clone()],
-            to: vec![sf.clone(), zoho.clone()],
+            from: vec![connection("sf"), connection("zoho")],
+            to: vec![connection("sf"), connection("zoho")],
             on_delete: DeleteAction::Mark,
         }],
         ..Rules::default()
-    };
+    }
+}
+
+/// An account as a connection delivers it, modified `minute` minutes after 2026-11-01T00:00Z.
+fn account_change(external_id: &str, minute: u32, name: &str, domain: Option<&str>) -> Change {
+    Change {
+        entity: Entity::Account,
+        object: "Account".into(),
+        external_id: ExternalId::new(external_id),
+        modified_at: format!("2026-11-01T00:{minute:02}:00Z").parse().unwrap(),
+        version: None,
+        canonical_hint: None,
+        kind: ChangeKind::Upsert {
+            data: EntityData::Account(Account {
+                name: Some(name.into()),
+                domain: domain.map(str::to_owned),
+                ..Account::default()
+            }),
+            completeness: Completeness::Full,
+        },
+        extra: serde_json::Map::new(),
+    }
+}
+
+async fn harness_with(token: Option<&str>, rules: Rules) -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let (sf, zoho) = (connection("sf"), connection("zoho"));
     let (writer, ingest) =
         Ingestor::new(store.clone(), IngestRules { rules: Arc::new(rules), fields: Arc::new(BTreeMap::new()) }, 8);
     tokio::spawn(writer.run());
     // A customer known in sf.
-    let account = Change {
-        entity: Entity::Account,
-        object: "Account".into(),
-        external_id: ExternalId::new("001A"),
-        modified_at: "2026-11-01T00:00:00Z".parse().unwrap(),
-        version: None,
-        canonical_hint: None,
-        kind: ChangeKind::Upsert {
-            data: EntityData::Account(Account { name: Some("Acme".into()), ..Account::default() }),
-            completeness: Completeness::Full,
-        },
-        extra: serde_json::Map::new(),
-    };
+    let account = account_change("001A", 0, "Acme", None);
     ingest.submit(Batch::Delivered { connection: sf.clone(), changes: vec![account] }).await.unwrap();
     let account = store.record_by_link(&sf, Entity::Account, &ExternalId::new("001A")).unwrap().unwrap().id.to_string();
     let status_config = crate::status::StatusConfig {
@@ -69,7 +88,7 @@ async fn harness_with(token: Option<&str>) -> Harness {
     };
     let state = HttpState {
         webhooks: Arc::new(BTreeMap::new()),
-        ingest,
+        ingest: ingest.clone(),
         store: store.clone(),
         status_config: Arc::new(status_config),
         metrics_config: Arc::new(crate::config::MetricsConfig {
@@ -84,11 +103,19 @@ async fn harness_with(token: Option<&str>) -> Harness {
         readiness: None,
     };
     let ready = state.ready.clone();
-    Harness { router: public_router(state.clone()), admin: admin_router(state), ready, store, account, _dir: dir }
+    Harness {
+        router: public_router(state.clone()),
+        admin: admin_router(state),
+        ready,
+        store,
+        ingest,
+        account,
+        _dir: dir,
+    }
 }
 
 async fn harness() -> Harness {
-    harness_with(Some(TOKEN)).await
+    harness_with(Some(TOKEN), both_ways()).await
 }
 
 struct Answer {
@@ -186,7 +213,7 @@ async fn the_api_needs_the_bearer_token_and_is_off_without_one() {
         let response = harness.router.clone().oneshot(request.body(Body::empty()).unwrap()).await.unwrap();
         assert_eq!(response.status(), StatusCode::UNAUTHORIZED, "{what}");
     }
-    let off = harness_with(None).await;
+    let off = harness_with(None, both_ways()).await;
     assert_error(&off.get("/api/v1/orders").await, StatusCode::NOT_FOUND, "not_found");
 }
 
@@ -538,4 +565,296 @@ async fn the_dashboard_is_one_self_contained_page_served_without_the_token() {
         assert!(!page.contains(external), "no external asset ({external})");
     }
     assert!(page.contains("sessionStorage") && page.contains("Authorization"));
+}
+
+/// Each routed connection's outbox operations for one record, oldest first.
+fn queued_ops(store: &Store, connection_name: &str, id: &str) -> Vec<crate::store::OutboxOp> {
+    store
+        .outbox_after(&connection(connection_name), None, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, entry)| entry.canonical_id.to_string() == id)
+        .map(|(_, entry)| entry.op)
+        .collect()
+}
+
+#[tokio::test]
+async fn deleting_an_order_follows_each_routes_on_delete() {
+    use crate::store::OutboxOp;
+    let everyone = vec![connection("sf"), connection("zoho"), connection("d365")];
+    let route =
+        |to: &str, on_delete| Route { entity: None, from: everyone.clone(), to: vec![connection(to)], on_delete };
+    let rules = Rules {
+        routes: vec![
+            route("sf", DeleteAction::Delete),
+            route("zoho", DeleteAction::Mark),
+            route("d365", DeleteAction::Ignore),
+        ],
+        ..Rules::default()
+    };
+    let harness = harness_with(Some(TOKEN), rules).await;
+    let created = harness.post("/api/v1/orders", &harness.order_body()).await;
+    assert_eq!(created.status, StatusCode::CREATED, "{}", created.text);
+    assert_eq!(created.body["queued"], json!(["d365", "sf", "zoho"]));
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    // sf took the order (a Delete needs a copy to delete); zoho and Dataverse have not yet.
+    push_to_sf(
+        &harness,
+        &id,
+        crmsync_connectors::PushOutcome::Upserted {
+            external_id: ExternalId::new("801A"),
+            created: true,
+            version: None,
+        },
+    )
+    .await;
+
+    let deleted = harness.send(Method::DELETE, &format!("/api/v1/orders/{id}"), None, &[]).await;
+    assert_eq!(deleted.status, StatusCode::OK, "{}", deleted.text);
+    assert!(deleted.body["deleted_at"].is_string(), "{}", deleted.text);
+    // on_delete = ignore: the Dataverse copy is left alone, so nothing is queued there.
+    assert_eq!(deleted.body["queued"], json!(["sf", "zoho"]));
+    assert_eq!(queued_ops(&harness.store, "sf", &id).last(), Some(&OutboxOp::Delete), "delete: the copy is deleted");
+    assert_eq!(queued_ops(&harness.store, "zoho", &id).last(), Some(&OutboxOp::Mark), "mark: the copy is cancelled");
+    assert_eq!(queued_ops(&harness.store, "d365", &id), vec![OutboxOp::Upsert], "ignore: only the create");
+
+    // The canonical order is a tombstone: gone from reads, listed only with include_deleted.
+    assert_error(&harness.get(&format!("/api/v1/orders/{id}")).await, StatusCode::NOT_FOUND, "not_found");
+    assert!(harness.get("/api/v1/orders").await.body["records"].as_array().unwrap().is_empty());
+    let with_deleted = harness.get("/api/v1/orders?include_deleted=true").await;
+    assert_eq!(with_deleted.body["records"][0]["id"], id.as_str(), "{}", with_deleted.text);
+    // A stale If-Match refuses a delete, with the current record.
+    let other = harness.post("/api/v1/orders", &harness.order_body()).await;
+    let other_id = other.body["id"].as_str().unwrap();
+    let stale = harness
+        .send(Method::DELETE, &format!("/api/v1/orders/{other_id}"), None, &[("if-match", "\"not-the-version\"")])
+        .await;
+    assert_error(&stale, StatusCode::PRECONDITION_FAILED, "version_mismatch");
+    assert_eq!(stale.body["error"]["current"]["id"], other_id);
+    assert!(stale.body["error"]["current"]["deleted_at"].is_null());
+}
+
+#[tokio::test]
+async fn a_held_conflict_is_listed_and_resolved_through_the_api() {
+    let rules = Rules { default_policy: crate::reconcile::Policy::Manual, ..both_ways() };
+    let harness = harness_with(Some(TOKEN), rules).await;
+    // One customer in both CRMs (matched by name and domain), renamed in zoho, then in sf by
+    // someone who had not seen zoho's name: a conflict, held under the manual policy.
+    for (connection_name, change) in [
+        ("sf", account_change("001B", 1, "Globex", Some("globex.com"))),
+        ("zoho", account_change("z1", 2, "Globex", Some("globex.com"))),
+        ("zoho", account_change("z1", 3, "Globex GmbH", Some("globex.com"))),
+        ("sf", account_change("001B", 4, "Globex Inc", Some("globex.com"))),
+    ] {
+        harness
+            .ingest
+            .submit(Batch::Delivered { connection: connection(connection_name), changes: vec![change] })
+            .await
+            .unwrap();
+    }
+    let record =
+        harness.store.record_by_link(&connection("zoho"), Entity::Account, &ExternalId::new("z1")).unwrap().unwrap();
+    assert_eq!(record.link(&connection("sf")).unwrap().external_id, ExternalId::new("001B"), "one record");
+
+    let held = harness.get("/api/v1/conflicts").await;
+    assert_eq!(held.status, StatusCode::OK, "{}", held.text);
+    let entries = held.body["entries"].as_array().unwrap().clone();
+    let conflict = entries
+        .iter()
+        .find(|entry| entry["field"] == "name" && entry["incoming"]["value"] == "Globex Inc")
+        .unwrap_or_else(|| panic!("the double rename is held: {}", held.text));
+    assert_eq!((conflict["held"].clone(), conflict["resolved"].clone()), (json!(true), json!(false)));
+    assert_eq!(conflict["canonical_id"], record.id.to_string().as_str());
+    let conflict_id = conflict["id"].as_str().unwrap().to_owned();
+    let name = |harness: &Harness| {
+        let record = harness.store.record(record.id).unwrap().unwrap();
+        record.data.to_fields().get("name").cloned().unwrap_or(Value::Null)
+    };
+    assert_eq!(conflict["current"]["value"], "Globex GmbH");
+    assert_eq!(name(&harness), json!("Globex GmbH"), "the current value is held");
+
+    let resolved = harness.post("/api/v1/conflicts", &json!({"id": conflict_id, "take": "incoming"})).await;
+    assert_eq!(resolved.status, StatusCode::OK, "{}", resolved.text);
+    assert_eq!(resolved.body["result"], "conflict_resolved");
+    assert_eq!(resolved.body["conflict"]["resolved"], true);
+    assert_eq!(resolved.body["queued"], json!(["sf", "zoho"]), "the chosen value goes to both CRMs");
+    assert_eq!(name(&harness), json!("Globex Inc"));
+
+    // Resolved: refused a second time, gone from the held queue, listed with all=true.
+    let again = harness.post("/api/v1/conflicts", &json!({"id": conflict_id, "take": "current"})).await;
+    assert_error(&again, StatusCode::CONFLICT, "conflict");
+    let still_held = harness.get("/api/v1/conflicts").await;
+    assert!(!still_held.body["entries"].as_array().unwrap().iter().any(|entry| entry["id"] == conflict_id.as_str()));
+    let all = harness.get("/api/v1/conflicts?all=true").await;
+    let listed =
+        all.body["entries"].as_array().unwrap().iter().find(|entry| entry["id"] == conflict_id.as_str()).cloned();
+    assert_eq!(listed.map(|entry| entry["resolved"].clone()), Some(json!(true)), "{}", all.text);
+    // Bodies that do not validate, and paging parameters.
+    for body in [json!({"id": conflict_id}), json!({"id": conflict_id, "take": "incoming", "why": "x"}), json!("x")] {
+        assert_error(&harness.post("/api/v1/conflicts", &body).await, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+    }
+    let bad_limit = harness.get("/api/v1/conflicts?limit=0").await;
+    assert_error(&bad_limit, StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(bad_limit.body["error"]["field"], "limit");
+}
+
+/// Answers the push of an order to `sf` with a rejection: one dead letter.
+async fn reject_push(harness: &Harness, id: &str) {
+    let outcome = crmsync_connectors::PushOutcome::Rejected {
+        code: "FIELD_INTEGRITY_EXCEPTION".into(),
+        message: "no active price book entry".into(),
+    };
+    push_to_sf(harness, id, outcome).await;
+}
+
+/// Answers the waiting push of a record to `sf` with `outcome`.
+async fn push_to_sf(harness: &Harness, id: &str, outcome: crmsync_connectors::PushOutcome) {
+    let sf = connection("sf");
+    let sequences: Vec<u64> = harness
+        .store
+        .outbox_after(&sf, None, 1000)
+        .unwrap()
+        .into_iter()
+        .filter(|(_, entry)| entry.canonical_id.to_string() == id)
+        .map(|(sequence, _)| sequence)
+        .collect();
+    assert!(!sequences.is_empty(), "the order waits in sf's outbox");
+    let pushed = crate::ingest::PushedRecord {
+        sequences,
+        canonical_id: id.parse().unwrap(),
+        pushed_hash: None,
+        outcome,
+        payload: json!({"Status": "Draft"}),
+        attempt: Some("attempt-1".into()),
+    };
+    harness
+        .ingest
+        .submit(Batch::Pushed { connection: sf, entity: Entity::Order, results: vec![pushed] })
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn dead_letters_are_listed_retried_and_dropped_through_the_api() {
+    let harness = harness().await;
+    let created = harness.post("/api/v1/orders", &harness.order_body()).await;
+    let id = created.body["id"].as_str().unwrap().to_owned();
+    reject_push(&harness, &id).await;
+    assert!(queued_ops(&harness.store, "sf", &id).is_empty(), "a rejected push leaves the outbox");
+
+    let letters = harness.get("/api/v1/dlq").await;
+    assert_eq!(letters.status, StatusCode::OK, "{}", letters.text);
+    let entries = letters.body["entries"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), 1, "{}", letters.text);
+    assert_eq!((entries[0]["connection"].clone(), entries[0]["canonical_id"].clone()), (json!("sf"), json!(id)));
+    assert!(entries[0]["reason"].as_str().unwrap().contains("FIELD_INTEGRITY_EXCEPTION"));
+    let letter = entries[0]["id"].as_str().unwrap().to_owned();
+
+    // Retry: the order is queued for sf again and the letter is gone.
+    let retried = harness.post("/api/v1/dlq", &json!({"action": "retry", "ids": [letter]})).await;
+    assert_eq!(
+        retried.body,
+        json!({"result": "dead_letters_retried", "requeued": 1, "reapplied": 0}),
+        "{}",
+        retried.text
+    );
+    assert_eq!(queued_ops(&harness.store, "sf", &id), vec![crate::store::OutboxOp::Upsert]);
+    assert_eq!(harness.get("/api/v1/dlq").await.body["entries"], json!([]));
+    assert_error(
+        &harness.post("/api/v1/dlq", &json!({"action": "retry", "ids": [letter]})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+
+    // Rejected again, then dropped: gone, and nothing queued.
+    reject_push(&harness, &id).await;
+    assert_eq!(harness.get("/api/v1/dlq?limit=1").await.body["entries"].as_array().unwrap().len(), 1);
+    let dropped = harness.post("/api/v1/dlq", &json!({"action": "drop", "ids": "all"})).await;
+    assert_eq!(dropped.body, json!({"result": "dead_letters_dropped", "dropped": 1}), "{}", dropped.text);
+    assert_eq!(harness.get("/api/v1/dlq").await.body["entries"], json!([]));
+    assert!(queued_ops(&harness.store, "sf", &id).is_empty());
+
+    for (body, field) in [
+        (json!({"action": "resend", "ids": "all"}), "body"),
+        (json!({"action": "drop"}), "body"),
+        (json!({"action": "drop", "ids": []}), "ids"),
+    ] {
+        let answer = harness.post("/api/v1/dlq", &body).await;
+        assert_error(&answer, StatusCode::UNPROCESSABLE_ENTITY, "invalid");
+        assert_eq!(answer.body["error"]["field"], field, "{body}: {}", answer.text);
+    }
+    let bad_page = harness.get("/api/v1/dlq?limit=1001").await;
+    assert_error(&bad_page, StatusCode::BAD_REQUEST, "bad_request");
+    assert_eq!(bad_page.body["error"]["field"], "limit");
+}
+
+#[tokio::test]
+async fn two_records_are_merged_and_split_again_through_the_api() {
+    let harness = harness().await;
+    // The same customer under another name in zoho: no match key joins them.
+    let zoho_copy = account_change("z9", 5, "ACME Corporation", None);
+    harness.ingest.submit(Batch::Delivered { connection: connection("zoho"), changes: vec![zoho_copy] }).await.unwrap();
+    let other =
+        harness.store.record_by_link(&connection("zoho"), Entity::Account, &ExternalId::new("z9")).unwrap().unwrap().id;
+    assert_eq!(harness.get("/api/v1/accounts").await.body["records"].as_array().unwrap().len(), 2);
+
+    let merged =
+        harness.post("/api/v1/identity/merge", &json!({"keep": harness.account, "other": other.to_string()})).await;
+    assert_eq!(merged.status, StatusCode::OK, "{}", merged.text);
+    assert_eq!(merged.body["result"], "merged");
+    assert_eq!(merged.body["absorbed"], other.to_string().as_str());
+    assert_eq!(merged.body["record"]["id"], harness.account.as_str());
+    let mut linked: Vec<&str> = merged.body["record"]["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|link| link["connection"].as_str().unwrap())
+        .collect();
+    linked.sort_unstable();
+    assert_eq!(linked, ["sf", "zoho"]);
+    let accounts = harness.get("/api/v1/accounts").await;
+    assert_eq!(accounts.body["records"].as_array().unwrap().len(), 1, "the absorbed record is no longer listed");
+    // The absorbed id resolves to the merged record; merging it again is refused.
+    assert_eq!(
+        harness.store.record(other).unwrap().unwrap().merged_into.map(|id| id.to_string()),
+        Some(harness.account.clone())
+    );
+
+    let split = harness.post("/api/v1/identity/split", &json!({"id": harness.account, "connection": "zoho"})).await;
+    assert_eq!(split.status, StatusCode::OK, "{}", split.text);
+    assert_eq!(split.body["result"], "split");
+    assert_eq!(split.body["remaining"], harness.account.as_str());
+    let detached = &split.body["detached"];
+    assert_ne!(detached["id"], harness.account.as_str());
+    assert_eq!(detached["links"][0]["connection"], "zoho");
+    assert_eq!(detached["links"][0]["external_id"], "z9");
+    assert_eq!(harness.get("/api/v1/accounts").await.body["records"].as_array().unwrap().len(), 2);
+    // The remaining record has one copy left: nothing more to split from it.
+    let nothing = harness.post("/api/v1/identity/split", &json!({"id": harness.account, "connection": "zoho"})).await;
+    assert_error(&nothing, StatusCode::CONFLICT, "conflict");
+
+    for (uri, body, status, field) in [
+        ("/api/v1/identity/merge", json!({"keep": "nope", "other": harness.account}), StatusCode::BAD_REQUEST, "keep"),
+        ("/api/v1/identity/merge", json!({"keep": harness.account, "other": "nope"}), StatusCode::BAD_REQUEST, "other"),
+        ("/api/v1/identity/merge", json!({"keep": harness.account}), StatusCode::UNPROCESSABLE_ENTITY, "body"),
+        ("/api/v1/identity/split", json!({"id": "nope", "connection": "sf"}), StatusCode::BAD_REQUEST, "id"),
+        (
+            "/api/v1/identity/split",
+            json!({"id": harness.account, "connection": "sf", "x": 1}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "body",
+        ),
+    ] {
+        let answer = harness.post(uri, &body).await;
+        assert_eq!(answer.status, status, "{uri} {body}: {}", answer.text);
+        assert_eq!(answer.body["error"]["field"], field, "{uri} {body}: {}", answer.text);
+    }
+    let missing = crmsync_connectors::canonical::CanonicalId::new().to_string();
+    assert_error(
+        &harness.post("/api/v1/identity/split", &json!({"id": missing, "connection": "sf"})).await,
+        StatusCode::NOT_FOUND,
+        "not_found",
+    );
+    let get = harness.get("/api/v1/identity/merge").await;
+    assert_error(&get, StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed");
 }
