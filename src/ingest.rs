@@ -333,6 +333,9 @@ const GROUP_MAX: usize = 64;
 /// none of them is acknowledged.
 fn apply_group(store: &Store, rules: &IngestRules, batches: Vec<Batch>) -> Vec<Result<IngestStats, IngestError>> {
     let started = tokio::time::Instant::now();
+    // After a storage failure (a full disk), the database is opened again once space returns:
+    // before anything of this group is read, so no decision rests on writes that were never flushed.
+    store.reopen_if_needed();
     let mut results = Vec::with_capacity(batches.len());
     let mut durable = Vec::with_capacity(batches.len());
     for batch in batches {

@@ -96,15 +96,16 @@ fn put_bytes(out: &mut impl Write, bytes: &[u8]) -> Result<(), BackupError> {
 impl Store {
     /// Writes a backup of every tree to `out` (see the module docs). Commits wait until it is done.
     pub fn write_backup(&self, out: &mut dyn Write) -> Result<BackupSummary, BackupError> {
-        let _gate = self.gate.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _gate = self.shared.gate.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let t = self.trees()?;
         let mut out =
             Hashing { inner: std::io::BufWriter::with_capacity(1 << 16, out), digest: Sha256::new(), bytes: 0 };
         out.write_all(MAGIC)?;
         out.write_all(&BACKUP_VERSION.to_be_bytes())?;
         out.write_all(&FORMAT_VERSION.to_be_bytes())?;
         let (mut trees, mut entries) = (0u64, 0u64);
-        for name in self.db.tree_names() {
-            let tree = self.db.open_tree(&name).map_err(StoreError::from)?;
+        for name in t.db.tree_names() {
+            let tree = t.db.open_tree(&name).map_err(StoreError::from)?;
             out.write_all(b"T")?;
             put_bytes(&mut out, &name)?;
             trees += 1;

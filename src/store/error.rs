@@ -6,7 +6,15 @@ impl StoreError {
     /// Returns whether this is a failure of the storage itself (I/O, damaged data), as opposed to a
     /// store that is locked or too new: what `/readyz` and `status` report.
     pub fn is_storage_failure(&self) -> bool {
-        matches!(self, Self::Sled(_) | Self::Corrupt { .. } | Self::Decode { .. } | Self::Format(_) | Self::Key(_))
+        matches!(
+            self,
+            Self::Sled(_)
+                | Self::Unavailable { .. }
+                | Self::Corrupt { .. }
+                | Self::Decode { .. }
+                | Self::Format(_)
+                | Self::Key(_)
+        )
     }
 }
 
@@ -41,6 +49,15 @@ pub enum StoreError {
         /// Store directory.
         path: PathBuf,
         /// What sled reported.
+        detail: String,
+    },
+    /// The store is closed after a storage failure and could not be opened again yet (it is retried
+    /// before each write).
+    #[error("the store {} is unavailable until it can be reopened: {detail}", path.display())]
+    Unavailable {
+        /// Store directory.
+        path: PathBuf,
+        /// The last storage failure.
         detail: String,
     },
     /// The directory cannot be used.

@@ -92,10 +92,31 @@ impl Default for StoreOptions {
 /// A handle to the store; cheap to clone, shared by every task.
 #[derive(Clone)]
 pub struct Store {
+    shared: std::sync::Arc<Shared>,
+}
+
+/// What every handle of one store shares.
+struct Shared {
     path: PathBuf,
+    options: StoreOptions,
     /// crmsync's own exclusive lock on the directory, held while any handle lives. It is taken before
     /// sled opens and released synchronously on drop, unlike sled's lock (see [`Store::open_with`]).
-    _lock: std::sync::Arc<std::fs::File>,
+    /// It is kept across a reopen, so no other process can take the store meanwhile.
+    _lock: std::fs::File,
+    /// The open database (`None` after a reopen that failed: every operation then fails with
+    /// [`StoreError::Unavailable`] until a later write reopens it).
+    trees: std::sync::RwLock<Option<std::sync::Arc<Trees>>>,
+    /// The last storage failure; cleared by a successful commit or flush.
+    fault: std::sync::Mutex<Option<String>>,
+    /// Set when a write or flush failed with an I/O error: sled then fails every later write
+    /// until the database is opened again ([`Store::reopen_if_needed`], called by the writer).
+    reopen: std::sync::atomic::AtomicBool,
+    /// Commits hold it shared; a backup holds it exclusively, so it copies one point in time.
+    gate: std::sync::RwLock<()>,
+}
+
+/// The sled database and its trees.
+struct Trees {
     db: sled::Db,
     records: sled::Tree,
     summaries: sled::Tree,
@@ -111,10 +132,54 @@ pub struct Store {
     status: sled::Tree,
     state: sled::Tree,
     meta: sled::Tree,
-    /// The last storage failure, shared by every handle; cleared by a successful commit or flush.
-    fault: std::sync::Arc<std::sync::Mutex<Option<String>>>,
-    /// Commits hold it shared; a backup holds it exclusively, so it copies one point in time.
-    gate: std::sync::Arc<std::sync::RwLock<()>>,
+}
+
+impl Trees {
+    /// Opens sled in `dir` (the caller holds crmsync's lock on it).
+    fn open(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
+        let path = dir.to_path_buf();
+        let config = sled::Config::new().path(dir).cache_capacity(options.cache_bytes).flush_every_ms(Some(500));
+        // Holding our lock, no other process and no live handle has this store. sled, though, releases
+        // its own lock from its IO threads a moment after the last handle of a store in this process is
+        // dropped, so its lock error is retried briefly here (yielding, never sleeping).
+        let mut attempts = 0;
+        let opened = loop {
+            let config = config.clone();
+            // sled 0.34 can panic instead of returning an error on some damaged files.
+            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
+            match &opened {
+                Ok(Err(sled::Error::Io(error))) if is_lock_error(error) && attempts < LOCK_RETRIES => {
+                    attempts += 1;
+                    std::thread::yield_now();
+                }
+                _ => break opened,
+            }
+        };
+        let db = match opened {
+            Ok(Ok(db)) => db,
+            Ok(Err(sled::Error::Io(error))) if is_lock_error(&error) => return Err(StoreError::Locked { path }),
+            Ok(Err(sled::Error::Io(source))) => return Err(StoreError::Open { path, source }),
+            Ok(Err(error)) => return Err(StoreError::Corrupt { path, detail: error.to_string() }),
+            Err(_) => return Err(StoreError::Corrupt { path, detail: "sled panicked while opening".into() }),
+        };
+        let tree = |name: &str| db.open_tree(name);
+        Ok(Self {
+            records: tree("records")?,
+            summaries: tree("summaries")?,
+            ids: tree("ids")?,
+            links: tree("links")?,
+            match_keys: tree("match_keys")?,
+            cursors: tree("cursors")?,
+            outbox: tree("outbox")?,
+            conflicts: tree("conflicts")?,
+            dead_letters: tree("dead_letters")?,
+            pushed_dead_letters: tree("pushed_dead_letters")?,
+            status: tree("status")?,
+            state: tree("state")?,
+            meta: tree("meta")?,
+            db,
+        })
+    }
 }
 
 type Abort = ConflictableTransactionError<StoreError>;
@@ -127,6 +192,11 @@ fn abort(error: StoreError) -> Abort {
 const LOCK_RETRIES: u32 = 2000;
 /// crmsync's lock file in the store directory.
 const LOCK_FILE: &str = "crmsync.lock";
+/// The file [`Store::reopen_if_needed`] writes to see whether the file system takes writes again.
+const PROBE_FILE: &str = "crmsync.probe";
+/// Its size: one sled segment (sled 0.34's default `segment_size`), which a reopened database may
+/// need at once.
+const PROBE_BYTES: usize = 512 * 1024;
 
 impl Store {
     /// Opens (or creates) the store in `dir` with default options.
@@ -153,75 +223,48 @@ impl Store {
             Err(std::fs::TryLockError::WouldBlock) => return Err(StoreError::Locked { path }),
             Err(std::fs::TryLockError::Error(source)) => return Err(StoreError::Open { path, source }),
         }
-        let config = sled::Config::new().path(dir).cache_capacity(options.cache_bytes).flush_every_ms(Some(500));
-        // Holding our lock, no other process and no live handle has this store. sled, though, releases
-        // its own lock from its IO threads a moment after the last handle of a store in this process is
-        // dropped, so its lock error is retried briefly here (yielding, never sleeping).
-        let mut attempts = 0;
-        let opened = loop {
-            let config = config.clone();
-            // sled 0.34 can panic instead of returning an error on some damaged files.
-            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
-            match &opened {
-                Ok(Err(sled::Error::Io(error))) if is_lock_error(error) && attempts < LOCK_RETRIES => {
-                    attempts += 1;
-                    std::thread::yield_now();
-                }
-                _ => break opened,
-            }
-        };
-        let db = match opened {
-            Ok(Ok(db)) => db,
-            Ok(Err(sled::Error::Io(error))) if is_lock_error(&error) => return Err(StoreError::Locked { path }),
-            Ok(Err(sled::Error::Io(source))) => return Err(StoreError::Open { path, source }),
-            Ok(Err(error)) => return Err(StoreError::Corrupt { path, detail: error.to_string() }),
-            Err(_) => return Err(StoreError::Corrupt { path, detail: "sled panicked while opening".into() }),
-        };
+        let trees = Trees::open(dir, options)?;
         if created {
             // sled creates its files with the process umask; nothing else has opened them yet.
             permissions::restrict_contents(dir).map_err(|source| StoreError::Open { path: path.clone(), source })?;
         } else {
             permissions::warn_if_readable_by_others(dir);
         }
-        let tree = |name: &str| db.open_tree(name);
         let store = Self {
-            records: tree("records")?,
-            summaries: tree("summaries")?,
-            ids: tree("ids")?,
-            links: tree("links")?,
-            match_keys: tree("match_keys")?,
-            cursors: tree("cursors")?,
-            outbox: tree("outbox")?,
-            conflicts: tree("conflicts")?,
-            dead_letters: tree("dead_letters")?,
-            pushed_dead_letters: tree("pushed_dead_letters")?,
-            status: tree("status")?,
-            state: tree("state")?,
-            meta: tree("meta")?,
-            db,
-            path,
-            _lock: std::sync::Arc::new(lock),
-            fault: std::sync::Arc::default(),
-            gate: std::sync::Arc::default(),
+            shared: std::sync::Arc::new(Shared {
+                path,
+                options: options.clone(),
+                _lock: lock,
+                trees: std::sync::RwLock::new(Some(std::sync::Arc::new(trees))),
+                fault: std::sync::Mutex::default(),
+                reopen: std::sync::atomic::AtomicBool::new(false),
+                gate: std::sync::RwLock::default(),
+            }),
         };
-        match store.meta.get(keys::FORMAT_VERSION)? {
+        let t = store.trees()?;
+        match t.meta.get(keys::FORMAT_VERSION)? {
             Some(bytes) => {
                 let found = bytes.as_ref().try_into().map(u32::from_be_bytes).map_err(|_| StoreError::Corrupt {
-                    path: store.path.clone(),
+                    path: store.shared.path.clone(),
                     detail: "unreadable format version".into(),
                 })?;
                 if found > FORMAT_VERSION {
-                    return Err(StoreError::NewerFormat { path: store.path.clone(), found, supported: FORMAT_VERSION });
+                    return Err(StoreError::NewerFormat {
+                        path: store.shared.path.clone(),
+                        found,
+                        supported: FORMAT_VERSION,
+                    });
                 }
                 if found < FORMAT_VERSION {
                     store.migrate_records(found)?;
                 }
             }
             None => {
-                store.meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
-                store.db.flush()?;
+                t.meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+                t.db.flush()?;
             }
         }
+        drop(t);
         store.ensure_summaries()?;
         store.ensure_pushed_dead_letter_index()?;
         Ok(store)
@@ -231,8 +274,9 @@ impl Store {
     /// format version. Idempotent and resumable: killed halfway, the next open rewrites what is left
     /// (a record's first byte tells its format).
     fn migrate_records(&self, from: u32) -> Result<(), StoreError> {
+        let t = self.trees()?;
         let (mut batch, mut pending, mut rewritten) = (sled::Batch::default(), 0u64, 0u64);
-        for entry in self.records.iter() {
+        for entry in t.records.iter() {
             let (key, bytes) = entry?;
             if format::is_current_record(&bytes) {
                 continue;
@@ -243,59 +287,61 @@ impl Store {
             pending += 1;
             rewritten += 1;
             if pending == 10_000 {
-                self.records.apply_batch(std::mem::take(&mut batch))?;
+                t.records.apply_batch(std::mem::take(&mut batch))?;
                 pending = 0;
             }
         }
-        self.records.apply_batch(batch)?;
-        self.meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
-        self.db.flush()?;
+        t.records.apply_batch(batch)?;
+        t.meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+        t.db.flush()?;
         tracing::info!(from, to = FORMAT_VERSION, records = rewritten, "store migrated to the current format");
         Ok(())
     }
 
     /// Builds the index of pushed dead letters for a store written before it existed. Idempotent.
     fn ensure_pushed_dead_letter_index(&self) -> Result<(), StoreError> {
-        if self.meta.get(keys::PUSHED_DEAD_LETTERS_VERSION)?.is_some() {
+        let t = self.trees()?;
+        if t.meta.get(keys::PUSHED_DEAD_LETTERS_VERSION)?.is_some() {
             return Ok(());
         }
-        self.pushed_dead_letters.clear()?;
+        t.pushed_dead_letters.clear()?;
         let mut batch = sled::Batch::default();
-        for entry in self.dead_letters.iter() {
+        for entry in t.dead_letters.iter() {
             let (key, bytes) = entry?;
             let letter: DeadLetter = decode(&bytes, "dead letter")?;
             if let Some(id) = letter.canonical_id {
                 batch.insert(keys::pushed_dead_letter(&letter.connection, id), key);
             }
         }
-        self.pushed_dead_letters.apply_batch(batch)?;
-        self.meta.insert(keys::PUSHED_DEAD_LETTERS_VERSION, b"1".as_slice())?;
-        self.db.flush()?;
+        t.pushed_dead_letters.apply_batch(batch)?;
+        t.meta.insert(keys::PUSHED_DEAD_LETTERS_VERSION, b"1".as_slice())?;
+        t.db.flush()?;
         Ok(())
     }
 
     /// Rebuilds every record's summary when the store's are of another version (or absent: a store
     /// written before summaries existed). Idempotent: killed halfway, it starts over on the next open.
     fn ensure_summaries(&self) -> Result<(), StoreError> {
+        let t = self.trees()?;
         let version = format!("{}/{}", crate::metrics::SUMMARY_VERSION, format::SUMMARY_ENCODING);
         let version = version.as_bytes();
-        if self.meta.get(keys::SUMMARY_VERSION)?.is_some_and(|found| found.as_ref() == version) {
+        if t.meta.get(keys::SUMMARY_VERSION)?.is_some_and(|found| found.as_ref() == version) {
             return Ok(());
         }
-        self.summaries.clear()?;
+        t.summaries.clear()?;
         let (mut batch, mut count) = (sled::Batch::default(), 0u64);
-        for entry in self.records.iter() {
+        for entry in t.records.iter() {
             let (key, bytes) = entry?;
             let record = decode_record_entry(&key, &bytes)?;
             batch.insert(key, format::encode_summary(&crate::metrics::RecordView::of(&record)));
             count += 1;
             if count % 10_000 == 0 {
-                self.summaries.apply_batch(std::mem::take(&mut batch))?;
+                t.summaries.apply_batch(std::mem::take(&mut batch))?;
             }
         }
-        self.summaries.apply_batch(batch)?;
-        self.meta.insert(keys::SUMMARY_VERSION, version)?;
-        self.db.flush()?;
+        t.summaries.apply_batch(batch)?;
+        t.meta.insert(keys::SUMMARY_VERSION, version)?;
+        t.db.flush()?;
         if count > 0 {
             tracing::info!(records = count, "record summaries rebuilt for the metrics");
         }
@@ -304,30 +350,95 @@ impl Store {
 
     /// Returns the store directory.
     pub fn path(&self) -> &Path {
-        &self.path
+        &self.shared.path
+    }
+
+    /// The open database, shared by the operations in flight (a reopen waits until none holds it).
+    fn trees(&self) -> Result<std::sync::Arc<Trees>, StoreError> {
+        let slot = self.shared.trees.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.clone().ok_or_else(|| StoreError::Unavailable {
+            path: self.shared.path.clone(),
+            detail: self.storage_error().unwrap_or_else(|| "it is being reopened".to_owned()),
+        })
+    }
+
+    /// Opens the database again after a write failed with an I/O error, once the file system takes
+    /// writes again. sled keeps the first I/O error (a full disk) and fails every later write with
+    /// it until the database is reopened; reopening recovers what was flushed, exactly as a restart
+    /// would: writes that were never flushed were never acknowledged (pull passes read their cursor
+    /// from the store, pushes their outbox). Returns without reopening while the file system is
+    /// still full or another operation still holds the database.
+    ///
+    /// The writer calls this before it reads anything for a group of batches, never between a read
+    /// and the commit it decides: the old database still shows writes that were never flushed, and
+    /// a decision read from them ("unchanged") would be committed to a database that lacks them.
+    pub fn reopen_if_needed(&self) {
+        use std::sync::atomic::Ordering;
+        if !self.shared.reopen.load(Ordering::SeqCst) || !self.can_write_a_segment() {
+            return;
+        }
+        let mut slot = self.shared.trees.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if slot.as_ref().is_some_and(|trees| std::sync::Arc::strong_count(trees) > 1) {
+            return;
+        }
+        // The last reference: dropping it closes sled (its lock is released as it finishes).
+        drop(slot.take());
+        match Trees::open(&self.shared.path, &self.shared.options) {
+            Ok(trees) => {
+                *slot = Some(std::sync::Arc::new(trees));
+                self.shared.reopen.store(false, Ordering::SeqCst);
+                tracing::warn!(store = %self.shared.path.display(), "store reopened after a storage failure");
+            }
+            Err(error) => {
+                let message = error_chain(&error);
+                tracing::error!(store = %self.shared.path.display(), error = %message, "store reopen failed; retried before the next write");
+                *self.shared.fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(message);
+            }
+        }
+    }
+
+    /// Whether the store's file system takes a write of one sled segment again (a probe file,
+    /// synced and removed).
+    fn can_write_a_segment(&self) -> bool {
+        use std::io::Write;
+        let probe = self.shared.path.join(PROBE_FILE);
+        let written =
+            permissions::private_file_options().create(true).truncate(true).write(true).open(&probe).and_then(
+                |mut file| {
+                    file.write_all(&vec![0u8; PROBE_BYTES])?;
+                    file.sync_all()
+                },
+            );
+        let _ = std::fs::remove_file(&probe);
+        written.is_ok()
     }
 
     /// Writes everything buffered to disk. Call before acknowledging anything outward.
     pub fn flush(&self) -> Result<(), StoreError> {
-        let flushed = self.db.flush().map(drop).map_err(StoreError::from);
+        let flushed = self.trees().and_then(|t| t.db.flush().map(drop).map_err(StoreError::from));
         self.observe(flushed, true)
     }
 
     /// Returns the last storage failure (`None`: the last commit or flush succeeded), for `/readyz`
     /// and `status`.
     pub fn storage_error(&self) -> Option<String> {
-        self.fault.lock().map_or_else(|poisoned| poisoned.into_inner().clone(), |fault| fault.clone())
+        self.shared.fault.lock().map_or_else(|poisoned| poisoned.into_inner().clone(), |fault| fault.clone())
     }
 
-    /// Notes a storage failure in `result` (or clears the last one on a successful write).
+    /// Notes a storage failure in `result` (or clears the last one on a successful write); a write
+    /// that failed with an I/O error asks for a reopen ([`Store::reopen_if_needed`]).
     fn observe<T>(&self, result: Result<T, StoreError>, is_write: bool) -> Result<T, StoreError> {
+        if is_write && let Err(StoreError::Sled(sled::Error::Io(_))) = &result {
+            self.shared.reopen.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         let update = match &result {
+            Err(StoreError::Unavailable { .. }) => None,
             Err(error) if error.is_storage_failure() => Some(Some(error_chain(error))),
             Ok(_) if is_write => Some(None),
             _ => None,
         };
         if let Some(update) = update {
-            let mut fault = self.fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut fault = self.shared.fault.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if fault.is_some() && update.is_none() {
                 tracing::info!("store writes succeed again");
             }
@@ -338,25 +449,26 @@ impl Store {
 
     /// Applies a [`Commit`] in one transaction.
     pub fn commit(&self, commit: Commit) -> Result<(), StoreError> {
-        let _gate = self.gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let _gate = self.shared.gate.read().unwrap_or_else(std::sync::PoisonError::into_inner);
         let committed = self.commit_inner(commit);
         self.observe(committed, true)
     }
 
     fn commit_inner(&self, commit: Commit) -> Result<(), StoreError> {
+        let t = self.trees()?;
         let trees = (
-            &self.records,
-            &self.summaries,
-            &self.ids,
-            &self.links,
-            &self.match_keys,
-            &self.cursors,
-            &self.outbox,
-            &self.conflicts,
-            &self.dead_letters,
-            &self.pushed_dead_letters,
-            &self.status,
-            &self.meta,
+            &t.records,
+            &t.summaries,
+            &t.ids,
+            &t.links,
+            &t.match_keys,
+            &t.cursors,
+            &t.outbox,
+            &t.conflicts,
+            &t.dead_letters,
+            &t.pushed_dead_letters,
+            &t.status,
+            &t.meta,
         );
         let result = trees.transaction(
             |(
@@ -508,13 +620,14 @@ impl Store {
     }
 
     fn record_inner(&self, id: CanonicalId) -> Result<Option<Record>, StoreError> {
-        let Some(tag) = self.ids.get(id.to_bytes())? else { return Ok(None) };
+        let t = self.trees()?;
+        let Some(tag) = t.ids.get(id.to_bytes())? else { return Ok(None) };
         let entity = tag
             .first()
             .copied()
             .and_then(Entity::from_tag)
             .ok_or_else(|| StoreError::Internal(format!("bad entity tag for {id}")))?;
-        match self.records.get(keys::record(entity, id))? {
+        match t.records.get(keys::record(entity, id))? {
             Some(bytes) => Ok(Some(format::decode_record(id, &bytes)?.0)),
             None => Ok(None),
         }
@@ -541,7 +654,8 @@ impl Store {
         entity: Entity,
         external_id: &ExternalId,
     ) -> Result<Option<CanonicalId>, StoreError> {
-        match self.links.get(keys::link(connection, entity, external_id))? {
+        let t = self.trees()?;
+        match t.links.get(keys::link(connection, entity, external_id))? {
             Some(id) => {
                 let bytes: [u8; 16] =
                     id.as_ref().try_into().map_err(|_| StoreError::Internal("bad link value".into()))?;
@@ -553,12 +667,13 @@ impl Store {
 
     /// Returns the ids of records indexed under a match-key value.
     pub fn ids_by_match_key(&self, entity: Entity, name: &str, value: &str) -> Result<Vec<CanonicalId>, StoreError> {
+        let t = self.trees()?;
         // Point lookups (`get_gt`) instead of a prefix iterator: a value is almost always held by
         // none or one record, and setting up a sled iterator costs more than the lookups.
         let prefix = keys::match_key_prefix(entity, name, value);
         let mut ids = Vec::new();
         let mut after = sled::IVec::from(prefix.as_slice());
-        while let Some((key, _)) = self.match_keys.get_gt(&after)? {
+        while let Some((key, _)) = t.match_keys.get_gt(&after)? {
             if !key.starts_with(&prefix) {
                 break;
             }
@@ -569,11 +684,28 @@ impl Store {
     }
 
     /// Iterates over every record of an entity (tombstones included), in id (creation) order.
-    pub fn scan(&self, entity: Entity) -> impl Iterator<Item = Result<Record, StoreError>> + use<> {
-        until_error(self.records.scan_prefix(keys::record_prefix(entity)).map(|entry| {
-            let (key, bytes) = entry?;
-            decode_record_entry(&key, &bytes)
-        }))
+    pub fn scan(&self, entity: Entity) -> Box<dyn Iterator<Item = Result<Record, StoreError>> + Send> {
+        self.iterate(|t| {
+            t.records.scan_prefix(keys::record_prefix(entity)).map(|entry| {
+                let (key, bytes) = entry?;
+                decode_record_entry(&key, &bytes)
+            })
+        })
+    }
+
+    /// An iteration over the open database that holds it until the iteration is dropped (so a
+    /// reopen waits for it), ending after its first error (one error when the store is unavailable).
+    fn iterate<T: Send + 'static, I>(
+        &self,
+        build: impl FnOnce(&Trees) -> I,
+    ) -> Box<dyn Iterator<Item = Result<T, StoreError>> + Send>
+    where
+        I: Iterator<Item = Result<T, StoreError>> + Send + 'static,
+    {
+        match self.trees() {
+            Ok(t) => Box::new(until_error(Holding { entries: build(&t), _trees: t })),
+            Err(error) => Box::new(std::iter::once(Err(error))),
+        }
     }
 
     /// Iterates over an entity's records (tombstones included) after the one with id `after`, in id
@@ -595,16 +727,15 @@ impl Store {
             let (key, bytes) = entry?;
             decode_record_entry(&key, &bytes)
         };
-        match (after.map(|id| keys::record(entity, id)), descending) {
-            (Some(key), false) => {
-                Box::new(until_error(self.records.range((Bound::Excluded(key), past_last)).map(decode_record)))
+        let after = after.map(|id| keys::record(entity, id));
+        self.iterate(move |t| -> Box<dyn Iterator<Item = Result<Record, StoreError>> + Send> {
+            match (after, descending) {
+                (Some(key), false) => Box::new(t.records.range((Bound::Excluded(key), past_last)).map(decode_record)),
+                (None, false) => Box::new(t.records.range((first, past_last)).map(decode_record)),
+                (Some(key), true) => Box::new(t.records.range((first, Bound::Excluded(key))).rev().map(decode_record)),
+                (None, true) => Box::new(t.records.range((first, past_last)).rev().map(decode_record)),
             }
-            (None, false) => Box::new(until_error(self.records.range((first, past_last)).map(decode_record))),
-            (Some(key), true) => {
-                Box::new(until_error(self.records.range((first, Bound::Excluded(key))).rev().map(decode_record)))
-            }
-            (None, true) => Box::new(until_error(self.records.range((first, past_last)).rev().map(decode_record))),
-        }
+        })
     }
 
     /// Iterates over the metrics summaries of every record of an entity (tombstones included), in id
@@ -612,16 +743,19 @@ impl Store {
     pub fn scan_summaries(
         &self,
         entity: Entity,
-    ) -> impl Iterator<Item = Result<crate::metrics::RecordView, StoreError>> + use<> {
-        until_error(self.summaries.scan_prefix(keys::record_prefix(entity)).map(|entry| {
-            let (_, bytes) = entry?;
-            Ok(format::decode_summary(&bytes)?)
-        }))
+    ) -> Box<dyn Iterator<Item = Result<crate::metrics::RecordView, StoreError>> + Send> {
+        self.iterate(|t| {
+            t.summaries.scan_prefix(keys::record_prefix(entity)).map(|entry| {
+                let (_, bytes) = entry?;
+                Ok(format::decode_summary(&bytes)?)
+            })
+        })
     }
 
     /// Returns the saved cursor of a connection × entity.
     pub fn cursor(&self, connection: &ConnectionId, entity: Entity) -> Result<Option<Cursor>, StoreError> {
-        match self.cursors.get(keys::connection_entity(connection, entity))? {
+        let t = self.trees()?;
+        match t.cursors.get(keys::connection_entity(connection, entity))? {
             Some(bytes) => decode::<Option<Cursor>>(&bytes, "cursor"),
             None => Ok(None),
         }
@@ -634,10 +768,11 @@ impl Store {
         after: Option<u64>,
         limit: usize,
     ) -> Result<Vec<(u64, OutboxEntry)>, StoreError> {
+        let t = self.trees()?;
         let prefix = keys::outbox_prefix(connection);
         let start = keys::outbox(connection, after.map_or(0, |sequence| sequence.saturating_add(1)));
         let mut entries = Vec::new();
-        for entry in self.outbox.range(start..) {
+        for entry in t.outbox.range(start..) {
             let (key, bytes) = entry?;
             if !key.starts_with(&prefix) || entries.len() >= limit {
                 break;
@@ -650,28 +785,32 @@ impl Store {
 
     /// Removes outbox entries (nothing to push for them).
     pub fn outbox_remove(&self, connection: &ConnectionId, sequences: &[u64]) -> Result<(), StoreError> {
+        let t = self.trees()?;
         let mut batch = sled::Batch::default();
         for sequence in sequences {
             batch.remove(keys::outbox(connection, *sequence));
         }
-        self.outbox.apply_batch(batch)?;
+        t.outbox.apply_batch(batch)?;
         Ok(())
     }
 
     /// Returns how many entries wait in a connection's outbox.
     pub fn outbox_depth(&self, connection: &ConnectionId) -> Result<u64, StoreError> {
-        count_keys(self.outbox.scan_prefix(keys::outbox_prefix(connection)))
+        let t = self.trees()?;
+        count_keys(t.outbox.scan_prefix(keys::outbox_prefix(connection)))
     }
 
     /// Returns a connector's saved state value.
     pub fn load_state(&self, connection: &ConnectionId, name: &str) -> Result<Option<String>, StoreError> {
-        Ok(self.state.get(keys::state(connection, name))?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
+        let t = self.trees()?;
+        Ok(t.state.get(keys::state(connection, name))?.map(|bytes| String::from_utf8_lossy(&bytes).into_owned()))
     }
 
     /// Saves a connector state value durably (flushed before returning).
     pub fn save_state(&self, connection: &ConnectionId, name: &str, value: &str) -> Result<(), StoreError> {
-        self.state.insert(keys::state(connection, name), value.as_bytes())?;
-        self.state.flush()?;
+        let t = self.trees()?;
+        t.state.insert(keys::state(connection, name), value.as_bytes())?;
+        t.state.flush()?;
         Ok(())
     }
 
@@ -712,7 +851,8 @@ impl Store {
 
     /// Returns the sync status of a connection × entity.
     pub fn sync_status(&self, connection: &ConnectionId, entity: Entity) -> Result<Option<SyncStatus>, StoreError> {
-        self.status
+        let t = self.trees()?;
+        t.status
             .get(keys::connection_entity(connection, entity))?
             .map(|bytes| decode(&bytes, "sync status"))
             .transpose()
@@ -720,21 +860,24 @@ impl Store {
 
     /// Returns how many records of an entity a connection holds (links).
     pub fn link_count(&self, connection: &ConnectionId, entity: Entity) -> Result<u64, StoreError> {
-        count_keys(self.links.scan_prefix(keys::link_prefix(connection, entity)))
+        let t = self.trees()?;
+        count_keys(t.links.scan_prefix(keys::link_prefix(connection, entity)))
     }
 
     /// Returns the number of records per entity (tombstones included).
     pub fn counts(&self) -> Result<BTreeMap<Entity, u64>, StoreError> {
+        let t = self.trees()?;
         let mut counts = BTreeMap::new();
         for entity in Entity::ALL {
-            counts.insert(*entity, count_keys(self.records.scan_prefix(keys::record_prefix(*entity)))?);
+            counts.insert(*entity, count_keys(t.records.scan_prefix(keys::record_prefix(*entity)))?);
         }
         Ok(counts)
     }
 
     /// Returns up to `limit` dead letters, oldest first.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<DeadLetter>, StoreError> {
-        self.dead_letters.iter().take(limit).map(|entry| decode(&entry?.1, "dead letter")).collect()
+        let t = self.trees()?;
+        t.dead_letters.iter().take(limit).map(|entry| decode(&entry?.1, "dead letter")).collect()
     }
 
     /// Returns the dead letter of the last rejected push of a record to a connection, if it waits.
@@ -743,10 +886,11 @@ impl Store {
         connection: &ConnectionId,
         id: CanonicalId,
     ) -> Result<Option<DeadLetter>, StoreError> {
-        let Some(letter_id) = self.pushed_dead_letters.get(keys::pushed_dead_letter(connection, id))? else {
+        let t = self.trees()?;
+        let Some(letter_id) = t.pushed_dead_letters.get(keys::pushed_dead_letter(connection, id))? else {
             return Ok(None);
         };
-        self.dead_letters.get(letter_id)?.map(|bytes| decode(&bytes, "dead letter")).transpose()
+        t.dead_letters.get(letter_id)?.map(|bytes| decode(&bytes, "dead letter")).transpose()
     }
 
     /// Returns whether a record of `connection` that a pull could not decode waits in the dead-letter
@@ -765,41 +909,45 @@ impl Store {
     pub fn dead_letters_after(
         &self,
         after: Option<&str>,
-    ) -> impl Iterator<Item = Result<DeadLetter, StoreError>> + use<> {
+    ) -> Box<dyn Iterator<Item = Result<DeadLetter, StoreError>> + Send> {
         let start = match after {
             Some(id) => std::ops::Bound::Excluded(id.as_bytes().to_vec()),
             None => std::ops::Bound::Unbounded,
         };
-        until_error(
-            self.dead_letters
+        self.iterate(|t| {
+            t.dead_letters
                 .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
-                .map(|entry| decode(&entry?.1, "dead letter")),
-        )
+                .map(|entry| decode(&entry?.1, "dead letter"))
+        })
     }
 
     /// Iterates over the conflicts after the one with id `after` (all when `None`), oldest first.
     pub fn conflicts_after(
         &self,
         after: Option<&str>,
-    ) -> impl Iterator<Item = Result<ConflictEntry, StoreError>> + use<> {
+    ) -> Box<dyn Iterator<Item = Result<ConflictEntry, StoreError>> + Send> {
         let start = match after {
             Some(id) => std::ops::Bound::Excluded(id.as_bytes().to_vec()),
             None => std::ops::Bound::Unbounded,
         };
-        self.conflicts
-            .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
-            .map(|entry| decode(&entry?.1, "conflict"))
+        self.iterate(|t| {
+            t.conflicts
+                .range::<Vec<u8>, _>((start, std::ops::Bound::Unbounded))
+                .map(|entry| decode(&entry?.1, "conflict"))
+        })
     }
 
     /// Returns the number of dead letters.
     pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
-        Ok(self.dead_letters.len() as u64)
+        let t = self.trees()?;
+        Ok(t.dead_letters.len() as u64)
     }
 
     /// Returns conflicts, oldest first (only those not yet resolved when `unresolved_only`).
     pub fn conflicts(&self, unresolved_only: bool) -> Result<Vec<ConflictEntry>, StoreError> {
+        let t = self.trees()?;
         let mut found = Vec::new();
-        for entry in self.conflicts.iter() {
+        for entry in t.conflicts.iter() {
             let conflict: ConflictEntry = decode(&entry?.1, "conflict")?;
             if !unresolved_only || !conflict.resolved {
                 found.push(conflict);
@@ -810,7 +958,22 @@ impl Store {
 
     /// Returns the store's size on disk in bytes.
     pub fn size_on_disk(&self) -> Result<u64, StoreError> {
-        Ok(self.db.size_on_disk()?)
+        let t = self.trees()?;
+        Ok(t.db.size_on_disk()?)
+    }
+}
+
+/// An iteration over sled that keeps the database it reads open (see [`Store::reopen_if_needed`]).
+struct Holding<I> {
+    entries: I,
+    _trees: std::sync::Arc<Trees>,
+}
+
+impl<I: Iterator> Iterator for Holding<I> {
+    type Item = I::Item;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.entries.next()
     }
 }
 

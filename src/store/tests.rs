@@ -80,8 +80,8 @@ fn summaries_follow_every_write_and_are_rebuilt_for_a_store_without_them() {
         store.commit(commit).unwrap();
         assert_eq!(summaries(&store), expected(&records));
         // As a store written before summaries existed looks.
-        store.summaries.clear().unwrap();
-        store.meta.remove(keys::SUMMARY_VERSION).unwrap();
+        store.trees().unwrap().summaries.clear().unwrap();
+        store.trees().unwrap().meta.remove(keys::SUMMARY_VERSION).unwrap();
         store.flush().unwrap();
         assert!(summaries(&store).is_empty());
     }
@@ -141,7 +141,7 @@ fn a_newer_format_version_is_refused_with_advice() {
     let dir = tempfile::tempdir().unwrap();
     {
         let store = Store::open(dir.path()).unwrap();
-        store.meta.insert(keys::FORMAT_VERSION, &(FORMAT_VERSION + 1).to_be_bytes()).unwrap();
+        store.trees().unwrap().meta.insert(keys::FORMAT_VERSION, &(FORMAT_VERSION + 1).to_be_bytes()).unwrap();
         store.flush().unwrap();
     }
     let error = Store::open(dir.path()).err().expect("newer format must be refused");
@@ -227,9 +227,12 @@ fn a_store_written_in_format_1_is_migrated_on_open_with_every_record_intact() {
             assert_eq!(found.map(|found| found.id), Some(record.id), "link index kept");
         }
     }
-    let stored: Vec<sled::IVec> = store.records.iter().values().map(Result::unwrap).collect();
+    let stored: Vec<sled::IVec> = store.trees().unwrap().records.iter().values().map(Result::unwrap).collect();
     assert!(stored.iter().all(|value| format::is_current_record(value)), "every record rewritten");
-    assert_eq!(store.meta.get(keys::FORMAT_VERSION).unwrap().unwrap().as_ref(), FORMAT_VERSION.to_be_bytes());
+    assert_eq!(
+        store.trees().unwrap().meta.get(keys::FORMAT_VERSION).unwrap().unwrap().as_ref(),
+        FORMAT_VERSION.to_be_bytes()
+    );
     drop(store);
     // Reopening a migrated store changes nothing.
     let store = Store::open(dir.path()).unwrap();

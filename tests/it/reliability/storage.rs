@@ -175,8 +175,40 @@ fn fill(dir: &Path) -> PathBuf {
     path
 }
 
+/// Delivers one new message after another until the full disk refused three (sled first fills the
+/// space of segments it freed earlier, so the disk shows as full after a varying number of writes).
+/// Returns how many were acknowledged meanwhile and the indexes of the refused ones.
+async fn deliver_until_refused(
+    http: &reqwest::Client,
+    port: u16,
+    deliveries: &mut Vec<(String, &'static str, String)>,
+    next: impl Fn(usize) -> (String, &'static str, String),
+) -> (usize, Vec<usize>) {
+    let (mut acknowledged, mut refused) = (0, Vec::new());
+    let limit = deliveries.len() + 800;
+    while refused.len() < 3 && deliveries.len() < limit {
+        deliveries.push(next(deliveries.len()));
+        let index = deliveries.len() - 1;
+        if deliver(http, port, &deliveries[index]).await {
+            acknowledged += 1;
+        } else {
+            refused.push(index);
+        }
+    }
+    assert!(!refused.is_empty(), "the full disk refused none of {acknowledged} deliveries");
+    (acknowledged, refused)
+}
+
+/// `crmsync status` (asking the running daemon): its text.
+async fn status_text(env: &Env) -> String {
+    let output = finishes(env, &["status"]).await;
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(output.status.success(), "status failed: {}{text}", String::from_utf8_lossy(&output.stderr));
+    text
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_disk_refuses_what_it_cannot_store_keeps_what_it_acknowledged_and_stays_answerable() {
+async fn a_full_disk_refuses_what_it_cannot_store_keeps_what_it_acknowledged_and_resumes_when_space_returns() {
     let Some(disk) = Tmpfs::mount("size=8m,mode=0700") else {
         eprintln!("full-disk test skipped: this process may not mount a tmpfs (needs CAP_SYS_ADMIN)");
         return;
@@ -204,30 +236,35 @@ async fn a_full_disk_refuses_what_it_cannot_store_keeps_what_it_acknowledged_and
     deliveries.push(delivery(0));
     assert!(deliver(&http, port, &deliveries[0]).await, "a delivery before the disk filled");
     let filler = fill(&disk.path);
-    // sled first fills the space of segments it freed earlier, so the disk shows as full after a
-    // varying number of writes: deliver until a few were refused.
-    let (mut acknowledged, mut refused) = (1, Vec::new());
-    while refused.len() < 3 && deliveries.len() < 4 * ids.len() {
-        deliveries.push(delivery(deliveries.len()));
-        let index = deliveries.len() - 1;
-        if deliver(&http, port, &deliveries[index]).await {
-            acknowledged += 1;
-        } else {
-            refused.push(index);
-        }
-    }
-    assert!(!refused.is_empty(), "the full disk refused none of {acknowledged} deliveries");
-    // Still answerable: liveness, the status command, SIGTERM.
+    let (acknowledged, refused) = deliver_until_refused(&http, port, &mut deliveries, delivery).await;
+    // Still answerable: liveness, and `status` names the storage error.
     let health = http.get(format!("http://127.0.0.1:{admin}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "/healthz on a full disk");
-    finishes(&env, &["status"]).await;
-    stop(daemon, log).await;
+    let status = status_text(&env).await;
+    assert!(
+        status.contains("STORAGE ERROR") && status.contains("No space left on device"),
+        "status on a full disk:\n{status}"
+    );
 
-    // Space returns; Salesforce delivers the refused messages again.
-    std::fs::remove_file(filler).unwrap();
-    let (daemon, log) = start_daemon(&env).await;
+    // Space returns while the daemon runs; Salesforce delivers the refused messages again, and the
+    // daemon takes them without a restart.
+    std::fs::remove_file(&filler).unwrap();
     for index in &refused {
         assert!(deliver(&http, port, &deliveries[*index]).await, "a redelivery once space returned");
+    }
+    let status = status_text(&env).await;
+    assert!(!status.contains("STORAGE ERROR"), "status once writes succeed again:\n{status}");
+
+    // Full again, then stopped: SIGTERM is answered on a full disk; after a restart with space back
+    // the messages refused this time are taken too.
+    let filler = fill(&disk.path);
+    let (acknowledged_again, refused_again) = deliver_until_refused(&http, port, &mut deliveries, delivery).await;
+    let log = stop(daemon, log).await;
+    assert!(log.contains("store reopened after a storage failure"), "the daemon reopened its store:\n{log}");
+    std::fs::remove_file(filler).unwrap();
+    let (daemon, log) = start_daemon(&env).await;
+    for index in &refused_again {
+        assert!(deliver(&http, port, &deliveries[*index]).await, "a redelivery after the restart");
     }
     stop(daemon, log).await;
     // Each account holds its last delivery (every delivery newer than its previous one).
@@ -251,12 +288,18 @@ async fn a_full_disk_refuses_what_it_cannot_store_keeps_what_it_acknowledged_and
         assert_eq!(
             stored.get(&account).map(String::as_str),
             Some(industry),
-            "{account}: a delivery acknowledged before or after the disk filled was lost ({acknowledged} \
-             acknowledged while full, {} refused)",
-            refused.len()
+            "{account}: an acknowledged delivery was lost ({acknowledged} and {acknowledged_again} acknowledged \
+             while the disk filled, {} and {} refused)",
+            refused.len(),
+            refused_again.len()
         );
     }
-    eprintln!("full disk: {acknowledged} deliveries acknowledged, then {} refused until space returned", refused.len());
+    eprintln!(
+        "full disk: {acknowledged} deliveries acknowledged, {} refused and taken without a restart once space \
+         returned; then {acknowledged_again} acknowledged, {} refused and taken after a restart",
+        refused.len(),
+        refused_again.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
