@@ -240,6 +240,15 @@ async fn a_full_disk_refuses_what_it_cannot_store_keeps_what_it_acknowledged_and
     // Still answerable: liveness, and `status` names the storage error.
     let health = http.get(format!("http://127.0.0.1:{admin}/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200, "/healthz on a full disk");
+    let readyz = || async {
+        let answer = http.get(format!("http://127.0.0.1:{admin}/readyz")).send().await.unwrap();
+        (answer.status().as_u16(), answer.text().await.unwrap())
+    };
+    let (code, reasons) = readyz().await;
+    assert!(
+        code == 503 && reasons.contains("\"store\"") && reasons.contains("No space left"),
+        "/readyz: {code} {reasons}"
+    );
     let status = status_text(&env).await;
     assert!(
         status.contains("STORAGE ERROR") && status.contains("No space left on device"),
@@ -254,6 +263,8 @@ async fn a_full_disk_refuses_what_it_cannot_store_keeps_what_it_acknowledged_and
     }
     let status = status_text(&env).await;
     assert!(!status.contains("STORAGE ERROR"), "status once writes succeed again:\n{status}");
+    let (code, reasons) = readyz().await;
+    assert_eq!(code, 200, "/readyz once writes succeed again: {reasons}");
 
     // Full again, then stopped: SIGTERM is answered on a full disk; after a restart with space back
     // the messages refused this time are taken too.
