@@ -141,7 +141,8 @@ impl Trees {
         let config = sled::Config::new().path(dir).cache_capacity(options.cache_bytes).flush_every_ms(Some(500));
         // Holding our lock, no other process and no live handle has this store. sled, though, releases
         // its own lock from its IO threads a moment after the last handle of a store in this process is
-        // dropped, so its lock error is retried briefly here (yielding, never sleeping).
+        // dropped (later on a loaded machine), so its lock error is retried: yielding first, then
+        // parking a millisecond at a time, for a few seconds at most.
         let mut attempts = 0;
         let opened = loop {
             let config = config.clone();
@@ -150,7 +151,11 @@ impl Trees {
             match &opened {
                 Ok(Err(sled::Error::Io(error))) if is_lock_error(error) && attempts < LOCK_RETRIES => {
                     attempts += 1;
-                    std::thread::yield_now();
+                    if attempts < LOCK_SPINS {
+                        std::thread::yield_now();
+                    } else {
+                        std::thread::park_timeout(std::time::Duration::from_millis(1));
+                    }
                 }
                 _ => break opened,
             }
@@ -188,8 +193,11 @@ fn abort(error: StoreError) -> Abort {
     ConflictableTransactionError::Abort(error)
 }
 
-/// Open attempts while sled's lock is still being released (see [`Store::open_with`]).
-const LOCK_RETRIES: u32 = 2000;
+/// Open attempts while sled's lock is still being released (see [`Store::open_with`]): the first
+/// [`LOCK_SPINS`] yield, the others wait a millisecond each.
+const LOCK_RETRIES: u32 = LOCK_SPINS + 3000;
+/// Open attempts that only yield.
+const LOCK_SPINS: u32 = 2000;
 /// crmsync's lock file in the store directory.
 const LOCK_FILE: &str = "crmsync.lock";
 /// The file [`Store::reopen_if_needed`] writes to see whether the file system takes writes again.
