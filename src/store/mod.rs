@@ -904,8 +904,8 @@ impl Store {
     /// Returns whether a record of `connection` that a pull could not decode waits in the dead-letter
     /// queue (a batch from it then removes the letters of the records it reads again).
     pub fn undecodable_letters_wait(&self, connection: &ConnectionId) -> Result<bool, StoreError> {
-        Ok(self
-            .pushed_dead_letters
+        let t = self.trees()?;
+        Ok(t.pushed_dead_letters
             .scan_prefix(keys::undecodable_dead_letter_prefix(connection))
             .next()
             .transpose()?
