@@ -3,6 +3,7 @@
 //!
 //! Validation ([`Config::from_table`]) is pure and collects every problem with its key path; unknown
 //! keys are reported with the closest valid key. `config/default.toml` documents every key.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

@@ -4,6 +4,7 @@
 //! unambiguous: a number column that arrives as the string `"1112.5"` or `"5.0"` (a column whose type
 //! was changed in the vendor) reads as that number, while `"1,112.50"`, `true` or an object is a
 //! [`ConnectorError::Decode`] naming the field: a reader never guesses a value.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use rust_decimal::Decimal;
 use serde_json::{Map, Value};

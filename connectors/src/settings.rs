@@ -4,6 +4,7 @@
 //! first mistake: every problem is collected as a [`ConfigProblem`] with its full key path and the
 //! offending value, and unknown keys are reported with the closest valid key. Each vendor module
 //! reads its own keys (`salesforce::SalesforceConfig::read`), so vendor knowledge stays in its folder.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

@@ -1,5 +1,6 @@
 //! Query strings read parameter by parameter, so an unknown parameter or a bad value is refused with
 //! its name (`{"error":{"code":"bad_request","field":"limit",…}}`) rather than serde's generic text.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use std::collections::BTreeMap;
 

@@ -9,6 +9,7 @@
 //! [`version`] the person read, and a stale one is refused with the current record
 //! ([`OperatorError::Stale`]). Every accepted change is queued for the routed connections in the same
 //! commit, and flushed before the answer.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use std::collections::{BTreeSet, HashMap};
 

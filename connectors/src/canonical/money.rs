@@ -1,4 +1,5 @@
 //! Money: an exact decimal amount plus an ISO 4217 currency code. Never `f64`.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use std::fmt;
 use std::str::FromStr;

@@ -1,4 +1,5 @@
 //! The one timestamp type: a UTC instant that parses every vendor format losslessly.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use std::fmt;
 use std::str::FromStr;

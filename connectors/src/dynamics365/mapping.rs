@@ -15,6 +15,7 @@
 //! Dataverse has no column for some canonical fields (an account's free-text industry; the sales
 //! channel unless `channel_field` names one), so its changes are [`Completeness::Partial`]: an absent
 //! value is unknown, never an instruction to clear the field elsewhere.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use std::collections::{BTreeSet, HashMap};
 

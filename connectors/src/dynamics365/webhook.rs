@@ -7,6 +7,7 @@
 //! depend on the step's registration and may be stripped when larger than 256 KB); Delete messages
 //! become deletes.
 //! Reference: learn.microsoft.com/power-apps/developer/data-platform/use-webhooks
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use secrecy::ExposeSecret;
 use serde::Deserialize;

@@ -4,6 +4,7 @@
 //!
 //! References: learn.microsoft.com/power-apps/developer/data-platform/webapi/query/page-results,
 //! …/use-change-tracking-synchronize-data-external-systems, …/webapi/execute-batch-operations-using-web-api.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -37,9 +38,12 @@ pub struct Table {
     pub key: &'static str,
 }
 
+/// The account table (also what [`table`] falls back to: every entity has a table).
+const ACCOUNTS: Table = Table { entity: Entity::Account, logical: "account", set: "accounts", key: "accountid" };
+
 /// The tables crmsync syncs.
 pub const TABLES: &[Table] = &[
-    Table { entity: Entity::Account, logical: "account", set: "accounts", key: "accountid" },
+    ACCOUNTS,
     Table { entity: Entity::Lead, logical: "lead", set: "leads", key: "leadid" },
     Table { entity: Entity::Opportunity, logical: "opportunity", set: "opportunities", key: "opportunityid" },
     Table { entity: Entity::Order, logical: "salesorder", set: "salesorders", key: "salesorderid" },
@@ -47,7 +51,7 @@ pub const TABLES: &[Table] = &[
 
 /// The table of an entity.
 pub fn table(entity: Entity) -> Table {
-    TABLES.iter().copied().find(|table| table.entity == entity).unwrap_or(TABLES[0])
+    TABLES.iter().copied().find(|table| table.entity == entity).unwrap_or(ACCOUNTS)
 }
 
 /// The table with a logical name (webhooks name tables by logical name).
@@ -216,7 +220,7 @@ pub fn format_time(at: crate::canonical::Timestamp) -> String {
 pub fn wcf_date_millis(text: &str) -> Option<i64> {
     let inner = text.strip_prefix("/Date(")?.strip_suffix(")/")?;
     let end = inner.char_indices().skip(1).find(|(_, c)| *c == '+' || *c == '-').map_or(inner.len(), |(i, _)| i);
-    inner[..end].parse().ok()
+    inner.get(..end)?.parse().ok()
 }
 
 /// One request inside a `$batch` (no change sets: every request stands alone, and with
@@ -319,11 +323,11 @@ pub struct BatchFormatError(pub String);
 fn parts<'a>(boundary: &str, body: &'a str) -> Result<Vec<&'a str>, BatchFormatError> {
     let delimiter = format!("--{boundary}");
     let end = format!("--{boundary}--");
-    let Some(last) = body.find(&end) else {
+    let Some((before_end, _)) = body.split_once(&end) else {
         return Err(BatchFormatError(format!("no closing delimiter {end}")));
     };
     let mut parts = Vec::new();
-    for chunk in body[..last].split(&delimiter).skip(1) {
+    for chunk in before_end.split(&delimiter).skip(1) {
         let chunk = chunk.trim_start_matches("\r\n");
         let Some((mime, content)) = chunk.split_once("\r\n\r\n") else {
             return Err(BatchFormatError("a part has no blank line after its MIME headers".into()));

@@ -1,4 +1,5 @@
 //! Salesforce rows ↔ canonical records: the only place the two meet.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use std::collections::BTreeSet;
 
@@ -704,12 +705,13 @@ fn fill_required(
         return Ok(());
     }
     let names: Vec<String> = missing.iter().map(|field| format!("{object}.{field}")).collect();
+    let first = names.first().cloned().unwrap_or_default();
     Err(Rejection {
         code: "REQUIRED_FIELD_MISSING".into(),
         message: format!(
             "{} required on create and the record has no value (set it in the source, or push_defaults = {{ \"{}\" = \"…\" }})",
-            if names.len() == 1 { format!("{} is", names[0]) } else { format!("{} are", names.join(", ")) },
-            names[0]
+            if names.len() == 1 { format!("{first} is") } else { format!("{} are", names.join(", ")) },
+            first
         ),
     })
 }

@@ -5,6 +5,7 @@
 //! Outbound Messages carry no signature. crmsync checks the organization id of every message and a
 //! shared secret that the endpoint URL configured in Salesforce carries as `?secret=…`
 //! (e.g. `https://crmsync.example.com/webhooks/sf_prod?secret=…`), compared in constant time.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use std::collections::BTreeMap;
 

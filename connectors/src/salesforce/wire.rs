@@ -1,5 +1,6 @@
 //! Salesforce REST shapes, in Salesforce's words.
 //! Reference: developer.salesforce.com/docs/platform/api-rest/guide (resources-query, dome-composite-upsert).
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use serde::{Deserialize, Serialize};
 

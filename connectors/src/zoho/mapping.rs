@@ -1,4 +1,5 @@
 //! Zoho records ↔ canonical records: the only place the two meet.
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use std::collections::{BTreeSet, HashMap};
 
@@ -611,7 +612,9 @@ pub fn line_item_changes(field: &str, current: &[Value], desired: &[Value]) -> O
             match (id, desired.get(index)) {
                 (Some(id), Some(want)) => {
                     let mut row = want.clone();
-                    row["id"] = id;
+                    if let Some(fields) = row.as_object_mut() {
+                        fields.insert("id".to_owned(), id);
+                    }
                     Some(row)
                 }
                 (None, Some(want)) => Some(want.clone()),

@@ -7,6 +7,7 @@
 //!
 //! Both carry ids, not values: deletes become delete changes, everything else a targeted fetch.
 //! Reference: zoho.com/crm/developer/docs/api/v8/notifications/enable.html
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use secrecy::ExposeSecret;
 use serde::Deserialize;

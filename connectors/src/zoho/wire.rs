@@ -1,5 +1,6 @@
 //! Zoho CRM v8 shapes, in Zoho's words.
 //! Reference: github.com/zoho/crm-oas v8.0 (record/operations getRecords, upsertRecords, getDeletedRecords).
+#![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
 use serde::{Deserialize, Serialize};
 
