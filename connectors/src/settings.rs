@@ -58,11 +58,10 @@ impl SecretSource for SystemSecrets {
 pub fn expand_secret_path(path: &str, secrets: &dyn SecretSource) -> Result<PathBuf, String> {
     let mut expanded = String::with_capacity(path.len());
     let mut rest = path;
-    while let Some(start) = rest.find("${") {
-        expanded.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        let end = after.find('}').ok_or_else(|| format!("secret file path {path:?} has an unclosed ${{"))?;
-        let name = &after[..end];
+    while let Some((before, after)) = rest.split_once("${") {
+        expanded.push_str(before);
+        let (name, remainder) =
+            after.split_once('}').ok_or_else(|| format!("secret file path {path:?} has an unclosed ${{"))?;
         match secrets.env(name) {
             Some(value) if !value.is_empty() => expanded.push_str(&value),
             _ if name == "CREDENTIALS_DIRECTORY" => {
@@ -73,7 +72,7 @@ pub fn expand_secret_path(path: &str, secrets: &dyn SecretSource) -> Result<Path
             }
             _ => return Err(format!("secret file path {path:?} needs ${name}, which is not set")),
         }
-        rest = &after[end + 1..];
+        rest = remainder;
     }
     expanded.push_str(rest);
     Ok(PathBuf::from(expanded))
