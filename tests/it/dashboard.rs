@@ -2,8 +2,8 @@
 //! page), headless Chromium (Debian's `chromium`, which `.ci/run` installs) loads `GET /`, signs in
 //! with the token the demo printed, and the test checks that the KPI, funnel and channel-mix figures
 //! on the page are `/api/v1/metrics`'s, creates an order from the page's form, moves it to
-//! `confirmed` with the page's button, and keeps a screenshot at
-//! `target/tmp/dashboard.png` (`CARGO_TARGET_TMPDIR`).
+//! `confirmed` and then `shipped` with the page's buttons, sees it arrive once in each of the demo's
+//! three simulated CRMs, and keeps a screenshot at `target/tmp/dashboard.png` (`CARGO_TARGET_TMPDIR`).
 //!
 //! Chromium is driven over the DevTools protocol on a pipe (`--remote-debugging-pipe`: JSON messages
 //! separated by NUL bytes on file descriptors 3 and 4, here two FIFOs), so no WebSocket client, npm
@@ -148,6 +148,29 @@ impl Drop for Browser {
     }
 }
 
+/// The simulated CRMs' base URLs from the demo's first line
+/// (`crmsync demo: simulated CRMs salesforce (Salesforce) at http://…, zoho (Zoho CRM) at http://…, …`).
+fn simulator_urls(line: &str) -> Vec<String> {
+    line.split_whitespace()
+        .filter(|word| word.starts_with("http://"))
+        .map(|word| word.trim_end_matches([',', ';']).to_owned())
+        .collect()
+}
+
+/// How many live orders each simulator holds (its `/__sim/stats`), by the vendor's name for orders.
+async fn sim_orders(http: &reqwest::Client, simulators: &[String]) -> Vec<(String, u64)> {
+    let mut counts = Vec::new();
+    for base in simulators {
+        let stats: Value = http.get(format!("{base}/__sim/stats")).send().await.unwrap().json().await.unwrap();
+        let (name, count) = ["Order", "Sales_Orders", "salesorders"]
+            .iter()
+            .find_map(|name| Some((*name, stats["records"][name].as_u64()?)))
+            .unwrap_or_else(|| panic!("{base} counts no orders: {stats}"));
+        counts.push((name.to_owned(), count));
+    }
+    counts
+}
+
 fn decode_base64(text: &str) -> Vec<u8> {
     let value = |byte: u8| match byte {
         b'A'..=b'Z' => byte - b'A',
@@ -180,7 +203,7 @@ fn shown(value: &Value) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_confirms_an_order() {
+async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_ships_an_order_to_three_crms() {
     let Some(executable) = chromium() else {
         assert!(std::env::var_os("CI").is_none(), "chromium is not installed (.ci/run installs Debian's chromium)");
         eprintln!("skipped: no chromium on PATH (.ci/run installs it; apt-get install chromium)");
@@ -201,8 +224,11 @@ async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_c
         .unwrap();
     // The demo prints the dashboard URL, the API URL, a generated token and the admin URL.
     let mut lines = tokio::io::BufReader::new(demo.stdout.take().unwrap()).lines();
-    let (mut dashboard, mut token, mut admin) = (None, None, None);
+    let (mut dashboard, mut token, mut admin, mut simulators) = (None, None, None, Vec::new());
     while let Some(line) = lines.next_line().await.unwrap() {
+        if line.starts_with("crmsync demo: simulated CRMs") {
+            simulators = simulator_urls(&line);
+        }
         if let Some(url) = line.trim().strip_prefix("dashboard:") {
             dashboard = Some(url.trim().to_owned());
         }
@@ -218,6 +244,7 @@ async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_c
     let (dashboard, token) = (dashboard.expect("demo printed the dashboard URL"), token.expect("demo printed a token"));
     let admin = admin.expect("demo printed the admin URL");
     assert_eq!(dashboard, format!("http://{listen}/"));
+    assert_eq!(simulators.len(), 3, "the demo names its three simulated CRMs");
     let http = reqwest::Client::new();
     let api = format!("http://{listen}/api/v1");
     eventually("the demo's API", || async {
@@ -276,7 +303,7 @@ async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_c
                         stage: row.dataset.stage, reached: cells(row, 'reached').textContent, conversion: cells(row, 'conversion').dataset.value })),
                     channels: [...document.querySelectorAll('#channels tbody tr')].map((row) => ({
                         channel: row.dataset.channel, orders: cells(row, 'orders').textContent, order_share: cells(row, 'order_share').dataset.value,
-                        amount: cells(row, 'amount').textContent, amount_share: cells(row, 'amount_share').dataset.value }))
+                        amount: cells(row, 'amount').dataset.value, amount_text: cells(row, 'amount').textContent, amount_share: cells(row, 'amount_share').dataset.value }))
                 };
             })()"#,
         )
@@ -328,13 +355,29 @@ async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_c
         assert_eq!(shown_channel["orders"], json!(channel["orders"].to_string()), "channel {}", channel["channel"]);
         assert_eq!(shown_channel["order_share"], json!(shown(&channel["order_share"])));
         assert_eq!(shown_channel["amount"], json!(shown(&channel["amount"])));
+        // Money as a person reads it: grouped, two decimals.
+        let amount_text = shown_channel["amount_text"].as_str().unwrap();
+        assert!(
+            amount_text.split_once('.').is_some_and(|(_, cents)| cents.len() == 2)
+                && amount_text.chars().all(|c| c.is_ascii_digit() || ",.-".contains(c)),
+            "channel {} amount shown as {amount_text:?}",
+            channel["channel"]
+        );
         assert_eq!(shown_channel["amount_share"], json!(shown(&channel["amount_share"])));
     }
 
     // An order made with the page's form.
+    let orders_before = sim_orders(&http, &simulators).await;
+    // The product is one the page offers from the CRMs' catalogue (Salesforce and Zoho refuse others).
+    let product = browser
+        .wait_for("the product catalogue", "document.querySelector('#products option')?.value")
+        .await
+        .as_str()
+        .unwrap()
+        .to_owned();
     browser
         .eval(
-            "document.getElementById('order-product').value = 'Browser Widget'; \
+            "document.getElementById('order-product').value = document.querySelector('#products option').value; \
              document.getElementById('order-quantity').value = '3'; \
              document.getElementById('order-price').value = '7.25'; \
              document.getElementById('order-channel').value = 'ecommerce'; \
@@ -346,7 +389,7 @@ async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_c
     let id = created.as_str().unwrap().to_owned();
     let order: Value =
         http.get(format!("{api}/orders/{id}")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
-    assert_eq!(order["data"]["fields"]["lines"][0]["product"], "Browser Widget");
+    assert_eq!(order["data"]["fields"]["lines"][0]["product"], json!(product));
     assert_eq!(order["data"]["fields"]["total_amount"], "21.75");
     assert_eq!(order["data"]["fields"]["channel"], "ecommerce");
     assert_eq!(order["data"]["fields"]["status"], "draft");
@@ -369,6 +412,38 @@ async fn the_dashboard_of_a_running_demo_shows_the_api_figures_and_creates_and_c
             ),
         )
         .await;
+
+    // Shipped with the next button, and pushed: one new order in each simulated CRM (its copy there
+    // is the link crmsync keeps), nothing dead-lettered, nothing left in an outbox.
+    let button = format!("document.querySelector('button[data-order=\"{id}\"][data-status=\"shipped\"]')");
+    browser.wait_for("the order's ship button", &format!("!!{button}")).await;
+    browser.eval(&format!("{button}.click(); true")).await;
+    browser
+        .wait_for(
+            "the shipped status in the orders table",
+            &format!(
+                "document.querySelector('tr[data-order=\"{id}\"] [data-field=status]')?.textContent === 'shipped'"
+            ),
+        )
+        .await;
+    let order = eventually("the shipped order in every CRM", || async {
+        let order: Value =
+            http.get(format!("{api}/orders/{id}")).bearer_auth(&token).send().await.ok()?.json().await.ok()?;
+        let status: Value =
+            http.get(format!("{api}/status")).bearer_auth(&token).send().await.ok()?.json().await.ok()?;
+        let drained = status["connections"].as_array()?.iter().all(|c| c["outbox_depth"] == 0);
+        let linked = ["salesforce", "zoho", "dynamics365"].iter().all(|connection| {
+            order["links"].as_array().is_some_and(|links| links.iter().any(|link| link["connection"] == *connection))
+        });
+        (order["data"]["fields"]["status"] == "shipped" && drained && linked).then_some(order)
+    })
+    .await;
+    let orders_after = sim_orders(&http, &simulators).await;
+    for ((name, before), after) in orders_before.iter().zip(&orders_after) {
+        assert_eq!(after.1, before + 1, "{name} holds the page's order exactly once: {order:#}");
+    }
+    let letters: Value = http.get(format!("{api}/dlq")).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    assert!(!letters.to_string().contains(&id), "the order was not dead-lettered: {letters:#}");
 
     // The screenshot, kept as a test artifact.
     let shot = browser.call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true})).await;
