@@ -42,6 +42,9 @@ pub enum SweepError {
     /// Applying the repairs failed.
     #[error("drift sweep could not apply its repairs")]
     Ingest(#[from] IngestError),
+    /// The store comparison task did not finish (it panicked or was cancelled).
+    #[error("drift sweep could not compare the store with the vendor")]
+    Compare(#[source] tokio::task::JoinError),
 }
 
 const FETCH_CHUNK: usize = 100;
@@ -67,18 +70,60 @@ pub async fn sweep<C: Connector>(
             None => break,
         }
     }
-    let mut report = SweepReport { vendor_ids: vendor.len() as u64, ..SweepReport::default() };
+    // Reading every record of the entity is blocking store work: it runs on the blocking pool, not
+    // on the async workers that answer health checks and signals (issue 17 §2).
+    let vendor_ids = vendor.len() as u64;
+    let (reader, id) = (store.clone(), connection.clone());
+    let Compared { store_ids, to_fetch, deletes } =
+        tokio::task::spawn_blocking(move || compare(&reader, entity, &id, &vendor))
+            .await
+            .map_err(SweepError::Compare)??;
+    let mut report = SweepReport { vendor_ids, store_ids, ..SweepReport::default() };
+    report.deletes_repaired = deletes.len() as u64;
+    if !deletes.is_empty() {
+        ingest.submit(Batch::Delivered { connection: connection.clone(), changes: deletes }).await?;
+    }
+    for chunk in to_fetch.chunks(FETCH_CHUNK) {
+        let changes =
+            connector.fetch(entity, chunk).await.map_err(|source| SweepError::Connector { entity, source })?;
+        report.fetched += changes.len() as u64;
+        ingest.submit(Batch::Delivered { connection: connection.clone(), changes }).await?;
+    }
+    if report.deletes_repaired + report.fetched > 0 {
+        tracing::warn!(connection = %connection, entity = %entity, deletes = report.deletes_repaired, fetched = report.fetched, "drift sweep repaired records incremental reads missed");
+    } else {
+        tracing::info!(connection = %connection, entity = %entity, ids = report.vendor_ids, "drift sweep found no drift");
+    }
+    Ok(report)
+}
+
+/// What the store holds against the vendor's live ids.
+struct Compared {
+    store_ids: u64,
+    to_fetch: Vec<ExternalId>,
+    deletes: Vec<Change>,
+}
+
+/// Compares the store's live links of `connection` with the vendor's live ids: links the vendor no
+/// longer lists become deletes, ids newer in the vendor or unknown to the store are to fetch.
+fn compare(
+    store: &Store,
+    entity: Entity,
+    connection: &crmsync_connectors::canonical::ConnectionId,
+    vendor: &BTreeMap<ExternalId, Timestamp>,
+) -> Result<Compared, IngestError> {
+    let mut store_ids = 0;
     let mut known: BTreeSet<ExternalId> = BTreeSet::new();
     let mut to_fetch: Vec<ExternalId> = Vec::new();
     let mut deletes: Vec<Change> = Vec::new();
     let now = Timestamp::now();
     for record in store.scan(entity) {
-        let record = record.map_err(IngestError::from)?;
-        let Some(link) = record.link(&connection) else { continue };
+        let record = record?;
+        let Some(link) = record.link(connection) else { continue };
         if record.is_deleted() || record.merged_into.is_some() {
             continue;
         }
-        report.store_ids += 1;
+        store_ids += 1;
         known.insert(link.external_id.clone());
         match vendor.get(&link.external_id) {
             None => deletes.push(Change {
@@ -98,22 +143,7 @@ pub async fn sweep<C: Connector>(
         }
     }
     to_fetch.extend(vendor.keys().filter(|id| !known.contains(*id)).cloned());
-    report.deletes_repaired = deletes.len() as u64;
-    if !deletes.is_empty() {
-        ingest.submit(Batch::Delivered { connection: connection.clone(), changes: deletes }).await?;
-    }
-    for chunk in to_fetch.chunks(FETCH_CHUNK) {
-        let changes =
-            connector.fetch(entity, chunk).await.map_err(|source| SweepError::Connector { entity, source })?;
-        report.fetched += changes.len() as u64;
-        ingest.submit(Batch::Delivered { connection: connection.clone(), changes }).await?;
-    }
-    if report.deletes_repaired + report.fetched > 0 {
-        tracing::warn!(connection = %connection, entity = %entity, deletes = report.deletes_repaired, fetched = report.fetched, "drift sweep repaired records incremental reads missed");
-    } else {
-        tracing::info!(connection = %connection, entity = %entity, ids = report.vendor_ids, "drift sweep found no drift");
-    }
-    Ok(report)
+    Ok(Compared { store_ids, to_fetch, deletes })
 }
 
 /// The daemon's sweep loop for one connection: every `interval` (jittered, the first one after a
@@ -138,5 +168,57 @@ pub async fn run<C: Connector>(
                 tracing::warn!(connection = %connector.id(), entity = %entity, error = %super::error_chain(&error), "drift sweep failed");
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crmsync_connectors::canonical::{
+        Account, CanonicalId, ConnectionId, EntityData, Link, MatchReason, Record, Timestamp,
+    };
+
+    use super::*;
+    use crate::store::Commit;
+
+    #[test]
+    fn the_comparison_finds_deletes_newer_and_unknown_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let connection = ConnectionId::new("sf");
+        let at = |minute: i64| Timestamp::from_unix_seconds(1_780_000_000 + 60 * minute).unwrap();
+        let mut commit = Commit::default();
+        for (external, deleted) in [("001A", false), ("001B", false), ("001C", false), ("001E", true)] {
+            let mut record = Record::new(CanonicalId::new(), Entity::Account, at(0));
+            record.data = EntityData::Account(Account { name: Some(external.into()), ..Account::default() });
+            record.links.push(Link {
+                connection: connection.clone(),
+                object: "Account".into(),
+                external_id: ExternalId::new(external),
+                last_modified: Some(at(1)),
+                last_version: None,
+                pushed_hash: None,
+                matched_by: MatchReason::Created,
+                extra: serde_json::Map::new(),
+            });
+            if deleted {
+                record.deleted_at = Some(at(2));
+            }
+            commit.records.push((record, Vec::new()));
+        }
+        store.commit(commit).unwrap();
+        // The vendor: 001A as stored, 001B changed since, 001C gone, 001D never stored, 001E (a
+        // tombstone in the store) back.
+        let vendor: BTreeMap<ExternalId, Timestamp> =
+            [("001A", at(1)), ("001B", at(5)), ("001D", at(3)), ("001E", at(4))]
+                .into_iter()
+                .map(|(id, modified)| (ExternalId::new(id), modified))
+                .collect();
+        let compared = compare(&store, Entity::Account, &connection, &vendor).unwrap();
+        assert_eq!(compared.store_ids, 3);
+        let deleted: Vec<&str> = compared.deletes.iter().map(|change| change.external_id.as_str()).collect();
+        assert_eq!(deleted, ["001C"]);
+        assert!(compared.deletes.iter().all(|change| matches!(change.kind, ChangeKind::Delete)));
+        let fetched: Vec<&str> = compared.to_fetch.iter().map(ExternalId::as_str).collect();
+        assert_eq!(fetched, ["001B", "001D", "001E"]);
     }
 }

@@ -805,7 +805,7 @@ impl Store {
     /// Returns how many entries wait in a connection's outbox.
     pub fn outbox_depth(&self, connection: &ConnectionId) -> Result<u64, StoreError> {
         let t = self.trees()?;
-        count_keys(t.outbox.scan_prefix(keys::outbox_prefix(connection)))
+        count_keys(t.outbox.scan_prefix(keys::outbox_prefix(connection)).keys())
     }
 
     /// Returns a connector's saved state value.
@@ -869,7 +869,7 @@ impl Store {
     /// Returns how many records of an entity a connection holds (links).
     pub fn link_count(&self, connection: &ConnectionId, entity: Entity) -> Result<u64, StoreError> {
         let t = self.trees()?;
-        count_keys(t.links.scan_prefix(keys::link_prefix(connection, entity)))
+        count_keys(t.links.scan_prefix(keys::link_prefix(connection, entity)).keys())
     }
 
     /// Returns the number of records per entity (tombstones included).
@@ -877,7 +877,7 @@ impl Store {
         let t = self.trees()?;
         let mut counts = BTreeMap::new();
         for entity in Entity::ALL {
-            counts.insert(*entity, count_keys(t.records.scan_prefix(keys::record_prefix(*entity)))?);
+            counts.insert(*entity, count_keys(t.records.scan_prefix(keys::record_prefix(*entity)).keys())?);
         }
         Ok(counts)
     }
@@ -948,7 +948,8 @@ impl Store {
     /// Returns the number of dead letters.
     pub fn dead_letter_count(&self) -> Result<u64, StoreError> {
         let t = self.trees()?;
-        Ok(t.dead_letters.len() as u64)
+        // Not `Tree::len`: it is `iter().count()`, which never ends on a damaged tree (see `count_keys`).
+        count_keys(t.dead_letters.iter().keys())
     }
 
     /// Returns conflicts, oldest first (only those not yet resolved when `unresolved_only`).
@@ -1000,9 +1001,9 @@ fn until_error<T>(entries: impl Iterator<Item = Result<T, StoreError>>) -> impl 
 
 /// Counts the entries of a range, stopping at the first error. (`Iterator::count` would count the
 /// errors too: a damaged sled iterator yields the same error forever, so counting it never ended.)
-fn count_keys(entries: sled::Iter) -> Result<u64, StoreError> {
+fn count_keys<K>(entries: impl Iterator<Item = sled::Result<K>>) -> Result<u64, StoreError> {
     let mut count = 0;
-    for entry in entries.keys() {
+    for entry in entries {
         entry?;
         count += 1;
     }

@@ -359,3 +359,27 @@ fn a_truncated_or_overwritten_store_file_is_a_clean_error_or_recovers_never_a_pa
     // Which of these sled notices on open depends on where its live pages sit; what is asserted is
     // that none panics or spins (a spin would hang this test).
 }
+
+#[test]
+fn a_count_ends_at_the_first_error_of_an_iterator_that_keeps_failing() {
+    // A damaged sled tree's iterator yields the same error forever; `Tree::len` (`iter().count()`)
+    // counted those errors without end (issue 17 §2). Every count of the store stops at the first.
+    let failing = std::iter::repeat_with(|| Err::<sled::IVec, _>(sled::Error::Unsupported("damaged page".into())));
+    assert!(matches!(count_keys(failing), Err(StoreError::Sled(sled::Error::Unsupported(_)))));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut commit = Commit::default();
+    for index in 0..3 {
+        commit.dead_letters.push(DeadLetter::new(
+            ConnectionId::new("sf"),
+            Entity::Account,
+            None,
+            Some(ExternalId::new(format!("001{index}"))),
+            serde_json::json!({}),
+            "undecodable".into(),
+            Timestamp::now(),
+        ));
+    }
+    store.commit(commit).unwrap();
+    assert_eq!(store.dead_letter_count().unwrap(), 3);
+}
