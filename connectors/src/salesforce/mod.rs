@@ -111,6 +111,9 @@ struct OrgOrder {
     id: String,
     /// Its `Status` value.
     status: Option<String>,
+    /// Whether it is activated: its `StatusCode` (the status category, Draft or Activated, of its
+    /// `Status`; Order object reference and OrderStatus.StatusCode) is Activated.
+    activated: bool,
     /// Its products.
     items: Vec<OrgItem>,
 }
@@ -835,9 +838,7 @@ impl Connector for SalesforceConnector {
                         Ok(order_items) => match in_org.filter(|order| order.has_items()) {
                             Some(current) if current.has_the_items(&order_items, book) => {}
                             Some(current) => {
-                                let deactivate = draft.as_ref().is_some_and(|draft| {
-                                    current.status.as_deref().is_some_and(|status| status != draft)
-                                });
+                                let deactivate = draft.is_some() && current.activated;
                                 if deactivate && !statuses.contains_key(&index) {
                                     // Activated again with the status it has once its products are in.
                                     if let Some(status) = &current.status {
@@ -1045,7 +1046,16 @@ impl SalesforceConnector {
         if conditions.is_empty() {
             return Ok(HashMap::new());
         }
-        let selected = if info.has(field) { format!("Id, Status, {field}") } else { "Id, Status".to_owned() };
+        // StatusCode tells whether an order is activated: a Status other than the Draft value
+        // may still be in the Draft category (an org's own statuses, a cancelled draft).
+        let mut selected = "Id, Status".to_owned();
+        let status_code = info.has("StatusCode");
+        if status_code {
+            selected.push_str(", StatusCode");
+        }
+        if info.has(field) {
+            selected.push_str(&format!(", {field}"));
+        }
         let soql =
             format!("SELECT {selected}, {} FROM Order WHERE {}", wire::ORDER_ITEMS_SUBQUERY, conditions.join(" OR "));
         let mut page = self.query(Entity::Order, &soql, false).await?;
@@ -1082,11 +1092,19 @@ impl SalesforceConnector {
                     })
                     .unwrap_or_default();
                 let status = row.get("Status").and_then(Value::as_str).map(str::to_owned);
+                let activated = if status_code {
+                    row.get("StatusCode").and_then(Value::as_str) == Some(wire::ORDER_ACTIVATED)
+                } else {
+                    // An org whose Order describe lacks StatusCode (none is documented): every
+                    // status but the Draft value counts as activated.
+                    let draft = self.settings.vocabulary.order_statuses.reverse(OrderStatus::Draft);
+                    status.as_deref().is_some_and(|status| Some(status) != draft)
+                };
                 let canonical = match by_order_id.get(&id) {
                     Some(canonical) => canonical.clone(),
                     None => row.get(field.as_str())?.as_str()?.to_owned(),
                 };
-                Some((canonical, OrgOrder { id, status, items }))
+                Some((canonical, OrgOrder { id, status, activated, items }))
             })
             .collect())
     }

@@ -1002,3 +1002,55 @@ async fn changed_lines_replace_the_products_of_an_activated_order_through_draft(
     let calls = Simulated::stats(state.as_ref()).write_calls - writes;
     assert_eq!(calls, 2, "the order update and its status, nothing for its products");
 }
+
+/// Issue 13 §3: whether an order is activated is its `StatusCode` (the status category, Draft or
+/// Activated: Order object reference, OrderStatus.StatusCode), not "its Status is not the Draft
+/// value". A Cancelled order is in the Draft category here: its products are replaced without
+/// moving it to Draft first, and an activated one still goes through Draft.
+#[tokio::test]
+async fn an_order_is_activated_by_its_status_code_not_by_its_status_value() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = testkit::new_accounts(1, "Status Code Customer").remove(0);
+    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let mut orders = testkit::new_orders(&RecordRef::canonical(account.canonical_id), 2, "SO-CODE");
+    if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut orders[0].op {
+        order.status = Some(OrderStatus::Cancelled);
+    }
+    let report = connector.push(Entity::Order, &orders).await.unwrap();
+    for (order, result) in orders.iter_mut().zip(&report.results) {
+        let PushOutcome::Upserted { external_id, .. } = result.outcome.clone() else { panic!("{report:?}") };
+        order.external_id = Some(external_id);
+    }
+    let ids: Vec<String> = orders.iter().map(|order| order.external_id.clone().unwrap().to_string()).collect();
+    let id = |index: usize| ids[index].clone();
+    assert_eq!(state.row(Entity::Order, id(0).as_str()).unwrap()["Status"], "Cancelled");
+    assert_eq!(state.row(Entity::Order, id(1).as_str()).unwrap()["Status"], "Activated");
+    // The org answers StatusCode as the category of each status.
+    let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
+    assert_eq!(pulled.changes.len(), 2);
+    for order in &mut orders {
+        if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut order.op {
+            order.lines.as_mut().unwrap()[0].quantity = 5.into();
+        }
+    }
+    // The cancelled (Draft-category) order: its update, its products deleted and added, its status.
+    let writes = Simulated::stats(state.as_ref()).write_calls;
+    let report = connector.push(Entity::Order, std::slice::from_ref(&orders[0])).await.unwrap();
+    assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { .. }), "{report:?}");
+    let calls = Simulated::stats(state.as_ref()).write_calls - writes;
+    assert_eq!(calls, 4, "no move to Draft for an order already in the Draft category");
+    let row = state.row(Entity::Order, id(0).as_str()).unwrap();
+    assert_eq!(row["Status"], "Cancelled");
+    assert_eq!(row["TotalAmount"], json!(47.5), "5 × 9.50");
+    // The activated order goes back to Draft first (one more call), then is activated again.
+    let writes = Simulated::stats(state.as_ref()).write_calls;
+    let report = connector.push(Entity::Order, std::slice::from_ref(&orders[1])).await.unwrap();
+    assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { .. }), "{report:?}");
+    let calls = Simulated::stats(state.as_ref()).write_calls - writes;
+    assert_eq!(calls, 5, "moved to Draft, products replaced, activated again");
+    let row = state.row(Entity::Order, id(1).as_str()).unwrap();
+    assert_eq!(row["Status"], "Activated");
+    assert_eq!(row["TotalAmount"], json!(47.5));
+}

@@ -196,6 +196,11 @@ pub fn object(entity: crate::canonical::Entity) -> &'static str {
     OBJECTS.iter().find(|(candidate, _, _)| *candidate == entity).map_or("Account", |(_, name, _)| name)
 }
 
+/// The Order `StatusCode` (status category) of an activated order; the other one is `Draft`
+/// (Order object reference; OrderStatus.StatusCode, restricted picklist Activated/Draft:
+/// developer.salesforce.com/docs/atlas.en-us.object_reference.meta/object_reference/sforce_api_objects_orderstatus.htm).
+pub const ORDER_ACTIVATED: &str = "Activated";
+
 /// The child relationship of OrderItem on Order (its `childRelationships` entry).
 pub const ORDER_ITEMS_RELATIONSHIP: &str = "OrderItems";
 

@@ -137,6 +137,12 @@ pub(super) fn field_value(sim: &SalesforceSim, id: &str, row: &Row, field: &str)
         "IsDeleted" => json!(row.deleted),
         "Stage__c" if sim.faults.drift_renamed_field() => row.fields.get("StageName").cloned().unwrap_or(Value::Null),
         "Region__c" => json!("EMEA"),
+        // Only Order describes StatusCode: the category of its Status.
+        "StatusCode" => row
+            .fields
+            .get("Status")
+            .and_then(Value::as_str)
+            .map_or(Value::Null, |status| json!(super::schema::status_code(status))),
         // The compound address reads as an object of its components.
         "BillingAddress" => json!({
             "city": null, "country": row.fields.get("BillingCountry").cloned().unwrap_or(Value::Null),

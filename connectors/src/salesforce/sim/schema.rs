@@ -101,6 +101,8 @@ const STAGES: &[&str] = &[
 ];
 const LEAD_SOURCES: &[&str] = &["Web", "Phone Inquiry", "Partner Referral", "Purchased List", "Other"];
 const ORDER_STATUSES: &[&str] = &["Draft", "Activated", "Shipped", "Delivered", "Invoiced", "Cancelled"];
+/// Order `StatusCode` values (the status category of each `Status` value).
+const STATUS_CODES: &[&str] = &["Draft", "Activated"];
 const LEAD_STATUSES: &[&str] =
     &["Open - Not Contacted", "Working - Contacted", "Closed - Converted", "Closed - Not Converted"];
 const CURRENCIES: &[&str] = &["EUR", "USD", "GBP", "JPY"];
@@ -175,6 +177,9 @@ pub(super) fn schema(object: &str, multi_currency: bool) -> Vec<FieldSpec> {
                 FieldSpec { documented_required: true, ..lookup("AccountId", "Account", "Account") },
                 lookup("OpportunityId", "Opportunity", "Opportunity"),
                 FieldSpec { nillable: false, documented_required: true, ..picklist("Status", ORDER_STATUSES) },
+                // The status category of `Status`, set by the org (Order object reference:
+                // StatusCode, restricted picklist Draft/Activated, like OrderStatus.StatusCode).
+                FieldSpec { createable: false, updateable: false, ..picklist("StatusCode", STATUS_CODES) },
                 FieldSpec { nillable: false, ..typed("EffectiveDate", "date") },
                 // Needed before order products can be added (Order object reference).
                 lookup("Pricebook2Id", "Pricebook2", "Pricebook2"),
@@ -265,6 +270,11 @@ pub(super) const CATALOG_OBJECTS: &[&str] = &["Pricebook2", "PricebookEntry", "O
 /// Orders are inserted with a Draft status and activated by an update that sets only `Status`
 /// (Order object reference, Status/StatusCode).
 pub(super) const ACTIVATED_STATUSES: &[&str] = &["Activated", "Shipped", "Delivered", "Invoiced"];
+
+/// The `StatusCode` (status category) of an order `Status` value.
+pub(super) fn status_code(status: &str) -> &'static str {
+    if ACTIVATED_STATUSES.contains(&status) { "Activated" } else { "Draft" }
+}
 
 fn soap_type(kind: &str) -> &'static str {
     match kind {
