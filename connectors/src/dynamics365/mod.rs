@@ -18,6 +18,20 @@
 //! (`0x80044352`) starts a clean full read instead of failing. Orders are read in full differently,
 //! so that their lines cost ⌈lines/5000⌉ calls (`OrderRead`).
 //!
+//! # Order lines
+//!
+//! Change tracking is per table (`ChangeTrackingEnabled` of each `EntityDefinitions` entry; "Only
+//! one table is tracked in retrieve changes": learn.microsoft.com/power-apps/developer/data-platform/use-change-tracking-synchronize-data-external-systems),
+//! and nothing documents that a line write changes its order's row. So the order lines
+//! (`salesorderdetails`) are a change-tracked stream of their own, kept in the orders' cursor:
+//! after the orders' delta link, each incremental pull follows the lines' delta link, and every
+//! order one of whose lines was created or changed (the row's `_salesorderid_value`) is read again
+//! with all its lines. Both delta links commit with the page that read them. A `$deletedEntity` row
+//! of a line carries only the line's id, not its order's: such an order is read again when its own
+//! row changes (Dataverse's system price calculation rewrites an order's totals on every line
+//! write), not from the deletion. When the lines table does not track changes, `check` says so
+//! and only changes of the order rows are seen.
+//!
 //! Without change tracking (the table's "Track changes" is off, reported by `check`, or the connection
 //! has a `start` instant, which a delta link cannot begin from), pulls filter
 //! `modifiedon ge since − overlap` ordered by `modifiedon, id`, and the cursor keeps the
@@ -129,6 +143,12 @@ struct Position {
     /// A full read of orders with their lines in progress (see [`OrderRead`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     orders: Option<OrderRead>,
+    /// Orders: the `@odata.nextLink` of the order lines' change read in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lines_next: Option<String>,
+    /// Orders: the delta link the order lines' changes are read from (see "Order lines").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    lines_delta: Option<String>,
 }
 
 /// How orders are read in full with their lines at ⌈lines/5000⌉ calls instead of one lines call
@@ -138,7 +158,10 @@ struct Position {
 /// of exactly those orders are read with one range filter (`_salesorderid_value ge first and le
 /// last`, sorted by order), so every page carries complete orders and its cursor commits with it.
 /// Changes made during (2) are also in the delta link from (1); re-reading them is harmless.
-/// Calls: 2 × ⌈orders/5000⌉ + Σ ⌈lines of a page/5000⌉ ≤ 3 × ⌈orders/5000⌉ + ⌈lines/5000⌉.
+/// When the lines table tracks changes, a change-tracked read of the lines' order ids between (1)
+/// and (2) yields the lines' delta link (`Lines`), for the same reason before the rows are read.
+/// Calls: 2 × ⌈orders/5000⌉ + Σ ⌈lines of a page/5000⌉ ≤ 3 × ⌈orders/5000⌉ + ⌈lines/5000⌉, plus
+/// ⌈lines/5000⌉ for the lines' delta link.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "step")]
 enum OrderRead {
@@ -147,8 +170,21 @@ enum OrderRead {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         next: Option<String>,
     },
-    /// Reading orders sorted by id; `next`: the page to read; `delta`: the link to continue from.
-    Rows { next: String, delta: String },
+    /// Reading the order lines for their delta link; `next`: the page to read (`None`: the first);
+    /// `delta`: the orders' delta link.
+    Lines {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        next: Option<String>,
+        delta: String,
+    },
+    /// Reading orders sorted by id; `next`: the page to read; `delta`: the link to continue from;
+    /// `lines_delta`: the lines' (when the lines table tracks changes).
+    Rows {
+        next: String,
+        delta: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        lines_delta: Option<String>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -526,12 +562,11 @@ impl Dynamics365Connector {
                 let page = self.get_page("salesorders change-tracking token", &url, true).await?;
                 position.orders = Some(match (page.next_link, page.delta_link) {
                     (Some(next), _) => OrderRead::Token { next: Some(next) },
+                    (None, Some(delta)) if self.describe_lines().await?.tracking => {
+                        OrderRead::Lines { next: None, delta }
+                    }
                     (None, Some(delta)) => {
-                        let mut url = self.set_url(table.set)?;
-                        url.query_pairs_mut()
-                            .append_pair("$select", select)
-                            .append_pair("$orderby", &format!("{} asc", table.key));
-                        OrderRead::Rows { next: url.to_string(), delta }
+                        OrderRead::Rows { next: self.sorted_orders_url(select)?, delta, lines_delta: None }
                     }
                     (None, None) => {
                         return Err(ConnectorError::decode(
@@ -542,7 +577,27 @@ impl Dynamics365Connector {
                 });
                 Ok(Page::new(Vec::new(), Cursor::encode(&position), true))
             }
-            OrderRead::Rows { next, delta } => {
+            OrderRead::Lines { next, delta } => {
+                let url = match next {
+                    Some(next) => next,
+                    None => self.lines_changes_url()?,
+                };
+                let page = self.get_page("salesorderdetails change-tracking token", &url, true).await?;
+                position.orders = Some(match (page.next_link, page.delta_link) {
+                    (Some(next), _) => OrderRead::Lines { next: Some(next), delta },
+                    (None, Some(lines_delta)) => {
+                        OrderRead::Rows { next: self.sorted_orders_url(select)?, delta, lines_delta: Some(lines_delta) }
+                    }
+                    (None, None) => {
+                        return Err(ConnectorError::decode(
+                            "salesorderdetails change-tracking token",
+                            std::io::Error::other("the last page of a change-tracked read has no @odata.deltaLink"),
+                        ));
+                    }
+                });
+                Ok(Page::new(Vec::new(), Cursor::encode(&position), true))
+            }
+            OrderRead::Rows { next, delta, lines_delta } => {
                 let page = self.get_page("salesorders by id", &next, false).await?;
                 let ids: Vec<&str> =
                     page.value.iter().filter_map(|row| row.get(table.key).and_then(Value::as_str)).collect();
@@ -550,17 +605,161 @@ impl Dynamics365Connector {
                 let (changes, undecodable) = self.map_rows_with(Entity::Order, &page.value, Some(lines)).await?;
                 match page.next_link {
                     Some(next) => {
-                        position.orders = Some(OrderRead::Rows { next, delta });
+                        position.orders = Some(OrderRead::Rows { next, delta, lines_delta });
                         Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable })
                     }
                     None => {
                         position.next = None;
                         position.delta = Some(delta);
+                        position.lines_next = None;
+                        position.lines_delta = lines_delta;
                         Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable })
                     }
                 }
             }
         }
+    }
+
+    /// Reads records by id (`In` filters of [`wire::LINE_FILTER_CHUNK`] ids); an id Dataverse no
+    /// longer has becomes a delete change.
+    async fn read_by_ids(&self, entity: Entity, ids: &[ExternalId]) -> Result<Mapped, ConnectorError> {
+        let table = wire::table(entity);
+        let (select, _, _) = self.select(entity).await?;
+        let (mut changes, mut undecodable) = (Vec::new(), Vec::new());
+        for chunk in ids.chunks(wire::LINE_FILTER_CHUNK) {
+            let values: Vec<String> = chunk.iter().map(|id| format!("'{}'", id.as_str().replace('\'', "''"))).collect();
+            let mut url = self.set_url(table.set)?;
+            url.query_pairs_mut().append_pair("$select", &select).append_pair(
+                "$filter",
+                &format!(
+                    "Microsoft.Dynamics.CRM.In(PropertyName='{}',PropertyValues=[{}])",
+                    table.key,
+                    values.join(",")
+                ),
+            );
+            let page = self.get_page(&format!("{} by id", table.set), url.as_str(), false).await?;
+            let present: HashSet<String> = page
+                .value
+                .iter()
+                .filter_map(|row| row.get(table.key).and_then(Value::as_str).map(str::to_owned))
+                .collect();
+            let (found, unreadable) = self.map_rows(entity, &page.value).await?;
+            let now = Timestamp::now();
+            changes.extend(found);
+            changes.extend(
+                chunk
+                    .iter()
+                    .filter(|id| !present.contains(id.as_str()))
+                    .map(|id| Change::deleted(entity, table.logical, id.clone(), now)),
+            );
+            undecodable.extend(unreadable);
+        }
+        Ok((changes, undecodable))
+    }
+
+    /// One step of reading the changes of orders with change tracking: the orders' delta link
+    /// (page by page), then on its last page the lines' (see "Order lines"); an order read by
+    /// both is delivered once, as read last. Both links commit with the page.
+    async fn pull_orders_delta(&self, mut position: Position, select: &str) -> Result<Page, ConnectorError> {
+        let lines_tracked = self.describe_lines().await?.tracking;
+        if lines_tracked && position.lines_delta.is_none() {
+            // A cursor from before the lines had a delta link of their own: read in full again.
+            tracing::info!(
+                connection = %self.settings.id,
+                "salesorderdetails: no delta link for the order lines yet: reading the orders in full again"
+            );
+            return self.pull_orders_full(Position::default(), select).await;
+        }
+        let result = async {
+            let (mut changes, mut undecodable) = (Vec::new(), Vec::new());
+            if position.lines_next.is_none() {
+                let page = self.pull_tracked(Entity::Order, std::mem::take(&mut position), select).await?;
+                position = page.cursor.decode()?;
+                changes = page.changes;
+                undecodable = page.undecodable;
+                if page.has_more || position.orders.is_some() {
+                    // More order changes to read, or an expired token restarted a full read.
+                    return Ok(Page {
+                        changes,
+                        cursor: Cursor::encode(&position),
+                        has_more: page.has_more,
+                        undecodable,
+                    });
+                }
+            }
+            let (line_changes, line_undecodable) = self.pull_line_changes(&mut position).await?;
+            let reread: HashSet<&str> = line_changes.iter().map(|change| change.external_id.as_str()).collect();
+            changes.retain(|change| !reread.contains(change.external_id.as_str()));
+            changes.extend(line_changes);
+            undecodable.extend(line_undecodable);
+            let has_more = position.lines_next.is_some();
+            Ok(Page { changes, cursor: Cursor::encode(&position), has_more, undecodable })
+        }
+        .await;
+        match result {
+            Err(ConnectorError::CursorExpired { message }) => {
+                tracing::warn!(
+                    connection = %self.settings.id,
+                    %message,
+                    "order lines' change-tracking token expired: reading the orders in full again"
+                );
+                self.pull_orders_full(Position::default(), select).await
+            }
+            other => other,
+        }
+    }
+
+    /// Orders sorted by id, every mapped column (step 2 of [`OrderRead`]).
+    fn sorted_orders_url(&self, select: &str) -> Result<String, ConnectorError> {
+        let table = wire::table(Entity::Order);
+        let mut url = self.set_url(table.set)?;
+        url.query_pairs_mut().append_pair("$select", select).append_pair("$orderby", &format!("{} asc", table.key));
+        Ok(url.to_string())
+    }
+
+    /// The change-tracked read of the order lines: only their order's id, which is all a change
+    /// needs to say (the order is read again with all its lines). The delta link repeats it.
+    fn lines_changes_url(&self) -> Result<String, ConnectorError> {
+        let mut url = self.set_url(wire::LINES_SET)?;
+        url.query_pairs_mut().append_pair("$select", wire::LINE_ORDER);
+        Ok(url.to_string())
+    }
+
+    /// One page of the order lines' changes: the orders of created or changed lines read again
+    /// with all their lines. Updates `position`'s lines links; an expired lines token is the
+    /// caller's to handle ([`ConnectorError::CursorExpired`]).
+    async fn pull_line_changes(&self, position: &mut Position) -> Result<Mapped, ConnectorError> {
+        let Some(url) = position.lines_next.clone().or_else(|| position.lines_delta.clone()) else {
+            return Ok((Vec::new(), Vec::new()));
+        };
+        let page = self.get_page("salesorderdetails changes", &url, true).await?;
+        let (orders, deleted) = wire::orders_of_changed_lines(&page.value);
+        if deleted > 0 {
+            tracing::debug!(
+                connection = %self.settings.id,
+                deleted,
+                "order lines deleted: their orders are read again when their rows change"
+            );
+        }
+        let ids: Vec<ExternalId> = orders.into_iter().map(ExternalId::new).collect();
+        let mapped =
+            if ids.is_empty() { (Vec::new(), Vec::new()) } else { self.read_by_ids(Entity::Order, &ids).await? };
+        match page.next_link {
+            Some(next) => position.lines_next = Some(next),
+            None => {
+                position.lines_next = None;
+                match page.delta_link {
+                    Some(delta) => position.lines_delta = Some(delta),
+                    None => {
+                        return Err(ConnectorError::decode(
+                            "salesorderdetails changes",
+                            std::io::Error::other("the last page of a change-tracked read has no @odata.deltaLink"),
+                        ));
+                    }
+                }
+            }
+        }
+        Ok(mapped)
     }
 
     /// The lines of a page of orders read sorted by id: the orders are exactly those between the
@@ -781,6 +980,12 @@ impl Connector for Dynamics365Connector {
                     ));
                 }
             }
+            if *entity == Entity::Order && described.tracking && !self.describe_lines().await?.tracking {
+                report.notes.push(format!(
+                    "{}: change tracking is off; a change of an order's lines is seen only when the order itself changes. Turn on \"Track changes\" for the table to fix this.",
+                    wire::LINES_SET
+                ));
+            }
             if !described.columns.contains(&self.config.alternate_key) {
                 report.notes.push(format!(
                     "{}: column {} (the alternate key holding the canonical id) is missing; pushes will fail until it is created",
@@ -801,6 +1006,8 @@ impl Connector for Dynamics365Connector {
             && (position.orders.is_some() || (position.next.is_none() && position.delta.is_none()));
         if described.tracking && position.since.is_none() && full_order_read {
             self.pull_orders_full(position, &select).await
+        } else if described.tracking && position.since.is_none() && entity == Entity::Order {
+            self.pull_orders_delta(position, &select).await
         } else if described.tracking && position.since.is_none() {
             self.pull_tracked(entity, position, &select).await
         } else {
@@ -809,34 +1016,9 @@ impl Connector for Dynamics365Connector {
     }
 
     async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
-        let table = wire::table(entity);
-        let (select, _, _) = self.select(entity).await?;
-        let mut changes = Vec::new();
-        for chunk in ids.chunks(wire::LINE_FILTER_CHUNK) {
-            let values: Vec<String> = chunk.iter().map(|id| format!("'{}'", id.as_str().replace('\'', "''"))).collect();
-            let mut url = self.set_url(table.set)?;
-            url.query_pairs_mut().append_pair("$select", &select).append_pair(
-                "$filter",
-                &format!(
-                    "Microsoft.Dynamics.CRM.In(PropertyName='{}',PropertyValues=[{}])",
-                    table.key,
-                    values.join(",")
-                ),
-            );
-            let page = self.get_page(&format!("{} by id", table.set), url.as_str(), false).await?;
-            let (found, undecodable) = self.map_rows(entity, &page.value).await?;
-            if let Some(record) = undecodable.into_iter().next() {
-                return Err(record.into_error());
-            }
-            let present: HashSet<&str> = found.iter().map(|change| change.external_id.as_str()).collect();
-            let now = Timestamp::now();
-            let gone: Vec<Change> = chunk
-                .iter()
-                .filter(|id| !present.contains(id.as_str()))
-                .map(|id| Change::deleted(entity, table.logical, id.clone(), now))
-                .collect();
-            changes.extend(found);
-            changes.extend(gone);
+        let (changes, undecodable) = self.read_by_ids(entity, ids).await?;
+        if let Some(record) = undecodable.into_iter().next() {
+            return Err(record.into_error());
         }
         Ok(changes)
     }
@@ -863,7 +1045,6 @@ impl Connector for Dynamics365Connector {
             .collect();
         Ok(IdPage { ids, next: page.next_link.map(|next| Cursor::encode(&ListPosition { next })) })
     }
-
     async fn push(&self, entity: Entity, batch: &[Outgoing]) -> Result<PushReport, ConnectorError> {
         let (_, denied, described) = self.select(entity).await?;
         let lines_described = if entity == Entity::Order { Some(self.describe_lines().await?) } else { None };

@@ -464,11 +464,13 @@ async fn a_long_order_read_pages_to_the_end_while_the_lines_are_looked_up() {
     })
     .await;
     let connector = connector_with(&running, |_, config| config.max_page_size = 200);
-    let run = testkit::pull_to_end(&connector, Entity::Order, None, 20).await.unwrap();
+    let run = testkit::pull_to_end(&connector, Entity::Order, None, 40).await.unwrap();
     let ids: BTreeSet<_> = run.changes.iter().map(|change| change.external_id.clone()).collect();
     assert_eq!((ids.len(), run.changes.len()), (1000, 1000));
-    // 5 pages of order ids for the change-tracking token, then 5 pages of orders with their lines.
-    assert_eq!(run.pages, 10);
+    // 5 pages of order ids for the orders' change-tracking token, the lines' order ids for theirs,
+    // then 5 pages of orders with their lines.
+    let lines = usize::try_from(Simulated::stats(running.state().as_ref()).records["salesorderdetails"]).unwrap();
+    assert_eq!(run.pages, 5 + lines.div_ceil(200) + 5);
     for change in &run.changes {
         let EntityData::Order(order) = change.data().unwrap() else { panic!() };
         assert!(order.lines.as_ref().is_some_and(|lines| !lines.is_empty()), "{order:?}");
@@ -1018,15 +1020,17 @@ async fn a_full_pull_of_orders_reads_lines_by_range_not_per_100_orders() {
     assert_eq!(lines_read, lines, "every line, each once, with its order");
     let stats = Simulated::stats(state.as_ref());
     let pages = orders.div_ceil(5000);
-    // Definition, currencies and products, then the token read and the sorted read of the orders
-    // (one page each per 5,000 orders), then the lines of each page of orders by range.
-    let line_calls = stats.read_calls as usize - 3 - 2 * pages;
+    // The orders' and the lines' definitions, currencies and products, the orders' token read, the
+    // lines' token read (their order ids, one page per 5,000 lines), the sorted read of the orders
+    // (one page per 5,000 orders), then the lines of each page of orders by range.
+    let line_calls = stats.read_calls as usize - 4 - 2 * pages - lines.div_ceil(5000);
     assert!(line_calls <= lines.div_ceil(5000) + pages, "{line_calls} line calls for {lines} lines");
-    // Measured: 12,000 orders with 23,843 lines take 14 reads (3 + 3 + 3 + 5 line calls); before,
-    // one lines call per 100 orders made it 3 + 3 + 120 = 126.
+    // Measured: 12,000 orders with 23,843 lines take 20 reads (4 + 3 + 5 + 3 + 5 line calls);
+    // before the range reads, one lines call per 100 orders made it 3 + 3 + 120 = 126.
     assert!(line_calls * 10 < orders.div_ceil(100), "{line_calls} vs {}", orders.div_ceil(100));
 
-    // Incremental: one delta call, and the changed orders' lines by id; the rows carry every column.
+    // Incremental: the orders' delta link, the changed orders' lines by id, the lines' delta link
+    // (nothing there); the rows carry every column.
     let touched: BTreeSet<_> = SimControl::touch(state.as_ref(), Entity::Order, 3).into_iter().collect();
     let before = Simulated::stats(state.as_ref()).read_calls;
     let incremental = testkit::pull_to_end(&connector, Entity::Order, Some(run.cursor), 5).await.unwrap();
@@ -1036,7 +1040,7 @@ async fn a_full_pull_of_orders_reads_lines_by_range_not_per_100_orders() {
         let EntityData::Order(order) = change.data().unwrap() else { panic!() };
         assert!(order.number.is_some() && order.lines.as_ref().is_some_and(|lines| !lines.is_empty()), "{order:?}");
     }
-    assert_eq!(Simulated::stats(state.as_ref()).read_calls - before, 2);
+    assert_eq!(Simulated::stats(state.as_ref()).read_calls - before, 3);
 }
 
 #[tokio::test]
@@ -1079,4 +1083,142 @@ async fn throttling_5xx_truncated_pages_and_drifted_records_change_no_record() {
     let make = || connector_with(&running, |_, config| config.max_page_size = 25);
     testkit::faults_change_nothing(&make, state.as_ref(), Entity::ALL).await;
     testkit::garbled_records_are_set_aside(make, state.as_ref(), Entity::ALL).await;
+}
+
+// ---- Issue 13: order lines are a change-tracked stream of their own -----------------------------
+
+/// A page of the order lines' changes shaped like the documented delta response
+/// (use-change-tracking-synchronize-data-external-systems.md: `@odata.context` ending in `/$delta`,
+/// an `@odata.deltaLink` with a `$deltatoken`, changed rows with `@odata.etag` and the selected
+/// columns and key, then `$deletedEntity` rows carrying only `id` and `reason`).
+#[test]
+fn a_documented_delta_page_of_order_lines_names_the_orders_to_read_again() {
+    let body = r#"{
+      "@odata.context":"https://org.crm.dynamics.com/api/data/v9.2/$metadata#salesorderdetails(_salesorderid_value)/$delta",
+      "@odata.deltaLink":"https://org.crm.dynamics.com/api/data/v9.2/salesorderdetails?$select=_salesorderid_value&$deltatoken=919058%2108%2f22%2f2017%2008%3a21%3a20",
+      "value":[
+        {"@odata.etag":"W/\"915244\"","_salesorderid_value":"8b2f6e1a-0c87-e711-80e5-00155db19e6d","salesorderdetailid":"60c4e274-0d87-e711-80e5-00155db19e6d"},
+        {"@odata.etag":"W/\"915245\"","_salesorderid_value":"9c3a7f2b-0c87-e711-80e5-00155db19e6d","salesorderdetailid":"61c4e274-0d87-e711-80e5-00155db19e6d"},
+        {"@odata.etag":"W/\"915246\"","_salesorderid_value":"8b2f6e1a-0c87-e711-80e5-00155db19e6d","salesorderdetailid":"62c4e274-0d87-e711-80e5-00155db19e6d"},
+        {"@odata.context":"https://org.crm.dynamics.com/api/data/v9.2/$metadata#salesorderdetails/$deletedEntity","id":"2e451703-c686-e711-80e5-00155db19e6d","reason":"deleted"}
+      ]
+    }"#;
+    let page: crate::dynamics365::wire::EntityCollection = serde_json::from_str(body).unwrap();
+    assert!(page.next_link.is_none());
+    assert!(page.delta_link.as_deref().is_some_and(|link| link.contains("$deltatoken=")));
+    let (orders, deleted) = crate::dynamics365::wire::orders_of_changed_lines(&page.value);
+    assert_eq!(orders, ["8b2f6e1a-0c87-e711-80e5-00155db19e6d", "9c3a7f2b-0c87-e711-80e5-00155db19e6d"]);
+    assert_eq!(deleted, 1, "a deleted line names no order");
+}
+
+fn distinct_ids(changes: &[Change]) -> BTreeSet<ExternalId> {
+    changes.iter().map(|change| change.external_id.clone()).collect()
+}
+
+/// An active seeded order and one of its lines.
+fn active_order_with_a_line(running: &RunningDynamics365Sim) -> (String, String) {
+    let state = running.state();
+    state
+        .live_ids(Entity::Order)
+        .into_iter()
+        .filter(|id| state.row(Entity::Order, id).is_some_and(|row| row["statecode"] == json!(0)))
+        .find_map(|id| {
+            let line = state.order_lines(&id).first()?.get("salesorderdetailid")?.as_str()?.to_owned();
+            Some((id, line))
+        })
+        .expect("an active order with a line")
+}
+
+/// With the org's price calculation off, a line edit leaves its order's row as it was: the order is
+/// still read again, with the new line, from the lines' own delta link. A pass with nothing changed
+/// costs the two delta links; the lines' delta link pages and resumes like any other cursor.
+#[tokio::test]
+async fn a_line_change_that_leaves_its_order_row_alone_is_read_from_the_lines_delta_link() {
+    let running = simulator(Dynamics365SimOptions {
+        price_calculation: false,
+        ..Dynamics365SimOptions::with_world(world(only(5, 0, 60)))
+    })
+    .await;
+    let connector = connector_with(&running, |_, config| config.max_page_size = 10);
+    let state = running.state();
+    let report = connector.check().await.unwrap();
+    assert!(!report.notes.iter().any(|note| note.contains("salesorderdetails")), "{report:?}");
+    let full = testkit::pull_to_end(&connector, Entity::Order, None, 80).await.unwrap();
+    assert_eq!(distinct_ids(&full.changes).len(), 60);
+    let lines = state.live_ids(Entity::Order).iter().map(|id| state.order_lines(id).len()).sum::<usize>();
+    // 6 pages of order ids (the orders' delta link), ⌈lines/10⌉ of line ids (the lines'), 6 of orders.
+    assert_eq!(full.pages, 6 + lines.div_ceil(10) + 6);
+
+    let (order, line) = active_order_with_a_line(&running);
+    let row_before = state.row(Entity::Order, &order).unwrap();
+    let (client, token, api) = raw(&running).await;
+    let (status, answer) = call(
+        &client,
+        &token,
+        reqwest::Method::PATCH,
+        &format!("{api}/salesorderdetails({line})"),
+        json!({"quantity": 77}),
+    )
+    .await;
+    assert_eq!(status, 204, "{answer}");
+    assert_eq!(state.row(Entity::Order, &order).unwrap(), row_before, "the order row did not change");
+    let reads = Simulated::stats(state.as_ref()).read_calls;
+    let incremental = testkit::pull_to_end(&connector, Entity::Order, Some(full.cursor), 10).await.unwrap();
+    assert_eq!(incremental.changes.len(), 1, "{:?}", incremental.changes);
+    assert_eq!(incremental.changes[0].external_id.as_str(), order);
+    let EntityData::Order(read) = incremental.changes[0].data().unwrap() else { panic!("not an order") };
+    assert!(read.lines.iter().flatten().any(|read| read.quantity == 77.into()), "{read:?}");
+    // The orders' delta link (empty), the lines' (one change), the order by id and its lines.
+    assert_eq!(Simulated::stats(state.as_ref()).read_calls - reads, 4);
+
+    let reads = Simulated::stats(state.as_ref()).read_calls;
+    let quiet = testkit::pull_to_end(&connector, Entity::Order, Some(incremental.cursor), 10).await.unwrap();
+    assert!(quiet.changes.is_empty());
+    assert_eq!(Simulated::stats(state.as_ref()).read_calls - reads, 2, "the two delta links");
+
+    // The lines of every active order change (more than a page of line changes): a pull stopped
+    // after the first page resumes from the cursor it committed and reads every order once.
+    let (mut changed, mut edited) = (BTreeSet::new(), 0);
+    for id in state.live_ids(Entity::Order) {
+        if state.row(Entity::Order, &id).is_none_or(|row| row["statecode"] != json!(0)) {
+            continue;
+        }
+        for line in state.order_lines(&id) {
+            let line = line["salesorderdetailid"].as_str().unwrap().to_owned();
+            let url = format!("{api}/salesorderdetails({line})");
+            assert_eq!(call(&client, &token, reqwest::Method::PATCH, &url, json!({"quantity": 55})).await.0, 204);
+            edited += 1;
+        }
+        changed.insert(ExternalId::new(id));
+    }
+    assert!(edited > 10, "{edited} lines edited: more than a page of 10");
+    let first = connector.pull(Entity::Order, Some(&quiet.cursor)).await.unwrap();
+    assert!(first.has_more, "the lines' changes span pages");
+    let rest = testkit::pull_to_end(&connector, Entity::Order, Some(first.cursor), 10).await.unwrap();
+    let mut read: Vec<ExternalId> = first.changes.iter().map(|change| change.external_id.clone()).collect();
+    read.extend(rest.changes.iter().map(|change| change.external_id.clone()));
+    assert_eq!(read.iter().cloned().collect::<BTreeSet<_>>(), changed);
+}
+
+/// The lines' delta token expires: the orders are read in full again, and the new links work.
+#[tokio::test]
+async fn an_expired_lines_delta_token_reads_the_orders_in_full_again() {
+    let running = simulator(Dynamics365SimOptions {
+        price_calculation: false,
+        ..Dynamics365SimOptions::with_world(world(only(3, 0, 12)))
+    })
+    .await;
+    let connector = connector(&running);
+    let full = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
+    assert_eq!(distinct_ids(&full.changes).len(), 12);
+    running.state().expire_delta_tokens();
+    let again = testkit::pull_to_end(&connector, Entity::Order, Some(full.cursor), 10).await.unwrap();
+    assert_eq!(distinct_ids(&again.changes).len(), 12, "every order read again");
+    let (order, line) = active_order_with_a_line(&running);
+    let (client, token, api) = raw(&running).await;
+    let url = format!("{api}/salesorderdetails({line})");
+    assert_eq!(call(&client, &token, reqwest::Method::PATCH, &url, json!({"quantity": 123})).await.0, 204);
+    let after = testkit::pull_to_end(&connector, Entity::Order, Some(again.cursor.clone()), 10).await.unwrap();
+    assert_eq!(after.changes.len(), 1, "{:?}", again.cursor);
+    assert_eq!(after.changes[0].external_id.as_str(), order);
 }

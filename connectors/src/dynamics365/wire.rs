@@ -24,6 +24,8 @@ pub const EXPIRED_VERSION_STAMP: &str = "0x80044352";
 pub const LOOKUP_LOGICAL_NAME: &str = "@Microsoft.Dynamics.CRM.lookuplogicalname";
 /// The order-lines table.
 pub const LINES_SET: &str = "salesorderdetails";
+/// The property of an order line naming its order (the `salesorderid` lookup's value).
+pub const LINE_ORDER: &str = "_salesorderid_value";
 
 /// One synced table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,6 +79,25 @@ pub struct EntityCollection {
 /// Whether a delta row is a deletion.
 pub fn is_deleted_entity(row: &Map<String, Value>) -> bool {
     row.get("@odata.context").and_then(Value::as_str).is_some_and(|context| context.ends_with("$deletedEntity"))
+}
+
+/// The orders of the created or changed lines in a page of the order lines' changes (each once,
+/// in order of first appearance), and how many lines were deleted: a `$deletedEntity` row carries
+/// only the line's `id` and `reason`, not its order.
+pub fn orders_of_changed_lines(rows: &[Map<String, Value>]) -> (Vec<String>, usize) {
+    let mut seen = std::collections::HashSet::new();
+    let mut orders = Vec::new();
+    let mut deleted = 0;
+    for row in rows {
+        if is_deleted_entity(row) {
+            deleted += 1;
+        } else if let Some(order) = row.get(LINE_ORDER).and_then(Value::as_str)
+            && seen.insert(order)
+        {
+            orders.push(order.to_owned());
+        }
+    }
+    (orders, deleted)
 }
 
 /// The Web API error body `{"error":{"code","message"}}`.

@@ -130,7 +130,7 @@ impl Dynamics365Sim {
     /// One table's definition, with `$select` and `$expand=Attributes(...)` applied.
     fn definition_of(&self, set: &str, request: &Request<'_>) -> Value {
         let tracking = !self.lock().untracked.contains(set)
-            && !matches!(set, "salesorderdetails" | "transactioncurrencies" | "products" | "pricelevels");
+            && !matches!(set, "transactioncurrencies" | "products" | "pricelevels");
         let definition = json!({
             "LogicalName": logical(set),
             "EntitySetName": set,

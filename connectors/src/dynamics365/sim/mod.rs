@@ -80,6 +80,10 @@ pub struct Dynamics365SimOptions {
     pub retry_after_seconds: u64,
     /// Multi-page result sets kept for paging ([`SNAPSHOTS_KEPT`]); tests shrink it.
     pub snapshots_kept: usize,
+    /// The org's system price calculation (`Organization.OOBPriceCalculationEnabled`, on by
+    /// default): a line write recalculates its order's total, so the order row changes too. Off,
+    /// the order row stays as it was (an org that prices with its own plug-in, or not at all).
+    pub price_calculation: bool,
 }
 
 impl Dynamics365SimOptions {
@@ -92,6 +96,7 @@ impl Dynamics365SimOptions {
             untracked: Vec::new(),
             retry_after_seconds: 1,
             snapshots_kept: SNAPSHOTS_KEPT,
+            price_calculation: true,
         }
     }
 }
@@ -189,6 +194,7 @@ impl Dynamics365Sim {
                 untracked: options.untracked.iter().map(|set| (*set).to_owned()).collect(),
                 selects: Vec::new(),
                 next_order: 1000,
+                price_calculation: options.price_calculation,
             }),
             faults: Faults::new(&options.faults),
             counters: Counters::default(),

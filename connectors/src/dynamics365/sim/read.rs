@@ -76,9 +76,7 @@ impl Dynamics365Sim {
             return self.serve_first_page(&mut inner, snapshot, page_size, annotate, request);
         }
         if tracking {
-            if inner.untracked.contains(set)
-                || matches!(set, "salesorderdetails" | "transactioncurrencies" | "products")
-            {
+            if inner.untracked.contains(set) || matches!(set, "transactioncurrencies" | "products") {
                 return error(
                     StatusCode::BAD_REQUEST,
                     "0x80072491",

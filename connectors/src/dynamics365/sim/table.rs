@@ -46,6 +46,8 @@ pub(super) struct Inner {
     pub(super) untracked: HashSet<String>,
     pub(super) selects: Vec<String>,
     pub(super) next_order: u64,
+    /// Whether a line write recalculates its order's total ([`super::Dynamics365SimOptions`]).
+    pub(super) price_calculation: bool,
 }
 
 impl Inner {
@@ -80,7 +82,12 @@ impl Inner {
     /// version and `modifiedon`) even when the total stays the same: Dataverse recalculates the
     /// parent's pricing on every line write (the salesorder `CalculatePrice` message,
     /// ce/developer/entities/salesorder.md), so a line edit shows up in the orders' change tracking.
+    /// crmsync does not rely on that (the lines table has change tracking of its own); with
+    /// `price_calculation` off the order row is left as it was.
     pub(super) fn recompute_total(&mut self, order: &str) {
+        if !self.price_calculation {
+            return;
+        }
         let total: Decimal = self
             .tables
             .get("salesorderdetails")
