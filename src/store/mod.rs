@@ -24,6 +24,7 @@
 
 pub mod backup;
 mod error;
+mod filter;
 pub mod format;
 pub mod keys;
 mod permissions;
@@ -39,6 +40,7 @@ use crmsync_connectors::Cursor;
 use crmsync_connectors::canonical::{CanonicalId, ConnectionId, Entity, ExternalId, Record};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use filter::KeyKind;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
@@ -113,6 +115,8 @@ struct Shared {
     reopen: std::sync::atomic::AtomicBool,
     /// Commits hold it shared; a backup holds it exclusively, so it copies one point in time.
     gate: std::sync::RwLock<()>,
+    /// The index keys the store may hold ([`filter`]), built on first use.
+    filter: std::sync::Mutex<Option<filter::KeyFilter>>,
 }
 
 /// The sled database and its trees.
@@ -247,6 +251,7 @@ impl Store {
                 fault: std::sync::Mutex::default(),
                 reopen: std::sync::atomic::AtomicBool::new(false),
                 gate: std::sync::RwLock::default(),
+                filter: std::sync::Mutex::default(),
             }),
         };
         let t = store.trees()?;
@@ -618,7 +623,76 @@ impl Store {
         result.map_err(|error| match error {
             TransactionError::Abort(error) => error,
             TransactionError::Storage(error) => StoreError::Sled(error),
-        })
+        })?;
+        // Once applied: a lookup racing this commit may miss its keys, as if it ran just before it.
+        let mut filter = self.shared.filter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(filter) = filter.as_mut() {
+            for (record, record_keys) in &commit.records {
+                let entity = record.entity();
+                for link in &record.links {
+                    let key = keys::link(&link.connection, entity, &link.external_id);
+                    if !filter.may_contain(KeyKind::Link, &key) {
+                        filter.insert(KeyKind::Link, &key);
+                    }
+                }
+                for (name, value) in record_keys {
+                    let key = keys::match_key_prefix(entity, name, value);
+                    if !filter.may_contain(KeyKind::MatchValue, &key) {
+                        filter.insert(KeyKind::MatchValue, &key);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether the store may hold an index key (`false`: it certainly does not, no need to ask
+    /// sled). Builds the filter from the trees on first use: one pass over the `links` and
+    /// `match_keys` keys, a second one sized right when the store had more keys than a first layer
+    /// holds.
+    fn may_hold(&self, t: &Trees, kind: KeyKind, key: &[u8]) -> Result<bool, StoreError> {
+        let mut slot = self.shared.filter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(filter) = slot.as_ref() {
+            return Ok(filter.may_contain(kind, key));
+        }
+        let started = std::time::Instant::now();
+        let mut built = Self::build_filter(t, 0)?;
+        if built.1 > filter::MIN_KEYS {
+            // Grown by layers while counting: one layer sized for twice as many answers faster.
+            built = Self::build_filter(t, built.1.saturating_mul(2))?;
+        }
+        let (filter, count) = built;
+        if count > 0 {
+            tracing::info!(
+                keys = count,
+                kib = filter.bytes() / 1024,
+                ms = started.elapsed().as_millis() as u64,
+                "store index filter built"
+            );
+        }
+        let answer = filter.may_contain(kind, key);
+        *slot = Some(filter);
+        Ok(answer)
+    }
+
+    /// A filter of every `links` key and `match_keys` value prefix, sized for `keys` keys; with the
+    /// number of keys added.
+    fn build_filter(t: &Trees, keys: u64) -> Result<(filter::KeyFilter, u64), StoreError> {
+        let mut filter = filter::KeyFilter::sized_for(keys);
+        let mut count = 0u64;
+        for key in t.links.iter().keys() {
+            filter.insert(KeyKind::Link, &key?);
+            count += 1;
+        }
+        for key in t.match_keys.iter().keys() {
+            let key = key?;
+            let prefix = key.len().checked_sub(16).and_then(|end| key.get(..end)).ok_or(keys::KeyError("match key"))?;
+            if !filter.may_contain(KeyKind::MatchValue, prefix) {
+                filter.insert(KeyKind::MatchValue, prefix);
+                count += 1;
+            }
+        }
+        Ok((filter, count))
     }
 
     /// Returns a record by id.
@@ -663,7 +737,11 @@ impl Store {
         external_id: &ExternalId,
     ) -> Result<Option<CanonicalId>, StoreError> {
         let t = self.trees()?;
-        match t.links.get(keys::link(connection, entity, external_id))? {
+        let key = keys::link(connection, entity, external_id);
+        if !self.may_hold(&t, KeyKind::Link, &key)? {
+            return Ok(None);
+        }
+        match t.links.get(key)? {
             Some(id) => {
                 let bytes: [u8; 16] =
                     id.as_ref().try_into().map_err(|_| StoreError::Internal("bad link value".into()))?;
@@ -680,6 +758,9 @@ impl Store {
         // none or one record, and setting up a sled iterator costs more than the lookups.
         let prefix = keys::match_key_prefix(entity, name, value);
         let mut ids = Vec::new();
+        if !self.may_hold(&t, KeyKind::MatchValue, &prefix)? {
+            return Ok(ids);
+        }
         let mut after = sled::IVec::from(prefix.as_slice());
         while let Some((key, _)) = t.match_keys.get_gt(&after)? {
             if !key.starts_with(&prefix) {

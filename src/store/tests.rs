@@ -383,3 +383,40 @@ fn a_count_ends_at_the_first_error_of_an_iterator_that_keeps_failing() {
     store.commit(commit).unwrap();
     assert_eq!(store.dead_letter_count().unwrap(), 3);
 }
+
+#[test]
+fn index_lookups_answered_from_memory_still_find_every_key_written_before_or_after_the_filter_was_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let sf = ConnectionId::new("sf");
+    let before = account("Before", "sf", "1");
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut commit = Commit::default();
+        commit.records.push((before.clone(), vec![("name".into(), "before".into())]));
+        commit.created.insert(before.id);
+        store.commit(commit).unwrap();
+        store.flush().unwrap();
+    }
+    // Reopened: the filter is built from the trees by the first lookup (a miss).
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("absent")).unwrap(), None);
+    assert!(store.ids_by_match_key(Entity::Account, "name", "absent").unwrap().is_empty());
+    assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("1")).unwrap(), Some(before.id));
+    assert_eq!(store.ids_by_match_key(Entity::Account, "name", "before").unwrap(), vec![before.id]);
+    // Written once the filter exists: the commit adds its keys.
+    let after = account("After", "sf", "2");
+    let mut commit = Commit::default();
+    commit.records.push((after.clone(), vec![("name".into(), "after".into())]));
+    commit.created.insert(after.id);
+    store.commit(commit).unwrap();
+    assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("2")).unwrap(), Some(after.id));
+    assert_eq!(store.ids_by_match_key(Entity::Account, "name", "after").unwrap(), vec![after.id]);
+    // A link moved to another record: the new key is found, the old one is gone from sled.
+    let mut moved = after.clone();
+    moved.links[0].external_id = ExternalId::new("3");
+    let mut commit = Commit::default();
+    commit.records.push((moved, vec![("name".into(), "after".into())]));
+    store.commit(commit).unwrap();
+    assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("3")).unwrap(), Some(after.id));
+    assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("2")).unwrap(), None);
+}
