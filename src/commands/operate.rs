@@ -27,7 +27,7 @@ use crate::ingest::operator::{
 use crate::ingest::{IngestHandle, IngestRules, Ingestor};
 use crate::metrics::{self, MetricsReport, Scope};
 use crate::queries::{self, ListQuery, QueuePage, RecordPage, Versioned};
-use crate::store::{ConflictEntry, DeadLetter, Store, StoreError};
+use crate::store::{ConflictEntry, DeadLetter, Store, StoreError, StoreOptions};
 
 /// Where a command does its work.
 pub enum Backend {
@@ -52,7 +52,7 @@ impl Backend {
         if let Some(url) = &client.url {
             return Ok(Self::Remote(ApiClient::new(url, token(config, client, url)?)));
         }
-        match Store::open(&config.daemon.data_dir) {
+        match Store::open_with(&config.daemon.data_dir, &StoreOptions::with_cache_mib(config.daemon.store_cache_mib)) {
             Ok(store) => {
                 let (writer, ingest) = Ingestor::new(store.clone(), IngestRules::from_config(config), 4);
                 let writer = tokio::spawn(writer.run());
