@@ -3,7 +3,8 @@
 //! Pull loops, webhooks, push results and local operations (CLI, API) send [`Batch`]es over a bounded
 //! channel. The ingestor reconciles each batch (pure [`crate::reconcile`]), then commits records,
 //! links, the page's cursor, the fan-out to the outbox, conflicts and dead letters in **one** store
-//! transaction. Pull loops `submit().await` (they wait when the channel is full); webhooks use
+//! transaction (a page of more than 1,000 records in parts, the cursor with the last: see
+//! `split_records`). Pull loops `submit().await` (they wait when the channel is full); webhooks use
 //! [`IngestHandle::try_submit`] and answer `503` + `Retry-After` when it is full. A webhook batch is
 //! flushed to disk before its reply, so an acknowledged delivery is never lost.
 
@@ -328,6 +329,61 @@ impl Ingestor {
 /// The most batches one group commit takes.
 const GROUP_MAX: usize = 64;
 
+/// The most records one store transaction of a pulled page writes. A transaction keeps every sled
+/// node it replaces until it ends, so its memory grows with its size: a 10,000-row page in one
+/// transaction held about 100 MiB at its end.
+const COMMIT_RECORDS: usize = 1_000;
+
+/// Takes the records of a large pulled page's commit off in parts of at most `limit`, to be
+/// committed in order before what is left in `commit` (the last part, with the cursor and sync
+/// status).
+///
+/// A crash between the parts leaves some of the page's records stored without the cursor: the next
+/// pass reads the page again, and reading a stored record again changes nothing. So an outbox entry
+/// goes in the part of the record it queues (never before it: the push would find no record) or,
+/// to keep the entries' order, a later one; a conflict in the part of its record. Dead letters and
+/// the rest go with the cursor: a new read of the page writes them again. (A record changed twice
+/// within one page, or repointed by a placeholder merge, may have its entry in a later part than
+/// itself: a crash between those two parts loses that push until the record changes again.)
+fn split_records(commit: &mut Commit, limit: usize) -> Vec<Commit> {
+    if commit.records.len() <= limit || limit == 0 {
+        return Vec::new();
+    }
+    let records = std::mem::take(&mut commit.records);
+    let mut parts: Vec<Commit> = (0..records.len().div_ceil(limit)).map(|_| Commit::default()).collect();
+    let mut part_of: HashMap<CanonicalId, usize> = HashMap::with_capacity(records.len());
+    for (index, (record, keys)) in records.into_iter().enumerate() {
+        let part = index / limit;
+        part_of.insert(record.id, part);
+        if let Some(target) = parts.get_mut(part) {
+            if commit.created.contains(&record.id) {
+                target.created.insert(record.id);
+            }
+            target.records.push((record, keys));
+        }
+    }
+    let last = parts.len() - 1;
+    let mut at = 0;
+    for (connection, entry) in std::mem::take(&mut commit.outbox) {
+        at = at.max(part_of.get(&entry.canonical_id).copied().unwrap_or(0));
+        if let Some(target) = parts.get_mut(at) {
+            target.outbox.push((connection, entry));
+        }
+    }
+    for conflict in std::mem::take(&mut commit.conflicts) {
+        let part = part_of.get(&conflict.canonical_id).copied().unwrap_or(last);
+        if let Some(target) = parts.get_mut(part) {
+            target.conflicts.push(conflict);
+        }
+    }
+    if let Some(tail) = parts.pop() {
+        commit.records = tail.records;
+        commit.outbox = tail.outbox;
+        commit.conflicts = tail.conflicts;
+    }
+    parts
+}
+
 /// Applies batches in order, each in its own commit, then flushes once if any of them must be
 /// durable before its reply (webhook deliveries, pushes about to be sent). A failed flush fails every batch that needed it:
 /// none of them is acknowledged.
@@ -375,6 +431,9 @@ fn apply_batch(store: &Store, rules: &IngestRules, batch: Batch, now: Timestamp)
                 records: stats.records_in(),
                 caught_up,
             });
+            for part in split_records(&mut commit, COMMIT_RECORDS) {
+                store.commit(part)?;
+            }
             store.commit(commit)?;
             Ok(stats)
         }
@@ -563,6 +622,12 @@ impl<'a> BatchWriter<'a> {
     }
 
     fn put(&mut self, record: Record) {
+        self.put_with_keys(record, None);
+    }
+
+    /// [`BatchWriter::put`] with the record's index keys when the caller has them
+    /// ([`reconcile::index_keys`] of its data).
+    fn put_with_keys(&mut self, record: Record, keys: Option<Vec<(String, String)>>) {
         for link in &record.links {
             if &link.connection == self.connection {
                 self.links.insert((record.entity(), link.external_id.clone()), record.id);
@@ -571,7 +636,7 @@ impl<'a> BatchWriter<'a> {
         if !self.records.contains_key(&record.id) {
             self.order.push(record.id);
         }
-        let keys = reconcile::index_keys(&self.rules.rules, &record.data);
+        let keys = keys.unwrap_or_else(|| reconcile::index_keys(&self.rules.rules, &record.data));
         for (key, value) in &keys {
             let ids = self.keys.entry((record.entity(), key.clone(), value.clone())).or_default();
             if !ids.contains(&record.id) {
@@ -645,7 +710,10 @@ impl<'a> BatchWriter<'a> {
                 return Ok(());
             }
         }
-        let Identified { current, matched_by, absorbs } = self.identify(&change)?;
+        // The fields view of the incoming data, built once: matching, merging and the index keys
+        // of a new record all read it.
+        let fields = change.data().map(EntityData::to_fields);
+        let Identified { current, matched_by, absorbs } = self.identify(&change, fields.as_ref())?;
         if current.is_none() && matches!(change.kind, ChangeKind::Delete) {
             // A delete of a record crmsync never stored: there is nothing to tombstone, and an empty
             // deleted record would only stand for nothing (counted as unchanged, logged per batch).
@@ -662,9 +730,10 @@ impl<'a> BatchWriter<'a> {
             }
             other => other,
         };
-        let decision = match reconcile::reconcile(
+        let decision = match reconcile::reconcile_fields(
             current.as_ref(),
             &change,
+            fields.as_ref(),
             self.connection,
             matched_by,
             &self.rules.rules,
@@ -696,9 +765,16 @@ impl<'a> BatchWriter<'a> {
         };
         self.count_pulled(change.entity, outcome_label);
         if let Some(record) = decision.record {
+            // A record created from this change holds exactly its data (less the stage history), so
+            // its match keys are the ones computed from the change's fields.
+            let mut keys = None;
             if decision.outcome == Outcome::Created && current.is_none() {
                 // A fresh id minted for this change: nothing of it is in the store yet.
                 self.commit.created.insert(record.id);
+                if let Some(fields) = &fields {
+                    let values = reconcile::match_key_values_of(&self.rules.rules, change.entity, fields);
+                    keys = Some(reconcile::with_reference_keys(values, &record.data));
+                }
             }
             for conflict in &decision.conflicts {
                 self.commit.conflicts.push(ConflictEntry::from_reconcile(record.id, change.entity, conflict, self.now));
@@ -713,7 +789,7 @@ impl<'a> BatchWriter<'a> {
             if decision.fan_out {
                 self.fan_out(&record, Some(self.connection.clone()))?;
             }
-            self.put(record);
+            self.put_with_keys(record, keys);
         }
         Ok(())
     }
@@ -814,18 +890,18 @@ impl<'a> BatchWriter<'a> {
     /// the record's own data arrived, and that data may belong to a record another CRM already
     /// created. It is matched like a new record, so the result does not depend on whether a deal or
     /// its account was read first.
-    fn identify(&self, change: &Change) -> Result<Identified, StoreError> {
+    fn identify(&self, change: &Change, fields: Option<&reconcile::Fields>) -> Result<Identified, StoreError> {
         if let Some(id) = self.link_target(change.entity, &change.external_id)? {
             let linked = self.record(id)?;
             if let Some(placeholder) = linked.as_ref().filter(|record| is_placeholder_of(record, self.connection))
                 && change.data().is_some()
-                && let Some((existing, matched_by)) = self.find_existing(change)?
+                && let Some((existing, matched_by)) = self.find_existing(change, fields)?
             {
                 return Ok(Identified { current: Some(existing), matched_by, absorbs: Some(placeholder.clone()) });
             }
             return Ok(Identified { current: linked, matched_by: MatchReason::Created, absorbs: None });
         }
-        let (current, matched_by) = match self.find_existing(change)? {
+        let (current, matched_by) = match self.find_existing(change, fields)? {
             Some((record, matched_by)) => (Some(record), matched_by),
             None => (None, MatchReason::Created),
         };
@@ -834,7 +910,11 @@ impl<'a> BatchWriter<'a> {
 
     /// Finds an existing record a change not linked yet belongs to: by the canonical id in the vendor's
     /// external-id field, then by match key.
-    fn find_existing(&self, change: &Change) -> Result<Option<(Record, MatchReason)>, StoreError> {
+    fn find_existing(
+        &self,
+        change: &Change,
+        fields: Option<&reconcile::Fields>,
+    ) -> Result<Option<(Record, MatchReason)>, StoreError> {
         if let Some(hint) = change.canonical_hint
             && let Some(record) = self.live_target(hint)?
             && record.entity() == change.entity
@@ -842,10 +922,10 @@ impl<'a> BatchWriter<'a> {
         {
             return Ok(Some((record, MatchReason::ExternalIdField)));
         }
-        let Some(data) = change.data() else {
+        let Some(fields) = fields else {
             return Ok(None);
         };
-        for (key, value) in reconcile::match_key_values(&self.rules.rules, data) {
+        for (key, value) in reconcile::match_key_values_of(&self.rules.rules, change.entity, fields) {
             let written = self.keys.get(&(change.entity, key.clone(), value.clone())).into_iter().flatten();
             let mut candidates: Vec<Record> = written
                 .filter(|id| {
@@ -1029,6 +1109,10 @@ pub fn queue_fan_out(
 
 fn strip_denied(change: &mut Change, policy: &FieldPolicy) {
     let entity = change.entity;
+    if !policy.deny.get(&entity).is_some_and(|denied| !denied.is_empty()) && !policy.allow.contains_key(&entity) {
+        // Nothing of this entity is denied (the usual case): no fields view to build.
+        return;
+    }
     change.extra.retain(|field, _| policy.allows(entity, field));
     if let ChangeKind::Upsert { data, .. } = &mut change.kind {
         let fields = data.to_fields();

@@ -40,6 +40,11 @@ use sha2::{Digest, Sha256};
 
 pub use rules::{DeleteAction, Policy, Route, Rules, default_match_keys};
 
+/// A record's values by field name ([`EntityData::to_fields`]): what merging, matching and echo
+/// checks compare. Building it costs an allocation per field, so the ingest path builds it once per
+/// change and hands it to [`reconcile_fields`] and [`match_key_values_of`].
+pub type Fields = serde_json::Map<String, Value>;
+
 /// Fields that are stored but never propagated to other connections: each vendor has its own value.
 pub const LOCAL_FIELDS: &[&str] = &[
     "owner",
@@ -188,10 +193,18 @@ pub fn canonicalise(data: &mut EntityData) {
 /// configured key whose fields are all present. References must already be canonical. What the
 /// store indexes a record under is [`index_keys`] (these plus its references).
 pub fn match_key_values(rules: &Rules, data: &EntityData) -> Vec<(String, String)> {
-    let Some(keys) = rules.match_keys.get(&data.entity()) else {
+    if !rules.match_keys.contains_key(&data.entity()) {
+        return Vec::new();
+    }
+    match_key_values_of(rules, data.entity(), &data.to_fields())
+}
+
+/// [`match_key_values`] of data whose fields view ([`EntityData::to_fields`]) the caller already
+/// holds: the ingest path builds it once per change.
+pub fn match_key_values_of(rules: &Rules, entity: Entity, fields: &Fields) -> Vec<(String, String)> {
+    let Some(keys) = rules.match_keys.get(&entity) else {
         return Vec::new();
     };
-    let fields = data.to_fields();
     let mut values = Vec::new();
     'keys: for key in keys {
         let mut parts = Vec::with_capacity(key.len());
@@ -216,7 +229,12 @@ pub const REFERENCE_KEY: &str = "@ref";
 /// one [`REFERENCE_KEY`] entry per distinct canonical record it references. Every writer of records
 /// passes these to the store, so the reference entries stay complete.
 pub fn index_keys(rules: &Rules, data: &EntityData) -> Vec<(String, String)> {
-    let mut keys = match_key_values(rules, data);
+    with_reference_keys(match_key_values(rules, data), data)
+}
+
+/// Adds a [`REFERENCE_KEY`] entry per distinct canonical record `data` references to its match-key
+/// values (`keys`): [`index_keys`] when the caller already has the match-key values.
+pub fn with_reference_keys(mut keys: Vec<(String, String)>, data: &EntityData) -> Vec<(String, String)> {
     for (_, _, reference) in data.references() {
         if let Some(id) = reference.canonical {
             let entry = (REFERENCE_KEY.to_owned(), id.to_string());
@@ -297,12 +315,11 @@ fn format_pairs(pairs: &BTreeMap<String, String>) -> String {
 /// each field crmsync had pushed takes the hash of the value read (fields the read does not carry
 /// keep theirs). So a later read of a value crmsync pushed long ago, after the vendor had moved away
 /// from it, is a change again, not an echo.
-fn refresh_pushed(link: &mut Link, data: &EntityData, completeness: Completeness) {
+fn refresh_pushed(link: &mut Link, fields: &Fields, completeness: Completeness) {
     let mut pairs = pushed_pairs(link.pushed_hash.as_deref());
     if pairs.is_empty() {
         return;
     }
-    let fields = data.to_fields();
     for (name, hash) in &mut pairs {
         match fields.get(name.as_str()) {
             Some(value) => *hash = field_hash(name, value),
@@ -336,8 +353,15 @@ fn legacy_hash(fields: &serde_json::Map<String, Value>, names: &[&str]) -> Strin
 /// Returns whether `data` read back from a connection is exactly what crmsync pushed there. A
 /// partial read-back (a vendor without a column for some field) is compared on the fields it carries.
 pub fn is_echo(link: &Link, data: &EntityData, completeness: Completeness) -> bool {
+    if link.pushed_hash.is_none() {
+        return false;
+    }
+    is_echo_of(link, &data.to_fields(), completeness)
+}
+
+/// [`is_echo`] of a read whose fields view the caller already holds.
+fn is_echo_of(link: &Link, fields: &Fields, completeness: Completeness) -> bool {
     let Some(stored) = link.pushed_hash.as_deref() else { return false };
-    let fields = data.to_fields();
     if let Some(pairs) = stored.strip_prefix("v2:") {
         return pairs.split(',').filter(|pair| !pair.is_empty()).all(|pair| {
             let (name, hash) = pair.split_once('=').unwrap_or((pair, ""));
@@ -350,7 +374,7 @@ pub fn is_echo(link: &Link, data: &EntityData, completeness: Completeness) -> bo
     }
     let Some((hash, names)) = stored.split_once(':') else { return false };
     let names: Vec<&str> = names.split(',').filter(|name| !name.is_empty()).collect();
-    legacy_hash(&fields, &names) == hash
+    legacy_hash(fields, &names) == hash
 }
 
 /// A vendor without a SKU column (Dataverse write-in order lines) reads lines back without SKUs. In a
@@ -386,6 +410,35 @@ pub fn reconcile(
     now: Timestamp,
     new_id: CanonicalId,
 ) -> Result<Decision, ReconcileError> {
+    let fields = change.data().map(EntityData::to_fields);
+    reconcile_fields(current, change, fields.as_ref(), source, matched_by, rules, now, new_id)
+}
+
+/// [`reconcile`] with the fields view of the change's data (`fields`: `change.data()`'s
+/// [`EntityData::to_fields`], `None` for a delete) built by the caller, who needs it for matching too.
+#[allow(clippy::too_many_arguments)]
+pub fn reconcile_fields(
+    current: Option<&Record>,
+    change: &Change,
+    fields: Option<&Fields>,
+    source: &ConnectionId,
+    matched_by: MatchReason,
+    rules: &Rules,
+    now: Timestamp,
+    new_id: CanonicalId,
+) -> Result<Decision, ReconcileError> {
+    let owned;
+    let fields = match (fields, change.data()) {
+        (Some(fields), _) => fields,
+        (None, Some(data)) => {
+            owned = data.to_fields();
+            &owned
+        }
+        (None, None) => {
+            owned = Fields::new();
+            &owned
+        }
+    };
     let mut record = current.cloned().unwrap_or_else(|| Record::new(new_id, change.entity, now));
     let previous_link = record.link(source).cloned();
     let last_seen = previous_link.as_ref().and_then(|link| link.last_modified);
@@ -394,7 +447,7 @@ pub fn reconcile(
     }
     // What crmsync last pushed to the source, per field, before this read says what the source holds.
     let pushed = pushed_pairs(previous_link.as_ref().and_then(|link| link.pushed_hash.as_deref()));
-    let link_changed = update_link(&mut record, change, source, matched_by, previous_link.as_ref());
+    let link_changed = update_link(&mut record, change, fields, source, matched_by, previous_link.as_ref());
 
     let mut provenance_touched = false;
     // Only a partial order read-back with SKU-less lines is rewritten; every other change is used as is.
@@ -407,14 +460,25 @@ pub fn reconcile(
     let (outcome, changed_fields, conflicts) = match kind {
         ChangeKind::Delete => apply_delete(&mut record, change, source, last_seen),
         ChangeKind::Upsert { data, completeness }
-            if previous_link.as_ref().is_some_and(|link| is_echo(link, data, *completeness))
-                && !record.is_deleted() =>
+            if previous_link.as_ref().is_some_and(|link| match &completed {
+                // The completed lines are another view than `fields`.
+                Some(_) => is_echo(link, data, *completeness),
+                None => is_echo_of(link, fields, *completeness),
+            }) && !record.is_deleted() =>
         {
             (Outcome::Echo, Vec::new(), Vec::new())
         }
         ChangeKind::Upsert { data, completeness } => {
+            let completed_fields;
+            let incoming = match &completed {
+                Some(_) => {
+                    completed_fields = data.to_fields();
+                    &completed_fields
+                }
+                None => fields,
+            };
             let (changed, conflicts, touched) =
-                merge_fields(&mut record, data, *completeness, change, source, last_seen, rules, &pushed)?;
+                merge_fields(&mut record, data, incoming, *completeness, change, source, last_seen, rules, &pushed)?;
             provenance_touched = touched;
             let outcome = if current.is_none() {
                 Outcome::Created
@@ -451,6 +515,7 @@ impl Decision {
 fn update_link(
     record: &mut Record,
     change: &Change,
+    fields: &Fields,
     source: &ConnectionId,
     matched_by: MatchReason,
     previous: Option<&Link>,
@@ -470,8 +535,8 @@ fn update_link(
     if change.version.is_some() {
         link.last_version = change.version.clone();
     }
-    if let ChangeKind::Upsert { data, completeness } = &change.kind {
-        refresh_pushed(&mut link, data, *completeness);
+    if let ChangeKind::Upsert { completeness, .. } = &change.kind {
+        refresh_pushed(&mut link, fields, *completeness);
     }
     let full = matches!(change.kind, ChangeKind::Upsert { completeness: Completeness::Full, .. });
     if full {
@@ -536,6 +601,7 @@ fn apply_delete(
 fn merge_fields(
     record: &mut Record,
     data: &EntityData,
+    fields: &Fields,
     completeness: Completeness,
     change: &Change,
     source: &ConnectionId,
@@ -544,7 +610,10 @@ fn merge_fields(
     pushed: &BTreeMap<String, String>,
 ) -> Result<(Vec<String>, Vec<Conflict>, bool), ReconcileError> {
     let entity = change.entity;
-    let mut incoming = data.to_fields();
+    if is_blank(record) && pushed.is_empty() {
+        return Ok(fill_blank(record, data, fields, change, source));
+    }
+    let mut incoming = fields.clone();
     if completeness == Completeness::Full {
         for field in entity.fields() {
             if *field != "stage_history" {
@@ -625,6 +694,46 @@ fn merge_fields(
         changed.push("deleted_at".to_owned());
     }
     Ok((changed, conflicts, provenance_touched))
+}
+
+/// Whether a record holds no value and no provenance yet (a new record, or a placeholder created for
+/// a reference): every incoming value then wins without a conflict.
+fn is_blank(record: &Record) -> bool {
+    record.provenance.is_empty() && record.deleted_at.is_none() && record.data == EntityData::empty(record.entity())
+}
+
+/// [`merge_fields`] into a blank record ([`is_blank`]), without the field-by-field merge: the
+/// general merge would judge every present value the winner (no provenance to weigh it against)
+/// and rebuild the data from the merged fields, which is the incoming data itself. Each present
+/// value gets the change's provenance; the stage history starts with the incoming stage.
+fn fill_blank(
+    record: &mut Record,
+    data: &EntityData,
+    fields: &Fields,
+    change: &Change,
+    source: &ConnectionId,
+) -> (Vec<String>, Vec<Conflict>, bool) {
+    let mut changed = Vec::new();
+    for (field, value) in fields {
+        if field == "stage_history" || value.is_null() {
+            continue;
+        }
+        record.provenance.insert(
+            field.clone(),
+            Provenance { connection: Some(source.clone()), modified_at: change.modified_at, version: change.version.clone() },
+        );
+        changed.push(field.clone());
+    }
+    if changed.is_empty() {
+        return (changed, Vec::new(), false);
+    }
+    record.data = data.clone();
+    if let EntityData::Opportunity(opportunity) = &mut record.data {
+        // crmsync keeps the stage history itself; vendors do not send one.
+        opportunity.stage_history.clear();
+        record_stage(opportunity, None, change.modified_at);
+    }
+    (changed, Vec::new(), false)
 }
 
 fn record_stage(opportunity: &mut Opportunity, previous: Option<crmsync_connectors::canonical::Stage>, at: Timestamp) {
