@@ -614,6 +614,14 @@ impl<'a> BatchWriter<'a> {
         self.store.record(id)
     }
 
+    /// [`BatchWriter::record`] when the entity is known (one store lookup instead of one per entity).
+    fn record_of(&self, entity: Entity, id: CanonicalId) -> Result<Option<Record>, StoreError> {
+        if let Some(record) = self.records.get(&id) {
+            return Ok(Some(record.clone()).filter(|record| record.entity() == entity));
+        }
+        self.store.record_of(entity, id)
+    }
+
     fn link_target(&self, entity: Entity, external_id: &ExternalId) -> Result<Option<CanonicalId>, StoreError> {
         if let Some(id) = self.links.get(&(entity, external_id.clone())) {
             return Ok(Some(*id));
@@ -892,7 +900,7 @@ impl<'a> BatchWriter<'a> {
     /// its account was read first.
     fn identify(&self, change: &Change, fields: Option<&reconcile::Fields>) -> Result<Identified, StoreError> {
         if let Some(id) = self.link_target(change.entity, &change.external_id)? {
-            let linked = self.record(id)?;
+            let linked = self.record_of(change.entity, id)?;
             if let Some(placeholder) = linked.as_ref().filter(|record| is_placeholder_of(record, self.connection))
                 && change.data().is_some()
                 && let Some((existing, matched_by)) = self.find_existing(change, fields)?
@@ -936,7 +944,7 @@ impl<'a> BatchWriter<'a> {
                 .collect();
             for id in self.store.ids_by_match_key(change.entity, &key, &value)? {
                 if !candidates.iter().any(|record| record.id == id)
-                    && let Some(record) = self.record(id)?
+                    && let Some(record) = self.record_of(change.entity, id)?
                 {
                     candidates.push(record);
                 }
@@ -1109,7 +1117,7 @@ pub fn queue_fan_out(
 
 fn strip_denied(change: &mut Change, policy: &FieldPolicy) {
     let entity = change.entity;
-    if !policy.deny.get(&entity).is_some_and(|denied| !denied.is_empty()) && !policy.allow.contains_key(&entity) {
+    if policy.deny.get(&entity).is_none_or(|denied| denied.is_empty()) && !policy.allow.contains_key(&entity) {
         // Nothing of this entity is denied (the usual case): no fields view to build.
         return;
     }

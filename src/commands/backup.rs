@@ -21,7 +21,10 @@ use crate::store::{Store, StoreError, StoreOptions};
 pub async fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
     let partial = partial_path(&args.out);
-    let written = match (&args.client.url, Store::open_with(&config.daemon.data_dir, &StoreOptions::with_cache_mib(config.daemon.store_cache_mib))) {
+    let written = match (
+        &args.client.url,
+        Store::open_with(&config.daemon.data_dir, &StoreOptions::with_cache_mib(config.daemon.store_cache_mib)),
+    ) {
         (None, Ok(store)) => {
             let partial = partial.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<&'static str> {

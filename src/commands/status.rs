@@ -16,7 +16,10 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let admin = config.daemon.admin_listen;
     let report = match &args.client.url {
         Some(url) => remote(url, token, admin).await?,
-        None => match Store::open_with(&config.daemon.data_dir, &StoreOptions::with_cache_mib(config.daemon.store_cache_mib)) {
+        None => match Store::open_with(
+            &config.daemon.data_dir,
+            &StoreOptions::with_cache_mib(config.daemon.store_cache_mib),
+        ) {
             Ok(store) => {
                 let status_config = StatusConfig::from_config(&config);
                 tokio::task::spawn_blocking(move || collect(&store, &status_config)).await??

@@ -720,7 +720,11 @@ fn fill_blank(
         }
         record.provenance.insert(
             field.clone(),
-            Provenance { connection: Some(source.clone()), modified_at: change.modified_at, version: change.version.clone() },
+            Provenance {
+                connection: Some(source.clone()),
+                modified_at: change.modified_at,
+                version: change.version.clone(),
+            },
         );
         changed.push(field.clone());
     }

@@ -67,7 +67,8 @@ impl Layer {
     }
 
     fn may_contain(&self, hash: u64) -> bool {
-        self.positions(hash).all(|bit| self.bits.get((bit / 64) as usize).is_some_and(|word| word & (1 << (bit % 64)) != 0))
+        self.positions(hash)
+            .all(|bit| self.bits.get((bit / 64) as usize).is_some_and(|word| word & (1 << (bit % 64)) != 0))
     }
 }
 
@@ -133,7 +134,8 @@ mod tests {
         let false_positives =
             (300_000..400_000u32).filter(|index| filter.may_contain(KeyKind::Link, &index.to_be_bytes())).count();
         assert!(false_positives < 5_000, "{false_positives} of 100,000 absent keys reported present");
-        let other_kind = (0..100_000u32).filter(|index| filter.may_contain(KeyKind::MatchValue, &index.to_be_bytes())).count();
+        let other_kind =
+            (0..100_000u32).filter(|index| filter.may_contain(KeyKind::MatchValue, &index.to_be_bytes())).count();
         assert!(other_kind < 5_000, "a link key is not a match-key entry ({other_kind} of 100,000)");
     }
 }

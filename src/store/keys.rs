@@ -5,7 +5,6 @@
 //! |---------------|------------------------------------------------------------|---------------------------|
 //! | `records`     | entity tag (u8) · canonical id (16)                         | binary record (`format`)  |
 //! | `summaries`   | as `records`                                                | binary summary (`format`) |
-//! | `ids`         | canonical id (16)                                           | entity tag (u8)           |
 //! | `links`       | str(connection) · entity tag · str(external id)             | canonical id (16)         |
 //! | `match_keys`  | entity tag · str(key) · str(value) · canonical id (16)      | empty                     |
 //! | `cursors`     | str(connection) · entity tag                                | envelope(`Option<Cursor>`) |

@@ -38,9 +38,9 @@ use std::path::{Path, PathBuf};
 
 use crmsync_connectors::Cursor;
 use crmsync_connectors::canonical::{CanonicalId, ConnectionId, Entity, ExternalId, Record};
+use filter::KeyKind;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use filter::KeyKind;
 use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
@@ -49,9 +49,10 @@ pub use types::{
     Commit, ConflictEntry, ConflictValue, DeadLetter, OutboxEntry, OutboxOp, SyncStatus, SyncStatusUpdate,
 };
 
-/// The format this binary writes: 2 = binary records ([`format::RECORD_V2`]). Format 1 (JSON
-/// records) is migrated on open.
-pub const FORMAT_VERSION: u32 = 2;
+/// The format this binary writes: 3 = binary records ([`format::RECORD_V2`]) and no `ids` tree (a
+/// record is found by id under its entity's key). Format 1 (JSON records) and 2 (an `ids` tree
+/// written next to every new record) are migrated on open.
+pub const FORMAT_VERSION: u32 = 3;
 
 fn encode<T: Serialize>(data: &T) -> Result<Vec<u8>, StoreError> {
     Ok(format::encode_json(data, "value")?)
@@ -124,7 +125,6 @@ struct Trees {
     db: sled::Db,
     records: sled::Tree,
     summaries: sled::Tree,
-    ids: sled::Tree,
     links: sled::Tree,
     match_keys: sled::Tree,
     cursors: sled::Tree,
@@ -175,7 +175,6 @@ impl Trees {
         Ok(Self {
             records: tree("records")?,
             summaries: tree("summaries")?,
-            ids: tree("ids")?,
             links: tree("links")?,
             match_keys: tree("match_keys")?,
             cursors: tree("cursors")?,
@@ -269,7 +268,7 @@ impl Store {
                     });
                 }
                 if found < FORMAT_VERSION {
-                    store.migrate_records(found)?;
+                    store.migrate(found)?;
                 }
             }
             None => {
@@ -283,11 +282,27 @@ impl Store {
         Ok(store)
     }
 
-    /// Rewrites every record stored in an older format in the current one, then records the new
-    /// format version. Idempotent and resumable: killed halfway, the next open rewrites what is left
-    /// (a record's first byte tells its format).
-    fn migrate_records(&self, from: u32) -> Result<(), StoreError> {
+    /// Brings a store of an older format to the current one, then records the new format version:
+    /// format 1's records are rewritten in the binary encoding, and the `ids` tree of formats 1 and 2
+    /// is dropped. Idempotent and resumable: killed halfway, the next open does what is left (a
+    /// record's first byte tells its format).
+    fn migrate(&self, from: u32) -> Result<(), StoreError> {
         let t = self.trees()?;
+        let mut rewritten = 0u64;
+        if from < 2 {
+            rewritten = Self::rewrite_records(&t)?;
+        }
+        // Formats 1 and 2 kept each record's entity by id in `ids`; the id is now looked up under each
+        // entity's key instead.
+        t.db.drop_tree(b"ids")?;
+        t.meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
+        t.db.flush()?;
+        tracing::info!(from, to = FORMAT_VERSION, records = rewritten, "store migrated to the current format");
+        Ok(())
+    }
+
+    /// Rewrites every record stored as JSON (format 1) in the binary encoding; returns how many.
+    fn rewrite_records(t: &Trees) -> Result<u64, StoreError> {
         let (mut batch, mut pending, mut rewritten) = (sled::Batch::default(), 0u64, 0u64);
         for entry in t.records.iter() {
             let (key, bytes) = entry?;
@@ -305,10 +320,7 @@ impl Store {
             }
         }
         t.records.apply_batch(batch)?;
-        t.meta.insert(keys::FORMAT_VERSION, &FORMAT_VERSION.to_be_bytes())?;
-        t.db.flush()?;
-        tracing::info!(from, to = FORMAT_VERSION, records = rewritten, "store migrated to the current format");
-        Ok(())
+        Ok(rewritten)
     }
 
     /// Builds the index of pushed dead letters for a store written before it existed. Idempotent.
@@ -472,7 +484,6 @@ impl Store {
         let trees = (
             &t.records,
             &t.summaries,
-            &t.ids,
             &t.links,
             &t.match_keys,
             &t.cursors,
@@ -487,7 +498,6 @@ impl Store {
             |(
                 records,
                 summaries,
-                ids,
                 links,
                 match_keys,
                 cursors,
@@ -500,7 +510,7 @@ impl Store {
             )| {
                 for (record, record_keys) in &commit.records {
                     let is_new = commit.created.contains(&record.id);
-                    write_record(records, summaries, ids, links, match_keys, record, record_keys, is_new)?;
+                    write_record(records, summaries, links, match_keys, record, record_keys, is_new)?;
                 }
                 if let Some((connection, entity, cursor)) = &commit.cursor {
                     cursors.insert(keys::connection_entity(connection, *entity), encode(cursor).map_err(abort)?)?;
@@ -655,7 +665,7 @@ impl Store {
         if let Some(filter) = slot.as_ref() {
             return Ok(filter.may_contain(kind, key));
         }
-        let started = std::time::Instant::now();
+        let started = tokio::time::Instant::now();
         let mut built = Self::build_filter(t, 0)?;
         if built.1 > filter::MIN_KEYS {
             // Grown by layers while counting: one layer sized for twice as many answers faster.
@@ -703,16 +713,22 @@ impl Store {
 
     fn record_inner(&self, id: CanonicalId) -> Result<Option<Record>, StoreError> {
         let t = self.trees()?;
-        let Some(tag) = t.ids.get(id.to_bytes())? else { return Ok(None) };
-        let entity = tag
-            .first()
-            .copied()
-            .and_then(Entity::from_tag)
-            .ok_or_else(|| StoreError::Internal(format!("bad entity tag for {id}")))?;
-        match t.records.get(keys::record(entity, id))? {
+        // The id alone does not tell the entity: one point lookup per entity, the likeliest first.
+        for entity in [Entity::Order, Entity::Lead, Entity::Account, Entity::Opportunity] {
+            if let Some(bytes) = t.records.get(keys::record(entity, id))? {
+                return Ok(Some(format::decode_record(id, &bytes)?.0));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Returns a record of `entity` by id (one lookup; [`Store::record`] when the entity is unknown).
+    pub fn record_of(&self, entity: Entity, id: CanonicalId) -> Result<Option<Record>, StoreError> {
+        let found = self.trees().and_then(|t| match t.records.get(keys::record(entity, id))? {
             Some(bytes) => Ok(Some(format::decode_record(id, &bytes)?.0)),
             None => Ok(None),
-        }
+        });
+        self.observe(found, false)
     }
 
     /// Returns the record a vendor record is linked to.
@@ -1109,11 +1125,9 @@ fn is_lock_error(error: &std::io::Error) -> bool {
 
 /// Writes a record, its metrics summary and its index entries. `is_new`: the writer created the
 /// record (no previous version to read for its index entries).
-#[allow(clippy::too_many_arguments)]
 fn write_record(
     records: &TransactionalTree,
     summaries: &TransactionalTree,
-    ids: &TransactionalTree,
     links: &TransactionalTree,
     match_keys: &TransactionalTree,
     record: &Record,
@@ -1131,23 +1145,15 @@ fn write_record(
     // is written (a re-read record usually changes no link and no key).
     let (mut old_links, mut old_keys) = (Vec::new(), Vec::new());
     let previous = if is_new { None } else { records.get(&key)? };
-    match previous {
-        Some(previous) => {
-            let previous = format::decode_index_entries(&previous).map_err(|error| abort(error.into()))?;
-            old_links = previous
-                .links
-                .iter()
-                .map(|(connection, external_id)| keys::link(connection, entity, external_id))
-                .collect();
-            old_keys = previous
-                .match_keys
-                .iter()
-                .map(|(name, value)| keys::match_key(entity, name, value, record.id))
-                .collect();
-        }
-        None => {
-            ids.insert(&id_bytes, &[entity.tag()])?;
-        }
+    if let Some(previous) = previous {
+        let previous = format::decode_index_entries(&previous).map_err(|error| abort(error.into()))?;
+        old_links = previous
+            .links
+            .iter()
+            .map(|(connection, external_id)| keys::link(connection, entity, external_id))
+            .collect();
+        old_keys =
+            previous.match_keys.iter().map(|(name, value)| keys::match_key(entity, name, value, record.id)).collect();
     }
     for stale in old_links.iter().filter(|old| !new_links.contains(old)) {
         links.remove(stale.as_slice())?;

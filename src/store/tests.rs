@@ -147,7 +147,10 @@ fn a_newer_format_version_is_refused_with_advice() {
     let error = Store::open(dir.path()).err().expect("newer format must be refused");
     let message = error.to_string();
     assert!(
-        message.contains("has format version 3, newer than this crmsync understands (2); upgrade crmsync"),
+        message.contains(&format!(
+            "has format version {}, newer than this crmsync understands ({FORMAT_VERSION}); upgrade crmsync",
+            FORMAT_VERSION + 1
+        )),
         "{message}"
     );
 }
@@ -229,6 +232,7 @@ fn a_store_written_in_format_1_is_migrated_on_open_with_every_record_intact() {
     }
     let stored: Vec<sled::IVec> = store.trees().unwrap().records.iter().values().map(Result::unwrap).collect();
     assert!(stored.iter().all(|value| format::is_current_record(value)), "every record rewritten");
+    assert!(!store.trees().unwrap().db.tree_names().iter().any(|name| name.as_ref() == b"ids"), "ids tree dropped");
     assert_eq!(
         store.trees().unwrap().meta.get(keys::FORMAT_VERSION).unwrap().unwrap().as_ref(),
         FORMAT_VERSION.to_be_bytes()
@@ -419,4 +423,36 @@ fn index_lookups_answered_from_memory_still_find_every_key_written_before_or_aft
     store.commit(commit).unwrap();
     assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("3")).unwrap(), Some(after.id));
     assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("2")).unwrap(), None);
+}
+
+#[test]
+fn a_format_2_store_loses_its_ids_tree_and_every_record_is_still_found_by_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (account("A", "sf", "1"), account("B", "sf", "2"));
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut commit = Commit::default();
+        commit.records.push((first.clone(), Vec::new()));
+        commit.records.push((second.clone(), Vec::new()));
+        store.commit(commit).unwrap();
+        // What crmsync wrote in format 2: an `ids` tree naming each record's entity.
+        let t = store.trees().unwrap();
+        let ids = t.db.open_tree("ids").unwrap();
+        for record in [&first, &second] {
+            ids.insert(record.id.to_bytes(), &[Entity::Account.tag()]).unwrap();
+        }
+        t.meta.insert(keys::FORMAT_VERSION, &2u32.to_be_bytes()).unwrap();
+        t.db.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    let t = store.trees().unwrap();
+    assert_eq!(t.meta.get(keys::FORMAT_VERSION).unwrap().unwrap().as_ref(), FORMAT_VERSION.to_be_bytes());
+    assert!(!t.db.tree_names().iter().any(|name| name.as_ref() == b"ids"), "ids tree dropped");
+    drop(t);
+    for record in [&first, &second] {
+        assert_eq!(store.record(record.id).unwrap().as_ref(), Some(record));
+        assert_eq!(store.record_of(Entity::Account, record.id).unwrap().as_ref(), Some(record));
+        assert_eq!(store.record_of(Entity::Lead, record.id).unwrap(), None);
+    }
+    assert_eq!(store.record(CanonicalId::new()).unwrap(), None);
 }
