@@ -147,12 +147,19 @@ impl Trees {
         // its own lock from its IO threads a moment after the last handle of a store in this process is
         // dropped (later on a loaded machine), so its lock error is retried: yielding first, then
         // parking a millisecond at a time, for a few seconds at most.
-        let mut attempts = 0;
+        let (mut attempts, mut cleared) = (0, false);
         let opened = loop {
             let config = config.clone();
             // sled 0.34 can panic instead of returning an error on some damaged files.
             let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
             match &opened {
+                // A snapshot sled never finished writing (the disk filled, or the process was killed
+                // while it wrote): sled 0.34 reads it as the newest snapshot and refuses the store.
+                // It is only an index of the log, which is complete: without it sled rebuilds the
+                // index from the previous snapshot and the log.
+                Ok(Err(sled::Error::Corruption { .. })) if !cleared && remove_incomplete_snapshots(dir) => {
+                    cleared = true;
+                }
                 Ok(Err(sled::Error::Io(error))) if is_lock_error(error) && attempts < LOCK_RETRIES => {
                     attempts += 1;
                     if attempts < LOCK_SPINS {
@@ -1094,6 +1101,22 @@ fn until_error<T>(entries: impl Iterator<Item = Result<T, StoreError>>) -> impl 
         failed = entry.is_err();
         Some(entry)
     })
+}
+
+/// Removes the snapshot files sled began but never finished (`snap.*.generating`: sled writes a
+/// snapshot there, syncs it, then renames it). Returns whether it removed any.
+fn remove_incomplete_snapshots(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else { return false };
+    let mut removed = false;
+    for entry in entries.filter_map(Result::ok) {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("snap.") && name.ends_with(".generating") && std::fs::remove_file(entry.path()).is_ok() {
+            tracing::warn!(store = %dir.display(), file = %name, "removed a store snapshot that was never finished (a full disk or a kill while it was written); the store index is rebuilt from its log");
+            removed = true;
+        }
+    }
+    removed
 }
 
 /// Counts the entries of a range, stopping at the first error. (`Iterator::count` would count the

@@ -456,3 +456,23 @@ fn a_format_2_store_loses_its_ids_tree_and_every_record_is_still_found_by_id() {
     }
     assert_eq!(store.record(CanonicalId::new()).unwrap(), None);
 }
+
+#[test]
+fn a_snapshot_sled_never_finished_writing_does_not_make_the_store_unreadable() {
+    // What a disk that filled (or a kill) while sled wrote a snapshot leaves: an empty
+    // `snap.<lsn>.generating` next to the store. sled 0.34 took it for the newest snapshot and
+    // refused the store as corrupt (issue 17: a sync on a full disk lost the store).
+    let dir = tempfile::tempdir().unwrap();
+    let record = account("Acme", "sf", "001A");
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let mut commit = Commit::default();
+        commit.records.push((record.clone(), Vec::new()));
+        store.commit(commit).unwrap();
+        store.flush().unwrap();
+    }
+    std::fs::write(dir.path().join("snap.7FFFFFFFFFFFFFFF.generating"), b"").unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.record(record.id).unwrap(), Some(record));
+    assert!(!dir.path().join("snap.7FFFFFFFFFFFFFFF.generating").exists());
+}
