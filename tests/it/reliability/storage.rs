@@ -15,6 +15,7 @@ use std::time::Duration;
 use crmsync_connectors::canonical::{Entity, Timestamp};
 use crmsync_connectors::salesforce::sim::WEBHOOK_SECRET;
 use crmsync_connectors::sim::FaultSettings;
+use crmsync_connectors::testkit::SimControl;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
@@ -424,4 +425,55 @@ async fn a_damaged_store_file_is_a_clear_error_or_recovers_and_a_sync_restores_e
         }
     }
     eprintln!("damaged stores: {refused} refused as corrupt, {recovered} opened and resynced");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_on_a_full_disk_prints_its_table_and_status_names_the_error_then_both_recover() {
+    let Some(disk) = Tmpfs::mount("size=32m,mode=0700") else {
+        eprintln!("full-disk sync test skipped: this process may not mount a tmpfs (needs CAP_SYS_ADMIN)");
+        return;
+    };
+    let simulator = salesforce(accounts(2_000), FaultSettings::default(), None).await;
+    let env = Env::new(&[("salesforce", &simulator.base_url())], "");
+    let store = disk.path.join("store");
+    store_in(&env, &store);
+    ok(env.run(&["sync"]).await);
+    // The disk fills but for 1 MiB (sled opens the store, writing a little); then every account
+    // changes, more than that 1 MiB and the space sled freed in its file hold.
+    let filler = fill(&disk.path);
+    let filled = std::fs::metadata(&filler).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&filler).unwrap().set_len(filled.saturating_sub(1 << 20)).unwrap();
+    SimControl::touch(simulator.state().as_ref(), Entity::Account, 2_000);
+    let synced = finishes(&env, &["sync"]).await;
+    let (stdout, stderr) = (String::from_utf8_lossy(&synced.stdout), String::from_utf8_lossy(&synced.stderr));
+    assert!(!synced.status.success(), "a sync that could not store its pages must fail:\n{stdout}{stderr}");
+    // The table still comes, with the reason on the row that failed (issue 17 §8).
+    assert!(
+        stdout.lines().next().is_some_and(|header| header.starts_with("connection")),
+        "no table:\n{stdout}{stderr}"
+    );
+    assert!(
+        stdout.lines().any(|row| row.starts_with("salesforce")
+            && row.contains("account")
+            && row.contains("No space left on device")),
+        "the account row names the full disk:\n{stdout}"
+    );
+    assert!(
+        stderr.lines().last().is_some_and(|last| last.starts_with("error: ") && last.contains("No space left")),
+        "one last error line:\n{stderr}"
+    );
+    // `status` says it too: the storage error, or that the store cannot be opened and why.
+    let status = finishes(&env, &["status"]).await;
+    if status.status.success() {
+        let text = String::from_utf8_lossy(&status.stdout);
+        assert!(text.contains("No space left on device"), "status after a sync failed on a full disk:\n{text}");
+    } else {
+        clear_store_error(&status, &store, "No space left on device");
+    }
+    // Space returns: the next sync stores every change, and status shows no error.
+    std::fs::remove_file(filler).unwrap();
+    ok(env.run(&["sync"]).await);
+    let status = ok(env.run(&["status"]).await);
+    assert!(!status.contains("STORAGE ERROR") && !status.contains("No space left"), "{status}");
+    assert_eq!(export(&env, "account", false).await.len(), 2_000);
 }
