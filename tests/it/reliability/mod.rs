@@ -6,6 +6,7 @@ mod faults;
 mod kill;
 mod parsers;
 mod storage;
+mod webhook_deletes;
 
 use std::collections::{BTreeMap, BTreeSet};
 
