@@ -1,6 +1,8 @@
 //! Property tests for the parsers of outside data (issue 17, the suite): Salesforce outbound
-//! messages (SOAP) and Bulk CSV, Zoho and Dataverse webhook bodies, Dataverse `$batch` responses and
-//! WCF dates, Salesforce organization ids, configuration files. Each is fed a documented example (crm-apis.md) mutated at random
+//! messages (SOAP) and Bulk CSV, vendor JSON pages (a Salesforce query page, a Zoho records page, a
+//! Dataverse change-tracked page, each row through its mapping for every entity), Zoho and Dataverse
+//! webhook bodies, Dataverse `$batch` responses and WCF dates, Salesforce organization ids,
+//! configuration files. Each is fed a documented example (crm-apis.md) mutated at random
 //! (cut short, bytes overwritten, garbage spliced in, a span deleted) and arbitrary input: no input
 //! may panic, and a refused input gets an error that says something.
 
@@ -8,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use crmsync::config::Config;
 use crmsync_connectors::WebhookDelivery;
-use crmsync_connectors::canonical::Entity;
+use crmsync_connectors::canonical::{Currency, Entity};
 use crmsync_connectors::dynamics365::{self, Dynamics365Webhook};
 use crmsync_connectors::salesforce;
 use crmsync_connectors::settings::MapSecrets;
@@ -180,6 +182,154 @@ proptest! {
             prop_assert!(says_something(&error), "{error}");
         }
     }
+}
+
+/// crm-apis.md §1.2: a REST query page (with the fields the mapping reads).
+const SALESFORCE_PAGE: &str = r#"{"totalSize":2,"done":false,"nextRecordsUrl":"/services/data/v62.0/query/01gRO0000016PIAYA2-2000","records":[{"attributes":{"type":"Opportunity","url":"/services/data/v62.0/sobjects/Opportunity/006D000000IRFmaIAH"},"Id":"006D000000IRFmaIAH","Name":"Test 1","StageName":"Closed Won","Amount":1000.5,"CloseDate":"2024-03-31","AccountId":"001D000000IRFmaIAH","IsWon":true,"IsClosed":true,"LeadSource":"Web","CurrencyIsoCode":"EUR","CreatedDate":"2023-10-15T10:30:00.000+0000","SystemModstamp":"2024-01-02T03:04:05.000+0000"},{"attributes":{"type":"Account","url":"/services/data/v62.0/sobjects/Account/001D000000IRFmaIAH"},"Id":"001D000000IRFmaIAH","Name":"Acme","AccountNumber":"A-1","Website":"acme.example","Industry":"Energy","BillingCountry":"France","Owner":{"attributes":{"type":"User"},"Name":"Ada"},"Status":"Activated","TotalAmount":"12.5","EffectiveDate":"2024-01-02","SystemModstamp":"2024-01-02T03:04:05Z"}]}"#;
+
+/// crm-apis.md §2.2: a records page.
+const ZOHO_PAGE: &str = r#"{"data":[{"id":"4150868000000002175","Owner":{"name":"Patricia Boyle","id":"4150868000000225013","email":"p@x.com"},"Deal_Name":"Big deal","Account_Name":{"name":"Zylker","id":"4150868000000224005"},"Stage":"Closed Won","Amount":1000.5,"Closing_Date":"2024-03-31","Lead_Source":"Web","Currency":"EUR","Status":"Delivered","Grand_Total":"12.5","Ordered_Items":[{"Product_Name":{"name":"Widget","id":"41"},"Quantity":2,"List_Price":6.25,"Total":12.5}],"Created_Time":"2023-10-15T10:30:00+05:30","Modified_Time":"2023-10-15T14:20:00+05:30"}],"info":{"per_page":200,"count":1,"page":1,"sort_by":"id","sort_order":"desc","more_records":true,"next_page_token":"c8582xx9e7c7","previous_page_token":null,"page_token_expiry":"2022-11-11T15:08:14+05:30"}}"#;
+
+/// crm-apis.md §3.2 and §3.3: a change-tracked page with a changed row and a deletion.
+const DATAVERSE_PAGE: &str = r#"{"@odata.context":"https://org.crm.dynamics.com/api/data/v9.2/$metadata#accounts/$delta","value":[{"@odata.etag":"W/\"72201545\"","name":"Contoso","accountnumber":"A-1","accountid":"49b0be2e-d01c-ed11-b83e-000d3a572421","statecode":1,"statecode@OData.Community.Display.V1.FormattedValue":"Won","estimatedvalue":1000.5,"_parentaccountid_value":"49b0be2e-d01c-ed11-b83e-000d3a572422","_transactioncurrencyid_value":"cur-1","totalamount":12.5,"modifiedon":"2024-01-02T03:04:05Z","createdon":"2023-10-15T10:30:00Z"},{"@odata.context":"https://org.crm.dynamics.com/api/data/v9.2/$metadata#accounts/$deletedEntity","id":"2e451703-c686-e711-80e5-00155db19e6d","reason":"deleted"}],"@odata.deltaLink":"https://org.crm.dynamics.com/api/data/v9.2/accounts?$select=name&$deltatoken=919042%2108%2f22%2f2017%2008%3a10%3a44"}"#;
+
+/// The three simulators' connections, as configured (the mappings read their settings).
+fn vendor_configs() -> &'static crmsync::config::Config {
+    static CONFIG: std::sync::OnceLock<crmsync::config::Config> = std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let url = "http://127.0.0.1:9";
+        let text = [
+            salesforce::sim::connection_toml("salesforce", url),
+            zoho::sim::connection_toml("zoho", url),
+            dynamics365::sim::connection_toml("dynamics365", url),
+        ]
+        .join("\n");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("crmsync.toml");
+        std::fs::write(&path, text).unwrap();
+        let secrets: BTreeMap<String, String> = salesforce::sim::demo_secrets()
+            .into_iter()
+            .chain(zoho::sim::demo_secrets())
+            .chain(dynamics365::sim::demo_secrets())
+            .map(|(name, value)| (name.to_owned(), value.to_owned()))
+            .collect();
+        Config::load(Some(&path), Some(HashMap::new()), &MapSecrets(secrets)).unwrap()
+    })
+}
+
+fn connection(name: &str) -> &'static crmsync::config::ConnectionConfig {
+    &vendor_configs().connections[&crmsync_connectors::canonical::ConnectionId::new(name)]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    /// A query page as Salesforce might garble it: refused as a page, or every row mapped to a
+    /// change or refused with a reason, for every entity.
+    #[test]
+    fn salesforce_query_pages(body in mutated(SALESFORCE_PAGE)) {
+        let connection = connection("salesforce");
+        let crmsync::config::VendorConfig::Salesforce(config) = &connection.vendor else { unreachable!() };
+        let currency = Currency::new("EUR").unwrap();
+        if let Ok(page) = serde_json::from_slice::<salesforce::wire::QueryResponse>(&body) {
+            for row in &page.records {
+                for entity in Entity::ALL {
+                    let mut unmapped = salesforce::mapping::Unmapped::default();
+                    let mapped = salesforce::mapping::to_change(
+                        *entity, row, &connection.settings.vocabulary, config, Some(&currency), &mut unmapped,
+                    );
+                    if let Err(error) = mapped {
+                        prop_assert!(says_something(&error), "{error}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zoho_record_pages(body in mutated(ZOHO_PAGE)) {
+        let connection = connection("zoho");
+        let crmsync::config::VendorConfig::Zoho(config) = &connection.vendor else { unreachable!() };
+        let currency = Currency::new("EUR").unwrap();
+        if let Ok(page) = serde_json::from_slice::<zoho::wire::RecordsResponse>(&body) {
+            for row in &page.data {
+                for entity in Entity::ALL {
+                    let mut unmapped = Vec::new();
+                    let mapped = zoho::mapping::to_change(
+                        *entity, row, &connection.settings.vocabulary, config, Some(&currency), &mut unmapped,
+                    );
+                    if let Err(error) = mapped {
+                        prop_assert!(says_something(&error), "{error}");
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn dataverse_collection_pages(body in mutated(DATAVERSE_PAGE)) {
+        let connection = connection("dynamics365");
+        let crmsync::config::VendorConfig::Dynamics365(config) = &connection.vendor else { unreachable!() };
+        let currency = Currency::new("EUR").unwrap();
+        let currencies = dynamics365::mapping::Currencies::new([("cur-1".to_owned(), "EUR".to_owned())]);
+        let products = dynamics365::mapping::Products::default();
+        let context = dynamics365::mapping::MapContext {
+            vocabulary: &connection.settings.vocabulary,
+            config,
+            currencies: &currencies,
+            products: &products,
+            default_currency: &currency,
+        };
+        if let Ok(page) = serde_json::from_slice::<dynamics365::wire::EntityCollection>(&body) {
+            for row in &page.value {
+                let _ = dynamics365::wire::is_deleted_entity(row);
+                for entity in Entity::ALL {
+                    let mut unmapped = Vec::new();
+                    let lines = (*entity == Entity::Order).then_some(page.value.as_slice());
+                    if let Err(error) = dynamics365::mapping::to_change(*entity, row, lines, &context, &mut unmapped) {
+                        prop_assert!(says_something(&error), "{error}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The page samples above map as they are (so the mutations start from pages the mappings read).
+#[test]
+fn the_vendor_page_samples_map_unchanged() {
+    let currency = Currency::new("EUR").unwrap();
+    let salesforce_connection = connection("salesforce");
+    let crmsync::config::VendorConfig::Salesforce(config) = &salesforce_connection.vendor else { unreachable!() };
+    let page: salesforce::wire::QueryResponse = serde_json::from_str(SALESFORCE_PAGE).unwrap();
+    for (row, entity) in page.records.iter().zip([Entity::Opportunity, Entity::Account]) {
+        let mut unmapped = salesforce::mapping::Unmapped::default();
+        let vocabulary = &salesforce_connection.settings.vocabulary;
+        salesforce::mapping::to_change(entity, row, vocabulary, config, Some(&currency), &mut unmapped).unwrap();
+    }
+    let zoho_connection = connection("zoho");
+    let crmsync::config::VendorConfig::Zoho(config) = &zoho_connection.vendor else { unreachable!() };
+    let page: zoho::wire::RecordsResponse = serde_json::from_str(ZOHO_PAGE).unwrap();
+    let mut unmapped = Vec::new();
+    let vocabulary = &zoho_connection.settings.vocabulary;
+    zoho::mapping::to_change(Entity::Opportunity, &page.data[0], vocabulary, config, Some(&currency), &mut unmapped)
+        .unwrap();
+    let dataverse_connection = connection("dynamics365");
+    let crmsync::config::VendorConfig::Dynamics365(config) = &dataverse_connection.vendor else { unreachable!() };
+    let (currencies, products) = (
+        dynamics365::mapping::Currencies::new([("cur-1".to_owned(), "EUR".to_owned())]),
+        dynamics365::mapping::Products::default(),
+    );
+    let context = dynamics365::mapping::MapContext {
+        vocabulary: &dataverse_connection.settings.vocabulary,
+        config,
+        currencies: &currencies,
+        products: &products,
+        default_currency: &currency,
+    };
+    let page: dynamics365::wire::EntityCollection = serde_json::from_str(DATAVERSE_PAGE).unwrap();
+    dynamics365::mapping::to_change(Entity::Account, &page.value[0], None, &context, &mut Vec::new()).unwrap();
+    assert!(dynamics365::wire::is_deleted_entity(&page.value[1]));
 }
 
 fn toml_value() -> impl Strategy<Value = toml::Value> {
