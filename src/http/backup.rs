@@ -29,20 +29,31 @@ impl Write for ChannelWriter {
     }
 }
 
-/// Streams the backup; the store's writer waits while it is taken. An error mid-way ends the body
-/// with an error (the file then has no end marker, and restore refuses it).
+/// Takes the backup into a temporary file in the store's directory (the store's writer waits only
+/// for that), then streams the file: a slow or stalled client never holds up ingest. The answer
+/// starts at once (a large store takes a while to copy, longer than the request timeout); an error
+/// while taking or sending it ends the body with an error (the file then has no end marker, and
+/// restore refuses it).
 pub(crate) async fn backup(State(state): State<HttpState>) -> Response {
     let (sender, mut receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let store = state.store.clone();
     tokio::task::spawn_blocking(move || {
-        let mut writer = ChannelWriter { sender: sender.clone() };
-        match store.write_backup(&mut writer) {
-            Ok(summary) => {
-                tracing::info!(trees = summary.trees, entries = summary.entries, bytes = summary.bytes, "backup sent");
-            }
+        let (file, summary) = match store.snapshot_backup() {
+            Ok(taken) => taken,
             Err(error) => {
                 tracing::warn!(error = %crate::scheduler::error_chain(&error), "backup failed");
                 let _ = sender.blocking_send(Err(std::io::Error::other(error.to_string())));
+                return;
+            }
+        };
+        let mut writer = ChannelWriter { sender: sender.clone() };
+        match std::io::copy(&mut std::io::BufReader::with_capacity(1 << 16, file), &mut writer) {
+            Ok(_) => {
+                tracing::info!(trees = summary.trees, entries = summary.entries, bytes = summary.bytes, "backup sent");
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, "backup not sent whole");
+                let _ = sender.blocking_send(Err(error));
             }
         }
     });

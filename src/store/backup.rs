@@ -7,9 +7,10 @@
 //! byte before `Z`. A restore checks the digest before the restored store is put in place, so a
 //! truncated or damaged file never becomes a store.
 //!
-//! A backup holds the commit gate for its whole duration ([`Store::write_backup`]): the copy is
-//! one point in time across every tree (records, cursors and outbox always agree), and the ingest
-//! writer waits meanwhile.
+//! A backup holds the commit gate while it is written ([`Store::write_backup`]): the copy is one
+//! point in time across every tree (records, cursors and outbox always agree), and the ingest
+//! writer waits meanwhile. A backup sent to a client is first written to a file in the store's
+//! directory ([`Store::snapshot_backup`]), so the writer waits for the disk, never for the client.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
@@ -123,6 +124,21 @@ impl Store {
         out.inner.write_all(&digest)?;
         out.inner.flush()?;
         Ok(BackupSummary { trees, entries, bytes: out.bytes + digest.len() as u64, format_version: FORMAT_VERSION })
+    }
+}
+
+impl Store {
+    /// Writes a backup into an unnamed temporary file in the store's directory and returns it,
+    /// rewound, with its summary: the commit gate is held only while the file is written, and what
+    /// reads the file afterwards (a slow client) holds nothing. The file has no name, so it is gone
+    /// once closed, even after a crash; it needs as much free space as the backup's size.
+    pub fn snapshot_backup(&self) -> Result<(std::fs::File, BackupSummary), BackupError> {
+        use std::io::Seek;
+        let mut file = tempfile::tempfile_in(self.path())?;
+        let summary = self.write_backup(&mut file)?;
+        file.sync_data()?;
+        file.rewind()?;
+        Ok((file, summary))
     }
 }
 
