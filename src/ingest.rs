@@ -198,7 +198,33 @@ type Reply = oneshot::Sender<Result<IngestStats, IngestError>>;
 pub struct IngestHandle {
     sender: mpsc::Sender<(Batch, Reply)>,
     committed: Arc<AtomicU64>,
+    caught_up: Arc<CaughtUp>,
 }
+
+/// Whether the writer is waiting on an empty queue, or else when it last found the queue empty
+/// (it had caught up with everything submitted).
+struct CaughtUp(std::sync::Mutex<Option<tokio::time::Instant>>);
+
+impl CaughtUp {
+    fn now() -> Self {
+        Self(std::sync::Mutex::new(Some(tokio::time::Instant::now())))
+    }
+
+    fn set(&self, value: Option<tokio::time::Instant>) {
+        *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+    }
+
+    /// How long since the writer last had nothing to do (zero while it waits).
+    fn behind(&self) -> std::time::Duration {
+        let last = *self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        last.map(|last| last.elapsed()).unwrap_or_default()
+    }
+}
+
+/// How long the writer must have been behind (its queue never empty) while the queue is full before
+/// the ingest counts as saturated (`/readyz`): a burst that fills the queue and is drained within
+/// this time is not a failure.
+pub const SATURATED_AFTER: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl IngestHandle {
     /// Returns how many vendor records the writer has committed since it started (what `bench`
@@ -207,9 +233,20 @@ impl IngestHandle {
         self.committed.load(Ordering::Relaxed)
     }
 
-    /// Whether the writer's queue is full (`/readyz`; webhooks get 503 then).
-    pub fn is_saturated(&self) -> bool {
+    /// Whether the writer's queue is full (webhooks get 503 then).
+    pub fn is_full(&self) -> bool {
         self.sender.capacity() == 0
+    }
+
+    /// How long the ingest has been saturated (`/readyz`): `Some` when the queue is full now and the
+    /// writer has not once found it empty for [`SATURATED_AFTER`] or more, with how long it has
+    /// been behind. A full queue the writer emptied moments ago (a burst) is not saturation.
+    pub fn saturated_for(&self) -> Option<std::time::Duration> {
+        if !self.is_full() {
+            return None;
+        }
+        let behind = self.caught_up.behind();
+        (behind >= SATURATED_AFTER).then_some(behind)
     }
 
     /// Submits a batch, waiting for queue space, and returns once it is committed.
@@ -268,6 +305,7 @@ pub struct Ingestor {
     rules: IngestRules,
     receiver: mpsc::Receiver<(Batch, Reply)>,
     committed: Arc<AtomicU64>,
+    caught_up: Arc<CaughtUp>,
 }
 
 impl Ingestor {
@@ -275,7 +313,11 @@ impl Ingestor {
     pub fn new(store: Store, rules: IngestRules, capacity: usize) -> (Self, IngestHandle) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let committed = Arc::new(AtomicU64::new(0));
-        (Self { store, rules, receiver, committed: committed.clone() }, IngestHandle { sender, committed })
+        let caught_up = Arc::new(CaughtUp::now());
+        (
+            Self { store, rules, receiver, committed: committed.clone(), caught_up: caught_up.clone() },
+            IngestHandle { sender, committed, caught_up },
+        )
     }
 
     /// Applies an operator action before the writer runs (start-up housekeeping: nothing else writes
@@ -289,7 +331,19 @@ impl Ingestor {
 
     /// Applies batches until every handle is dropped, then flushes.
     pub async fn run(mut self) {
-        while let Some(first) = self.receiver.recv().await {
+        loop {
+            // Each time the queue is found empty the writer has caught up (what `/readyz` judges
+            // saturation by); so it has when a batch ends a wait on an empty queue.
+            let first = match self.receiver.try_recv() {
+                Ok(first) => first,
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    self.caught_up.set(None);
+                    let Some(first) = self.receiver.recv().await else { break };
+                    self.caught_up.set(Some(tokio::time::Instant::now()));
+                    first
+                }
+            };
             // Group commit: batches already waiting behind this one are applied with it and share
             // one flush. A flush (fsync) costs far more than a small commit, so webhook deliveries
             // arriving together no longer wait for one flush each.

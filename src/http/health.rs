@@ -1,8 +1,8 @@
 //! Probes and Prometheus, served on the admin listener.
 //!
 //! `/healthz` is liveness: the process answers. `/readyz` is readiness: 503 with the reasons as
-//! JSON while starting or stopping, when the store is not writable, when the ingest queue is full,
-//! or when a connection × entity has been failing for longer than `daemon.unready_after`.
+//! JSON while starting or stopping, when the store is not writable, when the ingest is saturated
+//! (its queue full and the writer behind for [`crate::ingest::SATURATED_AFTER`]: a burst is not), or when a connection × entity has been failing for longer than `daemon.unready_after`.
 
 use std::collections::BTreeSet;
 use std::sync::atomic::Ordering;
@@ -67,8 +67,14 @@ pub(crate) async fn readyz(State(state): State<HttpState>) -> impl IntoResponse 
     if !state.ready.load(Ordering::SeqCst) {
         reasons.push(reason("lifecycle", "starting or stopping".to_owned()));
     }
-    if state.ingest.is_saturated() {
-        reasons.push(reason("ingest", "the ingest queue is full (the store cannot keep up)".to_owned()));
+    if let Some(behind) = state.ingest.saturated_for() {
+        reasons.push(reason(
+            "ingest",
+            format!(
+                "the ingest queue is full and the writer has been behind for {} s (the store cannot keep up)",
+                behind.as_secs()
+            ),
+        ));
     }
     let (store, readiness) = (state.store.clone(), state.readiness.clone());
     // Store reads: off the async threads.

@@ -25,6 +25,7 @@ struct Harness {
     ready: Arc<AtomicBool>,
     store: Store,
     ingest: crate::ingest::IngestHandle,
+    state: HttpState,
     account: String,
     _dir: tempfile::TempDir,
 }
@@ -105,7 +106,8 @@ async fn harness_with(token: Option<&str>, rules: Rules) -> Harness {
     let ready = state.ready.clone();
     Harness {
         router: public_router(state.clone()),
-        admin: admin_router(state),
+        admin: admin_router(state.clone()),
+        state,
         ready,
         store,
         ingest,
@@ -200,6 +202,82 @@ async fn readyz_is_json_and_503_with_the_reason_while_starting_or_stopping() {
     assert_eq!(body["reasons"][0]["check"], "lifecycle", "{body}");
     let health = harness.admin.clone().oneshot(Request::get("/healthz").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(health.status(), StatusCode::OK, "liveness is not readiness");
+}
+
+async fn readyz(admin: Router) -> (StatusCode, Value) {
+    let response = admin.oneshot(Request::get("/readyz").body(Body::empty()).unwrap()).await.unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice::<Value>(&bytes).unwrap())
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_ingest_queue_makes_the_daemon_unready_only_once_the_writer_has_been_behind_for_a_while() {
+    let harness = harness().await;
+    // A writer of its own with room for one batch, not running yet: the queue fills and stays full.
+    let rules = IngestRules { rules: Arc::new(both_ways()), fields: Arc::new(BTreeMap::new()) };
+    let (writer, ingest) = Ingestor::new(harness.store.clone(), rules, 1);
+    let admin = admin_router(HttpState { ingest: ingest.clone(), ..harness.state.clone() });
+    let failed = Batch::Failed { connection: connection("sf"), entity: Entity::Account, message: "refused".into() };
+    let submitted = tokio::spawn({
+        let ingest = ingest.clone();
+        async move { ingest.submit(failed).await }
+    });
+    while !ingest.is_full() {
+        tokio::task::yield_now().await;
+    }
+    // Full right now, as in a burst: one probe landing on it does not fail.
+    let (status, body) = readyz(admin.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    tokio::time::advance(crate::ingest::SATURATED_AFTER - std::time::Duration::from_secs(1)).await;
+    assert_eq!(readyz(admin.clone()).await.0, StatusCode::OK);
+    // Full, and the writer behind for SATURATED_AFTER: saturated.
+    tokio::time::advance(std::time::Duration::from_secs(1)).await;
+    let (status, body) = readyz(admin.clone()).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["reasons"][0]["check"], "ingest", "{body}");
+    assert!(body["reasons"][0]["message"].as_str().unwrap().contains("behind for 10 s"), "{body}");
+    // The writer catches up: ready again at once.
+    tokio::spawn(writer.run());
+    submitted.await.unwrap().unwrap();
+    let (status, body) = readyz(admin.clone()).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn a_backup_download_held_open_does_not_hold_up_ingest() {
+    let harness = harness().await;
+    // A store larger than what the response body buffers (16 chunks of 64 KiB): the old handler
+    // held the commit gate until the client had read nearly all of it.
+    let filler = "x".repeat(1000);
+    let changes: Vec<Change> =
+        (0..2000).map(|n| account_change(&format!("F{n:05}"), 1, &format!("{filler}{n}"), None)).collect();
+    harness.ingest.submit(Batch::Delivered { connection: connection("sf"), changes }).await.unwrap();
+    let request = Request::get("/api/v1/backup")
+        .header(header::AUTHORIZATION, format!("Bearer {TOKEN}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = harness.router.clone().oneshot(request).await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // The client reads nothing yet: ingest goes on all the same.
+    let late = account_change("LATE1", 2, "Committed during the backup", None);
+    let stats =
+        harness.ingest.submit(Batch::Delivered { connection: connection("sf"), changes: vec![late] }).await.unwrap();
+    assert_eq!(stats.created, 1);
+    assert!(
+        harness.store.record_by_link(&connection("sf"), Entity::Account, &ExternalId::new("LATE1")).unwrap().is_some()
+    );
+    // The download then completes, whole.
+    let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+    assert!(bytes.len() > 2_000_000, "{} bytes", bytes.len());
+    let summary = crate::store::backup::verify_backup(&mut bytes.as_ref()).unwrap();
+    assert!(summary.entries > 2000, "{summary:?}");
+    // The snapshot's file had no name: nothing is left in the store's directory.
+    let names: Vec<String> = std::fs::read_dir(harness.store.path())
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(names.iter().all(|name| !name.starts_with(".tmp")), "{names:?}");
 }
 
 #[tokio::test]
