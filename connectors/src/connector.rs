@@ -159,6 +159,12 @@ pub struct Page {
     /// Records of this page that could not be decoded (a value no reader accepts): they go to the
     /// dead-letter queue with the page, and the pull goes on past them.
     pub undecodable: Vec<Undecodable>,
+    /// How many records the read this page belongs to holds in all, when the vendor says so on this
+    /// page (Salesforce `totalSize`, Bulk API 2.0 `numberRecordsProcessed`, Dataverse
+    /// `@odata.count` below its 5,000 cap); `None` when it does not. It counts the rows the vendor's
+    /// query holds, the overlap window re-read included, so a pass may deliver fewer. What shows
+    /// progress keeps the last total it was given for the rest of the pass.
+    pub total: Option<u64>,
 }
 
 /// A page's rows mapped: the changes, and the records set aside as undecodable.
@@ -167,7 +173,13 @@ pub(crate) type Mapped = (Vec<Change>, Vec<Undecodable>);
 impl Page {
     /// A page of decoded changes only.
     pub fn new(changes: Vec<Change>, cursor: Cursor, has_more: bool) -> Self {
-        Self { changes, cursor, has_more, undecodable: Vec::new() }
+        Self { changes, cursor, has_more, undecodable: Vec::new(), total: None }
+    }
+
+    /// The same page with the vendor's total for its read ([`Page::total`]).
+    pub fn with_total(mut self, total: Option<u64>) -> Self {
+        self.total = total;
+        self
     }
 }
 

@@ -44,6 +44,8 @@ pub struct PullRun {
     pub pages: usize,
     /// Records set aside as undecodable, in order.
     pub undecodable: Vec<Undecodable>,
+    /// Each page's [`crate::Page::total`], in order.
+    pub totals: Vec<Option<u64>>,
 }
 
 /// Pulls pages from `cursor` until `has_more` is false (at most `max_pages`, so a broken connector
@@ -58,9 +60,11 @@ pub async fn pull_to_end<C: Connector>(
     let mut changes = Vec::new();
     let mut undecodable = Vec::new();
     let mut pages = 0;
+    let mut totals = Vec::new();
     loop {
         let page = connector.pull(entity, cursor.as_ref()).await?;
         pages += 1;
+        totals.push(page.total);
         changes.extend(page.changes);
         undecodable.extend(page.undecodable);
         cursor = Some(page.cursor);
@@ -70,7 +74,7 @@ pub async fn pull_to_end<C: Connector>(
         }
     }
     let cursor = cursor.expect("at least one page was read");
-    Ok(PullRun { changes, cursor, pages, undecodable })
+    Ok(PullRun { changes, cursor, pages, undecodable, totals })
 }
 
 fn distinct_ids(changes: &[Change]) -> BTreeSet<ExternalId> {

@@ -6,6 +6,7 @@
 
 pub mod cron;
 pub mod pass;
+pub mod progress;
 pub mod pull;
 pub mod push;
 pub mod sweep;

@@ -178,13 +178,8 @@ pub async fn run_pass<C: Connector>(
                     let result =
                         pull::catch_up(connector.as_ref(), store, ingest, *entity, selection.full, cancel, |summary| {
                             if let Some(bar) = &bar {
-                                let records = summary.stats.records_in();
-                                let seconds = started.elapsed().as_secs_f64().max(f64::EPSILON);
-                                bar.set_message(format!(
-                                    "{records} records, {} pages, {:.0} records/s",
-                                    summary.pages,
-                                    records as f64 / seconds
-                                ));
+                                // With the vendor's total: the share read and the time left.
+                                bar.set_message(summary.progress(started.elapsed()).to_string());
                             }
                         })
                         .await;

@@ -10,6 +10,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use super::progress::Progress;
 use super::{Backoff, Cadence, advice_label, error_chain, jittered};
 use crate::ingest::{Batch, IngestError, IngestHandle, IngestStats};
 use crate::store::Store;
@@ -49,6 +50,15 @@ pub struct PullSummary {
     pub pages: u64,
     /// What ingest did.
     pub stats: IngestStats,
+    /// The vendor's total for the read, as last said by a page ([`crmsync_connectors::Page::total`]).
+    pub total: Option<u64>,
+}
+
+impl PullSummary {
+    /// Where the catch-up stands, `elapsed` after it started.
+    pub fn progress(&self, elapsed: Duration) -> Progress {
+        Progress { records: self.stats.records_in(), pages: self.pages, total: self.total, elapsed }
+    }
 }
 
 /// Pulls pages of `entity` until the connector is caught up. With `full`, starts from the origin
@@ -84,12 +94,14 @@ pub async fn catch_up<C: Connector>(
                 tracing::warn!(connection = %connection, entity = %entity, error = %error_chain(&error), "cursor expired, resynchronising from the start");
                 resynced = true;
                 cursor = None;
+                summary.total = None;
                 continue;
             }
             Err(source) => return Err(PullError::Connector { entity, source }),
         };
         let caught_up = !page.has_more;
         let next = page.cursor.clone();
+        let total = page.total;
         for record in &page.undecodable {
             tracing::warn!(connection = %connection, entity = %entity, id = %record.external_id, reason = %record.reason, "record could not be decoded: dead-lettered, the pull goes on");
         }
@@ -106,6 +118,9 @@ pub async fn catch_up<C: Connector>(
             .map_err(|source| PullError::Ingest { entity, source })?;
         summary.pages += 1;
         summary.stats.add(&stats);
+        if total.is_some() {
+            summary.total = total;
+        }
         on_page(&summary);
         cursor = Some(next);
         if caught_up {
@@ -118,7 +133,8 @@ pub async fn catch_up<C: Connector>(
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(10);
 
 /// The daemon's log of a catch-up in progress: a DEBUG line per page, and an INFO line every
-/// [`PROGRESS_EVERY`] while the pass goes on (records so far and the rate), inside the pass's span.
+/// [`PROGRESS_EVERY`] while the pass goes on (records so far and the rate, and where the vendor
+/// said the read's total: the total, the share read and the seconds left), inside the pass's span.
 struct CatchUpProgress {
     started: tokio::time::Instant,
     last_report: tokio::time::Instant,
@@ -131,24 +147,27 @@ impl CatchUpProgress {
         Self { started: now, last_report: now, every }
     }
 
-    /// Logs one committed page; returns whether it also logged the INFO progress line.
-    fn page(&mut self, summary: &PullSummary) -> bool {
-        let records = summary.stats.records_in();
-        tracing::debug!(pages = summary.pages, records, "page committed");
+    /// Logs one committed page; returns the INFO progress line when it also logged one.
+    fn page(&mut self, summary: &PullSummary) -> Option<String> {
         let now = tokio::time::Instant::now();
+        let progress = summary.progress(now.duration_since(self.started));
+        tracing::debug!(pages = progress.pages, records = progress.records, total = progress.total, "page committed");
         if now.duration_since(self.last_report) < self.every {
-            return false;
+            return None;
         }
         self.last_report = now;
-        let seconds = now.duration_since(self.started).as_secs_f64().max(f64::EPSILON);
+        let line = format!("catching up: {progress}");
         tracing::info!(
-            pages = summary.pages,
-            records,
-            records_per_second = (records as f64 / seconds).round(),
-            elapsed_seconds = seconds.round(),
-            "catching up"
+            pages = progress.pages,
+            records = progress.records,
+            total = progress.total,
+            percent = progress.percent(),
+            records_per_second = progress.rate().round(),
+            eta_seconds = progress.eta().map(|eta| eta.as_secs()),
+            elapsed_seconds = progress.elapsed.as_secs(),
+            "{line}"
         );
-        true
+        Some(line)
     }
 }
 
@@ -225,14 +244,69 @@ mod progress_tests {
         let mut progress = CatchUpProgress::new(PROGRESS_EVERY);
         let mut summary = PullSummary::default();
         let mut reported = Vec::new();
-        // A page every second for 25 seconds.
-        for _ in 0..25 {
+        // A page of 200 every second for 25 seconds; the vendor said 10,000 on the first page only.
+        for page in 0..25 {
             tokio::time::advance(Duration::from_secs(1)).await;
             summary.pages += 1;
             summary.stats.created += 200;
+            if page == 0 {
+                summary.total = Some(10_000);
+            }
             reported.push(progress.page(&summary));
         }
-        let at: Vec<usize> = reported.iter().enumerate().filter(|(_, done)| **done).map(|(page, _)| page + 1).collect();
-        assert_eq!(at, [10, 20], "one INFO line per {PROGRESS_EVERY:?} of catch-up");
+        let at: Vec<(usize, String)> =
+            reported.into_iter().enumerate().filter_map(|(page, line)| Some((page + 1, line?))).collect();
+        assert_eq!(
+            at,
+            [
+                (10, "catching up: 2000 of 10000 records (20%), 10 pages, 200 records/s, 40s left".to_owned()),
+                (20, "catching up: 4000 of 10000 records (40%), 20 pages, 200 records/s, 30s left".to_owned()),
+            ],
+            "one INFO line per {PROGRESS_EVERY:?} of catch-up, with the total kept from the first page"
+        );
+    }
+
+    /// The vendor's total travels from the simulator's answer through the connector's page into the
+    /// catch-up's progress (real HTTP over loopback, a real store).
+    #[tokio::test]
+    async fn the_total_a_simulator_says_reaches_the_catch_ups_progress() {
+        use std::fmt::Write;
+        let dir = tempfile::tempdir().unwrap();
+        let (simulators, _, secrets) =
+            crate::commands::demo::start_demo(11, &dir.path().join("unused"), "127.0.0.1:0").await.unwrap();
+        let (connections, _) = crate::commands::demo::simulator_connections(
+            &simulators.salesforce.base_url(),
+            &simulators.zoho.base_url(),
+            &simulators.dynamics365.base_url(),
+        );
+        let mut toml = String::new();
+        writeln!(toml, "[daemon]\ndata_dir = {:?}\n", dir.path().join("store").display().to_string()).unwrap();
+        toml.push_str(&connections);
+        writeln!(toml, "[metrics]\nreporting_currency = \"EUR\"\n\n[metrics.fx]\nUSD = \"0.92\"").unwrap();
+        let path = dir.path().join("crmsync.toml");
+        std::fs::write(&path, &toml).unwrap();
+        let config = crate::config::Config::load(Some(&path), Some(Default::default()), &secrets).unwrap();
+        let app = crate::app::App::build(config).unwrap();
+        let cancel = CancellationToken::new();
+        // Salesforce says `totalSize` on every query page; Zoho's `info.count` is the page's, so no total.
+        for (connection, says_total) in [("salesforce", true), ("zoho", false)] {
+            let connector = app.connectors[&crmsync_connectors::canonical::ConnectionId::new(connection)].clone();
+            let mut seen = Vec::new();
+            let summary =
+                catch_up(connector.as_ref(), &app.store, &app.ingest, Entity::Account, true, &cancel, |summary| {
+                    seen.push(summary.total);
+                })
+                .await
+                .unwrap();
+            let read = summary.stats.records_in();
+            assert!(read > 0, "{connection}");
+            let expected = says_total.then_some(read);
+            assert!(seen.iter().all(|total| *total == expected), "{connection}: {seen:?}, {read} read");
+            let shown = summary.progress(Duration::from_secs(2)).to_string();
+            let start =
+                if says_total { format!("{read} of {read} records (100%), ") } else { format!("{read} records, ") };
+            assert!(shown.starts_with(&start), "{connection}: {shown}");
+        }
+        app.shutdown().await.unwrap();
     }
 }

@@ -497,6 +497,9 @@ impl Dynamics365Connector {
                 url.query_pairs_mut().append_pair("$filter", &format!("modifiedon ge {}", wire::format_time(floor)));
             }
             url.query_pairs_mut().append_pair("$orderby", &format!("modifiedon asc,{} asc", table.key));
+            // The number of rows the read holds, for progress (not asked with change tracking: its
+            // documented query options do not include it).
+            url.query_pairs_mut().append_pair("$count", "true");
         }
         Ok(url.to_string())
     }
@@ -532,7 +535,7 @@ impl Dynamics365Connector {
         let (changes, undecodable) = self.map_rows(entity, &page.value).await?;
         if let Some(next) = page.next_link {
             position.next = Some(next);
-            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable });
+            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable, total: None });
         }
         position.next = None;
         match page.delta_link {
@@ -545,7 +548,7 @@ impl Dynamics365Connector {
             }
             None => {}
         }
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable })
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable, total: None })
     }
 
     /// One step of a full read of orders with their lines ([`OrderRead`]).
@@ -606,14 +609,26 @@ impl Dynamics365Connector {
                 match page.next_link {
                     Some(next) => {
                         position.orders = Some(OrderRead::Rows { next, delta, lines_delta });
-                        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable })
+                        Ok(Page {
+                            changes,
+                            cursor: Cursor::encode(&position),
+                            has_more: true,
+                            undecodable,
+                            total: None,
+                        })
                     }
                     None => {
                         position.next = None;
                         position.delta = Some(delta);
                         position.lines_next = None;
                         position.lines_delta = lines_delta;
-                        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable })
+                        Ok(Page {
+                            changes,
+                            cursor: Cursor::encode(&position),
+                            has_more: false,
+                            undecodable,
+                            total: None,
+                        })
                     }
                 }
             }
@@ -693,7 +708,7 @@ impl Dynamics365Connector {
             changes.extend(line_changes);
             undecodable.extend(line_undecodable);
             let has_more = position.lines_next.is_some();
-            Ok(Page { changes, cursor: Cursor::encode(&position), has_more, undecodable })
+            Ok(Page { changes, cursor: Cursor::encode(&position), has_more, undecodable, total: None })
         }
         .await;
         match result {
@@ -804,15 +819,18 @@ impl Dynamics365Connector {
             None => self.initial_url(entity, select, position.since, false)?,
         };
         let page = self.get_page(&format!("{} rows", table.set), &url, false).await?;
+        // `@odata.count` (first page only: the next links do not repeat `$count`) counts up to 5,000:
+        // at the cap the total is unknown.
+        let total = page.count.filter(|count| *count < wire::COUNT_CAP);
         let mapped = self.map_rows(entity, &page.value).await?;
         let (changes, undecodable) = self.deliver(mapped, &mut position);
         if let Some(next) = page.next_link {
             position.next = Some(next);
-            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable });
+            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable, total });
         }
         position.next = None;
         position.since = position.max.or(position.since);
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable })
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable, total })
     }
 
     async fn send_batch(&self, requests: &[BatchRequest]) -> Result<Vec<BatchResponse>, ConnectorError> {

@@ -113,6 +113,8 @@ async fn a_full_pull_of_100000_opportunities_costs_20_data_calls_and_an_incremen
     let ids: BTreeSet<_> = run.changes.iter().map(|change| change.external_id.clone()).collect();
     assert_eq!((ids.len(), run.changes.len()), (100_000, 100_000));
     assert_eq!(run.pages, 20);
+    // A change-tracked read does not ask `$count` (not among its documented options): no total.
+    assert!(run.totals.iter().all(Option::is_none), "{:?}", run.totals);
     let stats = Simulated::stats(state.as_ref());
     assert_eq!(stats.token_calls, 1);
     // 20 pages + the table definition + the org's currencies (both read once per connection).
@@ -234,10 +236,17 @@ async fn a_table_without_change_tracking_is_read_by_modifiedon_and_check_says_so
     assert!(report.notes.iter().any(|note| note.contains("change tracking is off")), "{report:?}");
     let run = testkit::pull_to_end(&connector, Entity::Account, None, 10).await.unwrap();
     assert_eq!(run.changes.len(), 30);
+    // `$count=true` on the read: `@odata.count` on its first page is the total; the next links
+    // do not repeat it.
+    assert_eq!(run.totals, [Some(30), None, None]);
     let touched: BTreeSet<_> = SimControl::touch(running.state().as_ref(), Entity::Account, 4).into_iter().collect();
     let again = testkit::pull_to_end(&connector, Entity::Account, Some(run.cursor), 10).await.unwrap();
     let seen: BTreeSet<_> = again.changes.iter().map(|change| change.external_id.clone()).collect();
     assert_eq!(seen, touched);
+    // The rows `modifiedon ge` the re-read window's floor: the 4 touched and those the overlap
+    // window re-reads (delivered once, so fewer than the total come out).
+    let counted = again.totals.first().copied().flatten();
+    assert!(counted.is_some_and(|total| (4..=30).contains(&total)), "{:?}", again.totals);
     let quiet = testkit::pull_to_end(&connector, Entity::Account, Some(again.cursor), 10).await.unwrap();
     assert!(quiet.changes.is_empty(), "the overlap window re-reads but never re-delivers");
 }

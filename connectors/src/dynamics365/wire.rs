@@ -74,7 +74,14 @@ pub struct EntityCollection {
     /// Delta link, present on the last page of a change-tracked read.
     #[serde(rename = "@odata.deltaLink", default)]
     pub delta_link: Option<String>,
+    /// The rows matching the query, up to [`COUNT_CAP`], when `$count=true` was asked (first page).
+    #[serde(rename = "@odata.count", default)]
+    pub count: Option<u64>,
 }
+
+/// The most `@odata.count` counts: a count of 5,000 means "5,000 or more" (MicrosoftDocs
+/// powerapps-docs, webapi/query/count-rows.md).
+pub const COUNT_CAP: u64 = 5000;
 
 /// Whether a delta row is a deletion.
 pub fn is_deleted_entity(row: &Map<String, Value>) -> bool {

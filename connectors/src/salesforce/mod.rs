@@ -662,7 +662,7 @@ impl Connector for SalesforceConnector {
             // API 2.0 job instead (this page's rows come again from the job, so nothing is delivered
             // now and a job resumed after a crash still covers everything).
             position.bulk = Some(self.bulk_start(entity, position.since, page.total_size).await?);
-            return Ok(Page::new(Vec::new(), Cursor::encode(&position), true));
+            return Ok(Page::new(Vec::new(), Cursor::encode(&position), true).with_total(Some(page.total_size)));
         }
         let currency = self.row_currency(entity).await?;
         let (changes, undecodable) = self.deliver(entity, &page.records, currency.as_ref(), &mut position)?;
@@ -673,7 +673,9 @@ impl Connector for SalesforceConnector {
         } else {
             position.next = page.next_records_url.clone();
         }
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !page.done, undecodable })
+        // `totalSize`: the rows of the whole query (every page of a locator repeats it).
+        let total = Some(page.total_size);
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !page.done, undecodable, total })
     }
 
     async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
@@ -1369,9 +1371,11 @@ impl SalesforceConnector {
         bulk: BulkPosition,
     ) -> Result<Page, ConnectorError> {
         let object = wire::object(entity);
-        if bulk.locator.is_none() {
-            self.bulk_wait(entity, &bulk.job).await?;
-        }
+        // The finished job's `numberRecordsProcessed`: the rows its results hold (told on its first page).
+        let total = match bulk.locator {
+            None => Some(self.bulk_wait(entity, &bulk.job).await?),
+            Some(_) => None,
+        };
         let path = self.data_path(&format!("/jobs/query/{}/results", bulk.job));
         let max = BULK_PAGE.to_string();
         let context = format!("{object} bulk results");
@@ -1432,11 +1436,11 @@ impl SalesforceConnector {
         } else {
             position.bulk = Some(BulkPosition { job: bulk.job, locator });
         }
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !done, undecodable })
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !done, undecodable, total })
     }
 
     /// Polls a job until it completes (a failed or aborted job is an error and is forgotten).
-    async fn bulk_wait(&self, entity: Entity, job: &str) -> Result<(), ConnectorError> {
+    async fn bulk_wait(&self, entity: Entity, job: &str) -> Result<u64, ConnectorError> {
         let object = wire::object(entity);
         let path = self.data_path(&format!("/jobs/query/{job}"));
         let mut delay = std::time::Duration::from_millis(500);
@@ -1445,7 +1449,7 @@ impl SalesforceConnector {
                 .call_json(&format!("{object} bulk job"), |client, base| client.get(format!("{base}{path}")))
                 .await?;
             match info.state.as_str() {
-                "JobComplete" => return Ok(()),
+                "JobComplete" => return Ok(info.number_records_processed),
                 "Failed" | "Aborted" => {
                     let _ = self.http.host().save_state(&self.settings.id, &bulk_state_key(entity), "");
                     return Err(ConnectorError::Rejected {

@@ -126,6 +126,8 @@ async fn full_pull_of_100k_opportunities_costs_50_queries_and_one_token_then_an_
     // 50 query calls (1 query + 49 nextRecordsUrl) + 1 describe.
     assert_eq!(stats.read_calls, 51);
     assert_eq!(run.pages, 50);
+    // Every page of the query says its `totalSize` (what progress and the ETA are computed from).
+    assert!(run.totals.iter().all(|total| *total == Some(100_000)), "{:?}", &run.totals[..3]);
 
     let touched: BTreeSet<_> = SimControl::touch(state.as_ref(), Entity::Opportunity, 10).into_iter().collect();
     let incremental = testkit::pull_to_end(&connector, Entity::Opportunity, Some(run.cursor), 10).await.unwrap();
@@ -134,6 +136,10 @@ async fn full_pull_of_100k_opportunities_costs_50_queries_and_one_token_then_an_
     let seen: BTreeSet<_> = incremental.changes.iter().map(|change| change.external_id.clone()).collect();
     assert_eq!(seen, touched);
     assert_eq!(incremental.changes.len(), 10);
+    // An incremental read's total is the rows its query holds: the 10 changed and those it re-reads in
+    // the overlap window (delivered once, so fewer than the total come out).
+    let total = incremental.totals.first().copied().flatten();
+    assert!(incremental.totals.len() == 1 && total.is_some_and(|total| total >= 10), "{:?}", incremental.totals);
 }
 
 fn order(account: CanonicalId, index: usize) -> Outgoing {
@@ -455,6 +461,9 @@ async fn a_large_first_load_uses_one_bulk_query_job_then_rest_incrementals() {
     // 3 result pages of 10,000.
     assert_eq!(stats.read_calls, 7);
     assert_eq!(run.pages, 4);
+    // The REST page's `totalSize`, then the finished job's `numberRecordsProcessed` on its first
+    // result page; the later result pages say nothing new.
+    assert_eq!(run.totals, [Some(30_000), Some(30_000), None, None]);
     let touched: BTreeSet<_> = SimControl::touch(state.as_ref(), Entity::Account, 10).into_iter().collect();
     let incremental = testkit::pull_to_end(&connector, Entity::Account, Some(run.cursor), 10).await.unwrap();
     assert_eq!(incremental.changes.iter().map(|change| change.external_id.clone()).collect::<BTreeSet<_>>(), touched);

@@ -481,11 +481,11 @@ impl Connector for ZohoConnector {
                 position.page_token = None;
                 position.fetched = 0;
                 position.since = position.max.or(position.since);
-                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable })
+                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable, total: None })
             }
             Some(token) => {
                 position.page_token = Some(token);
-                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable })
+                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable, total: None })
             }
             None => {
                 position.page_token = None;
@@ -494,11 +494,17 @@ impl Connector for ZohoConnector {
                 if position.incremental {
                     position.phase = Phase::Deleted;
                     position.deleted_page = 1;
-                    return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable });
+                    return Ok(Page {
+                        changes,
+                        cursor: Cursor::encode(&position),
+                        has_more: true,
+                        undecodable,
+                        total: None,
+                    });
                 }
                 position.incremental = true;
                 position.deletes_since = position.load_started.take();
-                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable })
+                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable, total: None })
             }
         }
     }

@@ -1,4 +1,5 @@
-//! Reading entity sets: `$select`, `$filter`, `$orderby`, `$top`, `odata.maxpagesize` paging with
+//! Reading entity sets: `$select`, `$filter`, `$orderby`, `$top`, `$count=true` (`@odata.count`,
+//! up to 5,000, on the first page), `odata.maxpagesize` paging with
 //! paging cookies, and change tracking (delta links, `$deletedEntity` rows, expired tokens).
 
 use axum::http::StatusCode;
@@ -220,6 +221,11 @@ impl Dynamics365Sim {
         let delta_version = snapshot.delta_version;
         let context = format!("{}/api/data/{}/$metadata#{set}({})", request.base, request.version, select.join(","));
         let mut body = json!({"@odata.context": context, "value": value});
+        // `$count=true`: the rows matching, up to 5,000, on the first page (the next link does not
+        // repeat `$count`).
+        if start == 0 && request.query.get("$count").is_some_and(|count| count == "true") {
+            body["@odata.count"] = json!((total_rows as u64).min(wire::COUNT_CAP));
+        }
         let select_param: String =
             url::form_urlencoded::Serializer::new(String::new()).append_pair("$select", &select.join(",")).finish();
         if done {
