@@ -1,9 +1,16 @@
 # syntax=docker/dockerfile:1.7
 # Multi-stage build: compile with the pinned Rust toolchain, run on a slim Debian as a non-root user.
-# Pin the base images by digest when you build for production
-# (`docker buildx imagetools inspect rust:1.95-bookworm` prints it); the build machines of this
-# project have no registry access to resolve digests, so the tags are pinned to a release line here.
-FROM rust:1.95-bookworm AS build
+# Base images pinned by digest (the tag stays for the reader; Docker pulls the digest). Where each
+# comes from, since the build machines of this project cannot ask the registry themselves:
+# - debian:bookworm-slim: the multi-platform index digest Docker's own docker-library/repo-info
+#   lists for the tag (repos/debian/remote/bookworm-slim.md, the build of 2026-08-03).
+# - rust:1.95-bookworm: docker-library/repo-info's page for this tag could not be read from here;
+#   this is the digest public build logs show docker.io/library/rust:1.95-bookworm resolving to
+#   (also pinned as rust:1.95.0-bookworm by projects that pin by digest). Only the Docker Official
+#   Images can publish in library/rust, so a digest there is one of theirs or nothing.
+# Refresh both with `docker buildx imagetools inspect <image:tag>` (or Renovate) to get newer
+# security updates of the runtime image.
+FROM rust:1.95-bookworm@sha256:6258907abe69656e41cd992e0b705cdcfabcbbe3db374f92ed2d47121282d4a1 AS build
 # `crmsync --version` names the commit: the build context has no .git (see .dockerignore), so pass
 # it: docker build --build-arg GIT_COMMIT=$(git rev-parse --short=12 HEAD) -t crmsync .
 ARG GIT_COMMIT=""
@@ -17,7 +24,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked && cp target/release/crmsync /usr/local/bin/crmsync
 
-FROM debian:bookworm-slim
+FROM debian:bookworm-slim@sha256:abd67ffcfa541b485a3dff59865ab629aa048a6c613e639d36e7456b0b229241
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
