@@ -699,6 +699,7 @@ impl Dynamics365Connector {
                         cursor: Cursor::encode(&position),
                         has_more: page.has_more,
                         undecodable,
+                        total: None,
                     });
                 }
             }
