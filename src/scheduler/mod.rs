@@ -105,17 +105,9 @@ pub fn advice_label(advice: RetryAdvice) -> &'static str {
     }
 }
 
-/// Formats an error with its causes on one line (`a: b: c`), as status and logs show it.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}
+/// Formats an error with its causes on one line (`a: b: c`), as status and logs show it (the
+/// connectors' formatter, so a vendor error and a local one read the same).
+pub use crmsync_connectors::error::chain as error_chain;
 
 #[cfg(test)]
 mod tests {

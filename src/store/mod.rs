@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 
 use crmsync_connectors::Cursor;
 use crmsync_connectors::canonical::{CanonicalId, ConnectionId, Entity, ExternalId, Record};
+use crmsync_connectors::error::chain as error_chain;
 use filter::KeyKind;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -1128,18 +1129,6 @@ fn count_keys<K>(entries: impl Iterator<Item = sled::Result<K>>) -> Result<u64, 
         count += 1;
     }
     Ok(count)
-}
-
-/// An error with its causes, on one line (`a: b: c`).
-fn error_chain(error: &StoreError) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 fn is_lock_error(error: &std::io::Error) -> bool {
