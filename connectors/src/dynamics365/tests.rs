@@ -1082,6 +1082,33 @@ async fn the_simulator_lists_its_tables_as_entity_definitions_for_metadata_clien
     let customer =
         attributes["value"].as_array().unwrap().iter().find(|attribute| attribute["LogicalName"] == "customerid");
     assert_eq!(customer.unwrap()["AttributeType"], "Customer");
+    // What Airbyte's Dataverse source asks besides (issue 13 §2): the service document (its
+    // connection check), CanChangeTrackingBeEnabled, and the date-time attributes cast to their
+    // type with their DateTimeBehavior (sent inside a `$batch`).
+    let service = get(format!("{api}/")).await;
+    assert!(
+        service["value"].as_array().unwrap().iter().any(|set| set["name"] == "accounts" && set["kind"] == "EntitySet")
+    );
+    let tracked = get(format!("{api}/EntityDefinitions(LogicalName='salesorderdetail')?$select=ChangeTrackingEnabled,CanChangeTrackingBeEnabled")).await;
+    assert_eq!(
+        (tracked["ChangeTrackingEnabled"].clone(), tracked["CanChangeTrackingBeEnabled"]["Value"].clone()),
+        (json!(true), json!(true))
+    );
+    let dates = get(format!(
+        "{api}/EntityDefinitions(LogicalName='opportunity')/Attributes/Microsoft.Dynamics.CRM.DateTimeAttributeMetadata?$select=LogicalName,DateTimeBehavior"
+    ))
+    .await;
+    let behaviour = |name: &str| {
+        dates["value"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|attribute| attribute["LogicalName"] == name)
+            .map(|attribute| attribute["DateTimeBehavior"]["Value"].clone())
+    };
+    assert_eq!(behaviour("estimatedclosedate"), Some(json!("DateOnly")));
+    assert_eq!(behaviour("modifiedon"), Some(json!("UserLocal")));
+    assert_eq!(behaviour("name"), None, "only date-time attributes");
 }
 
 #[tokio::test]

@@ -437,6 +437,50 @@ async fn count_served(
     response
 }
 
+/// Serves HTTP/1.1 connections until `signal`, then lets the requests in flight finish.
+///
+/// Header names go out title-cased (`Content-Type`, `Sforce-Locator`), as the vendors' own servers
+/// send them and their documentation shows them. Header names are case-insensitive (RFC 9110
+/// §5.1), but some clients are not: Airbyte's CDK looks the Bulk API result's encoding up as
+/// `headers.get("content-type")` in a plain dict, and on finding it (hyper's default lower case)
+/// splits it with a parser that fails on `text/csv`, so against lower-case names it read no
+/// Bulk API object at all.
+async fn accept_loop(listener: tokio::net::TcpListener, router: Router, signal: tokio_util_like::Shutdown) {
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of file descriptors and the like: wait a moment, as axum::serve does.
+                    tracing::warn!(error = %error, "simulator accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = signal.wait() => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone());
+        let signal = signal.clone();
+        connections.spawn(async move {
+            let connection = hyper::server::conn::http1::Builder::new()
+                .title_case_headers(true)
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+            let mut connection = std::pin::pin!(connection);
+            tokio::select! {
+                _ = connection.as_mut() => {}
+                () = signal.wait() => {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                }
+            }
+        });
+        // Reap the connections that have ended.
+        while connections.try_join_next().is_some() {}
+    }
+    while connections.join_next().await.is_some() {}
+}
+
 /// A running simulator on loopback.
 pub struct SimServer {
     /// Where it listens.
@@ -464,12 +508,7 @@ impl SimServer {
             .layer(axum::middleware::from_fn_with_state(served, count_served));
         let shutdown = tokio_util_like::Shutdown::default();
         let signal = shutdown.clone();
-        let task = tokio::spawn(async move {
-            let served = axum::serve(listener, router).with_graceful_shutdown(async move { signal.wait().await }).await;
-            if let Err(error) = served {
-                tracing::warn!(error = %error, "simulator stopped with an error");
-            }
-        });
+        let task = tokio::spawn(accept_loop(listener, router, signal));
         Ok(Self { addr, shutdown, task: Some(task) })
     }
 

@@ -1,7 +1,10 @@
 //! `EntityDefinitions`: the tables' definitions and their attributes, shaped as the Web API
 //! documents them (powerapps-docs:powerapps-docs/developer/data-platform/webapi/query-metadata-web-api.md):
 //! `EntityDefinitions` (every table), `EntityDefinitions(LogicalName='x')` with `$select` and
-//! `$expand=Attributes($select=…)`, and the collection `EntityDefinitions(LogicalName='x')/Attributes`. `MetadataId` is always returned; a
+//! `$expand=Attributes($select=…)`, the collection `EntityDefinitions(LogicalName='x')/Attributes`,
+//! and that collection cast to one attribute type (`…/Attributes/Microsoft.Dynamics.CRM.DateTimeAttributeMetadata`,
+//! whose items carry `DateTimeBehavior`: `UserLocal` for `createdon`/`modifiedon`, `DateOnly` for
+//! date-only columns; behavior-format-date-time-attribute.md). `MetadataId` is always returned; a
 //! lookup is listed under its logical name (`customerid`) with `AttributeType` `Customer`, `Lookup` or
 //! `Owner`, never as the `_customerid_value` property rows carry.
 
@@ -9,7 +12,7 @@ use axum::http::StatusCode;
 use serde_json::{Map, Value, json};
 
 use super::reply::{Reply, error};
-use super::schema::{SETS, attributes, key_of, logical, metadata_id, set_of};
+use super::schema::{Kind, SETS, attributes, column_of, key_of, logical, metadata_id, set_of};
 use super::{Dynamics365Sim, Request};
 
 /// The property names a `$select=a,b` list keeps (`None`: all).
@@ -75,9 +78,14 @@ impl Dynamics365Sim {
                 json!({"@odata.context": format!("{context}#EntityDefinitions"), "value": value}),
             );
         }
+        // `…/Attributes/Microsoft.Dynamics.CRM.<Type>`: the attributes of that type only.
+        let (resource, cast) = match resource.split_once("/Attributes/Microsoft.Dynamics.CRM.") {
+            Some((entity_part, cast)) => (format!("{entity_part}/Attributes"), Some(cast)),
+            None => (resource.to_owned(), None),
+        };
         let (entity_part, attributes_only) = match resource.strip_suffix("/Attributes") {
             Some(entity_part) => (entity_part, true),
-            None => (resource, false),
+            None => (resource.as_str(), false),
         };
         let Some(logical_name) =
             entity_part.strip_prefix("EntityDefinitions(LogicalName='").and_then(|rest| rest.strip_suffix("')"))
@@ -97,11 +105,29 @@ impl Dynamics365Sim {
         };
         if attributes_only {
             let select = selected(request.query.get("$select").map(String::as_str));
-            let value: Vec<Value> =
-                self.attributes_of(set).into_iter().map(|attribute| project(attribute, select.as_deref())).collect();
+            let value: Vec<Value> = self
+                .attributes_of(set)
+                .into_iter()
+                .filter(|attribute| {
+                    cast.is_none_or(|cast| attribute["@odata.type"] == json!(format!("#Microsoft.Dynamics.CRM.{cast}")))
+                })
+                .map(|mut attribute| {
+                    if cast == Some("DateTimeAttributeMetadata") {
+                        let name = attribute["LogicalName"].as_str().unwrap_or_default();
+                        let date_only = column_of(set, name).is_some_and(|column| matches!(column.kind, Kind::Date));
+                        attribute["DateTimeBehavior"] =
+                            json!({"Value": if date_only { "DateOnly" } else { "UserLocal" }});
+                    }
+                    project(attribute, select.as_deref())
+                })
+                .collect();
+            let path = match cast {
+                Some(cast) => format!("Attributes/Microsoft.Dynamics.CRM.{cast}"),
+                None => "Attributes".to_owned(),
+            };
             return Reply::json(
                 StatusCode::OK,
-                json!({"@odata.context": format!("{context}#EntityDefinitions('{logical_name}')/Attributes"), "value": value}),
+                json!({"@odata.context": format!("{context}#EntityDefinitions('{logical_name}')/{path}"), "value": value}),
             );
         }
         let mut definition = self.definition_of(set, request);
@@ -137,6 +163,9 @@ impl Dynamics365Sim {
             "PrimaryIdAttribute": key_of(set),
             "PrimaryNameAttribute": if set == "leads" { "fullname" } else { "name" },
             "ChangeTrackingEnabled": tracking,
+            // A managed property (BooleanManagedProperty): whether "Track changes" can be turned on
+            // (use-change-tracking-synchronize-data-external-systems.md filters on its `Value`).
+            "CanChangeTrackingBeEnabled": {"Value": true, "CanBeChanged": false, "ManagedPropertyLogicalName": "canchangetrackingbeenabled"},
             "MetadataId": metadata_id(set, ""),
         });
         let mut definition = project(definition, selected(request.query.get("$select").map(String::as_str)).as_deref());

@@ -35,7 +35,7 @@ use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{any, post};
+use axum::routing::{any, get, post};
 use rust_decimal::Decimal;
 use serde_json::{Map, Value, json};
 
@@ -431,6 +431,7 @@ type Shared = State<Arc<Dynamics365Sim>>;
 pub fn router(state: Arc<Dynamics365Sim>) -> Router {
     Router::new()
         .route("/{tenant}/oauth2/v2.0/token", post(token))
+        .route("/api/data/{version}/", get(service_document))
         .route("/api/data/{version}/{*resource}", any(api))
         .with_state(state.clone())
         .merge(crate::sim::admin_routes(state))
@@ -481,6 +482,24 @@ async fn token(State(sim): Shared, headers: HeaderMap, Path(tenant): Path<String
     sim.faults.token_issued();
     axum::Json(json!({"token_type": "Bearer", "expires_in": 3599, "ext_expires_in": 3599, "access_token": access}))
         .into_response()
+}
+
+/// `GET /api/data/v9.2/`: the service document, every entity set by name (Web API Service
+/// Documents, powerapps-docs:…/webapi/web-api-service-documents.md). Clients probe it to check a
+/// connection (Airbyte's Dataverse source does).
+async fn service_document(State(sim): Shared, headers: HeaderMap, Path(version): Path<String>) -> Response {
+    sim.calls.fetch_add(1, Ordering::SeqCst);
+    if let Some(refused) = sim.gate(&headers).await {
+        return refused.into_response(false);
+    }
+    sim.counters.read.fetch_add(1, Ordering::SeqCst);
+    let host = headers.get(header::HOST).and_then(|value| value.to_str().ok()).unwrap_or("127.0.0.1");
+    let sets: Vec<Value> = SETS.iter().map(|set| json!({"name": set, "kind": "EntitySet", "url": set})).collect();
+    Reply::json(
+        StatusCode::OK,
+        json!({"@odata.context": format!("http://{host}/api/data/{version}/$metadata"), "value": sets}),
+    )
+    .into_response(false)
 }
 
 /// One parsed request, from HTTP or from a `$batch` part.

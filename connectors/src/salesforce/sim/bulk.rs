@@ -125,6 +125,35 @@ pub(super) async fn job_info(
     sim.with_limit_info(response)
 }
 
+/// Bulk API 2.0 "Delete a Query Job" (`DELETE /jobs/query/{id}`): 204 No Content; only a job in
+/// a terminal state (JobComplete, Aborted, Failed) can be deleted, else 400 `API_ERROR`
+/// (developer.salesforce.com/docs/atlas.en-us.api_asynch.meta/api_bulk_v2/query_delete_job.htm).
+pub(super) async fn delete_job(
+    State(sim): Shared,
+    headers: HeaderMap,
+    Path((_version, job)): Path<(String, String)>,
+) -> Response {
+    if let Err(response) = sim.gate(&headers).await {
+        return sim.with_limit_info(response);
+    }
+    sim.counters.read.fetch_add(1, Ordering::SeqCst);
+    let mut inner = sim.lock();
+    let response = match inner.jobs.get(&job).map(|state| state.complete) {
+        Some(true) => {
+            inner.jobs.remove(&job);
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Some(false) => rest_error(
+            StatusCode::BAD_REQUEST,
+            "API_ERROR",
+            "Error encountered when deleting the job because the job is not terminated",
+        ),
+        None => rest_error(StatusCode::NOT_FOUND, "NOT_FOUND", "The requested resource does not exist"),
+    };
+    drop(inner);
+    sim.with_limit_info(response)
+}
+
 #[derive(serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ResultParams {

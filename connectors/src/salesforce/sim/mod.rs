@@ -414,7 +414,7 @@ pub fn router(state: Arc<SalesforceSim>) -> Router {
     api = both(api, &format!("{data}/queryAll/{{locator}}"), get(query::query_more));
     api = both(api, &format!("{data}/composite/sobjects/{{object}}/{{field}}"), patch(collections::upsert));
     api = both(api, &format!("{data}/jobs/query"), post(bulk::create_job));
-    api = both(api, &format!("{data}/jobs/query/{{job}}"), get(bulk::job_info));
+    api = both(api, &format!("{data}/jobs/query/{{job}}"), get(bulk::job_info).delete(bulk::delete_job));
     api = both(api, &format!("{data}/jobs/query/{{job}}/results"), get(bulk::job_results));
     api = both(
         api,
