@@ -12,6 +12,11 @@ use crmsync::cli::Cli;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    // Every file crmsync creates is readable by its user only, as the systemd unit's UMask=0077 makes
+    // it: the store's files (sled creates snapshot files whenever it opens the store and while it
+    // runs, with the process umask) and backups hold customer data.
+    #[cfg(unix)]
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,

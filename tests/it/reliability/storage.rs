@@ -477,3 +477,40 @@ async fn a_sync_on_a_full_disk_prints_its_table_and_status_names_the_error_then_
     assert!(!status.contains("STORAGE ERROR") && !status.contains("No space left"), "{status}");
     assert_eq!(export(&env, "account", false).await.len(), 2_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_store_file_stays_private_and_reopening_the_store_warns_about_nothing() {
+    // sled writes a snapshot file when it opens an existing store (and while it runs), with the
+    // process umask: it used to be 0644, and every later command warned that the store was
+    // readable by other users (issue 17 §6).
+    let simulator = salesforce(accounts(300), FaultSettings::default(), None).await;
+    let env = Env::new(&[("salesforce", &simulator.base_url())], "");
+    ok(env.run(&["sync"]).await);
+    for _ in 0..2 {
+        let synced = env.run(&["sync"]).await;
+        let stderr = String::from_utf8_lossy(&synced.stderr);
+        assert!(synced.status.success() && !stderr.contains("readable by other users"), "{stderr}");
+    }
+    let store = data_dir(&env);
+    let mut pending = vec![store.clone()];
+    let mut files = 0;
+    while let Some(path) = pending.pop() {
+        let metadata = std::fs::symlink_metadata(&path).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&metadata.permissions()) & 0o777;
+        assert_eq!(mode & 0o077, 0, "{} is {mode:o}", path.display());
+        if metadata.is_dir() {
+            pending.extend(std::fs::read_dir(&path).unwrap().map(|entry| entry.unwrap().path()));
+        } else {
+            files += 1;
+        }
+    }
+    assert!(
+        std::fs::read_dir(&store).unwrap().any(|entry| entry
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("snap.")),
+        "sled wrote a snapshot (what this test is about)"
+    );
+    assert!(files >= 4, "{files} files");
+}
