@@ -1,8 +1,9 @@
 //! The fault matrix on all three vendors at once (issue 17, the suite): a first sync and an
 //! incremental one while every transient fault is switched on together (tokens expiring mid-paging,
 //! throttling, 5xx, truncated bodies, numbers drifting to strings), over Zoho records sharing one
-//! modification time across page boundaries, with Dataverse delta tokens and Salesforce query
-//! locators expiring between passes; then answers slower than the timeout and a renamed field. Each pass
+//! Salesforce and Zoho records sharing one modification time across page boundaries, with Dataverse
+//! delta tokens and Salesforce query locators expiring between passes; then, from each vendor in
+//! turn, answers slower than the timeout and a renamed field. Each pass
 //! either completes with the exact record set of a fault-free twin, or stops with a clear error and
 //! the next pass resumes to that set.
 
@@ -66,8 +67,8 @@ fn edit(vendors: &Vendors) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn all_faults_at_once_on_three_crms_lose_and_duplicate_nothing() {
     let world = World::generate(23, WorldSize::scaled(3_000), "2026-11-01T00:00:00Z".parse().unwrap(), true);
-    // Zoho's first 450 records of each module share one modification time: equal modstamps across
-    // its 200-record pages.
+    // The first 450 records of each Salesforce object and Zoho module share one modification time:
+    // equal modstamps across their 200-record pages.
     let clean = Vendors::start_with(world.clone(), 450).await;
     let faulty = Vendors::start_with(world, 450).await;
     // The twins' simulators started at different instants, so their creation times differ: only
@@ -108,23 +109,41 @@ async fn all_faults_at_once_on_three_crms_lose_and_duplicate_nothing() {
         &canonical_set(&faulty_env, Some(&world_ids)).await,
     );
 
-    // Answers slower than the 2 s timeout: the pass fails, saying so, and the next one resumes.
+    // Answers slower than the 2 s timeout, from each vendor in turn: its pass fails, saying so, and
+    // the next one resumes.
     SimControl::touch(clean.zoho.state().as_ref(), Entity::Account, 5);
     SimControl::touch(faulty.zoho.state().as_ref(), Entity::Account, 5);
-    faulty.faults(&FaultSettings { latency_ms: 2_500, ..FaultSettings::default() });
-    let slow = faulty_env.run(&["sync", "--connection", "zoho", "--entity", "account"]).await;
-    assert!(!slow.status.success(), "a pass whose calls all time out cannot succeed");
-    let said = String::from_utf8_lossy(&slow.stderr).into_owned() + &String::from_utf8_lossy(&slow.stdout);
-    assert!(said.contains("timed out") || said.contains("timeout"), "the error names the timeout:\n{said}");
+    let slow = FaultSettings { latency_ms: 2_500, ..FaultSettings::default() };
+    for (connection, faults) in [
+        ("salesforce", Simulated::faults(faulty.salesforce.state().as_ref())),
+        ("zoho", Simulated::faults(faulty.zoho.state().as_ref())),
+        ("dynamics365", Simulated::faults(faulty.dynamics.state().as_ref())),
+    ] {
+        faulty.faults(&FaultSettings::default());
+        faults.apply(&slow);
+        let output = faulty_env.run(&["sync", "--connection", connection, "--entity", "account"]).await;
+        assert!(!output.status.success(), "{connection}: a pass whose calls all time out cannot succeed");
+        let said = String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout);
+        assert!(
+            said.contains("timed out") || said.contains("timeout"),
+            "{connection}: the error names the timeout:\n{said}"
+        );
+    }
 
-    // A field the mapping needs renamed in Salesforce's answers: that sync stops with a clear error.
-    faulty.faults(&FaultSettings::default());
-    Simulated::faults(faulty.salesforce.state().as_ref())
-        .apply(&FaultSettings { schema_drift_renamed_field: true, ..FaultSettings::default() });
-    let drifted = faulty_env.run(&["sync", "--connection", "salesforce"]).await;
-    assert!(!drifted.status.success(), "a renamed field a mapping needs must stop the sync");
-    let said = String::from_utf8_lossy(&drifted.stderr).into_owned() + &String::from_utf8_lossy(&drifted.stdout);
-    assert!(said.contains("field"), "the error names the field:\n{said}");
+    // A field the mapping needs renamed in each vendor's answers: that sync stops with a clear error.
+    for (connection, faults) in [
+        ("salesforce", Simulated::faults(faulty.salesforce.state().as_ref())),
+        ("zoho", Simulated::faults(faulty.zoho.state().as_ref())),
+        ("dynamics365", Simulated::faults(faulty.dynamics.state().as_ref())),
+    ] {
+        faulty.faults(&FaultSettings::default());
+        faults.apply(&FaultSettings { schema_drift_renamed_field: true, ..FaultSettings::default() });
+        let drifted = faulty_env.run(&["sync", "--connection", connection, "--entity", "opportunity"]).await;
+        assert!(!drifted.status.success(), "{connection}: a renamed field a mapping needs must stop the sync");
+        let said = String::from_utf8_lossy(&drifted.stderr).into_owned() + &String::from_utf8_lossy(&drifted.stdout);
+        // Dataverse says "column", as its API does.
+        assert!(said.contains("field") || said.contains("column"), "{connection}: the error names the field:\n{said}");
+    }
 
     // Faults gone: the next pass resumes to the fault-free twin's set, Dataverse deletes included.
     faulty.faults(&FaultSettings::default());

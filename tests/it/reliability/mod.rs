@@ -17,7 +17,7 @@ use crmsync_connectors::sim::{FaultSettings, Simulated, World};
 use crmsync_connectors::zoho::sim::{self as zoho, RunningZohoSim, ZohoSimOptions};
 use serde_json::Value;
 
-use crate::support::{Env, export, salesforce};
+use crate::support::{Env, export};
 
 /// The four entities, as the CLI names them.
 pub(crate) const ENTITIES: [&str; 4] = ["account", "lead", "opportunity", "order"];
@@ -34,13 +34,16 @@ impl Vendors {
         Self::start_with(world, 0).await
     }
 
-    /// Starts the three with the first `zoho_shared_modstamp` records of each Zoho module sharing
-    /// one `Modified_Time` (more than a page of them: equal modstamps across a page boundary).
-    pub(crate) async fn start_with(world: World, zoho_shared_modstamp: usize) -> Self {
+    /// Starts the three with the first `shared_modstamp` records of each Salesforce object and each
+    /// Zoho module sharing one modification time (more than a page of them: equal modstamps across a
+    /// page boundary; Dataverse reads changes by delta token, not by modification time).
+    pub(crate) async fn start_with(world: World, shared_modstamp: usize) -> Self {
         let zoho_options =
-            ZohoSimOptions { shared_modified_time: zoho_shared_modstamp, ..ZohoSimOptions::with_world(world.clone()) };
+            ZohoSimOptions { shared_modified_time: shared_modstamp, ..ZohoSimOptions::with_world(world.clone()) };
+        let salesforce_options =
+            sf::SalesforceSimOptions { shared_modstamp, ..sf::SalesforceSimOptions::with_world(world.clone()) };
         Self {
-            salesforce: salesforce(world.clone(), FaultSettings::default(), None).await,
+            salesforce: sf::start(salesforce_options).await.unwrap(),
             zoho: zoho::start(zoho_options).await.unwrap(),
             dynamics: d365::start(Dynamics365SimOptions::with_world(world)).await.unwrap(),
         }
