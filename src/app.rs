@@ -10,7 +10,7 @@ use crmsync_connectors::dynamics365::Dynamics365Connector;
 use crmsync_connectors::salesforce::{SalesforceAuth, SalesforceConnector};
 use crmsync_connectors::zoho::ZohoConnector;
 use crmsync_connectors::{
-    ApiEvent, ApiUsage, Change, CheckReport, Connector, ConnectorError, ConnectorHost, Cursor, IdPage, Outgoing, Page,
+    ApiEvent, ApiUsage, CheckReport, Connector, ConnectorError, ConnectorHost, Cursor, Fetched, IdPage, Outgoing, Page,
     PushReport, SharedHost, WebhookDelivery, WebhookError, WebhookParser, WebhookReply,
 };
 use secrecy::ExposeSecret;
@@ -83,7 +83,7 @@ impl Connector for AnyConnector {
         dispatch!(self, connector => connector.pull(entity, cursor).await)
     }
 
-    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
+    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Fetched, ConnectorError> {
         dispatch!(self, connector => connector.fetch(entity, ids).await)
     }
 

@@ -17,7 +17,7 @@ use crmsync_connectors::canonical::{
     Timestamp,
 };
 use crmsync_connectors::settings::FieldPolicy;
-use crmsync_connectors::{Change, ChangeKind, Cursor, PushOutcome, Undecodable};
+use crmsync_connectors::{Change, ChangeKind, Cursor, Fetched, PushOutcome, Undecodable};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod operator;
@@ -56,12 +56,20 @@ pub enum Batch {
         /// Records of the page that could not be decoded: dead-lettered with it.
         undecodable: Vec<Undecodable>,
     },
-    /// Changes delivered by a webhook (or fetched because of one). Flushed before the reply.
+    /// Changes delivered by a webhook (or deletes the drift sweep repairs). Flushed before the reply.
     Delivered {
         /// Source connection.
         connection: ConnectionId,
         /// Changes.
         changes: Vec<Change>,
+    },
+    /// Records fetched by id (the drift sweep): the changes, and the records the connector could
+    /// not decode, dead-lettered with their vendor id and the reason. Flushed before it is answered.
+    Fetched {
+        /// Source connection.
+        connection: ConnectionId,
+        /// What the fetch returned.
+        fetched: Fetched,
     },
     /// The outcome of a push.
     Pushed {
@@ -449,7 +457,7 @@ fn apply_group(store: &Store, rules: &IngestRules, batches: Vec<Batch>) -> Vec<R
     let mut results = Vec::with_capacity(batches.len());
     let mut durable = Vec::with_capacity(batches.len());
     for batch in batches {
-        durable.push(matches!(batch, Batch::Delivered { .. } | Batch::Sending { .. }));
+        durable.push(matches!(batch, Batch::Delivered { .. } | Batch::Fetched { .. } | Batch::Sending { .. }));
         results.push(apply_batch(store, rules, batch, Timestamp::now()));
     }
     let needs_flush = results.iter().zip(&durable).any(|(result, durable)| *durable && result.is_ok());
@@ -495,6 +503,18 @@ fn apply_batch(store: &Store, rules: &IngestRules, batch: Batch, now: Timestamp)
             let mut writer = BatchWriter::new(store, rules, &connection, now);
             for change in changes {
                 writer.apply_change(change)?;
+            }
+            let (commit, stats) = writer.into_commit();
+            store.commit(commit)?;
+            Ok(stats)
+        }
+        Batch::Fetched { connection, fetched: Fetched { changes, undecodable } } => {
+            let mut writer = BatchWriter::new(store, rules, &connection, now);
+            for change in changes {
+                writer.apply_change(change)?;
+            }
+            for record in undecodable {
+                writer.set_aside(record);
             }
             let (commit, stats) = writer.into_commit();
             store.commit(commit)?;

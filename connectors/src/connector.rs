@@ -23,7 +23,9 @@
 //! # Webhooks
 //!
 //! [`WebhookParser::parse_webhook`] authenticates and decodes a delivery without network IO. Deliveries
-//! that carry only ids become [`WebhookEvent::Fetch`], which the daemon turns into [`Connector::fetch`].
+//! that carry only ids become [`WebhookEvent::Fetch`], which the daemon answers by pulling the entity
+//! now (its committed cursor reads the change). [`Connector::fetch`] reads records by id for the
+//! drift sweep; like a [`Page`], its [`Fetched`] carries the records it could not decode.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -60,13 +62,11 @@ pub trait Connector: WebhookParser + Send + Sync + 'static {
         cursor: Option<&Cursor>,
     ) -> impl Future<Output = Result<Page, ConnectorError>> + Send;
 
-    /// Fetches the current state of specific records (ids-only webhooks). Ids the vendor no longer
-    /// has come back as deletes.
-    fn fetch(
-        &self,
-        entity: Entity,
-        ids: &[ExternalId],
-    ) -> impl Future<Output = Result<Vec<Change>, ConnectorError>> + Send;
+    /// Fetches the current state of specific records (ids-only webhooks, the drift sweep). Ids the
+    /// vendor no longer has come back as deletes; records it returned that cannot be decoded come back
+    /// set aside ([`Fetched::undecodable`]), so one bad record does not lose the others' changes.
+    fn fetch(&self, entity: Entity, ids: &[ExternalId])
+    -> impl Future<Output = Result<Fetched, ConnectorError>> + Send;
 
     /// Lists every live id with its modification time, page by page (the drift sweep).
     fn list_ids(
@@ -227,14 +227,6 @@ impl Undecodable {
             _ => Err(error),
         }
     }
-
-    /// The error of a record a caller cannot set aside (a fetch by id answers for every id it asked).
-    pub fn into_error(self) -> ConnectorError {
-        #[derive(Debug, thiserror::Error)]
-        #[error("{0}")]
-        struct Reason(String);
-        ConnectorError::decode(format!("{} {}", self.object, self.external_id), Reason(self.reason))
-    }
 }
 
 /// A resume point, opaque to all but its connector.
@@ -346,6 +338,43 @@ impl Change {
             kind: ChangeKind::Delete,
             extra: serde_json::Map::new(),
         }
+    }
+}
+
+/// The current state of records fetched by id ([`Connector::fetch`]).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Fetched {
+    /// Upserts of the records the vendor returned, and deletes of the ids it no longer has.
+    pub changes: Vec<Change>,
+    /// Records the vendor returned that could not be decoded: dead-lettered by the caller, like a
+    /// [`Page`]'s.
+    pub undecodable: Vec<Undecodable>,
+}
+
+impl Fetched {
+    /// Adds one vendor read of the ids `asked`: the records it returned, decoded or set aside, and
+    /// a delete (at `at`) of every id asked for that it returned in neither form (the vendor no
+    /// longer has it; an undecodable record is still there, so it is no delete).
+    pub(crate) fn add_read(
+        &mut self,
+        (entity, object): (Entity, &str),
+        asked: &[ExternalId],
+        (found, undecodable): Mapped,
+        at: Timestamp,
+    ) {
+        let returned: std::collections::HashSet<&str> = found
+            .iter()
+            .map(|change| change.external_id.as_str())
+            .chain(undecodable.iter().map(|record| record.external_id.as_str()))
+            .collect();
+        let gone: Vec<Change> = asked
+            .iter()
+            .filter(|id| !returned.contains(id.as_str()))
+            .map(|id| Change::deleted(entity, object, id.clone(), at))
+            .collect();
+        self.changes.extend(found);
+        self.changes.extend(gone);
+        self.undecodable.extend(undecodable);
     }
 }
 
@@ -686,4 +715,34 @@ pub fn deliver_page_once(
     *seen = delivered.into_iter().collect();
     seen.sort();
     (fresh, set_aside)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::canonical::{Account, EntityData};
+
+    #[test]
+    fn a_fetch_makes_deletes_of_ids_returned_in_neither_form_only() {
+        let at: Timestamp = "2026-11-02T10:00:00Z".parse().unwrap();
+        let upsert = Change {
+            kind: ChangeKind::Upsert {
+                data: EntityData::Account(Account { name: Some("Acme".into()), ..Account::default() }),
+                completeness: Completeness::Full,
+            },
+            ..Change::deleted(Entity::Account, "Account", ExternalId::new("001A"), at)
+        };
+        let bad = Undecodable {
+            entity: Entity::Account,
+            object: "Account".into(),
+            external_id: ExternalId::new("001B"),
+            modified_at: at,
+            reason: "could not decode field AnnualRevenue".into(),
+        };
+        let asked = [ExternalId::new("001A"), ExternalId::new("001B"), ExternalId::new("001C")];
+        let mut fetched = Fetched::default();
+        fetched.add_read((Entity::Account, "Account"), &asked, (vec![upsert.clone()], vec![bad.clone()]), at);
+        let gone = Change::deleted(Entity::Account, "Account", ExternalId::new("001C"), at);
+        assert_eq!(fetched, Fetched { changes: vec![upsert, gone], undecodable: vec![bad] });
+    }
 }

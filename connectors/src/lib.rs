@@ -30,9 +30,9 @@ pub mod salesforce;
 pub mod zoho;
 
 pub use connector::{
-    ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Completeness, Connector, ConnectorHost, Cursor, IdPage,
-    MemoryHost, Outgoing, OutgoingOp, Page, PushOutcome, PushReport, PushResult, SharedHost, Throttling, Undecodable,
-    WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
+    ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Completeness, Connector, ConnectorHost, Cursor, Fetched,
+    IdPage, MemoryHost, Outgoing, OutgoingOp, Page, PushOutcome, PushReport, PushResult, SharedHost, Throttling,
+    Undecodable, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
 };
 pub use error::{ConnectorError, RetryAdvice, WebhookError};
 

@@ -342,7 +342,7 @@ mod tests {
 
     use crmsync_connectors::canonical::{Account, CanonicalId, ConnectionId, ExternalId, Order, RecordRef, VendorKind};
     use crmsync_connectors::{
-        ApiUsage, Change, ChangeKind, CheckReport, Completeness, Cursor, IdPage, Page, PushReport, PushResult,
+        ApiUsage, Change, ChangeKind, CheckReport, Completeness, Cursor, Fetched, IdPage, Page, PushReport, PushResult,
         WebhookDelivery, WebhookError, WebhookParser, WebhookReply,
     };
 
@@ -384,8 +384,8 @@ mod tests {
         async fn pull(&self, _: Entity, _: Option<&Cursor>) -> Result<Page, ConnectorError> {
             Ok(Page::new(Vec::new(), Cursor::new(""), false))
         }
-        async fn fetch(&self, _: Entity, _: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
-            Ok(Vec::new())
+        async fn fetch(&self, _: Entity, _: &[ExternalId]) -> Result<Fetched, ConnectorError> {
+            Ok(Fetched::default())
         }
         async fn list_ids(&self, _: Entity, _: Option<&Cursor>) -> Result<IdPage, ConnectorError> {
             Ok(IdPage { ids: Vec::new(), next: None })

@@ -25,6 +25,8 @@ pub struct SweepReport {
     pub deletes_repaired: u64,
     /// Records missing from the store or newer in the vendor: fetched and applied now.
     pub fetched: u64,
+    /// Records fetched that could not be decoded: dead-lettered with their vendor id and the reason.
+    pub dead_lettered: u64,
 }
 
 /// Why a sweep failed.
@@ -84,13 +86,17 @@ pub async fn sweep<C: Connector>(
         ingest.submit(Batch::Delivered { connection: connection.clone(), changes: deletes }).await?;
     }
     for chunk in to_fetch.chunks(FETCH_CHUNK) {
-        let changes =
+        let fetched =
             connector.fetch(entity, chunk).await.map_err(|source| SweepError::Connector { entity, source })?;
-        report.fetched += changes.len() as u64;
-        ingest.submit(Batch::Delivered { connection: connection.clone(), changes }).await?;
+        report.fetched += fetched.changes.len() as u64;
+        report.dead_lettered += fetched.undecodable.len() as u64;
+        for record in &fetched.undecodable {
+            tracing::warn!(connection = %connection, entity = %entity, id = %record.external_id, reason = %record.reason, "record could not be decoded: dead-lettered, the sweep goes on");
+        }
+        ingest.submit(Batch::Fetched { connection: connection.clone(), fetched }).await?;
     }
-    if report.deletes_repaired + report.fetched > 0 {
-        tracing::warn!(connection = %connection, entity = %entity, deletes = report.deletes_repaired, fetched = report.fetched, "drift sweep repaired records incremental reads missed");
+    if report.deletes_repaired + report.fetched + report.dead_lettered > 0 {
+        tracing::warn!(connection = %connection, entity = %entity, deletes = report.deletes_repaired, fetched = report.fetched, dead_lettered = report.dead_lettered, "drift sweep repaired records incremental reads missed");
     } else {
         tracing::info!(connection = %connection, entity = %entity, ids = report.vendor_ids, "drift sweep found no drift");
     }

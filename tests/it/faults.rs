@@ -4,11 +4,18 @@
 //! numbers are dead-lettered with their vendor id and the reason, nothing else is missing, and a later
 //! decoded read of such a record removes its letter); an
 //! outage longer than the retry budget ends the pass with a clear error, and the next pass resumes
-//! from the committed cursors.
+//! from the committed cursors. A fetch by id (the drift sweep's) with one such record among its
+//! batch applies the others and dead-letters that one.
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use crmsync::app::App;
+use crmsync::config::Config;
+use crmsync::scheduler::sweep::{SweepReport, sweep};
+use crmsync_connectors::canonical::{ConnectionId, Entity};
+use crmsync_connectors::settings::MapSecrets;
 use crmsync_connectors::sim::{FaultSettings, Simulated, World, WorldSize};
+use serde_json::Value;
 
 use crate::reliability::{Vendors, assert_same_sets, canonical_set};
 use crate::support::{Env, ok};
@@ -217,5 +224,109 @@ async fn an_outage_longer_than_the_retry_budget_fails_the_pass_clearly_and_the_n
             resumed < full,
             "{vendor}: the next pass resumed from the committed cursors ({resumed} reads, a full sync {full})"
         );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fetch_by_ids_applies_the_good_records_and_dead_letters_the_one_undecodable_record() {
+    let vendors = Vendors::start(world(SMALL)).await;
+    // In each vendor, a user renames two opportunities, and one of them (and only it) gets an amount
+    // no reader can take for a number (a column whose type was changed, holding text).
+    let (sf, zoho, d365) = (vendors.salesforce.state(), vendors.zoho.state(), vendors.dynamics.state());
+    let first_two = |mut ids: Vec<String>| {
+        ids.sort();
+        (ids[0].clone(), ids[1].clone())
+    };
+    let (sf_bad, sf_good) = first_two(sf.live_ids(Entity::Opportunity));
+    let (zoho_bad, zoho_good) = first_two(zoho.live_ids(Entity::Opportunity));
+    let (d365_bad, d365_good) = first_two(d365.live_ids(Entity::Opportunity));
+    let garbled = Value::from("about 1112.5");
+    for (id, amount) in [(&sf_bad, Some(&garbled)), (&sf_good, None)] {
+        let mut edit = vec![("Name", Value::from(format!("Renamed {id}")))];
+        edit.extend(amount.map(|amount| ("Amount", amount.clone())));
+        assert!(sf.edit(Entity::Opportunity, id, &edit));
+    }
+    for (id, amount) in [(&zoho_bad, Some(&garbled)), (&zoho_good, None)] {
+        let mut edit = vec![("Deal_Name", Value::from(format!("Renamed {id}")))];
+        edit.extend(amount.map(|amount| ("Amount", amount.clone())));
+        assert!(zoho.edit(Entity::Opportunity, id, &edit));
+    }
+    for (id, amount) in [(&d365_bad, Some(&garbled)), (&d365_good, None)] {
+        let mut edit = vec![("name", Value::from(format!("Renamed {id}")))];
+        edit.extend(amount.map(|amount| ("estimatedvalue", amount.clone())));
+        assert!(d365.edit(Entity::Opportunity, id, &edit));
+    }
+    let bad: BTreeMap<&str, (&str, &str)> = [
+        ("salesforce", (sf_bad.as_str(), "Amount")),
+        ("zoho", (zoho_bad.as_str(), "Amount")),
+        ("dynamics365", (d365_bad.as_str(), "estimatedvalue")),
+    ]
+    .into();
+    let good: BTreeMap<&str, &str> =
+        [("salesforce", sf_good.as_str()), ("zoho", zoho_good.as_str()), ("dynamics365", d365_good.as_str())].into();
+    let live: BTreeMap<&str, BTreeSet<String>> = [
+        ("salesforce", sf.live_ids(Entity::Opportunity)),
+        ("zoho", zoho.live_ids(Entity::Opportunity)),
+        ("dynamics365", d365.live_ids(Entity::Opportunity)),
+    ]
+    .into_iter()
+    .map(|(connection, ids)| (connection, ids.into_iter().collect()))
+    .collect();
+
+    // The daemon's fetch-by-id path: its drift sweep over an empty store fetches every opportunity
+    // by id, in one batch per vendor.
+    let env = Env::with_connections(&vendors.connections(""), "");
+    let secrets = crmsync_connectors::salesforce::sim::demo_secrets()
+        .into_iter()
+        .chain(crmsync_connectors::zoho::sim::demo_secrets())
+        .chain(crmsync_connectors::dynamics365::sim::demo_secrets())
+        .map(|(name, value)| (name.to_owned(), value.to_owned()))
+        .collect();
+    let config = Config::load(Some(&env.config), Some(std::collections::HashMap::new()), &MapSecrets(secrets)).unwrap();
+    let app = App::build(config).unwrap();
+    for (connection, ids) in &live {
+        let connector = &app.connectors[&ConnectionId::new(*connection)];
+        let report = sweep(connector.as_ref(), &app.store, &app.ingest, Entity::Opportunity)
+            .await
+            .unwrap_or_else(|error| panic!("{connection}: one undecodable record failed the sweep: {error:?}"));
+        let count = ids.len() as u64;
+        assert_eq!(
+            report,
+            SweepReport { vendor_ids: count, store_ids: 0, deletes_repaired: 0, fetched: count - 1, dead_lettered: 1 },
+            "{connection}"
+        );
+    }
+    app.shutdown().await.unwrap();
+
+    // Exactly the bad record of each vendor is dead-lettered, named by its id and the field.
+    let letters = dead_letters(&env).await;
+    assert_eq!(letters.len(), 3, "one letter per vendor: {letters:?}");
+    for (connection, id, reason) in &letters {
+        let (bad_id, field) = bad[connection.as_str()];
+        assert_eq!(id, bad_id, "{connection}: the letter names the undecodable record");
+        assert!(reason.contains("undecodable") && reason.contains(bad_id) && reason.contains(field), "{reason}");
+    }
+    // Every other opportunity is stored, the renamed one with its new name; the bad one is not.
+    let mut stored: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for record in crate::support::export(&env, "opportunity", false).await {
+        let name = record["data"]["fields"]["name"].as_str().unwrap_or_default().to_owned();
+        for link in record["links"].as_array().unwrap() {
+            stored
+                .entry(link["connection"].as_str().unwrap().to_owned())
+                .or_default()
+                .insert(link["external_id"].as_str().unwrap().to_owned(), name.clone());
+        }
+    }
+    for (connection, ids) in &live {
+        let got = &stored[*connection];
+        let (bad_id, _) = bad[connection];
+        let expected: BTreeSet<String> = ids.iter().filter(|id| id.as_str() != bad_id).cloned().collect();
+        assert_eq!(
+            got.keys().cloned().collect::<BTreeSet<_>>(),
+            expected,
+            "{connection}: every good record is applied"
+        );
+        let good_id = good[connection];
+        assert_eq!(got[good_id], format!("Renamed {good_id}"), "{connection}: the good record's change is applied");
     }
 }

@@ -72,7 +72,7 @@ use wire::{BatchRequest, BatchResponse, EntityCollection};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, IdPage, Mapped, Outgoing, OutgoingOp, Page,
+    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, Fetched, IdPage, Mapped, Outgoing, OutgoingOp, Page,
     PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookParser, WebhookReply, deliver_page_once,
 };
 use crate::describe::{self, DescribeCache};
@@ -636,11 +636,11 @@ impl Dynamics365Connector {
     }
 
     /// Reads records by id (`In` filters of [`wire::LINE_FILTER_CHUNK`] ids); an id Dataverse no
-    /// longer has becomes a delete change.
-    async fn read_by_ids(&self, entity: Entity, ids: &[ExternalId]) -> Result<Mapped, ConnectorError> {
+    /// longer has becomes a delete change, and a row that cannot be decoded is set aside.
+    async fn read_by_ids(&self, entity: Entity, ids: &[ExternalId]) -> Result<Fetched, ConnectorError> {
         let table = wire::table(entity);
         let (select, _, _) = self.select(entity).await?;
-        let (mut changes, mut undecodable) = (Vec::new(), Vec::new());
+        let mut fetched = Fetched::default();
         for chunk in ids.chunks(wire::LINE_FILTER_CHUNK) {
             let values: Vec<String> = chunk.iter().map(|id| format!("'{}'", id.as_str().replace('\'', "''"))).collect();
             let mut url = self.set_url(table.set)?;
@@ -653,23 +653,10 @@ impl Dynamics365Connector {
                 ),
             );
             let page = self.get_page(&format!("{} by id", table.set), url.as_str(), false).await?;
-            let present: HashSet<String> = page
-                .value
-                .iter()
-                .filter_map(|row| row.get(table.key).and_then(Value::as_str).map(str::to_owned))
-                .collect();
-            let (found, unreadable) = self.map_rows(entity, &page.value).await?;
-            let now = Timestamp::now();
-            changes.extend(found);
-            changes.extend(
-                chunk
-                    .iter()
-                    .filter(|id| !present.contains(id.as_str()))
-                    .map(|id| Change::deleted(entity, table.logical, id.clone(), now)),
-            );
-            undecodable.extend(unreadable);
+            let mapped = self.map_rows(entity, &page.value).await?;
+            fetched.add_read((entity, table.logical), chunk, mapped, Timestamp::now());
         }
-        Ok((changes, undecodable))
+        Ok(fetched)
     }
 
     /// One step of reading the changes of orders with change tracking: the orders' delta link
@@ -758,8 +745,9 @@ impl Dynamics365Connector {
             );
         }
         let ids: Vec<ExternalId> = orders.into_iter().map(ExternalId::new).collect();
-        let mapped =
-            if ids.is_empty() { (Vec::new(), Vec::new()) } else { self.read_by_ids(Entity::Order, &ids).await? };
+        let Fetched { changes, undecodable } =
+            if ids.is_empty() { Fetched::default() } else { self.read_by_ids(Entity::Order, &ids).await? };
+        let mapped = (changes, undecodable);
         match page.next_link {
             Some(next) => position.lines_next = Some(next),
             None => {
@@ -1034,12 +1022,8 @@ impl Connector for Dynamics365Connector {
         }
     }
 
-    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
-        let (changes, undecodable) = self.read_by_ids(entity, ids).await?;
-        if let Some(record) = undecodable.into_iter().next() {
-            return Err(record.into_error());
-        }
-        Ok(changes)
+    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Fetched, ConnectorError> {
+        self.read_by_ids(entity, ids).await
     }
 
     async fn list_ids(&self, entity: Entity, cursor: Option<&Cursor>) -> Result<IdPage, ConnectorError> {

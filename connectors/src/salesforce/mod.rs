@@ -58,8 +58,8 @@ pub use config::{SalesforceAuth, SalesforceConfig, SalesforceWebhook};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, OrderStatus, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Connector, Cursor, IdPage, Mapped, Outgoing, OutgoingOp, Page,
-    PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
+    ApiEvent, ApiUsage, ChangeKind, CheckReport, Connector, Cursor, Fetched, IdPage, Mapped, Outgoing, OutgoingOp,
+    Page, PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
     deletes_to_send,
 };
 use crate::describe::{self, DescribeCache};
@@ -678,8 +678,8 @@ impl Connector for SalesforceConnector {
         Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !page.done, undecodable, total })
     }
 
-    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
-        let mut changes = Vec::new();
+    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Fetched, ConnectorError> {
+        let mut fetched = Fetched::default();
         for chunk in ids.chunks(COLLECTION_LIMIT) {
             let list: Vec<String> = chunk.iter().map(|id| format!("'{}'", id.as_str().replace('\'', ""))).collect();
             let soql = self.soql(entity, Some(format!("Id IN ({})", list.join(",")))).await?;
@@ -690,21 +690,10 @@ impl Connector for SalesforceConnector {
                 rows.append(&mut page.records);
             }
             let currency = self.row_currency(entity).await?;
-            let (found, undecodable) = self.map_rows(entity, &rows, currency.as_ref())?;
-            if let Some(record) = undecodable.into_iter().next() {
-                return Err(record.into_error());
-            }
-            let present: HashSet<&str> = found.iter().map(|change| change.external_id.as_str()).collect();
-            let now = Timestamp::now();
-            let gone: Vec<Change> = chunk
-                .iter()
-                .filter(|id| !present.contains(id.as_str()))
-                .map(|id| Change::deleted(entity, wire::object(entity), id.clone(), now))
-                .collect();
-            changes.extend(found);
-            changes.extend(gone);
+            let mapped = self.map_rows(entity, &rows, currency.as_ref())?;
+            fetched.add_read((entity, wire::object(entity)), chunk, mapped, Timestamp::now());
         }
-        Ok(changes)
+        Ok(fetched)
     }
 
     async fn list_ids(&self, entity: Entity, cursor: Option<&Cursor>) -> Result<IdPage, ConnectorError> {

@@ -20,7 +20,7 @@ mod tests;
 pub mod webhook;
 pub mod wire;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -32,7 +32,7 @@ pub use config::{DATA_CENTRES, ZohoConfig, ZohoWebhook};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, IdPage, Mapped, Outgoing, OutgoingOp, Page,
+    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, Fetched, IdPage, Mapped, Outgoing, OutgoingOp, Page,
     PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookParser, WebhookReply, deletes_to_send,
     deliver_page_once,
 };
@@ -509,25 +509,14 @@ impl Connector for ZohoConnector {
         }
     }
 
-    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Vec<Change>, ConnectorError> {
-        let mut changes = Vec::new();
+    async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Fetched, ConnectorError> {
+        let mut fetched = Fetched::default();
         for chunk in ids.chunks(wire::WRITE_LIMIT) {
             let page = self.list(entity, None, None, Some(chunk)).await?;
-            let (found, undecodable) = self.map(entity, &page.data).await?;
-            if let Some(record) = undecodable.into_iter().next() {
-                return Err(record.into_error());
-            }
-            let present: HashSet<&str> = found.iter().map(|change| change.external_id.as_str()).collect();
-            let now = Timestamp::now();
-            let gone: Vec<Change> = chunk
-                .iter()
-                .filter(|id| !present.contains(id.as_str()))
-                .map(|id| Change::deleted(entity, wire::module(entity), id.clone(), now))
-                .collect();
-            changes.extend(found);
-            changes.extend(gone);
+            let mapped = self.map(entity, &page.data).await?;
+            fetched.add_read((entity, wire::module(entity)), chunk, mapped, Timestamp::now());
         }
-        Ok(changes)
+        Ok(fetched)
     }
 
     async fn list_ids(&self, entity: Entity, cursor: Option<&Cursor>) -> Result<IdPage, ConnectorError> {
