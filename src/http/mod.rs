@@ -120,6 +120,7 @@ pub fn admin_router(state: HttpState) -> Router {
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
         .route("/status", get(api::status))
+        .layer(from_fn(error::json_errors))
         .with_state(state);
     // Probes and scrapes come every few seconds: their access log is DEBUG.
     edge(router, AccessLog::Debug)

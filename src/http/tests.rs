@@ -1049,3 +1049,19 @@ fn arbitrary_bodies_and_query_strings_get_a_documented_answer() {
     eprintln!("REST bodies and query strings: {answered} answered, {refused} refused with the documented error");
     assert!(answered > 0 && refused > 0, "both kinds of input were tried: {answered} answered, {refused} refused");
 }
+
+#[tokio::test]
+async fn the_admin_listener_answers_its_errors_in_the_documented_json_too() {
+    let harness = harness().await;
+    for (method, uri, status, code) in [
+        (Method::GET, "/nowhere", StatusCode::NOT_FOUND, "not_found"),
+        (Method::POST, "/healthz", StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
+    ] {
+        let request = Request::builder().method(method).uri(uri).body(Body::empty()).unwrap();
+        let response = harness.admin.clone().oneshot(request).await.unwrap();
+        let answered = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), usize::MAX).await.unwrap();
+        let body: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+        assert_eq!((answered, &body["error"]["code"]), (status, &json!(code)), "{uri}: {body}");
+    }
+}
