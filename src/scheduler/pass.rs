@@ -45,6 +45,9 @@ pub struct PassRow {
     pub records_out: u64,
     /// Records the vendor rejected (now in the dead-letter queue).
     pub rejected: u64,
+    /// Records read this pass and set aside in the dead-letter queue instead of applied (undecodable,
+    /// or a change the store could not apply, such as an unresolvable reference).
+    pub dead_lettered: u64,
     /// Vendor API calls made.
     pub api_calls: u64,
     /// Calls retried (throttling, 5xx, timeouts, truncated bodies).
@@ -75,13 +78,14 @@ impl PassReport {
     /// Renders the summary table.
     pub fn table(&self) -> String {
         let mut out = format!(
-            "{:<16} {:<12} {:>10} {:>9} {:>10} {:>9} {:>9} {:>8} {:>9} {:>10}  {}\n",
+            "{:<16} {:<12} {:>10} {:>9} {:>10} {:>9} {:>13} {:>9} {:>8} {:>9} {:>10}  {}\n",
             "connection",
             "entity",
             "in",
             "applied",
             "out",
             "rejected",
+            "dead-lettered",
             "api calls",
             "retries",
             "waited",
@@ -90,13 +94,14 @@ impl PassReport {
         );
         for row in &self.rows {
             out.push_str(&format!(
-                "{:<16} {:<12} {:>10} {:>9} {:>10} {:>9} {:>9} {:>8} {:>8.1}s {:>9.1}s  {}\n",
+                "{:<16} {:<12} {:>10} {:>9} {:>10} {:>9} {:>13} {:>9} {:>8} {:>8.1}s {:>9.1}s  {}\n",
                 row.connection,
                 row.entity,
                 row.records_in,
                 row.applied,
                 row.records_out,
                 row.rejected,
+                row.dead_lettered,
                 row.api_calls,
                 row.retries,
                 row.waited_ms as f64 / 1000.0,
@@ -201,6 +206,7 @@ pub async fn run_pass<C: Connector>(
                     Ok(summary) => {
                         row.records_in += summary.stats.records_in();
                         row.applied += summary.stats.created + summary.stats.updated + summary.stats.deleted;
+                        row.dead_lettered += summary.stats.dead_lettered;
                         tracing::info!(connection = %connection, entity = %entity, records = summary.stats.records_in(), pages = summary.pages, "pulled");
                     }
                     Err(error) => {

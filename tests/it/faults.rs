@@ -78,6 +78,20 @@ async fn linked(env: &Env) -> BTreeMap<String, BTreeSet<String>> {
     linked
 }
 
+/// The `dead-lettered` column of `crmsync sync`'s summary table, per `(connection, entity)`.
+fn dead_lettered_column(stdout: &str) -> BTreeMap<(String, String), u64> {
+    let mut lines = stdout.lines().skip_while(|line| !line.starts_with("connection"));
+    let header: Vec<&str> = lines.next().expect("a summary table").split_whitespace().collect();
+    assert_eq!(header[6], "dead-lettered", "{header:?}");
+    lines
+        .take_while(|line| !line.trim().is_empty())
+        .map(|row| {
+            let columns: Vec<&str> = row.split_whitespace().collect();
+            ((columns[0].to_owned(), columns[1].to_owned()), columns[6].parse().unwrap())
+        })
+        .collect()
+}
+
 fn said(output: &std::process::Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned() + &String::from_utf8_lossy(&output.stdout)
 }
@@ -150,6 +164,7 @@ async fn records_no_reader_can_decode_are_dead_lettered_with_their_id_and_the_pu
     .collect();
     vendors.faults(&FaultSettings::default());
     assert!(output.status.success(), "garbled records must not fail the pass:\n{}", said(&output));
+    let table = dead_lettered_column(&String::from_utf8_lossy(&output.stdout));
     let said = said(&output);
     assert!(said.contains("dead-lettered"), "a WARN line names each set-aside record:\n{said}");
 
@@ -160,6 +175,14 @@ async fn records_no_reader_can_decode_are_dead_lettered_with_their_id_and_the_pu
         assert!(reason.contains("undecodable") && reason.contains(id) && reason.contains("field"), "{reason}");
         assert!(set_aside.entry(connection.clone()).or_default().insert(id.clone()), "{connection} {id} twice");
     }
+    // The summary's dead-lettered column counts them per connection × entity.
+    let listed: serde_json::Value = serde_json::from_str(&ok(env.run(&["dlq", "list", "--json"]).await)).unwrap();
+    let mut per_entity: BTreeMap<(String, String), u64> = table.keys().map(|key| (key.clone(), 0)).collect();
+    for letter in listed.as_array().unwrap() {
+        let key = (letter["connection"].as_str().unwrap().to_owned(), letter["entity"].as_str().unwrap().to_owned());
+        *per_entity.get_mut(&key).unwrap_or_else(|| panic!("{key:?} has no row in the summary")) += 1;
+    }
+    assert_eq!(table, per_entity, "the summary's dead-lettered column: one per letter, per connection × entity");
     let got = linked(&env).await;
     for (connection, ids) in &expected {
         let letters = set_aside.get(connection).cloned().unwrap_or_default();
