@@ -402,21 +402,31 @@ const COMMIT_RECORDS: usize = 1_000;
 ///
 /// A crash between the parts leaves some of the page's records stored without the cursor: the next
 /// pass reads the page again, and reading a stored record again changes nothing. So an outbox entry
-/// goes in the part of the record it queues (never before it: the push would find no record) or,
-/// to keep the entries' order, a later one; a conflict in the part of its record. Dead letters and
-/// the rest go with the cursor: a new read of the page writes them again. (A record changed twice
-/// within one page, or repointed by a placeholder merge, may have its entry in a later part than
-/// itself: a crash between those two parts loses that push until the record changes again.)
+/// goes in the part of the record it queues, and a conflict in the part of its record. Dead letters
+/// and the rest go with the cursor: a new read of the page writes them again.
+///
+/// The entries keep their order, so an entry could only follow an earlier one into a later part
+/// than its record's (a record changed twice within the page, or repointed by a placeholder merge);
+/// a crash between those two parts would leave the record stored and its push never queued, since
+/// reading the page again changes nothing. Such a page, and one with an entry for a record it does
+/// not write, is committed whole: splitting is a memory saving, never a risk to a push.
 fn split_records(commit: &mut Commit, limit: usize) -> Vec<Commit> {
     if commit.records.len() <= limit || limit == 0 {
         return Vec::new();
     }
+    let part_of: HashMap<CanonicalId, usize> =
+        commit.records.iter().enumerate().map(|(index, (record, _))| (record.id, index / limit)).collect();
+    let mut previous = 0;
+    for (_, entry) in &commit.outbox {
+        match part_of.get(&entry.canonical_id) {
+            Some(&part) if part >= previous => previous = part,
+            _ => return Vec::new(),
+        }
+    }
     let records = std::mem::take(&mut commit.records);
     let mut parts: Vec<Commit> = (0..records.len().div_ceil(limit)).map(|_| Commit::default()).collect();
-    let mut part_of: HashMap<CanonicalId, usize> = HashMap::with_capacity(records.len());
     for (index, (record, keys)) in records.into_iter().enumerate() {
         let part = index / limit;
-        part_of.insert(record.id, part);
         if let Some(target) = parts.get_mut(part) {
             if commit.created.contains(&record.id) {
                 target.created.insert(record.id);
@@ -425,10 +435,9 @@ fn split_records(commit: &mut Commit, limit: usize) -> Vec<Commit> {
         }
     }
     let last = parts.len() - 1;
-    let mut at = 0;
     for (connection, entry) in std::mem::take(&mut commit.outbox) {
-        at = at.max(part_of.get(&entry.canonical_id).copied().unwrap_or(0));
-        if let Some(target) = parts.get_mut(at) {
+        let part = part_of.get(&entry.canonical_id).copied().unwrap_or(last);
+        if let Some(target) = parts.get_mut(part) {
             target.outbox.push((connection, entry));
         }
     }
@@ -1398,6 +1407,54 @@ mod tests {
             kind: ChangeKind::Upsert { data, completeness: Completeness::Full },
             extra: serde_json::Map::from_iter([("Email__c".to_owned(), serde_json::json!("x@y.example"))]),
         }
+    }
+
+    /// A page of `count` account records, each with an outbox entry in the records' order.
+    fn page_commit(count: usize) -> Commit {
+        let now = Timestamp::now();
+        let mut commit = Commit::default();
+        for _ in 0..count {
+            let record = Record::new(CanonicalId::new(), Entity::Account, now);
+            let entry = OutboxEntry::new(Entity::Account, record.id, OutboxOp::Upsert, now);
+            commit.outbox.push((ConnectionId::new("zoho"), entry));
+            commit.records.push((record, Vec::new()));
+        }
+        commit.cursor = Some((ConnectionId::new("sf"), Entity::Account, None));
+        commit
+    }
+
+    #[test]
+    fn a_large_page_commits_in_parts_each_entry_with_its_record_and_the_cursor_last() {
+        let mut commit = page_commit(2_500);
+        let ids: Vec<CanonicalId> = commit.records.iter().map(|(record, _)| record.id).collect();
+        let parts = split_records(&mut commit, 1_000);
+        assert_eq!(parts.len(), 2);
+        for (part, chunk) in parts.iter().chain([&commit]).zip(ids.chunks(1_000)) {
+            let records: Vec<CanonicalId> = part.records.iter().map(|(record, _)| record.id).collect();
+            let entries: Vec<CanonicalId> = part.outbox.iter().map(|(_, entry)| entry.canonical_id).collect();
+            assert_eq!(records, chunk, "records in order, at most 1,000 a part");
+            assert_eq!(entries, chunk, "each entry in its record's part");
+        }
+        assert!(parts.iter().all(|part| part.cursor.is_none()), "the cursor goes with the last part only");
+        assert!(commit.cursor.is_some());
+    }
+
+    #[test]
+    fn a_page_whose_entries_do_not_follow_its_records_is_committed_whole() {
+        // The first record changed again at the end of the page: its entry comes after the
+        // entries of the last part, and in a later part it could be lost by a crash between parts.
+        let mut commit = page_commit(2_500);
+        let first = commit.outbox.remove(0);
+        commit.outbox.push(first);
+        assert!(split_records(&mut commit, 1_000).is_empty());
+        assert_eq!((commit.records.len(), commit.outbox.len()), (2_500, 2_500));
+        // An entry for a record the page does not write (a placeholder merge's repointed one).
+        let mut commit = page_commit(2_500);
+        let now = Timestamp::now();
+        let elsewhere = OutboxEntry::new(Entity::Account, CanonicalId::new(), OutboxOp::Upsert, now);
+        commit.outbox.insert(0, (ConnectionId::new("zoho"), elsewhere));
+        assert!(split_records(&mut commit, 1_000).is_empty());
+        assert_eq!(commit.records.len(), 2_500);
     }
 
     #[test]
