@@ -810,21 +810,7 @@ async fn orders_are_inserted_draft_then_activated_once_and_the_org_refuses_an_ac
     // The org itself refuses an Activated insert and an activation that changes other fields.
     let client = reqwest::Client::new();
     let base = running.base_url();
-    let token: serde_json::Value = client
-        .post(format!("{base}/services/oauth2/token"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("client_id", sim::CLIENT_ID),
-            ("client_secret", sim::CLIENT_SECRET),
-            ("refresh_token", sim::REFRESH_TOKEN),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let bearer = token["access_token"].as_str().unwrap().to_owned();
+    let bearer = raw_token(&client, &base).await;
     let account_id = state.live_ids(Entity::Account).remove(0);
     let body = json!({"allOrNone": false, "records": [
         {"attributes": {"type": "Order"}, "Crmsync_Id__c": "direct-1", "AccountId": account_id, "EffectiveDate": "2026-11-02", "Status": "Activated"}
@@ -916,24 +902,11 @@ async fn the_org_refuses_order_products_outside_the_order_price_book_or_without_
     let PushOutcome::Upserted { external_id, .. } = &report.results[0].outcome else { panic!("{report:?}") };
     let client = reqwest::Client::new();
     let base = running.base_url();
-    let token: serde_json::Value = client
-        .post(format!("{base}/services/oauth2/token"))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("client_id", sim::CLIENT_ID),
-            ("client_secret", sim::CLIENT_SECRET),
-            ("refresh_token", sim::REFRESH_TOKEN),
-        ])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let bearer = raw_token(&client, &base).await;
     let entries: serde_json::Value = client
         .get(format!("{base}/services/data/v62.0/query/"))
         .query(&[("q", "SELECT Id FROM PricebookEntry WHERE ProductCode = 'W-100'")])
-        .bearer_auth(token["access_token"].as_str().unwrap())
+        .bearer_auth(&bearer)
         .send()
         .await
         .unwrap()
@@ -947,7 +920,7 @@ async fn the_org_refuses_order_products_outside_the_order_price_book_or_without_
     ]});
     let results: serde_json::Value = client
         .post(format!("{base}/services/data/v62.0/composite/sobjects"))
-        .bearer_auth(token["access_token"].as_str().unwrap())
+        .bearer_auth(&bearer)
         .json(&body)
         .send()
         .await
