@@ -19,7 +19,7 @@ use tokio::task::JoinHandle;
 use crate::config::{Config, VendorConfig};
 use crate::ingest::{IngestHandle, IngestRules, Ingestor};
 use crate::store::sealed::StateKey;
-use crate::store::{Store, StoreOptions};
+use crate::store::{Store, StoreError, StoreOptions};
 use crate::telemetry;
 
 /// One configured connection, whatever its vendor.
@@ -206,9 +206,7 @@ pub struct App {
 impl App {
     /// Opens the store, builds the connectors and starts the ingest writer.
     pub fn build(config: Config) -> anyhow::Result<Self> {
-        let options = StoreOptions::with_cache_mib(config.daemon.store_cache_mib);
-        let store = Store::open_with(&config.daemon.data_dir, &options)
-            .with_context(|| format!("cannot open the store in {}", config.daemon.data_dir.display()))?;
+        let store = open_store(&config).map_err(|error| open_error(&config, error))?;
         let host: SharedHost = Arc::new(StoreHost::new(store.clone(), &config));
         let connectors = build_connectors(&config, host)?;
         let rules = IngestRules::from_config(&config);
@@ -256,6 +254,21 @@ impl App {
 /// Retries the dead-lettered pushes of every connection whose configuration changed since the last
 /// start (a vendor's rejection may not hold under the new settings; see [`crate::scheduler::push`]),
 /// and records each connection's configuration fingerprint.
+/// Opens the store in `daemon.data_dir` with the configured page cache (`daemon.store_cache_mib`).
+pub fn open_store(config: &Config) -> Result<Store, StoreError> {
+    Store::open_with(&config.daemon.data_dir, &StoreOptions::with_cache_mib(config.daemon.store_cache_mib))
+}
+
+/// An error of [`open_store`] for the user: it names the store directory once (the opening errors
+/// name it already; the others get it as context).
+pub fn open_error(config: &Config, error: StoreError) -> anyhow::Error {
+    if error.names_the_store() {
+        error.into()
+    } else {
+        anyhow::Error::new(error).context(format!("cannot open the store in {}", config.daemon.data_dir.display()))
+    }
+}
+
 fn release_held_pushes(config: &Config, store: &Store, writer: &Ingestor) -> anyhow::Result<()> {
     use sha2::{Digest, Sha256};
     const KEY: &str = "config_fingerprint";

@@ -14,17 +14,14 @@ use anyhow::Context;
 use super::{load_config, print};
 use crate::cli::{BackupArgs, RestoreArgs};
 use crate::http::client::api_url;
+use crate::store::StoreError;
 use crate::store::backup::{BackupSummary, restore_backup, verify_backup};
-use crate::store::{Store, StoreError, StoreOptions};
 
 /// `crmsync backup`.
 pub async fn backup(args: BackupArgs) -> anyhow::Result<ExitCode> {
     let config = load_config(&args.config)?;
     let partial = partial_path(&args.out);
-    let written = match (
-        &args.client.url,
-        Store::open_with(&config.daemon.data_dir, &StoreOptions::with_cache_mib(config.daemon.store_cache_mib)),
-    ) {
+    let written = match (&args.client.url, crate::app::open_store(&config)) {
         (None, Ok(store)) => {
             let partial = partial.clone();
             tokio::task::spawn_blocking(move || -> anyhow::Result<&'static str> {

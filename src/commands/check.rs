@@ -10,7 +10,6 @@ use super::print;
 use crate::app::{StoreHost, build_connectors};
 use crate::cli::CheckArgs;
 use crate::config::{Config, ConfigError};
-use crate::store::{Store, StoreOptions};
 
 /// Validates the configuration (every problem at once) and, with `--connectivity`, logs in to each CRM.
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
@@ -38,7 +37,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // Connector state (a rotated refresh token) must land in the daemon's store, so check uses it.
-    let store = Store::open_with(&config.daemon.data_dir, &StoreOptions::with_cache_mib(config.daemon.store_cache_mib)).map_err(|error| {
+    let store = crate::app::open_store(&config).map_err(|error| {
         anyhow::anyhow!("{error}\n(--connectivity needs the store for rotated credentials; stop the daemon or run without --connectivity)")
     })?;
     let connectors = build_connectors(&config, Arc::new(StoreHost::new(store.clone(), &config)))?;

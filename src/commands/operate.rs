@@ -27,7 +27,7 @@ use crate::ingest::operator::{
 use crate::ingest::{IngestHandle, IngestRules, Ingestor};
 use crate::metrics::{self, MetricsReport, Scope};
 use crate::queries::{self, ListQuery, QueuePage, RecordPage, Versioned};
-use crate::store::{ConflictEntry, DeadLetter, Store, StoreError, StoreOptions};
+use crate::store::{ConflictEntry, DeadLetter, Store, StoreError};
 
 /// Where a command does its work.
 pub enum Backend {
@@ -52,7 +52,7 @@ impl Backend {
         if let Some(url) = &client.url {
             return Ok(Self::Remote(ApiClient::new(url, token(config, client, url)?)));
         }
-        match Store::open_with(&config.daemon.data_dir, &StoreOptions::with_cache_mib(config.daemon.store_cache_mib)) {
+        match crate::app::open_store(config) {
             Ok(store) => {
                 let (writer, ingest) = Ingestor::new(store.clone(), IngestRules::from_config(config), 4);
                 let writer = tokio::spawn(writer.run());
@@ -62,8 +62,7 @@ impl Backend {
                 let url = api_url(config.daemon.listen);
                 Ok(Self::Remote(ApiClient::new(&url, token(config, client, &url)?)))
             }
-            Err(error) => Err(anyhow::Error::new(error)
-                .context(format!("cannot open the store in {}", config.daemon.data_dir.display()))),
+            Err(error) => Err(crate::app::open_error(config, error)),
         }
     }
 

@@ -6,7 +6,7 @@ use super::{load_config, print};
 use crate::cli::StatusArgs;
 use crate::http::client::{ApiClient, api_url};
 use crate::status::{StatusConfig, StatusReport, collect, render};
-use crate::store::{Store, StoreError, StoreOptions};
+use crate::store::StoreError;
 
 /// Prints the status from the store; while a daemon holds the store (or with `--url`), asks that
 /// daemon: its API with the token (`api.token` or `--token`), else its admin listener's `/status`.
@@ -16,16 +16,13 @@ pub async fn run(args: StatusArgs) -> anyhow::Result<ExitCode> {
     let admin = config.daemon.admin_listen;
     let report = match &args.client.url {
         Some(url) => remote(url, token, admin).await?,
-        None => match Store::open_with(
-            &config.daemon.data_dir,
-            &StoreOptions::with_cache_mib(config.daemon.store_cache_mib),
-        ) {
+        None => match crate::app::open_store(&config) {
             Ok(store) => {
                 let status_config = StatusConfig::from_config(&config);
                 tokio::task::spawn_blocking(move || collect(&store, &status_config)).await??
             }
             Err(StoreError::Locked { .. }) => remote(&api_url(config.daemon.listen), token, admin).await?,
-            Err(error) => return Err(error.into()),
+            Err(error) => return Err(crate::app::open_error(&config, error)),
         },
     };
     if args.json {

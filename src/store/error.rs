@@ -16,6 +16,19 @@ impl StoreError {
                 | Self::Key(_)
         )
     }
+
+    /// Returns whether the message already names the store directory (the errors of opening it), so
+    /// that a caller adds no context repeating it.
+    pub fn names_the_store(&self) -> bool {
+        matches!(
+            self,
+            Self::Locked { .. }
+                | Self::NewerFormat { .. }
+                | Self::Corrupt { .. }
+                | Self::Unavailable { .. }
+                | Self::Open { .. }
+        )
+    }
 }
 
 /// A store operation that failed.

@@ -139,6 +139,37 @@ struct Trees {
     meta: sled::Tree,
 }
 
+std::thread_local! {
+    /// Set while [`catch_quietly`] runs on this thread: its panics are caught, so the hook keeps them.
+    static CATCHING: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `work`, catching a panic as an error carrying its message, which is then not printed: the
+/// caller reports it (a damaged store refused as corrupt), and a "thread panicked" line printed
+/// before that error would read as a crash. Panics elsewhere go to the hook installed before.
+fn catch_quietly<T>(work: impl FnOnce() -> T) -> Result<T, String> {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let kept = CATCHING.with(|slot| match slot.borrow_mut().as_mut() {
+                Some(message) => {
+                    *message = info.to_string();
+                    true
+                }
+                None => false,
+            });
+            if !kept {
+                previous(info);
+            }
+        }));
+    });
+    CATCHING.with(|slot| *slot.borrow_mut() = Some(String::new()));
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(work));
+    let message = CATCHING.with(|slot| slot.borrow_mut().take()).unwrap_or_default();
+    result.map_err(|_| if message.is_empty() { "no message".to_owned() } else { message })
+}
+
 impl Trees {
     /// Opens sled in `dir` (the caller holds crmsync's lock on it).
     fn open(dir: &Path, options: &StoreOptions) -> Result<Self, StoreError> {
@@ -152,7 +183,7 @@ impl Trees {
         let opened = loop {
             let config = config.clone();
             // sled 0.34 can panic instead of returning an error on some damaged files.
-            let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || config.open()));
+            let opened = catch_quietly(move || config.open());
             match &opened {
                 // A snapshot sled never finished writing (the disk filled, or the process was killed
                 // while it wrote): sled 0.34 reads it as the newest snapshot and refuses the store.
@@ -177,7 +208,9 @@ impl Trees {
             Ok(Err(sled::Error::Io(error))) if is_lock_error(&error) => return Err(StoreError::Locked { path }),
             Ok(Err(sled::Error::Io(source))) => return Err(StoreError::Open { path, source }),
             Ok(Err(error)) => return Err(StoreError::Corrupt { path, detail: error.to_string() }),
-            Err(_) => return Err(StoreError::Corrupt { path, detail: "sled panicked while opening".into() }),
+            Err(panic) => {
+                return Err(StoreError::Corrupt { path, detail: format!("sled panicked while opening: {panic}") });
+            }
         };
         let tree = |name: &str| db.open_tree(name);
         Ok(Self {

@@ -476,3 +476,13 @@ fn a_snapshot_sled_never_finished_writing_does_not_make_the_store_unreadable() {
     assert_eq!(store.record(record.id).unwrap(), Some(record));
     assert!(!dir.path().join("snap.7FFFFFFFFFFFFFFF.generating").exists());
 }
+
+#[test]
+fn a_panic_caught_while_opening_becomes_the_errors_detail_instead_of_a_printed_crash() {
+    // sled 0.34 panics on some damaged files; the panic is caught and reported as a corrupt store
+    // whose detail carries sled's message (printing it first would read as a crash).
+    let caught = super::catch_quietly(|| -> u32 { panic!("damaged page 7") });
+    let message = caught.unwrap_err();
+    assert!(message.contains("damaged page 7"), "{message}");
+    assert_eq!(super::catch_quietly(|| 5), Ok(5));
+}

@@ -82,11 +82,11 @@ async fn finishes(env: &Env, args: &[&str]) -> Output {
         .await
         .unwrap_or_else(|_| panic!("crmsync {args:?} is wedged"))
         .unwrap();
-    assert_ne!(
-        output.status.code(),
-        Some(101),
-        "crmsync {args:?} panicked: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    // A panic caught inside (sled's, on some damaged files) is reported as the error, not printed.
+    assert!(
+        output.status.code() != Some(101) && !stderr.contains("panicked at"),
+        "crmsync {args:?} panicked: {stderr}"
     );
     output
 }
@@ -98,9 +98,9 @@ fn clear_store_error(output: &Output, store: &Path, reason: &str) {
     assert!(
         !output.status.success()
             && last.starts_with("error: ")
-            && last.contains(&store.display().to_string())
+            && last.matches(&store.display().to_string()).count() == 1
             && last.contains(reason),
-        "expected a clear error naming {} ({reason}), got {}:\n{stderr}",
+        "expected a clear error naming {} once ({reason}), got {}:\n{stderr}",
         store.display(),
         output.status
     );
