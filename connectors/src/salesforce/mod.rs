@@ -27,13 +27,42 @@
 //!
 //! Orders follow the Order object reference: an order is inserted with a Draft status and activated
 //! afterwards by an update that carries only `Status`; an existing order's other fields are updated
-//! in one call and its status in a second, Status-only call. An order's lines become OrderItems of
-//! the configured price book (default: the standard one), each priced from the active entry of its
-//! SKU or product name, added after the order is written and before it is activated. An order whose
+//! first and its status by a second, Status-only update. An order's lines become OrderItems of the
+//! configured price book (default: the standard one), each priced from the active entry of its SKU
+//! or product name, added after the order is written and before it is activated. An order whose
 //! lines changed gets its products replaced: an activated order's products cannot be deleted
 //! (Salesforce Help, "Editing and Deletion Considerations for Order Products"), so it is moved back
 //! to its Draft status first, its products deleted and the new ones added, then its status set
-//! again; an order whose products are the lines already costs no item call.
+//! again; an order whose products are the lines already costs no product subrequest.
+//!
+//! # One order, one transaction
+//!
+//! Those steps are subrequests of one Composite request (`POST /services/data/vXX.X/composite`,
+//! REST API Developer Guide, "Send Multiple Requests Using Composite",
+//! <https://developer.salesforce.com/docs/platform/api-rest/guide/resources-composite-composite-post.html>,
+//! and "Composite Request Body", <https://developer.salesforce.com/docs/platform/api-rest/guide/requests-composite.html>):
+//! with `allOrNone: true` "the entire composite request is rolled back" when a subrequest fails, so
+//! the Draft, product and activation writes of an order commit together or not at all. No pull
+//! (under `run`) ever reads an order crmsync pushes as activated in its Draft status or without its
+//! products, and a kill between two steps cannot leave a Draft order behind: there is no between.
+//! A later subrequest names the order an earlier one inserted as `@{o3.id}` (the reference
+//! notation of the same pages); `collateSubrequests: false` keeps them in order. The whole request
+//! "counts as a single call toward your API limits"; it takes at most 25 subrequests, at most 5 of
+//! them sObject Collections or queries. When allOrNone rolls a request back, the failing subrequest
+//! keeps its error and "all other subrequests return the 400 HTTP status code" ("Composite
+//! Subrequest Result", <https://developer.salesforce.com/docs/platform/api-rest/guide/resources-composite-subrequest-result.md>);
+//! their error code is `PROCESSING_HALTED` as clients see it (the guide gives only the status); inside an allOrNone composite request an sObject
+//! Collections subrequest is all-or-none too ("allOrNone Parameters in Composite and Collections
+//! Requests", <https://developer.salesforce.com/docs/platform/api-rest/guide/resources-composite-allornone.md>).
+//! Single-record subrequests answer as their resources do (crm-apis.md §1.4: 201 with the id on an
+//! insert or upsert that creates, 200 on an upsert that updates, 204 on an update or delete).
+//!
+//! Several orders share a request as those limits allow: an order without lines is 2 subrequests
+//! (12 per request, so 17 calls per 200 orders), a new order with one line 3 (8 per request), a
+//! changed activated order 4 plus its old and new products. Products are single-record
+//! subrequests while the order's group fits in one request, else sObject Collections subrequests.
+//! An order the org refuses rolls back the request it was in; the orders it halted are sent again
+//! without it, so each refused order costs one more call.
 
 mod config;
 pub mod jwt;
@@ -165,15 +194,26 @@ impl OrgOrder {
     }
 }
 
-/// An order whose products change: its current products are deleted (after moving the order back
-/// to a Draft status when it is activated: an activated order's products cannot be deleted) and
-/// the new ones added; the order's status is set again afterwards.
+/// One order's writes, sent together as one all-or-none group of composite subrequests.
 #[derive(Debug, Clone)]
-struct ItemReplacement {
+struct OrderWrite {
+    /// Its index in the batch.
     index: usize,
-    order_id: String,
-    item_ids: Vec<String>,
-    deactivate: bool,
+    /// Its id in the org when it exists (then updated by id), else it is upserted by external id.
+    id: Option<String>,
+    /// Its canonical id (the external-id value).
+    canonical: String,
+    /// The order's fields (an insert carries a Draft status).
+    record: Map<String, Value>,
+    /// An activated order whose products are replaced goes back to this Draft status first: an
+    /// activated order's products cannot be deleted.
+    draft: Option<String>,
+    /// Products to delete (the order's current ones, when its lines changed).
+    delete_items: Vec<String>,
+    /// Products to add (OrderItem records without `OrderId`).
+    items: Vec<Map<String, Value>>,
+    /// The final `Status`, set by a Status-only update after the products.
+    status: Option<Value>,
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -751,18 +791,14 @@ impl Connector for SalesforceConnector {
         } else {
             None
         };
-        // Order products to add once their order is written, by batch index.
-        let mut items: Vec<(usize, Map<String, Value>)> = Vec::new();
+        // Orders: each one's writes, sent as one all-or-none composite group.
+        let mut order_writes: Vec<OrderWrite> = Vec::new();
         // A record the target already has (its id is known) is updated by Id — it may predate crmsync
         // and lack the external-id field, so an upsert by external id would duplicate it; the update
         // stamps the field. Records the target does not have are upserted by external id, so a retried
         // push never creates a second copy.
         let mut updates: Vec<(usize, Map<String, Value>)> = Vec::new();
         let mut upserts: Vec<(usize, Map<String, Value>)> = Vec::new();
-        // Orders: the Status each one must end in, set by a Status-only update after the write.
-        let mut statuses: HashMap<usize, Value> = HashMap::new();
-        // Orders whose products change.
-        let mut replacements: Vec<ItemReplacement> = Vec::new();
         let draft = self.settings.vocabulary.order_statuses.reverse(OrderStatus::Draft).map(str::to_owned);
         for (index, outgoing) in batch.iter().enumerate() {
             let OutgoingOp::Upsert { data } = &outgoing.op else { continue };
@@ -791,21 +827,29 @@ impl Connector for SalesforceConnector {
                 }
             };
             if entity == Entity::Order {
+                let mut write = OrderWrite {
+                    index,
+                    id: known.as_ref().map(ExternalId::to_string),
+                    canonical: outgoing.canonical_id.to_string(),
+                    record: Map::new(),
+                    draft: None,
+                    delete_items: Vec::new(),
+                    items: Vec::new(),
+                    status: None,
+                };
                 if let Some(status) = record.remove("Status") {
                     match (kind, &draft) {
                         // Orders are inserted Draft; the status they should have follows.
                         (org::WriteKind::Create, Some(draft)) => {
                             if status.as_str() != Some(draft.as_str()) {
-                                statuses.insert(index, status);
+                                write.status = Some(status);
                             }
                             record.insert("Status".into(), Value::String(draft.clone()));
                         }
                         (org::WriteKind::Create, None) => {
                             record.insert("Status".into(), status);
                         }
-                        (org::WriteKind::Update, _) => {
-                            statuses.insert(index, status);
-                        }
+                        (org::WriteKind::Update, _) => write.status = Some(status),
                     }
                 }
                 if kind == org::WriteKind::Update {
@@ -829,36 +873,34 @@ impl Connector for SalesforceConnector {
                         Ok(order_items) => match in_org.filter(|order| order.has_items()) {
                             Some(current) if current.has_the_items(&order_items, book) => {}
                             Some(current) => {
-                                let deactivate = draft.is_some() && current.activated;
-                                if deactivate && !statuses.contains_key(&index) {
-                                    // Activated again with the status it has once its products are in.
-                                    if let Some(status) = &current.status {
-                                        statuses.insert(index, Value::String(status.clone()));
+                                if draft.is_some() && current.activated {
+                                    // Back to Draft to delete its products, then activated again
+                                    // with the status it has once the new ones are in.
+                                    write.draft.clone_from(&draft);
+                                    if write.status.is_none() {
+                                        write.status = current.status.clone().map(Value::String);
                                     }
                                 }
-                                replacements.push(ItemReplacement {
-                                    index,
-                                    order_id: current.id.clone(),
-                                    item_ids: current.items.iter().map(|item| item.id.clone()).collect(),
-                                    deactivate,
-                                });
-                                items.extend(order_items.into_iter().map(|item| (index, item)));
+                                write.delete_items = current.items.iter().map(|item| item.id.clone()).collect();
+                                write.items = order_items;
                             }
                             None => {
                                 if info.is_writable("Pricebook2Id", kind) {
                                     record.insert("Pricebook2Id".into(), Value::String(book.id.clone()));
                                 }
-                                items.extend(order_items.into_iter().map(|item| (index, item)));
+                                write.items = order_items;
                             }
                         },
                         Err(rejection) => {
-                            statuses.remove(&index);
                             outcomes[index] =
                                 Some(PushOutcome::Rejected { code: rejection.code, message: rejection.message });
                             continue;
                         }
                     }
                 }
+                write.record = record;
+                order_writes.push(write);
+                continue;
             }
             match known {
                 Some(id) => {
@@ -901,15 +943,8 @@ impl Connector for SalesforceConnector {
                 outcomes[*index] = Some(collection_outcome(result, true));
             }
         }
-        if !replacements.is_empty() {
-            let failed = self.clear_order_items(&mut outcomes, replacements, draft.as_deref()).await?;
-            items.retain(|(index, _)| !failed.contains(index));
-        }
-        if !items.is_empty() {
-            self.add_order_items(&mut outcomes, items, &mut statuses).await?;
-        }
-        if !statuses.is_empty() {
-            self.set_order_statuses(&mut outcomes, statuses).await?;
+        if !order_writes.is_empty() {
+            self.write_orders(&mut outcomes, order_writes).await?;
         }
         let deletes = deletes_to_send(batch, &mut outcomes);
         if !deletes.is_empty() {
@@ -1149,147 +1184,193 @@ impl SalesforceConnector {
             .cloned()
     }
 
-    /// Deletes the products of orders whose lines changed, moving an activated order back to its
-    /// Draft status first (Salesforce Help, "Editing and Deletion Considerations for Order Products":
-    /// after an order is activated its order products cannot be deleted; a Draft order's can). The
-    /// new products are added next and the status set again after them. Returns the batch indices
-    /// that failed (rejected, naming the step).
-    async fn clear_order_items(
+    /// The subrequests writing one order, all or nothing: the order itself (an update by id, or an
+    /// upsert by external id inserting it Draft), back to its Draft status when its products must
+    /// go, its old products deleted, its new ones added, then its final status (a Status-only
+    /// update: the Order object reference allows only `Status` in the update that activates an
+    /// order). Products are single-record subrequests while the group fits in one composite
+    /// request, else sObject Collections subrequests. `None`: too many lines for one request.
+    fn order_subrequests(&self, write: &OrderWrite) -> Option<(Vec<wire::CompositeSubrequest>, usize)> {
+        let base = self.data_path("");
+        let name = format!("o{}", write.index);
+        let sub = |method: &str, url: String, reference_id: String, body: Option<Value>| wire::CompositeSubrequest {
+            method: method.to_owned(),
+            url,
+            reference_id,
+            body,
+        };
+        let field = &self.config.external_id_field;
+        let mut record = write.record.clone();
+        record.remove("attributes");
+        let mut head = Vec::new();
+        let order = match &write.id {
+            Some(id) => {
+                head.push(sub(
+                    "PATCH",
+                    format!("{base}/sobjects/Order/{id}"),
+                    name.clone(),
+                    Some(Value::Object(record)),
+                ));
+                id.clone()
+            }
+            None => {
+                // The URL names the external id; the body must not carry it.
+                record.remove(field.as_str());
+                head.push(sub(
+                    "PATCH",
+                    format!("{base}/sobjects/Order/{field}/{}", write.canonical),
+                    name.clone(),
+                    Some(Value::Object(record)),
+                ));
+                format!("@{{{name}.id}}")
+            }
+        };
+        if let Some(draft) = &write.draft {
+            head.push(sub(
+                "PATCH",
+                format!("{base}/sobjects/Order/{order}"),
+                format!("{name}_draft"),
+                Some(serde_json::json!({ "Status": draft })),
+            ));
+        }
+        let tail: Vec<wire::CompositeSubrequest> = write
+            .status
+            .iter()
+            .map(|status| {
+                sub(
+                    "PATCH",
+                    format!("{base}/sobjects/Order/{order}"),
+                    format!("{name}_status"),
+                    Some(serde_json::json!({ "Status": status })),
+                )
+            })
+            .collect();
+        let item = |item: &Map<String, Value>, with_attributes: bool| {
+            let mut item = item.clone();
+            if !with_attributes {
+                item.remove("attributes");
+            }
+            item.insert("OrderId".into(), Value::String(order.clone()));
+            item
+        };
+        let mut subs = head.clone();
+        subs.extend(write.delete_items.iter().enumerate().map(|(number, id)| {
+            sub("DELETE", format!("{base}/sobjects/OrderItem/{id}"), format!("{name}_del{number}"), None)
+        }));
+        subs.extend(write.items.iter().enumerate().map(|(number, record)| {
+            sub(
+                "POST",
+                format!("{base}/sobjects/OrderItem"),
+                format!("{name}_item{number}"),
+                Some(Value::Object(item(record, false))),
+            )
+        }));
+        subs.extend(tail.iter().cloned());
+        if subs.len() <= wire::COMPOSITE_LIMIT {
+            return Some((subs, 0));
+        }
+        // Too many products for single-record subrequests: sObject Collections subrequests.
+        let mut subs = head;
+        let mut collections = 0;
+        for (number, chunk) in write.delete_items.chunks(COLLECTION_LIMIT).enumerate() {
+            collections += 1;
+            subs.push(sub(
+                "DELETE",
+                format!("{base}/composite/sobjects?ids={}&allOrNone=true", chunk.join(",")),
+                format!("{name}_dels{number}"),
+                None,
+            ));
+        }
+        for (number, chunk) in write.items.chunks(COLLECTION_LIMIT).enumerate() {
+            collections += 1;
+            let records: Vec<Value> = chunk.iter().map(|record| Value::Object(item(record, true))).collect();
+            subs.push(sub(
+                "POST",
+                format!("{base}/composite/sobjects"),
+                format!("{name}_items{number}"),
+                Some(serde_json::json!({ "allOrNone": true, "records": records })),
+            ));
+        }
+        subs.extend(tail);
+        (subs.len() <= wire::COMPOSITE_LIMIT && collections <= wire::COMPOSITE_COLLECTION_LIMIT)
+            .then_some((subs, collections))
+    }
+
+    /// Writes orders through the Composite resource with `allOrNone`: each order's group of
+    /// subrequests (see [`Self::order_subrequests`]) commits or rolls back as one, so no reader ever
+    /// sees an order crmsync pushes as activated in its Draft status or without its products, and
+    /// a kill leaves either the old order or the new one. Several orders share a request as the
+    /// limits allow (25 subrequests, 5 of them collections); one order's failure rolls its
+    /// request back, so the orders it halted are sent again without it.
+    async fn write_orders(
         &self,
         outcomes: &mut [Option<PushOutcome>],
-        replacements: Vec<ItemReplacement>,
-        draft: Option<&str>,
-    ) -> Result<std::collections::HashSet<usize>, ConnectorError> {
-        let mut failed = std::collections::HashSet::new();
-        let written = |outcomes: &[Option<PushOutcome>], index: usize| {
-            matches!(outcomes.get(index), Some(Some(PushOutcome::Upserted { .. })))
-        };
-        let deactivations: Vec<&ItemReplacement> = replacements
-            .iter()
-            .filter(|replacement| replacement.deactivate && written(outcomes, replacement.index))
-            .collect();
-        if let (Some(draft), false) = (draft, deactivations.is_empty()) {
-            let records = deactivations
-                .iter()
-                .map(|replacement| {
-                    let mut record = Map::new();
-                    record.insert("attributes".into(), serde_json::json!({"type": "Order"}));
-                    record.insert("id".into(), Value::String(replacement.order_id.clone()));
-                    record.insert("Status".into(), Value::String(draft.to_owned()));
-                    record
-                })
-                .collect();
-            let results = self.collection_update("Order", records).await?;
-            for (replacement, result) in deactivations.iter().zip(results) {
-                if let PushOutcome::Rejected { code, message } = collection_outcome(result, true) {
-                    failed.insert(replacement.index);
-                    outcomes[replacement.index] = Some(PushOutcome::Rejected {
-                        code,
+        writes: Vec<OrderWrite>,
+    ) -> Result<(), ConnectorError> {
+        let mut pending = std::collections::VecDeque::new();
+        for write in writes {
+            match self.order_subrequests(&write) {
+                Some((subrequests, collections)) => pending.push_back((write, subrequests, collections)),
+                None => {
+                    outcomes[write.index] = Some(PushOutcome::Rejected {
+                        code: "TOO_MANY_ORDER_LINES".into(),
                         message: format!(
-                            "order written, its products not replaced (back to {draft} refused): {message}"
+                            "order of {} lines: more products than one composite request can write with the order",
+                            write.items.len()
                         ),
                     });
                 }
             }
         }
-        let deletes: Vec<(usize, String)> = replacements
-            .iter()
-            .filter(|replacement| !failed.contains(&replacement.index) && written(outcomes, replacement.index))
-            .flat_map(|replacement| replacement.item_ids.iter().map(|id| (replacement.index, id.clone())))
-            .collect();
-        let path = self.data_path("/composite/sobjects");
-        for chunk in deletes.chunks(COLLECTION_LIMIT) {
-            let joined = chunk.iter().map(|(_, id)| id.as_str()).collect::<Vec<_>>().join(",");
-            let results: Vec<wire::CollectionResult> = self
-                .call_json("OrderItem delete results", |client, base| {
-                    client.delete(format!("{base}{path}")).query(&[("ids", joined.as_str()), ("allOrNone", "false")])
+        let path = self.data_path("/composite");
+        while !pending.is_empty() {
+            let mut group = Vec::new();
+            let (mut count, mut collections) = (0, 0);
+            while let Some((_, subrequests, used)) = pending.front() {
+                if !group.is_empty()
+                    && (count + subrequests.len() > wire::COMPOSITE_LIMIT
+                        || collections + used > wire::COMPOSITE_COLLECTION_LIMIT)
+                {
+                    break;
+                }
+                count += subrequests.len();
+                collections += used;
+                group.extend(pending.pop_front());
+            }
+            let request = wire::CompositeRequest {
+                all_or_none: true,
+                collate_subrequests: false,
+                composite_request: group.iter().flat_map(|(_, subrequests, _)| subrequests.iter().cloned()).collect(),
+            };
+            let response: wire::CompositeResponse = self
+                .call_json("Order composite results", |client, base| {
+                    client.post(format!("{base}{path}")).json(&request)
                 })
                 .await?;
-            for ((index, _), result) in chunk.iter().zip(results) {
-                if let PushOutcome::Rejected { code, message } = collection_outcome(result, false)
-                    && failed.insert(*index)
-                {
-                    outcomes[*index] = Some(PushOutcome::Rejected {
-                        code,
-                        message: format!("order written, its old products not deleted: {message}"),
-                    });
+            let results: HashMap<&str, &wire::CompositeSubresult> =
+                response.composite_response.iter().map(|result| (result.reference_id.as_str(), result)).collect();
+            let mut failed = false;
+            let mut halted = Vec::new();
+            for (write, subrequests, used) in group {
+                match order_result(&write, &subrequests, &results) {
+                    Some(outcome) => {
+                        failed |= matches!(outcome, PushOutcome::Rejected { .. } | PushOutcome::Retry { .. });
+                        outcomes[write.index] = Some(outcome);
+                    }
+                    None => halted.push((write, subrequests, used)),
                 }
             }
-        }
-        Ok(failed)
-    }
-
-    /// Adds the products of orders written without any (sObject Collections create, ≤ 200 per
-    /// call): an order is activated only after its products exist, so an order whose products
-    /// fail is rejected and keeps its Draft status.
-    async fn add_order_items(
-        &self,
-        outcomes: &mut [Option<PushOutcome>],
-        items: Vec<(usize, Map<String, Value>)>,
-        statuses: &mut HashMap<usize, Value>,
-    ) -> Result<(), ConnectorError> {
-        let mut pending: Vec<(usize, Map<String, Value>)> = Vec::new();
-        for (index, mut item) in items {
-            let Some(Some(PushOutcome::Upserted { external_id, .. })) = outcomes.get(index) else { continue };
-            item.insert("OrderId".into(), Value::String(external_id.to_string()));
-            pending.push((index, item));
-        }
-        let path = self.data_path("/composite/sobjects");
-        for chunk in pending.chunks(COLLECTION_LIMIT) {
-            let body = wire::CollectionRequest {
-                all_or_none: false,
-                records: chunk.iter().map(|(_, item)| item.clone()).collect(),
-            };
-            let results: Vec<wire::CollectionResult> = self
-                .call_json("OrderItem create results", |client, base| client.post(format!("{base}{path}")).json(&body))
-                .await?;
-            if results.len() != chunk.len() {
-                return Err(ConnectorError::decode(
-                    "OrderItem create results",
-                    std::io::Error::other(format!("{} results for {} records", results.len(), chunk.len())),
-                ));
-            }
-            for ((index, _), result) in chunk.iter().zip(results) {
-                if let PushOutcome::Rejected { code, message } = collection_outcome(result, true) {
-                    statuses.remove(index);
-                    outcomes[*index] = Some(PushOutcome::Rejected {
-                        code,
-                        message: format!("order written, its products not: {message}"),
+            if failed {
+                // Rolled back for another order's sake: sent again without it.
+                for entry in halted.into_iter().rev() {
+                    pending.push_front(entry);
+                }
+            } else {
+                for (write, _, _) in halted {
+                    outcomes[write.index] = Some(PushOutcome::Retry {
+                        message: "the composite request was rolled back without naming a failed subrequest".into(),
                     });
                 }
-            }
-        }
-        Ok(())
-    }
-
-    /// Sets the final `Status` of orders just written, in one Status-only update: the Order object
-    /// reference allows only `Status` in the update that activates an order.
-    async fn set_order_statuses(
-        &self,
-        outcomes: &mut [Option<PushOutcome>],
-        statuses: HashMap<usize, Value>,
-    ) -> Result<(), ConnectorError> {
-        let mut pending: Vec<(usize, Map<String, Value>)> = Vec::new();
-        for (index, status) in statuses {
-            let Some(Some(PushOutcome::Upserted { external_id, .. })) = outcomes.get(index) else { continue };
-            let mut record = Map::new();
-            record.insert("attributes".into(), serde_json::json!({"type": "Order"}));
-            record.insert("id".into(), Value::String(external_id.to_string()));
-            record.insert("Status".into(), status);
-            pending.push((index, record));
-        }
-        if pending.is_empty() {
-            return Ok(());
-        }
-        pending.sort_by_key(|(index, _)| *index);
-        let records = pending.iter().map(|(_, record)| record.clone()).collect();
-        let results = self.collection_update("Order", records).await?;
-        for ((index, _), result) in pending.iter().zip(results) {
-            if let PushOutcome::Rejected { code, message } = collection_outcome(result, true) {
-                // The order exists (its id is known) but has not reached its status: a later push
-                // retries the Status-only update once the cause is fixed.
-                outcomes[*index] =
-                    Some(PushOutcome::Rejected { code, message: format!("order written, status not set: {message}") });
             }
         }
         Ok(())
@@ -1474,6 +1555,81 @@ impl SalesforceConnector {
         let soql = self.soql(entity, lower.map(|lower| format!("SystemModstamp >= {}", soql_datetime(lower)))).await?;
         self.query(entity, &soql, position.incremental).await
     }
+}
+
+/// What a subrequest's result says went wrong: `(code, message)`, `None` when it succeeded. A
+/// collection subrequest answers 200 with per-record results, some of which may have failed.
+fn subrequest_error(result: &wire::CompositeSubresult) -> Option<(String, String)> {
+    let text = |value: Option<&Value>| value.and_then(Value::as_str).unwrap_or_default().to_owned();
+    let records = result.body.as_array().map(Vec::as_slice).unwrap_or_default();
+    if !(200..300).contains(&result.http_status_code) {
+        return Some(match records.first() {
+            Some(error) => (text(error.get("errorCode")), text(error.get("message"))),
+            None => (format!("HTTP_{}", result.http_status_code), result.body.to_string()),
+        });
+    }
+    let mut errors = records
+        .iter()
+        .filter(|record| record.get("success") == Some(&Value::Bool(false)))
+        .filter_map(|record| record.get("errors").and_then(Value::as_array).and_then(|errors| errors.first()))
+        .map(|error| (text(error.get("statusCode")), text(error.get("message"))));
+    let first = errors.next()?;
+    // The record that failed, rather than those rolled back for its sake.
+    Some(
+        std::iter::once(first.clone())
+            .chain(errors)
+            .find(|(code, _)| code != wire::ALL_OR_NONE_ROLLED_BACK)
+            .unwrap_or(first),
+    )
+}
+
+/// One order's outcome from its subrequests' results; `None` when its group was only rolled back
+/// because another order's failed (it is sent again).
+fn order_result(
+    write: &OrderWrite,
+    subrequests: &[wire::CompositeSubrequest],
+    results: &HashMap<&str, &wire::CompositeSubresult>,
+) -> Option<PushOutcome> {
+    let mut halted = false;
+    for subrequest in subrequests {
+        let Some(result) = results.get(subrequest.reference_id.as_str()) else {
+            return Some(PushOutcome::Retry {
+                message: format!("no result for composite subrequest {}", subrequest.reference_id),
+            });
+        };
+        let Some((code, message)) = subrequest_error(result) else { continue };
+        if code == wire::PROCESSING_HALTED || code == wire::ALL_OR_NONE_ROLLED_BACK {
+            halted = true;
+            continue;
+        }
+        let step = match subrequest.reference_id.rsplit_once('_').map(|(_, step)| step) {
+            None => "the order",
+            Some("draft") => "the move back to Draft",
+            Some(step) if step.starts_with("del") => "deleting its old products",
+            Some(step) if step.starts_with("item") => "adding its products",
+            Some(_) => "setting its status",
+        };
+        let message = format!("order not written ({step} failed; nothing of it was kept): {message}");
+        return Some(match code.as_str() {
+            "UNABLE_TO_LOCK_ROW" | "REQUEST_RUNNING_TOO_LONG" => {
+                PushOutcome::Retry { message: format!("{code}: {message}") }
+            }
+            _ => PushOutcome::Rejected { code, message },
+        });
+    }
+    if halted {
+        return None;
+    }
+    let first = results.get(subrequests.first()?.reference_id.as_str())?;
+    let id = write.id.clone().or_else(|| first.body.get("id").and_then(Value::as_str).map(str::to_owned));
+    Some(match id {
+        Some(id) => PushOutcome::Upserted {
+            external_id: ExternalId::new(id),
+            created: first.body.get("created").and_then(Value::as_bool).unwrap_or(false),
+            version: None,
+        },
+        None => PushOutcome::Retry { message: "order upsert succeeded without an id".into() },
+    })
 }
 
 fn collection_outcome(result: wire::CollectionResult, upsert: bool) -> PushOutcome {

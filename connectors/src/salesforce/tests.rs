@@ -162,7 +162,7 @@ fn order(account: CanonicalId, index: usize) -> Outgoing {
 }
 
 #[tokio::test]
-async fn pushing_1000_orders_costs_5_calls_and_pushing_them_again_creates_nothing() {
+async fn pushing_1000_orders_costs_85_composite_calls_and_pushing_them_again_creates_nothing() {
     let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
     let connector = connector(&running);
     let state = running.state();
@@ -178,8 +178,11 @@ async fn pushing_1000_orders_costs_5_calls_and_pushing_them_again_creates_nothin
             "{report:?}"
         );
     }
-    // Per 200 orders: one upsert inserting them Draft, one Status-only update activating them.
-    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 10);
+    // Each order is one all-or-none group of 2 subrequests (the upsert inserting it Draft, the
+    // Status-only update activating it): 12 orders per composite request (25 subrequests), so 17
+    // requests per batch of 200, 85 for 1000. Nothing else writes.
+    assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 85);
+    assert_eq!(state.composites().len(), 85);
     assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 1000);
     for chunk in orders.chunks(connector.push_batch_size()) {
         let report = connector.push(Entity::Order, chunk).await.unwrap();
@@ -982,7 +985,9 @@ async fn changed_lines_replace_the_products_of_an_activated_order_through_draft(
     let writes = Simulated::stats(state.as_ref()).write_calls;
     connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
     let calls = Simulated::stats(state.as_ref()).write_calls - writes;
-    assert_eq!(calls, 2, "the order update and its status, nothing for its products");
+    assert_eq!(calls, 1, "one composite request");
+    let sent: Vec<String> = state.composites().last().unwrap().iter().map(|(name, _, _)| name.clone()).collect();
+    assert_eq!(sent, ["o0", "o0_status"], "the order update and its status, nothing for its products");
 }
 
 /// Issue 13 §3: whether an order is activated is its `StatusCode` (the status category, Draft or
@@ -1022,7 +1027,13 @@ async fn an_order_is_activated_by_its_status_code_not_by_its_status_value() {
     let report = connector.push(Entity::Order, std::slice::from_ref(&orders[0])).await.unwrap();
     assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { .. }), "{report:?}");
     let calls = Simulated::stats(state.as_ref()).write_calls - writes;
-    assert_eq!(calls, 4, "no move to Draft for an order already in the Draft category");
+    assert_eq!(calls, 1, "one composite request");
+    let sent: Vec<String> = state.composites().last().unwrap().iter().map(|(name, _, _)| name.clone()).collect();
+    assert_eq!(
+        sent,
+        ["o0", "o0_del0", "o0_item0", "o0_status"],
+        "no move to Draft for an order already in the Draft category"
+    );
     let row = state.row(Entity::Order, id(0).as_str()).unwrap();
     assert_eq!(row["Status"], "Cancelled");
     assert_eq!(row["TotalAmount"], json!(47.5), "5 × 9.50");
@@ -1031,10 +1042,197 @@ async fn an_order_is_activated_by_its_status_code_not_by_its_status_value() {
     let report = connector.push(Entity::Order, std::slice::from_ref(&orders[1])).await.unwrap();
     assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { .. }), "{report:?}");
     let calls = Simulated::stats(state.as_ref()).write_calls - writes;
-    assert_eq!(calls, 5, "moved to Draft, products replaced, activated again");
+    assert_eq!(calls, 1, "one composite request");
+    let sent: Vec<String> = state.composites().last().unwrap().iter().map(|(name, _, _)| name.clone()).collect();
+    assert_eq!(
+        sent,
+        ["o0", "o0_draft", "o0_del0", "o0_item0", "o0_status"],
+        "moved to Draft, products replaced, activated again"
+    );
+    assert!(
+        !state.order_history().iter().any(|(order, status)| *order == id(1) && status.as_deref() == Some("Draft")),
+        "the Draft step was never visible"
+    );
     let row = state.row(Entity::Order, id(1).as_str()).unwrap();
     assert_eq!(row["Status"], "Activated");
     assert_eq!(row["TotalAmount"], json!(47.5));
+}
+
+/// Issue 17, defect "a Salesforce order's Draft read back mid-write": an order crmsync pushes as
+/// activated is written as Draft, given its products and activated in one composite request with
+/// `allOrNone`, so no state in between is ever committed where a reader (a pull under `run`) could
+/// see it — neither for a new order nor for one whose products are replaced through Draft. An
+/// order the org refuses rolls its request back: the others are sent again without it, and an
+/// order whose product fails after its insert leaves no Draft order behind.
+#[tokio::test]
+async fn an_order_pushed_as_activated_is_never_committed_in_draft_and_a_failed_write_leaves_nothing() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = testkit::new_accounts(1, "Atomic Customer").remove(0);
+    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let never_pushed = testkit::new_accounts(1, "Elsewhere Customer").remove(0);
+    let mut orders = testkit::new_orders(&RecordRef::canonical(account.canonical_id), 3, "SO-ATOMIC");
+    orders[1] = testkit::new_orders(&RecordRef::canonical(never_pushed.canonical_id), 1, "SO-NOWHERE").remove(0);
+    let report = connector.push(Entity::Order, &orders).await.unwrap();
+    // The order whose account is not in the org is refused by the org, naming the step; the
+    // request it was in was rolled back and the two others sent again without it.
+    match &report.results[1].outcome {
+        PushOutcome::Rejected { code, message } => {
+            assert_eq!(code, "INVALID_FIELD");
+            assert!(message.contains("the order failed") && message.contains("nothing of it was kept"), "{message}");
+        }
+        other => panic!("expected the org to refuse the order, got {other:?}"),
+    }
+    let composites = state.composites();
+    assert_eq!(composites.len(), 2, "one request rolled back, one again without the refused order");
+    let names = |index: usize| composites[index].iter().map(|(name, _, _)| name.clone()).collect::<Vec<_>>();
+    assert_eq!(names(0).len(), 9, "three orders of 3 subrequests share a request: {:?}", names(0));
+    assert_eq!(names(1), ["o0", "o0_item0", "o0_status", "o2", "o2_item0", "o2_status"]);
+    let mut ids = Vec::new();
+    for index in [0, 2] {
+        let PushOutcome::Upserted { external_id, created: true, .. } = &report.results[index].outcome else {
+            panic!("{report:?}")
+        };
+        let row = state.row(Entity::Order, external_id.as_str()).unwrap();
+        assert_eq!((row["Status"].as_str(), row["TotalAmount"].clone()), (Some("Activated"), json!(19)));
+        ids.push(external_id.to_string());
+    }
+    assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 2, "nothing of the refused order is left");
+    // Changed lines of an activated order: through Draft and back, in one request.
+    let mut changed = orders[0].clone();
+    changed.external_id = Some(ExternalId::new(ids[0].clone()));
+    if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut changed.op {
+        order.lines.as_mut().unwrap()[0].quantity = 4.into();
+    }
+    let report = connector.push(Entity::Order, std::slice::from_ref(&changed)).await.unwrap();
+    assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { created: false, .. }), "{report:?}");
+    assert_eq!(state.row(Entity::Order, &ids[0]).unwrap()["TotalAmount"], json!(38));
+    // Every state a reader could have seen: activated, with its products, each time.
+    let history = state.order_history();
+    let seen: Vec<&Option<String>> =
+        history.iter().filter(|(id, _)| ids.contains(id)).map(|(_, status)| status).collect();
+    assert_eq!(seen.len(), 3, "{history:?}");
+    assert!(seen.iter().all(|status| status.as_deref() == Some("Activated")), "{history:?}");
+
+    // A product the org refuses after the order's insert succeeded (its price-book entry was
+    // deleted after crmsync read the price book): the whole order is rolled back, no Draft left.
+    let client = reqwest::Client::new();
+    let base = running.base_url();
+    let bearer = raw_token(&client, &base).await;
+    let entries: serde_json::Value = client
+        .get(format!("{base}/services/data/v62.0/query/"))
+        .query(&[("q", "SELECT Id FROM PricebookEntry WHERE ProductCode = 'W-100'")])
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = entries["records"][0]["Id"].as_str().unwrap().to_owned();
+    let deleted: serde_json::Value = client
+        .delete(format!("{base}/services/data/v62.0/composite/sobjects"))
+        .query(&[("ids", entry.as_str()), ("allOrNone", "false")])
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(deleted[0]["success"], true, "{deleted}");
+    let late = testkit::new_orders(&RecordRef::canonical(account.canonical_id), 1, "SO-LATE").remove(0);
+    let history_before = state.order_history().len();
+    let report = connector.push(Entity::Order, std::slice::from_ref(&late)).await.unwrap();
+    match &report.results[0].outcome {
+        PushOutcome::Rejected { code, message } => {
+            assert_eq!(code, "INVALID_CROSS_REFERENCE_KEY");
+            assert!(message.contains("adding its products failed"), "{message}");
+        }
+        other => panic!("expected the product to be refused, got {other:?}"),
+    }
+    assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 2, "no Draft order left behind");
+    assert_eq!(state.order_history().len(), history_before, "nothing of it was ever committed");
+    let last = state.composites().last().unwrap().clone();
+    assert_eq!(last.iter().map(|(name, _, _)| name.as_str()).collect::<Vec<_>>(), ["o0", "o0_item0", "o0_status"]);
+}
+
+/// The simulator's Composite resource as documented: subrequests refer to earlier results with
+/// `@{ref.id}`; with `allOrNone` a failing subrequest keeps its error, every other one answers 400
+/// `PROCESSING_HALTED`, the top-level status is 200 and nothing is committed.
+#[tokio::test]
+async fn a_composite_request_with_all_or_none_commits_everything_or_nothing() {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = testkit::new_accounts(1, "Raw Composite Customer").remove(0);
+    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let account_id = state.live_ids(Entity::Account).remove(0);
+    let client = reqwest::Client::new();
+    let base = running.base_url();
+    let bearer = raw_token(&client, &base).await;
+    let request = |item_entry: &str| {
+        json!({"allOrNone": true, "collateSubrequests": false, "compositeRequest": [
+            {"method": "POST", "url": "/services/data/v62.0/sobjects/Order", "referenceId": "newOrder",
+             "body": {"AccountId": account_id, "EffectiveDate": "2026-11-02", "Status": "Draft", "Pricebook2Id": "01s000000000001AAA"}},
+            {"method": "POST", "url": "/services/data/v62.0/sobjects/OrderItem", "referenceId": "newItem",
+             "body": {"OrderId": "@{newOrder.id}", "PricebookEntryId": item_entry, "Quantity": 2, "UnitPrice": 9.5}},
+            {"method": "PATCH", "url": "/services/data/v62.0/sobjects/Order/@{newOrder.id}", "referenceId": "activate",
+             "body": {"Status": "Activated"}}
+        ]})
+    };
+    let send = |body: serde_json::Value| {
+        let (client, base, bearer) = (client.clone(), base.clone(), bearer.clone());
+        async move {
+            let response = client
+                .post(format!("{base}/services/data/v62.0/composite"))
+                .bearer_auth(&bearer)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let failed = send(request("01u000000000000AAA")).await;
+    let results = failed["compositeResponse"].as_array().unwrap();
+    assert_eq!(results.len(), 3, "{failed}");
+    assert_eq!(
+        (results[0]["httpStatusCode"].as_u64(), results[0]["body"][0]["errorCode"].as_str()),
+        (Some(400), Some("PROCESSING_HALTED")),
+        "{failed}"
+    );
+    assert_eq!(
+        (results[1]["httpStatusCode"].as_u64(), results[1]["body"][0]["errorCode"].as_str()),
+        (Some(400), Some("INVALID_CROSS_REFERENCE_KEY")),
+        "{failed}"
+    );
+    assert_eq!(results[2]["body"][0]["errorCode"], "PROCESSING_HALTED", "{failed}");
+    assert_eq!(results[1]["referenceId"], "newItem");
+    assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 0, "the Draft order was rolled back");
+    assert!(state.order_history().is_empty());
+    // The same with a real entry: one call, the order inserted, given its product and activated.
+    let entries: serde_json::Value = client
+        .get(format!("{base}/services/data/v62.0/query/"))
+        .query(&[("q", "SELECT Id FROM PricebookEntry WHERE ProductCode = 'W-100'")])
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let done = send(request(entries["records"][0]["Id"].as_str().unwrap())).await;
+    let results = done["compositeResponse"].as_array().unwrap();
+    let statuses: Vec<u64> = results.iter().map(|result| result["httpStatusCode"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [201, 201, 204], "{done}");
+    let id = results[0]["body"]["id"].as_str().unwrap();
+    assert_eq!(results[0]["httpHeaders"]["Location"], format!("/services/data/v62.0/sobjects/Order/{id}"));
+    let row = state.row(Entity::Order, id).unwrap();
+    assert_eq!((row["Status"].clone(), row["TotalAmount"].clone()), (json!("Activated"), json!(19)));
+    assert_eq!(state.order_history(), [(id.to_owned(), Some("Activated".to_owned()))], "one state committed");
 }
 
 /// A bearer token for raw calls to the simulator.

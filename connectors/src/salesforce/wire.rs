@@ -149,6 +149,72 @@ pub struct CollectionRequest {
     pub records: Vec<serde_json::Map<String, serde_json::Value>>,
 }
 
+/// Composite request body (`POST /services/data/vXX.X/composite`): up to 25 subrequests (at most 5
+/// of them sObject Collections or queries), run in order when `collateSubrequests` is false; with
+/// `allOrNone` the whole request is rolled back when one subrequest fails.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompositeRequest {
+    /// `true`: one failing subrequest rolls every subrequest back.
+    #[serde(default)]
+    pub all_or_none: bool,
+    /// `false`: subrequests run in the order given.
+    #[serde(default)]
+    pub collate_subrequests: bool,
+    /// The subrequests.
+    pub composite_request: Vec<CompositeSubrequest>,
+}
+
+/// One subrequest of a composite request. `@{referenceId.field}` in its `url` or `body` is
+/// replaced by that field of an earlier subrequest's response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompositeSubrequest {
+    /// `GET`, `POST`, `PATCH`, `PUT` or `DELETE`.
+    pub method: String,
+    /// The resource, with its `/services/data/vXX.X` prefix.
+    pub url: String,
+    /// Names the response for later references (letters, digits and underscores).
+    pub reference_id: String,
+    /// The subrequest's body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<serde_json::Value>,
+}
+
+/// Composite response body.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompositeResponse {
+    /// One result per subrequest, in order.
+    pub composite_response: Vec<CompositeSubresult>,
+}
+
+/// One subrequest's result: its status and body as the resource alone would answer them. When
+/// `allOrNone` rolled the request back, every other subrequest answers 400 `PROCESSING_HALTED`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CompositeSubresult {
+    /// The subrequest's response body (`null` for a 204).
+    #[serde(default)]
+    pub body: serde_json::Value,
+    /// Response headers of the subrequest.
+    #[serde(default)]
+    pub http_headers: serde_json::Map<String, serde_json::Value>,
+    /// The subrequest's HTTP status.
+    pub http_status_code: u16,
+    /// The subrequest's `referenceId`.
+    pub reference_id: String,
+}
+
+/// The error code of subrequests not run or rolled back because another one failed.
+pub const PROCESSING_HALTED: &str = "PROCESSING_HALTED";
+/// The error code of collection records rolled back because another one failed.
+pub const ALL_OR_NONE_ROLLED_BACK: &str = "ALL_OR_NONE_OPERATION_ROLLED_BACK";
+/// Most subrequests in one composite request.
+pub const COMPOSITE_LIMIT: usize = 25;
+/// Most sObject Collections (or query) subrequests in one composite request.
+pub const COMPOSITE_COLLECTION_LIMIT: usize = 5;
+
 /// One per-record collection result.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CollectionResult {

@@ -12,7 +12,7 @@ use crate::canonical::decimal_json;
 
 use super::schema::{ACTIVATED_STATUSES, schema, stage_probability};
 use super::wire::{CollectionError, CollectionResult};
-use super::{Row, SalesforceSim, Shared, object_name, rest_error, stamp_text, wire};
+use super::{Inner, Row, SalesforceSim, Shared, object_name, rest_error, stamp_text, wire};
 
 pub(super) async fn upsert(
     State(sim): Shared,
@@ -37,8 +37,11 @@ pub(super) async fn upsert(
                 "record limit reached. cannot submit more than 200 records into this call",
             ),
             Ok(request) => {
+                let mut inner = sim.lock();
                 let results: Vec<CollectionResult> =
-                    request.records.into_iter().map(|record| sim.upsert_one(object, record)).collect();
+                    request.records.into_iter().map(|record| sim.upsert_one(&mut inner, object, record)).collect();
+                inner.commit();
+                drop(inner);
                 axum::Json(results).into_response()
             }
         },
@@ -61,7 +64,12 @@ fn failure(code: &str, message: String, fields: &[&str]) -> CollectionResult {
 
 impl SalesforceSim {
     /// sObject Collections upsert by external id: inserts when no row has the key, else updates it.
-    fn upsert_one(&self, object: &'static str, mut record: Map<String, Value>) -> CollectionResult {
+    pub(super) fn upsert_one(
+        &self,
+        inner: &mut Inner,
+        object: &'static str,
+        mut record: Map<String, Value>,
+    ) -> CollectionResult {
         let declared = record
             .remove("attributes")
             .and_then(|attributes| attributes.get("type").and_then(Value::as_str).map(str::to_owned));
@@ -75,8 +83,8 @@ impl SalesforceSim {
                 &["Crmsync_Id__c"],
             );
         };
-        let existing = self.lock().tables.get(object).and_then(|table| table.by_external.get(&external)).cloned();
-        self.write_one(object, existing, Some(external), record)
+        let existing = inner.tables.get(object).and_then(|table| table.by_external.get(&external)).cloned();
+        self.write_one(inner, object, existing, Some(external), record)
     }
 
     /// Validates and applies one write: an insert (`existing` is `None`) or an update of a live row.
@@ -84,8 +92,9 @@ impl SalesforceSim {
     /// `INVALID_FIELD_FOR_INSERT_UPDATE`, restricted picklists, lookups, dates, required fields on
     /// insert) and the Order object reference (inserted with a Draft status; activation is an update
     /// of `Status` alone; `AccountId` changes only while Draft).
-    fn write_one(
+    pub(super) fn write_one(
         &self,
+        inner: &mut Inner,
         object: &'static str,
         existing: Option<String>,
         external: Option<String>,
@@ -102,7 +111,6 @@ impl SalesforceSim {
         }
         let created = existing.is_none();
         let specs = schema(object, self.multi_currency);
-        let mut inner = self.lock();
         // Relationship references by external id: "Account": {"Crmsync_Id__c": "…"}.
         for spec in &specs {
             let Some((target, relationship)) = spec.reference else { continue };
@@ -296,6 +304,9 @@ impl SalesforceSim {
         if let Some(external) = external {
             table.by_external.insert(external, id.clone());
         }
+        if object == "Order" {
+            inner.touched.insert(id.clone());
+        }
         CollectionResult { id: Some(id), success: true, errors: Vec::new(), created: Some(created) }
     }
 }
@@ -318,8 +329,11 @@ pub(super) async fn update(State(sim): Shared, headers: HeaderMap, body: Bytes) 
             "record limit reached. cannot submit more than 200 records into this call",
         ),
         Ok(request) => {
+            let mut inner = sim.lock();
             let results: Vec<CollectionResult> =
-                request.records.into_iter().map(|record| sim.update_one(record)).collect();
+                request.records.into_iter().map(|record| sim.update_one(&mut inner, record)).collect();
+            inner.commit();
+            drop(inner);
             axum::Json(results).into_response()
         }
     };
@@ -329,7 +343,7 @@ pub(super) async fn update(State(sim): Shared, headers: HeaderMap, body: Bytes) 
 impl SalesforceSim {
     /// sObject Collections update: each record names its `id`; it must exist. Setting the external-id
     /// field here is how a record that predates crmsync gets stamped.
-    fn update_one(&self, mut record: Map<String, Value>) -> CollectionResult {
+    pub(super) fn update_one(&self, inner: &mut Inner, mut record: Map<String, Value>) -> CollectionResult {
         let Some(id) = record.remove("id").and_then(|value| value.as_str().map(str::to_owned)) else {
             return failure("MISSING_ARGUMENT", "Id not specified in an update call".into(), &[]);
         };
@@ -342,14 +356,12 @@ impl SalesforceSim {
             Some(object) => object,
             None => return failure("INVALID_TYPE", "attributes.type is missing or unknown".into(), &[]),
         };
-        let exists =
-            self.lock().tables.get(object).is_some_and(|table| table.rows.get(&id).is_some_and(|row| !row.deleted));
+        let exists = inner.tables.get(object).is_some_and(|table| table.rows.get(&id).is_some_and(|row| !row.deleted));
         if !exists {
             return failure("ENTITY_IS_DELETED", format!("entity is deleted or does not exist: {id}"), &[]);
         }
         let external = record.remove("Crmsync_Id__c").and_then(|value| value.as_str().map(str::to_owned));
         if let Some(external) = &external {
-            let mut inner = self.lock();
             let taken = inner
                 .tables
                 .get(object)
@@ -366,7 +378,7 @@ impl SalesforceSim {
                 table.by_external.insert(external.clone(), id.clone());
             }
         }
-        let result = self.write_one(object, Some(id), external, record);
+        let result = self.write_one(inner, object, Some(id), external, record);
         CollectionResult { created: None, ..result }
     }
 }
@@ -386,8 +398,11 @@ pub(super) async fn create(State(sim): Shared, headers: HeaderMap, body: Bytes) 
             "record limit reached. cannot submit more than 200 records into this call",
         ),
         Ok(request) => {
+            let mut inner = sim.lock();
             let results: Vec<CollectionResult> =
-                request.records.into_iter().map(|record| sim.create_one(record)).collect();
+                request.records.into_iter().map(|record| sim.create_one(&mut inner, record)).collect();
+            inner.commit();
+            drop(inner);
             axum::Json(results).into_response()
         }
     };
@@ -395,7 +410,7 @@ pub(super) async fn create(State(sim): Shared, headers: HeaderMap, body: Bytes) 
 }
 
 impl SalesforceSim {
-    fn create_one(&self, mut record: Map<String, Value>) -> CollectionResult {
+    pub(super) fn create_one(&self, inner: &mut Inner, mut record: Map<String, Value>) -> CollectionResult {
         let object = record
             .remove("attributes")
             .and_then(|attributes| attributes.get("type").and_then(Value::as_str).map(str::to_owned))
@@ -405,10 +420,10 @@ impl SalesforceSim {
             return failure("INVALID_FIELD", "cannot specify Id in an insert call".into(), &["Id"]);
         }
         match object {
-            Some("OrderItem") => self.create_order_item(record),
+            Some("OrderItem") => self.create_order_item(inner, record),
             Some(object) => {
                 let external = record.remove("Crmsync_Id__c").and_then(|value| value.as_str().map(str::to_owned));
-                let result = self.write_one(object, None, external, record);
+                let result = self.write_one(inner, object, None, external, record);
                 CollectionResult { created: None, ..result }
             }
             None => failure("INVALID_TYPE", "attributes.type is missing or unknown".into(), &[]),
@@ -417,7 +432,7 @@ impl SalesforceSim {
 
     /// Adds an order product to its order (read back through the order's `OrderItems`), rolling
     /// the order's `TotalAmount` up. The price book entry must belong to the order's price book.
-    fn create_order_item(&self, record: Map<String, Value>) -> CollectionResult {
+    fn create_order_item(&self, inner: &mut Inner, record: Map<String, Value>) -> CollectionResult {
         let specs = schema("OrderItem", self.multi_currency);
         for name in record.keys() {
             let Some(spec) = specs.iter().find(|spec| spec.name == name) else {
@@ -462,7 +477,6 @@ impl SalesforceSim {
         };
         let text = |name: &str| record.get(name).and_then(Value::as_str).unwrap_or_default().to_owned();
         let (order_id, entry_id) = (text("OrderId"), text("PricebookEntryId"));
-        let mut inner = self.lock();
         let entry = inner
             .tables
             .get("PricebookEntry")
@@ -531,6 +545,7 @@ impl SalesforceSim {
         order.fields.insert("TotalAmount".into(), decimal_json(total));
         // The roll-up changes the order: it is read again by incremental queries.
         order.modstamp = stamp;
+        inner.touched.insert(order_id);
         CollectionResult { id: Some(item_id), success: true, errors: Vec::new(), created: None }
     }
 }
@@ -538,11 +553,11 @@ impl SalesforceSim {
 /// Deletes an order product (`802…`), which lives in its order's row: refused while the order is
 /// activated (Salesforce Help, "Editing and Deletion Considerations for Order Products": after an
 /// order is activated its order products cannot be deleted). `None`: not an order product.
-fn delete_order_item(inner: &mut super::Inner, id: &str, stamp: i64) -> Option<CollectionResult> {
-    let order =
-        inner.tables.get_mut("Order")?.rows.values_mut().find(|row| {
-            !row.deleted && row.items.iter().any(|item| item.get("Id").and_then(Value::as_str) == Some(id))
-        })?;
+pub(super) fn delete_order_item(inner: &mut Inner, id: &str, stamp: i64) -> Option<CollectionResult> {
+    let (order_id, order) = inner.tables.get_mut("Order")?.rows.iter_mut().find(|(_, row)| {
+        !row.deleted && row.items.iter().any(|item| item.get("Id").and_then(Value::as_str) == Some(id))
+    })?;
+    let order_id = order_id.clone();
     let activated =
         order.fields.get("Status").and_then(Value::as_str).is_some_and(|status| ACTIVATED_STATUSES.contains(&status));
     if activated {
@@ -563,6 +578,7 @@ fn delete_order_item(inner: &mut super::Inner, id: &str, stamp: i64) -> Option<C
         .sum();
     order.fields.insert("TotalAmount".into(), decimal_json(total));
     order.modstamp = stamp;
+    inner.touched.insert(order_id);
     Some(CollectionResult { id: Some(id.to_owned()), success: true, errors: Vec::new(), created: None })
 }
 
@@ -592,32 +608,37 @@ pub(super) async fn delete_records(
         ));
     }
     let mut inner = sim.lock();
-    let mut results = Vec::with_capacity(ids.len());
-    for id in ids {
-        let stamp = inner.tick();
-        if let Some(result) = delete_order_item(&mut inner, &id, stamp) {
-            results.push(result);
-            continue;
-        }
-        let row = inner.tables.values_mut().find_map(|table| table.rows.get_mut(&id));
-        match row {
-            Some(row) if !row.deleted => {
-                row.deleted = true;
-                row.modstamp = stamp;
-                results.push(CollectionResult { id: Some(id), success: true, errors: Vec::new(), created: None });
-            }
-            _ => results.push(CollectionResult {
-                id: Some(id.clone()),
-                success: false,
-                errors: vec![CollectionError {
-                    status_code: "ENTITY_IS_DELETED".into(),
-                    message: "entity is deleted".into(),
-                    fields: Vec::new(),
-                }],
-                created: None,
-            }),
-        }
-    }
+    let results: Vec<CollectionResult> = ids.into_iter().map(|id| delete_one(&mut inner, id)).collect();
+    inner.commit();
     drop(inner);
     sim.with_limit_info(axum::Json(results).into_response())
+}
+
+/// Deletes one record by id (an order product from its order), or says it is gone.
+pub(super) fn delete_one(inner: &mut Inner, id: String) -> CollectionResult {
+    let stamp = inner.tick();
+    if let Some(result) = delete_order_item(inner, &id, stamp) {
+        return result;
+    }
+    let found = inner.tables.iter_mut().find_map(|(object, table)| Some((*object, table.rows.get_mut(&id)?)));
+    match found {
+        Some((object, row)) if !row.deleted => {
+            row.deleted = true;
+            row.modstamp = stamp;
+            if object == "Order" {
+                inner.touched.insert(id.clone());
+            }
+            CollectionResult { id: Some(id), success: true, errors: Vec::new(), created: None }
+        }
+        _ => CollectionResult {
+            id: Some(id),
+            success: false,
+            errors: vec![CollectionError {
+                status_code: "ENTITY_IS_DELETED".into(),
+                message: "entity is deleted".into(),
+                fields: Vec::new(),
+            }],
+            created: None,
+        },
+    }
 }

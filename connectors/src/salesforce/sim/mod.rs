@@ -7,7 +7,8 @@
 //! resources, `limits`, the global describe and `describe` with the documented field attributes,
 //! `query`/`queryAll` with `nextRecordsUrl` locators and `batchSize`, Bulk API 2.0 query jobs,
 //! sObject Collections upsert by external id, update and delete (≤ 200 records, per-record results and
-//! validation errors), and `Sforce-Limit-Info` on every response. It parses a SOQL subset strictly
+//! validation errors), the Composite resource (≤ 25 subrequests run in order under one lock,
+//! `@{ref.field}` references, `allOrNone` rolling every write back), and `Sforce-Limit-Info` on every response. It parses a SOQL subset strictly
 //! (`MALFORMED_QUERY`, `INVALID_FIELD`) and refuses writes as the org would: unknown or read-only
 //! fields, restricted picklists, missing required fields, orders inserted in an Activated status,
 //! order products deleted from an activated order.
@@ -22,18 +23,19 @@
 //!
 //! Layout: `auth` (token endpoint, JWT bearer), `schema` (objects, fields, describe), `seed` (the
 //! world rendered as rows), `discovery` (versions, resources, limits), `soql` (the SOQL parser), `query` (query/queryAll paging), `bulk` (Bulk API
-//! 2.0 query jobs), `collections` (sObject Collections writes).
+//! 2.0 query jobs), `collections` (sObject Collections writes), `composite` (the Composite resource).
 
 mod auth;
 mod bulk;
 mod collections;
+mod composite;
 mod discovery;
 mod query;
 mod schema;
 mod seed;
 mod soql;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -125,7 +127,7 @@ struct Row {
     items: Vec<Map<String, Value>>,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Table {
     rows: BTreeMap<String, Row>,
     by_external: HashMap<String, String>,
@@ -160,6 +162,12 @@ struct Inner {
     next_id: u64,
     locators: HashMap<String, Locator>,
     queries: Vec<String>,
+    /// Orders written since the last commit (a request's end).
+    touched: BTreeSet<String>,
+    /// Every committed state of an order a reader could see: `(Id, Status)`, oldest first.
+    order_history: Vec<(String, Option<String>)>,
+    /// The composite requests received: each one's subrequests as `(referenceId, method, url)`.
+    composites: Vec<Vec<(String, String, String)>>,
 }
 
 /// The simulator's state.
@@ -223,6 +231,9 @@ impl SalesforceSim {
                 next_id: 0,
                 locators: HashMap::new(),
                 queries: Vec::new(),
+                touched: BTreeSet::new(),
+                order_history: Vec::new(),
+                composites: Vec::new(),
             }),
             faults: Faults::new(&options.faults),
             counters: Counters::default(),
@@ -291,7 +302,24 @@ impl SalesforceSim {
             row.fields.insert((*name).to_owned(), value.clone());
         }
         row.modstamp = stamp;
+        if entity == Entity::Order {
+            inner.touched.insert(id.to_owned());
+        }
+        inner.commit();
         true
+    }
+
+    /// Every state of an order that was committed, and so could be read, oldest first: `(Id,
+    /// Status)` after each request that wrote the order (a composite request's orders once, at its
+    /// end, and never when it was rolled back).
+    pub fn order_history(&self) -> Vec<(String, Option<String>)> {
+        self.lock().order_history.clone()
+    }
+
+    /// The composite requests received, oldest first: each one's subrequests as `(referenceId,
+    /// method, url)` (tests of what was sent together).
+    pub fn composites(&self) -> Vec<Vec<(String, String, String)>> {
+        self.lock().composites.clone()
     }
 
     /// Returns the current refresh token (rotation tests).
@@ -304,6 +332,20 @@ impl Inner {
     fn new_id(&mut self, prefix: &str) -> String {
         self.next_id += 1;
         format!("{prefix}{:012}AAA", self.next_id)
+    }
+
+    /// Ends a request: the orders it wrote become visible in their new state.
+    fn commit(&mut self) {
+        for id in std::mem::take(&mut self.touched) {
+            let status = self
+                .tables
+                .get("Order")
+                .and_then(|table| table.rows.get(&id))
+                .and_then(|row| row.fields.get("Status"))
+                .and_then(Value::as_str)
+                .map(str::to_owned);
+            self.order_history.push((id, status));
+        }
     }
 
     fn tick(&mut self) -> i64 {
@@ -378,7 +420,11 @@ impl crate::testkit::SimControl for SalesforceSim {
                 row.deleted = true;
                 row.modstamp = stamp;
             }
+            if entity == Entity::Order {
+                inner.touched.insert(id.to_string());
+            }
         }
+        inner.commit();
         ids.into_iter().map(crate::canonical::ExternalId::new).collect()
     }
 
@@ -413,6 +459,7 @@ pub fn router(state: Arc<SalesforceSim>) -> Router {
     api = both(api, &format!("{data}/query/{{locator}}"), get(query::query_more));
     api = both(api, &format!("{data}/queryAll/{{locator}}"), get(query::query_more));
     api = both(api, &format!("{data}/composite/sobjects/{{object}}/{{field}}"), patch(collections::upsert));
+    api = both(api, &format!("{data}/composite"), post(composite::composite));
     api = both(api, &format!("{data}/jobs/query"), post(bulk::create_job));
     api = both(api, &format!("{data}/jobs/query/{{job}}"), get(bulk::job_info).delete(bulk::delete_job));
     api = both(api, &format!("{data}/jobs/query/{{job}}/results"), get(bulk::job_results));
