@@ -1,6 +1,16 @@
 //! Zoho CRM: records API with `page_token` paging and `If-Modified-Since`, the deleted-records API,
 //! `upsert` with `duplicate_check_fields`, Notifications API callbacks, and a simulator (`sim`).
 //!
+//! # Writes
+//!
+//! Accounts, leads and deals without a Zoho id are upserted on the external-id field (a retry
+//! matches the record the first attempt created); records with a Zoho id are updated by id. Orders
+//! are the exception: Zoho appends the line-item rows of a write that matches an existing order, so
+//! an order without a Zoho id is inserted, and a retried insert, refused with `DUPLICATE_DATA` on the
+//! external-id field, becomes an update by the id Zoho names. Every order update sends the
+//! difference between the lines Zoho has and the desired ones, so nothing ever doubles them and any
+//! number of copies settle in one write.
+//!
 //! # Cursor
 //!
 //! Pulls list a module sorted by `Modified_Time` (second granularity) and follow `next_page_token`
@@ -579,8 +589,8 @@ impl Connector for ZohoConnector {
                 },
                 None => data.clone(),
             };
-            // A record without a Zoho id is created (the upsert matches it only if Zoho already
-            // carries its canonical id): it must pass the create rules.
+            // A record without a Zoho id is created (or, when Zoho already carries its canonical id,
+            // updated: see below): it must pass the create rules.
             match mapping::to_record(outgoing.canonical_id, &data, &context, outgoing.external_id.is_none()) {
                 Ok(record) => upserts.push((index, record)),
                 Err(refusal) => {
@@ -590,23 +600,41 @@ impl Connector for ZohoConnector {
         }
         // Records Zoho already has (known id) are updated by id: an upsert would match only on the
         // external-id field, which a record created in Zoho does not carry yet, and duplicate it.
-        let (mut updates, inserts): (Vec<_>, Vec<_>) =
+        let (updates, creates): (Vec<_>, Vec<_>) =
             upserts.into_iter().partition(|(index, _)| batch[*index].external_id.is_some());
+        let mut updates: Vec<(usize, String, Map<String, Value>)> = updates
+            .into_iter()
+            .filter_map(|(index, record)| Some((index, batch[index].external_id.as_ref()?.to_string(), record)))
+            .collect();
         let line_field = if entity == Entity::Order { module_info.line_items.clone() } else { None };
+        if !creates.is_empty() {
+            // Zoho appends the subform rows of a write that matches an existing record, so a retried
+            // create of an order (its first answer lost) must not be an upsert: it would double the
+            // lines until a second call removed them. Orders are inserted: the external-id field is
+            // unique, so Zoho refuses the retry with `DUPLICATE_DATA` naming the record it has
+            // (zoho/crm-oas v8.0 createRecords response-400-duplicatedataerror.md), having written
+            // nothing, and the order is then updated by that id like any known record (below).
+            let kind = if line_field.is_some() { Write::Insert } else { Write::Upsert };
+            let records: Vec<Map<String, Value>> = creates.iter().map(|(_, record)| record.clone()).collect();
+            let response = self.write(module, kind, &records).await?;
+            for ((index, record), result) in creates.into_iter().zip(response.data) {
+                match self.already_created(&result).filter(|_| kind == Write::Insert) {
+                    Some(id) => updates.push((index, id, record)),
+                    None => outcomes[index] = Some(write_outcome(result)),
+                }
+            }
+        }
         if let Some(field) = &line_field {
-            // Zoho appends subform rows sent without an id: send the difference to what it has.
+            // Zoho appends subform rows sent without an id: send the difference to what it has,
+            // whatever it has (any number of copies of the lines settle to the desired ones).
             let ids: Vec<String> = updates
                 .iter()
-                .filter(|(_, record)| record.contains_key(field))
-                .filter_map(|(index, _)| batch[*index].external_id.as_ref().map(|id| id.as_str().to_owned()))
+                .filter(|(_, _, record)| record.contains_key(field))
+                .map(|(_, id, _)| id.clone())
                 .collect();
             let current = self.current_lines(module, field, &ids).await?;
-            for (index, record) in &mut updates {
-                let (Some(id), Some(desired)) =
-                    (&batch[*index].external_id, record.get(field).and_then(Value::as_array).cloned())
-                else {
-                    continue;
-                };
+            for (_, id, record) in &mut updates {
+                let Some(desired) = record.get(field).and_then(Value::as_array).cloned() else { continue };
                 let have = current.get(id.as_str()).map(Vec::as_slice).unwrap_or_default();
                 match mapping::line_item_changes(field, have, &desired) {
                     Some(rows) => record.insert(field.clone(), Value::Array(rows)),
@@ -614,36 +642,19 @@ impl Connector for ZohoConnector {
                 };
             }
         }
-        let mut matched: Vec<(usize, String, Vec<Value>)> = Vec::new();
-        for (by_id, group) in [(false, inserts), (true, updates)] {
-            if group.is_empty() {
-                continue;
-            }
-            let records: Vec<Map<String, Value>> = group
+        if !updates.is_empty() {
+            let records: Vec<Map<String, Value>> = updates
                 .iter()
-                .map(|(index, record)| {
+                .map(|(_, id, record)| {
                     let mut record = record.clone();
-                    if let (true, Some(id)) = (by_id, &batch[*index].external_id) {
-                        record.insert("id".into(), Value::String(id.to_string()));
-                    }
+                    record.insert("id".into(), Value::String(id.clone()));
                     record
                 })
                 .collect();
-            let response = self.write(module, by_id, &records).await?;
-            for ((index, record), result) in group.iter().zip(response.data) {
-                // An upsert that matched a record Zoho already had (a retried create) appended its
-                // line items to the existing ones: they are settled below.
-                if let (false, Some(field), Some("update")) = (by_id, &line_field, result.action.as_deref())
-                    && let (Some(id), Some(desired)) =
-                        (result.details.get("id").and_then(Value::as_str), record.get(field).and_then(Value::as_array))
-                {
-                    matched.push((*index, id.to_owned(), desired.clone()));
-                }
+            let response = self.write(module, Write::Update, &records).await?;
+            for ((index, _, _), result) in updates.iter().zip(response.data) {
                 outcomes[*index] = Some(write_outcome(result));
             }
-        }
-        if let (Some(field), false) = (&line_field, matched.is_empty()) {
-            self.settle_lines(module, field, matched, &mut outcomes).await?;
         }
         let deletes = deletes_to_send(batch, &mut outcomes);
         if !deletes.is_empty() {
@@ -727,25 +738,34 @@ impl ZohoConnector {
 }
 
 impl ZohoConnector {
-    /// Sends one write call (`PUT /{module}` by id, or `POST /{module}/upsert` on the external-id
-    /// field) and checks there is one result per record.
+    /// Sends one write call (`POST /{module}`, `PUT /{module}` by id, or `POST /{module}/upsert` on
+    /// the external-id field) and checks there is one result per record.
     async fn write(
         &self,
         module: &str,
-        by_id: bool,
+        kind: Write,
         records: &[Map<String, Value>],
     ) -> Result<wire::WriteResponse, ConnectorError> {
-        let context = format!("{module} {} results", if by_id { "update" } else { "upsert" });
-        let response: wire::WriteResponse = if by_id {
-            let path = self.path(&format!("/{module}"));
-            let body = serde_json::json!({"data": records, "trigger": []});
-            self.call_json(&context, |client, base| client.put(format!("{base}{path}")).json(&body)).await?
-        } else {
-            let path = self.path(&format!("/{module}/upsert"));
-            let body = serde_json::json!({"data": records, "duplicate_check_fields": [self.config.external_id_field], "trigger": []});
-            self.call_json(&context, |client, base| client.post(format!("{base}{path}")).json(&body)).await?
-        }
-        .ok_or_else(|| ConnectorError::decode(context.clone(), std::io::Error::other("empty body")))?;
+        let context = format!("{module} {} results", kind.name());
+        let response: Option<wire::WriteResponse> = match kind {
+            Write::Insert => {
+                let path = self.path(&format!("/{module}"));
+                let body = serde_json::json!({"data": records, "trigger": []});
+                self.call_json(&context, |client, base| client.post(format!("{base}{path}")).json(&body)).await?
+            }
+            Write::Update => {
+                let path = self.path(&format!("/{module}"));
+                let body = serde_json::json!({"data": records, "trigger": []});
+                self.call_json(&context, |client, base| client.put(format!("{base}{path}")).json(&body)).await?
+            }
+            Write::Upsert => {
+                let path = self.path(&format!("/{module}/upsert"));
+                let body = serde_json::json!({"data": records, "duplicate_check_fields": [self.config.external_id_field], "trigger": []});
+                self.call_json(&context, |client, base| client.post(format!("{base}{path}")).json(&body)).await?
+            }
+        };
+        let response =
+            response.ok_or_else(|| ConnectorError::decode(context.clone(), std::io::Error::other("empty body")))?;
         if response.data.len() != records.len() {
             return Err(ConnectorError::decode(
                 context,
@@ -753,6 +773,24 @@ impl ZohoConnector {
             ));
         }
         Ok(response)
+    }
+
+    /// The id of the record an insert was refused for because it carries this record's external
+    /// id already: `DUPLICATE_DATA` on the external-id field names it in `duplicate_record.id` (and
+    /// `id`), as zoho/crm-oas v8.0 createRecords response-400-duplicatedataerror.md shows.
+    fn already_created(&self, result: &wire::WriteResult) -> Option<String> {
+        let details = &result.details;
+        if result.code != "DUPLICATE_DATA"
+            || details.get("api_name").and_then(Value::as_str) != Some(self.config.external_id_field.as_str())
+        {
+            return None;
+        }
+        details
+            .get("duplicate_record")
+            .and_then(|record| record.get("id"))
+            .or_else(|| details.get("id"))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     }
 
     /// The line-item rows (with their subform row ids) Zoho has for these records: one call.
@@ -781,48 +819,26 @@ impl ZohoConnector {
         }
         Ok(current)
     }
+}
 
-    /// After an upsert matched existing records, makes their line items the ones sent: removes the
-    /// rows the upsert appended next to the old ones (one read and one update call).
-    async fn settle_lines(
-        &self,
-        module: &str,
-        field: &str,
-        matched: Vec<(usize, String, Vec<Value>)>,
-        outcomes: &mut [Option<PushOutcome>],
-    ) -> Result<(), ConnectorError> {
-        let ids: Vec<String> = matched.iter().map(|(_, id, _)| id.clone()).collect();
-        let current = self.current_lines(module, field, &ids).await?;
-        let mut fixes: Vec<(usize, Map<String, Value>)> = Vec::new();
-        for (index, id, desired) in matched {
-            let have = current.get(&id).map(Vec::as_slice).unwrap_or_default();
-            // What was sent is now at the end: keep the rows that were there before it, re-pointed.
-            let kept = have.len().saturating_sub(desired.len());
-            let mut rows = mapping::line_item_changes(field, &have[..kept], &desired).unwrap_or_default();
-            rows.extend(
-                have[kept..]
-                    .iter()
-                    .filter_map(|row| row.get("id"))
-                    .map(|id| serde_json::json!({"id": id, "_delete": null})),
-            );
-            if kept > 0 {
-                let mut record = Map::new();
-                record.insert("id".into(), Value::String(id));
-                record.insert(field.to_owned(), Value::Array(rows));
-                fixes.push((index, record));
-            }
+/// The three write calls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Write {
+    /// `POST /{module}`: creates (orders, see `push`).
+    Insert,
+    /// `PUT /{module}`: updates by `id`.
+    Update,
+    /// `POST /{module}/upsert` with the external-id field as `duplicate_check_fields`.
+    Upsert,
+}
+
+impl Write {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Insert => "insert",
+            Self::Update => "update",
+            Self::Upsert => "upsert",
         }
-        if fixes.is_empty() {
-            return Ok(());
-        }
-        let records: Vec<Map<String, Value>> = fixes.iter().map(|(_, record)| record.clone()).collect();
-        let response = self.write(module, true, &records).await?;
-        for ((index, _), result) in fixes.iter().zip(response.data) {
-            if result.status != "success" {
-                outcomes[*index] = Some(write_outcome(result));
-            }
-        }
-        Ok(())
     }
 }
 

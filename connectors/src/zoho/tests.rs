@@ -119,8 +119,11 @@ async fn records_older_than_the_load_are_not_delivered_again_by_incremental_pass
     }
 }
 
+/// Orders are inserted (an upsert that matched would append their lines again); pushed again without
+/// their Zoho ids, as a create retried after a lost answer is, each batch is one insert Zoho refuses
+/// with `DUPLICATE_DATA` naming the order it has, one read of those orders' lines and one update by id.
 #[tokio::test]
-async fn pushing_1000_orders_costs_10_upserts_and_pushing_them_again_creates_nothing() {
+async fn pushing_1000_orders_costs_10_inserts_and_pushing_them_again_creates_nothing() {
     let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
     let connector = connector(&running);
     let state = running.state();
@@ -143,12 +146,19 @@ async fn pushing_1000_orders_costs_10_upserts_and_pushing_them_again_creates_not
         );
     }
     assert_eq!(Simulated::stats(state.as_ref()).write_calls - before, 10);
+    let before = Simulated::stats(state.as_ref());
     for chunk in orders.chunks(connector.push_batch_size()) {
         let report = connector.push(Entity::Order, chunk).await.unwrap();
         assert!(
             report.results.iter().all(|result| matches!(result.outcome, PushOutcome::Upserted { created: false, .. }))
         );
     }
+    let after = Simulated::stats(state.as_ref());
+    assert_eq!(
+        (after.write_calls - before.write_calls, after.read_calls - before.read_calls),
+        (20, 10),
+        "per batch of 100: the refused insert and the update by id, and one read of the lines"
+    );
     assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 1000, "re-push created nothing");
     let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 20).await.unwrap();
     let first = pulled.changes.iter().find(|change| change.canonical_hint == Some(orders[0].canonical_id)).unwrap();
@@ -534,7 +544,8 @@ async fn an_order_in_each_status_is_written_with_its_items_and_status_and_reads_
 /// Zoho appends subform rows written without an id, updates rows written with one and removes rows
 /// written with `_delete` (zoho/crm-oas v8.0 updateRecords operation.md). An order update therefore
 /// sends the difference to the rows Zoho has: changed lines replace the old ones, fewer lines delete the
-/// rest, unchanged lines are not sent, and a retried create does not double them.
+/// rest, unchanged lines are not sent, and a retried create does not double them (see also
+/// `a_create_retried_after_a_lost_answer_and_a_kill_never_leaves_the_lines_doubled`).
 #[tokio::test]
 async fn an_order_update_replaces_its_line_items_instead_of_appending_them() {
     let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
@@ -560,7 +571,7 @@ async fn an_order_update_replaces_its_line_items_instead_of_appending_them() {
             .collect();
         (lines, row["Grand_Total"].to_string())
     };
-    // A retried create (no Zoho id yet, matched by Crmsync_Id) does not double the lines.
+    // A retried create (no Zoho id yet, refused as a duplicate Crmsync_Id) does not double the lines.
     connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
     assert_eq!(lines_in_zoho(), (vec![("Widget".into(), "1".into()), ("Gadget".into(), "2".into())], "30".into()));
     order.external_id = Some(external_id.clone());
@@ -590,6 +601,98 @@ async fn an_order_update_replaces_its_line_items_instead_of_appending_them() {
         .map(|item| item["id"].clone())
         .collect();
     assert_eq!(after, row_ids);
+}
+
+/// Issue 17: a create whose answer was lost to a kill is sent again with no Zoho id. Zoho appends the
+/// subform rows of a write that matches an existing record (zoho/crm-oas v8.0 updateRecords
+/// operation.md), so an upsert matched by `Crmsync_Id` doubled the lines until a second call removed
+/// them: a kill between the two left them doubled, for a pull to read as the order's lines. The
+/// retried create must never leave Zoho with lines other than the desired ones, wherever it is
+/// interrupted, and it must settle any number of copies of them to exactly the desired lines.
+#[tokio::test]
+async fn a_create_retried_after_a_lost_answer_and_a_kill_never_leaves_the_lines_doubled() {
+    let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
+    // A short retry budget: the outage below stands for the kill, not for a blip to wait out.
+    let connector = connector_with(&running, Arc::new(MemoryHost::default()), |settings| {
+        settings.http.retry.give_up_after = Duration::from_millis(50);
+    });
+    let state = running.state();
+    let account = pushed_account(&connector).await;
+    let line = |product: &str, quantity: i64| crate::canonical::OrderLine {
+        product: Some(product.into()),
+        sku: None,
+        quantity: quantity.into(),
+        unit_price: 10.into(),
+        line_total: (quantity * 10).into(),
+    };
+    let order = order_with(&account, |order| order.lines = Some(vec![line("Widget", 1), line("Gadget", 2)]));
+    let desired = vec![("Widget".to_owned(), "1".to_owned()), ("Gadget".to_owned(), "2".to_owned())];
+    let writes = || Simulated::stats(state.as_ref()).write_calls;
+    let before = writes();
+    // The create reaches Zoho; its answer is lost (the outbox keeps the push without a Zoho id).
+    let report = connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    assert_eq!(writes() - before, 1, "a create is one write");
+    let PushOutcome::Upserted { external_id, created: true, .. } = report.results[0].outcome.clone() else {
+        panic!("{report:?}")
+    };
+    let lines_in_zoho = || -> Vec<(String, String)> {
+        let row = state.row(Entity::Order, external_id.as_str()).unwrap();
+        row["Ordered_Items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|item| (item["Product_Name"]["name"].as_str().unwrap().to_owned(), item["Quantity"].to_string()))
+            .collect()
+    };
+    // The retry is killed after its first call reached Zoho (every later call fails).
+    Simulated::faults(state.as_ref()).apply(&FaultSettings { outage_after_calls: 1, ..FaultSettings::default() });
+    assert!(connector.push(Entity::Order, std::slice::from_ref(&order)).await.is_err(), "the outage cut the retry");
+    Simulated::faults(state.as_ref()).apply(&FaultSettings::default());
+    assert_eq!(lines_in_zoho(), desired, "the interrupted retry left other lines in Zoho");
+    // What a pull reads meanwhile (as `run` pulls while it pushes): the order's own lines.
+    let pulled = testkit::pull_to_end(&connector, Entity::Order, None, 10).await.unwrap();
+    let read = pulled.changes.iter().find(|change| change.external_id == external_id).unwrap();
+    let EntityData::Order(read) = read.data().unwrap() else { panic!() };
+    assert_eq!(read.lines.as_ref().map(Vec::len), Some(2), "a pull read other lines: {read:?}");
+    // The retry completes: the same record, updated, with exactly the desired lines.
+    let report = connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    let PushOutcome::Upserted { external_id: again, .. } = &report.results[0].outcome else { panic!("{report:?}") };
+    assert_eq!(again, &external_id);
+    assert_eq!(lines_in_zoho(), desired);
+    assert_eq!(state.live_ids(Entity::Order).len(), 1, "no second order");
+    // Whatever Zoho holds (here three copies of the lines, as a user or an older crmsync may have
+    // left them), a retried create settles them to exactly the desired lines.
+    let mut tripled: Vec<serde_json::Value> = Vec::new();
+    let rows = state.row(Entity::Order, external_id.as_str()).unwrap()["Ordered_Items"].as_array().unwrap().clone();
+    for copy in 0..3 {
+        for (index, row) in rows.iter().enumerate() {
+            let mut row = row.clone();
+            row["id"] = json!(format!("41508680000099{copy}{index:02}"));
+            tripled.push(row);
+        }
+    }
+    assert!(state.edit(Entity::Order, external_id.as_str(), &[("Ordered_Items", json!(tripled))]));
+    assert_eq!(lines_in_zoho().len(), 6);
+    connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
+    assert_eq!(lines_in_zoho(), desired, "the retried create settles the copies");
+}
+
+/// A create Zoho refuses because the external-id field (a unique field) already names a record is
+/// read as that record's id, from the documented example (zoho/crm-oas v8.0 createRecords
+/// response-400-duplicatedataerror.md, there on a field `Unique_1`); a duplicate on any other
+/// field stays a refusal.
+#[tokio::test]
+async fn a_duplicate_external_id_on_insert_names_the_record_zoho_has() {
+    let running = simulator(ZohoSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let body = r#"{"data":[{"code":"DUPLICATE_DATA","details":{"api_name":"Crmsync_Id","duplicate_record":{"Owner":{"name":"Pranav","id":"2008662000000454001","zuid":"75092197"},"id":"2008662000006256222"},"json_path":"$.data[0].Crmsync_Id","id":"2008662000006256222","more_records":false},"message":"duplicate data","status":"error"}]}"#;
+    let response: wire::WriteResponse = serde_json::from_str(body).unwrap();
+    assert_eq!(connector.already_created(&response.data[0]).as_deref(), Some("2008662000006256222"));
+    let other: wire::WriteResponse = serde_json::from_str(&body.replace("Crmsync_Id", "Unique_1")).unwrap();
+    assert_eq!(connector.already_created(&other.data[0]), None);
+    assert!(
+        matches!(write_outcome(other.data[0].clone()), PushOutcome::Rejected { code, .. } if code == "DUPLICATE_DATA")
+    );
 }
 
 #[test]

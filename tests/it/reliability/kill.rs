@@ -20,14 +20,15 @@ use super::{
 };
 use crate::support::{Env, ok};
 
-/// Every entity from every CRM to every other, except orders, which go into Dataverse only. Orders
-/// into Zoho and Salesforce are multi-call writes whose intermediate states a concurrent or later
-/// read takes for vendor changes (found by this test; reported for the two connectors, which own
-/// those writes): a Zoho create retried after a kill is an upsert that appends its line items to the
-/// order Zoho already has, and a second call removes the extra rows, so a kill between the two
-/// leaves doubled lines; a Salesforce order is created as Draft, given its items, then activated, and
-/// a pull running meanwhile (as `run` does) reads the Draft and turns the canonical status back to
-/// draft, which then fails to push elsewhere (dead letters).
+/// Every entity from every CRM to every other, except orders, which go into Dataverse and Zoho only.
+/// Orders into Salesforce are a multi-call write whose intermediate state a concurrent read takes for
+/// a vendor change (found by this test; reported for the connector, which owns that write): a
+/// Salesforce order is created as Draft, given its items, then activated, and a pull running
+/// meanwhile (as `run` does) reads the Draft and turns the canonical status back to draft, which then
+/// fails to push elsewhere (dead letters). Orders into Zoho are checked since a retried create no
+/// longer appends the order's lines again (issue 17): before, a pull that read the doubled lines
+/// between the append and the call removing them made them canonical (three orders of 90 with
+/// `CRMSYNC_SOAK=4`).
 const ROUTES: &str = r#"
 [[routes]]
 entity = "account"
@@ -47,7 +48,7 @@ to = ["*"]
 [[routes]]
 entity = "order"
 from = ["*"]
-to = ["dynamics365"]
+to = ["dynamics365", "zoho"]
 
 [reconcile]
 source_priority = ["salesforce", "zoho", "dynamics365"]

@@ -4,8 +4,9 @@
 //! (multi-currency on or off), the records API with `fields` (required from v3, ≤ 50),
 //! `per_page` ≤ 200, `sort_by=Modified_Time`, `If-Modified-Since` (304 when nothing changed, 204 when
 //! empty), page numbers up to 2,000 records (`DISCRETE_PAGINATION_LIMIT_EXCEEDED` beyond) and
-//! `page_token` chains up to 100,000 (`PAGINATION_LIMIT_EXCEEDED`), the deleted-records API, `upsert`
-//! with `duplicate_check_fields` (≤ 100 records, per-record codes, 201/200/207/400), Products,
+//! `page_token` chains up to 100,000 (`PAGINATION_LIMIT_EXCEEDED`), the deleted-records API, insert,
+//! update by id and `upsert` with `duplicate_check_fields` (≤ 100 records, per-record codes,
+//! 201/200/207/400; an insert repeating a unique `Crmsync_Id` is `DUPLICATE_DATA`), Products,
 //! `actions/watch`, and the fault switches. `Modified_Time` has second granularity and is rendered in
 //! the org's time zone (`+05:30`), as Zoho does.
 //!
@@ -40,7 +41,7 @@ use crate::sim::{Counters, FaultSettings, Faults, Injected, RunningSim, SimStats
 use read::{deleted, records};
 use schema::{fields, module, modules};
 use watch::watch;
-use write::{delete_records, update, upsert};
+use write::{delete_records, insert, update, upsert};
 
 /// OAuth client id the simulator accepts.
 pub const CLIENT_ID: &str = "1000.CRMSYNCDEMO";
@@ -368,7 +369,7 @@ pub fn router(state: Arc<ZohoSim>) -> Router {
         .route("/crm/{version}/org", get(org))
         .route("/crm/{version}/org/currencies", get(currencies))
         .route("/crm/{version}/actions/watch", post(watch).patch(watch))
-        .route("/crm/{version}/{module}", get(records).delete(delete_records).put(update))
+        .route("/crm/{version}/{module}", get(records).delete(delete_records).put(update).post(insert))
         .route("/crm/{version}/{module}/deleted", get(deleted))
         .route("/crm/{version}/{module}/upsert", post(upsert))
         .with_state(state.clone())

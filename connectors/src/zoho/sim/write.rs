@@ -21,16 +21,36 @@ pub(super) async fn update(
     Path((version, module)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    write(sim, headers, &version, module, body, true).await
+    write(sim, headers, &version, module, body, Kind::Update).await
 }
 
+/// `POST /crm/{v}/{Module}`: inserts records; a record whose unique field (`Crmsync_Id`) another
+/// record holds is refused with `DUPLICATE_DATA` naming that record.
+pub(super) async fn insert(
+    State(sim): Shared,
+    headers: HeaderMap,
+    Path((version, module)): Path<(String, String)>,
+    body: Bytes,
+) -> Response {
+    write(sim, headers, &version, module, body, Kind::Insert).await
+}
+
+/// `POST /crm/{v}/{Module}/upsert`: updates the record `duplicate_check_fields` match, else inserts.
 pub(super) async fn upsert(
     State(sim): Shared,
     headers: HeaderMap,
     Path((version, module)): Path<(String, String)>,
     body: Bytes,
 ) -> Response {
-    write(sim, headers, &version, module, body, false).await
+    write(sim, headers, &version, module, body, Kind::Upsert).await
+}
+
+/// The three write endpoints.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Insert,
+    Update,
+    Upsert,
 }
 
 async fn write(
@@ -39,7 +59,7 @@ async fn write(
     version: &str,
     module: String,
     body: Bytes,
-    by_id: bool,
+    kind: Kind,
 ) -> Response {
     let module = match sim.admit(&headers, version, &sim.counters.write, &module).await {
         Ok(module) => module,
@@ -80,7 +100,7 @@ async fn write(
     let results: Vec<Value> = records
         .iter()
         .enumerate()
-        .map(|(index, record)| sim.upsert_one(module, index, record, &checks, by_id))
+        .map(|(index, record)| sim.upsert_one(module, index, record, &checks, kind))
         .collect();
     let successes = results.iter().filter(|result| result["status"] == "success").count();
     let inserted = results.iter().filter(|result| result["action"] == "insert").count();
@@ -101,7 +121,8 @@ fn record_error(code: &str, message: &str, details: Value) -> Value {
 }
 
 impl ZohoSim {
-    fn upsert_one(&self, module: &'static str, index: usize, record: &Value, checks: &[String], by_id: bool) -> Value {
+    fn upsert_one(&self, module: &'static str, index: usize, record: &Value, checks: &[String], kind: Kind) -> Value {
+        let by_id = kind == Kind::Update;
         let Some(record) = record.as_object() else {
             return record_error("INVALID_DATA", "invalid data", json!({"json_path": format!("$.data[{index}]")}));
         };
@@ -183,21 +204,44 @@ impl ZohoSim {
             }
         }
         let key = record.get("Crmsync_Id").and_then(Value::as_str).map(str::to_owned);
-        let existing = if target.is_some() {
-            target
-        } else if checks.iter().any(|check| check == "Crmsync_Id") {
-            key.as_ref().and_then(|key| {
-                inner
-                    .modules
-                    .get(module)?
-                    .iter()
-                    .find(|(_, row)| {
-                        row.deleted.is_none() && row.fields.get("Crmsync_Id").and_then(Value::as_str) == Some(key)
-                    })
-                    .map(|(id, _)| id.clone())
-            })
-        } else {
-            None
+        let holder = key.as_ref().and_then(|key| {
+            inner
+                .modules
+                .get(module)?
+                .iter()
+                .find(|(_, row)| {
+                    row.deleted.is_none()
+                        && row
+                            .fields
+                            .get("Crmsync_Id")
+                            .and_then(Value::as_str)
+                            .is_some_and(|held| held.eq_ignore_ascii_case(key))
+                })
+                .map(|(id, _)| id.clone())
+        });
+        let existing = match kind {
+            Kind::Update => target,
+            Kind::Upsert if checks.iter().any(|check| check == "Crmsync_Id") => holder,
+            Kind::Upsert => None,
+            Kind::Insert => {
+                // `Crmsync_Id` is a unique field (case-insensitive): an insert that repeats a held
+                // value is refused in the documented shape (zoho/crm-oas v8.0 createRecords
+                // response-400-duplicatedataerror.md), nothing written.
+                if let Some(id) = holder {
+                    return record_error(
+                        "DUPLICATE_DATA",
+                        "duplicate data",
+                        json!({
+                            "api_name": "Crmsync_Id",
+                            "duplicate_record": {"id": id},
+                            "json_path": format!("$.data[{index}].Crmsync_Id"),
+                            "id": id,
+                            "more_records": false,
+                        }),
+                    );
+                }
+                None
+            }
         };
         if existing.is_none()
             && let Some(missing) = specs.iter().find(|spec| {
