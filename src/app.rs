@@ -294,10 +294,43 @@ fn release_held_pushes(config: &Config, store: &Store, writer: &Ingestor) -> any
     Ok(())
 }
 
+/// The daemon's two bound listeners: the public one (`daemon.listen`: webhooks, API, dashboard) and
+/// the admin one (`daemon.admin_listen`). Bound before any work begins, so a busy port fails the
+/// start at once, and so that a port 0 in the configuration is known (and can be printed) before
+/// the daemon serves.
+pub struct Listeners {
+    public: tokio::net::TcpListener,
+    admin: tokio::net::TcpListener,
+}
+
+impl Listeners {
+    /// Binds `daemon.listen` and `daemon.admin_listen`.
+    pub async fn bind(config: &Config) -> anyhow::Result<Self> {
+        Self::bind_at(config.daemon.listen, config.daemon.admin_listen).await
+    }
+
+    /// Binds the public listener at `public` and the admin one at `admin` (port 0: one the system picks).
+    pub async fn bind_at(public: std::net::SocketAddr, admin: std::net::SocketAddr) -> anyhow::Result<Self> {
+        let public = tokio::net::TcpListener::bind(public)
+            .await
+            .with_context(|| format!("cannot listen on {public} (daemon.listen)"))?;
+        let admin = tokio::net::TcpListener::bind(admin)
+            .await
+            .with_context(|| format!("cannot listen on {admin} (daemon.admin_listen)"))?;
+        Ok(Self { public, admin })
+    }
+
+    /// The addresses bound: (public, admin).
+    pub fn addresses(&self) -> std::io::Result<(std::net::SocketAddr, std::net::SocketAddr)> {
+        Ok((self.public.local_addr()?, self.admin.local_addr()?))
+    }
+}
+
 /// Runs the daemon until `shutdown` resolves: pull loops per job × connection × entity, a push loop
 /// per connection, the HTTP listeners, systemd notifications; then drains within `shutdown_grace`.
 pub async fn run_daemon(
     app: App,
+    listeners: Listeners,
     prometheus: Option<metrics_exporter_prometheus::PrometheusHandle>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
@@ -311,13 +344,7 @@ pub async fn run_daemon(
     use crate::http::{HttpState, WebhookEndpoint, admin_router, public_router};
     use crate::scheduler::{Backoff, pull, push};
 
-    // Listeners first: a busy port fails the start before any work begins.
-    let public = tokio::net::TcpListener::bind(app.config.daemon.listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (daemon.listen)", app.config.daemon.listen))?;
-    let admin = tokio::net::TcpListener::bind(app.config.daemon.admin_listen)
-        .await
-        .with_context(|| format!("cannot listen on {} (daemon.admin_listen)", app.config.daemon.admin_listen))?;
+    let Listeners { public, admin } = listeners;
     let cancel = CancellationToken::new();
     let tracker = TaskTracker::new();
     let ready = Arc::new(AtomicBool::new(false));

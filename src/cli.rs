@@ -526,7 +526,7 @@ pub struct DemoArgs {
     /// Where to keep the demo store (default: a temporary directory, removed on exit).
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
-    /// Dashboard / API listener.
+    /// Dashboard / API listener (port 0: one the system picks; the URLs printed name it).
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: String,
     /// Seed of the generated data.

@@ -21,7 +21,7 @@ use crmsync_connectors::zoho::sim::{self as zoho_sim, RunningZohoSim, ZohoSimOpt
 use tokio_util::sync::CancellationToken;
 
 use super::print;
-use crate::app::{App, run_daemon};
+use crate::app::{App, Listeners, run_daemon};
 use crate::cli::DemoArgs;
 use crate::config::Config;
 use crate::scheduler::pass::run_pass;
@@ -109,9 +109,26 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<Exi
     // The configuration is self-contained (secrets in files next to it, a generated API token, a fixed
     // admin port), so `crmsync status --config <it>` and the other commands reach the running demo.
     let token = api_token();
-    let admin = free_loopback_port().context("cannot find a free port for the admin listener")?;
-    let toml = self_contained(&toml, &secrets, &data_dir.join("secrets"), &token)?
-        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""));
+    // Bound before the configuration is written: it names the ports really listened on (the admin
+    // listener's is picked by the system, and so is the public one for `--listen 127.0.0.1:0`).
+    let listeners = if args.once {
+        None
+    } else {
+        let listen: std::net::SocketAddr = args
+            .listen
+            .parse()
+            .with_context(|| format!("--listen {:?} is not an address such as 127.0.0.1:8080", args.listen))?;
+        Some(Listeners::bind_at(listen, std::net::SocketAddr::from(([127, 0, 0, 1], 0))).await?)
+    };
+    let toml = self_contained(&toml, &secrets, &data_dir.join("secrets"), &token)?;
+    let toml = match &listeners {
+        Some(listeners) => {
+            let (public, admin) = listeners.addresses()?;
+            toml.replace(&format!("listen = {:?}", args.listen), &format!("listen = \"{public}\""))
+                .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"{admin}\""))
+        }
+        None => toml,
+    };
     let config_path: PathBuf = data_dir.join("demo.toml");
     std::fs::write(&config_path, &toml).with_context(|| format!("cannot write {}", config_path.display()))?;
     let config = Config::load(Some(&config_path), Some(HashMap::new()), &SystemSecrets)?;
@@ -140,18 +157,18 @@ async fn demo(args: &DemoArgs, data_dir: &std::path::Path) -> anyhow::Result<Exi
     .await
     .context("the demo's summary failed")??;
     print(&summary);
-    if args.once {
+    let Some(listeners) = listeners else {
         app.shutdown().await?;
         return Ok(if first.failed() || second.failed() { ExitCode::FAILURE } else { ExitCode::SUCCESS });
-    }
-    let listen = app.config.daemon.listen;
+    };
+    let (listen, admin) = listeners.addresses()?;
     print(&format!(
         "\nthe demo keeps running (Ctrl-C to stop):\n  dashboard: http://{listen}/\n  API:       http://{listen}/api/v1\n  \
-         API token: {token}\n  admin:     http://127.0.0.1:{admin}/metrics (also /healthz, /readyz, /status)\n  \
+         API token: {token}\n  admin:     http://{admin}/metrics (also /healthz, /readyz, /status)\n  \
          commands:  crmsync status --config {config} (also orders, metrics, conflicts, dlq, export)\n",
         config = config_path.display()
     ));
-    run_daemon(app, prometheus, super::run::shutdown_signal()).await?;
+    run_daemon(app, listeners, prometheus, super::run::shutdown_signal()).await?;
     drop(simulators);
     Ok(ExitCode::SUCCESS)
 }
@@ -161,10 +178,6 @@ fn api_token() -> String {
     use rand::Rng;
     let mut rng = rand::rng();
     (0..32).map(|_| format!("{:02x}", rng.random::<u8>())).collect()
-}
-
-fn free_loopback_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 /// Rewrites the demo configuration's `{ env = "NAME" }` secrets as files in `dir` (owner-only) and

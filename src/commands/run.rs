@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use super::{init_logging, load_config};
-use crate::app::{App, run_daemon};
+use crate::app::{App, Listeners, run_daemon};
 use crate::cli::ConfigArgs;
 use crate::telemetry;
 
@@ -14,8 +14,10 @@ pub async fn run(args: ConfigArgs) -> anyhow::Result<ExitCode> {
     super::log_config(&config);
     let shutdown = shutdown_signal();
     let prometheus = telemetry::install_prometheus()?;
+    // Listeners first: a busy port fails the start before any work begins.
+    let listeners = Listeners::bind(&config).await?;
     let app = App::build(config)?;
-    run_daemon(app, Some(prometheus), shutdown).await?;
+    run_daemon(app, listeners, Some(prometheus), shutdown).await?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 
 use crmsync_connectors::sim::FaultSettings;
 
-use crate::support::{Env, accounts, ok, salesforce, signal};
+use crate::support::{Env, accounts, bound_ports, ok, salesforce, signal};
 
 const TOKEN: &str = "t0ken-for-backups";
 
@@ -48,7 +48,6 @@ fn names(records: &[Value]) -> Vec<String> {
 async fn a_backup_of_a_running_daemon_restores_into_an_empty_directory_with_the_same_records() {
     let simulator = salesforce(accounts(120), FaultSettings::default(), None).await;
     let env = Env::new(&[("sf", &simulator.base_url())], "[api]\ntoken = { env = \"CRMSYNC_TEST_API_TOKEN\" }\n");
-    let template = std::fs::read_to_string(&env.config).unwrap();
     let config = env.config.to_str().unwrap().to_owned();
     let export = |config: String| async move {
         let text =
@@ -65,43 +64,24 @@ async fn a_backup_of_a_running_daemon_restores_into_an_empty_directory_with_the_
     let printed = ok(crmsync(&config, &["backup", "--out", offline.to_str().unwrap()]).output().await.unwrap());
     assert!(printed.contains("backup of the store written"), "{printed}");
 
-    // Through the running daemon, which holds the store. Fixed ports: `backup` finds the running
-    // daemon's API through `daemon.listen`. A port picked free can be taken by a parallel test before
-    // the daemon binds it: the daemon then exits, and it is started again on other ports (without
-    // this, the backups below would quietly read the store the daemon never held).
-    let mut started = None;
-    for _ in 0..5 {
-        let (listen, admin) = {
-            let first = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            let second = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-            (first.local_addr().unwrap().port(), second.local_addr().unwrap().port())
-        };
-        let text = template
-            .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""))
-            .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{listen}\""));
-        std::fs::write(&env.config, text).unwrap();
-        let mut daemon = crmsync(&config, &["run"])
-            .env("RUST_LOG", "info")
-            .stderr(std::process::Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap();
-        let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
-        let mut running = false;
-        while let Some(line) = logs.next_line().await.unwrap() {
-            if line.contains("crmsync running") {
-                running = true;
-                break;
-            }
-        }
-        if running {
-            tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
-            started = Some(daemon);
+    // Through the running daemon, which holds the store. `backup` finds the running daemon's API
+    // through `daemon.listen`: the ports the daemon bound are named in the configuration.
+    let mut daemon = crmsync(&config, &["run"])
+        .env("RUST_LOG", "info")
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
+    let mut ports = None;
+    while let Some(line) = logs.next_line().await.unwrap() {
+        ports = bound_ports(&line);
+        if ports.is_some() {
             break;
         }
-        let _ = daemon.wait().await;
     }
-    let mut daemon = started.expect("the daemon starts (five tries on fresh ports)");
+    env.point_at(ports.expect("the daemon logs the addresses it listens on"));
+    tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
     let online = work.path().join("online.backup");
     let printed =
         ok(crmsync(&config, &["backup", "--out", online.to_str().unwrap(), "--json"]).output().await.unwrap());

@@ -8,23 +8,7 @@ use crmsync_connectors::sim::FaultSettings;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::{Env, accounts, ok, salesforce, signal};
-
-/// Two distinct free ports (both held until both are known, so they differ).
-fn free_ports() -> (u16, u16) {
-    let first = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let second = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    (first.local_addr().expect("addr").port(), second.local_addr().expect("addr").port())
-}
-
-/// Points the config's public and admin listeners at fixed ports.
-fn listen_on(env: &Env, listen: u16, admin: u16) {
-    let config = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("admin_listen = \"127.0.0.1:0\"", &format!("admin_listen = \"127.0.0.1:{admin}\""))
-        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{listen}\""));
-    std::fs::write(&env.config, config).unwrap();
-}
+use crate::support::{Env, accounts, bound_ports, ok, salesforce, signal};
 
 fn outbound_message(secret_org: &str, stamp: &str) -> String {
     format!(
@@ -35,9 +19,7 @@ fn outbound_message(secret_org: &str, stamp: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_serves_webhooks_the_api_prometheus_and_status_then_stops_cleanly() {
     let simulator = salesforce(accounts(50), FaultSettings::default(), None).await;
-    let (listen, admin) = free_ports();
     let env = Env::new(&[("sf", &simulator.base_url())], "[api]\ntoken = { env = \"CRMSYNC_TEST_API_TOKEN\" }\n");
-    listen_on(&env, listen, admin);
     let mut command = env.command(&["run"]);
     command
         .env("CRMSYNC_TEST_API_TOKEN", "t0ken-for-tests")
@@ -46,17 +28,20 @@ async fn the_daemon_serves_webhooks_the_api_prometheus_and_status_then_stops_cle
     let mut daemon = command.kill_on_drop(true).spawn().unwrap();
     let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
     // Ready once it listens and the first account pull pass is logged (the accounts are stored).
-    let (mut listening, mut pulled) = (false, false);
+    let (mut listening, mut pulled) = (None, false);
     let mut early = Vec::new();
     while let Some(line) = logs.next_line().await.unwrap() {
         assert!(!line.contains("t0ken-for-tests") && !line.contains(sim::CLIENT_SECRET), "a secret was logged: {line}");
-        listening |= line.contains("crmsync running");
+        listening = listening.or_else(|| bound_ports(&line));
         pulled |= line.contains("pull pass") && line.contains("account");
         early.push(line);
-        if listening && pulled {
+        if listening.is_some() && pulled {
             break;
         }
     }
+    let (listen, admin) = listening.expect("the daemon logs the addresses it listens on");
+    // Commands run next (`status`) reach the daemon through the configuration.
+    env.point_at((listen, admin));
     // Keep draining the log so the daemon never blocks on a full pipe (kept for the access log).
     let drained = tokio::spawn(async move {
         let mut lines = Vec::new();
@@ -256,7 +241,6 @@ async fn after_a_sync_of_three_crms_the_cli_the_api_and_prometheus_show_the_same
     let salesforce = salesforce(world.clone(), FaultSettings::default(), None).await;
     let zoho = zoho::start(ZohoSimOptions::with_world(world.clone())).await.unwrap();
     let dynamics = d365::start(Dynamics365SimOptions::with_world(world)).await.unwrap();
-    let (listen, admin) = free_ports();
     // A daily budget on each, so the budget-limit series has something to report.
     let budget = "rate_limit = { daily_budget = 100000 }\n";
     let env = Env::with_connections(
@@ -285,7 +269,6 @@ async fn after_a_sync_of_three_crms_the_cli_the_api_and_prometheus_show_the_same
         serde_json::from_str(&run([&["metrics", "--json", "--scope", "zoho"][..], &window].concat()).await).unwrap();
     assert_eq!(per_crm["scope"], "zoho");
 
-    listen_on(&env, listen, admin);
     let mut command = env.command(&["run"]);
     command
         .env("CRMSYNC_TEST_API_TOKEN", "t0ken-for-tests")
@@ -295,20 +278,21 @@ async fn after_a_sync_of_three_crms_the_cli_the_api_and_prometheus_show_the_same
     let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
     // Up, KPIs published, and each connection has finished a pull pass of its own (so each has called
     // its vendor at least once).
-    let (mut listening, mut published) = (false, false);
+    let (mut listening, mut published) = (None, false);
     let mut pulled: BTreeSet<&str> = BTreeSet::new();
     while let Some(line) = logs.next_line().await.unwrap() {
-        listening |= line.contains("crmsync running");
+        listening = listening.or_else(|| bound_ports(&line));
         published |= line.contains("KPI gauges published");
         for name in ["salesforce", "zoho", "dynamics365"] {
             if line.contains("pull pass") && line.contains(&format!("\"connection\":\"{name}\"")) {
                 pulled.insert(name);
             }
         }
-        if listening && published && pulled.len() == 3 {
+        if listening.is_some() && published && pulled.len() == 3 {
             break;
         }
     }
+    let (listen, admin) = listening.expect("the daemon logs the addresses it listens on");
     tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
 
     let http = reqwest::Client::new();
@@ -376,9 +360,7 @@ async fn readyz_answers_503_with_the_reason_while_a_connection_fails_and_healthz
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
         format!("http://{}", listener.local_addr().expect("addr"))
     };
-    let (listen, admin) = free_ports();
     let env = Env::new(&[("sf", &unreachable)], "");
-    listen_on(&env, listen, admin);
     // Unready as soon as a pull has failed (a failure older than 0 s), and give up on a call quickly.
     let config = std::fs::read_to_string(&env.config)
         .unwrap()
@@ -391,8 +373,9 @@ async fn readyz_answers_503_with_the_reason_while_a_connection_fails_and_healthz
     let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
     // The writer commits a failure before the loop retries, so the second failure logged for the
     // accounts means the first one is in the store.
-    let mut failures = 0;
+    let (mut failures, mut listening) = (0, None);
     while let Some(line) = logs.next_line().await.unwrap() {
+        listening = listening.or_else(|| bound_ports(&line));
         if line.contains("pull failed") && line.contains("\"entity\":\"account\"") {
             failures += 1;
             if failures == 2 {
@@ -401,6 +384,7 @@ async fn readyz_answers_503_with_the_reason_while_a_connection_fails_and_healthz
         }
     }
     assert_eq!(failures, 2, "the daemon stopped before its pulls failed twice");
+    let (_, admin) = listening.expect("the daemon logs the addresses it listens on");
     tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
     let http = reqwest::Client::new();
     let admin_url = format!("http://127.0.0.1:{admin}");

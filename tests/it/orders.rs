@@ -14,14 +14,9 @@ use crmsync_connectors::zoho::sim::{self as zoho_sim, ZohoSimOptions};
 use serde_json::{Map, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use crate::support::{Env, ok};
+use crate::support::{Env, bound_ports, ok};
 
 const TOKEN: &str = "orders-e2e-token";
-
-/// A free port on loopback (released before use; the daemon binds it right after).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 /// Polls `check` until it returns `Some`, at most `attempts` times, `pause` apart; panics naming
 /// `what` when the condition never holds.
@@ -151,10 +146,7 @@ async fn start() -> (Crms, Daemon) {
         "[api]\ntoken = { env = \"CRMSYNC_TEST_API_TOKEN\" }\n\n[[routes]]\nentity = \"*\"\nfrom = [\"*\"]\nto = [\"*\"]\n\
          on_delete = \"delete\"\n",
     );
-    let listen = free_port();
-    let config = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{listen}\""));
+    let config = std::fs::read_to_string(&env.config).unwrap();
     // Pulls run at once and then every poll_interval (the shortest allowed); pushes follow changes
     // within 5 s. A Dataverse change right after a create waits for the next pull: its conditional
     // update (If-Match with the etag the link holds) is answered 412 and retried once a pull has
@@ -165,11 +157,17 @@ async fn start() -> (Crms, Daemon) {
     command.env("CRMSYNC_TEST_API_TOKEN", TOKEN).env("RUST_LOG", "info").stderr(std::process::Stdio::piped());
     let mut child = command.kill_on_drop(true).spawn().unwrap();
     let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut ports = None;
     while let Some(line) = logs.next_line().await.unwrap() {
-        if line.contains("crmsync running") {
+        ports = bound_ports(&line);
+        if ports.is_some() {
             break;
         }
     }
+    let ports = ports.expect("the daemon logs the addresses it listens on");
+    // The CLI reaches the daemon through the configuration.
+    env.point_at(ports);
+    let listen = ports.0;
     // Keep draining the log so the daemon never blocks on a full pipe.
     tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
     let daemon = Daemon { env, api: format!("http://127.0.0.1:{listen}/api/v1"), http: reqwest::Client::new(), child };

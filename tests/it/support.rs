@@ -85,6 +85,37 @@ impl Env {
     pub(crate) async fn run(&self, args: &[&str]) -> Output {
         self.command(args).output().await.expect("crmsync runs")
     }
+
+    /// Names the ports a running daemon bound (see [`bound_ports`]) in the configuration, so that the
+    /// commands run next (`status`, `backup`, the operator commands) reach that daemon.
+    pub(crate) fn point_at(&self, (public, admin): (u16, u16)) {
+        let config = std::fs::read_to_string(&self.config).expect("read config");
+        let lines: Vec<String> = config
+            .lines()
+            .map(|line| {
+                if line.starts_with("listen = ") {
+                    format!("listen = \"127.0.0.1:{public}\"")
+                } else if line.starts_with("admin_listen = ") {
+                    format!("admin_listen = \"127.0.0.1:{admin}\"")
+                } else {
+                    line.to_owned()
+                }
+            })
+            .collect();
+        std::fs::write(&self.config, lines.join("\n") + "\n").expect("write config");
+    }
+}
+
+/// The ports a daemon bound, (public, admin), read from its `crmsync running` log line. The test
+/// configurations listen on port 0, so the system picks free ports as the daemon binds them: no test
+/// picks a port first and races another process for it before the daemon binds it.
+pub(crate) fn bound_ports(line: &str) -> Option<(u16, u16)> {
+    let event: serde_json::Value = serde_json::from_str(line).ok()?;
+    if event["message"] != "crmsync running" {
+        return None;
+    }
+    let port = |field: &str| event[field].as_str()?.parse::<std::net::SocketAddr>().ok().map(|address| address.port());
+    Some((port("listen")?, port("admin")?))
 }
 
 /// Runs a command and returns its stdout, panicking with stderr when it fails.

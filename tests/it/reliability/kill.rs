@@ -15,10 +15,10 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{
-    Dice, Vendors, assert_same_sets, canonical_set, listen_on_free_ports, outbound_message, soak, stored_industry,
+    Dice, Vendors, assert_same_sets, canonical_set, outbound_message, soak, stored_industry,
     vendor_counts_without_duplicates,
 };
-use crate::support::{Env, ok};
+use crate::support::{Env, bound_ports, ok};
 
 /// Every entity from every CRM to every other, except orders, which go into Dataverse and Zoho only.
 /// Orders into Salesforce are a multi-call write whose intermediate state a concurrent read takes for
@@ -132,11 +132,6 @@ async fn webhook_bursts(
     edits: &[(String, String)],
     burst: usize,
 ) -> (usize, usize) {
-    let (port, _) = listen_on_free_ports(env);
-    let url = format!(
-        "http://127.0.0.1:{port}/webhooks/salesforce?secret={}",
-        crmsync_connectors::salesforce::sim::WEBHOOK_SECRET
-    );
     let http = reqwest::Client::new();
     let mut pending: Vec<(String, String, String)> = Vec::new();
     let (mut acknowledged_total, mut delivered_total) = (0, 0);
@@ -154,11 +149,18 @@ async fn webhook_bursts(
         let mut child =
             env.command(&["run"]).env("RUST_LOG", "info").stderr(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
         let mut logs = BufReader::new(child.stderr.take().unwrap()).lines();
+        let mut port = None;
         while let Some(line) = logs.next_line().await.unwrap() {
-            if line.contains("crmsync running") {
+            port = bound_ports(&line).map(|(public, _)| public);
+            if port.is_some() {
                 break;
             }
         }
+        let port = port.expect("the daemon logs the addresses it listens on");
+        let url = format!(
+            "http://127.0.0.1:{port}/webhooks/salesforce?secret={}",
+            crmsync_connectors::salesforce::sim::WEBHOOK_SECRET
+        );
         tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
         let want = usize::try_from(dice.roll(u64::try_from(pending.len()).unwrap() + 1)).unwrap();
         let (sender, mut answers) = tokio::sync::mpsc::unbounded_channel();

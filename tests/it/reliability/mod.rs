@@ -216,19 +216,6 @@ impl Dice {
     }
 }
 
-/// Points the config's public and admin listeners at free ports and returns them.
-pub(crate) fn listen_on_free_ports(env: &Env) -> (u16, u16) {
-    let (public, admin) =
-        (std::net::TcpListener::bind("127.0.0.1:0").unwrap(), std::net::TcpListener::bind("127.0.0.1:0").unwrap());
-    let ports = (public.local_addr().unwrap().port(), admin.local_addr().unwrap().port());
-    let config = std::fs::read_to_string(&env.config)
-        .unwrap()
-        .replace("\nlisten = \"127.0.0.1:0\"", &format!("\nlisten = \"127.0.0.1:{}\"", ports.0))
-        .replace("\nadmin_listen = \"127.0.0.1:0\"", &format!("\nadmin_listen = \"127.0.0.1:{}\"", ports.1));
-    std::fs::write(&env.config, config).unwrap();
-    ports
-}
-
 /// A Salesforce outbound message for one account's industry (crm-apis.md §1.10).
 pub(crate) fn outbound_message(account: &str, industry: &str, stamp: &str) -> String {
     format!(

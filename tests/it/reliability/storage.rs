@@ -19,8 +19,8 @@ use crmsync_connectors::testkit::SimControl;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
-use super::{Dice, ENTITIES, canonical_set, listen_on_free_ports, outbound_message, soak};
-use crate::support::{Env, accounts, export, ok, salesforce, signal};
+use super::{Dice, ENTITIES, canonical_set, outbound_message, soak};
+use crate::support::{Env, accounts, bound_ports, export, ok, salesforce, signal};
 
 /// How long a command or a stopping daemon may take before the test calls it wedged. Generous: it
 /// only has to tell "finished" from "never finishes" on a loaded machine.
@@ -107,7 +107,9 @@ fn clear_store_error(output: &Output, store: &Path, reason: &str) {
 }
 
 /// Starts `crmsync run` and waits until it serves; its log is kept for [`stop`].
-async fn start_daemon(env: &Env) -> (Child, tokio::task::JoinHandle<String>) {
+async fn start_daemon(env: &Env) -> (Child, tokio::task::JoinHandle<String>, (u16, u16)) {
+    // Ports the system picks as the daemon binds them (then named in the configuration for `status`).
+    env.point_at((0, 0));
     let mut daemon = env
         .command(&["run"])
         .env("RUST_LOG", "info")
@@ -118,14 +120,15 @@ async fn start_daemon(env: &Env) -> (Child, tokio::task::JoinHandle<String>) {
         .unwrap();
     let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
     let mut log = String::new();
-    loop {
+    let ports = loop {
         let line = logs.next_line().await.unwrap().unwrap_or_else(|| panic!("the daemon did not start:\n{log}"));
         log.push_str(&line);
         log.push('\n');
-        if line.contains("crmsync running") {
-            break;
+        if let Some(ports) = bound_ports(&line) {
+            break ports;
         }
-    }
+    };
+    env.point_at(ports);
     let rest = tokio::spawn(async move {
         while let Ok(Some(line)) = logs.next_line().await {
             log.push_str(&line);
@@ -133,7 +136,7 @@ async fn start_daemon(env: &Env) -> (Child, tokio::task::JoinHandle<String>) {
         }
         log
     });
-    (daemon, rest)
+    (daemon, rest, ports)
 }
 
 /// Stops the daemon with SIGTERM: it must exit (not wedge) without a panic. Returns its log.
@@ -218,7 +221,6 @@ async fn a_full_disk_refuses_what_it_cannot_store_keeps_what_it_acknowledged_and
     let env = Env::new(&[("salesforce", &simulator.base_url())], "");
     store_in(&env, &disk.path.join("store"));
     ok(env.run(&["sync"]).await);
-    let (port, admin) = listen_on_free_ports(&env);
     let http = reqwest::Client::new();
     // Round after round over the 200 accounts, each round another industry; kept with its
     // modification time, so a redelivery is the same message, as Salesforce's retries are.
@@ -233,7 +235,7 @@ async fn a_full_disk_refuses_what_it_cannot_store_keeps_what_it_acknowledged_and
     };
     let mut deliveries = Vec::new();
 
-    let (daemon, log) = start_daemon(&env).await;
+    let (daemon, log, (port, admin)) = start_daemon(&env).await;
     deliveries.push(delivery(0));
     assert!(deliver(&http, port, &deliveries[0]).await, "a delivery before the disk filled");
     let filler = fill(&disk.path);
@@ -274,7 +276,7 @@ async fn a_full_disk_refuses_what_it_cannot_store_keeps_what_it_acknowledged_and
     let log = stop(daemon, log).await;
     assert!(log.contains("store reopened after a storage failure"), "the daemon reopened its store:\n{log}");
     std::fs::remove_file(filler).unwrap();
-    let (daemon, log) = start_daemon(&env).await;
+    let (daemon, log, (port, _)) = start_daemon(&env).await;
     for index in &refused_again {
         assert!(deliver(&http, port, &deliveries[*index]).await, "a redelivery after the restart");
     }

@@ -12,8 +12,8 @@ use crmsync_connectors::testkit::SimControl;
 use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
-use super::{Vendors, listen_on_free_ports};
-use crate::support::{Env, export, ok, signal};
+use super::Vendors;
+use crate::support::{Env, bound_ports, export, ok, signal};
 
 /// The stored account linked to `connection`/`id`, if any (tombstones included).
 fn linked<'a>(accounts: &'a [Value], connection: &str, id: &str) -> Option<&'a Value> {
@@ -46,18 +46,20 @@ async fn webhook_deletes_of_ids_never_stored_are_ignored_with_a_log_line_in_ever
     let (zoho_unknown, dataverse_unknown) =
         (ExternalId::new("4150868999999999001"), ExternalId::new("00000000-dead-4000-8000-00000000beef"));
 
-    let (port, _) = listen_on_free_ports(&env);
     let mut daemon =
         env.command(&["run"]).env("RUST_LOG", "info").stderr(Stdio::piped()).kill_on_drop(true).spawn().unwrap();
     let mut logs = BufReader::new(daemon.stderr.take().unwrap()).lines();
     let mut log = String::new();
+    let mut port = None;
     while let Some(line) = logs.next_line().await.unwrap() {
         log.push_str(&line);
         log.push('\n');
-        if line.contains("crmsync running") {
+        port = bound_ports(&line).map(|(public, _)| public);
+        if port.is_some() {
             break;
         }
     }
+    let port = port.unwrap_or_else(|| panic!("the daemon did not start:\n{log}"));
     let collected = tokio::spawn(async move {
         while let Ok(Some(line)) = logs.next_line().await {
             log.push_str(&line);
