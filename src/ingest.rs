@@ -582,6 +582,8 @@ struct BatchWriter<'a> {
     /// stores with the record).
     record_keys: HashMap<CanonicalId, Vec<(String, String)>>,
     queued: BTreeSet<(ConnectionId, CanonicalId)>,
+    /// Referenced records the fan-out read from the store in this batch.
+    dependencies: Dependencies,
     /// Placeholders merged into the record their data turned out to be. They are committed before the
     /// other records: rewriting one releases its link, which the record it joined takes.
     absorbed: Vec<CanonicalId>,
@@ -679,6 +681,7 @@ impl<'a> BatchWriter<'a> {
             keys: HashMap::new(),
             record_keys: HashMap::new(),
             queued: BTreeSet::new(),
+            dependencies: Dependencies::new(),
             absorbed: Vec::new(),
             unknown_deletes: (0, None),
             clamped: (0, None),
@@ -1099,6 +1102,7 @@ impl<'a> BatchWriter<'a> {
             record,
             source.as_ref(),
             &self.records,
+            &mut self.dependencies,
             &mut self.queued,
             &mut self.commit,
             self.now,
@@ -1144,8 +1148,36 @@ impl<'a> BatchWriter<'a> {
     }
 }
 
+/// What the fan-out needs of a record another one references: whether it can be sent (not deleted,
+/// not a placeholder) and the connections that already hold a copy of it.
+#[derive(Debug, Clone)]
+pub struct Dependency {
+    sendable: bool,
+    linked: Vec<ConnectionId>,
+}
+
+impl Dependency {
+    fn of(record: &Record) -> Self {
+        Self {
+            sendable: !record.is_deleted() && !is_placeholder(record),
+            linked: record.links.iter().map(|link| link.connection.clone()).collect(),
+        }
+    }
+}
+
+/// Referenced records read from the store by one batch's fan-out, by id (`None`: not stored). The
+/// store does not change while a batch is applied, so a record referenced by many (an account by
+/// its deals and orders) is read and decoded once per batch instead of once per referencing record
+/// and target.
+pub type Dependencies = HashMap<CanonicalId, Option<Arc<Dependency>>>;
+
+/// A record's reference as the fan-out sees it: the entity, the id, the referenced record if stored.
+type Referenced = (Entity, CanonicalId, Option<Arc<Dependency>>);
+
 /// Queues `record` for each target its routes select (and, for upserts, any referenced record the
-/// target does not have yet, so lookups exist before the record that needs them).
+/// target does not have yet, so lookups exist before the record that needs them). Referenced
+/// records are taken from `pending` (written earlier in the batch) or else read through
+/// `dependencies`.
 #[allow(clippy::too_many_arguments)]
 pub fn queue_fan_out(
     store: &Store,
@@ -1153,11 +1185,14 @@ pub fn queue_fan_out(
     record: &Record,
     source: Option<&ConnectionId>,
     pending: &HashMap<CanonicalId, Record>,
+    dependencies: &mut Dependencies,
     queued: &mut BTreeSet<(ConnectionId, CanonicalId)>,
     commit: &mut Commit,
     now: Timestamp,
 ) -> Result<u64, StoreError> {
     let mut count = 0;
+    // The referenced records, read once for every target: (entity, id, what the fan-out needs).
+    let mut referenced: Option<Vec<Referenced>> = None;
     for (target, on_delete) in rules.targets(record.entity(), source) {
         let op = if record.is_deleted() {
             match on_delete {
@@ -1170,22 +1205,28 @@ pub fn queue_fan_out(
             OutboxOp::Upsert
         };
         if op == OutboxOp::Upsert {
-            for (_, entity, reference) in record.data.references() {
-                let Some(reference_id) = reference.canonical else { continue };
-                let referenced = match pending.get(&reference_id) {
-                    Some(found) => Some(found.clone()),
-                    None => store.record(reference_id)?,
-                };
-                // A placeholder has no data to send yet: its own change queues it when its data arrives.
-                if let Some(referenced) = referenced
-                    && referenced.link(&target).is_none()
-                    && !referenced.is_deleted()
-                    && !is_placeholder(&referenced)
-                    && queued.insert((target.clone(), referenced.id))
+            if referenced.is_none() {
+                let mut found = Vec::new();
+                for (_, entity, reference) in record.data.references() {
+                    let Some(reference_id) = reference.canonical else { continue };
+                    let dependency = match pending.get(&reference_id) {
+                        Some(written) => Some(Arc::new(Dependency::of(written))),
+                        None => dependency_in_store(store, dependencies, entity, reference_id)?,
+                    };
+                    found.push((entity, reference_id, dependency));
+                }
+                referenced = Some(found);
+            }
+            // A placeholder has no data to send yet: its own change queues it when its data arrives.
+            for (entity, reference_id, dependency) in referenced.iter().flatten() {
+                if let Some(dependency) = dependency
+                    && dependency.sendable
+                    && !dependency.linked.contains(&target)
+                    && queued.insert((target.clone(), *reference_id))
                 {
                     commit
                         .outbox
-                        .push((target.clone(), OutboxEntry::new(entity, referenced.id, OutboxOp::Upsert, now)));
+                        .push((target.clone(), OutboxEntry::new(*entity, *reference_id, OutboxOp::Upsert, now)));
                     count += 1;
                 }
             }
@@ -1196,6 +1237,26 @@ pub fn queue_fan_out(
         }
     }
     Ok(count)
+}
+
+/// A referenced record as stored, read once per batch: under the reference's entity (one lookup),
+/// or, should the id hold a record of another entity, by id alone.
+fn dependency_in_store(
+    store: &Store,
+    dependencies: &mut Dependencies,
+    entity: Entity,
+    id: CanonicalId,
+) -> Result<Option<Arc<Dependency>>, StoreError> {
+    if let Some(known) = dependencies.get(&id) {
+        return Ok(known.clone());
+    }
+    let stored = match store.record_of(entity, id)? {
+        Some(record) => Some(record),
+        None => store.record(id)?,
+    };
+    let dependency = stored.as_ref().map(|record| Arc::new(Dependency::of(record)));
+    dependencies.insert(id, dependency.clone());
+    Ok(dependency)
 }
 
 fn strip_denied(change: &mut Change, policy: &FieldPolicy) {
@@ -1455,6 +1516,68 @@ mod tests {
         commit.outbox.insert(0, (ConnectionId::new("zoho"), elsewhere));
         assert!(split_records(&mut commit, 1_000).is_empty());
         assert_eq!(commit.records.len(), 2_500);
+    }
+
+    #[test]
+    fn a_stored_account_a_target_lacks_is_queued_once_before_the_deals_of_a_page_that_reference_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = rules(BTreeMap::new());
+        let (sf, zoho) = (ConnectionId::new("sf"), ConnectionId::new("zoho"));
+        let page = |entity: Entity, changes: Vec<Change>| Batch::Pulled {
+            connection: sf.clone(),
+            entity,
+            changes,
+            cursor: None,
+            caught_up: false,
+            undecodable: Vec::new(),
+        };
+        let account = EntityData::Account(Account { name: Some("Acme".into()), ..Account::default() });
+        apply_batch(
+            &store,
+            &rules,
+            page(Entity::Account, vec![change(Entity::Account, "001A", account)]),
+            Timestamp::now(),
+        )
+        .unwrap();
+        // The account's push to zoho has not happened: zoho has no copy of it yet.
+        let queued: Vec<u64> =
+            store.outbox_after(&zoho, None, 100).unwrap().into_iter().map(|(sequence, _)| sequence).collect();
+        assert_eq!(queued.len(), 1);
+        store.outbox_remove(&zoho, &queued).unwrap();
+        let deal = |name: &str, account: &str| {
+            EntityData::Opportunity(Opportunity {
+                name: Some(name.into()),
+                account: Some(RecordRef::external(account)),
+                ..Opportunity::default()
+            })
+        };
+        let deals = vec![
+            change(Entity::Opportunity, "006A", deal("First", "001A")),
+            change(Entity::Opportunity, "006B", deal("Second", "001A")),
+            // An account never read: its placeholder has no data to send.
+            change(Entity::Opportunity, "006C", deal("Third", "001Z")),
+        ];
+        apply_batch(&store, &rules, page(Entity::Opportunity, deals), Timestamp::now()).unwrap();
+        let account_id = store.id_by_link(&sf, Entity::Account, &ExternalId::new("001A")).unwrap().unwrap();
+        let deal_id =
+            |external: &str| store.id_by_link(&sf, Entity::Opportunity, &ExternalId::new(external)).unwrap().unwrap();
+        let entries: Vec<(Entity, CanonicalId)> = store
+            .outbox_after(&zoho, None, 100)
+            .unwrap()
+            .into_iter()
+            .map(|(_, entry)| (entry.entity, entry.canonical_id))
+            .collect();
+        assert_eq!(
+            entries,
+            [
+                (Entity::Account, account_id),
+                (Entity::Opportunity, deal_id("006A")),
+                (Entity::Opportunity, deal_id("006B")),
+                (Entity::Opportunity, deal_id("006C")),
+            ],
+            "the account once, before the first deal that needs it; no placeholder"
+        );
     }
 
     #[test]

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::{Batch, IngestRules, queue_fan_out};
+use super::{Batch, Dependencies, IngestRules, queue_fan_out};
 use crate::reconcile::{self, DeleteAction};
 use crate::store::{Commit, ConflictEntry, DeadLetter, OutboxEntry, OutboxOp, Store, StoreError};
 
@@ -445,7 +445,17 @@ fn fan_out(
     now: Timestamp,
 ) -> Result<Vec<ConnectionId>, OperatorError> {
     let mut queued = BTreeSet::new();
-    queue_fan_out(store, &rules.rules, record, None, &HashMap::new(), &mut queued, commit, now)?;
+    queue_fan_out(
+        store,
+        &rules.rules,
+        record,
+        None,
+        &HashMap::new(),
+        &mut Dependencies::new(),
+        &mut queued,
+        commit,
+        now,
+    )?;
     Ok(queued
         .into_iter()
         .filter(|(_, id)| *id == record.id)
