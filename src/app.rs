@@ -207,6 +207,9 @@ impl App {
     /// Opens the store, builds the connectors and starts the ingest writer.
     pub fn build(config: Config) -> anyhow::Result<Self> {
         let store = open_store(&config).map_err(|error| open_error(&config, error))?;
+        // The index-key filter is built off the request path: no webhook delivery or page waits
+        // for its pass over every index key after a restart.
+        store.build_key_filter_in_background();
         let host: SharedHost = Arc::new(StoreHost::new(store.clone(), &config));
         let connectors = build_connectors(&config, host)?;
         let rules = IngestRules::from_config(&config);

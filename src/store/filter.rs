@@ -6,8 +6,10 @@
 //! "certainly absent" for almost all of them without touching sled; "maybe present" goes to sled as
 //! before. Only false positives are possible, so a key removed from the store may stay in the filter
 //! (one wasted lookup), but every key the store holds must be in it: [`super::Store::commit`] adds the
-//! keys it writes once its transaction is applied, and the filter is built from the trees on its
-//! first use.
+//! keys it writes once its transaction is applied, and the filter is built from the trees, either on
+//! a thread of its own when the daemon opens the store ([`super::Store::build_key_filter_in_background`]:
+//! lookups meanwhile ask sled, and the keys committed meanwhile are added when it is done) or by the
+//! first lookup.
 //!
 //! Its memory is bounded by the number of keys: about 10 bits per key (a 1,000,000-record store
 //! holds about 4 million index keys: 5 MiB). When more keys than it was sized for were added, a
@@ -23,7 +25,7 @@ const BITS_PER_KEY: u64 = 10;
 pub(super) const MIN_KEYS: u64 = 1 << 18;
 
 /// The kind of index key (a link and a match-key value prefix never collide as filter entries).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum KeyKind {
     /// A `links` key.
     Link,
@@ -32,7 +34,7 @@ pub(super) enum KeyKind {
 }
 
 /// One layer: a fixed bit array.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 struct Layer {
     bits: Vec<u64>,
     /// Bits − 1 (a power of two).
@@ -73,7 +75,7 @@ impl Layer {
 }
 
 /// A Bloom filter over index keys, growing by layers.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub(super) struct KeyFilter {
     layers: Vec<Layer>,
     hasher: std::hash::BuildHasherDefault<std::hash::DefaultHasher>,
@@ -115,6 +117,20 @@ impl KeyFilter {
     pub(super) fn bytes(&self) -> usize {
         self.layers.iter().map(|layer| layer.bits.len() * 8).sum()
     }
+}
+
+/// The store's filter.
+#[derive(Debug, Default)]
+pub(super) enum FilterSlot {
+    /// Not built: the first lookup builds it.
+    #[default]
+    Absent,
+    /// Being built on a thread of its own: lookups ask sled, and each commit notes the keys it wrote
+    /// here, for the build to add once its pass over the trees is done (the pass may have gone past
+    /// them).
+    Building(Vec<(KeyKind, Vec<u8>)>),
+    /// Built: it answers lookups and each commit adds its keys.
+    Ready(KeyFilter),
 }
 
 #[cfg(test)]

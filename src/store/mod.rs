@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 use crmsync_connectors::Cursor;
 use crmsync_connectors::canonical::{CanonicalId, ConnectionId, Entity, ExternalId, Record};
 use crmsync_connectors::error::chain as error_chain;
-use filter::KeyKind;
+use filter::{FilterSlot, KeyKind};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use sled::Transactional;
@@ -117,8 +117,9 @@ struct Shared {
     reopen: std::sync::atomic::AtomicBool,
     /// Commits hold it shared; a backup holds it exclusively, so it copies one point in time.
     gate: std::sync::RwLock<()>,
-    /// The index keys the store may hold ([`filter`]), built on first use.
-    filter: std::sync::Mutex<Option<filter::KeyFilter>>,
+    /// The index keys the store may hold ([`filter`]): built on a thread of its own
+    /// ([`Store::build_key_filter_in_background`]) or on first use.
+    filter: std::sync::Mutex<FilterSlot>,
 }
 
 /// The sled database and its trees.
@@ -676,41 +677,109 @@ impl Store {
             TransactionError::Storage(error) => StoreError::Sled(error),
         })?;
         // Once applied: a lookup racing this commit may miss its keys, as if it ran just before it.
-        let mut filter = self.shared.filter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(filter) = filter.as_mut() {
-            for (record, record_keys) in &commit.records {
-                let entity = record.entity();
-                for link in &record.links {
-                    let key = keys::link(&link.connection, entity, &link.external_id);
-                    if !filter.may_contain(KeyKind::Link, &key) {
-                        filter.insert(KeyKind::Link, &key);
-                    }
-                }
-                for (name, value) in record_keys {
-                    let key = keys::match_key_prefix(entity, name, value);
-                    if !filter.may_contain(KeyKind::MatchValue, &key) {
-                        filter.insert(KeyKind::MatchValue, &key);
+        let mut slot = self.shared.filter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match &mut *slot {
+            FilterSlot::Ready(filter) => {
+                for (kind, key) in index_keys_written(&commit) {
+                    if !filter.may_contain(kind, &key) {
+                        filter.insert(kind, &key);
                     }
                 }
             }
+            FilterSlot::Building(written) => written.extend(index_keys_written(&commit)),
+            FilterSlot::Absent => {}
         }
         Ok(())
     }
 
     /// Whether the store may hold an index key (`false`: it certainly does not, no need to ask
-    /// sled). Builds the filter from the trees on first use: one pass over the `links` and
-    /// `match_keys` keys, a second one sized right when the store had more keys than a first layer
-    /// holds.
+    /// sled). While the filter is being built off the request path, every key may be held (sled
+    /// answers); a store opened without that build builds the filter here, on the first lookup.
     fn may_hold(&self, t: &Trees, kind: KeyKind, key: &[u8]) -> Result<bool, StoreError> {
         let mut slot = self.shared.filter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        if let Some(filter) = slot.as_ref() {
-            return Ok(filter.may_contain(kind, key));
+        match &*slot {
+            FilterSlot::Ready(filter) => return Ok(filter.may_contain(kind, key)),
+            FilterSlot::Building(_) => return Ok(true),
+            FilterSlot::Absent => {}
         }
+        let Some(filter) = Self::filter_from_trees(t, &|| true)? else { return Ok(true) };
+        let answer = filter.may_contain(kind, key);
+        *slot = FilterSlot::Ready(filter);
+        Ok(answer)
+    }
+
+    /// Builds the index-key filter on a thread of its own, so that no lookup waits for its pass over
+    /// every `links` and `match_keys` key (about 4 million keys, seconds, at 1,000,000 records): the
+    /// daemon calls it when it opens the store, before the first webhook delivery or page can need
+    /// it. Lookups meanwhile ask sled; keys committed meanwhile are added when the pass is done. The
+    /// thread stops early once every handle of the store is dropped. Returns `None` when the filter
+    /// is already built or being built.
+    pub fn build_key_filter_in_background(&self) -> Option<std::thread::JoinHandle<()>> {
+        let t = self.trees().ok()?;
+        {
+            let mut slot = self.shared.filter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if !matches!(*slot, FilterSlot::Absent) {
+                return None;
+            }
+            *slot = FilterSlot::Building(Vec::new());
+        }
+        let shared = std::sync::Arc::downgrade(&self.shared);
+        let spawned = std::thread::Builder::new().name("crmsync-key-filter".into()).spawn(move || {
+            let built = Self::filter_from_trees(&t, &|| shared.strong_count() > 0);
+            drop(t);
+            let Some(shared) = shared.upgrade() else { return };
+            Self::finish_key_filter(&shared, built);
+        });
+        match spawned {
+            Ok(thread) => Some(thread),
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot start the store index filter's build: the first lookup builds it");
+                *self.shared.filter.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = FilterSlot::Absent;
+                None
+            }
+        }
+    }
+
+    /// Ends a build started by [`Store::build_key_filter_in_background`]: the keys committed while
+    /// it ran are added and the filter answers from now on; a build that failed or stopped leaves it
+    /// to the next lookup.
+    fn finish_key_filter(shared: &Shared, built: Result<Option<filter::KeyFilter>, StoreError>) {
+        let mut slot = shared.filter.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let written = match std::mem::take(&mut *slot) {
+            FilterSlot::Building(written) => written,
+            // Nothing else replaces a build in progress; keep whatever is there.
+            other => {
+                *slot = other;
+                return;
+            }
+        };
+        match built {
+            Ok(Some(mut filter)) => {
+                for (kind, key) in written {
+                    if !filter.may_contain(kind, &key) {
+                        filter.insert(kind, &key);
+                    }
+                }
+                *slot = FilterSlot::Ready(filter);
+            }
+            Ok(None) => {}
+            Err(error) => tracing::warn!(
+                error = %error_chain(&error),
+                "cannot build the store index filter: the first lookup builds it"
+            ),
+        }
+    }
+
+    /// The filter of every index key in the trees: one pass over the `links` and `match_keys` keys,
+    /// a second one sized right when the store had more keys than a first layer holds. `None` when
+    /// `keep_going` said to stop.
+    fn filter_from_trees(t: &Trees, keep_going: &dyn Fn() -> bool) -> Result<Option<filter::KeyFilter>, StoreError> {
         let started = tokio::time::Instant::now();
-        let mut built = Self::build_filter(t, 0)?;
+        let Some(mut built) = Self::build_filter(t, 0, keep_going)? else { return Ok(None) };
         if built.1 > filter::MIN_KEYS {
             // Grown by layers while counting: one layer sized for twice as many answers faster.
-            built = Self::build_filter(t, built.1.saturating_mul(2))?;
+            let Some(sized) = Self::build_filter(t, built.1.saturating_mul(2), keep_going)? else { return Ok(None) };
+            built = sized;
         }
         let (filter, count) = built;
         if count > 0 {
@@ -721,29 +790,41 @@ impl Store {
                 "store index filter built"
             );
         }
-        let answer = filter.may_contain(kind, key);
-        *slot = Some(filter);
-        Ok(answer)
+        Ok(Some(filter))
     }
 
     /// A filter of every `links` key and `match_keys` value prefix, sized for `keys` keys; with the
     /// number of keys added.
-    fn build_filter(t: &Trees, keys: u64) -> Result<(filter::KeyFilter, u64), StoreError> {
+    fn build_filter(
+        t: &Trees,
+        keys: u64,
+        keep_going: &dyn Fn() -> bool,
+    ) -> Result<Option<(filter::KeyFilter, u64)>, StoreError> {
+        /// Keys between two asks whether to go on.
+        const ASK_EVERY: u64 = 4096;
         let mut filter = filter::KeyFilter::sized_for(keys);
-        let mut count = 0u64;
+        let (mut count, mut seen) = (0u64, 0u64);
         for key in t.links.iter().keys() {
             filter.insert(KeyKind::Link, &key?);
             count += 1;
+            seen += 1;
+            if seen % ASK_EVERY == 0 && !keep_going() {
+                return Ok(None);
+            }
         }
         for key in t.match_keys.iter().keys() {
             let key = key?;
+            seen += 1;
+            if seen % ASK_EVERY == 0 && !keep_going() {
+                return Ok(None);
+            }
             let prefix = key.len().checked_sub(16).and_then(|end| key.get(..end)).ok_or(keys::KeyError("match key"))?;
             if !filter.may_contain(KeyKind::MatchValue, prefix) {
                 filter.insert(KeyKind::MatchValue, prefix);
                 count += 1;
             }
         }
-        Ok((filter, count))
+        Ok(Some((filter, count)))
     }
 
     /// Returns a record by id.
@@ -1162,6 +1243,22 @@ fn count_keys<K>(entries: impl Iterator<Item = sled::Result<K>>) -> Result<u64, 
         count += 1;
     }
     Ok(count)
+}
+
+/// The index keys a commit wrote, as the filter holds them: each record's links and match-key value
+/// prefixes.
+fn index_keys_written(commit: &Commit) -> impl Iterator<Item = (KeyKind, Vec<u8>)> + '_ {
+    commit.records.iter().flat_map(|(record, record_keys)| {
+        let entity = record.entity();
+        let links = record
+            .links
+            .iter()
+            .map(move |link| (KeyKind::Link, keys::link(&link.connection, entity, &link.external_id)));
+        let values = record_keys
+            .iter()
+            .map(move |(name, value)| (KeyKind::MatchValue, keys::match_key_prefix(entity, name, value)));
+        links.chain(values)
+    })
 }
 
 fn is_lock_error(error: &std::io::Error) -> bool {

@@ -425,6 +425,70 @@ fn index_lookups_answered_from_memory_still_find_every_key_written_before_or_aft
     assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("2")).unwrap(), None);
 }
 
+/// A store of `count` accounts linked to `sf` with one match key each, flushed and closed.
+fn store_of_accounts(dir: &Path, count: usize) -> Vec<Record> {
+    let store = Store::open(dir).unwrap();
+    let mut commit = Commit::default();
+    let records: Vec<Record> =
+        (0..count).map(|index| account(&format!("Account {index}"), "sf", &format!("00{index}"))).collect();
+    for (index, record) in records.iter().enumerate() {
+        commit.records.push((record.clone(), vec![("name".into(), format!("account {index}"))]));
+        commit.created.insert(record.id);
+    }
+    store.commit(commit).unwrap();
+    store.flush().unwrap();
+    records
+}
+
+fn take_filter(store: &Store) -> filter::KeyFilter {
+    match std::mem::take(&mut *store.shared.filter.lock().unwrap()) {
+        FilterSlot::Ready(filter) => filter,
+        other => panic!("the filter is not built: {other:?}"),
+    }
+}
+
+#[test]
+fn a_key_filter_built_off_the_request_path_is_the_one_the_first_lookup_would_build() {
+    let dir = tempfile::tempdir().unwrap();
+    let sf = ConnectionId::new("sf");
+    let records = store_of_accounts(dir.path(), 3000);
+    let store = Store::open(dir.path()).unwrap();
+    store.build_key_filter_in_background().expect("a build starts").join().unwrap();
+    assert!(store.build_key_filter_in_background().is_none(), "built once");
+    let in_background = take_filter(&store);
+    // The slot is empty again: the next lookup builds the filter itself.
+    assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("absent")).unwrap(), None);
+    assert_eq!(take_filter(&store), in_background, "the same keys, the same bits");
+    for record in records.iter().step_by(97) {
+        let external = &record.links[0].external_id;
+        assert_eq!(store.id_by_link(&sf, Entity::Account, external).unwrap(), Some(record.id));
+    }
+}
+
+#[test]
+fn keys_committed_while_the_filter_is_built_are_found_once_it_is_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let sf = ConnectionId::new("sf");
+    let before = store_of_accounts(dir.path(), 1).remove(0);
+    let store = Store::open(dir.path()).unwrap();
+    // A build whose pass over the trees is over before the commit below lands.
+    *store.shared.filter.lock().unwrap() = FilterSlot::Building(Vec::new());
+    let built = Store::filter_from_trees(&store.trees().unwrap(), &|| true);
+    let after = account("After", "sf", "2");
+    let mut commit = Commit::default();
+    commit.records.push((after.clone(), vec![("name".into(), "after".into())]));
+    commit.created.insert(after.id);
+    store.commit(commit).unwrap();
+    // Meanwhile sled answers every lookup.
+    assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("2")).unwrap(), Some(after.id));
+    Store::finish_key_filter(&store.shared, built);
+    assert!(matches!(*store.shared.filter.lock().unwrap(), FilterSlot::Ready(_)));
+    assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("2")).unwrap(), Some(after.id));
+    assert_eq!(store.ids_by_match_key(Entity::Account, "name", "after").unwrap(), vec![after.id]);
+    assert_eq!(store.id_by_link(&sf, Entity::Account, &before.links[0].external_id).unwrap(), Some(before.id));
+    assert_eq!(store.id_by_link(&sf, Entity::Account, &ExternalId::new("absent")).unwrap(), None);
+}
+
 #[test]
 fn a_format_2_store_loses_its_ids_tree_and_every_record_is_still_found_by_id() {
     let dir = tempfile::tempdir().unwrap();
