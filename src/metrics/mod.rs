@@ -337,6 +337,51 @@ impl<'a> Accumulator<'a> {
         }
     }
 
+    /// Adds what `other` counted (the same query, over other records): counting two parts of the
+    /// records apart and merging them gives the accumulator of all of them.
+    pub fn merge(&mut self, other: Self) {
+        let Self {
+            query: _,
+            settings: _,
+            sales_amount,
+            orders,
+            customers,
+            channels,
+            unconverted,
+            reached,
+            won,
+            lost,
+            cycle_days_sum,
+            cycle_count,
+            pipeline,
+            by_day,
+        } = other;
+        self.sales_amount += sales_amount;
+        self.orders += orders;
+        self.customers.extend(customers);
+        for (channel, (orders, amount)) in channels {
+            let entry = self.channels.entry(channel).or_default();
+            entry.0 += orders;
+            entry.1 += amount;
+        }
+        for (currency, amount) in unconverted {
+            *self.unconverted.entry(currency).or_default() += amount;
+        }
+        for (total, part) in self.reached.iter_mut().zip(reached) {
+            *total += part;
+        }
+        self.won += won;
+        self.lost += lost;
+        self.cycle_days_sum += cycle_days_sum;
+        self.cycle_count += cycle_count;
+        for (stage, value) in pipeline {
+            *self.pipeline.entry(stage).or_default() += value;
+        }
+        for (date, count) in by_day {
+            *self.by_day.entry(date).or_default() += count;
+        }
+    }
+
     /// Finishes the report.
     pub fn finish(self) -> MetricsReport {
         let window_days = Decimal::from((self.query.until.unix_millis() - self.query.since.unix_millis()).max(0))

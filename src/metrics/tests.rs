@@ -181,6 +181,43 @@ fn the_funnel_counts_stage_history_and_won_deals_reach_every_stage() {
 }
 
 #[test]
+fn counts_merged_from_parts_of_the_records_are_the_counts_of_all_of_them() {
+    let mut records = fixture();
+    records.push(record(
+        EntityData::Lead(Lead { created_at: Some(at("2026-10-02T00:00:00Z")), ..Lead::default() }),
+        &["sf"],
+    ));
+    for (stage, amount, closed) in
+        [(Stage::Won, "300 EUR", true), (Stage::Plan, "1000 USD", false), (Stage::Lost, "5 EUR", true)]
+    {
+        let opportunity = Opportunity {
+            stage: Some(stage),
+            amount: Some(amount.parse::<Money>().unwrap()),
+            created_at: Some(at("2026-10-02T00:00:00Z")),
+            closed_at: closed.then(|| at("2026-10-05T00:00:00Z")),
+            stage_history: vec![StageEntry { stage: Stage::Qualified, entered_at: at("2026-10-02T00:00:00Z") }],
+            ..Opportunity::default()
+        };
+        records.push(record(EntityData::Opportunity(opportunity), &["sf", "zoho"]));
+    }
+    let settings = settings();
+    for scope in [Scope::Unified, Scope::Connection(ConnectionId::new("zoho"))] {
+        let query = window(scope);
+        let whole = compute(&records, &query, &settings);
+        // Every split point: the parts counted apart (as the scan's threads do) and merged.
+        for split in 0..=records.len() {
+            let (first, second) = records.split_at(split);
+            let mut merged = Accumulator::new(&query, &settings);
+            let mut other = Accumulator::new(&query, &settings);
+            first.iter().for_each(|record| merged.add(&RecordView::of(record)));
+            second.iter().for_each(|record| other.add(&RecordView::of(record)));
+            merged.merge(other);
+            assert_eq!(merged.finish(), whole, "split at {split}");
+        }
+    }
+}
+
+#[test]
 fn tombstones_are_ignored_and_n_a_gauges_are_nan_not_stale() {
     let mut records = fixture();
     let before = gauges(&compute(&records, &window(Scope::Unified), &settings()));
