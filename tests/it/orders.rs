@@ -315,6 +315,51 @@ async fn orders_made_with_the_cli_while_the_daemon_runs_reach_each_crm_once_in_i
     let cancelled_now = daemon.api_get(&format!("/orders/{cancelled_id}")).await;
     assert_eq!(cancelled_now["data"]["fields"]["status"], "cancelled");
 
+    // Issue 17: every state of a Salesforce order crmsync wrote that a pull could have read (the
+    // daemon pulls while it pushes). An order pushed in an activated status is never seen in Draft
+    // on the way (a world order from Zoho or Dataverse, confirmed or later, first appears
+    // activated), and an activated one never goes back to Draft (its lines replaced through Draft
+    // are one all-or-none request): so no pull can turn a canonical status back to draft.
+    let history = crms.salesforce.state().order_history();
+    assert!(!history.is_empty());
+    let orders = daemon.api_get("/orders?limit=1000").await;
+    let canonical_status = |salesforce_id: &str| {
+        orders["records"].as_array().unwrap().iter().find(|order| link(order, "salesforce") == Some(salesforce_id)).map(
+            |order| {
+                (
+                    order["data"]["fields"]["status"].as_str().unwrap_or("").to_owned(),
+                    order["data"]["fields"]["number"].clone(),
+                )
+            },
+        )
+    };
+    let mut activated = std::collections::HashSet::new();
+    for (id, status) in &history {
+        let status = status.as_deref().unwrap_or("");
+        if status == "Draft" {
+            assert!(
+                !activated.contains(id),
+                "Salesforce order {id} went back to Draft after being activated: {history:?}"
+            );
+            if let Some((canonical, number)) = canonical_status(id) {
+                let made_as_draft = number.as_str().is_some_and(|number| number.starts_with("E2E-"));
+                assert!(
+                    made_as_draft || canonical == "draft",
+                    "Salesforce order {id} ({number}, canonical {canonical}) was seen in Draft: {history:?}"
+                );
+            }
+        } else if status != "Cancelled" {
+            activated.insert(id.clone());
+        }
+    }
+    let all_statuses: Vec<String> = orders["records"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|order| order["data"]["fields"]["status"].as_str().map(str::to_owned))
+        .collect();
+    assert!(all_statuses.iter().any(|status| status != "draft"), "{all_statuses:?}");
+
     // The same commands with the daemon stopped open the store instead, and print the same.
     let window = ["--since", "2026-10-01T00:00:00Z", "--until", "2027-01-01T00:00:00Z"];
     let commands: Vec<Vec<&str>> = vec![
