@@ -161,6 +161,11 @@ pub struct SyncArgs {
     /// Ignore saved cursors and read everything again (records are matched, not duplicated).
     #[arg(long)]
     pub full: bool,
+    /// After the pass, run the drift sweep of each selected connection × entity now (as the daemon
+    /// does every `drift_sweep_interval`): list the CRM's ids, tombstone records it no longer has,
+    /// fetch ones missing or newer. What it repairs is pushed by the next pass.
+    #[arg(long)]
+    pub sweep: bool,
 }
 
 /// `crmsync check`.

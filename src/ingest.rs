@@ -17,14 +17,15 @@ use crmsync_connectors::canonical::{
     Timestamp,
 };
 use crmsync_connectors::settings::FieldPolicy;
-use crmsync_connectors::{Change, ChangeKind, Cursor, Fetched, PushOutcome, Undecodable};
+use crmsync_connectors::{Change, ChangeKind, Cursor, Fetched, FullRead, PushOutcome, Undecodable};
 use tokio::sync::{mpsc, oneshot};
 
 pub mod operator;
 
 use crate::reconcile::{self, DeleteAction, Outcome, Rules};
 use crate::store::{
-    Commit, ConflictEntry, ConflictValue, DeadLetter, OutboxEntry, OutboxOp, Store, StoreError, SyncStatusUpdate,
+    Commit, ConflictEntry, ConflictValue, DeadLetter, FullReadStep, OutboxEntry, OutboxOp, Store, StoreError,
+    SyncStatusUpdate,
 };
 use crate::telemetry;
 
@@ -55,6 +56,9 @@ pub enum Batch {
         caught_up: bool,
         /// Records of the page that could not be decoded: dead-lettered with it.
         undecodable: Vec<Undecodable>,
+        /// Whether the page belongs to a full read ([`FullRead`]): the last page of one that began
+        /// in this store also tombstones the records it did not deliver (see [`full_read_step`]).
+        full_read: FullRead,
     },
     /// Changes delivered by a webhook (or deletes the drift sweep repairs). Flushed before the reply.
     Delivered {
@@ -455,6 +459,81 @@ fn split_records(commit: &mut Commit, limit: usize) -> Vec<Commit> {
     parts
 }
 
+/// What a pulled page of a full read writes ([`FullReadStep`]), or `None` when it takes part in
+/// none: an incremental page, the first read of a connection × entity the store links nothing to
+/// yet (nothing it could find gone, so nothing to mark), or a later page of a read this store never
+/// saw begin (its earlier pages may have been read by a binary that kept no marks).
+fn full_read_step(
+    store: &Store,
+    connection: &ConnectionId,
+    entity: Entity,
+    full_read: FullRead,
+    caught_up: bool,
+    changes: &[Change],
+    undecodable: &[Undecodable],
+) -> Result<Option<FullReadStep>, StoreError> {
+    let state = store.full_read(connection, entity)?;
+    let (generation, begins) = match full_read {
+        FullRead::No => return Ok(None),
+        FullRead::Begins if !state.in_progress && !store.has_links(connection, entity)? => return Ok(None),
+        FullRead::Begins => (state.generation + 1, true),
+        FullRead::Continues => match state.reading() {
+            Some(generation) => (generation, false),
+            None => return Ok(None),
+        },
+    };
+    let seen = changes
+        .iter()
+        .filter(|change| change.entity == entity)
+        .map(|change| change.external_id.clone())
+        .chain(undecodable.iter().filter(|record| record.entity == entity).map(|record| record.external_id.clone()))
+        .collect();
+    Ok(Some(FullReadStep { connection: connection.clone(), entity, generation, begins, ends: caught_up, seen }))
+}
+
+/// The deletes a complete full read infers: every live record linked to its connection × entity
+/// that neither the read delivered nor the store linked while it was in progress (the same
+/// comparison as the drift sweep's, against the read's marks instead of a listing of ids).
+///
+/// Why this is safe: a vendor row that existed when the read began and still exists at its end is
+/// delivered by the read (the connector vouches for that: Dataverse pages a query's rows as
+/// "consecutive pages ... representing all the records that match", learn.microsoft.com/power-apps/developer/data-platform/fetchxml/page-results,
+/// and its change-tracked read takes no `$orderby`, crm-apis.md §3.3, so a row changed meanwhile
+/// keeps its place in the key order the paging cookie follows). So a link the store held before
+/// the read began and that the read did not deliver names a row deleted since (before the read got
+/// to it; a row deleted after it was delivered is in the next delta's `$deletedEntity` rows). Links
+/// the store added after the read began are marked as they are added (`Store::commit`), whatever
+/// added them: a record crmsync pushed to the vendor meanwhile (which the read may have passed
+/// already), one a webhook or the drift sweep stored, a placeholder; they are never taken as gone.
+/// A row created in the vendor during the read and not delivered by it is delivered by the next
+/// delta read. The marks are committed with each page and its cursor, so a read resumed from its
+/// committed cursor after a kill or an error has every mark of its earlier pages; a read that stops
+/// before its last page infers nothing, and one begun again starts a new generation.
+fn gone_after_full_read(store: &Store, step: &FullReadStep) -> Result<Vec<Change>, StoreError> {
+    let page: std::collections::HashSet<&ExternalId> = step.seen.iter().collect();
+    let (connection, entity, generation) = (&step.connection, step.entity, step.generation);
+    let compared = crate::scheduler::sweep::compare_links(store, entity, connection, |link| {
+        let seen = page.contains(&link.external_id)
+            || store.seen_in_full_read(connection, entity, generation, &link.external_id)?;
+        Ok(if seen { crate::scheduler::sweep::Standing::Current } else { crate::scheduler::sweep::Standing::Gone })
+    })
+    .map_err(|error| match error {
+        IngestError::Store(error) => error,
+        other => StoreError::Internal(other.to_string()),
+    })?;
+    if !compared.deletes.is_empty() {
+        tracing::warn!(
+            connection = %connection,
+            entity = %entity,
+            deleted = compared.deletes.len(),
+            linked = compared.store_ids,
+            first = %compared.deletes.first().map(|change| change.external_id.as_str()).unwrap_or_default(),
+            "full read complete: records it did not deliver are gone from the vendor, deleted here"
+        );
+    }
+    Ok(compared.deletes)
+}
+
 /// Applies batches in order, each in its own commit, then flushes once if any of them must be
 /// durable before its reply (webhook deliveries, pushes about to be sent). A failed flush fails every batch that needed it:
 /// none of them is acknowledged.
@@ -485,7 +564,8 @@ fn apply_group(store: &Store, rules: &IngestRules, batches: Vec<Batch>) -> Vec<R
 /// Applies one batch to the store in one commit (an operator batch flushes before it answers).
 fn apply_batch(store: &Store, rules: &IngestRules, batch: Batch, now: Timestamp) -> Result<IngestStats, IngestError> {
     match batch {
-        Batch::Pulled { connection, entity, changes, cursor, caught_up, undecodable } => {
+        Batch::Pulled { connection, entity, changes, cursor, caught_up, undecodable, full_read } => {
+            let step = full_read_step(store, &connection, entity, full_read, caught_up, &changes, &undecodable)?;
             let mut writer = BatchWriter::new(store, rules, &connection, now);
             for change in changes {
                 writer.apply_change(change)?;
@@ -493,10 +573,17 @@ fn apply_batch(store: &Store, rules: &IngestRules, batch: Batch, now: Timestamp)
             for record in undecodable {
                 writer.set_aside(record);
             }
+            if let Some(step) = step.as_ref().filter(|step| step.ends) {
+                for change in gone_after_full_read(store, step)? {
+                    writer.apply_change(change)?;
+                }
+            }
             let (mut commit, stats) = writer.into_commit();
+            let prune = step.as_ref().is_some_and(|step| step.begins || step.ends);
+            commit.full_read = step;
             commit.cursor = Some((connection.clone(), entity, cursor));
             commit.status.push(SyncStatusUpdate::Pulled {
-                connection,
+                connection: connection.clone(),
                 entity,
                 at: now,
                 records: stats.records_in(),
@@ -506,6 +593,12 @@ fn apply_batch(store: &Store, rules: &IngestRules, batch: Batch, now: Timestamp)
                 store.commit(part)?;
             }
             store.commit(commit)?;
+            if prune {
+                // The marks of the read that ended (or of one begun again) decide nothing any more.
+                if let Err(error) = store.prune_full_read_marks(&connection, entity) {
+                    tracing::warn!(connection = %connection, entity = %entity, error = %error, "could not remove the marks of an earlier full read; the next one removes them");
+                }
+            }
             Ok(stats)
         }
         Batch::Delivered { connection, changes } => {
@@ -1600,6 +1693,7 @@ mod tests {
             cursor: None,
             caught_up: false,
             undecodable,
+            full_read: FullRead::No,
         };
         let lead = EntityData::Lead(Lead { name: Some("Ada".into()), ..Lead::default() });
         let stats =
@@ -1707,6 +1801,7 @@ mod tests {
                 cursor: None,
                 caught_up: true,
                 undecodable: Vec::new(),
+                full_read: FullRead::No,
             };
             apply_batch(&store, &rules, batch, Timestamp::now()).unwrap();
         }
@@ -1840,6 +1935,7 @@ mod tests {
                 cursor: None,
                 caught_up: false,
                 undecodable: Vec::new(),
+                full_read: FullRead::No,
             };
             apply_batch(&store, &rules, batch, Timestamp::now()).unwrap();
         }
@@ -1863,6 +1959,7 @@ mod tests {
             cursor: None,
             caught_up: false,
             undecodable: Vec::new(),
+            full_read: FullRead::No,
         };
         // Salesforce's account first, then Zoho's order and deal (placeholders for Z1 and ZD1), then
         // Zoho's account: its data matches Salesforce's account.
@@ -1897,6 +1994,97 @@ mod tests {
                 store.ids_by_match_key(*entity, reconcile::REFERENCE_KEY, &placeholder.id.to_string()).unwrap();
             assert!(listed.is_empty(), "{entity} still indexed under the placeholder");
         }
+    }
+
+    /// A full read (issue 17): the last page of one this store saw begin deletes every record linked
+    /// before it began that it did not deliver, and nothing linked while it went on: a record pushed
+    /// to the connection, one a webhook stored. A read that stops infers nothing; one begun again
+    /// counts from its new beginning; a later page of a read never seen beginning infers nothing.
+    #[test]
+    fn a_complete_full_read_deletes_what_it_did_not_deliver_and_nothing_linked_while_it_went_on() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = rules(BTreeMap::new());
+        let (sf, zoho) = (ConnectionId::new("sf"), ConnectionId::new("zoho"));
+        let account = |id: &str| {
+            let data = EntityData::Account(Account { name: Some(format!("Account {id}")), ..Account::default() });
+            change(Entity::Account, id, data)
+        };
+        let page_of = |connection: &ConnectionId, ids: &[&str], full_read: FullRead, caught_up: bool| Batch::Pulled {
+            connection: connection.clone(),
+            entity: Entity::Account,
+            changes: ids.iter().map(|id| account(id)).collect(),
+            cursor: None,
+            caught_up,
+            undecodable: Vec::new(),
+            full_read,
+        };
+        let page = |ids: &[&str], full_read: FullRead, caught_up: bool| page_of(&sf, ids, full_read, caught_up);
+        let apply = |batch: Batch| apply_batch(&store, &rules, batch, Timestamp::now()).unwrap();
+        let live = || -> BTreeSet<String> {
+            store
+                .scan(Entity::Account)
+                .map(Result::unwrap)
+                .filter(|record| !record.is_deleted())
+                .flat_map(|record| {
+                    record.links.into_iter().map(|link| format!("{}:{}", link.connection, link.external_id))
+                })
+                .collect()
+        };
+        let set = |ids: &[&str]| ids.iter().map(|id| (*id).to_owned()).collect::<BTreeSet<String>>();
+
+        // The first full read of a connection × entity linked to nothing keeps no marks.
+        apply(page(&["A", "B"], FullRead::Begins, false));
+        assert_eq!(store.full_read(&sf, Entity::Account).unwrap().generation, 0);
+        apply(page(&["C", "D", "E", "F"], FullRead::Continues, true));
+        apply(page_of(&zoho, &["Z1"], FullRead::No, true));
+        assert_eq!(live(), set(&["sf:A", "sf:B", "sf:C", "sf:D", "sf:E", "sf:F", "zoho:Z1"]));
+
+        // A read that stops before its last page infers nothing.
+        let stats = apply(page(&["A"], FullRead::Begins, false));
+        assert!(store.full_read(&sf, Entity::Account).unwrap().in_progress);
+        assert_eq!(stats.deleted, 0);
+
+        // Begun again: only what this read delivers counts. Meanwhile Z1 is pushed to sf (a link
+        // added while the read goes on, after it passed where the vendor put P1), a webhook stores
+        // W1, and C arrives undecodable (read, so not gone).
+        apply(page(&["A"], FullRead::Begins, false));
+        let z1 = store.record_by_link(&zoho, Entity::Account, &ExternalId::new("Z1")).unwrap().unwrap().id;
+        let pushed = PushedRecord {
+            sequences: Vec::new(),
+            canonical_id: z1,
+            pushed_hash: None,
+            outcome: PushOutcome::Upserted { external_id: ExternalId::new("P1"), created: true, version: None },
+            payload: serde_json::Value::Null,
+            attempt: None,
+        };
+        apply(Batch::Pushed { connection: sf.clone(), entity: Entity::Account, results: vec![pushed] });
+        apply(Batch::Delivered { connection: sf.clone(), changes: vec![account("W1")] });
+        apply(page(&["B"], FullRead::Continues, false));
+        let mut last = page(&["E"], FullRead::Continues, true);
+        if let Batch::Pulled { undecodable, .. } = &mut last {
+            undecodable.push(Undecodable {
+                entity: Entity::Account,
+                object: String::new(),
+                external_id: ExternalId::new("C"),
+                modified_at: Timestamp::now(),
+                reason: "AnnualRevenue: \"many\" is not a number".into(),
+            });
+        }
+        let stats = apply(last);
+        assert_eq!(stats.deleted, 2, "D and F were linked before the read began and not delivered by it");
+        assert_eq!(live(), set(&["sf:A", "sf:B", "sf:C", "sf:E", "sf:P1", "sf:W1", "zoho:Z1"]));
+        let state = store.full_read(&sf, Entity::Account).unwrap();
+        assert!(!state.in_progress, "the read ended");
+        for (id, generation) in [("A", 1), ("A", state.generation), ("P1", state.generation)] {
+            let marked = store.seen_in_full_read(&sf, Entity::Account, generation, &ExternalId::new(id)).unwrap();
+            assert!(!marked, "{id}: the marks of generation {generation} were pruned");
+        }
+
+        // A later page of a read never begun in this store (its state says none is in progress).
+        let stats = apply(page(&["A"], FullRead::Continues, true));
+        assert_eq!(stats.deleted, 0);
+        assert_eq!(live().len(), 7);
     }
 
     #[test]
@@ -1965,6 +2153,7 @@ mod tests {
                 cursor: None,
                 caught_up: true,
                 undecodable: Vec::new(),
+                full_read: FullRead::No,
             };
             apply_batch(&store, &rules, pulled, Timestamp::now()).unwrap();
             let record = store.scan(Entity::Account).next().unwrap().unwrap();

@@ -165,6 +165,26 @@ pub struct Page {
     /// query holds, the overlap window re-read included, so a pass may deliver fewer. What shows
     /// progress keeps the last total it was given for the rest of the pass.
     pub total: Option<u64>,
+    /// Whether the page belongs to a read of every row of the entity, which the daemon may take as
+    /// a complete enumeration once its last page is committed ([`FullRead`]).
+    pub full_read: FullRead,
+}
+
+/// Where a page stands in a read of every row of an entity from the origin (not from a `start`
+/// instant, not filtered): such a read that reaches its last page has delivered every row the
+/// vendor held throughout it, so a record the daemon linked before the read began and the read did
+/// not deliver is gone from the vendor. A connector says so only when its read is exactly that (a
+/// Dataverse change-tracked initial read, also after an expired delta token); the daemon resumes an
+/// interrupted one from its committed cursor and infers nothing from one it did not see begin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum FullRead {
+    /// An incremental read, or one the connector does not vouch for as complete.
+    #[default]
+    No,
+    /// The first page of a full read: the read starts (over) from the origin here.
+    Begins,
+    /// A later page of the full read the last `Begins` page started.
+    Continues,
 }
 
 /// A page's rows mapped: the changes, and the records set aside as undecodable.
@@ -173,7 +193,13 @@ pub(crate) type Mapped = (Vec<Change>, Vec<Undecodable>);
 impl Page {
     /// A page of decoded changes only.
     pub fn new(changes: Vec<Change>, cursor: Cursor, has_more: bool) -> Self {
-        Self { changes, cursor, has_more, undecodable: Vec::new(), total: None }
+        Self { changes, cursor, has_more, undecodable: Vec::new(), total: None, full_read: FullRead::No }
+    }
+
+    /// The same page marked as part of a full read ([`Page::full_read`]).
+    pub fn in_full_read(mut self, full_read: FullRead) -> Self {
+        self.full_read = full_read;
+        self
     }
 
     /// The same page with the vendor's total for its read ([`Page::total`]).

@@ -31,8 +31,8 @@ pub mod zoho;
 
 pub use connector::{
     ApiEvent, ApiUsage, Change, ChangeKind, CheckReport, Completeness, Connector, ConnectorHost, Cursor, Fetched,
-    IdPage, MemoryHost, Outgoing, OutgoingOp, Page, PushOutcome, PushReport, PushResult, SharedHost, Throttling,
-    Undecodable, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
+    FullRead, IdPage, MemoryHost, Outgoing, OutgoingOp, Page, PushOutcome, PushReport, PushResult, SharedHost,
+    Throttling, Undecodable, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
 };
 pub use error::{ConnectorError, RetryAdvice, WebhookError};
 

@@ -1,4 +1,4 @@
-//! `crmsync sync [--job J] [--connection C] [--entity E] [--full]`.
+//! `crmsync sync [--job J] [--connection C] [--entity E] [--full] [--sweep]`.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -92,6 +92,32 @@ pub async fn run(args: SyncArgs) -> anyhow::Result<ExitCode> {
     // The table first: after a storage failure (a full disk) the final flush fails too, and the
     // operator still needs to see what each connection × entity did.
     print(&report.table());
+    let swept = if args.sweep && !cancel.is_cancelled() { sweep(&app, &selection).await } else { true };
     app.shutdown().await?;
-    Ok(if report.failed() || cancel.is_cancelled() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    Ok(if report.failed() || !swept || cancel.is_cancelled() { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+/// `sync --sweep`: the drift sweep of each selected connection × entity, one line each; returns
+/// whether every sweep completed.
+async fn sweep(app: &App, selection: &Selection) -> bool {
+    let mut completed = true;
+    for (connection, entities) in &selection.targets {
+        let Some(connector) = app.connectors.get(connection) else { continue };
+        for entity in entities {
+            match crate::scheduler::sweep::sweep(connector.as_ref(), &app.store, &app.ingest, *entity).await {
+                Ok(report) => print(&format!(
+                    "drift sweep {connection} {entity}: {} ids in the CRM, {} linked here, {} deleted, {} fetched, {} dead-lettered\n",
+                    report.vendor_ids, report.store_ids, report.deletes_repaired, report.fetched, report.dead_lettered
+                )),
+                Err(error) => {
+                    completed = false;
+                    print(&format!(
+                        "drift sweep {connection} {entity} failed: {}\n",
+                        crate::scheduler::error_chain(&error)
+                    ));
+                }
+            }
+        }
+    }
+    completed
 }

@@ -102,6 +102,7 @@ pub async fn catch_up<C: Connector>(
         let caught_up = !page.has_more;
         let next = page.cursor.clone();
         let total = page.total;
+        let full_read = page.full_read;
         for record in &page.undecodable {
             tracing::warn!(connection = %connection, entity = %entity, id = %record.external_id, reason = %record.reason, "record could not be decoded: dead-lettered, the pull goes on");
         }
@@ -113,6 +114,7 @@ pub async fn catch_up<C: Connector>(
                 cursor: Some(next.clone()),
                 caught_up,
                 undecodable: page.undecodable,
+                full_read,
             })
             .await
             .map_err(|source| PullError::Ingest { entity, source })?;

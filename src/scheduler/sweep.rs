@@ -104,10 +104,23 @@ pub async fn sweep<C: Connector>(
 }
 
 /// What the store holds against the vendor's live ids.
-struct Compared {
-    store_ids: u64,
-    to_fetch: Vec<ExternalId>,
-    deletes: Vec<Change>,
+pub(crate) struct Compared {
+    /// Live links of the connection × entity in the store.
+    pub(crate) store_ids: u64,
+    /// Vendor ids to fetch: newer in the vendor than in the store, or unknown to the store.
+    pub(crate) to_fetch: Vec<ExternalId>,
+    /// Deletes of the records the vendor no longer has.
+    pub(crate) deletes: Vec<Change>,
+}
+
+/// How the vendor holds a record the store links to it.
+pub(crate) enum Standing {
+    /// The vendor no longer has it: the record is deleted there.
+    Gone,
+    /// The vendor's copy changed since the store read it: fetch it.
+    Newer,
+    /// Nothing to repair.
+    Current,
 }
 
 /// Compares the store's live links of `connection` with the vendor's live ids: links the vendor no
@@ -118,8 +131,29 @@ fn compare(
     connection: &crmsync_connectors::canonical::ConnectionId,
     vendor: &BTreeMap<ExternalId, Timestamp>,
 ) -> Result<Compared, IngestError> {
-    let mut store_ids = 0;
     let mut known: BTreeSet<ExternalId> = BTreeSet::new();
+    let mut compared = compare_links(store, entity, connection, |link| {
+        known.insert(link.external_id.clone());
+        Ok(match vendor.get(&link.external_id) {
+            None => Standing::Gone,
+            Some(modified) if link.last_modified.is_some_and(|seen| *modified > seen) => Standing::Newer,
+            Some(_) => Standing::Current,
+        })
+    })?;
+    compared.to_fetch.extend(vendor.keys().filter(|id| !known.contains(*id)).cloned());
+    Ok(compared)
+}
+
+/// Goes through the store's live links of `connection` × `entity` (tombstones and records merged
+/// away aside), asking `standing` how the vendor holds each: the drift sweep's comparison, and the
+/// one that ends a full read (`crate::ingest`, which asks whether the read saw each link).
+pub(crate) fn compare_links(
+    store: &Store,
+    entity: Entity,
+    connection: &crmsync_connectors::canonical::ConnectionId,
+    mut standing: impl FnMut(&crmsync_connectors::canonical::Link) -> Result<Standing, crate::store::StoreError>,
+) -> Result<Compared, IngestError> {
+    let mut store_ids = 0;
     let mut to_fetch: Vec<ExternalId> = Vec::new();
     let mut deletes: Vec<Change> = Vec::new();
     let now = Timestamp::now();
@@ -130,9 +164,8 @@ fn compare(
             continue;
         }
         store_ids += 1;
-        known.insert(link.external_id.clone());
-        match vendor.get(&link.external_id) {
-            None => deletes.push(Change {
+        match standing(link)? {
+            Standing::Gone => deletes.push(Change {
                 entity,
                 object: link.object.clone(),
                 external_id: link.external_id.clone(),
@@ -142,13 +175,10 @@ fn compare(
                 kind: ChangeKind::Delete,
                 extra: serde_json::Map::new(),
             }),
-            Some(modified) if link.last_modified.is_some_and(|seen| *modified > seen) => {
-                to_fetch.push(link.external_id.clone())
-            }
-            Some(_) => {}
+            Standing::Newer => to_fetch.push(link.external_id.clone()),
+            Standing::Current => {}
         }
     }
-    to_fetch.extend(vendor.keys().filter(|id| !known.contains(*id)).cloned());
     Ok(Compared { store_ids, to_fetch, deletes })
 }
 

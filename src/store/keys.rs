@@ -15,6 +15,8 @@
 //! |               | or str(connection) · 0xFF · entity tag · str(external id)   | (a record a pull could not decode) |
 //! | `status`      | str(connection) · entity tag                                | envelope(SyncStatus)      |
 //! | `state`       | str(connection) · str(key)                                  | UTF-8 text                |
+//! | `full_reads`  | str(connection) · entity tag · 0x00                        | generation (u64) · state (u8: 0 none, 1 reading) |
+//! |               | or str(connection) · entity tag · 0x01 · generation (u64) · str(external id) | empty (read by that full read, or linked during it) |
 //! | `meta`        | ASCII name (`format_version`, `outbox_sequence`,            | u32 / u64 big-endian,     |
 //! |               | `summary_version`, `pushed_dead_letters_version`)           | `view version/encoding`,  |
 //! |               |                                                             | `1` (index built)         |
@@ -141,6 +143,34 @@ pub fn decode_match_key(mut bytes: &[u8]) -> Result<(Entity, String, String, Can
 /// `cursors` and `status` key.
 pub fn connection_entity(connection: &ConnectionId, entity: Entity) -> Vec<u8> {
     link_prefix(connection, entity)
+}
+
+/// `full_reads` key of the state of a connection × entity's full read.
+pub fn full_read_state(connection: &ConnectionId, entity: Entity) -> Vec<u8> {
+    let mut key = link_prefix(connection, entity);
+    key.push(0);
+    key
+}
+
+/// `full_reads` prefix of every mark of a connection × entity, whatever its generation.
+pub fn full_read_marks(connection: &ConnectionId, entity: Entity) -> Vec<u8> {
+    let mut key = link_prefix(connection, entity);
+    key.push(1);
+    key
+}
+
+/// `full_reads` prefix of the marks of one generation of a connection × entity's full read.
+pub fn full_read_generation(connection: &ConnectionId, entity: Entity, generation: u64) -> Vec<u8> {
+    let mut key = full_read_marks(connection, entity);
+    key.extend_from_slice(&generation.to_be_bytes());
+    key
+}
+
+/// `full_reads` key of a vendor id seen by (or linked during) one generation of a full read.
+pub fn full_read_mark(connection: &ConnectionId, entity: Entity, generation: u64, external_id: &ExternalId) -> Vec<u8> {
+    let mut key = full_read_generation(connection, entity, generation);
+    push_str(&mut key, external_id.as_str());
+    key
 }
 
 /// `outbox` prefix of one connection.

@@ -26,6 +26,7 @@ pub mod backup;
 mod error;
 mod filter;
 pub mod format;
+mod full_read;
 pub mod keys;
 mod permissions;
 pub mod sealed;
@@ -46,8 +47,9 @@ use sled::Transactional;
 use sled::transaction::{ConflictableTransactionError, TransactionError, TransactionalTree};
 
 pub use error::StoreError;
+pub use full_read::FullReadState;
 pub use types::{
-    Commit, ConflictEntry, ConflictValue, DeadLetter, OutboxEntry, OutboxOp, SyncStatus, SyncStatusUpdate,
+    Commit, ConflictEntry, ConflictValue, DeadLetter, FullReadStep, OutboxEntry, OutboxOp, SyncStatus, SyncStatusUpdate,
 };
 
 /// The format this binary writes: 3 = binary records ([`format::RECORD_V2`]) and no `ids` tree (a
@@ -138,6 +140,8 @@ struct Trees {
     status: sled::Tree,
     state: sled::Tree,
     meta: sled::Tree,
+    /// Full reads in progress and the vendor ids each one saw ([`Store::full_read`]).
+    full_reads: sled::Tree,
 }
 
 std::thread_local! {
@@ -227,6 +231,7 @@ impl Trees {
             status: tree("status")?,
             state: tree("state")?,
             meta: tree("meta")?,
+            full_reads: tree("full_reads")?,
             db,
         })
     }
@@ -535,6 +540,7 @@ impl Store {
             &t.pushed_dead_letters,
             &t.status,
             &t.meta,
+            &t.full_reads,
         );
         let result = trees.transaction(
             |(
@@ -549,10 +555,25 @@ impl Store {
                 pushed_dead_letters,
                 status,
                 meta,
+                full_reads,
             )| {
+                let mut marks = full_read::Marks::default();
+                if let Some(step) = &commit.full_read
+                    && step.begins
+                {
+                    marks.begin(full_reads, step)?;
+                }
+                let mut added = Vec::new();
                 for (record, record_keys) in &commit.records {
                     let is_new = commit.created.contains(&record.id);
-                    write_record(records, summaries, links, match_keys, record, record_keys, is_new)?;
+                    added.clear();
+                    write_record(records, summaries, links, match_keys, record, record_keys, is_new, &mut added)?;
+                    for link in added.iter().filter_map(|index| record.links.get(*index)) {
+                        marks.linked(full_reads, &link.connection, record.entity(), &link.external_id)?;
+                    }
+                }
+                if let Some(step) = &commit.full_read {
+                    marks.page(full_reads, step)?;
                 }
                 if let Some((connection, entity, cursor)) = &commit.cursor {
                     cursors.insert(keys::connection_entity(connection, *entity), encode(cursor).map_err(abort)?)?;
@@ -1267,6 +1288,7 @@ fn is_lock_error(error: &std::io::Error) -> bool {
 
 /// Writes a record, its metrics summary and its index entries. `is_new`: the writer created the
 /// record (no previous version to read for its index entries).
+#[allow(clippy::too_many_arguments)]
 fn write_record(
     records: &TransactionalTree,
     summaries: &TransactionalTree,
@@ -1275,6 +1297,7 @@ fn write_record(
     record: &Record,
     record_keys: &[(String, String)],
     is_new: bool,
+    added_links: &mut Vec<usize>,
 ) -> Result<(), Abort> {
     let entity = record.entity();
     let key = keys::record(entity, record.id);
@@ -1300,8 +1323,9 @@ fn write_record(
     for stale in old_links.iter().filter(|old| !new_links.contains(old)) {
         links.remove(stale.as_slice())?;
     }
-    for added in new_links.iter().filter(|new| !old_links.contains(new)) {
+    for (index, added) in new_links.iter().enumerate().filter(|(_, new)| !old_links.contains(new)) {
         links.insert(added.as_slice(), &id_bytes)?;
+        added_links.push(index);
     }
     for stale in old_keys.iter().filter(|old| !new_keys.contains(old)) {
         match_keys.remove(stale.as_slice())?;

@@ -245,4 +245,26 @@ pub struct Commit {
     pub undecodable_resolved: Vec<(ConnectionId, Entity, ExternalId)>,
     /// Sync status updates.
     pub status: Vec<SyncStatusUpdate>,
+    /// A page of a full read: its marks, and whether it begins or ends the read ([`FullReadStep`]).
+    pub full_read: Option<FullReadStep>,
+}
+
+/// What one page of a full read of a connection × entity writes (see [`super::Store::full_read`]).
+/// While a full read is in progress, every link of that connection × entity the store adds (a
+/// record pushed there, a webhook's, a placeholder's) is marked with its generation too, in the
+/// commit that adds it.
+#[derive(Debug, Clone)]
+pub struct FullReadStep {
+    /// Connection.
+    pub connection: ConnectionId,
+    /// Entity.
+    pub entity: Entity,
+    /// The read's generation: one more than the last one when `begins`.
+    pub generation: u64,
+    /// The page starts the read (over): it is in progress from this commit on.
+    pub begins: bool,
+    /// The page ends the read: it is over after this commit (its inferences are in the same commit).
+    pub ends: bool,
+    /// The vendor ids the page delivered, undecodable ones included.
+    pub seen: Vec<ExternalId>,
 }

@@ -16,7 +16,12 @@
 //! pulls follow the delta link, which yields changed rows and `$deletedEntity` rows in one stream, and
 //! end with the next delta link. The cursor is the link to follow. An expired delta token
 //! (`0x80044352`) starts a clean full read instead of failing. Orders are read in full differently,
-//! so that their lines cost ⌈lines/5000⌉ calls (`OrderRead`).
+//! so that their lines cost ⌈lines/5000⌉ calls (`OrderRead`). The pages of an initial read (the
+//! first one, or one an expired token started) are marked [`FullRead::Begins`] then
+//! [`FullRead::Continues`]: a row deleted while its token expired is in no `$deletedEntity` row, so
+//! the daemon takes such a read, once complete, as the list of every row and tombstones the records
+//! it did not deliver (reads by `modifiedon` are never marked: only the drift sweep finds their
+//! deletions).
 //!
 //! # Order lines
 //!
@@ -72,8 +77,9 @@ use wire::{BatchRequest, BatchResponse, EntityCollection};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, Fetched, IdPage, Mapped, Outgoing, OutgoingOp, Page,
-    PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookParser, WebhookReply, deliver_page_once,
+    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, Fetched, FullRead, IdPage, Mapped, Outgoing,
+    OutgoingOp, Page, PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookParser, WebhookReply,
+    deliver_page_once,
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
@@ -515,6 +521,14 @@ impl Dynamics365Connector {
             (None, Some(delta)) => delta.clone(),
             (None, None) => self.initial_url(entity, select, None, true)?,
         };
+        // Without a delta link yet, this is the initial read of every row: a full read the daemon
+        // may take as complete at its end (rows deleted before an expired token was noticed are
+        // in no delete feed; their absence from this read is what shows they are gone).
+        let mut full_read = match (&position.next, &position.delta) {
+            (None, None) => FullRead::Begins,
+            (Some(_), None) => FullRead::Continues,
+            (_, Some(_)) => FullRead::No,
+        };
         let page = match self.get_page(&format!("{} changes", table.set), &url, true).await {
             Err(ConnectorError::CursorExpired { message }) => {
                 tracing::warn!(
@@ -527,6 +541,7 @@ impl Dynamics365Connector {
                     return self.pull_orders_full(Position::default(), select).await;
                 }
                 position = Position::default();
+                full_read = FullRead::Begins;
                 let url = self.initial_url(entity, select, None, true)?;
                 self.get_page(&format!("{} full resync", table.set), &url, true).await?
             }
@@ -535,7 +550,14 @@ impl Dynamics365Connector {
         let (changes, undecodable) = self.map_rows(entity, &page.value).await?;
         if let Some(next) = page.next_link {
             position.next = Some(next);
-            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable, total: None });
+            return Ok(Page {
+                changes,
+                cursor: Cursor::encode(&position),
+                has_more: true,
+                undecodable,
+                total: None,
+                full_read,
+            });
         }
         position.next = None;
         match page.delta_link {
@@ -548,13 +570,30 @@ impl Dynamics365Connector {
             }
             None => {}
         }
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable, total: None })
+        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable, total: None, full_read })
     }
 
     /// One step of a full read of orders with their lines ([`OrderRead`]).
     async fn pull_orders_full(&self, mut position: Position, select: &str) -> Result<Page, ConnectorError> {
         let table = wire::table(Entity::Order);
-        match position.orders.take().unwrap_or(OrderRead::Token { next: None }) {
+        // Every step is part of one full read of the orders, which begins with the token read's
+        // first page and ends with the last page of the orders sorted by id.
+        let read = position.orders.take().unwrap_or(OrderRead::Token { next: None });
+        let full_read =
+            if matches!(read, OrderRead::Token { next: None }) { FullRead::Begins } else { FullRead::Continues };
+        let page = self.pull_orders_full_step(position, read, select, table).await?;
+        Ok(page.in_full_read(full_read))
+    }
+
+    /// One step of [`Self::pull_orders_full`].
+    async fn pull_orders_full_step(
+        &self,
+        mut position: Position,
+        read: OrderRead,
+        select: &str,
+        table: wire::Table,
+    ) -> Result<Page, ConnectorError> {
+        match read {
             OrderRead::Token { next } => {
                 let url = match next {
                     Some(next) => next,
@@ -615,6 +654,7 @@ impl Dynamics365Connector {
                             has_more: true,
                             undecodable,
                             total: None,
+                            full_read: FullRead::No,
                         })
                     }
                     None => {
@@ -628,6 +668,7 @@ impl Dynamics365Connector {
                             has_more: false,
                             undecodable,
                             total: None,
+                            full_read: FullRead::No,
                         })
                     }
                 }
@@ -687,6 +728,7 @@ impl Dynamics365Connector {
                         has_more: page.has_more,
                         undecodable,
                         total: None,
+                        full_read: page.full_read,
                     });
                 }
             }
@@ -696,7 +738,14 @@ impl Dynamics365Connector {
             changes.extend(line_changes);
             undecodable.extend(line_undecodable);
             let has_more = position.lines_next.is_some();
-            Ok(Page { changes, cursor: Cursor::encode(&position), has_more, undecodable, total: None })
+            Ok(Page {
+                changes,
+                cursor: Cursor::encode(&position),
+                has_more,
+                undecodable,
+                total: None,
+                full_read: FullRead::No,
+            })
         }
         .await;
         match result {
@@ -815,11 +864,25 @@ impl Dynamics365Connector {
         let (changes, undecodable) = self.deliver(mapped, &mut position);
         if let Some(next) = page.next_link {
             position.next = Some(next);
-            return Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable, total });
+            return Ok(Page {
+                changes,
+                cursor: Cursor::encode(&position),
+                has_more: true,
+                undecodable,
+                total,
+                full_read: FullRead::No,
+            });
         }
         position.next = None;
         position.since = position.max.or(position.since);
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable, total })
+        Ok(Page {
+            changes,
+            cursor: Cursor::encode(&position),
+            has_more: false,
+            undecodable,
+            total,
+            full_read: FullRead::No,
+        })
     }
 
     async fn send_batch(&self, requests: &[BatchRequest]) -> Result<Vec<BatchResponse>, ConnectorError> {

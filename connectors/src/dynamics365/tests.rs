@@ -223,6 +223,51 @@ async fn an_expired_delta_token_leads_to_a_clean_full_resync() {
     assert_eq!(after.changes.len(), 3, "the new delta link works");
 }
 
+/// Pulls `entity` to its end from `cursor`: each page's [`FullRead`] mark, and the last cursor.
+async fn full_read_marks(
+    connector: &Dynamics365Connector,
+    entity: Entity,
+    mut cursor: Option<Cursor>,
+) -> (Vec<FullRead>, Cursor) {
+    let mut marks = Vec::new();
+    for _ in 0..20 {
+        let page = connector.pull(entity, cursor.as_ref()).await.unwrap();
+        marks.push(page.full_read);
+        cursor = Some(page.cursor);
+        if !page.has_more {
+            break;
+        }
+    }
+    (marks, cursor.unwrap())
+}
+
+/// The initial read and the read an expired delta token starts are full reads from their first
+/// page to their last (the daemon infers deletes from what one did not deliver); a delta read is
+/// none. Orders: the token reads and the orders by id are one full read.
+#[tokio::test]
+async fn full_reads_are_marked_from_their_first_page_to_their_last_and_delta_reads_are_not() {
+    use FullRead::{Begins, Continues, No};
+    let running = simulator(Dynamics365SimOptions::with_world(world(only(120, 0, 12)))).await;
+    let connector = connector_with(&running, |_, config| config.max_page_size = 50);
+    let (initial, cursor) = full_read_marks(&connector, Entity::Account, None).await;
+    assert_eq!(initial, [Begins, Continues, Continues]);
+    SimControl::touch(running.state().as_ref(), Entity::Account, 3);
+    let (delta, cursor) = full_read_marks(&connector, Entity::Account, Some(cursor)).await;
+    assert_eq!(delta, [No]);
+    running.state().expire_delta_tokens();
+    let (resync, cursor) = full_read_marks(&connector, Entity::Account, Some(cursor)).await;
+    assert_eq!(resync, [Begins, Continues, Continues], "the expired token restarts a full read");
+    let (quiet, _) = full_read_marks(&connector, Entity::Account, Some(cursor)).await;
+    assert_eq!(quiet, [No]);
+
+    let (orders, cursor) = full_read_marks(&connector, Entity::Order, None).await;
+    assert!(orders.len() >= 3 && orders[0] == Begins, "{orders:?}");
+    assert!(orders[1..].iter().all(|mark| *mark == Continues), "{orders:?}");
+    running.state().expire_delta_tokens();
+    let (again, _) = full_read_marks(&connector, Entity::Order, Some(cursor)).await;
+    assert_eq!(again, orders, "an expired orders' token reads them in full again, the same way");
+}
+
 #[tokio::test]
 async fn a_table_without_change_tracking_is_read_by_modifiedon_and_check_says_so() {
     let mut options = Dynamics365SimOptions::with_world(world(only(30, 0, 0)));

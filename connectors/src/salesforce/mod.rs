@@ -715,7 +715,14 @@ impl Connector for SalesforceConnector {
         }
         // `totalSize`: the rows of the whole query (every page of a locator repeats it).
         let total = Some(page.total_size);
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !page.done, undecodable, total })
+        Ok(Page {
+            changes,
+            cursor: Cursor::encode(&position),
+            has_more: !page.done,
+            undecodable,
+            total,
+            full_read: crate::connector::FullRead::No,
+        })
     }
 
     async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Fetched, ConnectorError> {
@@ -1506,7 +1513,14 @@ impl SalesforceConnector {
         } else {
             position.bulk = Some(BulkPosition { job: bulk.job, locator });
         }
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: !done, undecodable, total })
+        Ok(Page {
+            changes,
+            cursor: Cursor::encode(&position),
+            has_more: !done,
+            undecodable,
+            total,
+            full_read: crate::connector::FullRead::No,
+        })
     }
 
     /// Polls a job until it completes (a failed or aborted job is an error and is forgotten).

@@ -491,11 +491,25 @@ impl Connector for ZohoConnector {
                 position.page_token = None;
                 position.fetched = 0;
                 position.since = position.max.or(position.since);
-                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable, total: None })
+                Ok(Page {
+                    changes,
+                    cursor: Cursor::encode(&position),
+                    has_more: true,
+                    undecodable,
+                    total: None,
+                    full_read: crate::connector::FullRead::No,
+                })
             }
             Some(token) => {
                 position.page_token = Some(token);
-                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: true, undecodable, total: None })
+                Ok(Page {
+                    changes,
+                    cursor: Cursor::encode(&position),
+                    has_more: true,
+                    undecodable,
+                    total: None,
+                    full_read: crate::connector::FullRead::No,
+                })
             }
             None => {
                 position.page_token = None;
@@ -510,11 +524,19 @@ impl Connector for ZohoConnector {
                         has_more: true,
                         undecodable,
                         total: None,
+                        full_read: crate::connector::FullRead::No,
                     });
                 }
                 position.incremental = true;
                 position.deletes_since = position.load_started.take();
-                Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable, total: None })
+                Ok(Page {
+                    changes,
+                    cursor: Cursor::encode(&position),
+                    has_more: false,
+                    undecodable,
+                    total: None,
+                    full_read: crate::connector::FullRead::No,
+                })
             }
         }
     }

@@ -53,15 +53,18 @@ fn faulted_calls(vendors: &Vendors) -> [u64; 3] {
 
 /// The same user edits in both twins: 450 Zoho accounts in one burst (Zoho's modification times
 /// have second precision: a burst shares a few of them, across the 200-record pages), a few records
-/// in the other two, and Salesforce deletes. (Dataverse deletes are made later, not here: a delete
-/// made before a delta token expires is in no feed the full re-read after the expiry can see; only
-/// the drift sweep repairs it, which `sync` does not run. Reported as a finding of this test.)
+/// in the other two, and Salesforce and Dataverse deletes. The Dataverse deletes are made before
+/// the faulty twin's delta tokens expire: they are in no feed its full re-read sees, which must
+/// infer them from the rows it did not deliver (before that fix, only the drift sweep found them).
 fn edit(vendors: &Vendors) {
     SimControl::touch(vendors.zoho.state().as_ref(), Entity::Account, 450);
     SimControl::touch(vendors.zoho.state().as_ref(), Entity::Opportunity, 30);
     SimControl::touch(vendors.salesforce.state().as_ref(), Entity::Account, 40);
     SimControl::touch(vendors.dynamics.state().as_ref(), Entity::Order, 40);
     SimControl::delete(vendors.salesforce.state().as_ref(), Entity::Lead, 5);
+    SimControl::delete(vendors.dynamics.state().as_ref(), Entity::Account, 3);
+    SimControl::delete(vendors.dynamics.state().as_ref(), Entity::Opportunity, 3);
+    SimControl::delete(vendors.dynamics.state().as_ref(), Entity::Order, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,7 +148,8 @@ async fn all_faults_at_once_on_three_crms_lose_and_duplicate_nothing() {
         assert!(said.contains("field") || said.contains("column"), "{connection}: the error names the field:\n{said}");
     }
 
-    // Faults gone: the next pass resumes to the fault-free twin's set, Dataverse deletes included.
+    // Faults gone: the next pass resumes to the fault-free twin's set, with Dataverse deletes read
+    // from the delta feed this time.
     faulty.faults(&FaultSettings::default());
     SimControl::delete(clean.dynamics.state().as_ref(), Entity::Account, 3);
     SimControl::delete(faulty.dynamics.state().as_ref(), Entity::Account, 3);

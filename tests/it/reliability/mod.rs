@@ -3,6 +3,7 @@
 
 mod arrival_order;
 mod faults;
+mod full_read;
 mod kill;
 mod parsers;
 mod storage;
