@@ -1624,6 +1624,7 @@ mod tests {
             cursor: None,
             caught_up: false,
             undecodable: Vec::new(),
+            full_read: FullRead::No,
         };
         let account = EntityData::Account(Account { name: Some("Acme".into()), ..Account::default() });
         apply_batch(
