@@ -57,7 +57,7 @@ pub enum Batch {
         /// Records of the page that could not be decoded: dead-lettered with it.
         undecodable: Vec<Undecodable>,
         /// Whether the page belongs to a full read ([`FullRead`]): the last page of one that began
-        /// in this store also tombstones the records it did not deliver (see [`full_read_step`]).
+        /// in this store also tombstones the records it did not deliver.
         full_read: FullRead,
     },
     /// Changes delivered by a webhook (or deletes the drift sweep repairs). Flushed before the reply.
