@@ -97,6 +97,25 @@ fn connector(running: &RunningSalesforceSim) -> SalesforceConnector {
     connector_with(running, Arc::new(MemoryHost::default()), |_| {})
 }
 
+/// An empty org, a connector to it and one account pushed there (created): the setup of most push
+/// tests.
+struct PushedAccount {
+    running: RunningSalesforceSim,
+    connector: SalesforceConnector,
+    state: Arc<sim::SalesforceSim>,
+    account: Outgoing,
+}
+
+async fn with_pushed_account(name: &str) -> PushedAccount {
+    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
+    let connector = connector(&running);
+    let state = running.state();
+    let account = testkit::new_accounts(1, name).remove(0);
+    let report = connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { created: true, .. }), "{report:?}");
+    PushedAccount { running, connector, state, account }
+}
+
 fn headers() -> reqwest::header::HeaderMap {
     reqwest::header::HeaderMap::new()
 }
@@ -163,12 +182,7 @@ fn order(account: CanonicalId, index: usize) -> Outgoing {
 
 #[tokio::test]
 async fn pushing_1000_orders_costs_85_composite_calls_and_pushing_them_again_creates_nothing() {
-    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
-    let connector = connector(&running);
-    let state = running.state();
-    let account = testkit::new_accounts(1, "Order Customer").remove(0);
-    let report = connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
-    assert!(matches!(report.results[0].outcome, PushOutcome::Upserted { created: true, .. }));
+    let PushedAccount { running: _running, connector, state, account } = with_pushed_account("Order Customer").await;
     let orders: Vec<Outgoing> = (0..1000).map(|index| order(account.canonical_id, index)).collect();
     let before = Simulated::stats(state.as_ref()).write_calls;
     for chunk in orders.chunks(connector.push_batch_size()) {
@@ -680,10 +694,7 @@ async fn a_single_currency_org_receives_amounts_converted_with_the_fx_table() {
 
 #[tokio::test]
 async fn a_multi_currency_org_gets_currency_iso_code_and_check_names_fields_a_single_currency_org_lacks() {
-    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
-    let connector = connector(&running);
-    let account = testkit::new_accounts(1, "Multi Customer").remove(0);
-    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let PushedAccount { running, connector, state: _, account } = with_pushed_account("Multi Customer").await;
     let deal = opportunity(Some(account.canonical_id), "70 GBP", Some("2026-12-31"));
     let report = connector.push(Entity::Opportunity, std::slice::from_ref(&deal)).await.unwrap();
     let PushOutcome::Upserted { external_id, .. } = &report.results[0].outcome else { panic!("{report:?}") };
@@ -702,11 +713,7 @@ async fn a_multi_currency_org_gets_currency_iso_code_and_check_names_fields_a_si
 
 #[tokio::test]
 async fn a_create_missing_a_required_field_is_rejected_before_the_call_naming_it() {
-    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
-    let connector = connector(&running);
-    let state = running.state();
-    let account = testkit::new_accounts(1, "Required Customer").remove(0);
-    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let PushedAccount { running, connector, state, account } = with_pushed_account("Required Customer").await;
     let mut order_without_date = order(account.canonical_id, 1);
     if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut order_without_date.op {
         order.order_date = None;
@@ -751,11 +758,7 @@ async fn a_create_missing_a_required_field_is_rejected_before_the_call_naming_it
 
 #[tokio::test]
 async fn orders_are_inserted_draft_then_activated_once_and_the_org_refuses_an_activated_insert() {
-    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
-    let connector = connector(&running);
-    let state = running.state();
-    let account = testkit::new_accounts(1, "Status Customer").remove(0);
-    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let PushedAccount { running, connector, state, account } = with_pushed_account("Status Customer").await;
     let mut statuses = Vec::new();
     for (index, status) in [OrderStatus::Draft, OrderStatus::Confirmed, OrderStatus::Shipped, OrderStatus::Cancelled]
         .into_iter()
@@ -848,11 +851,7 @@ async fn orders_are_inserted_draft_then_activated_once_and_the_org_refuses_an_ac
 
 #[tokio::test]
 async fn order_lines_become_order_items_before_activation_and_read_back_without_change() {
-    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
-    let connector = connector(&running);
-    let state = running.state();
-    let account = testkit::new_accounts(1, "Items Customer").remove(0);
-    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let PushedAccount { running: _running, connector, state, account } = with_pushed_account("Items Customer").await;
     let mut orders = testkit::new_orders(&RecordRef::canonical(account.canonical_id), 2, "SO-ITEMS");
     if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut orders[1].op {
         order.lines.as_mut().unwrap()[0].product = Some("Flux capacitor".into());
@@ -895,11 +894,7 @@ async fn order_lines_become_order_items_before_activation_and_read_back_without_
 
 #[tokio::test]
 async fn the_org_refuses_order_products_outside_the_order_price_book_or_without_an_entry() {
-    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
-    let connector = connector(&running);
-    let state = running.state();
-    let account = testkit::new_accounts(1, "Raw Customer").remove(0);
-    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let PushedAccount { running, connector, state, account } = with_pushed_account("Raw Customer").await;
     // An order without lines has no price book.
     let report = connector.push(Entity::Order, &[order(account.canonical_id, 7)]).await.unwrap();
     let PushOutcome::Upserted { external_id, .. } = &report.results[0].outcome else { panic!("{report:?}") };
@@ -943,11 +938,7 @@ async fn the_org_refuses_order_products_outside_the_order_price_book_or_without_
 /// again; the read-back carries the new lines (no echo). The same lines again cost no item call.
 #[tokio::test]
 async fn changed_lines_replace_the_products_of_an_activated_order_through_draft() {
-    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
-    let connector = connector(&running);
-    let state = running.state();
-    let account = testkit::new_accounts(1, "Lines Customer").remove(0);
-    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let PushedAccount { running: _running, connector, state, account } = with_pushed_account("Lines Customer").await;
     let mut order = testkit::new_orders(&RecordRef::canonical(account.canonical_id), 1, "SO-LINES").remove(0);
     let report = connector.push(Entity::Order, std::slice::from_ref(&order)).await.unwrap();
     let PushOutcome::Upserted { external_id, .. } = report.results[0].outcome.clone() else { panic!("{report:?}") };
@@ -996,11 +987,8 @@ async fn changed_lines_replace_the_products_of_an_activated_order_through_draft(
 /// moving it to Draft first, and an activated one still goes through Draft.
 #[tokio::test]
 async fn an_order_is_activated_by_its_status_code_not_by_its_status_value() {
-    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
-    let connector = connector(&running);
-    let state = running.state();
-    let account = testkit::new_accounts(1, "Status Code Customer").remove(0);
-    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let PushedAccount { running: _running, connector, state, account } =
+        with_pushed_account("Status Code Customer").await;
     let mut orders = testkit::new_orders(&RecordRef::canonical(account.canonical_id), 2, "SO-CODE");
     if let OutgoingOp::Upsert { data: EntityData::Order(order) } = &mut orders[0].op {
         order.status = Some(OrderStatus::Cancelled);
@@ -1066,11 +1054,7 @@ async fn an_order_is_activated_by_its_status_code_not_by_its_status_value() {
 /// order whose product fails after its insert leaves no Draft order behind.
 #[tokio::test]
 async fn an_order_pushed_as_activated_is_never_committed_in_draft_and_a_failed_write_leaves_nothing() {
-    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
-    let connector = connector(&running);
-    let state = running.state();
-    let account = testkit::new_accounts(1, "Atomic Customer").remove(0);
-    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let PushedAccount { running, connector, state, account } = with_pushed_account("Atomic Customer").await;
     let never_pushed = testkit::new_accounts(1, "Elsewhere Customer").remove(0);
     let mut orders = testkit::new_orders(&RecordRef::canonical(account.canonical_id), 3, "SO-ATOMIC");
     orders[1] = testkit::new_orders(&RecordRef::canonical(never_pushed.canonical_id), 1, "SO-NOWHERE").remove(0);
@@ -1163,11 +1147,8 @@ async fn an_order_pushed_as_activated_is_never_committed_in_draft_and_a_failed_w
 /// `PROCESSING_HALTED`, the top-level status is 200 and nothing is committed.
 #[tokio::test]
 async fn a_composite_request_with_all_or_none_commits_everything_or_nothing() {
-    let running = simulator(SalesforceSimOptions::with_world(world(only(0, 0, 0)))).await;
-    let connector = connector(&running);
-    let state = running.state();
-    let account = testkit::new_accounts(1, "Raw Composite Customer").remove(0);
-    connector.push(Entity::Account, std::slice::from_ref(&account)).await.unwrap();
+    let PushedAccount { running, connector: _, state, account: _ } =
+        with_pushed_account("Raw Composite Customer").await;
     let account_id = state.live_ids(Entity::Account).remove(0);
     let client = reqwest::Client::new();
     let base = running.base_url();
