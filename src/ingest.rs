@@ -301,13 +301,69 @@ pub struct IngestRules {
     pub rules: Arc<Rules>,
     /// Privacy lists per connection.
     pub fields: Arc<BTreeMap<ConnectionId, FieldPolicy>>,
+    /// What the writer remembers between batches: the echo hashes committed push answers replaced.
+    pub superseded: Arc<SupersededPushes>,
 }
 
 impl IngestRules {
     /// Builds the rules and each connection's privacy lists from configuration.
     pub fn from_config(config: &crate::config::Config) -> Self {
         let fields = config.connections.iter().map(|(id, connection)| (id.clone(), connection.settings.fields.clone()));
-        Self { rules: Arc::new(Rules::from_config(config)), fields: Arc::new(fields.collect()) }
+        Self {
+            rules: Arc::new(Rules::from_config(config)),
+            fields: Arc::new(fields.collect()),
+            superseded: Arc::default(),
+        }
+    }
+}
+
+/// The echo hashes a committed push answer replaced on a link (the hash the link held before, and
+/// the hashes sent for the outbox entries it confirmed), per connection and record, kept in memory
+/// until the copy is next read. A pull's page read before that push reached the vendor and applied
+/// after its answer was committed holds the copy as an earlier push left it: compared with the new
+/// hash it is not an echo, and applied as a change it would bring in what the vendor derived by
+/// itself (Salesforce's stage probability) although every value crmsync pushed in it is its own.
+/// Such a read is older than what the connection holds now: it is ignored as stale. A read already
+/// committed since the answer (the link's last vendor time moved on) ends the entry, so a later real
+/// edit back to an earlier value is a change as ever. In memory only: the page and its commit are
+/// in one process, and what a process killed before the answer had sent stays in the outbox
+/// ([`crate::store::OutboxEntry::sent`]).
+#[derive(Debug, Default)]
+pub struct SupersededPushes(std::sync::Mutex<SupersededCopies>);
+
+#[derive(Debug, Default)]
+struct SupersededCopies {
+    /// Per copy: the link's last vendor time when the answer was committed, and the replaced hashes.
+    by_copy: HashMap<(ConnectionId, CanonicalId), (Option<Timestamp>, Vec<String>)>,
+    /// Copies in the order they were first remembered, the oldest forgotten first.
+    order: std::collections::VecDeque<(ConnectionId, CanonicalId)>,
+}
+
+impl SupersededPushes {
+    /// How many copies are remembered: far more than pushes answered while one page is read.
+    const KEPT: usize = 4096;
+
+    fn remember(&self, connection: &ConnectionId, id: CanonicalId, last_read: Option<Timestamp>, hashes: Vec<String>) {
+        let mut copies = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let key = (connection.clone(), id);
+        if copies.by_copy.insert(key.clone(), (last_read, hashes)).is_none() {
+            copies.order.push_back(key);
+        }
+        while copies.order.len() > Self::KEPT {
+            if let Some(oldest) = copies.order.pop_front() {
+                copies.by_copy.remove(&oldest);
+            }
+        }
+    }
+
+    /// The hashes replaced on this copy's link, if no read of it was committed since (`last_read`
+    /// is still the link's last vendor time).
+    fn replaced(&self, connection: &ConnectionId, id: CanonicalId, last_read: Option<Timestamp>) -> Vec<String> {
+        let copies = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match copies.by_copy.get(&(connection.clone(), id)) {
+            Some((seen, hashes)) if *seen == last_read => hashes.clone(),
+            _ => Vec::new(),
+        }
     }
 }
 
@@ -913,7 +969,13 @@ impl<'a> BatchWriter<'a> {
         let current = match current {
             Some(record) if may_echo_unconfirmed_push(&record, &change, self.connection) => {
                 let sent = self.sent_hashes(record.id)?;
-                Some(with_unconfirmed_push(record, &change, self.connection, &sent))
+                let record = with_unconfirmed_push(record, &change, self.connection, &sent);
+                if self.reads_superseded_push(&record, &change) {
+                    self.stats.stale += 1;
+                    self.count_pulled(change.entity, "stale");
+                    return Ok(());
+                }
+                Some(record)
             }
             other => other,
         };
@@ -979,6 +1041,21 @@ impl<'a> BatchWriter<'a> {
             self.put_with_keys(record, keys);
         }
         Ok(())
+    }
+
+    /// Returns whether a change that is no echo of the copy's link reads the copy as a push that a
+    /// later, committed push answer replaced left it ([`SupersededPushes`]).
+    fn reads_superseded_push(&self, record: &Record, change: &Change) -> bool {
+        let ChangeKind::Upsert { data, completeness } = &change.kind else { return false };
+        let Some(link) = record.link(self.connection) else { return false };
+        if reconcile::is_echo(link, data, *completeness) {
+            return false;
+        }
+        let replaced = self.rules.superseded.replaced(self.connection, record.id, link.last_modified);
+        replaced.into_iter().any(|hash| {
+            let earlier = crmsync_connectors::canonical::Link { pushed_hash: Some(hash), ..link.clone() };
+            reconcile::is_echo(&earlier, data, *completeness)
+        })
     }
 
     /// Returns the echo hashes of the values sent to this connection for this record whose vendor
@@ -1447,6 +1524,7 @@ fn apply_pushed(
                     None => store.record(pushed.canonical_id)?,
                 };
                 if let Some(mut record) = record {
+                    remember_superseded(store, rules, connection, &record, &pushed)?;
                     let link = crmsync_connectors::canonical::Link {
                         connection: connection.clone(),
                         object: record.link(connection).map(|link| link.object.clone()).unwrap_or_default(),
@@ -1519,6 +1597,34 @@ fn apply_pushed(
     Ok(stats)
 }
 
+/// Remembers the echo hashes this push answer replaces on the record's link ([`SupersededPushes`]):
+/// the link's hash, and those sent for the outbox entries the answer confirms (a push sent before a
+/// kill whose answer was never committed), less the hash the link takes now.
+fn remember_superseded(
+    store: &Store,
+    rules: &IngestRules,
+    connection: &ConnectionId,
+    record: &Record,
+    pushed: &PushedRecord,
+) -> Result<(), StoreError> {
+    let link = record.link(connection);
+    let mut replaced: Vec<String> = link.and_then(|link| link.pushed_hash.clone()).into_iter().collect();
+    for sequence in &pushed.sequences {
+        if let Some((found, entry)) = store.outbox_after(connection, sequence.checked_sub(1), 1)?.pop()
+            && found == *sequence
+        {
+            replaced.extend(entry.sent);
+        }
+    }
+    replaced.retain(|hash| Some(hash) != pushed.pushed_hash.as_ref());
+    replaced.sort();
+    replaced.dedup();
+    if !replaced.is_empty() {
+        rules.superseded.remember(connection, record.id, link.and_then(|link| link.last_modified), replaced);
+    }
+    Ok(())
+}
+
 /// A conflict side for the store, from a reconcile conflict side.
 pub fn conflict_value(side: &reconcile::ConflictSide) -> ConflictValue {
     ConflictValue { value: side.value.clone(), connection: side.connection.clone(), modified_at: side.modified_at }
@@ -1547,7 +1653,7 @@ mod tests {
             }],
             ..Rules::default()
         };
-        IngestRules { rules: Arc::new(rules), fields: Arc::new(fields) }
+        IngestRules { rules: Arc::new(rules), fields: Arc::new(fields), superseded: Arc::default() }
     }
 
     fn change(entity: Entity, external: &str, data: EntityData) -> Change {
@@ -1918,7 +2024,7 @@ mod tests {
     }
 
     fn world_rules() -> IngestRules {
-        IngestRules { rules: Arc::new(Rules::default()), fields: Arc::new(BTreeMap::new()) }
+        IngestRules { rules: Arc::new(Rules::default()), fields: Arc::new(BTreeMap::new()), superseded: Arc::default() }
     }
 
     /// Ingests the world one page per (connection, change), in the given order of its changes.
@@ -2131,6 +2237,95 @@ mod tests {
         apply_batch(&store, &rules, renamed(1, "Acme Group", minutes(7)), minutes(10)).unwrap();
         assert_eq!(name(&store).as_deref(), Some("Acme Group"));
         assert_eq!(store.scan(Entity::Account).count(), 1);
+    }
+
+    /// A pull's page read before a push reached the vendor and applied after that push's answer was
+    /// committed (a `run` that pulls and pushes at once, after a kill left the copy unread) holds the
+    /// copy as an earlier push left it, with what the vendor derived by itself (Salesforce's stage
+    /// probability, for a Zoho deal that has none): it is stale, not a change bringing the derived
+    /// value in and pushing it on. The earlier push's answer committed, or lost to a kill (its hash
+    /// then only in the outbox entry the later answer confirms). Found by the kill test (issue 17).
+    #[test]
+    fn a_read_older_than_a_committed_push_takes_nothing_the_vendor_derived() {
+        use crmsync_connectors::canonical::{Currency, Money, Stage};
+        for answer_lost in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Store::open(dir.path()).unwrap();
+            let rules = rules(BTreeMap::new());
+            let (sf, zoho) = (ConnectionId::new("sf"), ConnectionId::new("zoho"));
+            let at = |minute: u32| -> Timestamp { format!("2026-11-01T00:{minute:02}:00Z").parse().unwrap() };
+            let deal = |amount: i64, probability: Option<i64>| {
+                EntityData::Opportunity(Opportunity {
+                    name: Some("Deal 00016".into()),
+                    amount: Some(Money::new(rust_decimal::Decimal::from(amount), Currency::new("EUR").unwrap())),
+                    stage: Some(Stage::Execute),
+                    probability: probability.map(rust_decimal::Decimal::from),
+                    ..Opportunity::default()
+                })
+            };
+            let read = |connection: &ConnectionId, external: &str, data: EntityData, minute: u32| {
+                let mut read = change(Entity::Opportunity, external, data);
+                read.modified_at = at(minute);
+                let changes = vec![read];
+                let batch = Batch::Delivered { connection: connection.clone(), changes };
+                apply_batch(&store, &rules, batch, at(minute)).unwrap()
+            };
+            // Sends what the record holds now to Salesforce for every queued entry, and commits the
+            // answer unless it is lost.
+            let push = |answered: bool| {
+                let record = store.scan(Entity::Opportunity).next().unwrap().unwrap();
+                let sequences: Vec<u64> =
+                    store.outbox_after(&sf, None, 10).unwrap().into_iter().map(|(sequence, _)| sequence).collect();
+                let (_, hash) = outgoing_data(&store, &record, &sf, None, &Clone::clone).unwrap();
+                let sending = Batch::Sending { connection: sf.clone(), sent: vec![(sequences.clone(), hash.clone())] };
+                apply_batch(&store, &rules, sending, Timestamp::now()).unwrap();
+                if answered {
+                    let outcome = PushOutcome::Upserted {
+                        external_id: ExternalId::new("006A"),
+                        created: record.link(&sf).is_none(),
+                        version: None,
+                    };
+                    let results = vec![PushedRecord {
+                        sequences,
+                        canonical_id: record.id,
+                        pushed_hash: Some(hash),
+                        outcome,
+                        payload: serde_json::Value::Null,
+                        attempt: None,
+                    }];
+                    let pushed = Batch::Pushed { connection: sf.clone(), entity: Entity::Opportunity, results };
+                    apply_batch(&store, &rules, pushed, Timestamp::now()).unwrap();
+                }
+            };
+            let stored = || {
+                let record = store.scan(Entity::Opportunity).next().unwrap().unwrap();
+                let EntityData::Opportunity(deal) = record.data else { panic!("not a deal") };
+                (deal.amount.map(|amount| amount.amount.to_string()), deal.probability)
+            };
+
+            read(&zoho, "Z1", deal(1000, None), 1);
+            push(true);
+            read(&sf, "006A", deal(1000, Some(75)), 2);
+            // An amount edit in Zoho, pushed; the daemon is killed before Salesforce's copy is read
+            // back (and, when `answer_lost`, before the push's answer is committed).
+            read(&zoho, "Z1", deal(1100, None), 3);
+            push(!answer_lost);
+            // The next run: a second edit; a Salesforce page read now holds the copy as the first
+            // push left it, and is applied only after the second push's answer is committed.
+            read(&zoho, "Z1", deal(1190, None), 5);
+            push(true);
+            let stats = read(&sf, "006A", deal(1100, Some(75)), 4);
+            assert_eq!((stats.stale, stats.updated), (1, 0), "answer lost: {answer_lost}");
+            assert_eq!(stored(), (Some("1190".to_owned()), None), "answer lost: {answer_lost}");
+            assert!(store.outbox_after(&zoho, None, 10).unwrap().is_empty(), "nothing pushed on to Zoho");
+            // The read-back of the second push is the echo, and it ends the memory: a real edit back
+            // to the earlier amount in Salesforce later is a change as ever (and brings the
+            // probability, as any change read from there does).
+            assert_eq!(read(&sf, "006A", deal(1190, Some(75)), 6).echoes, 1);
+            assert_eq!(stored(), (Some("1190".to_owned()), None));
+            assert_eq!(read(&sf, "006A", deal(1100, Some(75)), 7).updated, 1);
+            assert_eq!(stored(), (Some("1100".to_owned()), Some(rust_decimal::Decimal::from(75))));
+        }
     }
 
     /// Killed between a vendor's answer to a push and its commit: the read-back of the pushed copy is

@@ -73,8 +73,11 @@ async fn harness_with(token: Option<&str>, rules: Rules) -> Harness {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
     let (sf, zoho) = (connection("sf"), connection("zoho"));
-    let (writer, ingest) =
-        Ingestor::new(store.clone(), IngestRules { rules: Arc::new(rules), fields: Arc::new(BTreeMap::new()) }, 8);
+    let (writer, ingest) = Ingestor::new(
+        store.clone(),
+        IngestRules { rules: Arc::new(rules), fields: Arc::new(BTreeMap::new()), superseded: Arc::default() },
+        8,
+    );
     tokio::spawn(writer.run());
     // A customer known in sf.
     let account = account_change("001A", 0, "Acme", None);
@@ -215,7 +218,8 @@ async fn readyz(admin: Router) -> (StatusCode, Value) {
 async fn a_full_ingest_queue_makes_the_daemon_unready_only_once_the_writer_has_been_behind_for_a_while() {
     let harness = harness().await;
     // A writer of its own with room for one batch, not running yet: the queue fills and stays full.
-    let rules = IngestRules { rules: Arc::new(both_ways()), fields: Arc::new(BTreeMap::new()) };
+    let rules =
+        IngestRules { rules: Arc::new(both_ways()), fields: Arc::new(BTreeMap::new()), superseded: Arc::default() };
     let (writer, ingest) = Ingestor::new(harness.store.clone(), rules, 1);
     let admin = admin_router(HttpState { ingest: ingest.clone(), ..harness.state.clone() });
     let failed = Batch::Failed { connection: connection("sf"), entity: Entity::Account, message: "refused".into() };

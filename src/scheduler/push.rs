@@ -458,7 +458,8 @@ mod tests {
             }],
             ..Rules::default()
         };
-        let rules = IngestRules { rules: Arc::new(rules), fields: Arc::new(BTreeMap::new()) };
+        let rules =
+            IngestRules { rules: Arc::new(rules), fields: Arc::new(BTreeMap::new()), superseded: Arc::default() };
         let (writer, ingest) = Ingestor::new(store.clone(), rules, 8);
         let writer = tokio::spawn(writer.run());
         let connector =
