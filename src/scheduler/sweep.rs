@@ -81,26 +81,43 @@ pub async fn sweep<C: Connector>(
             .await
             .map_err(SweepError::Compare)??;
     let mut report = SweepReport { vendor_ids, store_ids, ..SweepReport::default() };
-    report.deletes_repaired = deletes.len() as u64;
-    if !deletes.is_empty() {
-        ingest.submit(Batch::Delivered { connection: connection.clone(), changes: deletes }).await?;
-    }
-    for chunk in to_fetch.chunks(FETCH_CHUNK) {
-        let fetched =
-            connector.fetch(entity, chunk).await.map_err(|source| SweepError::Connector { entity, source })?;
-        report.fetched += fetched.changes.len() as u64;
-        report.dead_lettered += fetched.undecodable.len() as u64;
-        for record in &fetched.undecodable {
-            tracing::warn!(connection = %connection, entity = %entity, id = %record.external_id, reason = %record.reason, "record could not be decoded: dead-lettered, the sweep goes on");
-        }
-        ingest.submit(Batch::Fetched { connection: connection.clone(), fetched }).await?;
-    }
+    let missing: Vec<ExternalId> = deletes.into_iter().map(|change| change.external_id).collect();
+    repair(connector, ingest, entity, &missing, &to_fetch, &mut report).await?;
     if report.deletes_repaired + report.fetched + report.dead_lettered > 0 {
         tracing::warn!(connection = %connection, entity = %entity, deletes = report.deletes_repaired, fetched = report.fetched, dead_lettered = report.dead_lettered, "drift sweep repaired records incremental reads missed");
     } else {
         tracing::info!(connection = %connection, entity = %entity, ids = report.vendor_ids, "drift sweep found no drift");
     }
     Ok(report)
+}
+
+/// Reads by id the linked records the listing lacked (`missing`) and those to fetch, and applies
+/// what comes back. A linked id the listing lacked is not deleted on the listing's word: its link
+/// may have been added after the listing began (a record crmsync pushed meanwhile, or one a webhook
+/// stored), so it is read again, and only the ids the vendor no longer has come back as deletes
+/// ([`Connector::fetch`]); the others come back as the records they are.
+async fn repair<C: Connector>(
+    connector: &C,
+    ingest: &IngestHandle,
+    entity: Entity,
+    missing: &[ExternalId],
+    to_fetch: &[ExternalId],
+    report: &mut SweepReport,
+) -> Result<(), SweepError> {
+    let connection = connector.id();
+    for chunk in missing.chunks(FETCH_CHUNK).chain(to_fetch.chunks(FETCH_CHUNK)) {
+        let fetched =
+            connector.fetch(entity, chunk).await.map_err(|source| SweepError::Connector { entity, source })?;
+        let gone = fetched.changes.iter().filter(|change| matches!(change.kind, ChangeKind::Delete)).count() as u64;
+        report.deletes_repaired += gone;
+        report.fetched += fetched.changes.len() as u64 - gone;
+        report.dead_lettered += fetched.undecodable.len() as u64;
+        for record in &fetched.undecodable {
+            tracing::warn!(connection = %connection, entity = %entity, id = %record.external_id, reason = %record.reason, "record could not be decoded: dead-lettered, the sweep goes on");
+        }
+        ingest.submit(Batch::Fetched { connection: connection.clone(), fetched }).await?;
+    }
+    Ok(())
 }
 
 /// What the store holds against the vendor's live ids.
@@ -215,6 +232,75 @@ mod tests {
 
     use super::*;
     use crate::store::Commit;
+
+    /// A record linked after the listing began (as if crmsync pushed it meanwhile) is missing from
+    /// the listing but still in the vendor: the sweep reads it again and keeps it; only a record
+    /// the vendor no longer has is deleted (real HTTP to the Dataverse simulator, a real store).
+    #[tokio::test]
+    async fn a_link_the_listing_lacked_is_deleted_only_when_the_vendor_no_longer_has_it() {
+        use std::fmt::Write;
+
+        use crmsync_connectors::testkit::SimControl;
+        let dir = tempfile::tempdir().unwrap();
+        let (simulators, _, secrets) =
+            crate::commands::demo::start_demo(13, &dir.path().join("unused"), "127.0.0.1:0").await.unwrap();
+        let (connections, _) = crate::commands::demo::simulator_connections(
+            &simulators.salesforce.base_url(),
+            &simulators.zoho.base_url(),
+            &simulators.dynamics365.base_url(),
+        );
+        let mut toml = String::new();
+        writeln!(toml, "[daemon]\ndata_dir = {:?}\n", dir.path().join("store").display().to_string()).unwrap();
+        toml.push_str(&connections);
+        writeln!(toml, "[metrics]\nreporting_currency = \"EUR\"\n\n[metrics.fx]\nUSD = \"0.92\"").unwrap();
+        let path = dir.path().join("crmsync.toml");
+        std::fs::write(&path, &toml).unwrap();
+        let config = crate::config::Config::load(Some(&path), Some(Default::default()), &secrets).unwrap();
+        let app = crate::app::App::build(config).unwrap();
+        let dynamics = ConnectionId::new("dynamics365");
+        let connector = app.connectors[&dynamics].clone();
+        let cancel = CancellationToken::new();
+        crate::scheduler::pull::catch_up(
+            connector.as_ref(),
+            &app.store,
+            &app.ingest,
+            Entity::Account,
+            true,
+            &cancel,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        let gone = SimControl::delete(simulators.dynamics365.state().as_ref(), Entity::Account, 1).remove(0);
+        let mut listing: BTreeMap<ExternalId, Timestamp> = BTreeMap::new();
+        let mut kept = None;
+        for record in app.store.scan(Entity::Account) {
+            let record = record.unwrap();
+            let Some(link) = record.link(&dynamics) else { continue };
+            if link.external_id == gone {
+                continue;
+            }
+            if kept.is_none() {
+                kept = Some(link.external_id.clone());
+                continue;
+            }
+            listing.insert(link.external_id.clone(), link.last_modified.unwrap());
+        }
+        let kept = kept.unwrap();
+        let compared = compare(&app.store, Entity::Account, &dynamics, &listing).unwrap();
+        let missing: Vec<ExternalId> = compared.deletes.iter().map(|change| change.external_id.clone()).collect();
+        assert_eq!(missing.iter().collect::<BTreeSet<_>>(), BTreeSet::from([&gone, &kept]));
+        let mut report = SweepReport::default();
+        repair(connector.as_ref(), &app.ingest, Entity::Account, &missing, &compared.to_fetch, &mut report)
+            .await
+            .unwrap();
+        assert_eq!((report.deletes_repaired, report.fetched), (1, 1));
+        let state =
+            |id: &ExternalId| app.store.record_by_link(&dynamics, Entity::Account, id).unwrap().unwrap().is_deleted();
+        assert!(state(&gone), "the record the vendor no longer has is tombstoned");
+        assert!(!state(&kept), "the record the vendor still has is kept");
+        app.shutdown().await.unwrap();
+    }
 
     #[test]
     fn the_comparison_finds_deletes_newer_and_unknown_ids() {
