@@ -216,7 +216,13 @@ async fn kill_9_at_random_moments_of_run_leaves_the_store_an_uninterrupted_run_l
     let (first_sync_kills, incremental_kills) = (25 * soak(), 25 * soak());
     let world = World::generate(
         17,
-        WorldSize { accounts: 60, leads: 60, opportunities: 40, orders: 90 },
+        // Grows with the soak, so the webhook bursts keep Salesforce accounts of their own (below).
+        WorldSize {
+            accounts: 60 + 70 * usize::try_from(soak() - 1).unwrap(),
+            leads: 60,
+            opportunities: 40,
+            orders: 90,
+        },
         "2026-11-01T00:00:00Z".parse().unwrap(),
         true,
     );
@@ -251,7 +257,6 @@ async fn kill_9_at_random_moments_of_run_leaves_the_store_an_uninterrupted_run_l
     converge(&killed_env, &killed).await;
 
     // Webhook bursts: Salesforce accounts not edited above, each edited once.
-    let burst_rounds = 10 * soak();
     let burst_edits: Vec<(String, String)> = edited
         .0
         .iter()
@@ -259,6 +264,12 @@ async fn kill_9_at_random_moments_of_run_leaves_the_store_an_uninterrupted_run_l
         .enumerate()
         .map(|(index, account)| (account.clone(), ["Retail", "Energy", "Finance"][index % 3].to_owned()))
         .collect();
+    // Three accounts a burst, each edited once: as many bursts as the accounts left allow (about 3 × N).
+    let burst_rounds = u64::try_from(burst_edits.len() / 3).unwrap();
+    assert!(burst_rounds >= 3 * soak(), "too few Salesforce accounts left for the bursts: {}", burst_edits.len());
+    eprintln!(
+        "kill test: {first_sync_kills} kills in the first sync, {incremental_kills} in incremental passes, {burst_rounds} in webhook bursts"
+    );
     for (account, industry) in burst_edits.iter().take(usize::try_from(burst_rounds).unwrap() * 3) {
         assert!(reference.salesforce.state().edit(
             Entity::Account,
