@@ -73,6 +73,26 @@ pub async fn start_demo(
 
 /// The connections `salesforce`, `zoho` and `dynamics365` to simulators at these base URLs (TOML,
 /// one section each), and the demo credentials they reference.
+/// For tests: the demo's three simulators (seeded with `seed`, kept running while the value lives)
+/// and an [`App`] syncing them into a store in `dir`, with the demo's connections and nothing else.
+#[cfg(test)]
+pub(crate) async fn test_app(seed: u64, dir: &std::path::Path) -> (DemoSimulators, App) {
+    let (simulators, _, secrets) = start_demo(seed, &dir.join("unused"), "127.0.0.1:0").await.unwrap();
+    let (connections, _) = simulator_connections(
+        &simulators.salesforce.base_url(),
+        &simulators.zoho.base_url(),
+        &simulators.dynamics365.base_url(),
+    );
+    let mut toml = String::new();
+    writeln!(toml, "[daemon]\ndata_dir = {:?}\n", dir.join("store").display().to_string()).unwrap();
+    toml.push_str(&connections);
+    writeln!(toml, "[metrics]\nreporting_currency = \"EUR\"\n\n[metrics.fx]\nUSD = \"0.92\"").unwrap();
+    let path = dir.join("crmsync.toml");
+    std::fs::write(&path, &toml).unwrap();
+    let config = Config::load(Some(&path), Some(HashMap::new()), &secrets).unwrap();
+    (simulators, App::build(config).unwrap())
+}
+
 pub fn simulator_connections(salesforce: &str, zoho: &str, dynamics365: &str) -> (String, MapSecrets) {
     let toml = [
         sim::connection_toml("salesforce", salesforce),

@@ -272,23 +272,9 @@ mod progress_tests {
     /// catch-up's progress (real HTTP over loopback, a real store).
     #[tokio::test]
     async fn the_total_a_simulator_says_reaches_the_catch_ups_progress() {
-        use std::fmt::Write;
         let dir = tempfile::tempdir().unwrap();
-        let (simulators, _, secrets) =
-            crate::commands::demo::start_demo(11, &dir.path().join("unused"), "127.0.0.1:0").await.unwrap();
-        let (connections, _) = crate::commands::demo::simulator_connections(
-            &simulators.salesforce.base_url(),
-            &simulators.zoho.base_url(),
-            &simulators.dynamics365.base_url(),
-        );
-        let mut toml = String::new();
-        writeln!(toml, "[daemon]\ndata_dir = {:?}\n", dir.path().join("store").display().to_string()).unwrap();
-        toml.push_str(&connections);
-        writeln!(toml, "[metrics]\nreporting_currency = \"EUR\"\n\n[metrics.fx]\nUSD = \"0.92\"").unwrap();
-        let path = dir.path().join("crmsync.toml");
-        std::fs::write(&path, &toml).unwrap();
-        let config = crate::config::Config::load(Some(&path), Some(Default::default()), &secrets).unwrap();
-        let app = crate::app::App::build(config).unwrap();
+        // The simulators answer while `_simulators` lives.
+        let (_simulators, app) = crate::commands::demo::test_app(11, dir.path()).await;
         let cancel = CancellationToken::new();
         // Salesforce says `totalSize` on every query page; Zoho's `info.count` is the page's, so no total.
         for (connection, says_total) in [("salesforce", true), ("zoho", false)] {

@@ -238,25 +238,9 @@ mod tests {
     /// the vendor no longer has is deleted (real HTTP to the Dataverse simulator, a real store).
     #[tokio::test]
     async fn a_link_the_listing_lacked_is_deleted_only_when_the_vendor_no_longer_has_it() {
-        use std::fmt::Write;
-
         use crmsync_connectors::testkit::SimControl;
         let dir = tempfile::tempdir().unwrap();
-        let (simulators, _, secrets) =
-            crate::commands::demo::start_demo(13, &dir.path().join("unused"), "127.0.0.1:0").await.unwrap();
-        let (connections, _) = crate::commands::demo::simulator_connections(
-            &simulators.salesforce.base_url(),
-            &simulators.zoho.base_url(),
-            &simulators.dynamics365.base_url(),
-        );
-        let mut toml = String::new();
-        writeln!(toml, "[daemon]\ndata_dir = {:?}\n", dir.path().join("store").display().to_string()).unwrap();
-        toml.push_str(&connections);
-        writeln!(toml, "[metrics]\nreporting_currency = \"EUR\"\n\n[metrics.fx]\nUSD = \"0.92\"").unwrap();
-        let path = dir.path().join("crmsync.toml");
-        std::fs::write(&path, &toml).unwrap();
-        let config = crate::config::Config::load(Some(&path), Some(Default::default()), &secrets).unwrap();
-        let app = crate::app::App::build(config).unwrap();
+        let (simulators, app) = crate::commands::demo::test_app(13, dir.path()).await;
         let dynamics = ConnectionId::new("dynamics365");
         let connector = app.connectors[&dynamics].clone();
         let cancel = CancellationToken::new();

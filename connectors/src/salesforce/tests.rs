@@ -901,17 +901,7 @@ async fn the_org_refuses_order_products_outside_the_order_price_book_or_without_
     let client = reqwest::Client::new();
     let base = running.base_url();
     let bearer = raw_token(&client, &base).await;
-    let entries: serde_json::Value = client
-        .get(format!("{base}/services/data/v62.0/query/"))
-        .query(&[("q", "SELECT Id FROM PricebookEntry WHERE ProductCode = 'W-100'")])
-        .bearer_auth(&bearer)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let entry = entries["records"][0]["Id"].as_str().unwrap().to_owned();
+    let entry = price_book_entry(&client, &base, &bearer, "W-100").await;
     let body = json!({"allOrNone": false, "records": [
         {"attributes": {"type": "OrderItem"}, "OrderId": external_id.as_str(), "PricebookEntryId": entry, "Quantity": 1, "UnitPrice": 5},
         {"attributes": {"type": "OrderItem"}, "OrderId": external_id.as_str(), "Quantity": 1, "UnitPrice": 5}
@@ -1104,17 +1094,7 @@ async fn an_order_pushed_as_activated_is_never_committed_in_draft_and_a_failed_w
     let client = reqwest::Client::new();
     let base = running.base_url();
     let bearer = raw_token(&client, &base).await;
-    let entries: serde_json::Value = client
-        .get(format!("{base}/services/data/v62.0/query/"))
-        .query(&[("q", "SELECT Id FROM PricebookEntry WHERE ProductCode = 'W-100'")])
-        .bearer_auth(&bearer)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let entry = entries["records"][0]["Id"].as_str().unwrap().to_owned();
+    let entry = price_book_entry(&client, &base, &bearer, "W-100").await;
     let deleted: serde_json::Value = client
         .delete(format!("{base}/services/data/v62.0/composite/sobjects"))
         .query(&[("ids", entry.as_str()), ("allOrNone", "false")])
@@ -1195,17 +1175,7 @@ async fn a_composite_request_with_all_or_none_commits_everything_or_nothing() {
     assert_eq!(SimControl::count(state.as_ref(), Entity::Order), 0, "the Draft order was rolled back");
     assert!(state.order_history().is_empty());
     // The same with a real entry: one call, the order inserted, given its product and activated.
-    let entries: serde_json::Value = client
-        .get(format!("{base}/services/data/v62.0/query/"))
-        .query(&[("q", "SELECT Id FROM PricebookEntry WHERE ProductCode = 'W-100'")])
-        .bearer_auth(&bearer)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let done = send(request(entries["records"][0]["Id"].as_str().unwrap())).await;
+    let done = send(request(&price_book_entry(&client, &base, &bearer, "W-100").await)).await;
     let results = done["compositeResponse"].as_array().unwrap();
     let statuses: Vec<u64> = results.iter().map(|result| result["httpStatusCode"].as_u64().unwrap()).collect();
     assert_eq!(statuses, [201, 201, 204], "{done}");
@@ -1217,6 +1187,21 @@ async fn a_composite_request_with_all_or_none_commits_everything_or_nothing() {
 }
 
 /// A bearer token for raw calls to the simulator.
+/// The id of the price-book entry of the product with `code`, read with a raw SOQL query.
+async fn price_book_entry(client: &reqwest::Client, base: &str, bearer: &str, code: &str) -> String {
+    let entries: serde_json::Value = client
+        .get(format!("{base}/services/data/v62.0/query/"))
+        .query(&[("q", format!("SELECT Id FROM PricebookEntry WHERE ProductCode = '{code}'"))])
+        .bearer_auth(bearer)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    entries["records"][0]["Id"].as_str().unwrap().to_owned()
+}
+
 async fn raw_token(client: &reqwest::Client, base: &str) -> String {
     let token: serde_json::Value = client
         .post(format!("{base}/services/oauth2/token"))
