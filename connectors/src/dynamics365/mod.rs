@@ -16,7 +16,7 @@
 //! pulls follow the delta link, which yields changed rows and `$deletedEntity` rows in one stream, and
 //! end with the next delta link. The cursor is the link to follow. An expired delta token
 //! (`0x80044352`) starts a clean full read instead of failing. Orders are read in full differently,
-//! so that their lines cost ⌈lines/5000⌉ calls (`OrderRead`). The pages of an initial read (the
+//! so that their lines cost no call of their own beyond their delta link (`OrderRead`). The pages of an initial read (the
 //! first one, or one an expired token started) are marked [`FullRead::Begins`] then
 //! [`FullRead::Continues`]: a row deleted while its token expired is in no `$deletedEntity` row, so
 //! the daemon takes such a read, once complete, as the list of every row and tombstones the records
@@ -157,17 +157,21 @@ struct Position {
     lines_delta: Option<String>,
 }
 
-/// How orders are read in full with their lines at ⌈lines/5000⌉ calls instead of one lines call
-/// per 100 orders: a change-tracked read cannot be sorted (`$orderby` is refused with change
-/// tracking), so (1) a change-tracked read of the orders, whose rows are dropped, yields the delta
-/// link later reads continue from, then (2) orders are read sorted by id, and for each page the lines
-/// of exactly those orders are read with one range filter (`_salesorderid_value ge first and le
-/// last`, sorted by order), so every page carries complete orders and its cursor commits with it.
-/// Changes made during (2) are also in the delta link from (1); re-reading them is harmless.
-/// When the lines table tracks changes, a change-tracked read of the lines' order ids between (1)
-/// and (2) yields the lines' delta link (`Lines`), for the same reason before the rows are read.
-/// Calls: 2 × ⌈orders/5000⌉ + Σ ⌈lines of a page/5000⌉ ≤ 3 × ⌈orders/5000⌉ + ⌈lines/5000⌉, plus
-/// ⌈lines/5000⌉ for the lines' delta link.
+/// How orders are read in full with their lines: a change-tracked read cannot be joined or
+/// sorted (`$expand`, `$orderby`, `$filter` and `$top` are refused with change tracking), so
+/// (1) a change-tracked read of the orders, whose rows are dropped, yields the delta link later
+/// reads continue from; (2) when the lines table tracks changes, a change-tracked read of the
+/// lines' order ids yields the lines' delta link (`Lines`); then (3) the orders are read again with
+/// a single-level `$expand` of their lines (`order_details`), which pages the orders only and
+/// carries every order's lines in its row (up to 5,000 each: an order with that many reads the
+/// rest from the row's `order_details@odata.nextLink`), so every page holds complete orders and
+/// its cursor commits with it. Changes made during (3) are also in the delta links from (1) and
+/// (2); re-reading them is harmless.
+///
+/// Calls: 2 × ⌈orders/5000⌉ + ⌈lines/5000⌉, against the ⌈orders/5000⌉ + ⌈lines/5000⌉ of reading
+/// each table once: the rows of the change-tracked reads come in an order Dataverse does not
+/// document ("determined by server side logic"), so the lines of an order could only be assembled
+/// from them by holding every line until the read ends.
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "step")]
 enum OrderRead {
@@ -183,8 +187,8 @@ enum OrderRead {
         next: Option<String>,
         delta: String,
     },
-    /// Reading orders sorted by id; `next`: the page to read; `delta`: the link to continue from;
-    /// `lines_delta`: the lines' (when the lines table tracks changes).
+    /// Reading the orders with their lines; `next`: the page to read; `delta`: the link to
+    /// continue from; `lines_delta`: the lines' (when the lines table tracks changes).
     Rows {
         next: String,
         delta: String,
@@ -577,7 +581,7 @@ impl Dynamics365Connector {
     async fn pull_orders_full(&self, mut position: Position, select: &str) -> Result<Page, ConnectorError> {
         let table = wire::table(Entity::Order);
         // Every step is part of one full read of the orders, which begins with the token read's
-        // first page and ends with the last page of the orders sorted by id.
+        // first page and ends with the last page of the orders read with their lines.
         let read = position.orders.take().unwrap_or(OrderRead::Token { next: None });
         let full_read =
             if matches!(read, OrderRead::Token { next: None }) { FullRead::Begins } else { FullRead::Continues };
@@ -608,7 +612,7 @@ impl Dynamics365Connector {
                         OrderRead::Lines { next: None, delta }
                     }
                     (None, Some(delta)) => {
-                        OrderRead::Rows { next: self.sorted_orders_url(select)?, delta, lines_delta: None }
+                        OrderRead::Rows { next: self.expanded_orders_url(select)?, delta, lines_delta: None }
                     }
                     (None, None) => {
                         return Err(ConnectorError::decode(
@@ -627,9 +631,11 @@ impl Dynamics365Connector {
                 let page = self.get_page("salesorderdetails change-tracking token", &url, true).await?;
                 position.orders = Some(match (page.next_link, page.delta_link) {
                     (Some(next), _) => OrderRead::Lines { next: Some(next), delta },
-                    (None, Some(lines_delta)) => {
-                        OrderRead::Rows { next: self.sorted_orders_url(select)?, delta, lines_delta: Some(lines_delta) }
-                    }
+                    (None, Some(lines_delta)) => OrderRead::Rows {
+                        next: self.expanded_orders_url(select)?,
+                        delta,
+                        lines_delta: Some(lines_delta),
+                    },
                     (None, None) => {
                         return Err(ConnectorError::decode(
                             "salesorderdetails change-tracking token",
@@ -640,10 +646,8 @@ impl Dynamics365Connector {
                 Ok(Page::new(Vec::new(), Cursor::encode(&position), true))
             }
             OrderRead::Rows { next, delta, lines_delta } => {
-                let page = self.get_page("salesorders by id", &next, false).await?;
-                let ids: Vec<&str> =
-                    page.value.iter().filter_map(|row| row.get(table.key).and_then(Value::as_str)).collect();
-                let lines = self.lines_of_sorted_page(&ids).await?;
+                let mut page = self.get_page("salesorders with their lines", &next, false).await?;
+                let lines = self.expanded_lines(&mut page.value, table).await?;
                 let (changes, undecodable) = self.map_rows_with(Entity::Order, &page.value, Some(lines)).await?;
                 match page.next_link {
                     Some(next) => {
@@ -676,8 +680,9 @@ impl Dynamics365Connector {
         }
     }
 
-    /// Reads records by id (`In` filters of [`wire::LINE_FILTER_CHUNK`] ids); an id Dataverse no
-    /// longer has becomes a delete change, and a row that cannot be decoded is set aside.
+    /// Reads records by id (`In` filters of [`wire::LINE_FILTER_CHUNK`] ids; orders with their lines
+    /// expanded, one call per chunk); an id Dataverse no longer has becomes a delete change, and a
+    /// row that cannot be decoded is set aside.
     async fn read_by_ids(&self, entity: Entity, ids: &[ExternalId]) -> Result<Fetched, ConnectorError> {
         let table = wire::table(entity);
         let (select, _, _) = self.select(entity).await?;
@@ -693,8 +698,19 @@ impl Dynamics365Connector {
                     values.join(",")
                 ),
             );
-            let page = self.get_page(&format!("{} by id", table.set), url.as_str(), false).await?;
-            let mapped = self.map_rows(entity, &page.value).await?;
+            if entity == Entity::Order {
+                url.query_pairs_mut().append_pair(
+                    "$expand",
+                    &format!("{}($select={})", wire::ORDER_LINES, mapping::LINE_COLUMNS.join(",")),
+                );
+            }
+            let mut page = self.get_page(&format!("{} by id", table.set), url.as_str(), false).await?;
+            let mapped = if entity == Entity::Order {
+                let lines = self.expanded_lines(&mut page.value, table).await?;
+                self.map_rows_with(entity, &page.value, Some(lines)).await?
+            } else {
+                self.map_rows(entity, &page.value).await?
+            };
             fetched.add_read((entity, table.logical), chunk, mapped, Timestamp::now());
         }
         Ok(fetched)
@@ -761,11 +777,13 @@ impl Dynamics365Connector {
         }
     }
 
-    /// Orders sorted by id, every mapped column (step 2 of [`OrderRead`]).
-    fn sorted_orders_url(&self, select: &str) -> Result<String, ConnectorError> {
+    /// Orders with every mapped column and their lines (step 3 of [`OrderRead`]).
+    fn expanded_orders_url(&self, select: &str) -> Result<String, ConnectorError> {
         let table = wire::table(Entity::Order);
         let mut url = self.set_url(table.set)?;
-        url.query_pairs_mut().append_pair("$select", select).append_pair("$orderby", &format!("{} asc", table.key));
+        url.query_pairs_mut()
+            .append_pair("$select", select)
+            .append_pair("$expand", &format!("{}($select={})", wire::ORDER_LINES, mapping::LINE_COLUMNS.join(",")));
         Ok(url.to_string())
     }
 
@@ -815,32 +833,61 @@ impl Dynamics365Connector {
         Ok(mapped)
     }
 
-    /// The lines of a page of orders read sorted by id: the orders are exactly those between the
-    /// page's first and last id, so one range filter over the lines (sorted the same way) finds all
-    /// of theirs and no others', in ⌈lines/5000⌉ calls.
-    async fn lines_of_sorted_page(
+    /// Takes the expanded lines (`order_details`) out of a page of order rows (order id → lines).
+    /// An order with [`wire::EXPANDED_ROWS_CAP`] expanded lines may have more: its lines are read
+    /// from the row's `order_details@odata.nextLink`, page by page. A row without the expansion (a
+    /// read a cursor from before the expansion continues) has its lines read by order id.
+    async fn expanded_lines(
         &self,
-        ids: &[&str],
+        rows: &mut [Map<String, Value>],
+        table: wire::Table,
     ) -> Result<HashMap<String, Vec<Map<String, Value>>>, ConnectorError> {
-        let mut lines: HashMap<String, Vec<Map<String, Value>>> =
-            ids.iter().map(|id| ((*id).to_owned(), Vec::new())).collect();
-        let (Some(first), Some(last)) = (ids.first(), ids.last()) else { return Ok(lines) };
-        let mut url = self.set_url(wire::LINES_SET)?;
-        url.query_pairs_mut()
-            .append_pair("$select", &mapping::LINE_COLUMNS.join(","))
-            .append_pair("$filter", &format!("_salesorderid_value ge {first} and _salesorderid_value le {last}"))
-            .append_pair("$orderby", "_salesorderid_value asc,salesorderdetailid asc");
-        let mut next = Some(url.to_string());
-        while let Some(link) = next.take() {
-            let page = self.get_page("salesorderdetails by order", &link, false).await?;
-            for row in page.value {
-                if let Some(order) = row.get("_salesorderid_value").and_then(Value::as_str)
-                    && let Some(order_lines) = lines.get_mut(order)
-                {
-                    order_lines.push(row);
+        let link_property = format!("{}@odata.nextLink", wire::ORDER_LINES);
+        let mut lines: HashMap<String, Vec<Map<String, Value>>> = HashMap::with_capacity(rows.len());
+        let mut unexpanded = Vec::new();
+        for row in rows.iter_mut() {
+            let Some(id) = row.get(table.key).and_then(Value::as_str).map(str::to_owned) else { continue };
+            let link = row.remove(&link_property);
+            let Some(expanded) = row.remove(wire::ORDER_LINES) else {
+                unexpanded.push(id);
+                continue;
+            };
+            let Value::Array(expanded) = expanded else {
+                return Err(ConnectorError::decode(
+                    "salesorders with their lines",
+                    std::io::Error::other(format!("{} of order {id} is not an array", wire::ORDER_LINES)),
+                ));
+            };
+            let mut order_lines: Vec<Map<String, Value>> = expanded
+                .into_iter()
+                .filter_map(|line| match line {
+                    Value::Object(line) => Some(line),
+                    _ => None,
+                })
+                .collect();
+            if order_lines.len() >= wire::EXPANDED_ROWS_CAP {
+                let Some(Value::String(link)) = link else {
+                    return Err(ConnectorError::decode(
+                        "salesorders with their lines",
+                        std::io::Error::other(format!(
+                            "order {id} has {} expanded lines and no {link_property}",
+                            order_lines.len()
+                        )),
+                    ));
+                };
+                order_lines.clear();
+                let mut next = Some(link);
+                while let Some(url) = next.take() {
+                    let page = self.get_page("salesorderdetails of one order", &url, false).await?;
+                    order_lines.extend(page.value);
+                    next = page.next_link;
                 }
             }
-            next = page.next_link;
+            lines.insert(id, order_lines);
+        }
+        if !unexpanded.is_empty() {
+            let ids: Vec<&str> = unexpanded.iter().map(String::as_str).collect();
+            lines.extend(self.lines(&ids).await?);
         }
         Ok(lines)
     }

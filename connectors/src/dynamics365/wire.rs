@@ -26,6 +26,14 @@ pub const LOOKUP_LOGICAL_NAME: &str = "@Microsoft.Dynamics.CRM.lookuplogicalname
 pub const LINES_SET: &str = "salesorderdetails";
 /// The property of an order line naming its order (the `salesorderid` lookup's value).
 pub const LINE_ORDER: &str = "_salesorderid_value";
+/// The collection-valued navigation property from an order to its lines (the `order_details`
+/// relationship), which `$expand` can join.
+pub const ORDER_LINES: &str = "order_details";
+/// Related rows a single-level `$expand` of a collection-valued navigation property returns per
+/// row: no paging applies to them, "up to 5,000 related records can be returned for each expanded
+/// collection-valued navigation property" (learn.microsoft.com/power-apps/developer/data-platform/webapi/query/join-tables).
+/// A row with this many may have more, readable from its `<property>@odata.nextLink`.
+pub const EXPANDED_ROWS_CAP: usize = 5000;
 
 /// One synced table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -2,8 +2,10 @@
 //! (client credentials, scope `{org}/.default`), `EntityDefinitions` with attributes described as
 //! the Web API describes them (`metadata`), entity sets with `$select`,
 //! `$filter` (comparisons, `and`/`or`/`not`, parentheses, `Microsoft.Dynamics.CRM.In`), `$orderby`,
-//! `$top`, `Prefer: odata.maxpagesize` (≤ 5,000) with `@odata.nextLink` paging cookies, change tracking
-//! (`Prefer: odata.track-changes`, delta links, `$deletedEntity` rows, expired tokens), `PATCH` upserts by
+//! `$top`, `$expand` of an order's lines (`order_details`, and the filtered collection
+//! `salesorders(<id>)/order_details`), `Prefer: odata.maxpagesize` (≤ 5,000) with `@odata.nextLink`
+//! paging cookies, change tracking (`Prefer: odata.track-changes`, delta links, `$deletedEntity`
+//! rows, expired tokens), `PATCH` upserts by
 //! id or alternate key with `If-Match` / `If-None-Match` and etags, `DELETE`, the
 //! `WinOpportunity`/`LoseOpportunity`, `FulfillSalesOrder` and `CancelSalesOrder` messages and
 //! SetState on orders (`state`), the documented write rules (required columns, read-only states;
@@ -654,6 +656,13 @@ impl Dynamics365Sim {
                 "CancelSalesOrder" => return self.close_order(false, request),
                 _ => {}
             }
+        }
+        if request.method == Method::GET
+            && let Some(address) = resource
+                .strip_prefix("salesorders(")
+                .and_then(|rest| rest.strip_suffix(&format!(")/{}", wire::ORDER_LINES)))
+        {
+            return self.order_lines_of(address, request);
         }
         let (set, address) = match resource.split_once('(') {
             Some((set, rest)) => (set, rest.strip_suffix(')')),

@@ -1,12 +1,22 @@
 //! Reading entity sets: `$select`, `$filter`, `$orderby`, `$top`, `$count=true` (`@odata.count`,
 //! up to 5,000, on the first page), `odata.maxpagesize` paging with
-//! paging cookies, and change tracking (delta links, `$deletedEntity` rows, expired tokens).
+//! paging cookies, change tracking (delta links, `$deletedEntity` rows, expired tokens), and a
+//! single-level `$expand` of an order's lines (`order_details($select=…)`).
+//!
+//! `$expand` of a collection-valued navigation property, as Dataverse documents it
+//! (learn.microsoft.com/power-apps/developer/data-platform/webapi/query/join-tables, "Single $expand
+//! on collection-valued navigation properties"): paging applies to the entity set only, each row
+//! carries up to 5,000 related rows and a `<property>@odata.nextLink` without paging information
+//! (the filtered collection `salesorders(<id>)/order_details`, which can be paged on its own), and
+//! change tracking refuses `$expand` altogether.
+
+use std::collections::{HashMap, HashSet};
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
 
 use super::filter::{check_filter, compare, matches, parse_filter};
-use super::reply::{Reply, error};
+use super::reply::{Reply, error, not_found};
 use super::schema::{logical, readable};
 use super::table::{Inner, Row, Snapshot};
 use super::{Dynamics365Sim, Request, now_seconds, time};
@@ -16,15 +26,7 @@ impl Dynamics365Sim {
     pub(super) fn list(&self, set: &str, request: &Request<'_>) -> Reply {
         let tracking = request.prefers("odata.track-changes");
         let annotate = request.prefers("odata.include-annotations");
-        let page_size = request
-            .header("prefer")
-            .and_then(|prefer| {
-                prefer.split(',').find_map(|part| {
-                    part.trim().strip_prefix("odata.maxpagesize=").and_then(|n| n.parse::<usize>().ok())
-                })
-            })
-            .unwrap_or(wire::MAX_PAGE_SIZE)
-            .clamp(1, wire::MAX_PAGE_SIZE);
+        let page_size = page_size_of(request);
         let mut inner = self.lock();
         // A continuation: `$skiptoken` names a snapshot.
         if let Some(skiptoken) = request.query.get("$skiptoken") {
@@ -73,7 +75,8 @@ impl Dynamics365Sim {
             });
             let (rows, deletions) = rows.unwrap_or_default();
             let current = inner.version;
-            let snapshot = Snapshot { set: set.to_owned(), select, rows, deletions, delta_version: Some(current) };
+            let snapshot =
+                Snapshot { set: set.to_owned(), select, rows, deletions, delta_version: Some(current), expand: None };
             return self.serve_first_page(&mut inner, snapshot, page_size, annotate, request);
         }
         if tracking {
@@ -94,6 +97,11 @@ impl Dynamics365Sim {
                 }
             }
         }
+        let expand = match request.query.get("$expand").map(|expand| expand_of(set, expand)) {
+            None => None,
+            Some(Ok(expand)) => Some(expand),
+            Some(Err(reply)) => return reply,
+        };
         let filter = match request.query.get("$filter").map(|filter| parse_filter(filter)) {
             Some(Ok(filter)) => Some(filter),
             Some(Err(problem)) => {
@@ -156,7 +164,48 @@ impl Dynamics365Sim {
             rows: ids,
             deletions: Vec::new(),
             delta_version: tracking.then_some(inner.version),
+            expand,
         };
+        self.serve_first_page(&mut inner, snapshot, page_size, annotate, request)
+    }
+
+    /// `GET salesorders(<id>)/order_details`: the filtered collection of one order's lines, which
+    /// an expansion's `order_details@odata.nextLink` names, paged like any entity set.
+    pub(super) fn order_lines_of(&self, address: &str, request: &Request<'_>) -> Reply {
+        let select = match select_of(wire::LINES_SET, request) {
+            Ok(select) => select,
+            Err(reply) => return reply,
+        };
+        let mut inner = self.lock();
+        let order = match inner.locate("salesorders", address) {
+            Err(reply) => return reply,
+            Ok(None) => return not_found("salesorders", address),
+            Ok(Some(order)) => order,
+        };
+        let rows = inner
+            .tables
+            .get(wire::LINES_SET)
+            .map(|lines| {
+                lines
+                    .iter()
+                    .filter(|(_, row)| {
+                        row.deleted.is_none()
+                            && row.fields.get(wire::LINE_ORDER).and_then(Value::as_str) == Some(order.as_str())
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let snapshot = Snapshot {
+            set: wire::LINES_SET.to_owned(),
+            select,
+            rows,
+            deletions: Vec::new(),
+            delta_version: None,
+            expand: None,
+        };
+        let page_size = page_size_of(request);
+        let annotate = request.prefers("odata.include-annotations");
         self.serve_first_page(&mut inner, snapshot, page_size, annotate, request)
     }
 
@@ -197,6 +246,13 @@ impl Dynamics365Sim {
         let set = snapshot.set.clone();
         let select = snapshot.select.clone();
         let total_rows = snapshot.rows.len();
+        let page_end = (start + page_size).min(total_rows);
+        let mut expanded = match &snapshot.expand {
+            Some(line_select) if start < page_end => {
+                inner.expanded_lines(snapshot.rows.get(start..page_end).unwrap_or_default(), line_select, annotate)
+            }
+            _ => HashMap::new(),
+        };
         let mut value: Vec<Value> = Vec::new();
         let mut position = start;
         while value.len() < page_size && position < total_rows + snapshot.deletions.len() {
@@ -205,6 +261,23 @@ impl Dynamics365Sim {
                     self.faults.drift(&mut row);
                     if matches!(set.as_str(), "accounts" | "leads" | "opportunities" | "salesorders") {
                         self.faults.garble(&snapshot.rows[position], &mut row);
+                    }
+                    if let Some(line_select) = &snapshot.expand {
+                        let id = &snapshot.rows[position];
+                        let lines = expanded.remove(id.as_str()).unwrap_or_default();
+                        let select_param: String = url::form_urlencoded::Serializer::new(String::new())
+                            .append_pair("$select", &line_select.join(","))
+                            .finish();
+                        row.insert(wire::ORDER_LINES.into(), Value::Array(lines));
+                        row.insert(
+                            format!("{}@odata.nextLink", wire::ORDER_LINES),
+                            json!(format!(
+                                "{}/api/data/{}/{set}({id})/{}?{select_param}",
+                                request.base,
+                                request.version,
+                                wire::ORDER_LINES
+                            )),
+                        );
                     }
                     value.push(Value::Object(row));
                 }
@@ -226,8 +299,12 @@ impl Dynamics365Sim {
         if start == 0 && request.query.get("$count").is_some_and(|count| count == "true") {
             body["@odata.count"] = json!((total_rows as u64).min(wire::COUNT_CAP));
         }
-        let select_param: String =
-            url::form_urlencoded::Serializer::new(String::new()).append_pair("$select", &select.join(",")).finish();
+        let mut select_param = url::form_urlencoded::Serializer::new(String::new());
+        select_param.append_pair("$select", &select.join(","));
+        if let Some(line_select) = &snapshot.expand {
+            select_param.append_pair("$expand", &format!("{}($select={})", wire::ORDER_LINES, line_select.join(",")));
+        }
+        let select_param = select_param.finish();
         if done {
             if let Some(version) = delta_version {
                 let token: String =
@@ -259,9 +336,26 @@ impl Dynamics365Sim {
     }
 }
 
+/// `Prefer: odata.maxpagesize` (at most, and by default, 5,000).
+fn page_size_of(request: &Request<'_>) -> usize {
+    request
+        .header("prefer")
+        .and_then(|prefer| {
+            prefer
+                .split(',')
+                .find_map(|part| part.trim().strip_prefix("odata.maxpagesize=").and_then(|n| n.parse::<usize>().ok()))
+        })
+        .unwrap_or(wire::MAX_PAGE_SIZE)
+        .clamp(1, wire::MAX_PAGE_SIZE)
+}
+
 pub(super) fn select_of(set: &str, request: &Request<'_>) -> Result<Vec<String>, Reply> {
+    select_columns(set, request.query.get("$select").map(String::as_str))
+}
+
+fn select_columns(set: &str, select: Option<&str>) -> Result<Vec<String>, Reply> {
     let known = readable(set);
-    let Some(select) = request.query.get("$select") else {
+    let Some(select) = select else {
         return Ok(known);
     };
     let mut columns = Vec::new();
@@ -313,4 +407,58 @@ fn order_of(set: &str, order: &str) -> Result<Vec<(String, bool)>, Reply> {
             Ok((property.to_owned(), descending))
         })
         .collect()
+}
+
+/// The order-line columns an `$expand` asks for: only `order_details` of `salesorders` exists in
+/// the simulated org, with a `$select` of its own (`$filter`, `$orderby` and `$top` inside an
+/// expansion are valid in Dataverse but not modelled here, so they are refused rather than ignored).
+fn expand_of(set: &str, expand: &str) -> Result<Vec<String>, Reply> {
+    let (property, options) = match expand.split_once('(') {
+        Some((property, rest)) => (property.trim(), Some(rest.strip_suffix(')').unwrap_or(rest))),
+        None => (expand.trim(), None),
+    };
+    if set != "salesorders" || property != wire::ORDER_LINES {
+        return Err(error(
+            StatusCode::BAD_REQUEST,
+            "0x80060888",
+            &format!("Could not find a property named '{property}' on type 'Microsoft.Dynamics.CRM.{}'.", logical(set)),
+        ));
+    }
+    let mut select = None;
+    for option in options.into_iter().flat_map(|options| options.split(';')) {
+        match option.split_once('=') {
+            Some(("$select", columns)) => select = Some(columns),
+            _ => {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    "0x80060888",
+                    &format!("The simulator does not model the $expand option '{option}'."),
+                ));
+            }
+        }
+    }
+    select_columns(wire::LINES_SET, select)
+}
+
+impl Inner {
+    /// The lines of `orders` as an expansion renders them (by order id), at most
+    /// [`wire::EXPANDED_ROWS_CAP`] each, in one pass over the lines table.
+    fn expanded_lines(&self, orders: &[String], select: &[String], annotate: bool) -> HashMap<String, Vec<Value>> {
+        let wanted: HashSet<&str> = orders.iter().map(String::as_str).collect();
+        let mut expanded: HashMap<String, Vec<Value>> = HashMap::new();
+        let Some(lines) = self.tables.get(wire::LINES_SET) else { return expanded };
+        for (id, row) in lines {
+            let Some(order) = row.fields.get(wire::LINE_ORDER).and_then(Value::as_str) else { continue };
+            if row.deleted.is_some() || !wanted.contains(order) {
+                continue;
+            }
+            let order_lines = expanded.entry(order.to_owned()).or_default();
+            if order_lines.len() < wire::EXPANDED_ROWS_CAP
+                && let Some(line) = self.render(wire::LINES_SET, id, select, annotate)
+            {
+                order_lines.push(Value::Object(line));
+            }
+        }
+        expanded
+    }
 }

@@ -28,6 +28,8 @@ pub(super) struct Snapshot {
     pub(super) deletions: Vec<String>,
     /// Delta link to hand out on the last page (change-tracked reads).
     pub(super) delta_version: Option<u64>,
+    /// Order-line columns of an `$expand=order_details(...)`, rendered into each order row.
+    pub(super) expand: Option<Vec<String>>,
 }
 
 pub(super) struct Inner {
