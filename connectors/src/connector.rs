@@ -685,38 +685,78 @@ impl ConnectorHost for MemoryHost {
 /// A shared host handle.
 pub type SharedHost = Arc<dyn ConnectorHost>;
 
-/// Drops changes already delivered within the overlap window, for vendors whose modification times
-/// have second precision (Zoho `Modified_Time`, Dataverse `modifiedon`): a re-read of the window, or
-/// equal stamps across a page boundary, never delivers a record twice.
-///
-/// `seen` holds the `(id, stamp in ms)` pairs delivered at or after the window's floor and is kept
-/// in the cursor; `max` is the newest upsert stamp delivered (the next lower bound); `other_window`
-/// is the lower bound of a second stream re-read with the same overlap (Zoho's deleted records).
-/// Pairs are kept down to the floor of the *older* of the two windows: each stream re-reads its own
-/// window, so pruning by the newer one would forget what the older stream is about to re-read.
-pub fn deliver_once(
-    changes: Vec<Change>,
-    seen: &mut Vec<(String, i64)>,
-    max: &mut Option<Timestamp>,
-    other_window: Option<Timestamp>,
-    overlap: std::time::Duration,
-) -> Vec<Change> {
-    deliver_page_once((changes, Vec::new()), seen, max, other_window, overlap).0
+/// A record delivered within the overlap window, kept in the cursor: its id, its modification time in
+/// milliseconds and a digest of what was delivered (`None` in cursors written before digests were kept:
+/// such a record is delivered again once if it is read again with the same stamp).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Delivered(String, i64, #[serde(default)] Option<u64>);
+
+/// A digest of what a change delivers (its data or deletion, and the vendor's unmapped fields): a
+/// record read again with the same stamp and the same digest is the same version.
+fn change_digest(change: &Change) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    // Serialising the canonical types cannot fail (string keys, no non-finite floats).
+    hasher.update(serde_json::to_vec(&change.kind).unwrap_or_default());
+    hasher.update([0]);
+    hasher.update(serde_json::to_vec(&change.extra).unwrap_or_default());
+    first_eight(&hasher.finalize())
 }
 
-/// [`deliver_once`] for a page with [`Undecodable`] records: they are delivered once too (a re-read
-/// of the window does not dead-letter them again) and their stamps move the window like upserts.
+/// [`change_digest`] of a record that could not be decoded: why.
+fn undecodable_digest(record: &Undecodable) -> u64 {
+    use sha2::{Digest, Sha256};
+    first_eight(&Sha256::digest(record.reason.as_bytes()))
+}
+
+fn first_eight(hash: &[u8]) -> u64 {
+    let mut bytes = [0u8; 8];
+    for (byte, value) in bytes.iter_mut().zip(hash) {
+        *byte = *value;
+    }
+    u64::from_le_bytes(bytes)
+}
+
+/// Drops changes already delivered within the overlap window: a re-read of the window, or equal
+/// stamps across a page boundary, never delivers a record twice. A record read again with the stamp
+/// it was delivered with but other content is delivered: vendors with whole-second modification
+/// times (Zoho `Modified_Time`, Dataverse `modifiedon`) stamp two edits within one second alike, and
+/// the second must not be taken for a re-read of the first (found by the kill test, issue 17).
+/// [`Undecodable`] records are delivered once too (a re-read of the window does not dead-letter them
+/// again) and their stamps move the window like upserts.
+///
+/// `seen` holds the records delivered at or after the window's floor and is kept in the cursor; `max`
+/// is the newest upsert stamp delivered (the next lower bound); `other_window` is the lower bound of
+/// a second stream re-read with the same overlap (Zoho's deleted records). Records are kept down to
+/// the floor of the *older* of the two windows: each stream re-reads its own window, so pruning by
+/// the newer one would forget what the older stream is about to re-read. Digests are computed only
+/// for the records kept and for the records read again with a kept stamp.
 pub fn deliver_page_once(
     (changes, undecodable): (Vec<Change>, Vec<Undecodable>),
-    seen: &mut Vec<(String, i64)>,
+    seen: &mut Vec<Delivered>,
     max: &mut Option<Timestamp>,
     other_window: Option<Timestamp>,
     overlap: std::time::Duration,
 ) -> (Vec<Change>, Vec<Undecodable>) {
-    let mut delivered: std::collections::HashSet<(String, i64)> = seen.drain(..).collect();
+    let mut delivered: std::collections::HashMap<(String, i64), Option<u64>> =
+        seen.drain(..).map(|Delivered(id, stamp, digest)| ((id, stamp), digest)).collect();
+    // Whether the record was delivered before with this stamp and this content; else it is noted.
+    let mut repeated = |key: (String, i64), digest: &dyn Fn() -> u64| match delivered.get_mut(&key) {
+        Some(known) => {
+            let digest = digest();
+            let same = *known == Some(digest);
+            *known = Some(digest);
+            same
+        }
+        None => {
+            delivered.insert(key, None);
+            false
+        }
+    };
     let mut fresh = Vec::with_capacity(changes.len());
     for change in changes {
-        if !delivered.insert((change.external_id.to_string(), change.modified_at.unix_millis())) {
+        let key = (change.external_id.to_string(), change.modified_at.unix_millis());
+        if repeated(key, &|| change_digest(&change)) {
             continue;
         }
         if !change.is_delete() && max.is_none_or(|newest| change.modified_at > newest) {
@@ -726,7 +766,8 @@ pub fn deliver_page_once(
     }
     let mut set_aside = Vec::with_capacity(undecodable.len());
     for record in undecodable {
-        if !delivered.insert((record.external_id.to_string(), record.modified_at.unix_millis())) {
+        let key = (record.external_id.to_string(), record.modified_at.unix_millis());
+        if repeated(key, &|| undecodable_digest(&record)) {
             continue;
         }
         if max.is_none_or(|newest| record.modified_at > newest) {
@@ -734,11 +775,28 @@ pub fn deliver_page_once(
         }
         set_aside.push(record);
     }
-    if let Some(oldest_bound) = max.iter().copied().chain(other_window).min() {
-        let floor = oldest_bound.saturating_add(overlap, false).unix_millis().div_euclid(1000) * 1000 - 1000;
-        delivered.retain(|(_, stamp)| *stamp >= floor);
+    let floor =
+        max.iter().copied().chain(other_window).min().map(|oldest_bound| {
+            oldest_bound.saturating_add(overlap, false).unix_millis().div_euclid(1000) * 1000 - 1000
+        });
+    if let Some(floor) = floor {
+        delivered.retain(|(_, stamp), _| *stamp >= floor);
     }
-    *seen = delivered.into_iter().collect();
+    // The digests of the records just delivered that the window keeps.
+    let kept = |stamp: i64| floor.is_none_or(|floor| stamp >= floor);
+    for change in fresh.iter().filter(|change| kept(change.modified_at.unix_millis())) {
+        let key = (change.external_id.to_string(), change.modified_at.unix_millis());
+        if let Some(known @ None) = delivered.get_mut(&key) {
+            *known = Some(change_digest(change));
+        }
+    }
+    for record in set_aside.iter().filter(|record| kept(record.modified_at.unix_millis())) {
+        let key = (record.external_id.to_string(), record.modified_at.unix_millis());
+        if let Some(known @ None) = delivered.get_mut(&key) {
+            *known = Some(undecodable_digest(record));
+        }
+    }
+    *seen = delivered.into_iter().map(|((id, stamp), digest)| Delivered(id, stamp, digest)).collect();
     seen.sort();
     (fresh, set_aside)
 }
@@ -770,5 +828,51 @@ mod tests {
         fetched.add_read((Entity::Account, "Account"), &asked, (vec![upsert.clone()], vec![bad.clone()]), at);
         let gone = Change::deleted(Entity::Account, "Account", ExternalId::new("001C"), at);
         assert_eq!(fetched, Fetched { changes: vec![upsert, gone], undecodable: vec![bad] });
+    }
+
+    fn deal(amount: i64, at: Timestamp) -> Change {
+        use crate::canonical::{Currency, Money, Opportunity};
+        Change {
+            kind: ChangeKind::Upsert {
+                data: EntityData::Opportunity(Opportunity {
+                    amount: Some(Money::new(amount.into(), Currency::new("EUR").unwrap())),
+                    ..Opportunity::default()
+                }),
+                completeness: Completeness::Full,
+            },
+            ..Change::deleted(Entity::Opportunity, "Deals", ExternalId::new("z18"), at)
+        }
+    }
+
+    /// Found by the kill test (issue 17): a Zoho deal edited twice within one second, read between
+    /// the edits; the re-read of the window found the second edit with the first one's stamp and took
+    /// it for the record already delivered, so the second amount never arrived.
+    #[test]
+    fn a_second_edit_stamped_in_the_same_second_is_delivered_and_a_plain_reread_is_not() {
+        let second: Timestamp = "2026-11-02T10:00:05Z".parse().unwrap();
+        let overlap = std::time::Duration::from_secs(1);
+        let (mut seen, mut max) = (Vec::new(), None);
+        let first = deliver_page_once((vec![deal(1190, second)], Vec::new()), &mut seen, &mut max, None, overlap);
+        assert_eq!(first.0.len(), 1);
+        // The cursor is stored and read back between pulls.
+        let mut seen: Vec<Delivered> = serde_json::from_str(&serde_json::to_string(&seen).unwrap()).unwrap();
+        let again = deliver_page_once((vec![deal(1190, second)], Vec::new()), &mut seen, &mut max, None, overlap);
+        assert!(again.0.is_empty(), "the same version read again is not delivered twice");
+        let later = deliver_page_once((vec![deal(1220, second)], Vec::new()), &mut seen, &mut max, None, overlap);
+        assert_eq!(later.0, vec![deal(1220, second)], "the second edit of that second is delivered");
+        let reread = deliver_page_once((vec![deal(1220, second)], Vec::new()), &mut seen, &mut max, None, overlap);
+        assert!(reread.0.is_empty());
+    }
+
+    #[test]
+    fn a_cursor_written_before_digests_reads_and_delivers_its_window_once_more() {
+        let second: Timestamp = "2026-11-02T10:00:05Z".parse().unwrap();
+        let mut seen: Vec<Delivered> = serde_json::from_str(r#"[["z18", 1793613605000]]"#).unwrap();
+        assert_eq!(seen, vec![Delivered("z18".into(), second.unix_millis(), None)]);
+        let mut max = Some(second);
+        let overlap = std::time::Duration::from_secs(1);
+        let page = || (vec![deal(1190, second)], Vec::new());
+        assert_eq!(deliver_page_once(page(), &mut seen, &mut max, None, overlap).0.len(), 1);
+        assert!(deliver_page_once(page(), &mut seen, &mut max, None, overlap).0.is_empty());
     }
 }

@@ -630,17 +630,21 @@ fn merge_fields(
     let mut provenance_touched = false;
     for (field, value) in incoming {
         let current_value = merged.get(&field).cloned().unwrap_or(Value::Null);
-        if current_value != value && pushed.get(&field).is_some_and(|hash| *hash == field_hash(&field, &value)) {
-            // The value crmsync itself last wrote there, read back after the canonical value moved on:
-            // a push still on its way, or a vendor that holds the canonical value as a coarser one
-            // (an order shipped, in a CRM with one value for shipped and delivered). Not a change.
+        if pushed.get(&field).is_some_and(|hash| *hash == field_hash(&field, &value)) {
+            // The value crmsync itself last wrote there, read back: not the source's assertion. After
+            // the canonical value moved on it is a push still on its way, or a vendor that holds the
+            // canonical value as a coarser one (an order shipped, in a CRM with one value for shipped
+            // and delivered): not a change. Equal to the canonical value it is our own copy, and its
+            // (later) modification time must not become the field's provenance: a user's edit made
+            // in the originating CRM after the copy was written, stamped earlier (Zoho's whole
+            // seconds against Salesforce's milliseconds) or read later, would lose to it.
             continue;
         }
         let provenance = record.provenance.get(&field);
         let verdict = judge(rules, entity, &field, provenance, &current_value, source, change.modified_at, last_seen);
         if current_value == value {
-            // Same value: no change, but a winning, newer assertion of it becomes its provenance, so the
-            // outcome does not depend on the order changes arrive in.
+            // Same value, asserted by the source itself: no change, but a winning, newer assertion of
+            // it becomes its provenance, so the outcome does not depend on the order changes arrive in.
             let incoming_provenance = Provenance {
                 connection: Some(source.clone()),
                 modified_at: change.modified_at,

@@ -232,6 +232,39 @@ fn a_field_read_back_as_crmsync_last_pushed_it_keeps_the_canonical_value_until_t
     assert_eq!(back.changed_fields, vec!["industry".to_owned()]);
 }
 
+/// Found by the kill test (issue 17): a Zoho deal's amount edited twice, the second edit lost. The
+/// copy crmsync wrote to Salesforce came back in a read that was not a whole echo (another field
+/// had changed there), and its later `SystemModstamp` became the amount's provenance; the Zoho
+/// user's next edit, stamped in whole seconds and so earlier than that copy, then lost under
+/// newest-wins although nobody else had touched the amount.
+#[test]
+fn our_copy_read_back_with_another_change_never_takes_the_fields_provenance() {
+    let rules = Rules::default();
+    let mut record = apply(None, &account_change("z1", 10, "Acme", Some("Retail")), "zoho", &rules).record.unwrap();
+    record.links.push(Link {
+        connection: connection("sf"),
+        object: "Account".into(),
+        external_id: ExternalId::new("001"),
+        last_modified: Some(ts(11)),
+        last_version: None,
+        pushed_hash: Some(pushed_hash(&record.data)),
+        matched_by: MatchReason::Pushed,
+        extra: serde_json::Map::new(),
+    });
+    // A Salesforce user renames the account at 20; the industry read with it is crmsync's copy.
+    let renamed = apply(Some(&record), &account_change("001", 20, "Acme Corp", Some("Retail")), "sf", &rules);
+    assert_eq!(renamed.changed_fields, vec!["name".to_owned()]);
+    let renamed = renamed.record.unwrap();
+    assert_eq!(renamed.provenance["industry"].connection, Some(connection("zoho")), "our copy asserts nothing");
+    assert_eq!(renamed.provenance["industry"].modified_at, ts(10));
+    // A Zoho user changed the industry at 15 (read after the rename): the only edit of that field.
+    let edited = apply(Some(&renamed), &account_change("z1", 15, "Acme", Some("Energy")), "zoho", &rules);
+    assert_eq!(edited.changed_fields, vec!["industry".to_owned()], "{:?}", edited.conflicts);
+    let record = edited.record.unwrap();
+    let EntityData::Account(account) = &record.data else { panic!() };
+    assert_eq!((account.name.as_deref(), account.industry.as_deref()), (Some("Acme Corp"), Some("Energy")));
+}
+
 #[test]
 fn a_field_a_push_leaves_out_keeps_the_hash_of_what_the_vendor_holds() {
     let before = EntityData::Account(Account {

@@ -77,7 +77,7 @@ use wire::{BatchRequest, BatchResponse, EntityCollection};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, Fetched, FullRead, IdPage, Mapped, Outgoing,
+    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, Delivered, Fetched, FullRead, IdPage, Mapped, Outgoing,
     OutgoingOp, Page, PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookParser, WebhookReply,
     deliver_page_once,
 };
@@ -145,7 +145,7 @@ struct Position {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max: Option<Timestamp>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    seen: Vec<(String, i64)>,
+    seen: Vec<Delivered>,
     /// A full read of orders with their lines in progress (see [`OrderRead`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     orders: Option<OrderRead>,

@@ -75,7 +75,7 @@ mod tests;
 pub mod webhook;
 pub mod wire;
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
 use std::sync::Arc;
 
@@ -87,9 +87,9 @@ pub use config::{SalesforceAuth, SalesforceConfig, SalesforceWebhook};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, OrderStatus, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, ChangeKind, CheckReport, Connector, Cursor, Fetched, IdPage, Mapped, Outgoing, OutgoingOp,
-    Page, PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookEvent, WebhookParser, WebhookReply,
-    deletes_to_send,
+    ApiEvent, ApiUsage, ChangeKind, CheckReport, Connector, Cursor, Delivered, Fetched, IdPage, Mapped, Outgoing,
+    OutgoingOp, Page, PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookEvent, WebhookParser,
+    WebhookReply, deletes_to_send, deliver_page_once,
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
@@ -227,9 +227,9 @@ struct Position {
     /// Highest `SystemModstamp` delivered.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max: Option<Timestamp>,
-    /// `(Id, SystemModstamp ms)` delivered within the overlap window below `max`.
+    /// `(Id, SystemModstamp ms, digest)` delivered within the overlap window below `max`.
     #[serde(default)]
-    seen: Vec<(String, i64)>,
+    seen: Vec<Delivered>,
     /// Whether the first full read is done (then `queryAll` with deletes).
     #[serde(default)]
     incremental: bool,
@@ -988,7 +988,7 @@ impl Connector for SalesforceConnector {
 }
 
 impl SalesforceConnector {
-    /// Maps rows and keeps only those not delivered before (same `Id` and `SystemModstamp`),
+    /// Maps rows and keeps only those not delivered before (same `Id`, `SystemModstamp` and content),
     /// advancing the cursor's high-water mark and its overlap window.
     fn deliver(
         &self,
@@ -997,37 +997,8 @@ impl SalesforceConnector {
         currency: Option<&Currency>,
         position: &mut Position,
     ) -> Result<Mapped, ConnectorError> {
-        let (mapped, set_aside) = self.map_rows(entity, rows, currency)?;
-        let mut seen: HashSet<(String, i64)> = position.seen.drain(..).collect();
-        let mut changes = Vec::with_capacity(mapped.len());
-        for change in mapped {
-            let key = (change.external_id.to_string(), change.modified_at.unix_millis());
-            if !seen.insert(key) {
-                continue;
-            }
-            if position.max.is_none_or(|max| change.modified_at > max) {
-                position.max = Some(change.modified_at);
-            }
-            changes.push(change);
-        }
-        // Undecodable records are delivered once too, and move the window like the others.
-        let mut undecodable = Vec::with_capacity(set_aside.len());
-        for record in set_aside {
-            if !seen.insert((record.external_id.to_string(), record.modified_at.unix_millis())) {
-                continue;
-            }
-            if position.max.is_none_or(|max| record.modified_at > max) {
-                position.max = Some(record.modified_at);
-            }
-            undecodable.push(record);
-        }
-        if let Some(max) = position.max {
-            let floor = lower_bound(max, self.settings.overlap).unix_millis();
-            seen.retain(|(_, stamp)| *stamp >= floor);
-        }
-        position.seen = seen.into_iter().collect();
-        position.seen.sort();
-        Ok((changes, undecodable))
+        let mapped = self.map_rows(entity, rows, currency)?;
+        Ok(deliver_page_once(mapped, &mut position.seen, &mut position.max, None, self.settings.overlap))
     }
 
     /// sObject Collections update (`PATCH /composite/sobjects`), one result per record in order.

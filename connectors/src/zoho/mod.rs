@@ -42,9 +42,9 @@ pub use config::{DATA_CENTRES, ZohoConfig, ZohoWebhook};
 
 use crate::canonical::{ConnectionId, Currency, Entity, ExternalId, Timestamp, VendorKind};
 use crate::connector::{
-    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, Fetched, IdPage, Mapped, Outgoing, OutgoingOp, Page,
-    PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookParser, WebhookReply, deletes_to_send,
-    deliver_page_once,
+    ApiEvent, ApiUsage, Change, CheckReport, Connector, Cursor, Delivered, Fetched, IdPage, Mapped, Outgoing,
+    OutgoingOp, Page, PushOutcome, PushReport, SharedHost, Undecodable, WebhookDelivery, WebhookParser, WebhookReply,
+    deletes_to_send, deliver_page_once,
 };
 use crate::describe::{self, DescribeCache};
 use crate::error::{ConnectorError, WebhookError};
@@ -87,7 +87,7 @@ struct Position {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     max: Option<Timestamp>,
     #[serde(default)]
-    seen: Vec<(String, i64)>,
+    seen: Vec<Delivered>,
     #[serde(default)]
     incremental: bool,
     /// Records read through the current page-token chain (Zoho stops at 100,000).

