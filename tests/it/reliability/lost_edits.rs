@@ -60,28 +60,31 @@ async fn zoho_edits_stamped_in_one_second_or_before_our_copy_are_never_lost() {
     ok(env.run(&["sync"]).await);
     ok(env.run(&["sync"]).await);
     let deal = vendors.zoho.state().live_ids(Entity::Opportunity).remove(0);
-    // A whole second ten seconds ago: within the default 5-minute overlap the next pull re-reads.
-    let now = Timestamp::now().unix_millis();
-    let second = Timestamp::from_unix_millis(now.div_euclid(1000) * 1000 - 10_000).unwrap();
+    // This whole second: no write crmsync made to the deal is stamped after it.
+    let second = Timestamp::from_unix_millis(Timestamp::now().unix_millis().div_euclid(1000) * 1000).unwrap();
+    let modified = || vendors.zoho.state().modified_time(Entity::Opportunity, &deal).unwrap();
 
     // Two edits within that second, a pull between them: the second one carries the first's stamp.
     assert!(vendors.zoho.state().edit_at(Entity::Opportunity, &deal, &[("Amount", json!(1190))], second));
-    ok(env.run(&["sync"]).await);
-    let (canonical, copy, _) = amounts(&env, &vendors, &deal).await;
-    assert_eq!((canonical, copy), (json!("1190"), Some(1190.0)));
-    assert!(vendors.zoho.state().edit_at(Entity::Opportunity, &deal, &[("Amount", json!(1220))], second));
-    ok(env.run(&["sync"]).await);
+    let stamp = modified();
     ok(env.run(&["sync"]).await);
     let (canonical, copy, in_salesforce) = amounts(&env, &vendors, &deal).await;
+    assert_eq!((canonical, copy), (json!("1190"), Some(1190.0)));
+    assert_eq!(modified(), stamp, "crmsync wrote nothing to the deal since the edit");
+    assert!(vendors.zoho.state().edit_at(Entity::Opportunity, &deal, &[("Amount", json!(1220))], second));
+    assert_eq!(modified(), stamp, "the second edit has the first one's Modified_Time");
+    ok(env.run(&["sync"]).await);
+    ok(env.run(&["sync"]).await);
+    let (canonical, copy, _) = amounts(&env, &vendors, &deal).await;
     assert_eq!((canonical, copy), (json!("1220"), Some(1220.0)), "the second edit of that second arrived");
 
-    // A Salesforce user renames the copy now (a millisecond stamp, seconds after the Zoho edit below),
-    // and crmsync reads that change, with the amount it wrote there, before Zoho's.
+    // A Salesforce user renames the copy (a millisecond stamp), and the Zoho user then changes the
+    // amount within the same second: Zoho stamps that edit with the whole second, before the rename.
     assert!(vendors.salesforce.state().edit(Entity::Opportunity, &in_salesforce, &[("Name", json!("Renamed"))]));
-    // The Zoho user's edit is stamped a second after the earlier ones: before the rename, after
-    // everything else crmsync read of the amount.
-    let next_second = Timestamp::from_unix_millis(second.unix_millis() + 1000).unwrap();
-    assert!(vendors.zoho.state().edit_at(Entity::Opportunity, &deal, &[("Amount", json!(1250))], next_second));
+    let renamed_at = vendors.salesforce.state().modstamp(Entity::Opportunity, &in_salesforce).unwrap();
+    let zoho_second = Timestamp::from_unix_millis(renamed_at.unix_millis().div_euclid(1000) * 1000).unwrap();
+    assert!(vendors.zoho.state().edit_at(Entity::Opportunity, &deal, &[("Amount", json!(1250))], zoho_second));
+    // crmsync reads the rename, with the amount it wrote there, before the Zoho edit.
     ok(env.run(&["sync", "--connection", "salesforce"]).await);
     ok(env.run(&["sync"]).await);
     ok(env.run(&["sync"]).await);

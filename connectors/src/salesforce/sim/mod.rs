@@ -282,6 +282,13 @@ impl SalesforceSim {
             .map(|row| row.fields.clone())
     }
 
+    /// A live row's `SystemModstamp` (tests).
+    pub fn modstamp(&self, entity: Entity, id: &str) -> Option<Timestamp> {
+        let inner = self.lock();
+        let row = inner.tables.get(wire::object(entity))?.rows.get(id).filter(|row| !row.deleted)?;
+        Timestamp::from_unix_millis(row.modstamp)
+    }
+
     /// Returns the ids of live rows (tests).
     pub fn live_ids(&self, entity: Entity) -> Vec<String> {
         self.lock()

@@ -221,6 +221,13 @@ impl ZohoSim {
             .map(|row| row.fields.clone())
     }
 
+    /// A live record's `Modified_Time` (tests).
+    pub fn modified_time(&self, entity: Entity, id: &str) -> Option<Timestamp> {
+        let inner = self.lock();
+        let row = inner.modules.get(wire::module(entity))?.get(id).filter(|row| row.deleted.is_none())?;
+        Timestamp::from_unix_seconds(row.modified)
+    }
+
     /// Edits a record as a user would (new `Modified_Time`).
     pub fn edit(&self, entity: Entity, id: &str, changes: &[(&str, Value)]) -> bool {
         let stamp = self.lock().tick();
