@@ -210,6 +210,7 @@ type Reply = oneshot::Sender<Result<IngestStats, IngestError>>;
 pub struct IngestHandle {
     sender: mpsc::Sender<(Batch, Reply)>,
     committed: Arc<AtomicU64>,
+    busy_nanos: Arc<AtomicU64>,
     caught_up: Arc<CaughtUp>,
 }
 
@@ -243,6 +244,13 @@ impl IngestHandle {
     /// plots memory against).
     pub fn records_committed(&self) -> u64 {
         self.committed.load(Ordering::Relaxed)
+    }
+
+    /// Returns how long the writer has spent applying batches (reconcile and commit, flushes
+    /// included) since it started: next to a pass's wall time, whether the single writer set its
+    /// pace (what `bench` reports).
+    pub fn busy(&self) -> std::time::Duration {
+        std::time::Duration::from_nanos(self.busy_nanos.load(Ordering::Relaxed))
     }
 
     /// Whether the writer's queue is full (webhooks get 503 then).
@@ -373,6 +381,7 @@ pub struct Ingestor {
     rules: IngestRules,
     receiver: mpsc::Receiver<(Batch, Reply)>,
     committed: Arc<AtomicU64>,
+    busy_nanos: Arc<AtomicU64>,
     caught_up: Arc<CaughtUp>,
 }
 
@@ -381,10 +390,18 @@ impl Ingestor {
     pub fn new(store: Store, rules: IngestRules, capacity: usize) -> (Self, IngestHandle) {
         let (sender, receiver) = mpsc::channel(capacity.max(1));
         let committed = Arc::new(AtomicU64::new(0));
+        let busy_nanos = Arc::new(AtomicU64::new(0));
         let caught_up = Arc::new(CaughtUp::now());
         (
-            Self { store, rules, receiver, committed: committed.clone(), caught_up: caught_up.clone() },
-            IngestHandle { sender, committed, caught_up },
+            Self {
+                store,
+                rules,
+                receiver,
+                committed: committed.clone(),
+                busy_nanos: busy_nanos.clone(),
+                caught_up: caught_up.clone(),
+            },
+            IngestHandle { sender, committed, busy_nanos, caught_up },
         )
     }
 
@@ -426,12 +443,15 @@ impl Ingestor {
             let store = self.store.clone();
             let rules = self.rules.clone();
             let count = batches.len();
+            let started = tokio::time::Instant::now();
             let results = tokio::task::spawn_blocking(move || apply_group(&store, &rules, batches))
                 .await
                 .unwrap_or_else(|join_error| {
                     let message = format!("ingest task failed: {join_error}");
                     (0..count).map(|_| Err(IngestError::Store(StoreError::Internal(message.clone())))).collect()
                 });
+            let busy = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.busy_nanos.fetch_add(busy, Ordering::Relaxed);
             for (result, reply) in results.into_iter().zip(replies) {
                 match &result {
                     Ok(stats) => {

@@ -10,9 +10,13 @@
 //!    reported as misses.
 //! 3. In this process, with the daemon's own parts (config, connectors, ingest writer, sled store on
 //!    disk): a full pull of every connection × entity into a fresh store, the same pass `crmsync sync`
-//!    runs, without pushes (no routes), sampling the resident set size every 100 ms. Reported:
+//!    runs, without pushes (no routes), sampling the resident set size every 100 ms. Every
+//!    connection's client may send `BENCH_REQUESTS_PER_SECOND` requests a second (the default is
+//!    10): the bench measures the engine, not the vendors' limits. Reported:
 //!    records/s for pull + reconcile + commit, the CPU time of this process per record and of the
-//!    simulators (their share of the pass), API calls per connection × entity next to the vendor
+//!    simulators (their share of the pass), what bound the pass (the connection it ended with, how
+//!    long its pulls spent reading pages and waiting for the writer, and how busy the single writer
+//!    was), API calls per connection × entity next to the vendor
 //!    minimum (⌈records / page maximum⌉, or a Bulk API 2.0 job's calls for a large Salesforce load,
 //!    plus ⌈lines / 5,000⌉ for the Dataverse order lines, a table of their own: `minimum_data_calls`),
 //!    the resident set before, at its peak, after, and as a curve
@@ -51,6 +55,11 @@ use crate::metrics::Scope;
 use crate::metrics::scan::{report as metrics_report, reports as metrics_reports};
 use crate::scheduler::pass::{PassReport, run_pass};
 use crate::telemetry::{self, LogStyle};
+
+/// The request rate the bench gives every connection's client (`rate_limit.per_second`), far above
+/// what a pass can send: the bench measures crmsync's engine, not the vendors' limits. With the
+/// default of 10 requests/s, Zoho's 200 records a call alone capped a pass at 2,000 records/s.
+const BENCH_REQUESTS_PER_SECOND: u64 = 100_000;
 
 /// The vendors' largest page (crm-apis.md): the minimum data calls of a full pull is ⌈N / this⌉.
 fn page_maximum(kind: VendorKind) -> u64 {
@@ -101,8 +110,38 @@ pub struct BenchRow {
     pub api_calls: u64,
     /// The fewest data calls the vendor allows on the connector's path (`minimum_data_calls`).
     pub minimum_data_calls: u64,
-    /// Seconds from the first call to caught up (connections run in parallel).
+    /// Seconds from the first call to caught up (connections run in parallel, a connection's
+    /// entities one after the other).
     pub seconds: f64,
+    /// Of `seconds`: in the connector's calls for pages (HTTP, decoding, rate-limit waits).
+    pub reading_seconds: f64,
+    /// Of `seconds`: waiting for the single writer to reconcile and commit the pages (its queue
+    /// included).
+    pub committing_seconds: f64,
+    /// Of `reading_seconds`: waiting for the connection's client rate limit (or a vendor's pause).
+    pub rate_limit_waited_seconds: f64,
+}
+
+/// What set the length of the full pass.
+#[derive(Debug, Serialize)]
+pub struct PassBound {
+    /// The connection whose pulls (its entities one after the other) took longest: the pass ended
+    /// with it.
+    pub last_connection: String,
+    /// Its pulls' seconds.
+    pub last_connection_seconds: f64,
+    /// Of those, in its connector's calls (HTTP, decoding, rate-limit waits).
+    pub last_connection_reading_seconds: f64,
+    /// Of those, waiting for the writer.
+    pub last_connection_committing_seconds: f64,
+    /// Seconds the single writer spent reconciling and committing during the pass.
+    pub writer_busy_seconds: f64,
+    /// `writer_busy_seconds` as a share of the pass, in percent.
+    pub writer_busy_percent: f64,
+    /// `writer` when the writer was busy for at least 90 % of the pass, otherwise `reading
+    /// <connection>` or `committing <connection>` after what the last connection spent most of its
+    /// time on.
+    pub bound_by: String,
 }
 
 /// Resident set size, in MiB.
@@ -164,6 +203,12 @@ pub struct BenchReport {
     pub simulators_replay: ReplayStats,
     /// The full pass, per connection × entity.
     pub full_pass: Vec<BenchRow>,
+    /// What set the length of the full pass.
+    pub bound: PassBound,
+    /// The request rate every connection's client was allowed in the bench
+    /// (`BENCH_REQUESTS_PER_SECOND`, not the connections' default of 10): the vendors' real
+    /// limits are not what is measured.
+    pub rate_limit_per_second: u64,
     /// Order lines the Dataverse simulator holds (`salesorderdetails`), counted in the minimum of
     /// its orders' full read.
     pub dataverse_order_lines: u64,
@@ -355,8 +400,47 @@ fn rows(pass: &PassReport, vendors: &BTreeMap<String, crate::config::VendorConfi
                 .get(&row.connection)
                 .map_or(0, |vendor| minimum_data_calls(vendor, &row.entity, row.records_in, order_lines)),
             seconds: row.duration_ms as f64 / 1000.0,
+            reading_seconds: row.reading_ms as f64 / 1000.0,
+            committing_seconds: row.committing_ms as f64 / 1000.0,
+            rate_limit_waited_seconds: row.waited_ms as f64 / 1000.0,
         })
         .collect()
+}
+
+/// What set the length of a pass of `pass_seconds` whose writer was busy `writer_busy_seconds`:
+/// connections pull in parallel (their entities one after the other) into one writer, so the pass
+/// lasts as long as its slowest connection, and that connection either waited for its pages or for
+/// the writer.
+fn pass_bound(rows: &[BenchRow], pass_seconds: f64, writer_busy_seconds: f64) -> PassBound {
+    let mut by_connection: BTreeMap<&str, (f64, f64, f64)> = BTreeMap::new();
+    for row in rows {
+        let sums = by_connection.entry(row.connection.as_str()).or_default();
+        sums.0 += row.seconds;
+        sums.1 += row.reading_seconds;
+        sums.2 += row.committing_seconds;
+    }
+    let (last, (seconds, reading, committing)) = by_connection
+        .into_iter()
+        .max_by(|(_, left), (_, right)| left.0.total_cmp(&right.0))
+        .unwrap_or(("", (0.0, 0.0, 0.0)));
+    let writer_busy_percent = writer_busy_seconds * 100.0 / pass_seconds.max(f64::EPSILON);
+    let bound_by = if writer_busy_percent >= 90.0 {
+        "writer".to_owned()
+    } else if reading >= committing {
+        format!("reading {last}")
+    } else {
+        format!("committing {last}")
+    };
+    let round = |value: f64| (value * 100.0).round() / 100.0;
+    PassBound {
+        last_connection: last.to_owned(),
+        last_connection_seconds: round(seconds),
+        last_connection_reading_seconds: round(reading),
+        last_connection_committing_seconds: round(committing),
+        writer_busy_seconds: round(writer_busy_seconds),
+        writer_busy_percent: (writer_busy_percent * 10.0).round() / 10.0,
+        bound_by,
+    }
 }
 
 fn failures(pass: &PassReport) -> Option<String> {
@@ -393,6 +477,10 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     let (connections, secrets) =
         super::demo::simulator_connections(&salesforce.base_url, &zoho.base_url, &dynamics365.base_url);
     toml.push_str(&connections);
+    // Sub-tables of the connections' tables above: a client rate limit no pass reaches.
+    for connection in ["salesforce", "zoho", "dynamics365"] {
+        writeln!(toml, "[connections.{connection}.rate_limit]\nper_second = {BENCH_REQUESTS_PER_SECOND}\n")?;
+    }
     writeln!(
         toml,
         "[reconcile]\nsource_priority = [\"salesforce\", \"zoho\", \"dynamics365\"]\n\n\
@@ -434,9 +522,10 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     let step = (size.total() as u64 / 10).max(1);
     let (peak, sampler) = sample_rss(stop_sampling.clone(), move || ingest.records_committed(), step);
     let simulators_cpu_before: f64 = simulators.iter().map(|simulator| simulator.cpu_seconds()).sum();
-    let (started, cpu_before) = (Instant::now(), cpu_seconds().unwrap_or(0.0));
+    let (started, cpu_before, writer_before) = (Instant::now(), cpu_seconds().unwrap_or(0.0), app.ingest.busy());
     let full = run_pass(&app.connectors, &app.store, &app.ingest, &policies, &selection, &cancel).await;
     let full_seconds = started.elapsed().as_secs_f64();
+    let writer_busy = app.ingest.busy().saturating_sub(writer_before).as_secs_f64();
     let daemon_cpu = cpu_seconds().unwrap_or(0.0) - cpu_before;
     let simulators_cpu =
         simulators.iter().map(|simulator| simulator.cpu_seconds()).sum::<f64>() - simulators_cpu_before;
@@ -489,6 +578,8 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     app.shutdown().await?;
     drop((salesforce, zoho, dynamics365));
 
+    let full_pass = rows(&full, &kinds, dataverse_order_lines);
+    let bound = pass_bound(&full_pass, full_seconds, writer_busy);
     Ok(BenchReport {
         world_records: size.total(),
         records_pulled,
@@ -498,7 +589,9 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
         daemon_cpu_seconds: (daemon_cpu * 100.0).round() / 100.0,
         simulators_cpu_seconds: (simulators_cpu * 100.0).round() / 100.0,
         simulators_replay: replay,
-        full_pass: rows(&full, &kinds, dataverse_order_lines),
+        full_pass,
+        bound,
+        rate_limit_per_second: BENCH_REQUESTS_PER_SECOND,
         dataverse_order_lines,
         memory: Memory {
             before_mib: mib(before),
@@ -687,6 +780,26 @@ fn render(report: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
+        "  every connection's client may send {} requests/s here (its default is 10): this measures crmsync's \
+         engine, not the vendors' real limits (at 10 requests/s Zoho's 200 records a call alone cap a pass at \
+         2,000 records/s)",
+        report.rate_limit_per_second
+    );
+    let bound = &report.bound;
+    let _ = writeln!(
+        out,
+        "  the pass ended with {} ({:.2} s: {:.2} s reading pages, {:.2} s waiting for the writer); the single \
+         writer (reconcile + commit) was busy {:.2} s ({:.1} % of the pass): bound by {}",
+        bound.last_connection,
+        bound.last_connection_seconds,
+        bound.last_connection_reading_seconds,
+        bound.last_connection_committing_seconds,
+        bound.writer_busy_seconds,
+        bound.writer_busy_percent,
+        bound.bound_by
+    );
+    let _ = writeln!(
+        out,
         "resident memory: {} MiB before, {} MiB peak, {} MiB after (high-water mark {} MiB; store page cache {} MiB; bar: < 150 MiB)",
         report.memory.before_mib,
         report.memory.peak_mib,
@@ -706,17 +819,29 @@ fn render(report: &BenchReport) -> String {
     );
     let _ = writeln!(
         out,
-        "{:<14} {:<12} {:>10} {:>9} {:>11} {:>14} {:>18}",
-        "connection", "entity", "records", "seconds", "full calls", "minimum data", "incremental calls"
+        "{:<14} {:<12} {:>10} {:>9} {:>9} {:>11} {:>8} {:>11} {:>14} {:>18}",
+        "connection",
+        "entity",
+        "records",
+        "seconds",
+        "reading",
+        "committing",
+        "limiter",
+        "full calls",
+        "minimum data",
+        "incremental calls"
     );
     for (row, incremental) in report.full_pass.iter().zip(&report.incremental_calls) {
         let _ = writeln!(
             out,
-            "{:<14} {:<12} {:>10} {:>9.2} {:>11} {:>14} {:>18}",
+            "{:<14} {:<12} {:>10} {:>9.2} {:>9.2} {:>11.2} {:>8.2} {:>11} {:>14} {:>18}",
             row.connection,
             row.entity,
             row.records,
             row.seconds,
+            row.reading_seconds,
+            row.committing_seconds,
+            row.rate_limit_waited_seconds,
             row.api_calls,
             row.minimum_data_calls,
             incremental.api_calls
@@ -724,8 +849,10 @@ fn render(report: &BenchReport) -> String {
     }
     let _ = writeln!(
         out,
-        "\n(full calls include token, metadata and lookup calls; the minimum of Dataverse orders counts their {} \
-         lines, a table read of its own; the incremental bar is ≤ 1 call per entity)\n",
+        "\n(seconds = reading pages (HTTP, decoding) + committing (waiting for the writer); limiter = of the \
+         reading, waiting for the client rate limit; full calls include token, metadata and lookup calls; the \
+         minimum of Dataverse orders counts their {} lines, a table read of its own; the incremental bar is \
+         ≤ 1 call per entity)\n",
         report.dataverse_order_lines
     );
     let _ = writeln!(
@@ -748,4 +875,43 @@ fn render(report: &BenchReport) -> String {
         hooks.max_ms
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(connection: &str, entity: &str, reading: f64, committing: f64) -> BenchRow {
+        BenchRow {
+            connection: connection.to_owned(),
+            entity: entity.to_owned(),
+            records: 0,
+            api_calls: 0,
+            minimum_data_calls: 0,
+            seconds: reading + committing,
+            reading_seconds: reading,
+            committing_seconds: committing,
+            rate_limit_waited_seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn the_pass_is_bound_by_its_slowest_connection_or_by_a_writer_busy_nearly_all_of_it() {
+        // Zoho's entities, one after the other, take 9 s; Salesforce's 5 s.
+        let rows = [
+            row("salesforce", "account", 1.0, 1.0),
+            row("salesforce", "lead", 2.0, 1.0),
+            row("zoho", "account", 3.0, 1.0),
+            row("zoho", "lead", 4.0, 1.0),
+        ];
+        let reading = pass_bound(&rows, 9.0, 4.5);
+        assert_eq!(reading.last_connection, "zoho");
+        assert_eq!(reading.last_connection_seconds, 9.0);
+        assert_eq!((reading.last_connection_reading_seconds, reading.last_connection_committing_seconds), (7.0, 2.0));
+        assert_eq!(reading.writer_busy_percent, 50.0);
+        assert_eq!(reading.bound_by, "reading zoho");
+        assert_eq!(pass_bound(&rows, 9.0, 8.1).bound_by, "writer", "busy 90 % of the pass");
+        let waiting = [row("zoho", "account", 1.0, 3.0), row("salesforce", "account", 1.0, 1.0)];
+        assert_eq!(pass_bound(&waiting, 4.0, 2.0).bound_by, "committing zoho");
+    }
 }

@@ -58,6 +58,11 @@ pub struct PassRow {
     pub waited_ms: u64,
     /// Wall time spent (pull + push).
     pub duration_ms: u64,
+    /// Of the pull's wall time: in the connector's calls for pages (HTTP, decoding, rate-limit
+    /// waits, retries), ms.
+    pub reading_ms: u64,
+    /// Of the pull's wall time: waiting for the writer to commit the pages, ms.
+    pub committing_ms: u64,
     /// What failed, if anything.
     pub error: Option<String>,
 }
@@ -204,6 +209,8 @@ pub async fn run_pass<C: Connector>(
                 row.duration_ms += u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
                 match result {
                     Ok(summary) => {
+                        row.reading_ms += u64::try_from(summary.reading.as_millis()).unwrap_or(u64::MAX);
+                        row.committing_ms += u64::try_from(summary.committing.as_millis()).unwrap_or(u64::MAX);
                         row.records_in += summary.stats.records_in();
                         row.applied += summary.stats.created + summary.stats.updated + summary.stats.deleted;
                         row.dead_lettered += summary.stats.dead_lettered;

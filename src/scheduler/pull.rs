@@ -52,6 +52,10 @@ pub struct PullSummary {
     pub stats: IngestStats,
     /// The vendor's total for the read, as last said by a page ([`crmsync_connectors::Page::total`]).
     pub total: Option<u64>,
+    /// Time spent in the connector's calls for pages (HTTP, decoding, rate-limit waits, retries).
+    pub reading: Duration,
+    /// Time spent waiting for the writer to commit the pages (queue and commit).
+    pub committing: Duration,
 }
 
 impl PullSummary {
@@ -88,7 +92,10 @@ pub async fn catch_up<C: Connector>(
         }
         // The connector's retry and throttling logs carry the connection and entity from this span.
         let span = tracing::info_span!("pull", connection = %connection, entity = %entity);
-        let page = match connector.pull(entity, cursor.as_ref()).instrument(span).await {
+        let reading = tokio::time::Instant::now();
+        let pulled = connector.pull(entity, cursor.as_ref()).instrument(span).await;
+        summary.reading += reading.elapsed();
+        let page = match pulled {
             Ok(page) => page,
             Err(error) if error.retry_advice() == RetryAdvice::Resync && !resynced => {
                 tracing::warn!(connection = %connection, entity = %entity, error = %error_chain(&error), "cursor expired, resynchronising from the start");
@@ -106,6 +113,7 @@ pub async fn catch_up<C: Connector>(
         for record in &page.undecodable {
             tracing::warn!(connection = %connection, entity = %entity, id = %record.external_id, reason = %record.reason, "record could not be decoded: dead-lettered, the pull goes on");
         }
+        let committing = tokio::time::Instant::now();
         let stats = ingest
             .submit(Batch::Pulled {
                 connection: connection.clone(),
@@ -118,6 +126,7 @@ pub async fn catch_up<C: Connector>(
             })
             .await
             .map_err(|source| PullError::Ingest { entity, source })?;
+        summary.committing += committing.elapsed();
         summary.pages += 1;
         summary.stats.add(&stats);
         if total.is_some() {

@@ -237,7 +237,22 @@ async fn bench_syncs_a_shared_world_into_one_record_per_customer_and_counts_the_
     assert_eq!(full.len(), 12, "three connections × four entities");
     for row in full {
         assert!(row["api_calls"].as_u64() >= row["minimum_data_calls"].as_u64(), "{row}");
+        // A pull's time is its reading of pages and its waiting for the writer (and little else).
+        let parts = row["reading_seconds"].as_f64().unwrap() + row["committing_seconds"].as_f64().unwrap();
+        assert!(parts <= row["seconds"].as_f64().unwrap() + 1e-9, "{row}");
     }
+    // The clients' rate limit is not the connections' default 10 requests/s: the bench measures the
+    // engine, and says what bound the pass (the connection it ended with, and the writer's share).
+    assert_eq!(report["rate_limit_per_second"].as_u64(), Some(100_000), "{report:#}");
+    let bound = &report["bound"];
+    let last = bound["last_connection"].as_str().unwrap();
+    assert!(["salesforce", "zoho", "dynamics365"].contains(&last), "{bound}");
+    assert!(bound["writer_busy_seconds"].as_f64().unwrap() > 0.0, "the writer committed the pass: {bound}");
+    let bound_by = bound["bound_by"].as_str().unwrap();
+    assert!(
+        bound_by == "writer" || bound_by == format!("reading {last}") || bound_by == format!("committing {last}"),
+        "{bound}"
+    );
     // Dataverse order lines are a table read of its own: its minimum counts them (one page of
     // orders and one of lines in a world this small).
     assert!(report["dataverse_order_lines"].as_u64().unwrap() > 0, "{report:#}");
