@@ -138,7 +138,7 @@ pub struct BenchArgs {
     #[arg(long)]
     pub data_dir: Option<PathBuf>,
     /// The store's page cache in MiB for the measured pass (default: `daemon.store_cache_mib`'s
-    /// default, 64).
+    /// default, 16).
     #[arg(long)]
     pub store_cache_mib: Option<u64>,
     /// Print the measurements as JSON.

@@ -72,13 +72,14 @@ fn decode_record_entry(key: &[u8], bytes: &[u8]) -> Result<Record, StoreError> {
 }
 
 /// The default size of the store's page cache, MiB (`daemon.store_cache_mib`).
-pub const DEFAULT_CACHE_MIB: u64 = 64;
+pub const DEFAULT_CACHE_MIB: u64 = 16;
 
 /// Store tuning.
 #[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// sled page cache in bytes. sled counts a page at its size on disk; its resident memory runs
-    /// above this (README, Performance).
+    /// above this, and sled keeps an entry for every page of the store in memory whatever this is
+    /// (about 120 MiB for a store of 1,000,000 records: README, Performance).
     pub cache_bytes: u64,
 }
 

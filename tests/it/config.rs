@@ -133,10 +133,10 @@ fn secrets_never_appear_in_debug_or_summary() {
 }
 
 #[test]
-fn the_store_page_cache_defaults_to_64_mib_and_is_set_in_mib() {
-    assert_eq!(load("valid.toml", &[]).unwrap().daemon.store_cache_mib, 64);
-    let set = load("valid.toml", &[("CRMSYNC__DAEMON__STORE_CACHE_MIB", "16")]).unwrap();
-    assert_eq!(set.daemon.store_cache_mib, 16);
+fn the_store_page_cache_defaults_to_16_mib_and_is_set_in_mib() {
+    assert_eq!(load("valid.toml", &[]).unwrap().daemon.store_cache_mib, 16);
+    let set = load("valid.toml", &[("CRMSYNC__DAEMON__STORE_CACHE_MIB", "64")]).unwrap();
+    assert_eq!(set.daemon.store_cache_mib, 64);
     match load("valid.toml", &[("CRMSYNC__DAEMON__STORE_CACHE_MIB", "0")]) {
         Err(ConfigError::Invalid(problems)) => {
             let problems: Vec<String> = problems.iter().map(ToString::to_string).collect();
