@@ -630,14 +630,15 @@ fn merge_fields(
     let mut provenance_touched = false;
     for (field, value) in incoming {
         let current_value = merged.get(&field).cloned().unwrap_or(Value::Null);
-        if pushed.get(&field).is_some_and(|hash| *hash == field_hash(&field, &value)) {
-            // The value crmsync itself last wrote there, read back: not the source's assertion. After
-            // the canonical value moved on it is a push still on its way, or a vendor that holds the
-            // canonical value as a coarser one (an order shipped, in a CRM with one value for shipped
-            // and delivered): not a change. Equal to the canonical value it is our own copy, and its
-            // (later) modification time must not become the field's provenance: a user's edit made
-            // in the originating CRM after the copy was written, stamped earlier (Zoho's whole
-            // seconds against Salesforce's milliseconds) or read later, would lose to it.
+        // The value crmsync itself last wrote there, read back: not the source's assertion. After the
+        // canonical value moved on it is a push still on its way, or a vendor that holds the canonical
+        // value as a coarser one (an order shipped, in a CRM with one value for shipped and delivered):
+        // not a change. Equal to the canonical value it is our own copy, and its (later) modification
+        // time must not become the field's provenance: a user's edit made in the originating CRM after
+        // the copy was written, stamped earlier (Zoho's whole seconds against Salesforce's
+        // milliseconds) or read later, would lose to it. (Hashed only when it decides something.)
+        let ours = || pushed.get(&field).is_some_and(|hash| *hash == field_hash(&field, &value));
+        if current_value != value && ours() {
             continue;
         }
         let provenance = record.provenance.get(&field);
@@ -650,7 +651,7 @@ fn merge_fields(
                 modified_at: change.modified_at,
                 version: change.version.clone(),
             };
-            if verdict.incoming_wins && !value.is_null() && provenance != Some(&incoming_provenance) {
+            if verdict.incoming_wins && !value.is_null() && provenance != Some(&incoming_provenance) && !ours() {
                 record.provenance.insert(field, incoming_provenance);
                 provenance_touched = true;
             }
