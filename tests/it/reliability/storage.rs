@@ -15,7 +15,6 @@ use std::time::Duration;
 use crmsync_connectors::canonical::{Entity, Timestamp};
 use crmsync_connectors::salesforce::sim::WEBHOOK_SECRET;
 use crmsync_connectors::sim::FaultSettings;
-use crmsync_connectors::testkit::SimControl;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 
@@ -429,6 +428,23 @@ async fn a_damaged_store_file_is_a_clear_error_or_recovers_and_a_sync_restores_e
     eprintln!("damaged stores: {refused} refused as corrupt, {recovered} opened and resynced");
 }
 
+/// The bytes of the files under `dir`, its subdirectories included.
+fn bytes_under(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|entry| {
+            let entry = entry.unwrap();
+            let metadata = entry.metadata().unwrap();
+            if metadata.is_dir() { bytes_under(&entry.path()) } else { metadata.len() }
+        })
+        .sum()
+}
+
+/// The room a full disk leaves the sync of the full-disk sync test: enough for sled to create its
+/// store (a few bytes of `conf` and the first writes of its log), far less than a store of 2,000
+/// accounts (4.5–5.5 MiB in five runs, a pulled page committed in parts of 250 records).
+const ROOM: u64 = 512 << 10;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_on_a_full_disk_prints_its_table_and_status_names_the_error_then_both_recover() {
     let Some(disk) = Tmpfs::mount("size=32m,mode=0700") else {
@@ -437,15 +453,25 @@ async fn a_sync_on_a_full_disk_prints_its_table_and_status_names_the_error_then_
     };
     let simulator = salesforce(accounts(2_000), FaultSettings::default(), None).await;
     let env = Env::new(&[("salesforce", &simulator.base_url())], "");
+    // What a sync of these accounts needs, measured: a fresh store of them on a disk with room
+    // (sled's log grows by whole segments of 512 KiB). The sync that must fail below also writes a
+    // fresh store, so it has no space freed by earlier writes to reuse: a sync that only changed the
+    // records of an existing store could fit in it whatever the room left (their old versions free
+    // about what their new ones take, and the smaller its store transactions, the sooner), as the
+    // 1,000 → 250 records a transaction change showed.
+    ok(env.run(&["sync"]).await);
+    let needed = bytes_under(&data_dir(&env));
+    assert!(
+        needed >= 4 * ROOM,
+        "a store of 2,000 accounts takes {needed} bytes, not 4 times the {ROOM} left: the disk would not fill"
+    );
+    // The same sync into a fresh store on a disk full but for ROOM.
     let store = disk.path.join("store");
     store_in(&env, &store);
-    ok(env.run(&["sync"]).await);
-    // The disk fills but for 1 MiB (sled opens the store, writing a little); then every account
-    // changes, more than that 1 MiB and the space sled freed in its file hold.
     let filler = fill(&disk.path);
     let filled = std::fs::metadata(&filler).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&filler).unwrap().set_len(filled.saturating_sub(1 << 20)).unwrap();
-    SimControl::touch(simulator.state().as_ref(), Entity::Account, 2_000);
+    std::fs::OpenOptions::new().write(true).open(&filler).unwrap().set_len(filled.saturating_sub(ROOM)).unwrap();
+    eprintln!("full-disk sync: a store of 2,000 accounts takes {needed} bytes; {ROOM} were left");
     let synced = finishes(&env, &["sync"]).await;
     let (stdout, stderr) = (String::from_utf8_lossy(&synced.stdout), String::from_utf8_lossy(&synced.stderr));
     assert!(!synced.status.success(), "a sync that could not store its pages must fail:\n{stdout}{stderr}");
@@ -472,7 +498,7 @@ async fn a_sync_on_a_full_disk_prints_its_table_and_status_names_the_error_then_
     } else {
         clear_store_error(&status, &store, "No space left on device");
     }
-    // Space returns: the next sync stores every change, and status shows no error.
+    // Space returns: the next sync stores every account, and status shows no error.
     std::fs::remove_file(filler).unwrap();
     ok(env.run(&["sync"]).await);
     let status = ok(env.run(&["status"]).await);
