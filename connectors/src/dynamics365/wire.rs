@@ -26,8 +26,10 @@ pub const LOOKUP_LOGICAL_NAME: &str = "@Microsoft.Dynamics.CRM.lookuplogicalname
 pub const LINES_SET: &str = "salesorderdetails";
 /// The property of an order line naming its order (the `salesorderid` lookup's value).
 pub const LINE_ORDER: &str = "_salesorderid_value";
-/// The collection-valued navigation property from an order to its lines (the `order_details`
-/// relationship), which `$expand` can join.
+/// The collection-valued navigation property from an order to its lines, which `$expand` can join:
+/// the salesorder table's one-to-many relationship `order_details` (ReferencingEntity
+/// `salesorderdetail`, ReferencingAttribute `salesorderid`, ReferencedEntityNavigationPropertyName
+/// `order_details`; Dataverse table reference, learn.microsoft.com/dynamics365/developer/reference/entities/salesorder).
 pub const ORDER_LINES: &str = "order_details";
 /// Related rows a single-level `$expand` of a collection-valued navigation property returns per
 /// row: no paging applies to them, "up to 5,000 related records can be returned for each expanded
