@@ -15,8 +15,8 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 use super::{
-    Dice, Vendors, assert_same_sets, canonical_set, outbound_message, soak, stored_industry,
-    vendor_counts_without_duplicates,
+    Dice, ENTITIES, Vendors, assert_same_sets, canonical_set, outbound_message, routes_everywhere, soak,
+    stored_industry, vendor_counts_without_duplicates,
 };
 use crate::support::{Env, bound_ports, ok};
 
@@ -27,30 +27,10 @@ use crate::support::{Env, bound_ports, ok};
 /// 90 with `CRMSYNC_SOAK=4`); a Salesforce order was created as Draft, given its items, then
 /// activated, and a pull running meanwhile read the Draft and turned the canonical status back to
 /// draft. Both are fixed (issue 17): the Salesforce order is one all-or-none composite request.
-const ROUTES: &str = r#"
-[[routes]]
-entity = "account"
-from = ["*"]
-to = ["*"]
-
-[[routes]]
-entity = "lead"
-from = ["*"]
-to = ["*"]
-
-[[routes]]
-entity = "opportunity"
-from = ["*"]
-to = ["*"]
-
-[[routes]]
-entity = "order"
-from = ["*"]
-to = ["*"]
-
-[reconcile]
-source_priority = ["salesforce", "zoho", "dynamics365"]
-"#;
+/// Salesforce's values win a conflict.
+fn routes() -> String {
+    routes_everywhere(&ENTITIES) + "\n[reconcile]\nsource_priority = [\"salesforce\", \"zoho\", \"dynamics365\"]\n"
+}
 
 /// Runs `sync` until a pass writes nothing anywhere: the fixed point.
 async fn converge(env: &Env, vendors: &Vendors) {
@@ -234,8 +214,8 @@ async fn kill_9_at_random_moments_of_run_leaves_the_store_an_uninterrupted_run_l
     let edited =
         (killed.salesforce.state().live_ids(Entity::Account), killed.zoho.state().live_ids(Entity::Opportunity));
     let poll = "poll_interval = \"10s\"\n";
-    let reference_env = Env::with_connections(&reference.connections(poll), ROUTES);
-    let killed_env = Env::with_connections(&killed.connections(poll), ROUTES);
+    let reference_env = Env::with_connections(&reference.connections(poll), &routes());
+    let killed_env = Env::with_connections(&killed.connections(poll), &routes());
     // A little latency, so a kill lands inside requests and commits as well as between them.
     killed.faults(&FaultSettings { latency_ms: 2, ..FaultSettings::default() });
     let mut dice = Dice(0x5eed_0017 ^ soak());

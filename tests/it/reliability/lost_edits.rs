@@ -8,20 +8,8 @@ use crmsync_connectors::canonical::{Entity, Timestamp};
 use crmsync_connectors::sim::{World, WorldSize};
 use serde_json::{Value, json};
 
-use super::Vendors;
+use super::{Vendors, routes_everywhere};
 use crate::support::{Env, export, ok};
-
-const ROUTES: &str = r#"
-[[routes]]
-entity = "account"
-from = ["*"]
-to = ["*"]
-
-[[routes]]
-entity = "opportunity"
-from = ["*"]
-to = ["*"]
-"#;
 
 /// The canonical amount of the deal linked to `zoho`/`deal`, its Salesforce copy's, and that copy's id.
 async fn amounts(env: &Env, vendors: &Vendors, deal: &str) -> (Value, Option<f64>, String) {
@@ -56,7 +44,7 @@ async fn zoho_edits_stamped_in_one_second_or_before_our_copy_are_never_lost() {
         true,
     );
     let vendors = Vendors::start(world).await;
-    let env = Env::with_connections(&vendors.connections(""), ROUTES);
+    let env = Env::with_connections(&vendors.connections(""), &routes_everywhere(&["account", "opportunity"]));
     ok(env.run(&["sync"]).await);
     ok(env.run(&["sync"]).await);
     let deal = vendors.zoho.state().live_ids(Entity::Opportunity).remove(0);

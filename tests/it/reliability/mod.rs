@@ -200,6 +200,14 @@ pub(crate) fn assert_same_sets(
     }
 }
 
+/// Routes that send every change of each of `entities` from every connection to every other one.
+pub(crate) fn routes_everywhere(entities: &[&str]) -> String {
+    entities
+        .iter()
+        .map(|entity| format!("\n[[routes]]\nentity = \"{entity}\"\nfrom = [\"*\"]\nto = [\"*\"]\n"))
+        .collect()
+}
+
 /// Iterations multiplier: `CRMSYNC_SOAK=10` runs the randomised parts ten times as often.
 pub(crate) fn soak() -> u64 {
     std::env::var("CRMSYNC_SOAK").ok().and_then(|value| value.parse().ok()).unwrap_or(1).max(1)

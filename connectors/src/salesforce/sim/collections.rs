@@ -317,11 +317,23 @@ fn multi_currency_default(multi_currency: bool, object: &str, created: bool) -> 
 }
 
 pub(super) async fn update(State(sim): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = sim.gate(&headers).await {
+    write_collection(&sim, &headers, &body, SalesforceSim::update_one).await
+}
+
+/// An sObject Collections create or update: ≤ 200 records per request (more: 400
+/// `EXCEEDED_ID_LIMIT`), each written by `write_one`, per-record results in request order, one
+/// API call counted as a write.
+async fn write_collection(
+    sim: &SalesforceSim,
+    headers: &HeaderMap,
+    body: &[u8],
+    write_one: fn(&SalesforceSim, &mut Inner, Map<String, Value>) -> CollectionResult,
+) -> Response {
+    if let Err(response) = sim.gate(headers).await {
         return sim.with_limit_info(response);
     }
     sim.counters.write.fetch_add(1, Ordering::SeqCst);
-    let response = match serde_json::from_slice::<wire::CollectionRequest>(&body) {
+    let response = match serde_json::from_slice::<wire::CollectionRequest>(body) {
         Err(error) => rest_error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &error.to_string()),
         Ok(request) if request.records.len() > 200 => rest_error(
             StatusCode::BAD_REQUEST,
@@ -331,7 +343,7 @@ pub(super) async fn update(State(sim): Shared, headers: HeaderMap, body: Bytes) 
         Ok(request) => {
             let mut inner = sim.lock();
             let results: Vec<CollectionResult> =
-                request.records.into_iter().map(|record| sim.update_one(&mut inner, record)).collect();
+                request.records.into_iter().map(|record| write_one(sim, &mut inner, record)).collect();
             inner.commit();
             drop(inner);
             axum::Json(results).into_response()
@@ -386,27 +398,7 @@ impl SalesforceSim {
 /// `POST /composite/sobjects`: sObject Collections create (≤ 200 records, each with
 /// `attributes.type`, no `id`), per-record results in order.
 pub(super) async fn create(State(sim): Shared, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(response) = sim.gate(&headers).await {
-        return sim.with_limit_info(response);
-    }
-    sim.counters.write.fetch_add(1, Ordering::SeqCst);
-    let response = match serde_json::from_slice::<wire::CollectionRequest>(&body) {
-        Err(error) => rest_error(StatusCode::BAD_REQUEST, "JSON_PARSER_ERROR", &error.to_string()),
-        Ok(request) if request.records.len() > 200 => rest_error(
-            StatusCode::BAD_REQUEST,
-            "EXCEEDED_ID_LIMIT",
-            "record limit reached. cannot submit more than 200 records into this call",
-        ),
-        Ok(request) => {
-            let mut inner = sim.lock();
-            let results: Vec<CollectionResult> =
-                request.records.into_iter().map(|record| sim.create_one(&mut inner, record)).collect();
-            inner.commit();
-            drop(inner);
-            axum::Json(results).into_response()
-        }
-    };
-    sim.with_limit_info(response)
+    write_collection(&sim, &headers, &body, SalesforceSim::create_one).await
 }
 
 impl SalesforceSim {
