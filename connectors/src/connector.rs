@@ -196,6 +196,12 @@ impl Page {
         Self { changes, cursor, has_more, undecodable: Vec::new(), total: None, full_read: FullRead::No }
     }
 
+    /// The same page with the records of it that could not be decoded ([`Page::undecodable`]).
+    pub fn with_undecodable(mut self, undecodable: Vec<Undecodable>) -> Self {
+        self.undecodable = undecodable;
+        self
+    }
+
     /// The same page marked as part of a full read ([`Page::full_read`]).
     pub fn in_full_read(mut self, full_read: FullRead) -> Self {
         self.full_read = full_read;

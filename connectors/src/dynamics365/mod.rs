@@ -554,14 +554,9 @@ impl Dynamics365Connector {
         let (changes, undecodable) = self.map_rows(entity, &page.value).await?;
         if let Some(next) = page.next_link {
             position.next = Some(next);
-            return Ok(Page {
-                changes,
-                cursor: Cursor::encode(&position),
-                has_more: true,
-                undecodable,
-                total: None,
-                full_read,
-            });
+            return Ok(Page::new(changes, Cursor::encode(&position), true)
+                .with_undecodable(undecodable)
+                .in_full_read(full_read));
         }
         position.next = None;
         match page.delta_link {
@@ -574,7 +569,7 @@ impl Dynamics365Connector {
             }
             None => {}
         }
-        Ok(Page { changes, cursor: Cursor::encode(&position), has_more: false, undecodable, total: None, full_read })
+        Ok(Page::new(changes, Cursor::encode(&position), false).with_undecodable(undecodable).in_full_read(full_read))
     }
 
     /// One step of a full read of orders with their lines ([`OrderRead`]).
@@ -652,28 +647,14 @@ impl Dynamics365Connector {
                 match page.next_link {
                     Some(next) => {
                         position.orders = Some(OrderRead::Rows { next, delta, lines_delta });
-                        Ok(Page {
-                            changes,
-                            cursor: Cursor::encode(&position),
-                            has_more: true,
-                            undecodable,
-                            total: None,
-                            full_read: FullRead::No,
-                        })
+                        Ok(Page::new(changes, Cursor::encode(&position), true).with_undecodable(undecodable))
                     }
                     None => {
                         position.next = None;
                         position.delta = Some(delta);
                         position.lines_next = None;
                         position.lines_delta = lines_delta;
-                        Ok(Page {
-                            changes,
-                            cursor: Cursor::encode(&position),
-                            has_more: false,
-                            undecodable,
-                            total: None,
-                            full_read: FullRead::No,
-                        })
+                        Ok(Page::new(changes, Cursor::encode(&position), false).with_undecodable(undecodable))
                     }
                 }
             }
@@ -738,14 +719,9 @@ impl Dynamics365Connector {
                 undecodable = page.undecodable;
                 if page.has_more || position.orders.is_some() {
                     // More order changes to read, or an expired token restarted a full read.
-                    return Ok(Page {
-                        changes,
-                        cursor: Cursor::encode(&position),
-                        has_more: page.has_more,
-                        undecodable,
-                        total: None,
-                        full_read: page.full_read,
-                    });
+                    return Ok(Page::new(changes, Cursor::encode(&position), page.has_more)
+                        .with_undecodable(undecodable)
+                        .in_full_read(page.full_read));
                 }
             }
             let (line_changes, line_undecodable) = self.pull_line_changes(&mut position).await?;
@@ -754,14 +730,7 @@ impl Dynamics365Connector {
             changes.extend(line_changes);
             undecodable.extend(line_undecodable);
             let has_more = position.lines_next.is_some();
-            Ok(Page {
-                changes,
-                cursor: Cursor::encode(&position),
-                has_more,
-                undecodable,
-                total: None,
-                full_read: FullRead::No,
-            })
+            Ok(Page::new(changes, Cursor::encode(&position), has_more).with_undecodable(undecodable))
         }
         .await;
         match result {
@@ -911,25 +880,13 @@ impl Dynamics365Connector {
         let (changes, undecodable) = self.deliver(mapped, &mut position);
         if let Some(next) = page.next_link {
             position.next = Some(next);
-            return Ok(Page {
-                changes,
-                cursor: Cursor::encode(&position),
-                has_more: true,
-                undecodable,
-                total,
-                full_read: FullRead::No,
-            });
+            return Ok(Page::new(changes, Cursor::encode(&position), true)
+                .with_undecodable(undecodable)
+                .with_total(total));
         }
         position.next = None;
         position.since = position.max.or(position.since);
-        Ok(Page {
-            changes,
-            cursor: Cursor::encode(&position),
-            has_more: false,
-            undecodable,
-            total,
-            full_read: FullRead::No,
-        })
+        Ok(Page::new(changes, Cursor::encode(&position), false).with_undecodable(undecodable).with_total(total))
     }
 
     async fn send_batch(&self, requests: &[BatchRequest]) -> Result<Vec<BatchResponse>, ConnectorError> {

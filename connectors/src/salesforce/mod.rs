@@ -715,14 +715,7 @@ impl Connector for SalesforceConnector {
         }
         // `totalSize`: the rows of the whole query (every page of a locator repeats it).
         let total = Some(page.total_size);
-        Ok(Page {
-            changes,
-            cursor: Cursor::encode(&position),
-            has_more: !page.done,
-            undecodable,
-            total,
-            full_read: crate::connector::FullRead::No,
-        })
+        Ok(Page::new(changes, Cursor::encode(&position), !page.done).with_undecodable(undecodable).with_total(total))
     }
 
     async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Fetched, ConnectorError> {
@@ -1484,14 +1477,7 @@ impl SalesforceConnector {
         } else {
             position.bulk = Some(BulkPosition { job: bulk.job, locator });
         }
-        Ok(Page {
-            changes,
-            cursor: Cursor::encode(&position),
-            has_more: !done,
-            undecodable,
-            total,
-            full_read: crate::connector::FullRead::No,
-        })
+        Ok(Page::new(changes, Cursor::encode(&position), !done).with_undecodable(undecodable).with_total(total))
     }
 
     /// Polls a job until it completes (a failed or aborted job is an error and is forgotten).

@@ -485,31 +485,17 @@ impl Connector for ZohoConnector {
         let mapped = self.map(entity, &page.data).await?;
         let (changes, undecodable) = self.deliver(mapped, &mut position);
         let next = page.info.next_page_token.clone().filter(|_| page.info.more_records);
-        match next {
+        let has_more = match next {
             Some(_) if position.fetched + wire::PER_PAGE as u64 > wire::PAGE_TOKEN_CAP => {
                 // Page tokens stop at 100,000 records: re-anchor on the last Modified_Time seen.
                 position.page_token = None;
                 position.fetched = 0;
                 position.since = position.max.or(position.since);
-                Ok(Page {
-                    changes,
-                    cursor: Cursor::encode(&position),
-                    has_more: true,
-                    undecodable,
-                    total: None,
-                    full_read: crate::connector::FullRead::No,
-                })
+                true
             }
             Some(token) => {
                 position.page_token = Some(token);
-                Ok(Page {
-                    changes,
-                    cursor: Cursor::encode(&position),
-                    has_more: true,
-                    undecodable,
-                    total: None,
-                    full_read: crate::connector::FullRead::No,
-                })
+                true
             }
             None => {
                 position.page_token = None;
@@ -518,27 +504,15 @@ impl Connector for ZohoConnector {
                 if position.incremental {
                     position.phase = Phase::Deleted;
                     position.deleted_page = 1;
-                    return Ok(Page {
-                        changes,
-                        cursor: Cursor::encode(&position),
-                        has_more: true,
-                        undecodable,
-                        total: None,
-                        full_read: crate::connector::FullRead::No,
-                    });
+                    true
+                } else {
+                    position.incremental = true;
+                    position.deletes_since = position.load_started.take();
+                    false
                 }
-                position.incremental = true;
-                position.deletes_since = position.load_started.take();
-                Ok(Page {
-                    changes,
-                    cursor: Cursor::encode(&position),
-                    has_more: false,
-                    undecodable,
-                    total: None,
-                    full_read: crate::connector::FullRead::No,
-                })
             }
-        }
+        };
+        Ok(Page::new(changes, Cursor::encode(&position), has_more).with_undecodable(undecodable))
     }
 
     async fn fetch(&self, entity: Entity, ids: &[ExternalId]) -> Result<Fetched, ConnectorError> {
