@@ -97,8 +97,12 @@ pub enum Command {
     Simulate(SimulateArgs),
     /// Measure crmsync against the three built-in simulators: pull + reconcile + commit throughput,
     /// API calls next to the vendor minimum, resident memory through the sync, the calls of an
-    /// incremental pass with nothing changed, and the time of the sales-metrics scan over the result
-    /// (the README's "Performance" section lists the targets and the last figures).
+    /// incremental pass with nothing changed, the time of the sales-metrics scan over the result,
+    /// and webhook → durable store latency at 1,000 deliveries/s (the README's "Performance"
+    /// section lists the targets and the last figures).
+    ///
+    /// The webhook deliveries come from a load generator in a process of its own, over at most 64
+    /// kept-alive connections; its CPU time is reported beside this process's.
     ///
     /// The simulators run as child processes (their memory is not the daemon's); the store is a fresh
     /// sled store in a temporary directory, removed afterwards. The connections' clients may send
@@ -107,6 +111,13 @@ pub enum Command {
     /// reading pages and waiting for the writer, and how busy the single writer was). Build with
     /// `--release` for figures that mean anything.
     Bench(BenchArgs),
+    /// The load generator of `bench`'s webhook phase, which starts it as a process of its own so
+    /// that it does not share the measured process's memory and threads. Reads the endpoint's key
+    /// and the deliveries from stdin (a secret never goes on a command line), posts them at `--rate`
+    /// per second over at most `--connections` kept-alive connections, and prints each delivery's
+    /// status and latency and its own CPU time on stdout, as one line of JSON.
+    #[command(hide = true)]
+    BenchWebhooks(BenchWebhooksArgs),
     /// Write a consistent backup of the store to a file (through the running daemon's API while it
     /// holds the store, else from the store directly). The file is checked before it is kept.
     Backup(BackupArgs),
@@ -144,6 +155,20 @@ pub struct BenchArgs {
     /// Print the measurements as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `crmsync bench-webhooks` (started by `bench`).
+#[derive(Debug, Clone, Args)]
+pub struct BenchWebhooksArgs {
+    /// The webhook endpoint (`http://127.0.0.1:PORT/webhooks/CONNECTION`).
+    #[arg(long)]
+    pub url: String,
+    /// Deliveries per second.
+    #[arg(long)]
+    pub rate: u64,
+    /// The most connections open at once (each kept alive for the next delivery).
+    #[arg(long)]
+    pub connections: usize,
 }
 
 /// `crmsync sync`.

@@ -28,8 +28,12 @@
 //! 6. Webhooks: the daemon's HTTP edge (the real router and ingest writer) on loopback receives
 //!    authenticated Dataverse deliveries at 1,000 per second (deletes of stored records: a delete
 //!    carries its change, updates only ask for a fetch). A 2xx is sent only once the change is
-//!    flushed to disk, so each delivery's response time is its webhook → durable store latency;
-//!    reported as p50/p99/max with the deliveries refused (503 when the writer is saturated).
+//!    flushed to disk, so each delivery's time from its sending (a wait for a free connection
+//!    included) to its answer is its webhook → durable store latency; reported as p50/p99/max with
+//!    the deliveries refused (503 when the writer is saturated). The deliveries come from a load generator in a process of its
+//!    own (`crmsync bench-webhooks`, [`webhook_load`]), like the simulators, over at most
+//!    `WEBHOOK_CONNECTIONS` kept-alive connections: its CPU and memory are not the measured
+//!    process's, and its CPU time is reported beside this process's in the phase.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -42,14 +46,14 @@ use anyhow::{Context, bail};
 use crmsync_connectors::Connector;
 use crmsync_connectors::canonical::{Timestamp, VendorKind};
 use crmsync_connectors::sim::{ReplayMode, ReplayStats, ReplaySwitch, WorldSize};
-use serde::Serialize;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::print;
 use crate::app::App;
-use crate::cli::BenchArgs;
+use crate::cli::{BenchArgs, BenchWebhooksArgs};
 use crate::config::Config;
 use crate::metrics::Scope;
 use crate::metrics::scan::{report as metrics_report, reports as metrics_reports};
@@ -178,6 +182,18 @@ pub struct WebhookReport {
     pub p99_ms: f64,
     /// Slowest, ms.
     pub max_ms: f64,
+    /// The most connections the load generator kept open (`WEBHOOK_CONNECTIONS`).
+    pub connections: usize,
+    /// Deliveries that waited for one of those connections to be free (their wait is in their
+    /// latency).
+    pub waited_for_connection: u64,
+    /// 99th percentile of how late the generator took a delivery up after it was due, ms (not in
+    /// the latencies: a generator short of CPU sends late, the daemon is no slower for it).
+    pub generator_late_p99_ms: f64,
+    /// CPU seconds of the load generator's process (`crmsync bench-webhooks`).
+    pub generator_cpu_seconds: f64,
+    /// CPU seconds this process (HTTP edge, ingest, store) spent in the phase.
+    pub daemon_cpu_seconds: f64,
 }
 
 /// Everything `bench` measured.
@@ -650,9 +666,41 @@ async fn warm_up(
 const WEBHOOK_DELIVERIES: usize = 5_000;
 /// The SPEC's webhook rate.
 const WEBHOOK_RATE: u64 = 1_000;
+/// The most connections the webhook load generator keeps open, each kept alive for the next
+/// delivery, as an HTTP client's connection pool does: as many as the batches the daemon's writer
+/// queues by default (`daemon.ingest_queue`, 64). Dataverse documents how
+/// long it waits for an answer and when it retries, not how it manages connections (crm-apis.md
+/// §3.8): one connection per delivery would make the phase measure TCP set-up on loopback (about
+/// 1,450 connections for 5,000 deliveries in the generator that ran inside the measured process).
+const WEBHOOK_CONNECTIONS: usize = 64;
 
-/// Serves the daemon's public router over the bench's app and posts Dataverse delete deliveries for
-/// stored records at [`WEBHOOK_RATE`] per second; returns their latencies.
+/// What bench hands its webhook load generator on stdin (the key never goes on a command line,
+/// where `ps` shows it). No `Debug`: it holds the key.
+#[derive(Serialize, Deserialize)]
+struct LoadPlan {
+    /// The header that carries the endpoint's key (Dataverse's `HttpHeader` authentication).
+    header: String,
+    /// The key.
+    key: String,
+    /// The deliveries, in sending order: (table logical name, record id) of a deleted record.
+    deliveries: Vec<(String, String)>,
+}
+
+/// What the load generator prints on stdout, as one line of JSON.
+#[derive(Debug, Serialize, Deserialize)]
+struct LoadOutcome {
+    /// Per delivery, in sending order: (HTTP status, 0 when no answer came; microseconds from its
+    /// taking up to its answer; microseconds it was taken up after it was due).
+    deliveries: Vec<(u16, u64, u64)>,
+    /// Deliveries that waited for a free connection.
+    waited_for_connection: u64,
+    /// The generator's CPU seconds (user + system), read when the last answer came.
+    cpu_seconds: f64,
+}
+
+/// Serves the daemon's public router over the bench's app and has a load generator in a process of
+/// its own post Dataverse delete deliveries for stored records at [`WEBHOOK_RATE`] per second;
+/// returns their latencies.
 async fn webhook_phase(app: &App, wanted: usize) -> anyhow::Result<WebhookReport> {
     use crmsync_connectors::WebhookParser;
     use crmsync_connectors::canonical::{ConnectionId, Entity};
@@ -701,12 +749,117 @@ async fn webhook_phase(app: &App, wanted: usize) -> anyhow::Result<WebhookReport
             .with_graceful_shutdown(async move { serving.cancelled().await })
             .await
     });
-    let http = reqwest::Client::new();
-    let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / WEBHOOK_RATE));
+    let plan = LoadPlan {
+        header: "x-crmsync-key".to_owned(),
+        key: crmsync_connectors::dynamics365::sim::WEBHOOK_KEY.to_owned(),
+        deliveries: targets,
+    };
+    let cpu_before = cpu_seconds().unwrap_or(0.0);
+    let outcome = run_load_generator(&url, &plan).await;
+    let daemon_cpu = cpu_seconds().unwrap_or(0.0) - cpu_before;
+    stop.cancel();
+    let _ = server.await;
+    let outcome = outcome?;
+    let (mut report, mut latencies) = (WebhookReport::default(), Vec::new());
+    let mut lateness: Vec<u64> = outcome.deliveries.iter().map(|(_, _, late)| *late).collect();
+    lateness.sort_unstable();
+    for (status, micros, _) in &outcome.deliveries {
+        report.deliveries += 1;
+        match status {
+            200..=299 => {
+                report.acknowledged += 1;
+                latencies.push(*micros);
+            }
+            503 => report.refused += 1,
+            _ => report.failed += 1,
+        }
+    }
+    latencies.sort_unstable();
+    report.target_per_second = WEBHOOK_RATE;
+    report.p50_ms = quantile_ms(&latencies, 0.50);
+    report.p99_ms = quantile_ms(&latencies, 0.99);
+    report.max_ms = quantile_ms(&latencies, 1.0);
+    report.generator_late_p99_ms = quantile_ms(&lateness, 0.99);
+    report.connections = WEBHOOK_CONNECTIONS;
+    report.waited_for_connection = outcome.waited_for_connection;
+    report.generator_cpu_seconds = (outcome.cpu_seconds * 100.0).round() / 100.0;
+    report.daemon_cpu_seconds = (daemon_cpu * 100.0).round() / 100.0;
+    Ok(report)
+}
+
+/// The `quantile` of sorted microseconds, in milliseconds rounded to 0.1 (0 when there are none).
+fn quantile_ms(sorted_micros: &[u64], quantile: f64) -> f64 {
+    let index = ((sorted_micros.len() as f64 * quantile).ceil() as usize).saturating_sub(1);
+    sorted_micros.get(index).map_or(0.0, |micros| (*micros as f64 / 100.0).round() / 10.0)
+}
+
+/// Starts `crmsync bench-webhooks` against `url`, hands it `plan` on stdin and reads its outcome.
+async fn run_load_generator(url: &str, plan: &LoadPlan) -> anyhow::Result<LoadOutcome> {
+    let exe = std::env::current_exe().context("cannot find the crmsync executable")?;
+    let mut child = tokio::process::Command::new(exe)
+        .args(["bench-webhooks", "--url", url])
+        .args(["--rate", &WEBHOOK_RATE.to_string(), "--connections", &WEBHOOK_CONNECTIONS.to_string()])
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .context("cannot start the webhook load generator")?;
+    let mut stdin = child.stdin.take().context("load generator stdin")?;
+    stdin.write_all(&serde_json::to_vec(plan)?).await.context("cannot hand the load generator its deliveries")?;
+    // Closed: the generator reads to the end, then sends.
+    drop(stdin);
+    let output = child.wait_with_output().await.context("the webhook load generator")?;
+    if !output.status.success() {
+        bail!("the webhook load generator failed ({})", output.status);
+    }
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let line = stdout.lines().last().context("the webhook load generator printed nothing")?;
+    serde_json::from_str(line).context("cannot read the webhook load generator's outcome")
+}
+
+/// `crmsync bench-webhooks`: reads a `LoadPlan` from stdin, posts a Dataverse delete delivery for
+/// each of its records at `--rate` per second over at most `--connections` kept-alive connections,
+/// and prints a `LoadOutcome` on stdout. The sending runs on a runtime of one thread (timer,
+/// requests and answers), the lightest a process of its own can be.
+pub async fn webhook_load(args: BenchWebhooksArgs) -> anyhow::Result<ExitCode> {
+    if args.rate == 0 || args.connections == 0 {
+        bail!("--rate and --connections must be at least 1");
+    }
+    let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<LoadOutcome> {
+        let mut input = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin(), &mut input)
+            .context("cannot read the deliveries from stdin")?;
+        let plan: LoadPlan = serde_json::from_slice(&input).context("cannot read the deliveries from stdin")?;
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .context("cannot start the load generator's runtime")?;
+        runtime.block_on(send_deliveries(&args, &plan))
+    })
+    .await??;
+    print(&format!("{}\n", serde_json::to_string(&outcome)?));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Sends `plan`'s deliveries, one every 1/`rate` s. A delivery's latency runs from the moment the
+/// generator takes it up (a wait for a free connection included, so a slow daemon that keeps every
+/// connection busy is measured, not hidden) to the end of its answer; how late the generator took
+/// it up after it was due is reported beside it (a generator short of CPU delays its deliveries
+/// without making them slower).
+async fn send_deliveries(args: &BenchWebhooksArgs, plan: &LoadPlan) -> anyhow::Result<LoadOutcome> {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.connections)
+        .build()
+        .context("cannot build the HTTP client")?;
+    let connections = Arc::new(tokio::sync::Semaphore::new(args.connections));
+    let waited = Arc::new(AtomicU64::new(0));
+    let mut ticks = tokio::time::interval(Duration::from_micros(1_000_000 / args.rate));
     ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
     let mut sent = tokio::task::JoinSet::new();
-    for (logical, id) in &targets {
-        ticks.tick().await;
+    for (index, (logical, id)) in plan.deliveries.iter().enumerate() {
+        let due = ticks.tick().await;
+        let taken_up = Instant::now();
         // A Dataverse RemoteExecutionContext as a webhook step posts it (the fields crmsync reads):
         // https://learn.microsoft.com/power-apps/developer/data-platform/use-webhooks
         let body = serde_json::json!({
@@ -716,39 +869,41 @@ async fn webhook_phase(app: &App, wanted: usize) -> anyhow::Result<WebhookReport
             "OperationCreatedOn": format!("/Date({})/", Timestamp::now().unix_millis()),
             "Depth": 1,
         });
-        let request =
-            http.post(&url).header("x-crmsync-key", crmsync_connectors::dynamics365::sim::WEBHOOK_KEY).json(&body);
+        let request = http.post(&args.url).header(plan.header.as_str(), plan.key.as_str()).json(&body);
+        let (connections, waited) = (connections.clone(), waited.clone());
         sent.spawn(async move {
-            let started = Instant::now();
-            let status = request.send().await.map(|response| response.status().as_u16()).unwrap_or(0);
-            (status, started.elapsed())
+            let permit = match connections.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => {
+                    waited.fetch_add(1, Ordering::Relaxed);
+                    connections.acquire_owned().await.expect("the semaphore is never closed")
+                }
+            };
+            let status = match request.send().await {
+                // The body read to its end puts the connection back in the pool before the permit goes.
+                Ok(response) => {
+                    let status = response.status().as_u16();
+                    let _ = response.bytes().await;
+                    status
+                }
+                Err(_) => 0,
+            };
+            let micros = |duration: Duration| u64::try_from(duration.as_micros()).unwrap_or(u64::MAX);
+            let latency = micros(taken_up.elapsed());
+            drop(permit);
+            (index, status, latency, micros(taken_up.saturating_duration_since(due)))
         });
     }
-    let (mut report, mut latencies) = (WebhookReport::default(), Vec::new());
+    let mut deliveries = vec![(0, 0, 0); plan.deliveries.len()];
     while let Some(result) = sent.join_next().await {
-        let (status, elapsed) = result?;
-        report.deliveries += 1;
-        match status {
-            200..=299 => {
-                report.acknowledged += 1;
-                latencies.push(elapsed);
-            }
-            503 => report.refused += 1,
-            _ => report.failed += 1,
-        }
+        let (index, status, latency, late) = result.context("a delivery task failed")?;
+        deliveries[index] = (status, latency, late);
     }
-    stop.cancel();
-    let _ = server.await;
-    latencies.sort();
-    let at = |quantile: f64| {
-        let index = ((latencies.len() as f64 * quantile).ceil() as usize).saturating_sub(1);
-        latencies.get(index).map_or(0.0, |latency| (latency.as_secs_f64() * 10_000.0).round() / 10.0)
-    };
-    report.target_per_second = WEBHOOK_RATE;
-    report.p50_ms = at(0.50);
-    report.p99_ms = at(0.99);
-    report.max_ms = at(1.0);
-    Ok(report)
+    Ok(LoadOutcome {
+        deliveries,
+        waited_for_connection: waited.load(Ordering::Relaxed),
+        cpu_seconds: cpu_seconds().unwrap_or(0.0),
+    })
 }
 
 fn render(report: &BenchReport) -> String {
@@ -874,6 +1029,19 @@ fn render(report: &BenchReport) -> String {
         hooks.p99_ms,
         hooks.max_ms
     );
+    let phase_cpu = (hooks.generator_cpu_seconds + hooks.daemon_cpu_seconds).max(f64::EPSILON);
+    let _ = writeln!(
+        out,
+        "  sent by a process of its own over at most {} kept-alive connections ({} deliveries waited for a \
+         free one, in their latency; sent p99 {} ms late); this process used {:.2} CPU s, the sender {:.2} \
+         CPU s ({:.0} % of the phase's CPU)",
+        hooks.connections,
+        hooks.waited_for_connection,
+        hooks.generator_late_p99_ms,
+        hooks.daemon_cpu_seconds,
+        hooks.generator_cpu_seconds,
+        hooks.generator_cpu_seconds * 100.0 / phase_cpu
+    );
     out
 }
 
@@ -893,6 +1061,16 @@ mod tests {
             committing_seconds: committing,
             rate_limit_waited_seconds: 0.0,
         }
+    }
+
+    #[test]
+    fn latency_quantiles_are_the_nearest_rank_in_milliseconds() {
+        let micros: Vec<u64> = (1..=200).map(|index| index * 1_000).collect();
+        assert_eq!(quantile_ms(&micros, 0.50), 100.0);
+        assert_eq!(quantile_ms(&micros, 0.99), 198.0);
+        assert_eq!(quantile_ms(&micros, 1.0), 200.0);
+        assert_eq!(quantile_ms(&[1_234], 0.99), 1.2, "rounded to 0.1 ms");
+        assert_eq!(quantile_ms(&[], 0.99), 0.0, "no acknowledged delivery");
     }
 
     #[test]

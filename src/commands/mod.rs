@@ -32,6 +32,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Demo(args) => demo::run(args).await,
         Command::Simulate(args) => simulate::run(args).await,
         Command::Bench(args) => bench::run(args).await,
+        Command::BenchWebhooks(args) => bench::webhook_load(args).await,
         Command::Metrics(args) => operate::metrics(args).await,
         Command::Orders(args) => operate::orders(args).await,
         Command::Dlq(args) => operate::dlq(args).await,

@@ -285,4 +285,11 @@ async fn bench_syncs_a_shared_world_into_one_record_per_customer_and_counts_the_
         hooks["deliveries"].as_u64().unwrap(),
         "{hooks}"
     );
+    // They came from a load generator in a process of its own (its CPU reported beside this
+    // process's), over a bounded pool of kept-alive connections.
+    assert_eq!(hooks["connections"].as_u64(), Some(64), "{hooks}");
+    assert!(hooks["waited_for_connection"].as_u64().unwrap() <= hooks["deliveries"].as_u64().unwrap(), "{hooks}");
+    assert!(hooks["generator_cpu_seconds"].as_f64().unwrap() >= 0.0, "{hooks}");
+    assert!(hooks["generator_late_p99_ms"].as_f64().unwrap() >= 0.0, "{hooks}");
+    assert!(hooks["daemon_cpu_seconds"].as_f64().unwrap() >= 0.0, "{hooks}");
 }
