@@ -401,7 +401,7 @@ fn resident_bytes() -> Option<u64> {
 }
 
 fn mib(bytes: u64) -> f64 {
-    (bytes as f64 / (1024.0 * 1024.0) * 10.0).round() / 10.0
+    rounded(bytes as f64 / (1024.0 * 1024.0), 1)
 }
 
 fn rows(pass: &PassReport, vendors: &BTreeMap<String, crate::config::VendorConfig>, order_lines: u64) -> Vec<BenchRow> {
@@ -447,14 +447,13 @@ fn pass_bound(rows: &[BenchRow], pass_seconds: f64, writer_busy_seconds: f64) ->
     } else {
         format!("committing {last}")
     };
-    let round = |value: f64| (value * 100.0).round() / 100.0;
     PassBound {
         last_connection: last.to_owned(),
-        last_connection_seconds: round(seconds),
-        last_connection_reading_seconds: round(reading),
-        last_connection_committing_seconds: round(committing),
-        writer_busy_seconds: round(writer_busy_seconds),
-        writer_busy_percent: (writer_busy_percent * 10.0).round() / 10.0,
+        last_connection_seconds: rounded(seconds, 2),
+        last_connection_reading_seconds: rounded(reading, 2),
+        last_connection_committing_seconds: rounded(committing, 2),
+        writer_busy_seconds: rounded(writer_busy_seconds, 2),
+        writer_busy_percent: rounded(writer_busy_percent, 1),
         bound_by,
     }
 }
@@ -600,10 +599,10 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
         world_records: size.total(),
         records_pulled,
         canonical_records,
-        full_pass_seconds: (full_seconds * 100.0).round() / 100.0,
+        full_pass_seconds: rounded(full_seconds, 2),
         records_per_second: (records_pulled as f64 / full_seconds.max(f64::EPSILON)).round(),
-        daemon_cpu_seconds: (daemon_cpu * 100.0).round() / 100.0,
-        simulators_cpu_seconds: (simulators_cpu * 100.0).round() / 100.0,
+        daemon_cpu_seconds: rounded(daemon_cpu, 2),
+        simulators_cpu_seconds: rounded(simulators_cpu, 2),
         simulators_replay: replay,
         full_pass,
         bound,
@@ -617,8 +616,8 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
             curve: curve.into_iter().map(|(records, bytes)| (records, mib(bytes))).collect(),
         },
         incremental_calls: rows(&incremental, &kinds, 0),
-        metrics_unified_seconds: (unified_seconds * 1000.0).round() / 1000.0,
-        metrics_all_scopes_seconds: (all_seconds * 1000.0).round() / 1000.0,
+        metrics_unified_seconds: rounded(unified_seconds, 3),
+        metrics_all_scopes_seconds: rounded(all_seconds, 3),
         webhooks,
         store_mib: mib(store_bytes),
         store_cache_mib,
@@ -782,9 +781,15 @@ async fn webhook_phase(app: &App, wanted: usize) -> anyhow::Result<WebhookReport
     report.generator_late_p99_ms = quantile_ms(&lateness, 0.99);
     report.connections = WEBHOOK_CONNECTIONS;
     report.waited_for_connection = outcome.waited_for_connection;
-    report.generator_cpu_seconds = (outcome.cpu_seconds * 100.0).round() / 100.0;
-    report.daemon_cpu_seconds = (daemon_cpu * 100.0).round() / 100.0;
+    report.generator_cpu_seconds = rounded(outcome.cpu_seconds, 2);
+    report.daemon_cpu_seconds = rounded(daemon_cpu, 2);
     Ok(report)
+}
+
+/// `value` rounded to `places` decimal places, as the report prints it.
+fn rounded(value: f64, places: i32) -> f64 {
+    let scale = 10f64.powi(places);
+    (value * scale).round() / scale
 }
 
 /// The `quantile` of sorted microseconds, in milliseconds rounded to 0.1 (0 when there are none).

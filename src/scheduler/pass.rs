@@ -206,11 +206,11 @@ pub async fn run_pass<C: Connector>(
             for (entity, result, cost, elapsed) in results {
                 let Some(row) = rows.get_mut(&(connection.clone(), entity)) else { continue };
                 cost.add_to(row);
-                row.duration_ms += u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                row.duration_ms += millis(elapsed);
                 match result {
                     Ok(summary) => {
-                        row.reading_ms += u64::try_from(summary.reading.as_millis()).unwrap_or(u64::MAX);
-                        row.committing_ms += u64::try_from(summary.committing.as_millis()).unwrap_or(u64::MAX);
+                        row.reading_ms += millis(summary.reading);
+                        row.committing_ms += millis(summary.committing);
                         row.records_in += summary.stats.records_in();
                         row.applied += summary.stats.created + summary.stats.updated + summary.stats.deleted;
                         row.dead_lettered += summary.stats.dead_lettered;
@@ -254,7 +254,7 @@ pub async fn run_pass<C: Connector>(
                 bar.finish_and_clear();
             }
             let cost = Cost::since(&before, &connector.usage());
-            let elapsed = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            let elapsed = millis(started.elapsed());
             match result {
                 Ok(summary) => {
                     let mut first = true;
@@ -286,4 +286,9 @@ pub async fn run_pass<C: Connector>(
         }
     }
     PassReport { rows: rows.into_values().collect() }
+}
+
+/// A duration in whole milliseconds (saturating), as the report's `_ms` columns count.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
