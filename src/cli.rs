@@ -118,6 +118,12 @@ pub enum Command {
     /// status and latency and its own CPU time on stdout, as one line of JSON.
     #[command(hide = true)]
     BenchWebhooks(BenchWebhooksArgs),
+    /// The warm-up of `bench`, which starts it as a process of its own so that the memory it frees
+    /// is not counted as the measured pass's: reads every connection × entity of `--config` (a
+    /// configuration `bench` wrote, over the simulators' demo credentials) to the end with a
+    /// throwaway store in `--store`, discarding the pages, while the simulators record their answers.
+    #[command(hide = true)]
+    BenchWarmUp(BenchWarmUpArgs),
     /// Write a consistent backup of the store to a file (through the running daemon's API while it
     /// holds the store, else from the store directly). The file is checked before it is kept.
     Backup(BackupArgs),
@@ -169,6 +175,17 @@ pub struct BenchWebhooksArgs {
     /// The most connections open at once (each kept alive for the next delivery).
     #[arg(long)]
     pub connections: usize,
+}
+
+/// `crmsync bench-warm-up` (started by `bench`).
+#[derive(Debug, Clone, Args)]
+pub struct BenchWarmUpArgs {
+    /// The configuration `bench` wrote (its connections point at the simulators).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// The throwaway store's directory (removed at the end).
+    #[arg(long)]
+    pub store: PathBuf,
 }
 
 /// `crmsync sync`.

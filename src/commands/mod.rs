@@ -33,6 +33,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Simulate(args) => simulate::run(args).await,
         Command::Bench(args) => bench::run(args).await,
         Command::BenchWebhooks(args) => bench::webhook_load(args).await,
+        Command::BenchWarmUp(args) => bench::warm_up_process(args).await,
         Command::Metrics(args) => operate::metrics(args).await,
         Command::Orders(args) => operate::orders(args).await,
         Command::Dlq(args) => operate::dlq(args).await,
