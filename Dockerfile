@@ -43,11 +43,14 @@ RUN crmsync --version \
 USER crmsync
 # MIMALLOC_ALLOW_THP=0: no transparent huge pages for the allocator's memory even on a host whose
 # THP setting is `always` (the build already never asks for them; README, Performance).
+# MIMALLOC_PURGE_DELAY=10: the allocator returns freed memory to the kernel after 10 ms instead of
+# 1 s (a one-shot sync of 100,000 records: peak 193-204 -> 162-169 MiB, CPU within the noise).
 ENV CRMSYNC__DAEMON__DATA_DIR=/var/lib/crmsync \
     CRMSYNC__DAEMON__LISTEN=0.0.0.0:8080 \
     CRMSYNC__DAEMON__ADMIN_LISTEN=0.0.0.0:9090 \
     CRMSYNC__DAEMON__LOG_FORMAT=json \
-    MIMALLOC_ALLOW_THP=0
+    MIMALLOC_ALLOW_THP=0 \
+    MIMALLOC_PURGE_DELAY=10
 VOLUME ["/var/lib/crmsync"]
 EXPOSE 8080 9090
 HEALTHCHECK --interval=30s --timeout=5s --start-period=20s --retries=3 \
