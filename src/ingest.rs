@@ -3,8 +3,9 @@
 //! Pull loops, webhooks, push results and local operations (CLI, API) send [`Batch`]es over a bounded
 //! channel. The ingestor reconciles each batch (pure [`crate::reconcile`]), then commits records,
 //! links, the page's cursor, the fan-out to the outbox, conflicts and dead letters in **one** store
-//! transaction (a page of more than 250 records in parts, the cursor with the last: see
-//! `split_records`). Pull loops `submit().await` (they wait when the channel is full); webhooks use
+//! transaction (a pulled page of more than 250 records in parts, each committed as soon as its
+//! records are reconciled, the cursor with the last: see `BatchWriter::take_part`). Pull loops
+//! `submit().await` (they wait when the channel is full); webhooks use
 //! [`IngestHandle::try_submit`] and answer `503` + `Retry-After` when it is full. A webhook batch is
 //! flushed to disk before its reply, so an acknowledged delivery is never lost.
 
@@ -471,70 +472,14 @@ impl Ingestor {
 /// The most batches one group commit takes.
 const GROUP_MAX: usize = 64;
 
-/// The most records one store transaction of a pulled page writes. A transaction keeps every sled
-/// node it replaces until it ends, so its memory grows with its size: a 10,000-row page in one
-/// transaction held about 100 MiB at its end, and parts of 250 instead of 1,000 lowered the peak of
-/// `crmsync bench --records 100000` by about 25 MiB at the same CPU per record (README Performance).
+/// The records after which a pulled page's writer commits what it has reconciled so far (a part
+/// ends with the change that reaches it, so it holds a few more when that change also rewrites
+/// others). A sled transaction keeps every node it replaces until it ends, so its memory grows with
+/// its size: a 10,000-row page in one transaction held about 100 MiB at its end, and parts of 250
+/// instead of 1,000 lowered the peak of `crmsync bench --records 100000` by about 25 MiB at the same
+/// CPU per record (README Performance). Committed as soon as they are reconciled, the writer holds
+/// a part's records, not a page's (up to 10,000).
 const COMMIT_RECORDS: usize = 250;
-
-/// Takes the records of a large pulled page's commit off in parts of at most `limit`, to be
-/// committed in order before what is left in `commit` (the last part, with the cursor and sync
-/// status).
-///
-/// A crash between the parts leaves some of the page's records stored without the cursor: the next
-/// pass reads the page again, and reading a stored record again changes nothing. So an outbox entry
-/// goes in the part of the record it queues, and a conflict in the part of its record. Dead letters
-/// and the rest go with the cursor: a new read of the page writes them again.
-///
-/// The entries keep their order, so an entry could only follow an earlier one into a later part
-/// than its record's (a record changed twice within the page, or repointed by a placeholder merge);
-/// a crash between those two parts would leave the record stored and its push never queued, since
-/// reading the page again changes nothing. Such a page, and one with an entry for a record it does
-/// not write, is committed whole: splitting is a memory saving, never a risk to a push.
-fn split_records(commit: &mut Commit, limit: usize) -> Vec<Commit> {
-    if commit.records.len() <= limit || limit == 0 {
-        return Vec::new();
-    }
-    let part_of: HashMap<CanonicalId, usize> =
-        commit.records.iter().enumerate().map(|(index, (record, _))| (record.id, index / limit)).collect();
-    let mut previous = 0;
-    for (_, entry) in &commit.outbox {
-        match part_of.get(&entry.canonical_id) {
-            Some(&part) if part >= previous => previous = part,
-            _ => return Vec::new(),
-        }
-    }
-    let records = std::mem::take(&mut commit.records);
-    let mut parts: Vec<Commit> = (0..records.len().div_ceil(limit)).map(|_| Commit::default()).collect();
-    for (index, (record, keys)) in records.into_iter().enumerate() {
-        let part = index / limit;
-        if let Some(target) = parts.get_mut(part) {
-            if commit.created.contains(&record.id) {
-                target.created.insert(record.id);
-            }
-            target.records.push((record, keys));
-        }
-    }
-    let last = parts.len() - 1;
-    for (connection, entry) in std::mem::take(&mut commit.outbox) {
-        let part = part_of.get(&entry.canonical_id).copied().unwrap_or(last);
-        if let Some(target) = parts.get_mut(part) {
-            target.outbox.push((connection, entry));
-        }
-    }
-    for conflict in std::mem::take(&mut commit.conflicts) {
-        let part = part_of.get(&conflict.canonical_id).copied().unwrap_or(last);
-        if let Some(target) = parts.get_mut(part) {
-            target.conflicts.push(conflict);
-        }
-    }
-    if let Some(tail) = parts.pop() {
-        commit.records = tail.records;
-        commit.outbox = tail.outbox;
-        commit.conflicts = tail.conflicts;
-    }
-    parts
-}
 
 /// What a pulled page of a full read writes ([`FullReadStep`]), or `None` when it takes part in
 /// none: an incremental page, the first read of a connection × entity the store links nothing to
@@ -638,22 +583,39 @@ fn apply_group(store: &Store, rules: &IngestRules, batches: Vec<Batch>) -> Vec<R
     results
 }
 
-/// Applies one batch to the store in one commit (an operator batch flushes before it answers).
+/// Applies one batch to the store in one commit (an operator batch flushes before it answers; a
+/// pulled page commits in parts of about [`COMMIT_RECORDS`] records).
 fn apply_batch(store: &Store, rules: &IngestRules, batch: Batch, now: Timestamp) -> Result<IngestStats, IngestError> {
+    apply_batch_in_parts(store, rules, batch, now, COMMIT_RECORDS)
+}
+
+/// [`apply_batch`], a pulled page committed in parts of about `part_records` records.
+fn apply_batch_in_parts(
+    store: &Store,
+    rules: &IngestRules,
+    batch: Batch,
+    now: Timestamp,
+    part_records: usize,
+) -> Result<IngestStats, IngestError> {
     match batch {
         Batch::Pulled { connection, entity, changes, cursor, caught_up, undecodable, full_read } => {
             let step = full_read_step(store, &connection, entity, full_read, caught_up, &changes, &undecodable)?;
+            // What the read's end infers is compared with the store as it was before this page:
+            // the page's parts are committed while it is applied, and the records they link were
+            // delivered by the read (`step.seen`).
+            let gone = match step.as_ref().filter(|step| step.ends) {
+                Some(step) => gone_after_full_read(store, step)?,
+                None => Vec::new(),
+            };
             let mut writer = BatchWriter::new(store, rules, &connection, now);
-            for change in changes {
+            for change in changes.into_iter().chain(gone) {
                 writer.apply_change(change)?;
+                if writer.pending_records() >= part_records {
+                    store.commit(writer.take_part())?;
+                }
             }
             for record in undecodable {
                 writer.set_aside(record);
-            }
-            if let Some(step) = step.as_ref().filter(|step| step.ends) {
-                for change in gone_after_full_read(store, step)? {
-                    writer.apply_change(change)?;
-                }
             }
             let (mut commit, stats) = writer.into_commit();
             let prune = step.as_ref().is_some_and(|step| step.begins || step.ends);
@@ -666,9 +628,6 @@ fn apply_batch(store: &Store, rules: &IngestRules, batch: Batch, now: Timestamp)
                 records: stats.records_in(),
                 caught_up,
             });
-            for part in split_records(&mut commit, COMMIT_RECORDS) {
-                store.commit(part)?;
-            }
             store.commit(commit)?;
             if prune {
                 // The marks of the read that ended (or of one begun again) decide nothing any more.
@@ -1302,6 +1261,61 @@ impl<'a> BatchWriter<'a> {
         Ok(())
     }
 
+    /// The records written since the last part, not committed yet.
+    fn pending_records(&self) -> usize {
+        self.order.len()
+    }
+
+    /// Takes off the records written since the last part, with the outbox entries and conflicts of
+    /// the changes that wrote them, as a commit of their own to go to the store before the rest of
+    /// the batch (a pulled page in parts of about [`COMMIT_RECORDS`]). Dead letters, the cursor and
+    /// the sync status stay for the last part: a crash between parts leaves some of the page's
+    /// records stored without the cursor, and the next pass reads the page again, which changes
+    /// nothing in a stored record and writes the dead letters again.
+    ///
+    /// Taken between changes, so every outbox entry commits with the writes of the change that
+    /// queued it (never after them: a crash could otherwise leave a record stored and its push not
+    /// queued). Once committed, the batch finds these records in the store: they leave the writer,
+    /// and so do the references the fan-out read of them and their queued pushes (a later change of
+    /// one of them in this batch queues it again, since a push of the committed version may already
+    /// be on its way).
+    fn take_part(&mut self) -> Commit {
+        let mut part = Commit {
+            outbox: std::mem::take(&mut self.commit.outbox),
+            conflicts: std::mem::take(&mut self.commit.conflicts),
+            ..Commit::default()
+        };
+        let written = self.take_records();
+        for (record, _) in &written {
+            if self.commit.created.remove(&record.id) {
+                part.created.insert(record.id);
+            }
+            self.dependencies.remove(&record.id);
+        }
+        let ids: std::collections::HashSet<CanonicalId> = written.iter().map(|(record, _)| record.id).collect();
+        self.queued.retain(|(_, id)| !ids.contains(id));
+        self.links.clear();
+        self.keys.clear();
+        part.records = written;
+        part
+    }
+
+    /// The records written since the last part, absorbed placeholders first (their rewrite releases
+    /// the links the records they joined take), then in the order they were first written.
+    fn take_records(&mut self) -> Vec<(Record, Vec<(String, String)>)> {
+        let absorbed = std::mem::take(&mut self.absorbed);
+        let order = std::mem::take(&mut self.order);
+        let first: std::collections::HashSet<CanonicalId> = absorbed.iter().copied().collect();
+        let mut records = Vec::with_capacity(order.len());
+        for id in absorbed.iter().chain(order.iter().filter(|id| !first.contains(id))) {
+            if let Some(record) = self.records.remove(id) {
+                let keys = self.record_keys.remove(id).unwrap_or_default();
+                records.push((record, keys));
+            }
+        }
+        records
+    }
+
     fn into_commit(mut self) -> (Commit, IngestStats) {
         for ((entity, outcome), count) in &self.pulled {
             telemetry::record_pulled(self.connection, *entity, outcome, *count);
@@ -1325,16 +1339,8 @@ impl<'a> BatchWriter<'a> {
                 "vendor modification times in the future clamped to now + skew"
             );
         }
-        // Absorbed placeholders first: their rewrite releases the links the records they joined take.
-        let absorbed = std::mem::take(&mut self.absorbed);
-        let first: std::collections::HashSet<CanonicalId> = absorbed.iter().copied().collect();
-        let order = absorbed.iter().chain(self.order.iter().filter(|id| !first.contains(id)));
-        for id in order {
-            if let Some(record) = self.records.remove(id) {
-                let keys = self.record_keys.remove(id).unwrap_or_default();
-                self.commit.records.push((record, keys));
-            }
-        }
+        let records = self.take_records();
+        self.commit.records.extend(records);
         (self.commit, self.stats)
     }
 }
@@ -1356,10 +1362,11 @@ impl Dependency {
     }
 }
 
-/// Referenced records read from the store by one batch's fan-out, by id (`None`: not stored). The
-/// store does not change while a batch is applied, so a record referenced by many (an account by
-/// its deals and orders) is read and decoded once per batch instead of once per referencing record
-/// and target.
+/// Referenced records read from the store by one batch's fan-out, by id (`None`: not stored). Only
+/// the batch itself changes the store while it is applied (a pulled page commits in parts: the
+/// records of a part leave this map when it is committed), so a record referenced by many (an
+/// account by its deals and orders) is read and decoded once per batch instead of once per
+/// referencing record and target.
 pub type Dependencies = HashMap<CanonicalId, Option<Arc<Dependency>>>;
 
 /// A record's reference as the fan-out sees it: the entity, the id, the referenced record if stored.
@@ -1690,52 +1697,47 @@ mod tests {
         }
     }
 
-    /// A page of `count` account records, each with an outbox entry in the records' order.
-    fn page_commit(count: usize) -> Commit {
-        let now = Timestamp::now();
-        let mut commit = Commit::default();
-        for _ in 0..count {
-            let record = Record::new(CanonicalId::new(), Entity::Account, now);
-            let entry = OutboxEntry::new(Entity::Account, record.id, OutboxOp::Upsert, now);
-            commit.outbox.push((ConnectionId::new("zoho"), entry));
-            commit.records.push((record, Vec::new()));
-        }
-        commit.cursor = Some((ConnectionId::new("sf"), Entity::Account, None));
-        commit
-    }
-
     #[test]
-    fn a_large_page_commits_in_parts_each_entry_with_its_record_and_the_cursor_last() {
-        let mut commit = page_commit(2_500);
-        let ids: Vec<CanonicalId> = commit.records.iter().map(|(record, _)| record.id).collect();
-        let parts = split_records(&mut commit, 1_000);
+    fn a_large_page_commits_in_parts_as_it_is_reconciled_each_entry_with_its_record_and_the_cursor_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = rules(BTreeMap::new());
+        let (sf, zoho) = (ConnectionId::new("sf"), ConnectionId::new("zoho"));
+        let account = |name: &str| EntityData::Account(Account { name: Some(name.into()), ..Account::default() });
+        let mut writer = BatchWriter::new(&store, &rules, &sf, Timestamp::now());
+        let mut parts = Vec::new();
+        for index in 0..600 {
+            writer
+                .apply_change(change(Entity::Account, &format!("001{index}"), account(&format!("A{index}"))))
+                .unwrap();
+            if writer.pending_records() >= COMMIT_RECORDS {
+                let part = writer.take_part();
+                let records: Vec<CanonicalId> = part.records.iter().map(|(record, _)| record.id).collect();
+                let entries: Vec<CanonicalId> = part.outbox.iter().map(|(_, entry)| entry.canonical_id).collect();
+                assert_eq!(records.len(), COMMIT_RECORDS);
+                assert_eq!(entries, records, "each entry in its record's part, in order");
+                assert!(records.iter().all(|id| part.created.contains(id)), "new records are created in their part");
+                assert!(part.cursor.is_none() && part.status.is_empty(), "the cursor goes with the last part only");
+                store.commit(part).unwrap();
+                parts.push(records);
+            }
+        }
         assert_eq!(parts.len(), 2);
-        for (part, chunk) in parts.iter().chain([&commit]).zip(ids.chunks(1_000)) {
-            let records: Vec<CanonicalId> = part.records.iter().map(|(record, _)| record.id).collect();
-            let entries: Vec<CanonicalId> = part.outbox.iter().map(|(_, entry)| entry.canonical_id).collect();
-            assert_eq!(records, chunk, "records in order, at most 1,000 a part");
-            assert_eq!(entries, chunk, "each entry in its record's part");
-        }
-        assert!(parts.iter().all(|part| part.cursor.is_none()), "the cursor goes with the last part only");
-        assert!(commit.cursor.is_some());
-    }
-
-    #[test]
-    fn a_page_whose_entries_do_not_follow_its_records_is_committed_whole() {
-        // The first record changed again at the end of the page: its entry comes after the
-        // entries of the last part, and in a later part it could be lost by a crash between parts.
-        let mut commit = page_commit(2_500);
-        let first = commit.outbox.remove(0);
-        commit.outbox.push(first);
-        assert!(split_records(&mut commit, 1_000).is_empty());
-        assert_eq!((commit.records.len(), commit.outbox.len()), (2_500, 2_500));
-        // An entry for a record the page does not write (a placeholder merge's repointed one).
-        let mut commit = page_commit(2_500);
-        let now = Timestamp::now();
-        let elsewhere = OutboxEntry::new(Entity::Account, CanonicalId::new(), OutboxOp::Upsert, now);
-        commit.outbox.insert(0, (ConnectionId::new("zoho"), elsewhere));
-        assert!(split_records(&mut commit, 1_000).is_empty());
-        assert_eq!(commit.records.len(), 2_500);
+        // A record of a committed part changed again in the same page: found in the store (no
+        // second record) and queued again, since its committed version may be on its way already.
+        let mut renamed = change(Entity::Account, "0010", account("A0, renamed"));
+        renamed.modified_at = renamed.modified_at.saturating_add(std::time::Duration::from_secs(1), true);
+        writer.apply_change(renamed).unwrap();
+        let (commit, stats) = writer.into_commit();
+        assert_eq!((stats.created, stats.updated), (600, 1));
+        let records: Vec<CanonicalId> = commit.records.iter().map(|(record, _)| record.id).collect();
+        assert_eq!(records.len(), 101);
+        assert_eq!(records.last(), Some(&parts[0][0]));
+        assert!(!commit.created.contains(&parts[0][0]));
+        assert_eq!(commit.outbox.last().map(|(_, entry)| entry.canonical_id), Some(parts[0][0]));
+        store.commit(commit).unwrap();
+        assert_eq!(store.counts().unwrap().values().sum::<u64>(), 600);
+        assert_eq!(store.outbox_after(&zoho, None, 1_000).unwrap().len(), 601);
     }
 
     #[test]
@@ -2068,6 +2070,44 @@ mod tests {
             apply_batch(&store, &rules, batch, Timestamp::now()).unwrap();
         }
         canonical_set(&store)
+    }
+
+    /// The shared world pulled as `sync` reads it (a page per connection × entity, accounts first),
+    /// each page committed in parts of about `part_records` records.
+    fn ingest_in_pages(part_records: usize) -> BTreeSet<String> {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let rules = world_rules();
+        let mut pages: Vec<((&str, Entity), Vec<Change>)> = Vec::new();
+        for (connection, change) in shared_world() {
+            match pages.iter_mut().find(|(key, _)| *key == (connection, change.entity)) {
+                Some((_, changes)) => changes.push(change),
+                None => pages.push(((connection, change.entity), vec![change])),
+            }
+        }
+        pages.sort_by_key(|((_, entity), _)| *entity);
+        for ((connection, entity), changes) in pages {
+            let batch = Batch::Pulled {
+                connection: ConnectionId::new(connection),
+                entity,
+                changes,
+                cursor: None,
+                caught_up: false,
+                undecodable: Vec::new(),
+                full_read: FullRead::No,
+            };
+            apply_batch_in_parts(&store, &rules, batch, Timestamp::now(), part_records).unwrap();
+        }
+        canonical_set(&store)
+    }
+
+    #[test]
+    fn the_canonical_set_does_not_depend_on_the_size_of_a_pages_parts() {
+        let whole = ingest_in_pages(usize::MAX);
+        assert_eq!(whole, ingest_in_order(&(0..shared_world().len()).collect::<Vec<usize>>()));
+        for part_records in [1, 2, 3] {
+            assert_eq!(ingest_in_pages(part_records), whole, "parts of {part_records}");
+        }
     }
 
     #[test]
