@@ -778,7 +778,7 @@ async fn webhook_phase(app: &App, wanted: usize) -> anyhow::Result<WebhookReport
             .await
     });
     let plan = LoadPlan {
-        header: "x-crmsync-key".to_owned(),
+        header: crmsync_connectors::dynamics365::sim::WEBHOOK_HEADER.to_owned(),
         key: crmsync_connectors::dynamics365::sim::WEBHOOK_KEY.to_owned(),
         deliveries: targets,
     };

@@ -48,7 +48,7 @@ fn config(base: &url::Url) -> Dynamics365Config {
         channel_field: Some("crmsync_channel".into()),
         webhook: Some(Dynamics365Webhook {
             key: SecretString::from(sim::WEBHOOK_KEY.to_owned()),
-            header: Some("x-crmsync-key".into()),
+            header: Some(sim::WEBHOOK_HEADER.into()),
         }),
         create_defaults: sim_create_defaults(),
     }
@@ -98,7 +98,7 @@ async fn contract_suite_passes_on_accounts() {
     let running = simulator(Dynamics365SimOptions::with_world(world(only(300, 0, 0)))).await;
     let connector = connector(&running);
     let mut forged = reqwest::header::HeaderMap::new();
-    forged.insert("x-crmsync-key", "guess".parse().unwrap());
+    forged.insert(sim::WEBHOOK_HEADER, "guess".parse().unwrap());
     let body = br#"{"MessageName":"Update","PrimaryEntityName":"account","PrimaryEntityId":"00000000-0000-0000-0000-000000000001"}"#;
     testkit::run_contract_suite(&connector, running.state().as_ref(), Entity::Account, &delivery(&forged, None, body))
         .await;
@@ -411,7 +411,7 @@ async fn webhooks_are_authenticated_by_header_or_code_and_deletes_carry_their_ti
     let running = simulator(Dynamics365SimOptions::with_world(world(only(1, 0, 0)))).await;
     let by_header = connector(&running);
     let mut headers = reqwest::header::HeaderMap::new();
-    headers.insert("x-crmsync-key", sim::WEBHOOK_KEY.parse().unwrap());
+    headers.insert(sim::WEBHOOK_HEADER, sim::WEBHOOK_KEY.parse().unwrap());
     let update = br#"{"MessageName":"Update","PrimaryEntityName":"opportunity","PrimaryEntityId":"{6F5C2F30-0000-4000-8000-0000000000AA}","Depth":1,"OperationCreatedOn":"/Date(1764000000000-0000)/"}"#;
     let reply = by_header.parse_webhook(&delivery(&headers, None, update)).unwrap();
     assert!(

@@ -87,7 +87,10 @@ async fn webhook_deletes_of_ids_never_stored_are_ignored_with_a_log_line_in_ever
     for id in [&dataverse_unknown, &dataverse_known] {
         let dataverse = http
             .post(format!("http://127.0.0.1:{port}/webhooks/dynamics365"))
-            .header("x-crmsync-key", crmsync_connectors::dynamics365::sim::WEBHOOK_KEY)
+            .header(
+                crmsync_connectors::dynamics365::sim::WEBHOOK_HEADER,
+                crmsync_connectors::dynamics365::sim::WEBHOOK_KEY,
+            )
             .json(&json!({
                 "MessageName": "Delete",
                 "PrimaryEntityName": "account",

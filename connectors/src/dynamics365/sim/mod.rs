@@ -56,8 +56,11 @@ pub const TENANT_ID: &str = "contoso.onmicrosoft.com";
 pub const CLIENT_ID: &str = "8f0c2a4e-2b7e-4f5d-9a51-crmsync0demo";
 /// Client secret.
 pub const CLIENT_SECRET: &str = "demo-dataverse-client-secret";
-/// Webhook key (`HttpHeader` auth, header `x-crmsync-key`).
+/// Webhook key (`HttpHeader` auth, sent in [`WEBHOOK_HEADER`]).
 pub const WEBHOOK_KEY: &str = "demo-dataverse-webhook-key";
+/// The header the demo connection's webhook key arrives in (the service endpoint's `HttpHeader`
+/// authentication names it; crm-apis.md §3.8).
+pub const WEBHOOK_HEADER: &str = "x-crmsync-key";
 /// Env variable of the client secret in `connection_toml`.
 pub const ENV_CLIENT_SECRET: &str = "CRMSYNC_DEMO_D365_CLIENT_SECRET";
 /// Env variable of the webhook key.
@@ -127,7 +130,7 @@ pub fn connection_toml(name: &str, base_url: &str) -> String {
         "[connections.{name}]\nkind = \"dynamics365\"\norg_url = \"{base_url}\"\nauthority_url = \"{base_url}\"\n\
          tenant_id = \"{TENANT_ID}\"\nchannel_field = \"crmsync_channel\"\n\
          auth = {{ client_id = \"{CLIENT_ID}\", client_secret = {{ env = \"{ENV_CLIENT_SECRET}\" }} }}\n\
-         webhook = {{ key = {{ env = \"{ENV_WEBHOOK_KEY}\" }}, header = \"x-crmsync-key\" }}\n\
+         webhook = {{ key = {{ env = \"{ENV_WEBHOOK_KEY}\" }}, header = \"{WEBHOOK_HEADER}\" }}\n\
          create_defaults = {{ lead = {{ subject = \"Lead from crmsync\" }}, salesorder = {{ pricelevelid = \"/pricelevels({PRICE_LIST_ID})\" }} }}\n"
     )
 }
