@@ -1670,6 +1670,19 @@ mod tests {
     use crate::ingest::operator::{DeadLetterSelection, OperatorAction};
     use crate::reconcile::Route;
 
+    /// An incremental page of `changes` (no cursor, not caught up, nothing undecodable).
+    fn pulled(connection: ConnectionId, entity: Entity, changes: Vec<Change>) -> Batch {
+        Batch::Pulled {
+            connection,
+            entity,
+            changes,
+            cursor: None,
+            caught_up: false,
+            undecodable: Vec::new(),
+            full_read: FullRead::No,
+        }
+    }
+
     fn rules(fields: BTreeMap<ConnectionId, FieldPolicy>) -> IngestRules {
         let everywhere = vec![ConnectionId::new("sf"), ConnectionId::new("zoho")];
         let rules = Rules {
@@ -1746,15 +1759,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let rules = rules(BTreeMap::new());
         let (sf, zoho) = (ConnectionId::new("sf"), ConnectionId::new("zoho"));
-        let page = |entity: Entity, changes: Vec<Change>| Batch::Pulled {
-            connection: sf.clone(),
-            entity,
-            changes,
-            cursor: None,
-            caught_up: false,
-            undecodable: Vec::new(),
-            full_read: FullRead::No,
-        };
+        let page = |entity: Entity, changes: Vec<Change>| pulled(sf.clone(), entity, changes);
         let account = EntityData::Account(Account { name: Some("Acme".into()), ..Account::default() });
         apply_batch(
             &store,
@@ -2058,15 +2063,7 @@ mod tests {
         let rules = world_rules();
         for index in order {
             let (connection, change) = world[*index].clone();
-            let batch = Batch::Pulled {
-                connection: ConnectionId::new(connection),
-                entity: change.entity,
-                changes: vec![change],
-                cursor: None,
-                caught_up: false,
-                undecodable: Vec::new(),
-                full_read: FullRead::No,
-            };
+            let batch = pulled(ConnectionId::new(connection), change.entity, vec![change]);
             apply_batch(&store, &rules, batch, Timestamp::now()).unwrap();
         }
         canonical_set(&store)
@@ -2087,15 +2084,7 @@ mod tests {
         }
         pages.sort_by_key(|((_, entity), _)| *entity);
         for ((connection, entity), changes) in pages {
-            let batch = Batch::Pulled {
-                connection: ConnectionId::new(connection),
-                entity,
-                changes,
-                cursor: None,
-                caught_up: false,
-                undecodable: Vec::new(),
-                full_read: FullRead::No,
-            };
+            let batch = pulled(ConnectionId::new(connection), entity, changes);
             apply_batch_in_parts(&store, &rules, batch, Timestamp::now(), part_records).unwrap();
         }
         canonical_set(&store)
@@ -2116,18 +2105,16 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let world = shared_world();
         let rules = world_rules();
-        let page = |connection: &str, externals: &[&str]| Batch::Pulled {
-            connection: ConnectionId::new(connection),
-            entity: world.iter().find(|(_, change)| change.external_id.as_str() == externals[0]).unwrap().1.entity,
-            changes: world
-                .iter()
-                .filter(|(from, change)| *from == connection && externals.contains(&change.external_id.as_str()))
-                .map(|(_, change)| change.clone())
-                .collect(),
-            cursor: None,
-            caught_up: false,
-            undecodable: Vec::new(),
-            full_read: FullRead::No,
+        let page = |connection: &str, externals: &[&str]| {
+            pulled(
+                ConnectionId::new(connection),
+                world.iter().find(|(_, change)| change.external_id.as_str() == externals[0]).unwrap().1.entity,
+                world
+                    .iter()
+                    .filter(|(from, change)| *from == connection && externals.contains(&change.external_id.as_str()))
+                    .map(|(_, change)| change.clone())
+                    .collect(),
+            )
         };
         // Salesforce's account first, then Zoho's order and deal (placeholders for Z1 and ZD1), then
         // Zoho's account: its data matches Salesforce's account.
