@@ -308,16 +308,21 @@ impl Simulator {
     }
 }
 
-async fn start_simulator(vendor: &str, args: &BenchArgs, anchor: Timestamp) -> anyhow::Result<Simulator> {
+/// A command that runs this crmsync executable as a child of bench (a simulator, the warm-up, the
+/// webhook load generator): warnings only in its log, no stdin unless set, killed when dropped.
+fn crmsync_child() -> anyhow::Result<tokio::process::Command> {
     let exe = std::env::current_exe().context("cannot find the crmsync executable")?;
-    let mut child = tokio::process::Command::new(exe)
+    let mut command = tokio::process::Command::new(exe);
+    command.env("RUST_LOG", "warn").stdin(Stdio::null()).kill_on_drop(true);
+    Ok(command)
+}
+
+async fn start_simulator(vendor: &str, args: &BenchArgs, anchor: Timestamp) -> anyhow::Result<Simulator> {
+    let mut child = crmsync_child()?
         .args(["simulate", vendor, "--shared-world", "--port", "0"])
         .args(["--records", &args.records.to_string(), "--seed", &args.seed.to_string()])
         .args(["--anchor", &anchor.to_string()])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .with_context(|| format!("cannot start the {vendor} simulator"))?;
     let stdout = child.stdout.take().context("simulator stdout")?;
@@ -633,17 +638,13 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
 /// is not held by this process's allocator when the measured pass starts (it was: 84 MiB resident
 /// before the pass at 100,000 records), so the memory curve starts from what the daemon holds.
 async fn warm_up(config_path: &std::path::Path, dir: &std::path::Path) -> anyhow::Result<()> {
-    let exe = std::env::current_exe().context("cannot find the crmsync executable")?;
-    let status = tokio::process::Command::new(exe)
+    let status = crmsync_child()?
         .arg("bench-warm-up")
         .arg("--config")
         .arg(config_path)
         .arg("--store")
         .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .kill_on_drop(true)
         .status()
         .await
         .context("cannot start the warm-up process")?;
@@ -829,14 +830,11 @@ fn quantile_ms(sorted_micros: &[u64], quantile: f64) -> f64 {
 
 /// Starts `crmsync bench-webhooks` against `url`, hands it `plan` on stdin and reads its outcome.
 async fn run_load_generator(url: &str, plan: &LoadPlan) -> anyhow::Result<LoadOutcome> {
-    let exe = std::env::current_exe().context("cannot find the crmsync executable")?;
-    let mut child = tokio::process::Command::new(exe)
+    let mut child = crmsync_child()?
         .args(["bench-webhooks", "--url", url])
         .args(["--rate", &WEBHOOK_RATE.to_string(), "--connections", &WEBHOOK_CONNECTIONS.to_string()])
-        .env("RUST_LOG", "warn")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .context("cannot start the webhook load generator")?;
     let mut stdin = child.stdin.take().context("load generator stdin")?;
