@@ -96,8 +96,8 @@ pub enum Command {
     /// Run one vendor simulator alone (for trying a configuration without a real CRM).
     Simulate(SimulateArgs),
     /// Measure crmsync against the three built-in simulators: pull + reconcile + commit throughput,
-    /// API calls next to the vendor minimum, resident memory through the sync, the calls of an
-    /// incremental pass with nothing changed, the time of the sales-metrics scan over the result,
+    /// API calls next to the vendor minimum, resident memory through the sync and each phase's peak,
+    /// the calls of an incremental pass with nothing changed, the time of the sales-metrics scan over the result,
     /// and webhook → durable store latency at 1,000 deliveries/s (the README's "Performance"
     /// section lists the targets and the last figures).
     ///

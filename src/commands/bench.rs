@@ -26,6 +26,12 @@
 //! 4. An incremental pass with nothing changed, served live: its API calls (the bar is ≤ 1 per entity).
 //! 5. The sales metrics over the resulting store: the unified report alone, and every scope (unified
 //!    plus each connection) in one scan, as the daemon publishes them to Prometheus every minute.
+//!
+//! Each phase's resident set is reported too (before, peak, after; [`PhaseMemory`]): the peak is
+//! the kernel's high-water mark (`VmHWM`), reset as the phase begins, so a spike between two
+//! samples is not missed; bench's own reads (the record counts, the webhook targets) are phases of
+//! their own so that they are not taken for the daemon's.
+//!
 //! 6. Webhooks: the daemon's HTTP edge (the real router and ingest writer) on loopback receives
 //!    authenticated Dataverse deliveries at 1,000 per second (deletes of stored records: a delete
 //!    carries its change, updates only ask for a fetch). A 2xx is sent only once the change is
@@ -158,10 +164,29 @@ pub struct Memory {
     pub peak_mib: f64,
     /// After the pass.
     pub after_mib: f64,
-    /// The kernel's high-water mark of this process (`VmHWM`).
+    /// The highest resident set of this process over the whole bench (the kernel's high-water mark,
+    /// `VmHWM`, before the first phase and in each phase).
     pub high_water_mib: f64,
     /// (vendor records committed, resident MiB) each time another tenth of the world was committed.
     pub curve: Vec<(u64, f64)>,
+    /// Each phase's resident set, in the order they ran.
+    pub phases: Vec<PhaseMemory>,
+}
+
+/// The resident set of this process through one phase of the bench, in MiB.
+#[derive(Debug, Serialize)]
+pub struct PhaseMemory {
+    /// What the phase does.
+    pub phase: &'static str,
+    /// When it began.
+    pub before_mib: f64,
+    /// Its highest: the kernel's high-water mark (`VmHWM`), reset when the phase began (Linux'
+    /// `/proc/self/clear_refs`), or where that cannot be reset, the highest of samples every 100 ms.
+    pub peak_mib: f64,
+    /// When it ended.
+    pub after_mib: f64,
+    /// Whether `peak_mib` is the kernel's exact high-water mark (`false`: sampled).
+    pub exact_peak: bool,
 }
 
 /// The webhook phase.
@@ -378,6 +403,79 @@ fn sample_rss(
     (peak, task)
 }
 
+/// Measures this process's resident set through each phase of the bench ([`PhaseMemory`]): the
+/// kernel's high-water mark, reset as a phase begins, and samples every 100 ms where it cannot be
+/// reset.
+struct PhaseWatch {
+    /// The highest sample since the phase began; the sampler stops when this is dropped.
+    sampled: Arc<AtomicU64>,
+    /// The high-water mark of what ran before the first phase, then raised by each phase's peak.
+    high_water: u64,
+    phases: Vec<PhaseMemory>,
+}
+
+/// A phase [`PhaseWatch::begin`] began.
+struct Phase {
+    name: &'static str,
+    before: u64,
+    exact: bool,
+}
+
+impl PhaseWatch {
+    fn start() -> Self {
+        let sampled = Arc::new(AtomicU64::new(resident_bytes().unwrap_or(0)));
+        let recorder = Arc::downgrade(&sampled);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(Duration::from_millis(100));
+            loop {
+                ticks.tick().await;
+                let Some(recorder) = recorder.upgrade() else { return };
+                if let Some(bytes) = resident_bytes() {
+                    recorder.fetch_max(bytes, Ordering::Relaxed);
+                }
+            }
+        });
+        let high_water = proc_status_bytes("VmHWM:").unwrap_or(0);
+        Self { sampled, high_water, phases: Vec::new() }
+    }
+
+    fn begin(&mut self, name: &'static str) -> Phase {
+        // Before the reset: what ran since the last phase (or before the first) is counted too.
+        self.high_water = self.high_water.max(proc_status_bytes("VmHWM:").unwrap_or(0));
+        let exact = reset_high_water();
+        let before = resident_bytes().unwrap_or(0);
+        self.sampled.store(before, Ordering::Relaxed);
+        Phase { name, before, exact }
+    }
+
+    fn end(&mut self, phase: Phase) {
+        let after = resident_bytes().unwrap_or(0);
+        let sampled = self.sampled.load(Ordering::Relaxed).max(after);
+        let peak = if phase.exact { proc_status_bytes("VmHWM:").unwrap_or(0).max(sampled) } else { sampled };
+        self.high_water = self.high_water.max(peak);
+        self.phases.push(PhaseMemory {
+            phase: phase.name,
+            before_mib: mib(phase.before),
+            peak_mib: mib(peak),
+            after_mib: mib(after),
+            exact_peak: phase.exact,
+        });
+    }
+
+    /// The high-water mark of the whole bench, and the phases (the sampler stops).
+    fn finish(self) -> (u64, Vec<PhaseMemory>) {
+        // Where no reset worked, the kernel's mark now is the whole run's.
+        let high_water = self.high_water.max(proc_status_bytes("VmHWM:").unwrap_or(0));
+        (high_water, self.phases)
+    }
+}
+
+/// Resets the kernel's high-water mark of this process's resident set (`VmHWM`) to its resident
+/// set now (writing `5` to `/proc/self/clear_refs`, Linux 4.0 and later). Returns whether it did.
+fn reset_high_water() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
 /// A field of `/proc/self/status` in bytes (`VmRSS`, `VmHWM`); `None` off Linux.
 fn proc_status_bytes(field: &str) -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -537,6 +635,8 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     let cancel = CancellationToken::new();
 
     tracing::info!("bench: full pull (pull + reconcile + commit into a fresh store)");
+    let mut watch = PhaseWatch::start();
+    let phase = watch.begin("full pass");
     let before = resident_bytes().unwrap_or(0);
     let stop_sampling = CancellationToken::new();
     let ingest = app.ingest.clone();
@@ -567,35 +667,48 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
     }
     vendor_json_bytes = vendor_json_bytes.saturating_sub(replay.recorded_bytes);
     let after = resident_bytes().unwrap_or(0);
+    watch.end(phase);
     if let Some(failed) = failures(&full) {
         bail!("the full pass failed: {failed}");
     }
     let records_pulled: u64 = full.rows.iter().map(|row| row.records_in).sum();
 
     tracing::info!("bench: incremental pass with nothing changed");
+    let phase = watch.begin("incremental pass");
     let incremental = run_pass(&app.connectors, &app.store, &app.ingest, &policies, &selection, &cancel).await;
+    watch.end(phase);
     if let Some(failed) = failures(&incremental) {
         bail!("the incremental pass failed: {failed}");
     }
 
     tracing::info!("bench: sales metrics over the store");
     let (store, metrics_config) = (app.store.clone(), app.config.metrics.clone());
-    let scopes: Vec<Scope> =
-        std::iter::once(Scope::Unified).chain(app.config.connections.keys().cloned().map(Scope::Connection)).collect();
-    let (unified_seconds, all_seconds) = tokio::task::spawn_blocking(move || -> anyhow::Result<(f64, f64)> {
+    let phase = watch.begin("metrics: unified scope");
+    let unified_seconds = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
         let started = Instant::now();
         metrics_report(&store, &metrics_config, Scope::Unified, None, None)?;
-        let unified = started.elapsed().as_secs_f64();
-        let started = Instant::now();
-        metrics_reports(&store, &metrics_config, scopes, None, None)?;
-        Ok((unified, started.elapsed().as_secs_f64()))
+        Ok(started.elapsed().as_secs_f64())
     })
     .await??;
+    watch.end(phase);
+    let (store, metrics_config) = (app.store.clone(), app.config.metrics.clone());
+    let scopes: Vec<Scope> =
+        std::iter::once(Scope::Unified).chain(app.config.connections.keys().cloned().map(Scope::Connection)).collect();
+    let phase = watch.begin("metrics: every scope in one scan");
+    let all_seconds = tokio::task::spawn_blocking(move || -> anyhow::Result<f64> {
+        let started = Instant::now();
+        metrics_reports(&store, &metrics_config, scopes, None, None)?;
+        Ok(started.elapsed().as_secs_f64())
+    })
+    .await??;
+    watch.end(phase);
+    let phase = watch.begin("record counts (as status counts them)");
     let canonical_records = app.store.counts()?.values().sum();
     let store_bytes = app.store.size_on_disk()?;
+    watch.end(phase);
     tracing::info!("bench: webhook deliveries through the HTTP edge at 1,000/s");
-    let webhooks = webhook_phase(&app, WEBHOOK_DELIVERIES).await?;
-    let high_water = proc_status_bytes("VmHWM:").unwrap_or(0);
+    let webhooks = webhook_phase(&app, WEBHOOK_DELIVERIES, &mut watch).await?;
+    let (high_water, phases) = watch.finish();
     app.shutdown().await?;
     drop((salesforce, zoho, dynamics365));
 
@@ -620,6 +733,7 @@ async fn bench(args: &BenchArgs, data_dir: &std::path::Path) -> anyhow::Result<B
             after_mib: mib(after),
             high_water_mib: mib(high_water),
             curve: curve.into_iter().map(|(records, bytes)| (records, mib(bytes))).collect(),
+            phases,
         },
         incremental_calls: rows(&incremental, &kinds, 0),
         metrics_unified_seconds: rounded(unified_seconds, 3),
@@ -730,7 +844,7 @@ struct LoadOutcome {
 /// Serves the daemon's public router over the bench's app and has a load generator in a process of
 /// its own post Dataverse delete deliveries for stored records at [`WEBHOOK_RATE`] per second;
 /// returns their latencies.
-async fn webhook_phase(app: &App, wanted: usize) -> anyhow::Result<WebhookReport> {
+async fn webhook_phase(app: &App, wanted: usize, watch: &mut PhaseWatch) -> anyhow::Result<WebhookReport> {
     use crmsync_connectors::WebhookParser;
     use crmsync_connectors::canonical::{ConnectionId, Entity};
 
@@ -739,6 +853,7 @@ async fn webhook_phase(app: &App, wanted: usize) -> anyhow::Result<WebhookReport
     let connection = ConnectionId::new("dynamics365");
     let Some(connector) = app.connectors.get(&connection) else { bail!("bench has no dynamics365 connection") };
     // Stored Dataverse copies to delete, read off the async threads.
+    let phase = watch.begin("webhook targets (records read from the store)");
     let (store, scan_connection) = (app.store.clone(), connection.clone());
     let targets = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<(String, String)>> {
         let mut targets = Vec::new();
@@ -755,6 +870,7 @@ async fn webhook_phase(app: &App, wanted: usize) -> anyhow::Result<WebhookReport
         Ok(targets)
     })
     .await??;
+    watch.end(phase);
     let parser: Arc<dyn WebhookParser> = connector.clone();
     let endpoint = WebhookEndpoint { connection: connection.clone(), parser, nudges: BTreeMap::new() };
     let state = HttpState {
@@ -783,11 +899,13 @@ async fn webhook_phase(app: &App, wanted: usize) -> anyhow::Result<WebhookReport
         key: crmsync_connectors::dynamics365::sim::WEBHOOK_KEY.to_owned(),
         deliveries: targets,
     };
+    let phase = watch.begin("webhooks at 1,000/s");
     let cpu_before = cpu_seconds().unwrap_or(0.0);
     let outcome = run_load_generator(&url, &plan).await;
     let daemon_cpu = cpu_seconds().unwrap_or(0.0) - cpu_before;
     stop.cancel();
     let _ = server.await;
+    watch.end(phase);
     let outcome = outcome?;
     let (mut report, mut latencies) = (WebhookReport::default(), Vec::new());
     let mut lateness: Vec<u64> = outcome.deliveries.iter().map(|(_, _, late)| *late).collect();
@@ -997,6 +1115,19 @@ fn render(report: &BenchReport) -> String {
     let curve: Vec<String> =
         report.memory.curve.iter().map(|(records, resident)| format!("{records}: {resident}")).collect();
     let _ = writeln!(out, "resident MiB by vendor records committed: {}", curve.join(", "));
+    let _ =
+        writeln!(out, "resident MiB by phase (before → peak → after; * sampled every 100 ms, not the kernel's mark):");
+    for phase in &report.memory.phases {
+        let _ = writeln!(
+            out,
+            "  {:<46} {:>7} → {:>7}{} → {:>7}",
+            phase.phase,
+            phase.before_mib,
+            phase.peak_mib,
+            if phase.exact_peak { " " } else { "*" },
+            phase.after_mib
+        );
+    }
     let _ = writeln!(
         out,
         "store on disk: {} MiB for {} MiB of vendor JSON served ({:.2}×; bar: ≤ 3×)\n",

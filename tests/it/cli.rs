@@ -276,6 +276,22 @@ async fn bench_syncs_a_shared_world_into_one_record_per_customer_and_counts_the_
     assert!(report["vendor_json_mib"].as_f64().unwrap() > 0.0, "{report:#}");
     assert!(report["simulators_cpu_seconds"].is_number(), "{report:#}");
     assert!(!report["memory"]["curve"].as_array().unwrap().is_empty(), "memory sampled as records commit");
+    // Each phase's resident set: its peak is at least what it began and ended with, and the whole
+    // run's high-water mark is at least every phase's peak.
+    let phases = report["memory"]["phases"].as_array().unwrap();
+    let names: Vec<&str> = phases.iter().map(|phase| phase["phase"].as_str().unwrap()).collect();
+    assert_eq!(names.first().copied(), Some("full pass"), "{names:?}");
+    assert_eq!(names.last().copied(), Some("webhooks at 1,000/s"), "{names:?}");
+    assert!(names.iter().any(|name| name.starts_with("metrics")), "{names:?}");
+    let high_water = report["memory"]["high_water_mib"].as_f64().unwrap();
+    for phase in phases {
+        let peak = phase["peak_mib"].as_f64().unwrap();
+        assert!(
+            peak >= phase["before_mib"].as_f64().unwrap() && peak >= phase["after_mib"].as_f64().unwrap(),
+            "{phase}"
+        );
+        assert!(high_water >= peak, "{phase} above the high-water mark {high_water}");
+    }
     // Webhook deliveries through the HTTP edge: every one answered, and a 2xx only once durable.
     let hooks = &report["webhooks"];
     assert!(hooks["deliveries"].as_u64().unwrap() > 0, "{hooks}");
