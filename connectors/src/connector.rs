@@ -239,15 +239,16 @@ impl Undecodable {
     pub fn of_row(
         entity: Entity,
         object: &str,
-        row: &serde_json::Map<String, serde_json::Value>,
+        row: &(impl crate::row::Fields + ?Sized),
         (id_field, stamp_field): (&str, &str),
         error: ConnectorError,
     ) -> Result<Self, ConnectorError> {
         if !matches!(error, ConnectorError::Decode { .. }) {
             return Err(error);
         }
-        let id = row.get(id_field).and_then(serde_json::Value::as_str).filter(|id| !id.is_empty());
-        let stamp = row.get(stamp_field).and_then(serde_json::Value::as_str).and_then(|text| text.parse().ok());
+        let (id, stamp) = (row.field(id_field), row.field(stamp_field));
+        let id = id.as_ref().and_then(crate::row::Field::as_text).filter(|id| !id.is_empty());
+        let stamp = stamp.as_ref().and_then(crate::row::Field::as_text).and_then(|text| text.parse().ok());
         match (id, stamp) {
             (Some(id), Some(modified_at)) => Ok(Self {
                 entity,

@@ -29,7 +29,7 @@ use crate::canonical::{
 };
 use crate::connector::{Change, ChangeKind, Completeness};
 use crate::error::ConnectorError;
-use crate::row::{date, decimal, integer, text, timestamp};
+use crate::row::{RawRow, date, decimal, integer, text, timestamp};
 use crate::settings::FieldPolicy;
 
 /// Formatted-value annotation suffix.
@@ -235,14 +235,14 @@ pub const LINE_COLUMNS: &[&str] = &[
     "extendedamount",
 ];
 
-fn formatted(row: &Map<String, Value>, column: &str) -> Option<String> {
-    row.get(&format!("{column}{FORMATTED}")).and_then(Value::as_str).map(str::to_owned)
+fn formatted(row: &RawRow<'_>, column: &str) -> Option<String> {
+    row.annotation(column, FORMATTED).map(std::borrow::Cow::into_owned)
 }
 
 /// A lookup to an account (`_customerid_value` may point at a contact: not mapped).
-fn account_lookup(row: &Map<String, Value>, column: &str) -> Option<RecordRef> {
+fn account_lookup(row: &RawRow<'_>, column: &str) -> Option<RecordRef> {
     let id = text(row, column)?;
-    let target = row.get(&format!("{column}{LOOKUP_LOGICAL_NAME}")).and_then(Value::as_str);
+    let target = row.annotation(column, LOOKUP_LOGICAL_NAME);
     (target.is_none_or(|target| target == "account")).then(|| RecordRef::external(id))
 }
 
@@ -262,7 +262,7 @@ pub struct MapContext<'a> {
 
 /// The canonical stage of an opportunity row and its raw vendor value.
 fn stage_of(
-    row: &Map<String, Value>,
+    row: &RawRow<'_>,
     vocabulary: &Vocabulary,
     unmapped: &mut Vec<String>,
 ) -> Result<(Option<Stage>, Option<String>), ConnectorError> {
@@ -285,11 +285,12 @@ fn stage_of(
     Ok((stage, Some(raw)))
 }
 
-/// Maps one row to a canonical change. `lines` are the order's `salesorderdetails` rows.
+/// Maps one row to a canonical change. `lines` are the order's `salesorderdetails` rows (an order
+/// row's own expansion, `order_details`, is never read here: the caller hands its lines in).
 pub fn to_change(
     entity: Entity,
-    row: &Map<String, Value>,
-    lines: Option<&[Map<String, Value>]>,
+    row: &RawRow<'_>,
+    lines: Option<&[RawRow<'_>]>,
     context: &MapContext<'_>,
     unmapped: &mut Vec<String>,
 ) -> Result<Change, ConnectorError> {
@@ -438,17 +439,21 @@ pub fn to_change(
         .flat_map(|field| vendor_columns(entity, field).iter().filter_map(|column| resolve(column, config)))
         .chain([table.key, "modifiedon", "createdon", config.alternate_key.as_str()])
         .collect();
-    let extra = row
-        .iter()
-        .filter(|(column, _)| !mapped.contains(column.as_str()) && !column.starts_with('@') && !column.contains('@'))
-        .map(|(column, value)| (column.clone(), value.clone()))
-        .collect();
+    let mut extra = Map::new();
+    for (column, json) in row.columns() {
+        if mapped.contains(column) || column.contains('@') || (entity == Entity::Order && column == wire::ORDER_LINES) {
+            continue;
+        }
+        let value = serde_json::from_str::<Value>(json.get())
+            .map_err(|error| ConnectorError::decode(format!("{}.{column}", table.logical), error))?;
+        extra.insert(column.to_owned(), value);
+    }
     Ok(Change {
         entity,
         object: table.logical.to_owned(),
         external_id: ExternalId::new(id),
         modified_at,
-        version: row.get("@odata.etag").and_then(Value::as_str).map(str::to_owned),
+        version: row.text("@odata.etag").map(std::borrow::Cow::into_owned),
         canonical_hint,
         kind: ChangeKind::Upsert { data, completeness: Completeness::Partial },
         extra,

@@ -64,6 +64,7 @@ mod tests;
 pub mod webhook;
 pub mod wire;
 
+use std::borrow::Cow;
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
 use std::sync::Arc;
@@ -86,6 +87,7 @@ use crate::error::{ConnectorError, WebhookError};
 use crate::http::{
     AccessToken, Dialect, Grant, RawResponse, TokenResponse, VendorHttp, error_for_status, request_token,
 };
+use crate::row::{RawRow, RowText};
 use crate::settings::ConnectionSettings;
 
 /// Requests in flight per connection (Dataverse allows 52 per user and web server).
@@ -195,6 +197,41 @@ enum OrderRead {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         lines_delta: Option<String>,
     },
+}
+
+/// The lines of orders read apart from their rows: order id → the lines' rows.
+type OrderLines = HashMap<String, Vec<RowText>>;
+
+/// Where the lines of a page's orders come from.
+enum LinesOf {
+    /// Read by order id (rows read without `$expand`); nothing for other entities.
+    ById,
+    /// Each order row's expansion (`order_details`), but for the orders read apart (these).
+    Expanded(OrderLines),
+}
+
+/// The lines of an order row: read apart, or from the row's expansion when `expanded`.
+fn order_lines<'a>(
+    row: &RawRow<'a>,
+    table: wire::Table,
+    lines: &'a OrderLines,
+    expanded: bool,
+) -> Result<Option<Vec<RawRow<'a>>>, ConnectorError> {
+    let Some(id) = row.text(table.key) else { return Ok(None) };
+    if let Some(apart) = lines.get(id.as_ref()) {
+        return apart.iter().map(|line| wire::read_row(line, wire::LINES_SET)).collect::<Result<_, _>>().map(Some);
+    }
+    if !expanded {
+        return Ok(None);
+    }
+    let Some(in_row) = wire::expanded_lines(row, &id)? else { return Ok(None) };
+    in_row
+        .into_iter()
+        .map(|line| {
+            RawRow::parse(line.get()).map_err(|error| ConnectorError::decode(format!("{} row", wire::LINES_SET), error))
+        })
+        .collect::<Result<_, _>>()
+        .map(Some)
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -332,18 +369,19 @@ impl Dynamics365Connector {
             return Ok(currencies.clone());
         }
         let url = format!("{}/transactioncurrencies", self.api());
-        let page: EntityCollection = self
-            .call_json("transactioncurrencies", |client, _| {
+        let page = self
+            .collection("transactioncurrencies", |client, _| {
                 client.get(&url).query(&[("$select", "isocurrencycode,transactioncurrencyid")])
             })
-            .await?
-            .unwrap_or_default();
-        let currencies = Arc::new(Currencies::new(page.value.iter().filter_map(|row| {
-            Some((
-                row.get("transactioncurrencyid")?.as_str()?.to_owned(),
-                row.get("isocurrencycode")?.as_str()?.to_owned(),
-            ))
-        })));
+            .await?;
+        let mut pairs = Vec::with_capacity(page.value.len());
+        for row in &page.value {
+            let row = wire::read_row(row, "transactioncurrencies")?;
+            if let (Some(id), Some(code)) = (row.text("transactioncurrencyid"), row.text("isocurrencycode")) {
+                pairs.push((id.into_owned(), code.into_owned()));
+            }
+        }
+        let currencies = Arc::new(Currencies::new(pairs));
         *cached = Some(currencies.clone());
         Ok(currencies)
     }
@@ -358,21 +396,20 @@ impl Dynamics365Connector {
         let mut next = Some(url);
         let mut first = true;
         while let Some(link) = next.take() {
-            let page: EntityCollection = self
-                .call_json("products", |client, _| {
+            let page = self
+                .collection("products", |client, _| {
                     let request = client.get(&link).header("Prefer", self.page_size());
                     if first { request.query(&[("$select", "productid,name,productnumber")]) } else { request }
                 })
-                .await?
-                .unwrap_or_default();
+                .await?;
             first = false;
-            rows.extend(page.value.iter().filter_map(|row| {
-                Some((
-                    row.get("productid")?.as_str()?.to_owned(),
-                    row.get("name")?.as_str()?.to_owned(),
-                    row.get("productnumber").and_then(Value::as_str).unwrap_or_default().to_owned(),
-                ))
-            }));
+            for row in &page.value {
+                let row = wire::read_row(row, "products")?;
+                if let (Some(id), Some(name)) = (row.text("productid"), row.text("name")) {
+                    let number = row.text("productnumber").unwrap_or_default();
+                    rows.push((id.into_owned(), name.into_owned(), number.into_owned()));
+                }
+            }
             next = page.next_link;
         }
         let products = Arc::new(Products::new(rows));
@@ -394,22 +431,29 @@ impl Dynamics365Connector {
         format!("odata.maxpagesize={}", self.config.max_page_size)
     }
 
+    /// Reads one collection page under the retry policy; an answer without a body is an empty page.
+    /// The body is checked and its rows located inside the retry loop, so a truncated body is
+    /// retried ([`EntityCollection::parse`]).
+    async fn collection<F>(&self, context: &str, build: F) -> Result<EntityCollection, ConnectorError>
+    where
+        F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+    {
+        Ok(self.http.call_decoding(self, context, build, EntityCollection::parse).await?.unwrap_or_default())
+    }
+
     async fn get_page(&self, context: &str, url: &str, tracking: bool) -> Result<EntityCollection, ConnectorError> {
         let mut prefer = vec![self.page_size(), ANNOTATIONS.to_owned()];
         if tracking {
             prefer.insert(0, "odata.track-changes".to_owned());
         }
         let prefer = prefer.join(",");
-        Ok(self
-            .call_json(context, |client, _| client.get(url).header("Prefer", &prefer).header("If-None-Match", "null"))
-            .await?
-            .unwrap_or_default())
+        self.collection(context, |client, _| client.get(url).header("Prefer", &prefer).header("If-None-Match", "null"))
+            .await
     }
 
     /// Reads the lines of `orders` (order id → rows).
-    async fn lines(&self, orders: &[&str]) -> Result<HashMap<String, Vec<Map<String, Value>>>, ConnectorError> {
-        let mut lines: HashMap<String, Vec<Map<String, Value>>> =
-            orders.iter().map(|id| ((*id).to_owned(), Vec::new())).collect();
+    async fn lines(&self, orders: &[&str]) -> Result<OrderLines, ConnectorError> {
+        let mut lines: OrderLines = orders.iter().map(|id| ((*id).to_owned(), Vec::new())).collect();
         for chunk in orders.chunks(wire::LINE_FILTER_CHUNK) {
             let values: Vec<String> = chunk.iter().map(|id| format!("'{id}'")).collect();
             let filter =
@@ -422,8 +466,9 @@ impl Dynamics365Connector {
             while let Some(link) = next.take() {
                 let page = self.get_page("salesorderdetails", &link, false).await?;
                 for row in page.value {
-                    if let Some(order) = row.get("_salesorderid_value").and_then(Value::as_str) {
-                        lines.entry(order.to_owned()).or_default().push(row);
+                    let order = wire::read_row(&row, wire::LINES_SET)?.text(wire::LINE_ORDER).map(Cow::into_owned);
+                    if let Some(order) = order {
+                        lines.entry(order).or_default().push(row);
                     }
                 }
                 next = page.next_link;
@@ -433,30 +478,40 @@ impl Dynamics365Connector {
     }
 
     /// Maps a page's rows; deletions (`$deletedEntity`) become delete changes, and rows that cannot
-    /// be decoded are set aside (see [`Undecodable`]).
-    async fn map_rows(&self, entity: Entity, rows: &[Map<String, Value>]) -> Result<Mapped, ConnectorError> {
-        self.map_rows_with(entity, rows, None).await
+    /// be decoded are set aside (see [`Undecodable`]). Orders get their lines read by order id.
+    async fn map_rows(&self, entity: Entity, rows: &[RowText]) -> Result<Mapped, ConnectorError> {
+        self.map_rows_with(entity, rows, LinesOf::ById).await
     }
 
-    /// Maps a page's rows with the orders' lines when the caller read them (else they are read by
-    /// order id).
-    async fn map_rows_with(
-        &self,
-        entity: Entity,
-        rows: &[Map<String, Value>],
-        known_lines: Option<HashMap<String, Vec<Map<String, Value>>>>,
-    ) -> Result<Mapped, ConnectorError> {
+    /// Maps a page's rows, one at a time, each read from the page's body while it is mapped; an
+    /// order's lines come from where `lines` says.
+    async fn map_rows_with(&self, entity: Entity, rows: &[RowText], lines: LinesOf) -> Result<Mapped, ConnectorError> {
         let table = wire::table(entity);
-        let live: Vec<&Map<String, Value>> = rows.iter().filter(|row| !wire::is_deleted_entity(row)).collect();
-        let lines = if known_lines.is_some() {
-            known_lines
-        } else if entity == Entity::Order && !live.is_empty() {
-            let ids: Vec<&str> = live.iter().filter_map(|row| row.get(table.key).and_then(Value::as_str)).collect();
-            Some(self.lines(&ids).await?)
-        } else {
-            None
+        let mut any_live = false;
+        for text in rows {
+            if !wire::is_deleted_entity(&wire::read_row(text, table.set)?) {
+                any_live = true;
+                break;
+            }
+        }
+        let (lines, expanded) = match lines {
+            LinesOf::Expanded(fetched) => (Some(fetched), true),
+            LinesOf::ById if entity == Entity::Order && any_live => {
+                let mut ids = Vec::new();
+                for text in rows {
+                    let row = wire::read_row(text, table.set)?;
+                    if !wire::is_deleted_entity(&row)
+                        && let Some(id) = row.text(table.key)
+                    {
+                        ids.push(id.into_owned());
+                    }
+                }
+                let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+                (Some(self.lines(&ids).await?), false)
+            }
+            LinesOf::ById => (None, false),
         };
-        let needs_currency = matches!(entity, Entity::Opportunity | Entity::Order) && !live.is_empty();
+        let needs_currency = matches!(entity, Entity::Opportunity | Entity::Order) && any_live;
         let currencies = if needs_currency { self.currencies().await? } else { Arc::new(Currencies::default()) };
         let products = if lines.is_some() { self.products().await? } else { Arc::new(Products::default()) };
         let context = self.map_context(&currencies, &products);
@@ -464,22 +519,28 @@ impl Dynamics365Connector {
         let now = Timestamp::now();
         let mut changes = Vec::with_capacity(rows.len());
         let mut undecodable = Vec::new();
-        for row in rows {
-            if wire::is_deleted_entity(row) {
-                let id = row.get("id").and_then(Value::as_str).ok_or_else(|| {
+        for text in rows {
+            let row = wire::read_row(text, table.set)?;
+            if wire::is_deleted_entity(&row) {
+                let id = row.text("id").ok_or_else(|| {
                     ConnectorError::decode(format!("{} deletion", table.set), std::io::Error::other("missing id"))
                 })?;
                 changes.push(Change::deleted(entity, table.logical, ExternalId::new(id), now));
                 continue;
             }
-            let order_lines = lines.as_ref().and_then(|lines| {
-                row.get(table.key).and_then(Value::as_str).and_then(|id| lines.get(id)).map(Vec::as_slice)
-            });
-            match mapping::to_change(entity, row, order_lines, &context, &mut unmapped) {
+            let order_lines = match &lines {
+                Some(lines) => order_lines(&row, table, lines, expanded)?,
+                None => None,
+            };
+            match mapping::to_change(entity, &row, order_lines.as_deref(), &context, &mut unmapped) {
                 Ok(change) => changes.push(change),
-                Err(error) => {
-                    undecodable.push(Undecodable::of_row(entity, table.logical, row, (table.key, "modifiedon"), error)?)
-                }
+                Err(error) => undecodable.push(Undecodable::of_row(
+                    entity,
+                    table.logical,
+                    &row,
+                    (table.key, "modifiedon"),
+                    error,
+                )?),
             }
         }
         for value in &unmapped {
@@ -641,9 +702,10 @@ impl Dynamics365Connector {
                 Ok(Page::new(Vec::new(), Cursor::encode(&position), true))
             }
             OrderRead::Rows { next, delta, lines_delta } => {
-                let mut page = self.get_page("salesorders with their lines", &next, false).await?;
-                let lines = self.expanded_lines(&mut page.value, table).await?;
-                let (changes, undecodable) = self.map_rows_with(Entity::Order, &page.value, Some(lines)).await?;
+                let page = self.get_page("salesorders with their lines", &next, false).await?;
+                let lines = self.lines_not_expanded(&page.value, table).await?;
+                let (changes, undecodable) =
+                    self.map_rows_with(Entity::Order, &page.value, LinesOf::Expanded(lines)).await?;
                 match page.next_link {
                     Some(next) => {
                         position.orders = Some(OrderRead::Rows { next, delta, lines_delta });
@@ -685,10 +747,10 @@ impl Dynamics365Connector {
                     &format!("{}($select={})", wire::ORDER_LINES, mapping::LINE_COLUMNS.join(",")),
                 );
             }
-            let mut page = self.get_page(&format!("{} by id", table.set), url.as_str(), false).await?;
+            let page = self.get_page(&format!("{} by id", table.set), url.as_str(), false).await?;
             let mapped = if entity == Entity::Order {
-                let lines = self.expanded_lines(&mut page.value, table).await?;
-                self.map_rows_with(entity, &page.value, Some(lines)).await?
+                let lines = self.lines_not_expanded(&page.value, table).await?;
+                self.map_rows_with(entity, &page.value, LinesOf::Expanded(lines)).await?
             } else {
                 self.map_rows(entity, &page.value).await?
             };
@@ -772,7 +834,7 @@ impl Dynamics365Connector {
             return Ok((Vec::new(), Vec::new()));
         };
         let page = self.get_page("salesorderdetails changes", &url, true).await?;
-        let (orders, deleted) = wire::orders_of_changed_lines(&page.value);
+        let (orders, deleted) = wire::orders_of_changed_lines(&page.value)?;
         if deleted > 0 {
             tracing::debug!(
                 connection = %self.settings.id,
@@ -802,55 +864,43 @@ impl Dynamics365Connector {
         Ok(mapped)
     }
 
-    /// Takes the expanded lines (`order_details`) out of a page of order rows (order id → lines).
-    /// An order with [`wire::EXPANDED_ROWS_CAP`] expanded lines may have more: its lines are read
-    /// from the row's `order_details@odata.nextLink`, page by page. A row without the expansion (a
-    /// read a cursor from before the expansion continues) has its lines read by order id.
-    async fn expanded_lines(
-        &self,
-        rows: &mut [Map<String, Value>],
-        table: wire::Table,
-    ) -> Result<HashMap<String, Vec<Map<String, Value>>>, ConnectorError> {
+    /// Reads the lines a page of order rows read with their lines expanded (`order_details`) does
+    /// not hold (order id → lines; the others are read from each row as it is mapped). An order
+    /// with [`wire::EXPANDED_ROWS_CAP`] expanded lines may have more: its lines are read from the
+    /// row's `order_details@odata.nextLink`, page by page. A row without the expansion (a read a
+    /// cursor from before the expansion continues) has its lines read by order id.
+    async fn lines_not_expanded(&self, rows: &[RowText], table: wire::Table) -> Result<OrderLines, ConnectorError> {
         let link_property = format!("{}@odata.nextLink", wire::ORDER_LINES);
-        let mut lines: HashMap<String, Vec<Map<String, Value>>> = HashMap::with_capacity(rows.len());
+        let mut lines = OrderLines::new();
         let mut unexpanded = Vec::new();
-        for row in rows.iter_mut() {
-            let Some(id) = row.get(table.key).and_then(Value::as_str).map(str::to_owned) else { continue };
-            let link = row.remove(&link_property);
-            let Some(expanded) = row.remove(wire::ORDER_LINES) else {
-                unexpanded.push(id);
+        let mut capped = Vec::new();
+        for text in rows {
+            let row = wire::read_row(text, table.set)?;
+            let Some(id) = row.text(table.key) else { continue };
+            let Some(expanded) = wire::expanded_lines(&row, &id)? else {
+                unexpanded.push(id.into_owned());
                 continue;
             };
-            let Value::Array(expanded) = expanded else {
-                return Err(ConnectorError::decode(
-                    "salesorders with their lines",
-                    std::io::Error::other(format!("{} of order {id} is not an array", wire::ORDER_LINES)),
-                ));
-            };
-            let mut order_lines: Vec<Map<String, Value>> = expanded
-                .into_iter()
-                .filter_map(|line| match line {
-                    Value::Object(line) => Some(line),
-                    _ => None,
-                })
-                .collect();
-            if order_lines.len() >= wire::EXPANDED_ROWS_CAP {
-                let Some(Value::String(link)) = link else {
+            if expanded.len() >= wire::EXPANDED_ROWS_CAP {
+                let Some(link) = row.text(&link_property) else {
                     return Err(ConnectorError::decode(
                         "salesorders with their lines",
                         std::io::Error::other(format!(
                             "order {id} has {} expanded lines and no {link_property}",
-                            order_lines.len()
+                            expanded.len()
                         )),
                     ));
                 };
-                order_lines.clear();
-                let mut next = Some(link);
-                while let Some(url) = next.take() {
-                    let page = self.get_page("salesorderdetails of one order", &url, false).await?;
-                    order_lines.extend(page.value);
-                    next = page.next_link;
-                }
+                capped.push((id.into_owned(), link.into_owned()));
+            }
+        }
+        for (id, link) in capped {
+            let mut order_lines = Vec::new();
+            let mut next = Some(link);
+            while let Some(url) = next.take() {
+                let page = self.get_page("salesorderdetails of one order", &url, false).await?;
+                order_lines.extend(page.value);
+                next = page.next_link;
             }
             lines.insert(id, order_lines);
         }
@@ -1104,15 +1154,15 @@ impl Connector for Dynamics365Connector {
             }
         };
         let page = self.get_page(&format!("{} ids", table.set), &url, false).await?;
-        let ids = page
-            .value
-            .iter()
-            .filter_map(|row| {
-                let id = row.get(table.key)?.as_str()?;
-                let stamp = row.get("modifiedon")?.as_str()?.parse::<Timestamp>().ok()?;
-                Some((ExternalId::new(id), stamp))
-            })
-            .collect();
+        let mut ids = Vec::with_capacity(page.value.len());
+        for text in &page.value {
+            let row = wire::read_row(text, table.set)?;
+            if let (Some(id), Some(stamp)) =
+                (row.text(table.key), row.text("modifiedon").and_then(|stamp| stamp.parse::<Timestamp>().ok()))
+            {
+                ids.push((ExternalId::new(id), stamp));
+            }
+        }
         Ok(IdPage { ids, next: page.next_link.map(|next| Cursor::encode(&ListPosition { next })) })
     }
     async fn push(&self, entity: Entity, batch: &[Outgoing]) -> Result<PushReport, ConnectorError> {

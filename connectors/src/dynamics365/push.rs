@@ -22,8 +22,10 @@
 //!   `If-None-Match: *`, updated (without the create-only `isproductoverridden`) with `If-Match: *`,
 //!   and lines the order no longer has are deleted.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
+use bytes::Bytes;
 use serde_json::{Map, Value, json};
 
 use super::mapping::{self, Close, OrderState, RowWrite};
@@ -32,6 +34,7 @@ use super::{Described, Dynamics365Connector, error_of, main_id, part_failure};
 use crate::canonical::{Entity, ExternalId};
 use crate::connector::{Outgoing, OutgoingOp, PushOutcome};
 use crate::error::ConnectorError;
+use crate::row::RowText;
 
 /// Columns Dataverse fills on create although their level is required (crm-apis.md §3.7; the
 /// salesorder and opportunity table references).
@@ -387,17 +390,17 @@ impl Dynamics365Connector {
             })
             .collect();
         let mut lines: HashMap<String, Vec<(String, Option<String>)>> = HashMap::new();
-        let mut add = |rows: &[Map<String, Value>]| {
-            for row in rows {
-                let (Some(order), Some(line)) = (
-                    row.get("_salesorderid_value").and_then(Value::as_str),
-                    row.get("salesorderdetailid").and_then(Value::as_str),
-                ) else {
+        let mut add = |rows: &[RowText]| -> Result<(), ConnectorError> {
+            for text in rows {
+                let row = wire::read_row(text, wire::LINES_SET)?;
+                let (Some(order), Some(line)) = (row.text("_salesorderid_value"), row.text("salesorderdetailid"))
+                else {
                     continue;
                 };
-                let line_key = row.get(&key).and_then(Value::as_str).map(str::to_owned);
-                lines.entry(order.to_owned()).or_default().push((line.to_owned(), line_key));
+                let line_key = row.text(&key).map(Cow::into_owned);
+                lines.entry(order.into_owned()).or_default().push((line.into_owned(), line_key));
             }
+            Ok(())
         };
         for chunk in requests.chunks(wire::BATCH_LIMIT) {
             for response in self.send_batch(chunk).await? {
@@ -405,14 +408,14 @@ impl Dynamics365Connector {
                     let (code, message) = error_of(&response);
                     return Err(ConnectorError::Rejected { status: response.status, code, message });
                 }
-                let page: wire::EntityCollection = serde_json::from_str(&response.body)
+                let page = wire::EntityCollection::parse(Bytes::from(response.body))
                     .map_err(|error| ConnectorError::decode("order lines of pushed orders", error))?;
-                add(&page.value);
+                add(&page.value)?;
                 // An order with more than a page of lines: follow the link.
                 let mut next = page.next_link;
                 while let Some(link) = next.take() {
                     let page = self.get_page("order lines of pushed orders", &link, false).await?;
-                    add(&page.value);
+                    add(&page.value)?;
                     next = page.next_link;
                 }
             }

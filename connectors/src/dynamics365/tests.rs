@@ -470,8 +470,10 @@ fn money_stages_and_lookups_map_losslessly() {
         "salesstage": 0, "budgetstatus": 2, "statecode": 0, "closeprobability": 40, "estimatedclosedate": "2024-03-31",
         "crmsync_channel": "Partner", "modifiedon": "2024-01-02T03:04:05Z", "new_region": "EMEA",
     });
+    let json = row.to_string();
     let change =
-        mapping::to_change(Entity::Opportunity, row.as_object().unwrap(), None, &context, &mut Vec::new()).unwrap();
+        mapping::to_change(Entity::Opportunity, &RawRow::parse(&json).unwrap(), None, &context, &mut Vec::new())
+            .unwrap();
     assert_eq!(change.version.as_deref(), Some("W/\"72201545\""));
     assert_eq!(change.extra.get("new_region"), Some(&json!("EMEA")), "unmapped columns kept");
     let EntityData::Opportunity(deal) = change.data().unwrap() else { panic!() };
@@ -482,7 +484,10 @@ fn money_stages_and_lookups_map_losslessly() {
     let mut contact = row.as_object().unwrap().clone();
     contact.insert("_customerid_value@Microsoft.Dynamics.CRM.lookuplogicalname".into(), json!("contact"));
     contact.insert("statecode".into(), json!(2));
-    let change = mapping::to_change(Entity::Opportunity, &contact, None, &context, &mut Vec::new()).unwrap();
+    let json = Value::Object(contact).to_string();
+    let change =
+        mapping::to_change(Entity::Opportunity, &RawRow::parse(&json).unwrap(), None, &context, &mut Vec::new())
+            .unwrap();
     let EntityData::Opportunity(deal) = change.data().unwrap() else { panic!() };
     assert_eq!((deal.account.clone(), deal.stage, deal.is_closed), (None, Some(Stage::Lost), Some(true)));
 
@@ -571,6 +576,44 @@ async fn a_page_truncated_past_the_retry_budget_is_a_decode_error_and_the_same_c
     Simulated::faults(running.state().as_ref()).apply(&FaultSettings::default());
     let second = connector.pull(Entity::Account, Some(&first.cursor)).await.unwrap();
     assert_eq!(second.changes.len(), 50, "the same page again from the kept cursor");
+}
+
+/// The largest page there is, 5,000 orders with their lines expanded, is read from its body without
+/// decoding it into maps: cut off past the retry budget, it is still a decode error naming the read
+/// and where the body ended, and the same cursor reads the page again, every order with its lines.
+#[tokio::test]
+async fn a_truncated_page_of_orders_with_their_lines_is_a_decode_error_and_the_same_cursor_reads_it_again() {
+    let running = simulator(Dynamics365SimOptions::with_world(world(only(5, 0, 120)))).await;
+    let connector = connector_with(&running, |settings, config| {
+        config.max_page_size = 50;
+        settings.http.retry.give_up_after = Duration::from_millis(300);
+    });
+    // The change-tracking token reads come first; stop where the orders are read with their lines.
+    let mut cursor = None;
+    for _ in 0..20 {
+        let page = connector.pull(Entity::Order, cursor.as_ref()).await.unwrap();
+        let position: Position = page.cursor.decode().unwrap();
+        cursor = Some(page.cursor);
+        if matches!(position.orders, Some(OrderRead::Rows { .. })) {
+            break;
+        }
+    }
+    let position: Position = cursor.as_ref().unwrap().decode().unwrap();
+    assert!(matches!(position.orders, Some(OrderRead::Rows { .. })), "{position:?}");
+    Simulated::faults(running.state().as_ref())
+        .apply(&FaultSettings { truncate_next: u64::MAX, ..FaultSettings::default() });
+    let error = connector.pull(Entity::Order, cursor.as_ref()).await.unwrap_err();
+    assert!(matches!(error.root(), ConnectorError::Decode { .. }), "{error}");
+    let message = crate::error::chain(&error);
+    assert!(message.contains("salesorders with their lines") && message.contains("EOF while parsing"), "{message}");
+    Simulated::faults(running.state().as_ref()).apply(&FaultSettings::default());
+    let page = connector.pull(Entity::Order, cursor.as_ref()).await.unwrap();
+    assert_eq!(page.changes.len(), 50, "the same page again from the kept cursor");
+    for change in &page.changes {
+        let EntityData::Order(order) = change.data().unwrap() else { panic!("not an order") };
+        assert!(order.lines.as_ref().is_some_and(|lines| !lines.is_empty()), "{order:?}");
+        assert!(change.extra.is_empty(), "the expansion is not an unmapped column: {:?}", change.extra);
+    }
 }
 
 // ---- Issue 13 §1: lookups by logical name, tables described as Dataverse describes them -----------
@@ -1184,10 +1227,10 @@ fn a_documented_delta_page_of_order_lines_names_the_orders_to_read_again() {
         {"@odata.context":"https://org.crm.dynamics.com/api/data/v9.2/$metadata#salesorderdetails/$deletedEntity","id":"2e451703-c686-e711-80e5-00155db19e6d","reason":"deleted"}
       ]
     }"#;
-    let page: crate::dynamics365::wire::EntityCollection = serde_json::from_str(body).unwrap();
+    let page = wire::EntityCollection::parse(body.into()).unwrap();
     assert!(page.next_link.is_none());
     assert!(page.delta_link.as_deref().is_some_and(|link| link.contains("$deltatoken=")));
-    let (orders, deleted) = crate::dynamics365::wire::orders_of_changed_lines(&page.value);
+    let (orders, deleted) = wire::orders_of_changed_lines(&page.value).unwrap();
     assert_eq!(orders, ["8b2f6e1a-0c87-e711-80e5-00155db19e6d", "9c3a7f2b-0c87-e711-80e5-00155db19e6d"]);
     assert_eq!(deleted, 1, "a deleted line names no order");
 }

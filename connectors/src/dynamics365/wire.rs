@@ -6,10 +6,14 @@
 //! …/use-change-tracking-synchronize-data-external-systems, …/webapi/execute-batch-operations-using-web-api.
 #![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
+use bytes::Bytes;
 use serde::Deserialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use crate::canonical::Entity;
+use crate::error::ConnectorError;
+use crate::row::{RawRow, RowText, check_json};
 
 /// Largest `Prefer: odata.maxpagesize` Dataverse honours.
 pub const MAX_PAGE_SIZE: usize = 5000;
@@ -72,21 +76,68 @@ pub fn table_by_logical(logical: &str) -> Option<Table> {
 }
 
 /// A collection page: `value` rows plus paging / change-tracking links.
-#[derive(Debug, Default, Deserialize)]
+///
+/// The rows are kept as their JSON text, views of the page's body ([`RowText`]), and read one at a
+/// time ([`read_row`]) while they are mapped: no row is decoded into owned values, so a page costs
+/// its body and little more (a body of 5,000 orders with their lines is about 9 MiB; decoded into
+/// `serde_json` maps it took 15 MiB more).
+#[derive(Debug, Default)]
 pub struct EntityCollection {
     /// The rows, each a JSON object keyed by column logical name (deletions carry `@odata.context`
     /// ending in `$deletedEntity`, an `id` and a `reason`).
-    #[serde(default)]
-    pub value: Vec<Map<String, Value>>,
+    pub value: Vec<RowText>,
     /// Next page (`$skiptoken`), absent on the last page.
-    #[serde(rename = "@odata.nextLink", default)]
     pub next_link: Option<String>,
     /// Delta link, present on the last page of a change-tracked read.
-    #[serde(rename = "@odata.deltaLink", default)]
     pub delta_link: Option<String>,
     /// The rows matching the query, up to [`COUNT_CAP`], when `$count=true` was asked (first page).
-    #[serde(rename = "@odata.count", default)]
     pub count: Option<u64>,
+}
+
+/// The JSON shape of [`EntityCollection`](super::EntityCollection), borrowing the rows from the
+/// body (a module of its own so that it has the same name in `serde`'s messages).
+mod json {
+    use serde::Deserialize;
+
+    use crate::row::ObjectJson;
+
+    #[derive(Deserialize)]
+    pub(super) struct EntityCollection<'a> {
+        #[serde(default, borrow)]
+        pub(super) value: Vec<ObjectJson<'a>>,
+        #[serde(rename = "@odata.nextLink", default)]
+        pub(super) next_link: Option<String>,
+        #[serde(rename = "@odata.deltaLink", default)]
+        pub(super) delta_link: Option<String>,
+        #[serde(rename = "@odata.count", default)]
+        pub(super) count: Option<u64>,
+    }
+}
+
+impl EntityCollection {
+    /// Reads a page from its body.
+    ///
+    /// # Errors
+    ///
+    /// The `serde_json` error, naming the line and column, when the body is not valid JSON (a
+    /// truncated body: checked as a whole first, as strictly as decoding it into values would) or
+    /// not a collection (a `value` that is not an array of objects).
+    pub fn parse(body: Bytes) -> Result<Self, serde_json::Error> {
+        check_json(&body)?;
+        let page: json::EntityCollection<'_> = serde_json::from_slice(&body)?;
+        let value = page.value.into_iter().map(|row| RowText::within(&body, row)).collect();
+        Ok(Self { value, next_link: page.next_link, delta_link: page.delta_link, count: page.count })
+    }
+}
+
+/// Reads one row of a page of `set` (`accounts`).
+///
+/// # Errors
+///
+/// A [`ConnectorError::Decode`] when the row is not a JSON object (never, for a row of a page
+/// [`EntityCollection::parse`] read).
+pub fn read_row<'a>(row: &'a RowText, set: &str) -> Result<RawRow<'a>, ConnectorError> {
+    row.parse().map_err(|error| ConnectorError::decode(format!("{set} row"), error))
 }
 
 /// The most `@odata.count` counts: a count of 5,000 means "5,000 or more" (MicrosoftDocs
@@ -94,27 +145,53 @@ pub struct EntityCollection {
 pub const COUNT_CAP: u64 = 5000;
 
 /// Whether a delta row is a deletion.
-pub fn is_deleted_entity(row: &Map<String, Value>) -> bool {
-    row.get("@odata.context").and_then(Value::as_str).is_some_and(|context| context.ends_with("$deletedEntity"))
+pub fn is_deleted_entity(row: &RawRow<'_>) -> bool {
+    row.text("@odata.context").is_some_and(|context| context.ends_with("$deletedEntity"))
 }
 
 /// The orders of the created or changed lines in a page of the order lines' changes (each once,
 /// in order of first appearance), and how many lines were deleted: a `$deletedEntity` row carries
 /// only the line's `id` and `reason`, not its order.
-pub fn orders_of_changed_lines(rows: &[Map<String, Value>]) -> (Vec<String>, usize) {
+///
+/// # Errors
+///
+/// As [`read_row`].
+pub fn orders_of_changed_lines(rows: &[RowText]) -> Result<(Vec<String>, usize), ConnectorError> {
     let mut seen = std::collections::HashSet::new();
     let mut orders = Vec::new();
     let mut deleted = 0;
-    for row in rows {
-        if is_deleted_entity(row) {
+    for text in rows {
+        let row = read_row(text, LINES_SET)?;
+        if is_deleted_entity(&row) {
             deleted += 1;
-        } else if let Some(order) = row.get(LINE_ORDER).and_then(Value::as_str)
-            && seen.insert(order)
+        } else if let Some(order) = row.text(LINE_ORDER)
+            && seen.insert(order.clone())
         {
-            orders.push(order.to_owned());
+            orders.push(order.into_owned());
         }
     }
-    (orders, deleted)
+    Ok((orders, deleted))
+}
+
+/// The expanded lines of an order row (`order_details`), as the JSON text of each line: `None`
+/// when the row has no expansion. Elements that are not objects are skipped.
+///
+/// # Errors
+///
+/// A [`ConnectorError::Decode`] naming the order when `order_details` is not an array.
+pub fn expanded_lines<'a>(row: &RawRow<'a>, order: &str) -> Result<Option<Vec<&'a RawValue>>, ConnectorError> {
+    let Some(json) = row.raw(ORDER_LINES) else { return Ok(None) };
+    let not_an_array = || {
+        ConnectorError::decode(
+            "salesorders with their lines",
+            std::io::Error::other(format!("{ORDER_LINES} of order {order} is not an array")),
+        )
+    };
+    if !json.get().starts_with('[') {
+        return Err(not_an_array());
+    }
+    let elements: Vec<&'a RawValue> = serde_json::from_str(json.get()).map_err(|_| not_an_array())?;
+    Ok(Some(elements.into_iter().filter(|line| line.get().starts_with('{')).collect()))
 }
 
 /// The Web API error body `{"error":{"code","message"}}`.
@@ -440,6 +517,32 @@ mod tests {
         assert_eq!(wcf_date_millis("/Date(1506409448000-0700)/"), Some(1_506_409_448_000));
         assert_eq!(wcf_date_millis("/Date(-5)/"), Some(-5));
         assert_eq!(wcf_date_millis("2024-01-01"), None);
+    }
+
+    /// A truncated or misshapen page is refused with `serde_json`'s message naming where, as when
+    /// pages were decoded into maps; a good one keeps its rows as views of the body.
+    #[test]
+    fn a_truncated_or_misshapen_page_is_refused_naming_where() {
+        let page = r#"{"@odata.context":"x","value":[{"accountid":"a1","name":"Contoso"},{"accountid":"a2","name":"Fab"}],"@odata.nextLink":"next","@odata.count":2}"#;
+        let cut = page.get(..60).unwrap();
+        let error = EntityCollection::parse(Bytes::from(cut)).unwrap_err().to_string();
+        assert_eq!(error, serde_json::from_str::<Value>(cut).unwrap_err().to_string());
+        assert_eq!(error, "EOF while parsing a string at line 1 column 60");
+        for (body, message) in [
+            (r#"{"value":[5]}"#, "invalid type: integer `5`, expected a map at line 1 column 12"),
+            (r#"{"value":{"a":1}}"#, "invalid type: map, expected a sequence at line 1 column 9"),
+            ("5", "invalid type: integer `5`, expected struct EntityCollection at line 1 column 1"),
+        ] {
+            assert_eq!(EntityCollection::parse(Bytes::from(body)).unwrap_err().to_string(), message, "{body}");
+        }
+        let page = EntityCollection::parse(Bytes::from(page)).unwrap();
+        assert_eq!((page.next_link.as_deref(), page.delta_link.as_deref(), page.count), (Some("next"), None, Some(2)));
+        let names: Vec<String> = page
+            .value
+            .iter()
+            .map(|row| read_row(row, "accounts").unwrap().text("name").unwrap().into_owned())
+            .collect();
+        assert_eq!(names, ["Contoso", "Fab"]);
     }
 
     #[test]

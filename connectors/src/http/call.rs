@@ -10,6 +10,8 @@
 use std::future::Future;
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use super::{AccessToken, RawResponse, TokenResponse, VendorHttp};
 use crate::error::ConnectorError;
 
@@ -96,12 +98,29 @@ impl VendorHttp {
         T: serde::de::DeserializeOwned,
         F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
     {
+        self.call_decoding(dialect, context, build, |body| serde_json::from_slice(&body)).await
+    }
+
+    /// Like [`VendorHttp::call_json`] with the caller's decoder, which owns the body: it may keep
+    /// views of it (`Bytes::slice`) instead of copying what it reads.
+    pub async fn call_decoding<D, T, F, P>(
+        &self,
+        dialect: &D,
+        context: &str,
+        build: F,
+        decode: P,
+    ) -> Result<Option<T>, ConnectorError>
+    where
+        D: Dialect,
+        F: Fn(&reqwest::Client, &str) -> reqwest::RequestBuilder,
+        P: Fn(Bytes) -> Result<T, serde_json::Error>,
+    {
         self.retrying(context, || async {
             let response = self.call_once(dialect, context, &build).await?;
             if response.status == 204 || response.status == 304 || response.body.is_empty() {
                 return Ok(None);
             }
-            response.json::<T>(context).map(Some)
+            decode(response.body).map(Some).map_err(|error| ConnectorError::decode(context, error))
         })
         .await
     }

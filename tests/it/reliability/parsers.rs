@@ -280,12 +280,13 @@ proptest! {
             products: &products,
             default_currency: &currency,
         };
-        if let Ok(page) = serde_json::from_slice::<dynamics365::wire::EntityCollection>(&body) {
-            for row in &page.value {
+        if let Ok(page) = dynamics365::wire::EntityCollection::parse(body.into()) {
+            let rows: Vec<_> = page.value.iter().map(|row| dynamics365::wire::read_row(row, "accounts").unwrap()).collect();
+            for row in &rows {
                 let _ = dynamics365::wire::is_deleted_entity(row);
                 for entity in Entity::ALL {
                     let mut unmapped = Vec::new();
-                    let lines = (*entity == Entity::Order).then_some(page.value.as_slice());
+                    let lines = (*entity == Entity::Order).then_some(rows.as_slice());
                     if let Err(error) = dynamics365::mapping::to_change(*entity, row, lines, &context, &mut unmapped) {
                         prop_assert!(says_something(&error), "{error}");
                     }
@@ -327,9 +328,10 @@ fn the_vendor_page_samples_map_unchanged() {
         products: &products,
         default_currency: &currency,
     };
-    let page: dynamics365::wire::EntityCollection = serde_json::from_str(DATAVERSE_PAGE).unwrap();
-    dynamics365::mapping::to_change(Entity::Account, &page.value[0], None, &context, &mut Vec::new()).unwrap();
-    assert!(dynamics365::wire::is_deleted_entity(&page.value[1]));
+    let page = dynamics365::wire::EntityCollection::parse(DATAVERSE_PAGE.into()).unwrap();
+    let rows: Vec<_> = page.value.iter().map(|row| dynamics365::wire::read_row(row, "accounts").unwrap()).collect();
+    dynamics365::mapping::to_change(Entity::Account, &rows[0], None, &context, &mut Vec::new()).unwrap();
+    assert!(dynamics365::wire::is_deleted_entity(&rows[1]));
 }
 
 fn toml_value() -> impl Strategy<Value = toml::Value> {
