@@ -205,16 +205,20 @@ pub fn match_key_values_of(rules: &Rules, entity: Entity, fields: &Fields) -> Ve
     let Some(keys) = rules.match_keys.get(&entity) else {
         return Vec::new();
     };
-    let mut values = Vec::new();
+    let mut values = Vec::with_capacity(keys.len());
+    // The normalised parts joined by `|`, written into one string as they are normalised.
+    let mut joined = String::new();
     'keys: for key in keys {
-        let mut parts = Vec::with_capacity(key.len());
-        for field in key {
-            let Some(part) = fields.get(field).and_then(normalise_key_part) else {
+        joined.clear();
+        for (index, field) in key.iter().enumerate() {
+            if index > 0 {
+                joined.push('|');
+            }
+            if !fields.get(field).is_some_and(|value| push_normalised_key_part(value, &mut joined)) {
                 continue 'keys;
-            };
-            parts.push(part);
+            }
         }
-        values.push((key.join("+"), parts.join("|")));
+        values.push((key.join("+"), joined.clone()));
     }
     values
 }
@@ -246,20 +250,42 @@ pub fn with_reference_keys(mut keys: Vec<(String, String)>, data: &EntityData) -
     keys
 }
 
-fn normalise_key_part(value: &Value) -> Option<String> {
+/// Appends a match-key part's normalised form to `out`: its words (split at white space, `,` and
+/// `.`) in lower case, joined by one space. Returns `false` (with `out` holding a partial part the
+/// caller discards) when there is none: a null, a reference not resolved to a canonical id, no words.
+fn push_normalised_key_part(value: &Value, out: &mut String) -> bool {
+    let rendered;
     let text = match value {
-        Value::String(text) => text.clone(),
+        Value::String(text) => text.as_str(),
         // A reference: match on the canonical id it resolved to.
-        Value::Object(reference) => reference.get("canonical")?.as_str()?.to_owned(),
-        Value::Null => return None,
-        other => other.to_string(),
+        Value::Object(reference) => match reference.get("canonical").and_then(Value::as_str) {
+            Some(canonical) => canonical,
+            None => return false,
+        },
+        Value::Null => return false,
+        other => {
+            rendered = other.to_string();
+            rendered.as_str()
+        }
     };
-    let words: Vec<String> = text
+    let start = out.len();
+    for word in text
         .split(|character: char| character.is_whitespace() || matches!(character, ',' | '.'))
         .filter(|word| !word.is_empty())
-        .map(str::to_lowercase)
-        .collect();
-    (!words.is_empty()).then(|| words.join(" "))
+    {
+        if out.len() > start {
+            out.push(' ');
+        }
+        if word.is_ascii() {
+            // `str::to_lowercase` of an ASCII word, without a string of its own.
+            let at = out.len();
+            out.push_str(word);
+            out[at..].make_ascii_lowercase();
+        } else {
+            out.push_str(&word.to_lowercase());
+        }
+    }
+    out.len() > start
 }
 
 /// Hash of the propagating field values pushed to a connection, stored on its link as

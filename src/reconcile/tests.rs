@@ -371,6 +371,33 @@ fn match_keys_normalise_case_spacing_and_punctuation() {
     );
 }
 
+/// The match-key normalisation as it was first written (a string per word, then joined): the one
+/// that builds the value in a single string must give the same value for any text.
+fn words_lower_cased_and_joined(text: &str) -> Option<String> {
+    let words: Vec<String> = text
+        .split(|character: char| character.is_whitespace() || matches!(character, ',' | '.'))
+        .filter(|word| !word.is_empty())
+        .map(str::to_lowercase)
+        .collect();
+    (!words.is_empty()).then(|| words.join(" "))
+}
+
+proptest! {
+    #[test]
+    fn match_key_values_are_the_lower_cased_words_of_each_part_joined(
+        name in "[ ,.a-zA-Z0-9\u{c0}-\u{17f}\u{391}-\u{3c9}\u{130}\u{3000}]{0,24}",
+        domain in proptest::option::of("[ ,.a-zA-Z\u{3a3}\u{c9}-]{0,12}"),
+    ) {
+        let rules = Rules::default();
+        let data = EntityData::Account(Account { name: Some(name.clone()), domain: domain.clone(), ..Account::default() });
+        let expected: Vec<(String, String)> = match (words_lower_cased_and_joined(&name), domain.as_deref().and_then(words_lower_cased_and_joined)) {
+            (Some(name), Some(domain)) => vec![("name+domain".to_owned(), format!("{name}|{domain}"))],
+            _ => Vec::new(),
+        };
+        prop_assert_eq!(match_key_values(&rules, &data), expected);
+    }
+}
+
 #[test]
 fn routes_select_targets_and_never_the_source() {
     let rules = Rules {
