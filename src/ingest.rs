@@ -9,6 +9,7 @@
 //! [`IngestHandle::try_submit`] and answer `503` + `Retry-After` when it is full. A webhook batch is
 //! flushed to disk before its reply, so an acknowledged delivery is never lost.
 
+use std::cell::OnceCell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,6 +40,11 @@ pub const MAX_FUTURE_SKEW: std::time::Duration = std::time::Duration::from_secs(
 
 /// The payload key of the dead letter of a record a pull could not decode (`{"undecodable": …}`).
 pub const UNDECODABLE: &str = "undecodable";
+
+/// A map keyed by canonical ids, which crmsync mints (UUIDv7) and no vendor or webhook input
+/// chooses: hashed with foldhash instead of SipHash (no flooding to defend against; SipHash was
+/// about 4 % of a pass's instructions, README → Performance).
+pub type IdMap<V> = foldhash::HashMap<CanonicalId, V>;
 
 /// One unit of work for the writer.
 #[derive(Debug)]
@@ -700,16 +706,17 @@ struct BatchWriter<'a> {
     rules: &'a IngestRules,
     connection: &'a ConnectionId,
     now: Timestamp,
-    records: HashMap<CanonicalId, Record>,
+    records: IdMap<Record>,
     order: Vec<CanonicalId>,
-    links: HashMap<(Entity, ExternalId), CanonicalId>,
+    /// This connection's links of the records written in this batch, by entity and vendor id.
+    links: HashMap<Entity, HashMap<ExternalId, CanonicalId>>,
     /// Match keys of the records written in this batch (not in the store's index yet), so matching a
     /// change against them is a lookup, not a pass over the batch. Entries may be stale (a record's
     /// data changed later in the batch): candidates are re-checked against `record_keys`.
-    keys: HashMap<(Entity, String, String), Vec<CanonicalId>>,
+    keys: WrittenKeys,
     /// Each written record's current match keys, computed once per write (they are what the commit
     /// stores with the record).
-    record_keys: HashMap<CanonicalId, Vec<(String, String)>>,
+    record_keys: IdMap<Vec<(String, String)>>,
     queued: BTreeSet<(ConnectionId, CanonicalId)>,
     /// Referenced records the fan-out read from the store in this batch.
     dependencies: Dependencies,
@@ -727,6 +734,43 @@ struct BatchWriter<'a> {
     undecodable_waiting: bool,
     commit: Commit,
     stats: IngestStats,
+}
+
+/// The index keys of the records a batch wrote, by entity, key name and value, each with the ids
+/// listed under it. Nested so that a look-up borrows the name and value instead of building an
+/// owned key (two `String`s) for every probe.
+#[derive(Default)]
+struct WrittenKeys(HashMap<Entity, HashMap<String, HashMap<String, Vec<CanonicalId>>>>);
+
+impl WrittenKeys {
+    /// Lists `id` under `(entity, name, value)` (once).
+    fn add(&mut self, entity: Entity, name: &str, value: &str, id: CanonicalId) {
+        let names = self.0.entry(entity).or_default();
+        let values = match names.get_mut(name) {
+            Some(values) => values,
+            None => names.entry(name.to_owned()).or_default(),
+        };
+        let ids = match values.get_mut(value) {
+            Some(ids) => ids,
+            None => values.entry(value.to_owned()).or_default(),
+        };
+        if !ids.contains(&id) {
+            ids.push(id);
+        }
+    }
+
+    /// The ids listed under `(entity, name, value)`.
+    fn get(&self, entity: Entity, name: &str, value: &str) -> &[CanonicalId] {
+        self.0
+            .get(&entity)
+            .and_then(|names| names.get(name))
+            .and_then(|values| values.get(value))
+            .map_or(&[], Vec::as_slice)
+    }
+
+    fn clear(&mut self) {
+        self.0.clear();
+    }
 }
 
 /// The record a change belongs to, and why.
@@ -804,13 +848,13 @@ impl<'a> BatchWriter<'a> {
             rules,
             connection,
             now,
-            records: HashMap::new(),
+            records: IdMap::default(),
             order: Vec::new(),
             links: HashMap::new(),
-            keys: HashMap::new(),
-            record_keys: HashMap::new(),
+            keys: WrittenKeys::default(),
+            record_keys: IdMap::default(),
             queued: BTreeSet::new(),
-            dependencies: Dependencies::new(),
+            dependencies: Dependencies::default(),
             absorbed: Vec::new(),
             unknown_deletes: (0, None),
             clamped: (0, None),
@@ -838,7 +882,7 @@ impl<'a> BatchWriter<'a> {
     }
 
     fn link_target(&self, entity: Entity, external_id: &ExternalId) -> Result<Option<CanonicalId>, StoreError> {
-        if let Some(id) = self.links.get(&(entity, external_id.clone())) {
+        if let Some(id) = self.links.get(&entity).and_then(|links| links.get(external_id)) {
             return Ok(Some(*id));
         }
         self.store.id_by_link(self.connection, entity, external_id)
@@ -853,7 +897,7 @@ impl<'a> BatchWriter<'a> {
     fn put_with_keys(&mut self, record: Record, keys: Option<Vec<(String, String)>>) {
         for link in &record.links {
             if &link.connection == self.connection {
-                self.links.insert((record.entity(), link.external_id.clone()), record.id);
+                self.links.entry(record.entity()).or_default().insert(link.external_id.clone(), record.id);
             }
         }
         if !self.records.contains_key(&record.id) {
@@ -861,10 +905,7 @@ impl<'a> BatchWriter<'a> {
         }
         let keys = keys.unwrap_or_else(|| reconcile::index_keys(&self.rules.rules, &record.data));
         for (key, value) in &keys {
-            let ids = self.keys.entry((record.entity(), key.clone(), value.clone())).or_default();
-            if !ids.contains(&record.id) {
-                ids.push(record.id);
-            }
+            self.keys.add(record.entity(), key, value, record.id);
         }
         self.record_keys.insert(record.id, keys);
         self.records.insert(record.id, record);
@@ -936,7 +977,10 @@ impl<'a> BatchWriter<'a> {
         // The fields view of the incoming data, built once: matching, merging and the index keys
         // of a new record all read it.
         let fields = change.data().map(EntityData::to_fields);
-        let Identified { current, matched_by, absorbs } = self.identify(&change, fields.as_ref())?;
+        // Its match-key values, computed at most once: matching reads them, and a new record is
+        // indexed under them.
+        let match_values = OnceCell::new();
+        let Identified { current, matched_by, absorbs } = self.identify(&change, fields.as_ref(), &match_values)?;
         if current.is_none() && matches!(change.kind, ChangeKind::Delete) {
             // A delete of a record crmsync never stored: there is nothing to tombstone, and an empty
             // deleted record would only stand for nothing (counted as unchanged, logged per batch).
@@ -1001,7 +1045,9 @@ impl<'a> BatchWriter<'a> {
                 // A fresh id minted for this change: nothing of it is in the store yet.
                 self.commit.created.insert(record.id);
                 if let Some(fields) = &fields {
-                    let values = reconcile::match_key_values_of(&self.rules.rules, change.entity, fields);
+                    let values = match_values
+                        .into_inner()
+                        .unwrap_or_else(|| reconcile::match_key_values_of(&self.rules.rules, change.entity, fields));
                     keys = Some(reconcile::with_reference_keys(values, &record.data));
                 }
             }
@@ -1085,9 +1131,9 @@ impl<'a> BatchWriter<'a> {
         let value = from.to_string();
         let mut referencing: Vec<CanonicalId> = Vec::new();
         for entity in Entity::ALL {
-            let written = self.keys.get(&(*entity, reconcile::REFERENCE_KEY.to_owned(), value.clone()));
+            let written = self.keys.get(*entity, reconcile::REFERENCE_KEY, &value);
             let stored = self.store.ids_by_match_key(*entity, reconcile::REFERENCE_KEY, &value)?;
-            for id in written.into_iter().flatten().copied().chain(stored) {
+            for id in written.iter().copied().chain(stored) {
                 if !referencing.contains(&id) {
                     referencing.push(id);
                 }
@@ -1134,18 +1180,26 @@ impl<'a> BatchWriter<'a> {
     /// the record's own data arrived, and that data may belong to a record another CRM already
     /// created. It is matched like a new record, so the result does not depend on whether a deal or
     /// its account was read first.
-    fn identify(&self, change: &Change, fields: Option<&reconcile::Fields>) -> Result<Identified, StoreError> {
+    ///
+    /// `match_values` holds the change's match-key values once a look-up computed them (from
+    /// `fields`), so that the caller does not compute them again.
+    fn identify(
+        &self,
+        change: &Change,
+        fields: Option<&reconcile::Fields>,
+        match_values: &OnceCell<Vec<(String, String)>>,
+    ) -> Result<Identified, StoreError> {
         if let Some(id) = self.link_target(change.entity, &change.external_id)? {
             let linked = self.record_of(change.entity, id)?;
             if let Some(placeholder) = linked.as_ref().filter(|record| is_placeholder_of(record, self.connection))
                 && change.data().is_some()
-                && let Some((existing, matched_by)) = self.find_existing(change, fields)?
+                && let Some((existing, matched_by)) = self.find_existing(change, fields, match_values)?
             {
                 return Ok(Identified { current: Some(existing), matched_by, absorbs: Some(placeholder.clone()) });
             }
             return Ok(Identified { current: linked, matched_by: MatchReason::Created, absorbs: None });
         }
-        let (current, matched_by) = match self.find_existing(change, fields)? {
+        let (current, matched_by) = match self.find_existing(change, fields, match_values)? {
             Some((record, matched_by)) => (Some(record), matched_by),
             None => (None, MatchReason::Created),
         };
@@ -1153,11 +1207,13 @@ impl<'a> BatchWriter<'a> {
     }
 
     /// Finds an existing record a change not linked yet belongs to: by the canonical id in the vendor's
-    /// external-id field, then by match key.
+    /// external-id field, then by match key (the values computed into `match_values` unless they are
+    /// there already).
     fn find_existing(
         &self,
         change: &Change,
         fields: Option<&reconcile::Fields>,
+        match_values: &OnceCell<Vec<(String, String)>>,
     ) -> Result<Option<(Record, MatchReason)>, StoreError> {
         if let Some(hint) = change.canonical_hint
             && let Some(record) = self.live_target(hint)?
@@ -1169,16 +1225,19 @@ impl<'a> BatchWriter<'a> {
         let Some(fields) = fields else {
             return Ok(None);
         };
-        for (key, value) in reconcile::match_key_values_of(&self.rules.rules, change.entity, fields) {
-            let written = self.keys.get(&(change.entity, key.clone(), value.clone())).into_iter().flatten();
+        let values =
+            match_values.get_or_init(|| reconcile::match_key_values_of(&self.rules.rules, change.entity, fields));
+        for (key, value) in values {
+            let written = self.keys.get(change.entity, key, value);
             let mut candidates: Vec<Record> = written
+                .iter()
                 .filter(|id| {
-                    self.record_keys.get(id).is_some_and(|keys| keys.iter().any(|(k, v)| *k == key && *v == value))
+                    self.record_keys.get(id).is_some_and(|keys| keys.iter().any(|(k, v)| k == key && v == value))
                 })
                 .filter_map(|id| self.records.get(id))
                 .cloned()
                 .collect();
-            for id in self.store.ids_by_match_key(change.entity, &key, &value)? {
+            for id in self.store.ids_by_match_key(change.entity, key, value)? {
                 if !candidates.iter().any(|record| record.id == id)
                     && let Some(record) = self.record_of(change.entity, id)?
                 {
@@ -1191,7 +1250,7 @@ impl<'a> BatchWriter<'a> {
             });
             candidates.sort_by_key(|record| record.id);
             if let Some(record) = candidates.into_iter().next() {
-                return Ok(Some((record, MatchReason::MatchKey { key, value })));
+                return Ok(Some((record, MatchReason::MatchKey { key: key.clone(), value: value.clone() })));
             }
         }
         Ok(None)
@@ -1292,7 +1351,7 @@ impl<'a> BatchWriter<'a> {
             }
             self.dependencies.remove(&record.id);
         }
-        let ids: std::collections::HashSet<CanonicalId> = written.iter().map(|(record, _)| record.id).collect();
+        let ids: foldhash::HashSet<CanonicalId> = written.iter().map(|(record, _)| record.id).collect();
         self.queued.retain(|(_, id)| !ids.contains(id));
         self.links.clear();
         self.keys.clear();
@@ -1305,7 +1364,7 @@ impl<'a> BatchWriter<'a> {
     fn take_records(&mut self) -> Vec<(Record, Vec<(String, String)>)> {
         let absorbed = std::mem::take(&mut self.absorbed);
         let order = std::mem::take(&mut self.order);
-        let first: std::collections::HashSet<CanonicalId> = absorbed.iter().copied().collect();
+        let first: foldhash::HashSet<CanonicalId> = absorbed.iter().copied().collect();
         let mut records = Vec::with_capacity(order.len());
         for id in absorbed.iter().chain(order.iter().filter(|id| !first.contains(id))) {
             if let Some(record) = self.records.remove(id) {
@@ -1367,7 +1426,7 @@ impl Dependency {
 /// records of a part leave this map when it is committed), so a record referenced by many (an
 /// account by its deals and orders) is read and decoded once per batch instead of once per
 /// referencing record and target.
-pub type Dependencies = HashMap<CanonicalId, Option<Arc<Dependency>>>;
+pub type Dependencies = IdMap<Option<Arc<Dependency>>>;
 
 /// A record's reference as the fan-out sees it: the entity, the id, the referenced record if stored.
 type Referenced = (Entity, CanonicalId, Option<Arc<Dependency>>);
@@ -1382,7 +1441,7 @@ pub fn queue_fan_out(
     rules: &Rules,
     record: &Record,
     source: Option<&ConnectionId>,
-    pending: &HashMap<CanonicalId, Record>,
+    pending: &IdMap<Record>,
     dependencies: &mut Dependencies,
     queued: &mut BTreeSet<(ConnectionId, CanonicalId)>,
     commit: &mut Commit,
@@ -1541,7 +1600,7 @@ fn apply_pushed(
 ) -> Result<IngestStats, IngestError> {
     let mut commit = Commit::default();
     let mut stats = IngestStats::default();
-    let mut updated: HashMap<CanonicalId, Record> = HashMap::new();
+    let mut updated: IdMap<Record> = IdMap::default();
     for pushed in results {
         match &pushed.outcome {
             PushOutcome::Upserted { external_id, created, version } => {

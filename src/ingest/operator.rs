@@ -11,7 +11,7 @@
 //! commit, and flushed before the answer.
 #![deny(clippy::indexing_slicing, clippy::string_slice)] // outside data: no input may panic (issue 17 §3)
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use crmsync_connectors::Change;
 use crmsync_connectors::canonical::{
@@ -450,8 +450,8 @@ fn fan_out(
         &rules.rules,
         record,
         None,
-        &HashMap::new(),
-        &mut Dependencies::new(),
+        &super::IdMap::default(),
+        &mut Dependencies::default(),
         &mut queued,
         commit,
         now,

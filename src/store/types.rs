@@ -219,7 +219,7 @@ pub struct Commit {
     /// Ids among `records` that the writer created in this commit, so no earlier version exists (the
     /// store then skips reading one for its index entries). A wrong entry would leave stale index
     /// entries: only ids minted for this commit belong here.
-    pub created: std::collections::HashSet<CanonicalId>,
+    pub created: foldhash::HashSet<CanonicalId>,
     /// The cursor of a connection × entity (`Some(None)` inside: reset it).
     pub cursor: Option<(ConnectionId, Entity, Option<Cursor>)>,
     /// Outbox entries to append.
