@@ -934,11 +934,9 @@ impl Writer {
     }
 
     fn timestamp(&mut self, time: Timestamp) {
-        let nanos = time.unix_nanos();
-        let seconds = nanos.div_euclid(1_000_000_000) as i64;
-        let fraction = nanos.rem_euclid(1_000_000_000) as u64;
+        let (seconds, fraction) = time.unix_seconds_and_nanos();
         self.varint(zigzag(seconds));
-        self.varint(fraction);
+        self.varint(u64::from(fraction));
     }
 
     fn opt_timestamp(&mut self, time: Option<Timestamp>) {

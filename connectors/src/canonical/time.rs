@@ -51,6 +51,18 @@ impl Timestamp {
         self.0.as_nanosecond()
     }
 
+    /// Returns [`Timestamp::unix_nanos`] as whole seconds (rounded down) and the nanoseconds past them
+    /// (`0..1_000_000_000`), without the 128-bit division of splitting `unix_nanos` (the store writes
+    /// two or three times per record in this form).
+    pub fn unix_seconds_and_nanos(&self) -> (i64, u32) {
+        let (seconds, nanos) = (self.0.as_second(), self.0.subsec_nanosecond());
+        // jiff truncates towards zero: before the epoch the fraction is negative.
+        match u32::try_from(nanos) {
+            Ok(nanos) => (seconds, nanos),
+            Err(_) => (seconds - 1, nanos.unsigned_abs().abs_diff(1_000_000_000)),
+        }
+    }
+
     /// Rebuilds an instant from nanoseconds since the Unix epoch.
     pub fn from_unix_nanos(nanos: i128) -> Option<Self> {
         jiff::Timestamp::from_nanosecond(nanos).ok().map(Self)
@@ -152,6 +164,9 @@ mod tests {
         let reparsed: Timestamp = precise.to_string().parse().unwrap();
         assert_eq!(reparsed, precise);
         assert_eq!(precise.unix_nanos() % 1_000_000_000, 123_456_789);
+        let before_epoch = Timestamp::from_unix_nanos(-1_500_000_000).unwrap();
+        assert_eq!(before_epoch.unix_seconds_and_nanos(), (-2, 500_000_000));
+        assert_eq!(Timestamp::from_unix_nanos(-1_000_000_000).unwrap().unix_seconds_and_nanos(), (-1, 0));
     }
 
     #[test]
@@ -173,6 +188,13 @@ mod tests {
         fn format_then_parse_is_identity(nanos in -2_000_000_000_000_000_000i128..4_000_000_000_000_000_000i128) {
             let instant = Timestamp::from_unix_nanos(nanos).unwrap();
             proptest::prop_assert_eq!(instant.to_string().parse::<Timestamp>().unwrap(), instant);
+        }
+
+        #[test]
+        fn seconds_and_nanos_are_the_euclidean_split_of_unix_nanos(nanos in -2_000_000_000_000_000_000i128..4_000_000_000_000_000_000i128) {
+            let instant = Timestamp::from_unix_nanos(nanos).unwrap();
+            let expected = (nanos.div_euclid(1_000_000_000) as i64, nanos.rem_euclid(1_000_000_000) as u32);
+            proptest::prop_assert_eq!(instant.unix_seconds_and_nanos(), expected);
         }
     }
 }
