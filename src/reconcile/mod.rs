@@ -556,7 +556,9 @@ fn update_link(
         matched_by,
         extra: serde_json::Map::new(),
     });
-    link.external_id = change.external_id.clone();
+    if previous.is_some() {
+        link.external_id = change.external_id.clone();
+    }
     link.last_modified = Some(change.modified_at);
     if change.version.is_some() {
         link.last_version = change.version.clone();

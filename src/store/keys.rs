@@ -88,7 +88,9 @@ pub fn decode_record(mut bytes: &[u8]) -> Result<(Entity, CanonicalId), KeyError
 
 /// `links` key.
 pub fn link(connection: &ConnectionId, entity: Entity, external_id: &ExternalId) -> Vec<u8> {
-    let mut key = link_prefix(connection, entity);
+    let mut key = Vec::with_capacity(5 + connection.as_str().len() + external_id.as_str().len());
+    push_str(&mut key, connection.as_str());
+    key.push(entity.tag());
     push_str(&mut key, external_id.as_str());
     key
 }
@@ -123,7 +125,10 @@ pub fn match_key_prefix(entity: Entity, name: &str, value: &str) -> Vec<u8> {
 
 /// `match_keys` key.
 pub fn match_key(entity: Entity, name: &str, value: &str, id: CanonicalId) -> Vec<u8> {
-    let mut key = match_key_prefix(entity, name, value);
+    let mut key = Vec::with_capacity(5 + name.len() + value.len() + 16);
+    key.push(entity.tag());
+    push_str(&mut key, name);
+    push_str(&mut key, value);
     key.extend_from_slice(&id.to_bytes());
     key
 }
