@@ -1114,11 +1114,17 @@ impl Store {
     }
 
     /// Returns the number of records per entity (tombstones included).
+    ///
+    /// Counts the keys of the `summaries` tree, which holds one entry under each record's key,
+    /// written in the record's transaction and rebuilt on open when missing: the same count as the
+    /// `records` tree's, read from about a twentieth of the bytes. sled reads a node's values with
+    /// its keys, so counting the records read every stored record (1.8 GiB at 1,000,000 records):
+    /// 35 MiB more resident after it at 1M in `crmsync bench`, 25 MiB at 100,000.
     pub fn counts(&self) -> Result<BTreeMap<Entity, u64>, StoreError> {
         let t = self.trees()?;
         let mut counts = BTreeMap::new();
         for entity in Entity::ALL {
-            counts.insert(*entity, count_keys(t.records.scan_prefix(keys::record_prefix(*entity)).keys())?);
+            counts.insert(*entity, count_keys(t.summaries.scan_prefix(keys::record_prefix(*entity)).keys())?);
         }
         Ok(counts)
     }

@@ -90,6 +90,37 @@ fn summaries_follow_every_write_and_are_rebuilt_for_a_store_without_them() {
 }
 
 #[test]
+fn counts_are_the_records_of_each_entity_tombstones_included_and_after_a_summary_rebuild() {
+    let dir = tempfile::tempdir().unwrap();
+    let records_of = |store: &Store| -> BTreeMap<Entity, u64> {
+        Entity::ALL.iter().map(|entity| (*entity, store.scan(*entity).count() as u64)).collect()
+    };
+    {
+        let store = Store::open(dir.path()).unwrap();
+        assert!(store.counts().unwrap().values().all(|count| *count == 0));
+        let mut deleted = account("Globex", "sf", "001B");
+        deleted.deleted_at = Some(Timestamp::now());
+        let mut lead = Record::new(CanonicalId::new(), Entity::Lead, Timestamp::now());
+        lead.data = EntityData::Lead(Default::default());
+        let mut commit = Commit::default();
+        for record in [account("Acme", "sf", "001A"), deleted, account("Initech", "sf", "001C"), lead] {
+            commit.records.push((record, Vec::new()));
+        }
+        store.commit(commit).unwrap();
+        let counts = store.counts().unwrap();
+        assert_eq!(counts, records_of(&store));
+        assert_eq!((counts[&Entity::Account], counts[&Entity::Lead], counts[&Entity::Order]), (3, 1, 0));
+        // As a store written before summaries existed looks: they are rebuilt on open.
+        store.trees().unwrap().summaries.clear().unwrap();
+        store.trees().unwrap().meta.remove(keys::SUMMARY_VERSION).unwrap();
+        store.flush().unwrap();
+    }
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.counts().unwrap(), records_of(&store));
+    assert_eq!(store.counts().unwrap()[&Entity::Account], 3);
+}
+
+#[test]
 fn rewriting_a_record_replaces_its_index_entries() {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(dir.path()).unwrap();
